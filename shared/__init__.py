@@ -1,0 +1,1 @@
+"""Code shared by the API and the workers. The ASR engine lives in :mod:`shared.asr`."""
