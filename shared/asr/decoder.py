@@ -1,0 +1,108 @@
+"""CTC decoders: greedy and beam search (pyctcdecode, with KenLM when available), with word times."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from itertools import groupby
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from .splitter import RawPhrase
+from .types import BLANK_ID, LABELS, SPACE_ID, Phrase, Word, frame_to_seconds
+
+DecoderName = Literal["greedy", "beam"]
+BEAM_WIDTH = 200
+LM_ALPHA = 0.4
+LM_BETA = 0.9
+
+WordSpan = tuple[str, int, int]  # text, first frame, one past the last frame (relative to logprobs)
+
+
+class Decoder(Protocol):
+    name: str
+
+    def decode(self, logprobs: np.ndarray) -> tuple[str, list[WordSpan]]: ...
+
+
+class GreedyDecoder:
+    """Argmax per frame, collapse repeats, drop blanks, strip spaces at the ends."""
+
+    name = "greedy"
+
+    def decode(self, logprobs: np.ndarray) -> tuple[str, list[WordSpan]]:
+        ids = logprobs.argmax(axis=-1).tolist()
+        runs: list[tuple[int, int, int]] = []  # token, first frame, one past the last frame
+        pos = 0
+        for token, group in groupby(ids):
+            length = sum(1 for _ in group)
+            runs.append((token, pos, pos + length))
+            pos += length
+        text = "".join(LABELS[t] for t, _, _ in runs if t != BLANK_ID).strip()
+        words: list[WordSpan] = []
+        letters: list[tuple[int, int, int]] = []
+        for run in [*runs, (SPACE_ID, pos, pos)]:
+            if run[0] == SPACE_ID and letters:
+                words.append(("".join(LABELS[t] for t, _, _ in letters), letters[0][1], letters[-1][2]))
+                letters = []
+            elif run[0] not in (SPACE_ID, BLANK_ID):
+                letters.append(run)
+        return text, words
+
+
+class BeamSearchDecoder:
+    """pyctcdecode's beam search with the reference's settings; KenLM scoring when an LM is given."""
+
+    name = "beam"
+
+    def __init__(self, lm_path: str | Path | None = None) -> None:
+        from pyctcdecode import build_ctcdecoder
+
+        logging.getLogger("pyctcdecode").setLevel(logging.ERROR)
+        self.lm_path = str(lm_path) if lm_path else None
+        self._decoder = build_ctcdecoder(
+            labels=list(LABELS), kenlm_model_path=self.lm_path, alpha=LM_ALPHA, beta=LM_BETA
+        )
+
+    def decode(self, logprobs: np.ndarray) -> tuple[str, list[WordSpan]]:
+        # decode() is decode_beams(prune_history=True)[0][0]: the same call, keeping the word frames
+        best = self._decoder.decode_beams(logprobs, beam_width=BEAM_WIDTH, prune_history=True)[0]
+        text, frames = best[0], best[2]
+        return text, [(w, int(s), int(e)) for w, (s, e) in frames]
+
+
+def kenlm_available() -> bool:
+    try:
+        import kenlm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def to_phrase(decoder: Decoder, raw: RawPhrase, channel: int) -> Phrase | None:
+    """Decode one splitter phrase into a Phrase with the reference's timestamps; None when empty."""
+    text, spans = decoder.decode(raw.logprobs)
+    if not text:
+        return None
+    start = max(0.0, frame_to_seconds(raw.start_frame))
+    end = max(start, frame_to_seconds(raw.end_frame))
+    return Phrase(
+        text=text,
+        start=start,
+        end=end,
+        channel=channel,
+        words=_words(spans, raw.first_frame, start, end),
+        start_frame=raw.start_frame,
+        end_frame=raw.end_frame,
+    )
+
+
+def _words(spans: Sequence[WordSpan], first_frame: int, start: float, end: float) -> tuple[Word, ...]:
+    words = []
+    for text, s, e in spans:
+        w_start = min(max(start, frame_to_seconds(first_frame + s)), end)
+        w_end = min(max(w_start, frame_to_seconds(first_frame + e)), end)
+        words.append(Word(text=text, start=w_start, end=w_end))
+    return tuple(words)

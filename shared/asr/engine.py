@@ -1,0 +1,371 @@
+"""The recognizer: batched stepping of many streams, streaming feed, offline transcription.
+
+One model call advances any set of streams by one 300 ms chunk each (``step``). Offline
+transcription is "a stream fed the whole file": the same code path, so a stream fed in any
+chunking yields exactly the phrases of the offline run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from . import splitter
+from .decoder import BeamSearchDecoder, Decoder, DecoderName, GreedyDecoder, kenlm_available, to_phrase
+from .errors import StreamStateError
+from .model import AcousticModel, locate_model
+from .stream import StreamState
+from .types import CHUNK_SAMPLES, PADDING_SAMPLES, SAMPLE_RATE, STATE_SIZE, Phrase
+
+ChannelMode = Literal["mix", "split"]
+AudioSource = str | os.PathLike[str] | BinaryIO
+Progress = Callable[[float], None]  # seconds of audio done
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """The result of one recording: phrases in time order, its duration and the time it took."""
+
+    phrases: tuple[Phrase, ...]
+    duration: float
+    processing_time: float
+    channels: int = 1
+
+    @property
+    def full_text(self) -> str:
+        return " ".join(p.text for p in self.phrases)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "phrases": [p.to_dict() for p in self.phrases],
+            "full_text": self.full_text,
+            "duration": round(self.duration, 3),
+            "processing_time": round(self.processing_time, 3),
+        }
+
+
+@dataclass
+class _Job:
+    """A recording being transcribed in a batch: one stream per output channel."""
+
+    index: int
+    streams: list[StreamState]
+    blocks: Iterator[np.ndarray]
+    started: float = field(default_factory=time.perf_counter)
+    phrases: list[Phrase] = field(default_factory=list)
+    exhausted: bool = False
+
+
+class Recognizer:
+    """T-one loaded once; cheap calls after that. Thread-compatible, not thread-safe."""
+
+    def __init__(self, model: AcousticModel, lm_path: Path | None = None, default_decoder: str = "auto"):
+        self.model = model
+        self.lm_path = lm_path if lm_path and kenlm_available() else None
+        self._decoders: dict[str, Decoder] = {"greedy": GreedyDecoder()}
+        self.default_decoder: DecoderName = (
+            ("beam" if self.lm_path else "greedy") if default_decoder == "auto" else default_decoder  # type: ignore[assignment]
+        )
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        providers: str | Sequence[str] | None = None,
+        threads: int | None = None,
+        decoder: str = "auto",
+        download: bool = True,
+    ) -> Recognizer:
+        """Load model.onnx (and kenlm.bin beside it) from ``path``, else from Hugging Face."""
+        files = locate_model(path, download=download)
+        return cls(AcousticModel(files.model, providers=providers, threads=threads), files.lm, decoder)
+
+    # -- decoders ---------------------------------------------------------------------------------
+
+    def decoder(self, name: str | None = None) -> Decoder:
+        name = name or self.default_decoder
+        if name not in ("greedy", "beam"):
+            raise ValueError(f"unknown decoder {name!r}: use 'greedy' or 'beam'")
+        if name not in self._decoders:
+            self._decoders[name] = BeamSearchDecoder(self.lm_path)
+        return self._decoders[name]
+
+    # -- streams ----------------------------------------------------------------------------------
+
+    def new_stream(self, *, channel: int = 0, decoder: str | None = None) -> StreamState:
+        return StreamState(channel=channel, decoder=self.decoder(decoder).name)
+
+    def step(
+        self, streams: Sequence[StreamState], chunks: Sequence[npt.NDArray[Any]], last: Sequence[bool]
+    ) -> list[list[Phrase]]:
+        """Advance each stream by one 2400-sample chunk in ONE model call; return each one's phrases.
+
+        Streams may come from different files or live sessions, each at its own position.
+        """
+        if not streams:
+            return []
+        for s in streams:
+            if s.finished:
+                raise StreamStateError("the stream is already finished")
+        signal = np.stack([np.asarray(c, dtype=np.int32).reshape(CHUNK_SAMPLES) for c in chunks])[..., None]
+        state = np.stack([s.model_state for s in streams])
+        logprobs, state_next = self.model.run(signal, state)
+        out: list[list[Phrase]] = []
+        for i, s in enumerate(streams):
+            s.model_state = state_next[i]
+            s.chunks += 1
+            raws, s.buffer, s.offset = splitter.split(s.buffer, s.offset, logprobs[i], is_last=last[i])
+            s.finished = bool(last[i])
+            dec = self.decoder(s.decoder)
+            out.append([p for p in (to_phrase(dec, r, s.channel) for r in raws) if p is not None])
+        return out
+
+    def advance(
+        self, items: Sequence[tuple[StreamState, npt.NDArray[Any] | None, bool]], *, max_batch: int = 64
+    ) -> list[list[Phrase]]:
+        """Feed audio to many streams and run every whole chunk, B streams per model call.
+
+        Each item is (stream, int16 samples or None, finish). With ``finish`` the stream gets the
+        reference's 300 ms tail padding, its last chunk is marked last, and it is finished.
+        Returns the phrases each stream completed, in order.
+        """
+        results: list[list[Phrase]] = [[] for _ in items]
+        finishing = {}
+        for i, (s, samples, finish) in enumerate(items):
+            if s.finished:
+                raise StreamStateError("the stream is already finished")
+            if samples is not None and len(samples):
+                samples = np.asarray(samples)
+                if samples.ndim != 1:
+                    raise ValueError("a stream takes mono samples: a 1-D array")
+                s.pending = np.concatenate((s.pending, np.clip(samples, -32768, 32767).astype(np.int16)))
+                s.samples_in += len(samples)
+            if finish:
+                tail = PADDING_SAMPLES + (-(len(s.pending) + PADDING_SAMPLES) % CHUNK_SAMPLES)
+                s.pending = np.concatenate((s.pending, np.zeros(tail, np.int16)))
+                finishing[i] = True
+        while True:
+            ready = [i for i, (s, _, _) in enumerate(items) if len(s.pending) >= CHUNK_SAMPLES]
+            if not ready:
+                return results
+            for start in range(0, len(ready), max_batch):
+                batch = ready[start : start + max_batch]
+                streams = [items[i][0] for i in batch]
+                chunks = [s.pending[:CHUNK_SAMPLES] for s in streams]
+                last = [i in finishing and len(items[i][0].pending) == CHUNK_SAMPLES for i in batch]
+                for i, phrases in zip(batch, self.step(streams, chunks, last)):
+                    items[i][0].pending = items[i][0].pending[CHUNK_SAMPLES:]
+                    results[i].extend(phrases)
+
+    def feed(self, stream: StreamState, samples: npt.NDArray[Any]) -> list[Phrase]:
+        """Streaming: accept a piece of any length; return the phrases it completed."""
+        return self.advance([(stream, samples, False)])[0]
+
+    def finish(self, stream: StreamState) -> list[Phrase]:
+        """End a stream: pad 300 ms, mark the last chunk, return the phrases still open."""
+        return self.advance([(stream, None, True)])[0]
+
+    # -- offline ----------------------------------------------------------------------------------
+
+    def transcribe(
+        self,
+        source: AudioSource | npt.NDArray[Any],
+        *,
+        channels: ChannelMode = "mix",
+        decoder: str | None = None,
+        stream_chunk_samples: int | None = None,
+        max_duration: float | None = None,
+        max_bytes: int | None = None,
+        progress: Progress | None = None,
+    ) -> Iterator[Phrase]:
+        """Phrases of one recording in time order, as they are ready (a generator).
+
+        ``source`` is a path, a binary file, or int16 samples at 8 kHz shaped (n,) or (n, channels).
+        ``stream_chunk_samples`` feeds the audio through the streaming path in pieces of that size.
+        """
+        blocks, n_channels = self._blocks(source, channels, max_duration, max_bytes)
+        return self._run(blocks, n_channels, decoder, stream_chunk_samples, progress)
+
+    def _run(
+        self,
+        blocks: Iterator[np.ndarray],
+        n_channels: int,
+        decoder: str | None,
+        stream_chunk_samples: int | None,
+        progress: Progress | None,
+    ) -> Iterator[Phrase]:
+        if stream_chunk_samples:
+            blocks = _rechunk(blocks, stream_chunk_samples)
+        streams = [self.new_stream(channel=c, decoder=decoder) for c in range(n_channels)]
+        merger = _TimeOrder(streams)
+        for block in blocks:
+            yield from merger.push(self.advance([(s, block[:, c], False) for c, s in enumerate(streams)]))
+            if progress:
+                progress(streams[0].samples_in / SAMPLE_RATE)
+        yield from merger.push(self.advance([(s, None, True) for s in streams]))
+
+    def transcribe_file(
+        self,
+        source: AudioSource | npt.NDArray[Any],
+        *,
+        channels: ChannelMode = "mix",
+        decoder: str | None = None,
+        stream_chunk_samples: int | None = None,
+        max_duration: float | None = None,
+        max_bytes: int | None = None,
+        progress: Progress | None = None,
+    ) -> Transcript:
+        """The whole Transcript of one recording (``transcribe`` collected, with its duration)."""
+        started = time.perf_counter()
+        blocks, n_channels = self._blocks(source, channels, max_duration, max_bytes)
+        done = [0.0]
+
+        def track(seconds: float) -> None:
+            done[0] = seconds
+            if progress:
+                progress(seconds)
+
+        phrases = tuple(self._run(blocks, n_channels, decoder, stream_chunk_samples, track))
+        return Transcript(phrases, done[0], time.perf_counter() - started, n_channels)
+
+    def transcribe_many(
+        self,
+        sources: Sequence[AudioSource | npt.NDArray[Any]],
+        *,
+        batch: int = 16,
+        channels: ChannelMode = "mix",
+        decoder: str | None = None,
+        max_duration: float | None = None,
+        max_bytes: int | None = None,
+        on_error: Callable[[int, Exception], None] | None = None,
+    ) -> Iterator[tuple[int, Transcript]]:
+        """Transcribe many recordings, advancing up to ``batch`` streams together per model call.
+
+        Yields (index into sources, Transcript) as each recording completes. A recording that
+        cannot be read is reported to ``on_error`` (or raised when None) without stopping the rest.
+        """
+        pending = iter(enumerate(sources))
+        active: list[_Job] = []
+
+        def refill() -> None:
+            while sum(len(j.streams) for j in active) < batch:
+                try:
+                    index, source = next(pending)
+                except StopIteration:
+                    return
+                try:
+                    blocks, n_channels = self._blocks(source, channels, max_duration, max_bytes, 2.0)
+                except Exception as exc:
+                    if on_error is None:
+                        raise
+                    on_error(index, exc)
+                    continue
+                streams = [self.new_stream(channel=c, decoder=decoder) for c in range(n_channels)]
+                active.append(_Job(index, streams, blocks))
+
+        refill()
+        while active:
+            items: list[tuple[StreamState, npt.NDArray[Any] | None, bool]] = []
+            owners: list[_Job] = []
+            for job in active:
+                block = None
+                try:
+                    block = next(job.blocks)
+                except StopIteration:
+                    job.exhausted = True
+                except Exception as exc:
+                    if on_error is None:
+                        raise
+                    on_error(job.index, exc)
+                    job.exhausted = True
+                    job.streams = []
+                for c, s in enumerate(job.streams):
+                    items.append((s, None if block is None else block[:, c], job.exhausted))
+                    owners.append(job)
+            for job, phrases in zip(owners, self.advance(items, max_batch=batch)):
+                job.phrases.extend(phrases)
+            finished = [j for j in active if j.exhausted]
+            active = [j for j in active if not j.exhausted]
+            for job in finished:
+                if job.streams:
+                    ordered = sorted(job.phrases, key=_order)
+                    seconds = job.streams[0].samples_in / SAMPLE_RATE
+                    elapsed = time.perf_counter() - job.started
+                    yield job.index, Transcript(tuple(ordered), seconds, elapsed, len(job.streams))
+            refill()
+
+    # -- audio ------------------------------------------------------------------------------------
+
+    def _blocks(
+        self,
+        source: AudioSource | npt.NDArray[Any],
+        channels: ChannelMode,
+        max_duration: float | None,
+        max_bytes: int | None,
+        block_seconds: float = 20.0,
+    ) -> tuple[Iterator[np.ndarray], int]:
+        if isinstance(source, np.ndarray):
+            arr = source[:, None] if source.ndim == 1 else source
+            if channels == "mix" and arr.shape[1] > 1:
+                arr = np.round(arr.astype(np.float64).mean(axis=1, keepdims=True)).astype(np.int16)
+            step = int(block_seconds * SAMPLE_RATE)
+            return (arr[i : i + step] for i in range(0, len(arr), step)), arr.shape[1]
+        from .audio import open_audio
+
+        reader = open_audio(
+            source, channels=channels, max_duration=max_duration, max_bytes=max_bytes,
+            block_seconds=block_seconds,
+        )  # fmt: skip
+        return iter(reader), reader.channels
+
+
+def _order(p: Phrase) -> tuple[int, int, int]:
+    """Time order across channels; frames, not rounded seconds, so that ties are exact."""
+    return (p.start_frame, p.channel, p.end_frame)
+
+
+class _TimeOrder:
+    """Merges phrases of several streams into time order as early as it is safe to.
+
+    A stream's future phrases start at or after its splitter offset, so a phrase may be released
+    once every unfinished stream's offset has passed its start frame.
+    """
+
+    def __init__(self, streams: Sequence[StreamState]) -> None:
+        self.streams = streams
+        self.heap: list[tuple[tuple[int, int, int], int, Phrase]] = []
+        self.count = 0
+
+    def push(self, results: Iterable[list[Phrase]]) -> Iterator[Phrase]:
+        for phrases in results:
+            for p in phrases:
+                heapq.heappush(self.heap, (_order(p), self.count, p))
+                self.count += 1
+        horizon = min((s.offset for s in self.streams if not s.finished), default=None)
+        while self.heap and (horizon is None or self.heap[0][2].start_frame < horizon):
+            yield heapq.heappop(self.heap)[2]
+
+
+def _rechunk(blocks: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """Re-cut a block stream into pieces of ``size`` samples, as a live client would send them."""
+    carry: np.ndarray | None = None
+    for block in blocks:
+        buf = block if carry is None else np.concatenate((carry, block))
+        whole = len(buf) // size * size
+        for i in range(0, whole, size):
+            yield buf[i : i + size]
+        carry = buf[whole:]
+    if carry is not None and len(carry):
+        yield carry
+
+
+__all__ = ["STATE_SIZE", "ChannelMode", "Recognizer", "StreamState", "Transcript"]

@@ -1,0 +1,243 @@
+"""The acoustic model: locate, check the contract, adapt float16 for the CPU, run a batch.
+
+T-one's released ``model.onnx`` stores float16 weights and computes in float16. ONNX Runtime's CPU
+kernels for float16 are few, so on the CPU provider the graph is rewritten once at load to compute
+in float32 (initializers, constants and casts), keeping the float16 ``state`` input and
+``state_next`` output of the contract: one cast of the state on the way in and one on the way out.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import ModelContractError, ModelNotFoundError
+from .types import CHUNK_SAMPLES, FRAMES_PER_CHUNK, STATE_SIZE, VOCAB_SIZE
+
+HF_REPO = "t-tech/T-one"
+MODEL_FILE = "model.onnx"
+LM_FILE = "kenlm.bin"
+
+# name -> (ONNX element type name, shape without the batch axis)
+CONTRACT_INPUTS = {"signal": ("int32", (CHUNK_SAMPLES, 1)), "state": ("float16", (STATE_SIZE,))}
+CONTRACT_OUTPUTS = {
+    "logprobs": ("float32", (FRAMES_PER_CHUNK, VOCAB_SIZE)),
+    "state_next": ("float16", (STATE_SIZE,)),
+}
+_HOW_TO = (
+    "Set TONE_MODEL_PATH (or pass --model) to T-one's model.onnx, or to a directory holding model.onnx "
+    "and optionally kenlm.bin (download them from https://huggingface.co/t-tech/T-one on a machine "
+    "with internet), or let the engine download t-tech/T-one from Hugging Face on a machine that can "
+    "reach it."
+)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    model: Path
+    lm: Path | None
+
+
+def locate_model(path: str | os.PathLike[str] | None, *, download: bool = True) -> ModelFiles:
+    """A model file (and kenlm.bin beside it), from a path or, when None, from Hugging Face."""
+    if path:
+        p = Path(path).expanduser()
+        if p.is_dir():
+            model, lm = p / MODEL_FILE, p / LM_FILE
+            if not model.is_file():
+                raise ModelNotFoundError(f"the directory {p} holds no {MODEL_FILE}. {_HOW_TO}")
+            return ModelFiles(model, lm if lm.is_file() else None)
+        if p.is_file():
+            lm = p.with_name(LM_FILE)
+            return ModelFiles(p, lm if lm.is_file() else None)
+        raise ModelNotFoundError(f"no model at {p}: no such file or directory. {_HOW_TO}")
+    if not download:
+        raise ModelNotFoundError(f"no model path was given. {_HOW_TO}")
+    return _download()
+
+
+def _download() -> ModelFiles:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        model = Path(hf_hub_download(HF_REPO, MODEL_FILE))
+    except Exception as exc:  # any failure of the hub client means "no model here"
+        raise ModelNotFoundError(
+            f"no model path was given and downloading {HF_REPO}/{MODEL_FILE} from Hugging Face failed "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}). {_HOW_TO}"
+        ) from exc
+    try:
+        lm: Path | None = Path(hf_hub_download(HF_REPO, LM_FILE))
+    except Exception:
+        lm = None
+    return ModelFiles(model, lm)
+
+
+def _type_name(elem_type: int) -> str:
+    import onnx
+
+    return str(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+
+
+def check_contract(model: object) -> None:
+    """Raise ModelContractError naming every difference from T-one's I/O contract."""
+    graph = model.graph  # type: ignore[attr-defined]
+    initializers = {i.name for i in graph.initializer}
+    problems: list[str] = []
+    for kind, values, contract in (
+        ("input", [v for v in graph.input if v.name not in initializers], CONTRACT_INPUTS),
+        ("output", list(graph.output), CONTRACT_OUTPUTS),
+    ):
+        found = {v.name: v for v in values}
+        if set(found) != set(contract):
+            problems.append(f"{kind}s are {sorted(found)}, expected {sorted(contract)}")
+        for name, (dtype, shape) in contract.items():
+            if name not in found:
+                continue
+            t = found[name].type.tensor_type
+            got_dtype = _type_name(t.elem_type)
+            if got_dtype != dtype:
+                problems.append(f"{kind} '{name}' is {got_dtype}, expected {dtype}")
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+            if len(dims) != len(shape) + 1 or any(
+                g is not None and g != w for g, w in zip(dims[1:], shape)
+            ):
+                shown = ["B" if d is None else d for d in dims]
+                problems.append(f"{kind} '{name}' has shape {shown}, expected [B, {', '.join(map(str, shape))}]")
+    if problems:
+        raise ModelContractError(
+            "the model does not honour T-one's contract (signal int32 [B,2400,1], state float16 "
+            f"[B,{STATE_SIZE}] -> logprobs float32 [B,10,{VOCAB_SIZE}], state_next float16 "
+            f"[B,{STATE_SIZE}]): " + "; ".join(problems)
+        )
+
+
+def float16_to_float32(model: object) -> bool:
+    """Rewrite the graph in place to compute in float32, keeping float16 graph inputs and outputs.
+
+    Returns True when anything was changed.
+    """
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    fp16, fp32 = TensorProto.FLOAT16, TensorProto.FLOAT
+    changed = False
+
+    def tensor32(t: onnx.TensorProto) -> onnx.TensorProto:
+        return numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name)
+
+    def walk(graph: onnx.GraphProto) -> None:
+        nonlocal changed
+        for i, init in enumerate(graph.initializer):
+            if init.data_type == fp16:
+                graph.initializer[i].CopyFrom(tensor32(init))
+                changed = True
+        for node in graph.node:
+            for attr in node.attribute:
+                if node.op_type == "Cast" and attr.name == "to" and attr.i == fp16:
+                    attr.i = fp32
+                    changed = True
+                elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == fp16:
+                    attr.t.CopyFrom(tensor32(attr.t))
+                    changed = True
+                elif attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for g in attr.graphs:
+                        walk(g)
+        for vi in graph.value_info:
+            if vi.type.tensor_type.elem_type == fp16:
+                vi.type.tensor_type.elem_type = fp32
+
+    g = model.graph  # type: ignore[attr-defined]
+    walk(g)
+    # Graph inputs and outputs keep float16: cast inputs up right after entry, outputs down at exit.
+    for inp in g.input:
+        if inp.type.tensor_type.elem_type == fp16:
+            inner = inp.name + "__fp32"
+            for node in g.node:
+                node.input[:] = [inner if x == inp.name else x for x in node.input]
+            g.node.insert(0, onnx.helper.make_node("Cast", [inp.name], [inner], to=fp32))
+            changed = True
+    for out in g.output:
+        if out.type.tensor_type.elem_type == fp16:
+            inner = out.name + "__fp32"
+            for node in g.node:
+                node.output[:] = [inner if x == out.name else x for x in node.output]
+                node.input[:] = [inner if x == out.name else x for x in node.input]
+            g.node.append(onnx.helper.make_node("Cast", [inner], [out.name], to=fp16))
+            changed = True
+    return changed
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def resolve_providers(providers: str | Sequence[str] | None) -> list[str]:
+    """"cpu", "cuda", "auto" (CUDA when onnxruntime-gpu offers it), or a list of ORT provider names."""
+    have = available_providers()
+    if providers is None or providers == "auto":
+        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have]
+    if isinstance(providers, str):
+        name = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}.get(providers, providers)
+        providers = [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]
+    missing = [p for p in providers if p not in have]
+    if missing:
+        raise ModelNotFoundError(
+            f"execution provider(s) {missing} are not available in this onnxruntime (it offers {have}); "
+            "install the 'gpu' extra (onnxruntime-gpu) on a machine with CUDA for CUDAExecutionProvider"
+        )
+    return list(providers)
+
+
+class AcousticModel:
+    """An ONNX Runtime session over a model of T-one's contract."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        providers: str | Sequence[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        import onnx
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        try:
+            proto = onnx.load(str(self.path))
+        except Exception as exc:
+            raise ModelContractError(f"{self.path} is not a readable ONNX model: {exc}") from exc
+        check_contract(proto)
+        self.providers = resolve_providers(providers)
+        self.converted = False
+        if self.providers[0] == "CPUExecutionProvider":
+            self.converted = float16_to_float32(proto)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self.session = ort.InferenceSession(
+                proto.SerializeToString(), sess_options=options, providers=self.providers
+            )
+        except Exception as exc:
+            raise ModelContractError(f"onnxruntime cannot run {self.path}: {exc}") from exc
+        self.threads = threads
+
+    def run(
+        self, signal: npt.NDArray[np.int32], state: npt.NDArray[np.float16]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float16]]:
+        """Advance B streams by one chunk: signal [B,2400,1] int32, state [B,S] float16."""
+        logprobs, state_next = self.session.run(["logprobs", "state_next"], {"signal": signal, "state": state})
+        return logprobs, state_next

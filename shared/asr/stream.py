@@ -1,0 +1,118 @@
+"""A stream's whole state as a value, and its versioned binary layout (never pickle).
+
+Layout, version 1, all little-endian::
+
+    offset size  field
+    0      4     magic b"T1ST"
+    4      2     version (1)
+    6      2     flags: bit 0 finished, bit 1 beam decoder (else greedy)
+    8      2     channel
+    10     2     reserved (0)
+    12     8     seq           caller's sequence number (e.g. the last chunk applied)
+    20     8     samples_in    audio samples the caller fed (no padding)
+    28     8     chunks        model calls made for this stream
+    36     8     offset        absolute frame index of the splitter buffer's first frame
+    44     4     S             model state length (219 729 for T-one)
+    48     4     P             pending samples (not yet a whole 2400-sample chunk)
+    52     4     F             splitter buffer frames
+    56     4     V             vocabulary size (35)
+    60     2*S   model state   float16
+    ..     2*P   pending       int16
+    ..     4*F*V buffer        float32 logprobs
+    ..     4     crc32 of every byte before it
+
+A new stream's pending samples are the 2400 zeros of the reference's front padding, so feeding a
+stream and finishing it is exactly the offline run.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import StreamStateError
+from .types import PADDING_SAMPLES, STATE_SIZE, VOCAB_SIZE
+
+MAGIC = b"T1ST"
+VERSION = 1
+_HEADER = struct.Struct("<4sHHHHQQQQIIII")
+_FINISHED, _BEAM = 1, 2
+
+
+@dataclass
+class StreamState:
+    """Everything needed to continue a stream in any process."""
+
+    model_state: npt.NDArray[np.float16] = field(
+        default_factory=lambda: np.zeros(STATE_SIZE, dtype=np.float16)
+    )
+    pending: npt.NDArray[np.int16] = field(default_factory=lambda: np.zeros(PADDING_SAMPLES, np.int16))
+    buffer: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, VOCAB_SIZE), np.float32))
+    offset: int = 0
+    channel: int = 0
+    decoder: str = "greedy"
+    seq: int = 0
+    samples_in: int = 0
+    chunks: int = 0
+    finished: bool = False
+
+    @property
+    def seconds_in(self) -> float:
+        return self.samples_in / 8000
+
+    def to_bytes(self) -> bytes:
+        flags = (_FINISHED if self.finished else 0) | (_BEAM if self.decoder == "beam" else 0)
+        header = _HEADER.pack(
+            MAGIC, VERSION, flags, self.channel, 0, self.seq, self.samples_in, self.chunks, self.offset,
+            len(self.model_state), len(self.pending), len(self.buffer), self.buffer.shape[1],
+        )  # fmt: skip
+        body = b"".join(
+            (
+                header,
+                self.model_state.astype("<f2", copy=False).tobytes(),
+                self.pending.astype("<i2", copy=False).tobytes(),
+                self.buffer.astype("<f4", copy=False).tobytes(),
+            )
+        )
+        return body + struct.pack("<I", zlib.crc32(body))
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> StreamState:
+        data = bytes(data)
+        if len(data) < _HEADER.size + 4:
+            raise StreamStateError(f"stream state too short: {len(data)} bytes")
+        magic, version, flags, channel, _, seq, samples_in, chunks, offset, s, p, f, v = _HEADER.unpack_from(
+            data
+        )
+        if magic != MAGIC:
+            raise StreamStateError("not a T-one stream state (bad magic)")
+        if version != VERSION:
+            raise StreamStateError(f"stream state version {version} is not supported (expected {VERSION})")
+        expected = _HEADER.size + 2 * s + 2 * p + 4 * f * v + 4
+        if len(data) != expected:
+            raise StreamStateError(f"stream state has {len(data)} bytes, its header says {expected}")
+        (crc,) = struct.unpack_from("<I", data, len(data) - 4)
+        if crc != zlib.crc32(data[:-4]):
+            raise StreamStateError("stream state is corrupted (checksum mismatch)")
+        pos = _HEADER.size
+        model_state = np.frombuffer(data, "<f2", s, pos).astype(np.float16)
+        pos += 2 * s
+        pending = np.frombuffer(data, "<i2", p, pos).astype(np.int16)
+        pos += 2 * p
+        buffer = np.frombuffer(data, "<f4", f * v, pos).astype(np.float32).reshape(f, v)
+        return cls(
+            model_state=model_state,
+            pending=pending,
+            buffer=buffer,
+            offset=offset,
+            channel=channel,
+            decoder="beam" if flags & _BEAM else "greedy",
+            seq=seq,
+            samples_in=samples_in,
+            chunks=chunks,
+            finished=bool(flags & _FINISHED),
+        )
