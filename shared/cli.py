@@ -142,7 +142,9 @@ def cmd_make_model(args: argparse.Namespace) -> int:
         from shared.devmodels.cost import build_cost_model
 
         path = build_cost_model(args.out, seed=args.seed)
-    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)", file=sys.stderr)
+    print(
+        f"{path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)", file=sys.stderr
+    )
     print(path)
     return 0
 
@@ -206,9 +208,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="model.onnx or a directory with model.onnx [kenlm.bin] (env TONE_MODEL_PATH)")
-    p.add_argument("--provider", default="auto", help="auto (CUDA when available), cpu, cuda (env TONE_PROVIDER)")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument(
+        "--model", help="model.onnx or a directory with model.onnx [kenlm.bin] (env TONE_MODEL_PATH)"
+    )
+    p.add_argument(
+        "--provider", default="auto", help="auto (CUDA when available), cpu, cuda (env TONE_PROVIDER)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)"
+    )
     p.add_argument("--decoder", choices=["auto", "greedy", "beam"], default="auto",
                    help="auto: beam search when kenlm.bin and kenlm are present, else greedy")  # fmt: skip
 
@@ -255,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="dev_command", required=True, metavar="SUBCOMMAND")
     p = dsub.add_parser("make-model", help="build a model of T-one's contract")
     p.add_argument("--kind", choices=["tones", "cost"], required=True,
-                   help="tones: recognizes synthesized tones; cost: T-one's compute, random weights")  # fmt: skip
+                   help="tones: hears synthesized tones; cost: T-one's compute, random weights")  # fmt: skip
     p.add_argument("--out", required=True, help="directory (model.onnx is written inside) or .onnx path")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_model)

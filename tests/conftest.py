@@ -22,7 +22,7 @@ def tone_model() -> Path:
 
 
 @pytest.fixture(scope="session")
-def recognizer(tone_model: Path):  # noqa: ANN201
+def recognizer(tone_model: Path):
     from shared.asr.engine import Recognizer
 
     return Recognizer.load(tone_model, threads=1)

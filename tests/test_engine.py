@@ -23,7 +23,9 @@ def texts_and_times(phrases: list[Phrase]) -> list[tuple[str, float, float]]:
 def random_phrases(rnd: random.Random, n: int) -> list[str]:
     letters = LABELS[:-1]
     return [
-        " ".join("".join(rnd.choice(letters) for _ in range(rnd.randint(1, 7))) for _ in range(rnd.randint(1, 4)))
+        " ".join(
+            "".join(rnd.choice(letters) for _ in range(rnd.randint(1, 7))) for _ in range(rnd.randint(1, 4))
+        )
         for _ in range(n)
     ]
 
@@ -115,7 +117,9 @@ def test_batched_step_equals_one_stream_at_a_time(recognizer: Recognizer) -> Non
         got[i] += recognizer.feed(streams[i], a[: i * 3 * CHUNK_SAMPLES])
     pos = [i * 3 * CHUNK_SAMPLES for i in range(len(audios))]
     while any(p < len(a) for p, a in zip(pos, audios)):
-        items = [(s, a[p : p + 5000], p + 5000 >= len(a)) for s, a, p in zip(streams, audios, pos) if p < len(a)]
+        items = [
+            (s, a[p : p + 5000], p + 5000 >= len(a)) for s, a, p in zip(streams, audios, pos) if p < len(a)
+        ]
         owners = [i for i, (p, a) in enumerate(zip(pos, audios)) if p < len(a)]
         for i, phrases in zip(owners, recognizer.advance(items, max_batch=4)):
             got[i] += phrases

@@ -46,18 +46,22 @@ def test_long_speech_is_cut_every_2000_frames_even_unfinished() -> None:
     assert run([(SILENT, 20), (SPEECH, 4500), (SILENT, 40)]) == [(20, 2020), (2020, 4020), (4020, 4520)]
 
 
-def test_stretch_of_exactly_2000_frames_gives_an_empty_phrase() -> None:
-    # the reference emits (2020, 2020); the decoder drops it for having no text
-    assert run([(SILENT, 20), (SPEECH, 2000), (SILENT, 40)]) == [(20, 2020), (2020, 2020)]
+def test_finished_stretch_of_exactly_2000_frames_gives_an_empty_phrase() -> None:
+    # seen whole, the reference emits (2020, 2020) too; the decoder drops it for having no text
+    pattern = [(SILENT, 20), (SPEECH, 2000), (SILENT, 40)]
+    assert run(pattern, chunk=5000) == [(20, 2020), (2020, 2020)]
+    assert run(pattern) == [(20, 2020)]  # in 10-frame chunks the cut comes before the stretch ends
 
 
 def test_phrase_logprobs_extend_three_frames_each_side() -> None:
     lp = frames([(SILENT, 25), (SPEECH, 10), (SILENT, 25)])
-    phrases, buf, off = splitter.split(np.zeros((0, 35), np.float32), 0, lp, is_last=True)
+    phrases, _, _ = splitter.split(np.zeros((0, 35), np.float32), 0, lp, is_last=True)
     (p,) = phrases
     assert (p.start_frame, p.end_frame, p.first_frame, len(p.logprobs)) == (25, 35, 22, 16)
 
 
 def test_silent_buffer_keeps_only_three_frames() -> None:
-    phrases, buf, off = splitter.split(np.zeros((0, 35), np.float32), 0, frames([(SILENT, 50)]), is_last=False)
+    phrases, buf, off = splitter.split(
+        np.zeros((0, 35), np.float32), 0, frames([(SILENT, 50)]), is_last=False
+    )
     assert (phrases, len(buf), off) == ([], 3, 47)

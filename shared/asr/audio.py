@@ -41,11 +41,13 @@ RawEncoding = Literal["pcm_s16le", "mulaw", "alaw"]
 Source: TypeAlias = "str | os.PathLike[str] | BinaryIO"
 
 _QUALITY = "HQ"
+_SF_COUNT_MAX = 2**63 - 1
 # libsndfile subtypes whose samples are integers that fit int16 exactly: read them as int16.
 _INT16_SUBTYPES = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "ULAW", "ALAW", "GSM610"})
 # A RIFF `data` size of 0xFFFFFFFF is what streaming writers leave when they cannot seek back;
 # libsndfile then reads to the end of the file, and so do we.
 _RIFF_STREAMING_SIZE = 0xFFFFFFFF
+_RIFF_MAX_CHUNKS = 256
 # Samples FFmpeg decodes past a stream's declared length that are dropped as encoder padding
 # (AAC pads its last 1024-sample frame); more than this means the declared length was wrong.
 _PADDING_SLACK = 4096
@@ -53,12 +55,14 @@ _PADDING_SLACK = 4096
 
 @dataclass(frozen=True)
 class AudioInfo:
-    format: str
-    codec: str | None
+    """What the source is; ``duration`` is 0.0 where the container does not say (a streamed FLAC)."""
+
+    format: str  # container as the backend names it: "WAV", "FLAC", "MP3", "OGG", "m4a", "matroska"
+    codec: str | None  # "PCM_16", "ULAW", "GSM610", "VORBIS", "aac", ...
     sample_rate: int
     channels: int
-    duration: float
-    backend: str
+    duration: float  # seconds; exact from libsndfile, the container's word from FFmpeg
+    backend: str  # "sndfile" or "ffmpeg"
 
 
 class _Decoder(Protocol):
@@ -192,7 +196,9 @@ def _check_riff(inp: _Input) -> None:
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
         return
     pos = 12
-    while pos + 8 <= inp.size:
+    for _ in range(_RIFF_MAX_CHUNKS):  # a bound on the walk; libsndfile judges whatever lies beyond
+        if pos + 8 > inp.size:
+            break
         inp.file.seek(pos)
         chunk_id, chunk_size = struct.unpack("<4sI", inp.file.read(8))
         if chunk_id == b"data":
@@ -211,20 +217,19 @@ def _check_riff(inp: _Input) -> None:
 
 
 class _SndfileDecoder:
-    def __init__(self, inp: _Input) -> None:
-        self._file = sf.SoundFile(inp.file)
-        self._name = inp.name
+    def __init__(self, file: sf.SoundFile, name: str) -> None:
+        self._file, self._name = file, name
         self.info = AudioInfo(
-            format=self._file.format,
-            codec=self._file.subtype,
-            sample_rate=self._file.samplerate,
-            channels=self._file.channels,
-            duration=self._file.frames / self._file.samplerate,
+            format=file.format,
+            codec=file.subtype,
+            sample_rate=file.samplerate,
+            channels=file.channels,
+            duration=file.frames / file.samplerate,
             backend="sndfile",
         )
-        if self._file.frames == 0:
-            self._file.close()
-            raise EmptyAudioError(f"{inp.name}: the {self.info.format} file holds no samples")
+        if file.frames == 0:
+            file.close()
+            raise EmptyAudioError(f"{name}: the {file.format} file holds no samples")
         self._dtype = "int16" if self.info.codec in _INT16_SUBTYPES else "float32"
 
     def blocks(self, frames: int) -> Iterator[np.ndarray]:
@@ -234,7 +239,7 @@ class _SndfileDecoder:
                 block = self._file.read(frames, dtype=self._dtype, always_2d=True)
             except sf.SoundFileError as exc:
                 raise CorruptAudioError(
-                    f"{self._name}: libsndfile failed after {decoded} frames: {_sf_message(exc)}"
+                    f"{self._name}: libsndfile failed after {decoded} samples: {_sf_message(exc)}"
                 ) from exc
             if not len(block):
                 break
@@ -298,7 +303,7 @@ class _FFmpegDecoder:
                     decoded += len(samples)
                     yield samples
         except av.FFmpegError as exc:
-            raise CorruptAudioError(f"{self._name}: FFmpeg failed after {decoded} frames: {exc}") from exc
+            raise CorruptAudioError(f"{self._name}: FFmpeg failed after {decoded} samples: {exc}") from exc
 
     def _trimmed(self) -> Iterator[np.ndarray]:
         """Drop encoder padding: up to ``_PADDING_SLACK`` samples past the declared length."""
@@ -335,16 +340,22 @@ def _sf_message(exc: sf.SoundFileError) -> str:
 
 def _open_decoder(inp: _Input) -> _Decoder:
     try:
-        return _SndfileDecoder(inp)
+        sndfile = sf.SoundFile(inp.file)
     except sf.SoundFileError as exc:
         sndfile_error = _sf_message(exc)
+    else:
+        if sndfile.frames != _SF_COUNT_MAX:
+            return _SndfileDecoder(sndfile, inp.name)
+        # The header does not say how long it is (a streamed FLAC): soundfile's reads fail at the end.
+        sndfile.close()
+        sndfile_error = "length unknown"
     try:
         return _FFmpegDecoder(inp)
     except av.FFmpegError as exc:
-        extension = Path(inp.name).suffix or "no extension"
+        extension = Path(inp.name).suffix or "none"
         raise UnsupportedFormatError(
-            f"{inp.name} ({extension}, starts with {inp.head(12)!r}) is not audio that libsndfile or "
-            f"FFmpeg can decode (libsndfile: {sndfile_error}; FFmpeg: {exc.strerror or exc})"
+            f"{inp.name} (extension {extension}, first bytes {inp.head(12)!r}) is not audio that "
+            f"libsndfile or FFmpeg can decode (libsndfile: {sndfile_error}; FFmpeg: {exc.strerror or exc})"
         ) from exc
 
 

@@ -19,7 +19,7 @@ MEDIA_TYPES = {
 
 
 def _clock(seconds: float, sep: str) -> str:
-    ms = int(round(seconds * 1000))
+    ms = round(seconds * 1000)
     h, rest = divmod(ms, 3_600_000)
     m, rest = divmod(rest, 60_000)
     s, ms = divmod(rest, 1000)
@@ -41,7 +41,7 @@ def render(
         return "".join(f"{_speaker(p, channels)}{p.text}\n" for p in phrases)
     if fmt == "tsv":
         rows = ["start\tend\tchannel\ttext"]
-        rows += [f"{int(round(p.start * 1000))}\t{int(round(p.end * 1000))}\t{p.channel}\t{p.text}" for p in phrases]
+        rows += [f"{round(p.start * 1000)}\t{round(p.end * 1000)}\t{p.channel}\t{p.text}" for p in phrases]
         return "\n".join(rows) + "\n"
     if fmt == "srt":
         return "\n".join(

@@ -104,11 +104,11 @@ def check_contract(model: object) -> None:
             if got_dtype != dtype:
                 problems.append(f"{kind} '{name}' is {got_dtype}, expected {dtype}")
             dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-            if len(dims) != len(shape) + 1 or any(
-                g is not None and g != w for g, w in zip(dims[1:], shape)
-            ):
+            if len(dims) != len(shape) + 1 or any(g is not None and g != w for g, w in zip(dims[1:], shape)):
                 shown = ["B" if d is None else d for d in dims]
-                problems.append(f"{kind} '{name}' has shape {shown}, expected [B, {', '.join(map(str, shape))}]")
+                problems.append(
+                    f"{kind} '{name}' has shape {shown}, expected [B, {', '.join(map(str, shape))}]"
+                )
     if problems:
         raise ModelContractError(
             "the model does not honour T-one's contract (signal int32 [B,2400,1], state float16 "
@@ -182,7 +182,7 @@ def available_providers() -> list[str]:
 
 
 def resolve_providers(providers: str | Sequence[str] | None) -> list[str]:
-    """"cpu", "cuda", "auto" (CUDA when onnxruntime-gpu offers it), or a list of ORT provider names."""
+    """ "cpu", "cuda", "auto" (CUDA when onnxruntime-gpu offers it), or a list of ORT provider names."""
     have = available_providers()
     if providers is None or providers == "auto":
         return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have]
@@ -239,5 +239,7 @@ class AcousticModel:
         self, signal: npt.NDArray[np.int32], state: npt.NDArray[np.float16]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float16]]:
         """Advance B streams by one chunk: signal [B,2400,1] int32, state [B,S] float16."""
-        logprobs, state_next = self.session.run(["logprobs", "state_next"], {"signal": signal, "state": state})
+        logprobs, state_next = self.session.run(
+            ["logprobs", "state_next"], {"signal": signal, "state": state}
+        )
         return logprobs, state_next

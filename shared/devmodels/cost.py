@@ -58,12 +58,12 @@ The caches add up to exactly 219 729 values, which suggests this is close to the
 but the real model's layout is not published: an engine must treat the state as opaque.
 
 Deviation from a textbook Conformer: the attention has no output projection. With it the graph
-would hold ≈ 74.5 M parameters (+ 4 %); without it the stand-in lands at ≈ 72.3 M parameters
+would hold ≈ 74.7 M parameters (+ 4 %); without it the stand-in holds 72 354 083 values
 (+ 0.9 % of the real 71 685 347) and ≈ 0.65 GMAC per chunk (the spec says ≈ 0.64). Which
 weights the real model saves is not published; this only matters for cost, and it is within 1 %.
 
 ``count_parameters`` counts the elements of all floating-point initializers (so it includes the
-STFT kernel, the mel matrix and the rotary tables, ≈ 34 K values, and excludes int64 shapes).
+STFT kernel, the mel matrix and the rotary tables, ≈ 60 K values, and excludes int64 shapes).
 """
 
 from __future__ import annotations

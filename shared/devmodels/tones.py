@@ -38,6 +38,10 @@ GAP_FRAMES = 2
 FRAME_SECONDS = FRAME / RATE
 
 
+def _grid(seconds: float) -> int:
+    return round(seconds / FRAME_SECONDS)
+
+
 def symbol_frequency(k: int) -> float:
     return (FIRST_BIN + 2 * k) * RATE / FRAME
 
@@ -140,16 +144,15 @@ def synthesize(
 
     Times are aligned to the 30 ms grid, so the expected phrase and word times are exact.
     """
-    grid = lambda seconds: int(round(seconds / FRAME_SECONDS))  # noqa: E731
     t = np.arange(CHAR_FRAMES * FRAME) / RATE
     fade = np.minimum(1.0, np.minimum(np.arange(len(t)), np.arange(len(t))[::-1]) / 16.0)
-    pieces: list[np.ndarray] = [np.zeros(grid(lead) * FRAME)]
+    pieces: list[np.ndarray] = [np.zeros(_grid(lead) * FRAME)]
     expected: list[ExpectedPhrase] = []
-    frame = grid(lead)
+    frame = _grid(lead)
     for i, text in enumerate(phrases):
         if i:
-            pieces.append(np.zeros(grid(pause) * FRAME))
-            frame += grid(pause)
+            pieces.append(np.zeros(_grid(pause) * FRAME))
+            frame += _grid(pause)
         start = frame
         words: list[tuple[str, float, float]] = []
         word_start = None
@@ -179,6 +182,6 @@ def synthesize(
                 ),
             )
         )
-    pieces.append(np.zeros(grid(tail) * FRAME))
+    pieces.append(np.zeros(_grid(tail) * FRAME))
     audio = np.round(np.concatenate(pieces)).astype(np.int16)
     return audio, expected

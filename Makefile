@@ -1,0 +1,65 @@
+# tone-platform: every target a newcomer needs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXTRAS ?= dev,lm
+MODELS := .cache/test-models
+COMPOSE ?= docker compose
+
+.PHONY: help install test lint format typecheck models run bench docker-build docker-up docker-down docker-logs clean
+
+help: ## list every target
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  echo "python3 -m venv failed: installing Debian's python3-venv"; \
+	  apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project with its dev and lm extras
+
+models: $(STAMP) ## build the test models (recognizing tones model, cost-faithful model) into .cache/
+	$(BIN)/tone-platform dev make-model --kind tones --out $(MODELS)/tones >/dev/null
+	@test -f $(MODELS)/cost/model.onnx || $(BIN)/tone-platform dev make-model --kind cost --out $(MODELS)/cost >/dev/null
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP) ## mypy on the engine
+	$(BIN)/mypy
+
+format: $(STAMP) ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: $(STAMP) models lint typecheck ## install everything, build the test models, run ruff, mypy and the whole suite
+	$(BIN)/pytest
+
+run: $(STAMP) ## transcribe a demo recording (T-one from TONE_MODEL_PATH or Hugging Face; else the tone test model)
+	$(BIN)/tone-platform demo $(FILE)
+
+bench: $(STAMP) models ## engine throughput on the cost-faithful model, B=1 vs batched, vs this CPU's matmul ceiling
+	$(BIN)/tone-platform bench --model $(MODELS)/cost/model.onnx
+
+docker-build: ## build the images (needs a Docker engine)
+	$(COMPOSE) build
+
+docker-up: ## start the compose stack in the background
+	$(COMPOSE) up -d
+
+docker-down: ## stop the compose stack
+	$(COMPOSE) down
+
+docker-logs: ## follow the compose stack's logs
+	$(COMPOSE) logs -f --tail=100
+
+clean: ## remove the venv, caches and built models
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache .mypy_cache build dist *.egg-info
