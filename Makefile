@@ -52,11 +52,13 @@ bench: $(STAMP) models ## engine throughput on the cost-faithful model, B=1 vs b
 docker-build: ## build the images (needs a Docker engine)
 	$(COMPOSE) build
 
-docker-up: ## start the compose stack in the background
-	$(COMPOSE) up -d
+docker-up: ## start the compose stack (today: the engine image for one-off runs; see README)
+	$(COMPOSE) --profile cli build
+	@echo "The engine image is ready: docker compose run --rm worker transcribe /audio/FILE"
+	@echo "(the long-running API/worker stack arrives with the job platform)"
 
-docker-down: ## stop the compose stack
-	$(COMPOSE) down
+docker-down: ## stop and remove the compose stack's containers
+	$(COMPOSE) --profile cli --profile gpu down
 
 docker-logs: ## follow the compose stack's logs
 	$(COMPOSE) logs -f --tail=100

@@ -21,7 +21,10 @@ def _load(args: argparse.Namespace) -> Any:
     from shared.asr.engine import Recognizer
 
     path = args.model or os.environ.get("TONE_MODEL_PATH") or None
-    return Recognizer.load(path, providers=args.provider, threads=args.threads, decoder=args.decoder)
+    precision = getattr(args, "precision", None) or os.environ.get("TONE_PRECISION", "auto")
+    return Recognizer.load(
+        path, providers=args.provider, threads=args.threads, decoder=args.decoder, precision=precision
+    )
 
 
 def _progress(path: str) -> Any:
@@ -88,7 +91,10 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                     failed += 1
                     _fail(args.files[next_out], errors.pop(next_out), args)
                 next_out += 1
-        for index in range(next_out, len(args.files)):
+        for index in range(next_out, len(args.files)):  # an error came after later files' results
+            if index in results:
+                _emit(args, args.files[index], results.pop(index), many)
+                continue
             failed += 1
             _fail(args.files[index], errors.get(index, RuntimeError("not transcribed")), args)
         return 1 if failed else 0
@@ -253,8 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="engine benchmark on the cost-faithful model (make bench)")
     p.add_argument("--model", help="model to benchmark (default: build the cost-faithful model)")
-    p.add_argument("--seconds", type=float, default=30.0, help="audio seconds per stream")
-    p.add_argument("--batches", default="1,8,16,32,64")
+    p.add_argument("--batches", default="1,8,16,32,64", help="stream counts to advance together")
+    p.add_argument("--precisions", default="float16,float32",
+                   help="precisions to compare (float16: the file as is; float32: rewritten)")  # fmt: skip
+    p.add_argument("--min-seconds", type=float, default=4.0, help="measure each point this long")
+    p.add_argument("--max-steps", type=int, default=30)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--provider", default="auto")
     p.set_defaults(func=cmd_bench)

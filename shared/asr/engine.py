@@ -84,10 +84,12 @@ class Recognizer:
         threads: int | None = None,
         decoder: str = "auto",
         download: bool = True,
+        precision: str = "auto",
     ) -> Recognizer:
         """Load model.onnx (and kenlm.bin beside it) from ``path``, else from Hugging Face."""
         files = locate_model(path, download=download)
-        return cls(AcousticModel(files.model, providers=providers, threads=threads), files.lm, decoder)
+        model = AcousticModel(files.model, providers=providers, threads=threads, precision=precision)
+        return cls(model, files.lm, decoder)
 
     # -- decoders ---------------------------------------------------------------------------------
 

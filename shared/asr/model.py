@@ -1,9 +1,12 @@
 """The acoustic model: locate, check the contract, adapt float16 for the CPU, run a batch.
 
 T-one's released ``model.onnx`` stores float16 weights and computes in float16. ONNX Runtime's CPU
-kernels for float16 are few, so on the CPU provider the graph is rewritten once at load to compute
-in float32 (initializers, constants and casts), keeping the float16 ``state`` input and
-``state_next`` output of the contract: one cast of the state on the way in and one on the way out.
+kernels for float16 are few; where one is missing, ORT inserts casts and computes that node in
+float32. That is how the reference pipeline runs the file, so it is our default: the same numbers
+as the reference, phrase for phrase. ``precision="float32"`` instead rewrites the graph once at
+load to compute in float32 throughout (initializers, constants and casts), keeping the float16
+``state`` input and ``state_next`` output: one cast of the state in, one out. ``make bench``
+compares the two; see the README's performance section.
 """
 
 from __future__ import annotations
@@ -207,7 +210,11 @@ class AcousticModel:
         *,
         providers: str | Sequence[str] | None = None,
         threads: int | None = None,
+        precision: str = "auto",
     ) -> None:
+        """``precision``: "auto" and "float16" run the file as it is (as the reference pipeline
+        does: ONNX Runtime computes in float32 where its CPU lacks a float16 kernel), "float32"
+        rewrites float16 compute to float32 at load, keeping the float16 state I/O."""
         import onnx
         import onnxruntime as ort
 
@@ -218,9 +225,9 @@ class AcousticModel:
             raise ModelContractError(f"{self.path} is not a readable ONNX model: {exc}") from exc
         check_contract(proto)
         self.providers = resolve_providers(providers)
-        self.converted = False
-        if self.providers[0] == "CPUExecutionProvider":
-            self.converted = float16_to_float32(proto)
+        if precision not in ("auto", "float32", "float16"):
+            raise ValueError(f"unknown precision {precision!r}: use auto, float32 or float16")
+        self.converted = precision == "float32" and float16_to_float32(proto)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
