@@ -56,9 +56,10 @@ def _emit(args: argparse.Namespace, name: str, transcript: Any, many: bool) -> N
 
 
 def _fail(name: str, exc: Exception, args: argparse.Namespace) -> None:
-    code = getattr(exc, "code", "error")
+    code = getattr(exc, "code", "file_not_found" if isinstance(exc, FileNotFoundError) else "error")
     message = getattr(exc, "message", None) or str(exc)
-    print(f"tone-platform: {name}: {message} [{code}]", file=sys.stderr)
+    shown = message if message.startswith(name) else f"{name}: {message}"
+    print(f"tone-platform: {shown} [{code}]", file=sys.stderr)
     if args.format == "json":
         print(json.dumps({"file": name, "error": {"code": code, "message": message}}, ensure_ascii=False))
 

@@ -294,7 +294,7 @@ def test_bad_file_exits_1_with_one_stderr_line_and_a_json_error(tone_model: Path
     assert set(doc["error"]) == {"code", "message"}
     assert doc["error"]["code"] in BAD_CODES
     assert doc["error"]["message"]
-    assert line.startswith(f"tone-platform: {path}: ")
+    assert line.startswith(f"tone-platform: {path}")
     assert line.endswith(f" [{doc['error']['code']}]")
 
 
@@ -322,6 +322,7 @@ def test_missing_file_exits_1_and_names_the_file(tone_model: Path, tmp_path: Pat
     (doc,) = json_lines(result.stdout)
     assert doc["file"] == path
     assert "No such file or directory" in doc["error"]["message"]
+    assert doc["error"]["code"] == "file_not_found"
     assert line.endswith(f" [{doc['error']['code']}]")
 
 
