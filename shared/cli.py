@@ -18,13 +18,18 @@ DEFAULT_CACHE = Path(os.environ.get("TONE_CACHE_DIR", Path.home() / ".cache" / "
 
 
 def _load(args: argparse.Namespace) -> Any:
+    """The Recognizer the options ask for; a model problem ends the command with exit code 2."""
     from shared.asr.engine import Recognizer
 
     path = args.model or os.environ.get("TONE_MODEL_PATH") or None
     precision = getattr(args, "precision", None) or os.environ.get("TONE_PRECISION", "auto")
-    return Recognizer.load(
-        path, providers=args.provider, threads=args.threads, decoder=args.decoder, precision=precision
-    )
+    try:
+        return Recognizer.load(
+            path, providers=args.provider, threads=args.threads, decoder=args.decoder, precision=precision
+        )
+    except ToneError as exc:
+        print(f"tone-platform: {exc.message} [{exc.code}]", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _progress(path: str) -> Any:
@@ -65,11 +70,7 @@ def _fail(name: str, exc: Exception, args: argparse.Namespace) -> None:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    try:
-        rec = _load(args)
-    except ToneError as exc:
-        print(f"tone-platform: {exc.message} [{exc.code}]", file=sys.stderr)
-        return 2
+    rec = _load(args)
     limits = {"max_duration": args.max_duration, "max_bytes": args.max_bytes}
     many = len(args.files) > 1
     failed = 0
@@ -121,11 +122,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def cmd_model_check(args: argparse.Namespace) -> int:
-    try:
-        rec = _load(args)
-    except ToneError as exc:
-        print(f"tone-platform: {exc.message} [{exc.code}]", file=sys.stderr)
-        return 2
+    rec = _load(args)
     model = rec.model
     info = {
         "model": str(model.path),
