@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from . import splitter
 from .decoder import BeamSearchDecoder, Decoder, DecoderName, GreedyDecoder, kenlm_available, to_phrase
-from .errors import StreamStateError
+from .errors import ModelError, StreamStateError
 from .model import AcousticModel, locate_model
 from .stream import StreamState
 from .types import CHUNK_SAMPLES, PADDING_SAMPLES, SAMPLE_RATE, STATE_SIZE, Phrase
@@ -74,6 +74,11 @@ class Recognizer:
         self.default_decoder: DecoderName = (
             ("beam" if self.lm_path else "greedy") if default_decoder == "auto" else default_decoder  # type: ignore[assignment]
         )
+        if self.lm_path:  # load the language model now, so that a bad file fails at load, clearly
+            try:
+                self._decoders["beam"] = BeamSearchDecoder(self.lm_path)
+            except (OSError, RuntimeError) as exc:
+                raise ModelError(f"the language model {self.lm_path} cannot be read: {exc}") from exc
 
     @classmethod
     def load(
