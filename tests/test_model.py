@@ -23,6 +23,14 @@ def mutated_tone_model(tone_model: Path, tmp_path: Path, mutate) -> Path:
     return out
 
 
+def offline_hub(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
+    """No network, and this cache: huggingface_hub reads its environment once, at import."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+
 def test_wrong_input_name_is_refused_naming_the_difference(tone_model: Path, tmp_path: Path) -> None:
     def rename(g: onnx.GraphProto) -> None:
         g.input[0].name = "audio"
@@ -62,8 +70,7 @@ def test_missing_model_says_how_to_provide_one(tmp_path: Path) -> None:
 
 
 def test_failed_hugging_face_download_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    offline_hub(monkeypatch, tmp_path / "hub")
     with pytest.raises(ModelNotFoundError) as err:
         locate_model(None)
     assert "downloading t-tech/T-one/model.onnx from Hugging Face failed" in err.value.message
@@ -120,3 +127,18 @@ def test_batch_rows_of_the_cost_model_equal_single_runs(cost_model: Path) -> Non
         lp1, st1 = model.run(signal[i : i + 1], state[i : i + 1])
         assert np.array_equal(lp1[0], lp[i])
         assert np.array_equal(st1[0], st[i])
+
+
+def test_model_in_the_hugging_face_cache_loads_without_network(
+    tone_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--t-tech--T-one"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    (repo / "snapshots" / revision / "model.onnx").write_bytes(tone_model.read_bytes())
+    offline_hub(monkeypatch, tmp_path / "hf" / "hub")
+    files = locate_model(None)
+    assert files.model == repo / "snapshots" / revision / "model.onnx"
+    assert files.lm is None

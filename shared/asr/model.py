@@ -64,20 +64,40 @@ def locate_model(path: str | os.PathLike[str] | None, *, download: bool = True) 
     return _download()
 
 
+def _reachable(endpoint: str) -> None:
+    """Fail fast (instead of the hub client's minute of retries) when the hub's host can't resolve."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(endpoint).hostname or endpoint
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        raise ConnectionError(f"cannot resolve {host}: {exc}") from exc
+
+
 def _download() -> ModelFiles:
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import constants, hf_hub_download
 
-        model = Path(hf_hub_download(HF_REPO, MODEL_FILE))
+        try:  # the hub's cache first: no network needed once downloaded
+            model = Path(hf_hub_download(HF_REPO, MODEL_FILE, local_files_only=True))
+        except Exception:
+            if not constants.HF_HUB_OFFLINE:
+                _reachable(constants.ENDPOINT)
+            model = Path(hf_hub_download(HF_REPO, MODEL_FILE))
     except Exception as exc:  # any failure of the hub client means "no model here"
         raise ModelNotFoundError(
             f"no model path was given and downloading {HF_REPO}/{MODEL_FILE} from Hugging Face failed "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}). {_HOW_TO}"
         ) from exc
-    try:
-        lm: Path | None = Path(hf_hub_download(HF_REPO, LM_FILE))
-    except Exception:
-        lm = None
+    lm: Path | None = None
+    for local_only in (True, False):
+        try:
+            lm = Path(hf_hub_download(HF_REPO, LM_FILE, local_files_only=local_only))
+            break
+        except Exception:
+            continue
     return ModelFiles(model, lm)
 
 
