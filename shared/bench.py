@@ -99,6 +99,35 @@ def engine_rate(rec: Any, batch: int, min_seconds: float, max_steps: int) -> tup
     return batch * steps * CHUNK_SECONDS / elapsed, elapsed / steps
 
 
+def _process_rate(path: str, batch: int, start_at: float, seconds: float, out: Any) -> None:
+    """One single-threaded engine process, for the processes-per-core comparison."""
+    from shared.asr.engine import Recognizer
+
+    rec = Recognizer.load(path, threads=1, providers="cpu")
+    engine_rate(rec, batch, 0.0, 1)  # load and warm up before the common start
+    time.sleep(max(0.0, start_at - time.time()))
+    out.put(engine_rate(rec, batch, seconds, 10_000)[0])
+
+
+def processes_rate(path: Path, processes: int, batch: int, seconds: float) -> float:
+    """Total audio s/s of ``processes`` single-threaded engine processes running at once."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    start_at = time.time() + 15.0
+    procs = [
+        ctx.Process(target=_process_rate, args=(str(path), batch, start_at, seconds, out))
+        for _ in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    rates = [out.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join()
+    return float(sum(rates))
+
+
 def run_bench(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
@@ -129,11 +158,18 @@ def run_bench(args: argparse.Namespace) -> int:
             rows.append((precision, b, rate, per_step))
             print(f"  B={b:<3d} {rate:8.1f} s audio/s   {per_step * 1000:8.1f} ms per step", flush=True)
     best_b = max(batches)
+    cores = os.cpu_count() or 1
+    if cores > 1:
+        print(f"\n[{cores} processes x 1 thread, float16]", flush=True)
+        for b in (1, best_b):
+            rate = processes_rate(path, cores, b, args.min_seconds)
+            rows.append((f"{cores}proc x1", b, rate, 0.0))
+            print(f"  B={b:<3d} {rate:8.1f} s audio/s in total", flush=True)
     peak = matmul_rate(threads, rows=best_b * 10)
     ceiling = peak / (flops / CHUNK_SECONDS)
     print(f"\nceiling: float32 MatMul on the model's shapes at {best_b * 10} rows: {peak / 1e9:.1f} GFLOP/s")
     print(f"         = {ceiling:.1f} s of audio per second if the model were nothing but those MatMuls\n")
-    print(f"{'precision':<10} {'B':>4} {'audio s/s':>10} {'x B=1':>7} {'% ceiling':>10} {'RTF':>8}")
+    print(f"{'run':<10} {'B':>4} {'audio s/s':>10} {'x B=1':>7} {'% ceiling':>10} {'s per s':>8}")
     base = {p: r for p, b, r, _ in rows if b == 1}
     for precision, b, rate, _ in rows:
         print(
