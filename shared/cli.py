@@ -110,7 +110,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                 progress=(lambda s, b=bar: b.update(round(s, 1) - b.n)) if bar else None,
                 **limits,
             )
-        except (ToneError, OSError) as exc:
+        except Exception as exc:  # one bad file never stops the others
             failed += 1
             _fail(name, exc, args)
             continue
