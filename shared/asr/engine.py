@@ -146,7 +146,7 @@ class Recognizer:
         Returns the phrases each stream completed, in order.
         """
         results: list[list[Phrase]] = [[] for _ in items]
-        finishing = {}
+        finishing: set[int] = set()
         for i, (s, samples, finish) in enumerate(items):
             if s.finished:
                 raise StreamStateError("the stream is already finished")
@@ -159,7 +159,7 @@ class Recognizer:
             if finish:
                 tail = PADDING_SAMPLES + (-(len(s.pending) + PADDING_SAMPLES) % CHUNK_SAMPLES)
                 s.pending = np.concatenate((s.pending, np.zeros(tail, np.int16)))
-                finishing[i] = True
+                finishing.add(i)
         while True:
             ready = [i for i, (s, _, _) in enumerate(items) if len(s.pending) >= CHUNK_SAMPLES]
             if not ready:
