@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,lm,stack
+EXTRAS ?= dev,lm,stack,platform
 MODELS := .cache/test-models
 COMPOSE ?= docker compose
 
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the project with its dev, lm and stack extras
+install: $(STAMP) ## create .venv and install the project with its dev, lm, stack and platform extras
 
 models: $(STAMP) ## build the test models (recognizing tones model, cost-faithful model) into .cache/
 	$(BIN)/tone-platform dev make-model --kind tones --out $(MODELS)/tones >/dev/null

@@ -16,12 +16,14 @@ config = context.config
 if config.config_file_name is not None:
     fileConfig(config.config_file_name)
 
-# The SQLAlchemy models arrive with the job platform; autogenerate will compare against their metadata.
-target_metadata = None
+from shared.db.models import Base  # noqa: E402
+
+# Migrations are generated from the models (`alembic revision --autogenerate`); a test checks they agree.
+target_metadata = Base.metadata
 
 
 def database_url() -> str:
-    url = os.environ.get("DATABASE_URL", "").strip()
+    url = os.environ.get("DATABASE_URL", "").strip() or config.get_main_option("sqlalchemy.url") or ""
     if not url:
         raise SystemExit(
             "DATABASE_URL is not set: export it before running alembic, "
@@ -48,7 +50,7 @@ def run_migrations_online() -> None:
     section["sqlalchemy.url"] = database_url()
     connectable = engine_from_config(section, prefix="sqlalchemy.", poolclass=pool.NullPool)
     with connectable.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata)
+        context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
         with context.begin_transaction():
             context.run_migrations()
 

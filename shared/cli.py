@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subtype", default="PCM_16", help="libsndfile subtype, e.g. PCM_16, ULAW, ALAW, GSM610")
     p.add_argument("--stereo-with", nargs="+", metavar="PHRASE", help="a second channel, after the first")
     p.set_defaults(func=cmd_synth)
+    from shared.platform_cli import register
+
+    register(sub)
     return parser
 
 

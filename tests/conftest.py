@@ -1,8 +1,16 @@
-"""Session fixtures: the test models are built by the project's own code, never checked in."""
+"""Session fixtures: test models built by the project's own code; real Postgres, Redis, API and workers."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +50,182 @@ def cost_model() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+# -- the platform: real Postgres, Redis, API server and Celery workers --------------------------------
+
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Proc:
+    """A platform process started by the tests, with its log file."""
+
+    popen: subprocess.Popen[bytes]
+    log: Path
+    url: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = 15, timeout: float = 20) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out = log.open("ab")
+    return subprocess.Popen(
+        cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+    )
+
+
+def wait_for(check: Callable[[], bool], what: str, proc: Proc | None = None, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited ({proc.popen.returncode}):\n{proc.tail()}")
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} not ready after {timeout} s" + (f":\n{proc.tail()}" if proc else ""))
+
+
+def start_api(env: dict[str, str], logs: Path, name: str = "api") -> Proc:
+    """The real HTTP server (uvicorn serving api.main:app) on a free loopback port."""
+    import httpx
+
+    port = free_port()
+    cmd = [
+        str(BIN / "uvicorn"),
+        "api.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+    ]
+    proc = Proc(_spawn(cmd, env, logs / f"{name}.log"), logs / f"{name}.log", f"http://127.0.0.1:{port}")
+    wait_for(lambda: httpx.get(f"{proc.url}/", timeout=2).status_code < 500, "API server", proc)
+    return proc
+
+
+def start_worker(
+    env: dict[str, str], logs: Path, name: str = "worker", queues: str = "cpu", concurrency: int = 1
+) -> Proc:
+    """A real Celery worker (prefork, model loaded once per process) consuming ``queues``."""
+    log = logs / f"{name}.log"
+    cmd = [str(BIN / "celery"), "-A", "worker.celery_app:app", "worker", "-Q", queues, "-c", str(concurrency),
+           "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]  # fmt: skip
+    proc = Proc(_spawn(cmd, env, log), log)
+    wait_for(lambda: " ready." in log.read_text(errors="replace"), f"worker {name}", proc, timeout=90)
+    return proc
+
+
+def start_beat(env: dict[str, str], logs: Path, root: Path) -> Proc:
+    log = logs / "beat.log"
+    cmd = [str(BIN / "celery"), "-A", "worker.celery_app:app", "beat", "--loglevel", "INFO",
+           "-s", str(root / "beat-schedule")]  # fmt: skip
+    return Proc(_spawn(cmd, env, log), log)
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[dict[str, str]]:
+    """Real PostgreSQL and Redis (shared.stack), the schema migrated to head; stopped at the end."""
+    from shared import stack
+    from shared.platform_cli import alembic_upgrade
+
+    # not pytest's tmp dirs: they are 0700, and as root the servers run as the user "tone"
+    root = Path(tempfile.mkdtemp(prefix="tone-platform-test-"))
+    root.chmod(0o755)
+    pg = rd = None
+    try:
+        pg = stack.start_postgres(root / "postgres")
+        rd = stack.start_redis(root / "redis")
+        alembic_upgrade(pg.url)
+        yield {"DATABASE_URL": pg.url, "REDIS_URL": rd.url, "root": str(root)}
+    finally:
+        for service in (pg, rd):
+            if service is not None:
+                stack.stop(service)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def platform_env(servers: dict[str, str], tone_model: Path) -> dict[str, str]:
+    """The environment every platform process of the tests runs with."""
+    root = Path(servers["root"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TONE_")}
+    env.update(
+        DATABASE_URL=servers["DATABASE_URL"],
+        REDIS_URL=servers["REDIS_URL"],
+        TONE_MODEL_PATH=str(tone_model),
+        TONE_DATA_DIR=str(root / "data"),
+        TONE_THREADS="1",
+        TONE_ALLOW_PRIVATE_URLS="1",  # the tests' webhook receivers and audio servers are on loopback
+        TONE_JOB_LEASE_SECONDS="20",
+        TONE_QUEUED_GRACE_SECONDS="20",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def logs(servers: dict[str, str]) -> Path:
+    path = Path(servers["root"]) / "logs"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def api(platform_env: dict[str, str], logs: Path) -> Iterator[Proc]:
+    proc = start_api(platform_env, logs)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(platform_env: dict[str, str], logs: Path) -> Iterator[Proc]:
+    proc = start_worker(platform_env, logs)
+    yield proc
+    proc.stop()
+
+
+def make_key(servers: dict[str, str], tenant: str) -> str:
+    from shared.db.session import session_scope
+    from shared.keys import create_key
+
+    with session_scope(servers["DATABASE_URL"]) as session:
+        return create_key(session, tenant)[1]
+
+
+@pytest.fixture(scope="session")
+def api_key(servers: dict[str, str]) -> str:
+    """A key of tenant "tenant-a"."""
+    return make_key(servers, "tenant-a")
+
+
+@pytest.fixture(scope="session")
+def other_key(servers: dict[str, str]) -> str:
+    """A key of tenant "tenant-b"."""
+    return make_key(servers, "tenant-b")

@@ -1,0 +1,1 @@
+"""The platform's database: SQLAlchemy 2 models (``models``) and sessions (``session``)."""

@@ -1,0 +1,109 @@
+"""``tone-platform`` commands of the platform: keys, db, up/down. Registered by shared.cli."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _alembic_config(database_url: str) -> Any:
+    from alembic.config import Config
+
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return cfg
+
+
+def alembic_upgrade(database_url: str, revision: str = "head") -> None:
+    """``alembic upgrade head`` against this URL, from the project's migrations."""
+    from alembic import command
+
+    command.upgrade(_alembic_config(database_url), revision)
+
+
+def alembic_downgrade(database_url: str, revision: str = "base") -> None:
+    from alembic import command
+
+    command.downgrade(_alembic_config(database_url), revision)
+
+
+def _session() -> Any:
+    from shared.db.session import session_scope
+    from shared.settings import get_settings
+
+    return session_scope(get_settings().database_url)
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from shared.keys import create_key
+
+    with _session() as session:
+        row, key = create_key(session, args.tenant, args.name)
+        prefix = row.prefix
+    print(key)
+    print(f"created key {prefix} for tenant {args.tenant}: it is shown only now", file=sys.stderr)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from shared.keys import list_keys
+
+    with _session() as session:
+        rows = [
+            {
+                "prefix": k.prefix,
+                "tenant": t.name,
+                "name": k.name,
+                "created_at": k.created_at.isoformat() if k.created_at else None,
+                "revoked": k.revoked_at is not None,
+            }
+            for k, t in list_keys(session, args.tenant)
+        ]
+    print(json.dumps(rows, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from shared.keys import revoke_key
+
+    with _session() as session:
+        done = revoke_key(session, args.prefix)
+    if not done:
+        print(f"tone-platform: no live key with prefix {args.prefix}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.prefix}", file=sys.stderr)
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from shared.settings import get_settings
+
+    alembic_upgrade(get_settings().database_url, args.revision)
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("keys", help="API keys: create, list, revoke (DATABASE_URL)")
+    ks = p.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
+    q = ks.add_parser("create", help="create a key for a tenant (created if missing); prints the key alone")
+    q.add_argument("--tenant", required=True)
+    q.add_argument("--name")
+    q.set_defaults(func=cmd_keys_create)
+    q = ks.add_parser("list", help="list keys (prefixes, never the keys)")
+    q.add_argument("--tenant")
+    q.set_defaults(func=cmd_keys_list)
+    q = ks.add_parser("revoke", help="revoke a key by its prefix (tone_xxxxxxxx)")
+    q.add_argument("prefix")
+    q.set_defaults(func=cmd_keys_revoke)
+
+    p = sub.add_parser("db", help="database schema")
+    ds = p.add_subparsers(dest="db_command", required=True, metavar="SUBCOMMAND")
+    q = ds.add_parser("upgrade", help="alembic upgrade to a revision (default head)")
+    q.add_argument("revision", nargs="?", default="head")
+    q.set_defaults(func=cmd_db_upgrade)

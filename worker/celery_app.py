@@ -1,0 +1,53 @@
+"""The Celery application: every reliability setting in one place.
+
+Tasks take ids, never payloads; JSON only. ``acks_late`` + ``task_reject_on_worker_lost`` put a
+message back when a worker dies mid-task; ``worker_prefetch_multiplier=1`` keeps queued work where
+other workers can take it; the beat task ``tone.requeue_stuck`` re-sends jobs whose message was
+lost or whose worker's lease expired, and the job row (not the message) decides who may write a
+result, so a job is never transcribed into two results.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from shared.settings import get_settings
+
+TRANSCRIBE_TASK = "tone.transcribe"
+WEBHOOK_TASK = "tone.webhook"
+REQUEUE_TASK = "tone.requeue_stuck"
+QUEUES = ("cpu", "gpu")
+
+
+def make_app() -> Celery:
+    settings = get_settings()
+    app = Celery("tone", broker=settings.redis_url, include=["worker.tasks", "worker.webhooks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_time_limit_seconds + 60,
+        task_soft_time_limit=settings.task_time_limit_seconds,
+        task_default_queue=settings.worker_queue,
+        task_default_priority=5,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": 3600,
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(10)),
+            "sep": ":",
+        },
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,  # for Flower
+        task_send_sent_event=True,
+        beat_schedule={"requeue-stuck-jobs": {"task": REQUEUE_TASK, "schedule": 15.0}},
+        timezone="UTC",
+    )
+    return app
+
+
+app = make_app()
