@@ -10,7 +10,7 @@ EXTRAS ?= dev,lm,stack,platform
 MODELS := .cache/test-models
 COMPOSE ?= docker compose
 
-.PHONY: help install test lint format typecheck models run bench docker-build docker-up docker-down docker-logs clean
+.PHONY: help install test lint format typecheck models run demo down bench docker-build docker-up docker-down docker-logs clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -43,22 +43,37 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 test: $(STAMP) models lint typecheck ## install everything, build the test models, run ruff, mypy and the whole suite
 	$(BIN)/pytest
 
-run: $(STAMP) ## transcribe a demo recording (T-one from TONE_MODEL_PATH or Hugging Face; else the tone test model)
+run: $(STAMP) ## the whole platform, no Docker: Postgres, Redis, API :8000, worker, beat, Flower :5555 (Ctrl-C stops)
+	$(BIN)/tone-platform up $(UP_ARGS)
+
+down: $(STAMP) ## stop what `tone-platform up --detach` started
+	$(BIN)/tone-platform down
+
+demo: $(STAMP) ## transcribe a demo recording (T-one from TONE_MODEL_PATH or Hugging Face; else the tone test model)
 	$(BIN)/tone-platform demo $(FILE)
 
 bench: $(STAMP) models ## engine throughput on the cost-faithful model, B=1 vs batched, vs this CPU's matmul ceiling
 	$(BIN)/tone-platform bench --model $(MODELS)/cost/model.onnx
 
-docker-build: ## build the images (needs a Docker engine)
+docker-build: ## build the API and worker images (needs a Docker engine)
 	$(COMPOSE) build
 
-docker-up: ## start the compose stack (today: the engine image for one-off runs; see README)
-	$(COMPOSE) --profile cli build
-	@echo "The engine image is ready: docker compose run --rm worker transcribe /audio/FILE"
-	@echo "(the long-running API/worker stack arrives with the job platform)"
+# .env (read by docker compose): generated once with random passwords for Flower and Postgres.
+.env:
+	@umask 077; { echo "# written by make docker-up: docker compose reads it (keep it private)"; \
+	  echo "TONE_FLOWER_PASSWORD=$$(od -An -N18 -tx1 /dev/urandom | tr -d ' \n')"; \
+	  echo "TONE_POSTGRES_PASSWORD=$$(od -An -N18 -tx1 /dev/urandom | tr -d ' \n')"; } > .env
+	@echo "wrote .env (TONE_FLOWER_PASSWORD, TONE_POSTGRES_PASSWORD)"
 
-docker-down: ## stop and remove the compose stack's containers
-	$(COMPOSE) --profile cli --profile gpu down
+docker-up: .env ## start the full compose stack in the background (api :8000, worker, beat, flower :5555, redis, postgres)
+	$(COMPOSE) up -d --build
+	@echo "API     http://localhost:$${TONE_API_PORT:-8000}  (docs: /docs)"
+	@echo "Flower  http://localhost:$${TONE_FLOWER_PORT:-5555}  (user admin, password: TONE_FLOWER_PASSWORD in .env)"
+	@echo "a key:  $(COMPOSE) exec api tone-platform keys create --tenant NAME"
+	@echo "GPU:    $(COMPOSE) --profile gpu up -d   (worker-gpu consumes queue gpu)"
+
+docker-down: ## stop and remove the compose stack's containers (volumes are kept)
+	$(COMPOSE) --profile gpu down
 
 docker-logs: ## follow the compose stack's logs
 	$(COMPOSE) logs -f --tail=100

@@ -1,15 +1,20 @@
-"""``python -m api``: the HTTP API does not exist yet; say so and exit 0."""
+"""``python -m api``: serve the HTTP API with uvicorn on 0.0.0.0:8000 (``--host``/``--port`` to change)."""
 
+from __future__ import annotations
+
+import argparse
 import sys
 
-MESSAGE = (
-    "tone-platform: the HTTP API arrives with the job-platform issue; this image has nothing to serve yet.\n"
-    "To transcribe today, use the worker image's CLI: docker compose run --rm worker transcribe /audio/FILE\n"
-)
 
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
 
-def main() -> int:
-    sys.stdout.write(MESSAGE)
+    parser = argparse.ArgumentParser(prog="python -m api", description="Serve the tone-platform HTTP API.")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    uvicorn.run("api.main:app", host=args.host, port=args.port, workers=args.workers, proxy_headers=True)
     return 0
 
 

@@ -33,11 +33,20 @@ def alembic_downgrade(database_url: str, revision: str = "base") -> None:
     command.downgrade(_alembic_config(database_url), revision)
 
 
+def _database_url() -> str:
+    """DATABASE_URL from the settings; when it is unset, the one `tone-platform up` wrote to
+    ``<data_dir>/env`` for the PostgreSQL it started (see shared.up.load_data_dir_env)."""
+    from shared.settings import get_settings
+    from shared.up import load_data_dir_env
+
+    load_data_dir_env()
+    return get_settings().database_url
+
+
 def _session() -> Any:
     from shared.db.session import session_scope
-    from shared.settings import get_settings
 
-    return session_scope(get_settings().database_url)
+    return session_scope(_database_url())
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
@@ -82,14 +91,15 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from shared.settings import get_settings
-
-    alembic_upgrade(get_settings().database_url, args.revision)
+    alembic_upgrade(_database_url(), args.revision)
     return 0
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("keys", help="API keys: create, list, revoke (DATABASE_URL)")
+    """Adds ``keys``, ``db``, ``up`` and ``down``. ``keys`` and ``db`` use DATABASE_URL; when it is unset
+    they read ``<data_dir>/env`` (TONE_DATA_DIR, default .data), written by ``tone-platform up`` when it
+    started its own PostgreSQL, so that keys can be made for the local stack with no setup."""
+    p = sub.add_parser("keys", help="API keys: create, list, revoke (DATABASE_URL, else TONE_DATA_DIR/env)")
     ks = p.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
     q = ks.add_parser("create", help="create a key for a tenant (created if missing); prints the key alone")
     q.add_argument("--tenant", required=True)
@@ -107,3 +117,7 @@ def register(sub: Any) -> None:
     q = ds.add_parser("upgrade", help="alembic upgrade to a revision (default head)")
     q.add_argument("revision", nargs="?", default="head")
     q.set_defaults(func=cmd_db_upgrade)
+
+    from shared.up import register as register_up
+
+    register_up(sub)

@@ -51,3 +51,16 @@ def make_app() -> Celery:
 
 
 app = make_app()
+
+
+def enqueue_transcription(job_id: str, *, queue: str, priority: int) -> None:
+    """Send ``tone.transcribe`` for a committed job. Job priority 9 is the most urgent; on Redis,
+    Celery's priority 0 is served first, so it is inverted here, in one place."""
+    app.send_task(TRANSCRIBE_TASK, args=[job_id], queue=queue, priority=9 - max(0, min(9, priority)))
+
+
+def enqueue_webhook(job_id: str, event_type: str, *, queue: str | None = None) -> None:
+    """Send ``tone.webhook`` for a job's final event (job.completed, job.failed, job.cancelled)."""
+    app.send_task(
+        WEBHOOK_TASK, args=[job_id, event_type], queue=queue or get_settings().worker_queue, priority=0
+    )

@@ -1,0 +1,103 @@
+"""Dependencies shared by the routes: settings, a DB session, Redis, and the calling tenant.
+
+The tenant comes from ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; every authenticated
+request is also counted against the key's per-minute limit. With ``TONE_AUTH_DISABLED=1`` (local
+use only) every request acts as the tenant "local".
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from typing import Annotated
+
+import redis
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError
+from api.ratelimit import check_rate
+from shared.db.session import sessionmaker_for
+from shared.keys import get_or_create_tenant, verify_key
+from shared.settings import Settings, get_settings
+
+LOCAL_TENANT = "local"
+_LAST_USED_EVERY = timedelta(minutes=1)
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_db(settings: SettingsDep) -> Iterator[Session]:
+    session = sessionmaker_for(settings.database_url)()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+DbDep = Annotated[Session, Depends(get_db)]
+
+
+@lru_cache
+def redis_for(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+
+def get_redis(settings: SettingsDep) -> redis.Redis:
+    return redis_for(settings.redis_url)
+
+
+RedisDep = Annotated[redis.Redis, Depends(get_redis)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the tenant, and the key prefix the rate limit counts against."""
+
+    tenant_id: uuid.UUID
+    tenant_name: str
+    key_prefix: str
+
+
+def _presented_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    return request.headers.get("x-api-key") or None
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def authenticate(request: Request, settings: SettingsDep, db: DbDep) -> Caller:
+    if settings.auth_disabled:
+        tenant = get_or_create_tenant(db, LOCAL_TENANT)
+        db.commit()
+        return Caller(tenant.id, tenant.name, LOCAL_TENANT)
+    key = _presented_key(request)
+    if key is None:
+        raise _unauthorized("an API key is required: Authorization: Bearer <key> or X-API-Key: <key>")
+    row = verify_key(db, key)
+    if row is None:
+        raise _unauthorized("the API key is unknown or revoked")
+    now = datetime.now(timezone.utc)
+    if row.last_used_at is None or now - row.last_used_at > _LAST_USED_EVERY:
+        row.last_used_at = now
+        db.commit()
+    return Caller(row.tenant_id, row.tenant.name, row.prefix)
+
+
+def current_caller(
+    caller: Annotated[Caller, Depends(authenticate)], settings: SettingsDep, client: RedisDep
+) -> Caller:
+    """The authenticated caller, after counting this request against its per-minute limit."""
+    check_rate(client, caller.key_prefix, settings.rate_limit_per_minute)
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]

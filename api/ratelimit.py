@@ -1,0 +1,42 @@
+"""Requests per API key per minute: a fixed-window counter in Redis (``INCR`` + ``EXPIRE``).
+
+Every API process shares the counters, so the limit holds across replicas. Over the limit a request
+is answered 429 ``rate_limited`` with ``Retry-After`` (seconds until the window ends).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+
+from api.errors import ApiError
+
+WINDOW_SECONDS = 60
+log = logging.getLogger("api.ratelimit")
+
+
+def check_rate(client: redis.Redis, key: str, limit: int, now: float | None = None) -> None:
+    """Count one request for ``key``; raise 429 when the window's count passes ``limit`` (0: off)."""
+    if limit <= 0:
+        return
+    now = time.time() if now is None else now
+    window = int(now // WINDOW_SECONDS)
+    counter = f"tone:ratelimit:{key}:{window}"
+    pipe = client.pipeline()
+    pipe.incr(counter)
+    pipe.expire(counter, WINDOW_SECONDS * 2)
+    try:
+        count = int(pipe.execute()[0])
+    except redis.RedisError as exc:  # fail open: the limit must not take the API down with Redis
+        log.warning("rate limit not counted (Redis: %s)", exc)
+        return
+    if count > limit:
+        retry_after = max(1, int((window + 1) * WINDOW_SECONDS - now + 0.999))
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"more than {limit} requests per minute for this key; retry in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )

@@ -1,0 +1,197 @@
+"""Service info (``GET /``), readiness (``GET /health``) and Prometheus metrics (``GET /metrics``).
+
+These need no API key: load balancers, orchestrators and Prometheus call them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select, text
+
+from api.deps import RedisDep, SettingsDep, redis_for
+from api.schemas import HealthOut, ServiceInfo
+from shared.db.models import JOB_STATUSES, Job
+from shared.db.session import engine_for, sessionmaker_for
+from shared.settings import Settings, get_settings
+from worker.celery_app import QUEUES
+from worker.celery_app import app as celery_app
+
+log = logging.getLogger("api.health")
+router = APIRouter(tags=["service"])
+
+NAME = "tone-platform"
+WORKERS_CACHE_SECONDS = 5.0
+PRIORITY_STEPS = range(10)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version(NAME)
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def model_name(settings: Settings) -> str:
+    return settings.model_path or "t-tech/T-one (Hugging Face)"
+
+
+@router.get("/", response_model=ServiceInfo, summary="What this service is")
+def service_info() -> ServiceInfo:
+    return ServiceInfo(
+        name=NAME, version=version(), docs="/docs", redoc="/redoc", openapi="/openapi.json", health="/health"
+    )
+
+
+def _database_ok(settings: Settings) -> bool:
+    try:
+        with engine_for(settings.database_url).connect() as conn:
+            conn.execute(text("SET LOCAL statement_timeout = 1000"))
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception as exc:
+        log.warning("health: database: %s", exc)
+        return False
+
+
+def _broker_ok(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError as exc:
+        log.warning("health: broker: %s", exc)
+        return False
+
+
+class _WorkerCount:
+    """Celery workers answering a ping, asked at most every few seconds (a ping waits 1 s)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._at = -1e9
+        self._count = 0
+
+    def __call__(self) -> int:
+        with self._lock:
+            if time.monotonic() - self._at > WORKERS_CACHE_SECONDS:
+                self._count = self._ping()
+                self._at = time.monotonic()
+            return self._count
+
+    @staticmethod
+    def _ping() -> int:
+        try:
+            return len(celery_app.control.inspect(timeout=1.0).ping() or {})
+        except Exception as exc:
+            log.warning("health: worker ping: %s", exc)
+            return 0
+
+
+worker_count = _WorkerCount()
+
+
+@router.get(
+    "/health",
+    response_model=HealthOut,
+    summary="Readiness: database, broker, workers",
+    responses={503: {"model": HealthOut, "description": "the database or the broker is down"}},
+)
+def health(settings: SettingsDep, client: RedisDep) -> JSONResponse:
+    db_ok, broker_ok = _database_ok(settings), _broker_ok(client)
+    workers = worker_count() if broker_ok else 0
+    if not (db_ok and broker_ok):
+        status, code = "unavailable", 503
+    else:
+        status, code = ("ok" if workers else "degraded"), 200
+    body = HealthOut(
+        status=status,
+        model=model_name(settings),
+        database="ok" if db_ok else "down",
+        broker="ok" if broker_ok else "down",
+        workers=workers,
+    )
+    return JSONResponse(body.model_dump(), status_code=code)
+
+
+# -- metrics ----------------------------------------------------------------------------------------
+
+
+def queue_depth(client: redis.Redis, queue: str) -> int:
+    """Messages waiting in a Celery queue on Redis (one list per priority step)."""
+    names = [queue if p == 0 else f"{queue}:{p}" for p in PRIORITY_STEPS]
+    pipe = client.pipeline()
+    for name in names:
+        pipe.llen(name)
+    return sum(int(n) for n in pipe.execute())
+
+
+class PlatformCollector(Collector):
+    """Read at each scrape from Postgres and Redis, so every API replica reports the same numbers."""
+
+    def collect(self) -> Iterator[Metric]:
+        settings = get_settings()
+        yield from self._jobs(settings)
+        yield from self._queues(settings)
+
+    def _jobs(self, settings: Settings) -> Iterator[Metric]:
+        try:
+            with sessionmaker_for(settings.database_url)() as db:
+                by_status = dict(db.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+                audio, busy, done = db.execute(
+                    select(
+                        func.coalesce(func.sum(Job.duration), 0.0),
+                        func.coalesce(func.sum(Job.processing_seconds), 0.0),
+                        func.count(),
+                    ).where(Job.status == "completed")
+                ).one()
+        except Exception as exc:
+            log.warning("metrics: database: %s", exc)
+            return
+        jobs = GaugeMetricFamily("tone_jobs", "Jobs by status", labels=["status"])
+        for status in JOB_STATUSES:
+            jobs.add_metric([status], float(by_status.get(status, 0)))
+        yield jobs
+        yield GaugeMetricFamily(
+            "tone_audio_seconds_processed", "Audio seconds of completed jobs", value=float(audio)
+        )
+        yield GaugeMetricFamily(
+            "tone_processing_seconds", "Worker seconds spent on completed jobs", value=float(busy)
+        )
+        yield GaugeMetricFamily("tone_jobs_completed", "Completed jobs (still stored)", value=float(done))
+        yield GaugeMetricFamily(
+            "tone_real_time_factor",
+            "Processing seconds per audio second over completed jobs (lower is faster)",
+            value=float(busy) / float(audio) if audio else 0.0,
+        )
+
+    def _queues(self, settings: Settings) -> Iterator[Metric]:
+        depth = GaugeMetricFamily("tone_queue_depth", "Messages waiting per queue", labels=["queue"])
+        try:
+            client = redis_for(settings.redis_url)
+            for queue in QUEUES:
+                depth.add_metric([queue], float(queue_depth(client, queue)))
+        except redis.RedisError as exc:
+            log.warning("metrics: broker: %s", exc)
+            return
+        yield depth
+
+
+REGISTRY = CollectorRegistry()
+REGISTRY.register(PlatformCollector())
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(_: Request) -> Any:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

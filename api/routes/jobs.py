@@ -1,0 +1,276 @@
+"""``/v1/jobs``: submit (upload or URL), get, list, transcript, cancel, delete, webhook deliveries."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.datastructures import FormData, UploadFile
+
+from api import jobs_service as svc
+from api.deps import CallerDep, DbDep, SettingsDep
+from api.errors import ApiError
+from api.schemas import (
+    DeliveryList,
+    DeliveryOut,
+    ErrorResponse,
+    JobList,
+    JobOptions,
+    JobOut,
+    JobStatus,
+    RedeliverOut,
+    TranscriptFormat,
+    TranscriptOut,
+)
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+JSON_LIMIT = 1024 * 1024
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "missing, unknown or revoked API key"},
+    404: {"model": ErrorResponse, "description": "no such job for this tenant"},
+    429: {"model": ErrorResponse, "description": "over the per-key request limit"},
+}
+_UPLOAD_FIELDS = {
+    "channels": {"type": "string", "enum": ["mix", "split"], "default": "mix"},
+    "decoder": {"type": "string", "enum": ["auto", "greedy", "beam"], "default": "auto"},
+    "webhook_url": {"type": "string"},
+    "metadata": {"type": "string", "description": "a JSON object, as a string"},
+    "priority": {"type": "integer", "minimum": 0, "maximum": 9, "default": 5},
+}
+_SUBMIT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "audio_url": {"type": "string"},
+                        **_UPLOAD_FIELDS,
+                    },
+                },
+                "example": {"channels": "split", "metadata": '{"call_id": "1234"}'},
+            },
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/JobOptions"},
+                "example": JobOptions.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
+            },
+        },
+    }
+}
+
+
+def _options(fields: dict[str, Any]) -> JobOptions:
+    try:
+        return JobOptions.model_validate(fields)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
+
+
+def _form_fields(form: FormData) -> dict[str, Any]:
+    fields: dict[str, Any] = {k: v for k, v in form.multi_items() if k != "file" and isinstance(v, str)}
+    if "metadata" in fields:
+        try:
+            fields["metadata"] = json.loads(fields["metadata"])
+        except json.JSONDecodeError:
+            raise ApiError(422, "invalid_request", "metadata must be a JSON object (as a string)") from None
+    return fields
+
+
+async def _small_body(request: Request) -> bytes:
+    """A JSON body, at most ``JSON_LIMIT`` bytes (uploads go as multipart, streamed to disk)."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > JSON_LIMIT:
+            raise ApiError(413, "body_too_large", f"a JSON body may hold at most {JSON_LIMIT} bytes")
+    return bytes(raw)
+
+
+async def _read_request(request: Request) -> tuple[dict[str, Any], UploadFile | None]:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        try:
+            body = json.loads(await _small_body(request))
+        except ValueError:
+            raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(422, "invalid_request", "the JSON body must be an object")
+        return body, None
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        form = await request.form(max_files=1, max_fields=20)
+        upload = form.get("file")
+        if upload is not None and not isinstance(upload, UploadFile):
+            raise ApiError(422, "invalid_request", "file must be a file part")
+        return _form_fields(form), upload
+    raise ApiError(415, "unsupported_media_type", "send multipart/form-data (with file) or JSON (audio_url)")
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    summary="Submit a recording (upload or audio_url)",
+    openapi_extra=_SUBMIT_BODY,
+    responses={
+        **ERRORS,
+        200: {"model": JobOut, "description": "the earlier job of this Idempotency-Key"},
+        400: {"model": ErrorResponse, "description": "empty or unreadable audio"},
+        409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body"},
+        413: {"model": ErrorResponse, "description": "upload or audio over the limit"},
+        415: {"model": ErrorResponse, "description": "not audio"},
+    },
+)
+async def submit_job(
+    request: Request,
+    response: Response,
+    caller: CallerDep,
+    db: DbDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobOut:
+    fields, upload = await _read_request(request)
+    options = _options(fields)
+    try:
+        if (upload is None) == (options.audio_url is None):
+            raise ApiError(422, "invalid_request", "send exactly one of file and audio_url")
+        if options.audio_url is not None:
+            options = options.model_copy(update={"audio_url": svc.validate_audio_url(options.audio_url)})
+            new = svc.NewJob(options, idempotency_key=idempotency_key)
+        else:
+            assert upload is not None
+            job_id, stored = await run_in_threadpool(
+                svc.accept_upload, upload.file, upload.filename, settings
+            )
+            new = svc.NewJob(
+                options, stored, job_id, upload.filename, upload.content_type, idempotency_key=idempotency_key
+            )
+    finally:
+        if upload is not None:
+            await upload.close()
+    job, created = await run_in_threadpool(svc.create_job, db, caller, new, settings)
+    if not created:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return svc.job_view(job)
+
+
+@router.get("", response_model=JobList, summary="List jobs, newest first", responses=ERRORS)
+def list_jobs(
+    caller: CallerDep,
+    db: DbDep,
+    status: JobStatus | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: str | None = None,
+) -> JobList:
+    page, next_cursor = svc.list_jobs(
+        db, caller, svc.JobFilter(status, created_after, created_before, limit, cursor)
+    )
+    return JobList(data=[svc.job_view(j) for j in page], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="A job's status and progress", responses=ERRORS)
+def get_job(job_id: str, caller: CallerDep, db: DbDep) -> JobOut:
+    return svc.job_view(svc.load_job(db, caller, job_id))
+
+
+@router.get(
+    "/{job_id}/transcript",
+    summary="The transcript, as json, txt, srt, vtt or tsv",
+    responses={
+        **ERRORS,
+        200: {
+            "model": TranscriptOut,
+            "content": {
+                "text/plain": {"example": "чем я могу вам помочь\n"},
+                "application/x-subrip": {
+                    "example": "1\n00:00:03,300 --> 00:00:05,490\nчем я могу вам помочь\n"
+                },
+                "text/vtt": {"example": "WEBVTT\n\n00:00:03.300 --> 00:00:05.490\nчем я могу вам помочь\n"},
+                "text/tab-separated-values": {"example": "start\tend\tchannel\ttext\n3300\t5490\t0\tчем\n"},
+            },
+        },
+        409: {"model": ErrorResponse, "description": "the job is not completed"},
+    },
+)
+def get_transcript(job_id: str, caller: CallerDep, db: DbDep, format: TranscriptFormat = "json") -> Response:
+    body, media_type = svc.render_transcript(svc.load_job(db, caller, job_id), format)
+    return Response(body, media_type=media_type)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobOut,
+    summary="Cancel a job (a running one stops within seconds)",
+    responses={**ERRORS, 409: {"model": ErrorResponse, "description": "the job already ended"}},
+)
+def cancel_job(job_id: str, caller: CallerDep, db: DbDep) -> JobOut:
+    job = svc.load_job(db, caller, job_id)
+    if not svc.request_cancel(db, job):
+        raise ApiError(409, "already_final", f"the job is already {job.status}")
+    return svc.job_view(job)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    summary="Delete a job, its audio, transcript and deliveries",
+    responses=ERRORS,
+)
+def delete_job(job_id: str, caller: CallerDep, db: DbDep, settings: SettingsDep) -> Response:
+    svc.delete_job(db, svc.load_job(db, caller, job_id), settings)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{job_id}/webhooks",
+    response_model=DeliveryList,
+    summary="Every webhook delivery attempt",
+    responses=ERRORS,
+)
+def list_webhooks(job_id: str, caller: CallerDep, db: DbDep) -> DeliveryList:
+    job = svc.load_job(db, caller, job_id)
+    return DeliveryList(
+        data=[
+            DeliveryOut(
+                id=str(d.id),
+                event_id=d.event_id,
+                event_type=d.event_type,
+                url=d.url,
+                attempt=d.attempt,
+                created_at=d.created_at,
+                status_code=d.status_code,
+                latency_ms=d.latency_ms,
+                error=d.error,
+                success=d.success,
+                next_attempt_at=d.next_attempt_at,
+            )
+            for d in svc.deliveries(db, job)
+        ]
+    )
+
+
+@router.post(
+    "/{job_id}/webhooks/redeliver",
+    status_code=202,
+    response_model=RedeliverOut,
+    summary="Send the job's final webhook event again",
+    responses={**ERRORS, 409: {"model": ErrorResponse, "description": "no webhook_url, or not final yet"}},
+)
+def redeliver_webhook(job_id: str, caller: CallerDep, db: DbDep) -> RedeliverOut:
+    job = svc.load_job(db, caller, job_id)
+    if not job.webhook_url:
+        raise ApiError(409, "no_webhook", "the job has no webhook_url")
+    if not svc.send_final_event(job):
+        raise ApiError(409, "not_ready", f"the job is {job.status}; events are sent when it ends")
+    return RedeliverOut(job_id=str(job.id), event_type=f"job.{job.status}")

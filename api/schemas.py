@@ -1,0 +1,273 @@
+"""Request and response models of the HTTP API, with the examples shown at /docs and /redoc."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Channels = Literal["mix", "split"]
+Decoder = Literal["auto", "greedy", "beam"]
+JobStatus = Literal["queued", "processing", "completed", "failed", "cancelled"]
+TranscriptFormat = Literal["json", "txt", "srt", "vtt", "tsv"]
+
+JOB_ID_EXAMPLE = "7b0c2f4e-8f0e-4a53-9d0b-0d6f3f0f2a11"
+
+
+class JobOptions(BaseModel):
+    """Options of ``POST /v1/jobs`` (form fields with an upload, or a JSON body with ``audio_url``)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "audio_url": "https://example.com/calls/2024-05-01/1234.wav",
+                    "channels": "split",
+                    "decoder": "greedy",
+                    "webhook_url": "https://example.com/hooks/tone",
+                    "metadata": {"call_id": "1234"},
+                    "priority": 5,
+                }
+            ]
+        },
+    )
+
+    audio_url: str | None = Field(None, description="http(s) URL the worker downloads (instead of a file)")
+    channels: Channels = Field("mix", description="mix: average the channels; split: one stream per channel")
+    decoder: Decoder = Field("auto", description="greedy, beam, or auto (beam with an LM when present)")
+    webhook_url: str | None = Field(None, description="POSTed a signed event when the job ends")
+    metadata: dict[str, Any] | None = Field(None, description="any JSON object, returned as is")
+    priority: int = Field(5, ge=0, le=9, description="0 (lowest) .. 9 (highest)")
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(examples=["unsupported_format"])
+    message: str = Field(examples=["neither libsndfile nor FFmpeg recognises the input as audio"])
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+
+
+class JobLinks(BaseModel):
+    self: str
+    transcript: str
+    cancel: str
+    webhooks: str
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": JOB_ID_EXAMPLE,
+                    "status": "completed",
+                    "kind": "job",
+                    "priority": 5,
+                    "progress": 1.0,
+                    "created_at": "2024-05-01T12:00:00Z",
+                    "started_at": "2024-05-01T12:00:01Z",
+                    "finished_at": "2024-05-01T12:00:03Z",
+                    "duration": 13.02,
+                    "processing_seconds": 1.7,
+                    "options": {"channels": "split", "decoder": "greedy"},
+                    "metadata": {"call_id": "1234"},
+                    "source": "upload",
+                    "filename": "call.wav",
+                    "size_bytes": 208324,
+                    "audio_url": None,
+                    "webhook_url": "https://example.com/hooks/tone",
+                    "error": None,
+                    "links": {
+                        "self": f"/v1/jobs/{JOB_ID_EXAMPLE}",
+                        "transcript": f"/v1/jobs/{JOB_ID_EXAMPLE}/transcript",
+                        "cancel": f"/v1/jobs/{JOB_ID_EXAMPLE}/cancel",
+                        "webhooks": f"/v1/jobs/{JOB_ID_EXAMPLE}/webhooks",
+                    },
+                }
+            ]
+        }
+    )
+
+    id: str
+    status: JobStatus
+    kind: str
+    priority: int
+    progress: float
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration: float | None = Field(description="audio seconds, once known")
+    processing_seconds: float | None
+    options: dict[str, Any]
+    metadata: dict[str, Any] | None
+    source: str
+    filename: str | None
+    size_bytes: int | None
+    audio_url: str | None
+    webhook_url: str | None
+    error: ErrorInfo | None
+    links: JobLinks
+
+
+class JobList(BaseModel):
+    data: list[JobOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")
+
+
+class WordOut(BaseModel):
+    text: str
+    start: float
+    end: float
+
+
+class PhraseOut(BaseModel):
+    text: str
+    start_time: float
+    end_time: float
+    channel: int
+    words: list[WordOut]
+
+
+class TranscriptOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "job_id": JOB_ID_EXAMPLE,
+                    "phrases": [
+                        {
+                            "text": "чем я могу вам помочь",
+                            "start_time": 3.3,
+                            "end_time": 5.49,
+                            "channel": 0,
+                            "words": [{"text": "чем", "start": 3.3, "end": 3.69}],
+                        }
+                    ],
+                    "full_text": "чем я могу вам помочь",
+                    "duration": 10.5,
+                    "processing_time": 0.4,
+                    "channels": 1,
+                }
+            ]
+        }
+    )
+
+    job_id: str
+    phrases: list[PhraseOut]
+    full_text: str
+    duration: float
+    processing_time: float | None
+    channels: int
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    event_id: str
+    event_type: str
+    url: str
+    attempt: int
+    created_at: datetime
+    status_code: int | None
+    latency_ms: float | None
+    error: str | None
+    success: bool
+    next_attempt_at: datetime | None
+
+
+class DeliveryList(BaseModel):
+    data: list[DeliveryOut]
+
+
+class RedeliverOut(BaseModel):
+    job_id: str
+    event_type: str
+    status: Literal["queued"] = "queued"
+
+
+class LegacyPhrase(BaseModel):
+    text: str
+    start_time: float | None = None
+    end_time: float | None = None
+    channel: int | None = None
+    words: list[WordOut] | None = None
+
+
+class LegacyTranscription(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "phrases": [{"text": "чем я могу вам помочь", "start_time": 3.3, "end_time": 5.49}],
+                    "full_text": "чем я могу вам помочь",
+                    "duration": 10.5,
+                    "processing_time": 0.4,
+                }
+            ]
+        }
+    )
+
+    phrases: list[LegacyPhrase]
+    full_text: str
+    duration: float = Field(description="the audio's length in seconds")
+    processing_time: float
+
+
+class ServiceInfo(BaseModel):
+    name: str
+    version: str
+    docs: str
+    redoc: str
+    openapi: str
+    health: str
+
+
+class HealthOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"status": "ok", "model": "/models/t-one", "database": "ok", "broker": "ok", "workers": 2}
+            ]
+        }
+    )
+
+    status: Literal["ok", "degraded", "unavailable"]
+    model: str
+    database: str
+    broker: str
+    workers: int
+
+
+class OpenAITranscription(BaseModel):
+    text: str = Field(examples=["чем я могу вам помочь"])
+
+
+class OpenAISegment(BaseModel):
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+
+
+class OpenAIWord(BaseModel):
+    word: str
+    start: float
+    end: float
+
+
+class OpenAIVerboseTranscription(BaseModel):
+    task: Literal["transcribe"] = "transcribe"
+    language: str
+    duration: float
+    text: str
+    segments: list[OpenAISegment]
+    words: list[OpenAIWord] | None = None

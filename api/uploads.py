@@ -1,0 +1,151 @@
+"""Uploads to disk in pieces: never the whole file in memory, never over the limit.
+
+Two guards: :class:`BodyLimitMiddleware` refuses a request body larger than the upload limit (plus
+room for form fields) before FastAPI parses it — from ``Content-Length`` at once, or by counting the
+bytes of a chunked body as they arrive — and :func:`save_stream` copies a spooled upload (or any
+byte stream) to ``settings.audio_path`` in 1 MiB pieces, hashing and counting as it goes, removing
+the partial file on any failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import ApiError, error_body
+
+PIECE = 1024 * 1024
+FORM_SLACK = 1024 * 1024  # multipart boundaries and form fields beside the file
+_SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+
+
+@dataclass(frozen=True)
+class StoredAudio:
+    path: Path
+    size: int
+    sha256: str
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "file_too_large", f"the upload is larger than the limit of {limit} bytes")
+
+
+def audio_file_path(audio_dir: Path, name: str, filename: str | None) -> Path:
+    """Where an upload is kept: ``<audio_dir>/<name><suffix of the client's filename, when sane>``."""
+    suffix = Path(filename or "").suffix
+    return audio_dir / (name + (suffix.lower() if _SAFE_SUFFIX.match(suffix) else ""))
+
+
+def _pieces(source: BinaryIO) -> Iterable[bytes]:
+    while piece := source.read(PIECE):
+        yield piece
+
+
+def save_stream(source: BinaryIO | Iterable[bytes], dest: Path, max_bytes: int) -> StoredAudio:
+    """Copy ``source`` to ``dest`` in pieces; 413 ``file_too_large`` past ``max_bytes``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    pieces = _pieces(source) if hasattr(source, "read") else source  # type: ignore[arg-type]
+    digest = hashlib.sha256()
+    size = 0
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with part.open("wb") as out:
+            for piece in pieces:
+                size += len(piece)
+                if size > max_bytes:
+                    raise too_large(max_bytes)
+                digest.update(piece)
+                out.write(piece)
+        os.replace(part, dest)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return StoredAudio(dest, size, digest.hexdigest())
+
+
+def remove_quietly(path: str | Path | None) -> None:
+    if path:
+        Path(path).unlink(missing_ok=True)
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``limit()`` bytes with 413 before they are parsed or spooled.
+
+    A declared ``Content-Length`` over the limit is refused without reading the body. A chunked
+    body is counted as it arrives; past the limit the app sees an error, and whatever it answers is
+    replaced by the 413.
+    """
+
+    def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        file_limit = self.limit()
+        limit = file_limit + FORM_SLACK
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _send_413(send, file_limit)
+            return
+        seen = 0
+        overflow = False
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen, overflow
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    overflow = True
+                    raise _BodyTooLargeError
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if overflow:
+                return  # the app's answer to the aborted body is replaced by our 413
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except _BodyTooLargeError:
+            pass
+        except Exception:
+            if not overflow:
+                raise
+        if overflow and not started:
+            await _send_413(send, file_limit)
+
+
+async def _send_413(send: Send, limit: int) -> None:
+    err = too_large(limit)
+    body = json.dumps(error_body(err.code, err.message)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

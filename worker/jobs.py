@@ -1,0 +1,316 @@
+"""One task run: the claimed jobs advanced together, with progress, leases, cancels and outcomes.
+
+:class:`BatchRun` takes the jobs a ``tone.transcribe`` run claimed, opens their audio (downloading
+``audio_url`` jobs first), claims more waiting jobs of the same queue while it has room (up to
+``worker_batch`` recordings per model call), and drives a :class:`~worker.processing.BatchRunner`.
+About once a second it writes each job's progress, renews its lease and reads its cancel flag.
+Each job ends on its own: completed with its transcript, failed with the engine's error code,
+cancelled, or dropped silently when another worker took its lease over.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextvars import ContextVar
+from typing import Any
+
+import redis.exceptions
+from celery.exceptions import SoftTimeLimitExceeded
+from kombu.exceptions import OperationalError as KombuOperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from shared.asr.engine import ChannelMode, Recognizer
+from shared.asr.errors import ToneError
+from shared.settings import Settings
+from worker.processing import BatchRunner, Outcome, Work
+from worker.store import Claimed, JobStore
+
+HEARTBEAT_SECONDS = 1.0  # progress, lease renewal and cancel checks
+PROGRESS_CAP = 0.99  # until the transcript is stored
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    KombuOperationalError,
+)
+
+current_job: ContextVar[str] = ContextVar("current_job", default="-")
+
+
+class JobLog(logging.LoggerAdapter):  # type: ignore[type-arg,unused-ignore]
+    """Every line names its job: ``job=<id> message`` (``job=`` keyword, else the task's job)."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        job = kwargs.pop("job", None) or current_job.get()
+        return f"job={job} {msg}", kwargs
+
+
+log = JobLog(logging.getLogger("tone.worker"), {})
+
+
+# -- the model, once per process -------------------------------------------------------------------
+
+MODEL_RETRY_SECONDS = 30.0  # after a failed load, jobs fail with its error this long before a retry
+_model_lock = threading.Lock()
+_recognizer: Recognizer | None = None
+_load_failure: tuple[float, Exception] | None = None
+
+
+def get_recognizer(settings: Settings) -> Recognizer:
+    """The process's Recognizer, loaded on first use with the settings' model, provider, threads,
+    precision and decoder. Raises the engine's ModelError (model_not_found, model_contract_mismatch)."""
+    global _recognizer, _load_failure
+    with _model_lock:
+        if _recognizer is None:
+            if _load_failure is not None and time.monotonic() - _load_failure[0] < MODEL_RETRY_SECONDS:
+                raise _load_failure[1]
+            started = time.perf_counter()
+            try:
+                _recognizer = Recognizer.load(
+                    settings.model_path,
+                    providers=settings.provider,
+                    threads=settings.threads,
+                    decoder=settings.decoder,
+                    precision=settings.precision,
+                )
+            except Exception as exc:
+                _load_failure = (time.monotonic(), exc)
+                raise
+            _load_failure = None
+            log.info(
+                "model loaded from %s in %.2f s",
+                settings.model_path or "Hugging Face",
+                time.perf_counter() - started,
+                job="-",
+            )
+        return _recognizer
+
+
+# -- errors -> job error codes ----------------------------------------------------------------------
+
+
+def error_of(exc: BaseException) -> tuple[str, str]:
+    """(code, message) for a job that failed on ``exc``."""
+    if isinstance(exc, ToneError):
+        return exc.code, exc.message
+    if isinstance(exc, FileNotFoundError):
+        return "file_not_found", "the job's audio file is missing"
+    code = getattr(exc, "code", None)  # netguard's typed errors: url_forbidden, download_failed, ...
+    if isinstance(code, str) and code:
+        return code, str(getattr(exc, "message", None) or exc)
+    return "internal_error", f"unexpected error while transcribing ({type(exc).__name__})"
+
+
+# -- one run ----------------------------------------------------------------------------------------
+
+
+class BatchRun:
+    def __init__(self, store: JobStore, settings: Settings, *, batching: bool = True) -> None:
+        self.store = store
+        self.settings = settings
+        self.batching = batching and settings.worker_batch > 1
+        self.jobs: dict[str, Claimed] = {}
+        self.runner: BatchRunner | None = None
+        self.queue = "cpu"
+        self.refill_until = time.monotonic() + settings.task_time_limit_seconds / 2
+
+    # outcomes
+
+    def _notify(self, job: Claimed, event: str) -> None:
+        if not job.webhook_url:
+            return
+        from worker.celery_app import enqueue_webhook
+
+        try:
+            enqueue_webhook(job.id, event)
+        except Exception:
+            log.exception("could not send the %s webhook task", event, job=job.id)
+
+    def _failed(self, job: Claimed, exc: BaseException) -> None:
+        code, message = error_of(exc)
+        if code == "internal_error":
+            log.error("failed: %s", message, exc_info=exc, job=job.id)
+        else:
+            log.info("failed: %s: %s", code, message, job=job.id)
+        if self.store.fail(job.id, code, message):
+            self._notify(job, "job.failed")
+
+    def _cancelled(self, job: Claimed) -> None:
+        if self.runner is not None:
+            self.runner.stop(job.id)
+        if self.store.cancel(job.id):
+            log.info("cancelled", job=job.id)
+            self._notify(job, "job.cancelled")
+
+    def _lost(self, job_id: str) -> None:
+        if self.runner is not None:
+            self.runner.stop(job_id)
+        self.jobs.pop(job_id, None)
+        log.warning("lease lost (taken over or deleted): dropping this job's work", job=job_id)
+
+    def _finish(self, outcome: Outcome) -> None:
+        job = self.jobs.pop(outcome.job_id)
+        if outcome.transcript is None:
+            self._failed(job, outcome.error or RuntimeError("no transcript"))
+            return
+        t = outcome.transcript
+        if self.store.complete(job.id, t):
+            log.info(
+                "completed: %.1f s of audio, %d phrases, in %.2f s",
+                t.duration,
+                len(t.phrases),
+                t.processing_time,
+                job=job.id,
+            )
+            self._notify(job, "job.completed")
+        else:
+            log.warning("lease lost before the result was stored: result dropped", job=job.id)
+
+    # inputs
+
+    def _download(self, job: Claimed) -> str | None:
+        """Fetch ``audio_url`` to the audio directory (renewing the lease meanwhile); the path, or
+        None when the lease was lost."""
+        from shared.netguard import download
+
+        s = self.settings
+        dest = s.audio_path / f"{job.id}.audio"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with ThreadPoolExecutor(1, thread_name_prefix="download") as pool:
+            future = pool.submit(
+                download,
+                job.audio_url or "",
+                dest,
+                max_bytes=s.max_upload_bytes,
+                timeout=s.url_download_timeout_seconds,
+                allow_private=s.allow_private_urls,
+            )
+            while True:
+                try:
+                    size, sha256, content_type = future.result(timeout=HEARTBEAT_SECONDS)
+                    break
+                except FutureTimeout:
+                    self.store.renew(job.id)  # renew the lease
+        values: dict[str, Any] = {"audio_path": str(dest), "size_bytes": size, "sha256": sha256}
+        if content_type:
+            values["content_type"] = content_type
+        log.info("downloaded %d bytes from the job's audio_url", size, job=job.id)
+        return str(dest) if self.store.renew(job.id, **values) else None
+
+    def _start(self, job: Claimed) -> None:
+        """Open a claimed job's audio and add it to the batch (or end it right away)."""
+        assert self.runner is not None
+        self.jobs[job.id] = job
+        if job.cancel_requested:
+            self.jobs.pop(job.id)
+            self._cancelled(job)
+            return
+        try:
+            path = job.audio_path
+            if job.source == "url" and not path:
+                path = self._download(job)
+                if path is None:
+                    self._lost(job.id)
+                    return
+            if not path:
+                raise FileNotFoundError("no audio_path")
+            channels: ChannelMode = "split" if job.options.get("channels") == "split" else "mix"
+            decoder = job.options.get("decoder")
+            work = Work(job.id, path, channels, None if decoder in (None, "auto") else decoder)
+            info = self.runner.add(work)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            self.jobs.pop(job.id)
+            self._failed(job, exc)
+            return
+        values: dict[str, Any] = {"audio_info": info}
+        if info["duration"]:
+            values["duration"] = info["duration"]
+        if not self.store.renew(job.id, **values):
+            self._lost(job.id)
+
+    def _refill(self) -> int:
+        """Claim waiting jobs of this queue while there is room; how many were added."""
+        if not self.batching or self.runner is None or time.monotonic() > self.refill_until:
+            return 0
+        room = self.settings.worker_batch - len(self.runner)
+        if room <= 0:
+            return 0
+        claimed = self.store.claim_waiting(self.queue, room)
+        for job in claimed:
+            self._start(job)
+        return len(claimed)
+
+    # the loop
+
+    def _heartbeat(self) -> None:
+        assert self.runner is not None
+        progress = {
+            job_id: min(PROGRESS_CAP, done / duration) if duration > 0 else 0.0
+            for job_id, (done, duration) in self.runner.progress().items()
+        }
+        alive, cancel = self.store.heartbeat(progress)
+        for job_id in progress:
+            if job_id not in alive:
+                self._lost(job_id)
+            elif job_id in cancel:
+                self._cancelled(self.jobs.pop(job_id))
+
+    def run(self, claimed: list[Claimed]) -> None:
+        try:
+            recognizer = get_recognizer(self.settings)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            for job in claimed:
+                self._failed(job, exc)
+            return
+        s = self.settings
+        self.runner = BatchRunner(recognizer, max_duration=s.max_audio_seconds, max_bytes=s.max_upload_bytes)
+        self.queue = claimed[0].queue
+        try:
+            if self.batching:
+                claimed = claimed + self.store.claim_waiting(self.queue, s.worker_batch - len(claimed))
+            log.info("batch of %d jobs: %s", len(claimed), " ".join(j.id for j in claimed))
+            for job in claimed:
+                self._start(job)
+            self._loop()
+        except SoftTimeLimitExceeded as exc:
+            for job_id in list(self.jobs):
+                self._failed(self.jobs.pop(job_id), _TimeLimitError(exc))
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:  # the engine itself failed: every job of the batch fails
+            log.exception("the batch failed: %s", exc)
+            for job_id in list(self.jobs):
+                self._failed(self.jobs.pop(job_id), exc)
+        finally:
+            self.runner.close()
+
+    def _loop(self) -> None:
+        assert self.runner is not None
+        last = time.monotonic()
+        while len(self.runner):
+            for outcome in self.runner.round():
+                self._finish(outcome)
+            if time.monotonic() - last >= HEARTBEAT_SECONDS:
+                last = time.monotonic()
+                self._heartbeat()
+                added = self._refill()
+                if added:
+                    log.info("%d jobs joined the batch, now %d", added, len(self.runner))
+
+
+class _TimeLimitError(Exception):
+    code = "time_limit_exceeded"
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__("the task ran past its time limit")
+        self.message = "the task ran past its time limit"

@@ -1,0 +1,166 @@
+"""Many recordings advanced together through the engine's batched stepping (no DB, no Celery).
+
+A :class:`BatchRunner` holds the recordings a worker is transcribing, one stream per output
+channel each. Every :meth:`BatchRunner.round` reads the next block of every recording and makes
+one :meth:`Recognizer.advance` call over all their streams, so each model call holds B streams
+from different files. Between rounds the caller writes progress, renews leases, checks cancel
+requests (:meth:`stop`) and adds newly claimed recordings (:meth:`add`). A recording that cannot
+be read ends with its typed error and leaves the others untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from shared.asr.audio import AudioReader, open_audio
+from shared.asr.engine import ChannelMode, Recognizer, Transcript
+from shared.asr.stream import StreamState
+from shared.asr.types import SAMPLE_RATE, Phrase
+
+BLOCK_SECONDS = 2.0  # audio read per recording per round
+
+
+@dataclass(frozen=True)
+class Work:
+    """One recording to transcribe: the job it belongs to and how."""
+
+    job_id: str
+    path: str
+    channels: ChannelMode = "mix"
+    decoder: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a recording ended: a transcript, or an error (typed engine errors carry ``.code``)."""
+
+    job_id: str
+    transcript: Transcript | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class _Active:
+    work: Work
+    reader: AudioReader
+    streams: list[StreamState]
+    info: dict[str, Any]
+    started: float = field(default_factory=time.perf_counter)
+    phrases: list[Phrase] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return self.streams[0].samples_in / SAMPLE_RATE
+
+
+def _order(p: Phrase) -> tuple[int, int, int]:
+    """The engine's time order across channels (frames, so ties are exact)."""
+    return (p.start_frame, p.channel, p.end_frame)
+
+
+class BatchRunner:
+    """The recordings one worker process advances together, each at its own position."""
+
+    def __init__(
+        self,
+        recognizer: Recognizer,
+        *,
+        max_duration: float | None = None,
+        max_bytes: int | None = None,
+        block_seconds: float = BLOCK_SECONDS,
+    ) -> None:
+        self.recognizer = recognizer
+        self.max_duration = max_duration
+        self.max_bytes = max_bytes
+        self.block_seconds = block_seconds
+        self._active: dict[str, _Active] = {}
+
+    # -- membership -------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+    @property
+    def job_ids(self) -> list[str]:
+        return list(self._active)
+
+    def add(self, work: Work) -> dict[str, Any]:
+        """Open a recording and give it its streams; returns what the audio is (format, rate,
+        channels, duration). Raises the engine's typed error when it can't be opened."""
+        reader = open_audio(
+            work.path,
+            channels=work.channels,
+            max_duration=self.max_duration,
+            max_bytes=self.max_bytes,
+            block_seconds=self.block_seconds,
+        )
+        streams = [
+            self.recognizer.new_stream(channel=c, decoder=work.decoder) for c in range(reader.channels)
+        ]
+        i = reader.info
+        info = {
+            "format": i.format,
+            "codec": i.codec,
+            "sample_rate": i.sample_rate,
+            "channels": i.channels,
+            "duration": i.duration,
+            "backend": i.backend,
+        }
+        self._active[work.job_id] = _Active(work, reader, streams, info)
+        return info
+
+    def stop(self, job_id: str) -> None:
+        """Drop a recording (cancelled, or its lease lost): nothing more is computed for it."""
+        active = self._active.pop(job_id, None)
+        if active is not None:
+            active.reader.close()
+
+    def close(self) -> None:
+        for job_id in list(self._active):
+            self.stop(job_id)
+
+    def progress(self) -> dict[str, tuple[float, float]]:
+        """Each recording's (audio seconds done, declared duration; 0.0 when unknown)."""
+        return {k: (a.seconds, float(a.info["duration"] or 0.0)) for k, a in self._active.items()}
+
+    # -- work -------------------------------------------------------------------------------------
+
+    def round(self) -> list[Outcome]:
+        """Advance every recording by one block, all streams in shared model calls; return the
+        recordings that ended in this round (completed or failed)."""
+        items: list[tuple[StreamState, npt.NDArray[Any] | None, bool]] = []
+        owners: list[_Active] = []
+        ended: list[Outcome] = []
+        finishing: list[_Active] = []
+        for job_id, active in list(self._active.items()):
+            block: np.ndarray | None = None
+            try:
+                block = next(active.reader)
+            except StopIteration:
+                finishing.append(active)
+            except Exception as exc:  # a bad file fails alone
+                self.stop(job_id)
+                ended.append(Outcome(job_id, error=exc))
+                continue
+            for c, stream in enumerate(active.streams):
+                items.append((stream, None if block is None else block[:, c], block is None))
+                owners.append(active)
+        if items:
+            results = self.recognizer.advance(items, max_batch=len(items))
+            for active, phrases in zip(owners, results):
+                active.phrases.extend(phrases)
+        for active in finishing:
+            self.stop(active.work.job_id)
+            ended.append(Outcome(active.work.job_id, transcript=self._transcript(active)))
+        return ended
+
+    @staticmethod
+    def _transcript(active: _Active) -> Transcript:
+        phrases = tuple(sorted(active.phrases, key=_order))
+        elapsed = time.perf_counter() - active.started
+        return Transcript(phrases, active.seconds, elapsed, len(active.streams))

@@ -1,0 +1,297 @@
+"""The worker's writes to the jobs table: claims, leases, progress and final states.
+
+The job row, not the Celery message, decides who may work on a job. A worker claims a job
+atomically (``queued``, or ``processing`` whose lease expired) and writes its own name into
+``lease_owner``; every later write is ``WHERE id = :id AND lease_owner = :me AND status =
+'processing'``, so a worker whose lease was taken over (it stalled, or was presumed dead) can no
+longer change the job, and a job gets at most one transcript. Times come from the database's clock.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from shared.asr.engine import Transcript as EngineTranscript
+from shared.db.models import Job, Transcript
+from shared.db.session import session_scope
+
+_NO_SYNC = {"synchronize_session": False}  # no ORM objects to refresh: plain UPDATE ... RETURNING
+MAX_ATTEMPTS = 3  # claims of one job; a job whose lease expired this often fails "worker_lost"
+
+
+def new_owner() -> str:
+    """A lease owner name unique to this task run: host, process and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What the worker needs of a job it claimed."""
+
+    id: str
+    queue: str
+    source: str
+    audio_path: str | None
+    audio_url: str | None
+    options: dict[str, Any]
+    attempts: int
+    cancel_requested: bool
+    webhook_url: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Claimed:
+        return cls(
+            id=str(row.id),
+            queue=row.queue,
+            source=row.source,
+            audio_path=row.audio_path,
+            audio_url=row.audio_url,
+            options=dict(row.options or {}),
+            attempts=row.attempts,
+            cancel_requested=row.cancel_requested,
+            webhook_url=row.webhook_url,
+        )
+
+
+_RETURNING = (
+    Job.id,
+    Job.queue,
+    Job.source,
+    Job.audio_path,
+    Job.audio_url,
+    Job.options,
+    Job.attempts,
+    Job.cancel_requested,
+    Job.webhook_url,
+)
+
+
+def _lease_expired() -> Any:
+    return and_(Job.status == "processing", Job.lease_expires_at < func.now())
+
+
+class JobStore:
+    """The jobs one task run holds, written only while it still owns their lease."""
+
+    def __init__(self, database_url: str, owner: str, lease_seconds: float) -> None:
+        self.url = database_url
+        self.owner = owner
+        self.lease = timedelta(seconds=lease_seconds)
+
+    def _claim_values(self) -> dict[str, Any]:
+        return {
+            "status": "processing",
+            "lease_owner": self.owner,
+            "lease_expires_at": func.now() + self.lease,
+            "started_at": func.coalesce(Job.started_at, func.now()),
+            "attempts": Job.attempts + 1,
+        }
+
+    # -- claims -----------------------------------------------------------------------------------
+
+    def claim(self, job_id: str, resume_owner: str | None = None) -> Claimed | None:
+        """Take the job if it is queued, its lease expired (fewer than MAX_ATTEMPTS claims), or it
+        is held by ``resume_owner`` (this task's own earlier run, retried). None: leave it alone."""
+        free = or_(Job.status == "queued", and_(_lease_expired(), Job.attempts < MAX_ATTEMPTS))
+        if resume_owner:
+            free = or_(free, and_(Job.status == "processing", Job.lease_owner == resume_owner))
+        stmt = update(Job).where(Job.id == job_id, free).values(self._claim_values()).returning(*_RETURNING)
+        with session_scope(self.url) as session:
+            row = session.execute(stmt, execution_options=_NO_SYNC).first()
+        return Claimed.from_row(row) if row else None
+
+    def claim_waiting(self, queue: str, limit: int) -> list[Claimed]:
+        """Take up to ``limit`` more queued jobs of ``queue`` to batch with (highest priority, then
+        oldest first), skipping rows other workers are claiming and URL jobs not yet downloaded."""
+        if limit <= 0:
+            return []
+        waiting = (
+            select(Job.id)
+            .where(
+                Job.status == "queued",
+                Job.queue == queue,
+                Job.cancel_requested.is_(False),
+                or_(Job.source != "url", Job.audio_path.is_not(None)),
+            )
+            .order_by(Job.priority.desc(), Job.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            update(Job)
+            .where(Job.id.in_(waiting.scalar_subquery()), Job.status == "queued")
+            .values(self._claim_values())
+            .returning(*_RETURNING)
+        )
+        with session_scope(self.url) as session:
+            return [Claimed.from_row(r) for r in session.execute(stmt, execution_options=_NO_SYNC).all()]
+
+    def claim_resumed(self, resume_owner: str) -> list[Claimed]:
+        """Jobs an earlier run of this task held when it hit a transient error: take them back."""
+        stmt = (
+            update(Job)
+            .where(Job.status == "processing", Job.lease_owner == resume_owner)
+            .values(self._claim_values())
+            .returning(*_RETURNING)
+        )
+        with session_scope(self.url) as session:
+            return [Claimed.from_row(r) for r in session.execute(stmt, execution_options=_NO_SYNC).all()]
+
+    # -- while processing -------------------------------------------------------------------------
+
+    def _mine(self, job_id: str) -> Any:
+        return and_(Job.id == job_id, Job.lease_owner == self.owner, Job.status == "processing")
+
+    def renew(self, job_id: str, **values: Any) -> bool:
+        """Set fields of a job this run still owns (and renew its lease); False if it lost it."""
+        stmt = (
+            update(Job).where(self._mine(job_id)).values(lease_expires_at=func.now() + self.lease, **values)
+        )
+        with session_scope(self.url) as session:
+            return session.execute(stmt.returning(Job.id), execution_options=_NO_SYNC).first() is not None
+
+    def heartbeat(self, progress: dict[str, float]) -> tuple[set[str], set[str]]:
+        """Write each job's progress and renew its lease, in one transaction.
+
+        Returns (jobs still ours, jobs of those whose cancel was requested); a job missing from
+        the first set was re-claimed by another worker or deleted: drop it silently.
+        """
+        alive: set[str] = set()
+        cancel: set[str] = set()
+        with session_scope(self.url) as session:
+            for job_id, value in progress.items():
+                stmt = (
+                    update(Job)
+                    .where(self._mine(job_id))
+                    .values(progress=value, lease_expires_at=func.now() + self.lease)
+                    .returning(Job.cancel_requested)
+                )
+                row = session.execute(stmt, execution_options=_NO_SYNC).first()
+                if row is not None:
+                    alive.add(job_id)
+                    if row.cancel_requested:
+                        cancel.add(job_id)
+        return alive, cancel
+
+    # -- final states -----------------------------------------------------------------------------
+
+    def complete(self, job_id: str, transcript: EngineTranscript) -> bool:
+        """Store the transcript and mark the job completed in ONE transaction, if still ours."""
+        result = transcript.to_dict()
+        with session_scope(self.url) as session:
+            stmt = (
+                update(Job)
+                .where(self._mine(job_id))
+                .values(
+                    status="completed",
+                    progress=1.0,
+                    duration=transcript.duration,
+                    processing_seconds=transcript.processing_time,
+                    finished_at=func.now(),
+                    lease_expires_at=None,
+                    error_code=None,
+                    error_message=None,
+                )
+                .returning(Job.id)
+            )
+            if session.execute(stmt, execution_options=_NO_SYNC).first() is None:
+                session.rollback()
+                return False
+            session.execute(
+                insert(Transcript)
+                .values(
+                    job_id=uuid.UUID(job_id),
+                    phrases=result["phrases"],
+                    full_text=result["full_text"],
+                    duration=transcript.duration,
+                    channels=transcript.channels,
+                )
+                .on_conflict_do_nothing(index_elements=[Transcript.job_id])
+            )
+        return True
+
+    def fail(self, job_id: str, code: str, message: str) -> bool:
+        return self._end(job_id, "failed", code, message[:2000])
+
+    def cancel(self, job_id: str) -> bool:
+        return self._end(job_id, "cancelled", None, None)
+
+    def _end(self, job_id: str, status: str, code: str | None, message: str | None) -> bool:
+        stmt = (
+            update(Job)
+            .where(self._mine(job_id))
+            .values(
+                status=status,
+                error_code=code,
+                error_message=message,
+                finished_at=func.now(),
+                lease_expires_at=None,
+            )
+            .returning(Job.id)
+        )
+        with session_scope(self.url) as session:
+            return session.execute(stmt, execution_options=_NO_SYNC).first() is not None
+
+
+# -- the beat's sweep -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stuck:
+    id: str
+    queue: str
+    priority: int
+    status: str
+    webhook_url: str | None
+
+
+def fail_lost(session: Session) -> list[Stuck]:
+    """Jobs whose lease expired after MAX_ATTEMPTS claims: failed ``worker_lost`` (workers kept dying
+    on them, e.g. a file that crashes the process)."""
+    stmt = (
+        update(Job)
+        .where(_lease_expired(), Job.attempts >= MAX_ATTEMPTS)
+        .values(
+            status="failed",
+            error_code="worker_lost",
+            finished_at=func.now(),
+            lease_expires_at=None,
+            error_message=f"the worker processing this job stopped {MAX_ATTEMPTS} times; giving up",
+        )
+        .returning(Job.id, Job.queue, Job.priority, Job.status, Job.webhook_url)
+    )
+    return [
+        Stuck(str(r.id), r.queue, r.priority, r.status, r.webhook_url)
+        for r in session.execute(stmt, execution_options=_NO_SYNC)
+    ]
+
+
+def find_stuck(session: Session, grace_seconds: float) -> list[Stuck]:
+    """Queued jobs last sent more than ``grace_seconds`` ago, and processing jobs whose lease expired
+    (and were not re-sent in the last ``grace_seconds``), oldest first, rows locked."""
+    cutoff = func.now() - timedelta(seconds=grace_seconds)
+    sent_before = func.coalesce(Job.enqueued_at, Job.created_at) < cutoff
+    stmt = (
+        select(Job.id, Job.queue, Job.priority, Job.status, Job.webhook_url)
+        .where(sent_before, or_(Job.status == "queued", _lease_expired()))
+        .order_by(Job.created_at)
+        .with_for_update(skip_locked=True)
+    )
+    return [Stuck(str(r.id), r.queue, r.priority, r.status, r.webhook_url) for r in session.execute(stmt)]
+
+
+def mark_sent(session: Session, job_ids: Iterable[str]) -> None:
+    ids = [uuid.UUID(j) for j in job_ids]
+    if ids:
+        stmt = update(Job).where(Job.id.in_(ids)).values(enqueued_at=func.now())
+        session.execute(stmt, execution_options=_NO_SYNC)

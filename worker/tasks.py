@@ -1,0 +1,135 @@
+"""The Celery tasks: ``tone.transcribe`` (claim, batch, transcribe, store) and ``tone.requeue_stuck``.
+
+Both are thin and idempotent; the job row decides everything. A duplicate or stale
+``tone.transcribe`` message finds its job taken or final and returns. Transient failures (the
+database or the broker unreachable) are retried with exponential backoff, up to 5 times, and the
+retry takes back the jobs its failed run held.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_init
+
+from shared.db.session import engine_for, session_scope, sessionmaker_for
+from shared.settings import get_settings
+from worker.celery_app import REQUEUE_TASK, TRANSCRIBE_TASK, app, enqueue_transcription, enqueue_webhook
+from worker.jobs import TRANSIENT_ERRORS, BatchRun, current_job, get_recognizer, log
+from worker.store import JobStore, Stuck, fail_lost, find_stuck, mark_sent, new_owner
+
+MAX_RETRIES = 5
+
+
+@worker_process_init.connect
+def _process_init(**_: Any) -> None:
+    """A fresh pool process: no database connections inherited from the parent; the model starts
+    loading in the background so that the first job does not wait for all of it."""
+    sessionmaker_for.cache_clear()
+    engine_for.cache_clear()
+
+    def warm() -> None:
+        try:
+            get_recognizer(get_settings())
+        except Exception as exc:  # reported again, as the job's error, by the first task
+            log.error("the model could not be loaded: %s", exc, job="-")
+
+    threading.Thread(target=warm, name="model-load", daemon=True).start()
+
+
+def _backoff(retries: int) -> float:
+    return float(min(60, 2**retries)) + random.uniform(0, 1)
+
+
+@app.task(name=TRANSCRIBE_TASK, bind=True, max_retries=MAX_RETRIES)
+def transcribe(self: Task, job_id: str, resume_owner: str | None = None) -> None:  # type: ignore[type-arg,unused-ignore]
+    """Transcribe a job, with other waiting jobs of its queue batched in."""
+    try:
+        uuid.UUID(job_id)
+    except (ValueError, TypeError):
+        log.error("not a job id: %r", job_id, job="-")
+        return
+    token = current_job.set(job_id)
+    owner = new_owner()
+    try:
+        run_job(job_id, owner, resume_owner)
+    except TRANSIENT_ERRORS as exc:
+        delay = _backoff(self.request.retries)
+        log.warning("transient failure (%s), retrying in %.0f s", exc.__class__.__name__, delay)
+        raise self.retry(exc=exc, countdown=delay, kwargs={"resume_owner": owner}) from exc
+    finally:
+        current_job.reset(token)
+
+
+def run_job(job_id: str, owner: str, resume_owner: str | None = None) -> None:
+    settings = get_settings()
+    store = JobStore(settings.database_url, owner, settings.job_lease_seconds)
+    first = store.claim(job_id, resume_owner)
+    claimed = [first] if first else []
+    if resume_owner:
+        claimed += [c for c in store.claim_resumed(resume_owner) if c.id != job_id]
+    if not claimed:
+        log.info("nothing to do: the job is taken, final or gone")
+        return
+    # a job claimed again after a lost worker runs alone, so that a file that kills workers
+    # takes no other job down with it
+    retried = first is not None and first.attempts > 1
+    if retried:
+        log.info("claimed again after a lost worker: running it alone")
+    BatchRun(store, settings, batching=not retried).run(claimed)
+
+
+@app.task(name=REQUEUE_TASK)
+def requeue_stuck() -> dict[str, int]:
+    """Beat: re-send jobs whose message was lost or whose worker's lease expired; fail jobs that
+    lost their worker MAX_ATTEMPTS times (``worker_lost``)."""
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        lost = fail_lost(session)
+        stuck = find_stuck(session, settings.queued_grace_seconds)
+        resend = _to_resend(stuck)
+        mark_sent(session, (s.id for s in resend))
+    for job in lost:
+        log.warning("failed: worker_lost", job=job.id)
+        if job.webhook_url:
+            enqueue_webhook(job.id, "job.failed")
+    for job in resend:
+        why = "its lease expired" if job.status == "processing" else "no worker took it"
+        log.info("re-enqueued: %s", why, job=job.id)
+        enqueue_transcription(job.id, queue=job.queue, priority=job.priority)
+    return {"resent": len(resend), "worker_lost": len(lost)}
+
+
+def _to_resend(stuck: list[Stuck]) -> list[Stuck]:
+    """Expired leases always; old queued jobs of a queue only when the broker holds fewer waiting
+    messages for it than there are such jobs (their messages were lost, e.g. Redis restarted
+    without persistence), so a long backlog is not flooded with duplicates."""
+    resend = [s for s in stuck if s.status == "processing"]
+    queued: dict[str, list[Stuck]] = {}
+    for s in stuck:
+        if s.status == "queued":
+            queued.setdefault(s.queue, []).append(s)
+    for queue, jobs in queued.items():
+        waiting = _broker_waiting(queue)
+        if waiting is None or waiting < len(jobs):
+            resend += jobs
+    return resend
+
+
+def _broker_waiting(queue: str) -> int | None:
+    """Messages waiting in a Redis queue (all priority levels), or None when it can't be read."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=5)
+        try:
+            keys = [queue] + [f"{queue}:{p}" for p in range(1, 10)]
+            return sum(int(client.llen(k)) for k in keys)
+        finally:
+            client.close()
+    except Exception:
+        return None

@@ -1,0 +1,316 @@
+"""Webhook delivery: signed events (Standard Webhooks), retried on the spec's schedule, every
+attempt recorded as a ``WebhookDelivery`` row.
+
+``tone.webhook(job_id, event_type, attempt=1, event_id=None)`` sends one attempt of one event to
+the job's ``webhook_url`` through the SSRF guard (``shared.netguard``) and records it. On failure
+the next attempt is scheduled after the next delay of ``SCHEDULE`` (+-10 % jitter), or after the
+receiver's ``Retry-After`` (429/503) when that is longer:
+
+- delays up to ``COUNTDOWN_MAX_SECONDS`` are Celery countdowns of this same task (Redis redelivers
+  unacked messages after its visibility timeout of an hour, so longer countdowns would run twice);
+- longer ones are only stored as the row's ``next_attempt_at``; the beat task
+  ``tone.webhook_due`` sends the attempts that are due (and those whose countdown message was
+  lost). A short-lived Redis claim per (event, attempt) keeps it from sending one twice, and the
+  task skips an attempt that is already recorded.
+
+Only 2xx is success; a 3xx is not followed (a failure, retried); 410 Gone stops; a URL that the
+guard refuses (url_forbidden, invalid_url) stops at once. All attempts of one event share its
+``webhook-id`` (``evt_<uuid>``); ``redeliver(job_id)`` sends a fresh event (new id, attempt 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from sqlalchemy import and_, exists, select
+from sqlalchemy.orm import aliased
+from standardwebhooks import Webhook
+
+from shared.db.models import FINAL_STATUSES, Job, Tenant, WebhookDelivery
+from shared.db.session import session_scope
+from shared.netguard import UrlError, post_json
+from shared.settings import get_settings
+from worker.celery_app import QUEUES, WEBHOOK_TASK, app
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_DUE_TASK = "tone.webhook_due"
+USER_AGENT = "tone-platform-webhooks/1"
+
+# Standard Webhooks' schedule: attempt n (1-based) is sent SCHEDULE[n-1] seconds after attempt n-1
+_H = 3600
+SCHEDULE: tuple[float, ...] = (0, 5, 5 * 60, 30 * 60, 2 * _H, 5 * _H, 10 * _H, 14 * _H, 20 * _H, 24 * _H)
+MAX_ATTEMPTS = len(SCHEDULE)
+JITTER = 0.10
+COUNTDOWN_MAX_SECONDS = 45 * 60  # under Redis' visibility timeout (3600 s) with margin
+RETRY_AFTER_MAX_SECONDS = 24 * 3600
+DUE_INTERVAL_SECONDS = 30.0
+CLAIM_GRACE_SECONDS = 15 * 60  # a dispatched attempt not recorded by then is sent again
+DUE_BATCH = 500
+
+EVENT_TYPES = {status: f"job.{status}" for status in FINAL_STATUSES}
+
+app.conf.beat_schedule.update({"webhook-due": {"task": WEBHOOK_DUE_TASK, "schedule": DUE_INTERVAL_SECONDS}})
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def new_event_id() -> str:
+    return f"evt_{uuid.uuid4().hex}"
+
+
+def event_body(job: Job, event_type: str) -> dict[str, Any]:
+    """The event's JSON object; built from the (final, so stable) job row on every attempt."""
+    error = None
+    if job.error_code or job.error_message:
+        error = {"code": job.error_code, "message": job.error_message}
+    return {
+        "type": event_type,
+        "timestamp": _iso(job.finished_at or _now()),
+        "data": {
+            "id": str(job.id),
+            "status": job.status,
+            "duration": job.duration,
+            "error": error,
+            "metadata": job.client_metadata,
+            "links": {"self": f"/v1/jobs/{job.id}", "transcript": f"/v1/jobs/{job.id}/transcript"},
+        },
+    }
+
+
+def sign(secret: str, event_id: str, body: bytes, moment: datetime) -> dict[str, str]:
+    """The Standard Webhooks headers for one attempt (the signature covers id.timestamp.body)."""
+    signature = Webhook(secret).sign(event_id, moment, body.decode("utf-8"))
+    return {
+        "webhook-id": event_id,
+        "webhook-timestamp": str(int(moment.timestamp())),
+        "webhook-signature": signature,
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+    }
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delay-seconds or an HTTP date; None when absent/invalid."""
+    value = (headers.get("Retry-After") or headers.get("retry-after") or "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or _now())).total_seconds())
+
+
+def next_delay(attempt: int, status_code: int | None, headers: Mapping[str, str] | None) -> float | None:
+    """Seconds until attempt ``attempt + 1`` after attempt ``attempt`` failed; None: give up."""
+    if attempt >= MAX_ATTEMPTS:
+        return None
+    delay = SCHEDULE[attempt] * random.uniform(1 - JITTER, 1 + JITTER)
+    if status_code in (429, 503) and headers is not None:
+        wanted = retry_after_seconds(headers)
+        if wanted is not None and wanted > delay:
+            delay = min(wanted, RETRY_AFTER_MAX_SECONDS)
+    return delay
+
+
+def _redis() -> Any:
+    import redis
+
+    return redis.Redis.from_url(get_settings().redis_url)
+
+
+def _claim(event_id: str, attempt: int, ttl_seconds: float) -> bool:
+    """Mark attempt ``attempt`` of the event as dispatched; False when it already was."""
+    key = f"tone:webhook:claim:{event_id}:{attempt}"
+    try:
+        return bool(_redis().set(key, "1", nx=True, ex=max(1, int(ttl_seconds))))
+    except Exception:  # Redis trouble: sending twice is better than never (same webhook-id)
+        log.warning("webhook claim for %s attempt %d failed", event_id, attempt, exc_info=True)
+        return True
+
+
+def _queue_for(job_queue: str | None) -> str:
+    return job_queue if job_queue in QUEUES else get_settings().worker_queue
+
+
+def _send_attempt(
+    job_id: str, event_type: str, attempt: int, event_id: str, queue: str, countdown: float
+) -> None:
+    app.send_task(
+        WEBHOOK_TASK,
+        args=[job_id, event_type, attempt, event_id],
+        queue=queue,
+        countdown=countdown or None,
+        priority=0,
+    )
+
+
+@app.task(name=WEBHOOK_TASK, bind=True, ignore_result=True, soft_time_limit=120, time_limit=180)
+def deliver(self: Any, job_id: str, event_type: str, attempt: int = 1, event_id: str | None = None) -> str:
+    """Send one attempt of one event and record it; schedule the next attempt on failure."""
+    settings = get_settings()
+    event_id = event_id or new_event_id()
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, uuid.UUID(str(job_id)))
+        if job is None:
+            log.info("webhook %s: job %s no longer exists", event_id, job_id)
+            return "job_missing"
+        if not job.webhook_url:
+            return "no_webhook_url"
+        done = session.scalar(
+            select(WebhookDelivery.id).where(
+                WebhookDelivery.event_id == event_id, WebhookDelivery.attempt == attempt
+            )
+        )
+        if done is not None:
+            log.info("webhook %s attempt %d for job %s is already recorded", event_id, attempt, job_id)
+            return "duplicate"
+        tenant = session.get(Tenant, job.tenant_id)
+        assert tenant is not None
+        url, secret, job_queue = job.webhook_url, tenant.webhook_secret, job.queue
+        body = json.dumps(event_body(job, event_type), ensure_ascii=False, separators=(",", ":")).encode()
+
+    sent_at = _now()
+    headers = sign(secret, event_id, body, sent_at)
+    status_code: int | None = None
+    response_headers: Mapping[str, str] | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    final = False
+    try:
+        status_code, response_headers, latency_ms = post_json(
+            url,
+            body,
+            headers,
+            timeout=settings.webhook_timeout_seconds,
+            allow_private=settings.allow_private_urls,
+        )
+    except UrlError as exc:
+        error = f"{exc.code}: {exc.message}"
+        final = exc.code in ("url_forbidden", "invalid_url")
+        latency_ms = (_now() - sent_at).total_seconds() * 1000.0
+    except Exception as exc:  # anything unexpected is a failed attempt, recorded and retried
+        log.exception("webhook %s attempt %d for job %s failed unexpectedly", event_id, attempt, job_id)
+        error = f"request_failed: {type(exc).__name__}: {exc}"
+        latency_ms = (_now() - sent_at).total_seconds() * 1000.0
+    success = status_code is not None and 200 <= status_code < 300
+    if status_code is not None and not success:
+        if 300 <= status_code < 400:
+            location = (response_headers or {}).get("Location") or (response_headers or {}).get("location")
+            error = f"HTTP {status_code}: redirects are not followed"
+            if location:
+                error += f" (Location: {location})"
+        elif status_code == 410:
+            error = "HTTP 410 Gone: the receiver asked for no more deliveries"
+            final = True
+        else:
+            error = f"HTTP {status_code}"
+
+    delay = None if success or final else next_delay(attempt, status_code, response_headers)
+    next_at = _now() + timedelta(seconds=delay) if delay is not None else None
+    if delay is None and not success and not final:
+        error = f"{error}; gave up after {attempt} attempts"
+
+    with session_scope(settings.database_url) as session:
+        if session.get(Job, uuid.UUID(str(job_id))) is None:  # deleted meanwhile
+            return "job_missing"
+        session.add(
+            WebhookDelivery(
+                job_id=uuid.UUID(str(job_id)),
+                event_id=event_id,
+                event_type=event_type,
+                url=url,
+                attempt=attempt,
+                created_at=sent_at,
+                status_code=status_code,
+                latency_ms=latency_ms,
+                error=error,
+                success=success,
+                next_attempt_at=next_at,
+            )
+        )
+    outcome = "delivered" if success else (error or "failed")
+    log.info("webhook %s attempt %d for job %s to %s: %s", event_id, attempt, job_id, url, outcome)
+
+    if delay is not None and delay <= COUNTDOWN_MAX_SECONDS:
+        # back to the queue this attempt came from: its workers are known to deliver
+        queue = (self.request.delivery_info or {}).get("routing_key") or _queue_for(job_queue)
+        # the claim stops the beat from sending this attempt too, unless the message is lost
+        _claim(event_id, attempt + 1, delay + CLAIM_GRACE_SECONDS)
+        _send_attempt(str(job_id), event_type, attempt + 1, event_id, queue, delay)
+    return "delivered" if success else "failed"
+
+
+@app.task(name=WEBHOOK_DUE_TASK, ignore_result=True, soft_time_limit=60, time_limit=90)
+def send_due() -> int:
+    """Beat: send every retry that is due (``next_attempt_at`` passed, not yet attempted)."""
+    settings = get_settings()
+    later = aliased(WebhookDelivery)
+    with session_scope(settings.database_url) as session:
+        rows = session.execute(
+            select(
+                WebhookDelivery.job_id,
+                WebhookDelivery.event_type,
+                WebhookDelivery.attempt,
+                WebhookDelivery.event_id,
+                Job.queue,
+            )
+            .join(Job, Job.id == WebhookDelivery.job_id)
+            .where(
+                WebhookDelivery.success.is_(False),
+                WebhookDelivery.next_attempt_at.is_not(None),
+                WebhookDelivery.next_attempt_at <= _now(),
+                WebhookDelivery.attempt < MAX_ATTEMPTS,
+                ~exists().where(
+                    and_(later.event_id == WebhookDelivery.event_id, later.attempt > WebhookDelivery.attempt)
+                ),
+            )
+            .order_by(WebhookDelivery.next_attempt_at)
+            .limit(DUE_BATCH)
+        ).all()
+    sent = 0
+    for job_id, event_type, attempt, event_id, job_queue in rows:
+        if _claim(event_id, attempt + 1, CLAIM_GRACE_SECONDS):
+            _send_attempt(str(job_id), event_type, attempt + 1, event_id, _queue_for(job_queue), 0)
+            sent += 1
+    if sent:
+        log.info("sent %d due webhook attempts", sent)
+    return sent
+
+
+def redeliver(job_id: str | uuid.UUID) -> str | None:
+    """Send a fresh event (new ``webhook-id``, attempt 1) for the job's current final status.
+
+    Returns the new event id, or None when there is nothing to send (no such job, the job is not
+    final, or it has no ``webhook_url``)."""
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, uuid.UUID(str(job_id)))
+        if job is None or job.status not in EVENT_TYPES or not job.webhook_url:
+            return None
+        event_type, job_queue = EVENT_TYPES[job.status], job.queue
+    event_id = new_event_id()
+    _send_attempt(str(job_id), event_type, 1, event_id, _queue_for(job_queue), 0)
+    return event_id
