@@ -176,4 +176,110 @@ def run_bench(args: argparse.Namespace) -> int:
             f"{precision:<10} {b:>4} {rate:>10.1f} {rate / base[precision]:>7.2f} "
             f"{100 * rate / ceiling:>9.1f}% {1 / rate:>8.4f}"
         )
+    if args.platform_recordings:
+        first = precisions[0]
+        engine_b = next((r for p, b, r, _ in rows if p == first and b == args.platform_batch), None)
+        if engine_b is None:
+            rec = Recognizer.load(path, providers=args.provider, threads=threads, precision=first)
+            engine_b = engine_rate(rec, args.platform_batch, args.min_seconds, args.max_steps)[0]
+        run_platform_bench(
+            path,
+            recordings=args.platform_recordings,
+            seconds=args.platform_seconds,
+            batch=args.platform_batch,
+            engine_rate_b=engine_b,
+        )
     return 0
+
+
+# -- the platform: recordings submitted at once to the running stack ----------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _p95(values: list[float]) -> float:
+    return float(np.percentile(values, 95)) if values else float("nan")
+
+
+def run_platform_bench(
+    path: Path, *, recordings: int, seconds: float, batch: int, engine_rate_b: float
+) -> None:
+    """Start the stack (``tone-platform up --detach``) on the model, submit ``recordings`` files at
+    once over HTTP, poll them to completion, and compare with the bare engine's batched rate."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+
+    import httpx
+    import soundfile as sf
+
+    root = Path(tempfile.mkdtemp(prefix="tone-bench-"))
+    root.chmod(0o755)  # as root the servers run as the user "tone"
+    cli = str(Path(sys.executable).parent / "tone-platform")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(TONE_DATA_DIR=str(root / "data"), TONE_MODEL_PATH=str(path), TONE_WORKER_BATCH=str(batch))
+    port = _free_port()
+    up = [cli, "up", "--detach", "--port", str(port), "--flower-port", str(_free_port())]
+    try:
+        subprocess.run(up, env=env, check=True, capture_output=True, text=True, timeout=300)
+        key = subprocess.run(
+            [cli, "keys", "create", "--tenant", "bench"], env=env, check=True, capture_output=True, text=True
+        ).stdout.strip()
+        rng = np.random.default_rng(0)
+        files = []
+        for i in range(recordings):
+            f = root / f"rec{i}.wav"
+            sf.write(f, rng.normal(0, 2000, int(seconds * SAMPLE_RATE)).astype(np.int16), SAMPLE_RATE)
+            files.append(f)
+        url = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {key}"}
+        post_ms: list[float] = []
+        get_ms: list[float] = []
+        ids: list[str] = []
+        lock = threading.Lock()
+
+        def submit(f: Path) -> None:
+            with httpx.Client(timeout=60) as client:
+                t = time.perf_counter()
+                r = client.post(f"{url}/v1/jobs", headers=headers, files={"file": (f.name, f.read_bytes())})
+                r.raise_for_status()
+                with lock:
+                    post_ms.append((time.perf_counter() - t) * 1000)
+                    ids.append(r.json()["id"])
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=submit, args=(f,)) for f in files]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        pending = set(ids)
+        with httpx.Client(timeout=60) as client:
+            while pending:
+                for job_id in list(pending):
+                    t = time.perf_counter()
+                    doc = client.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()
+                    get_ms.append((time.perf_counter() - t) * 1000)
+                    if doc["status"] in ("completed", "failed", "cancelled"):
+                        if doc["status"] != "completed":
+                            raise RuntimeError(f"job {job_id} ended {doc['status']}: {doc.get('error')}")
+                        pending.discard(job_id)
+                time.sleep(0.2)
+        wall = time.perf_counter() - started
+    finally:
+        subprocess.run([cli, "down"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+    rate = recordings * seconds / wall
+    print(f"\nplatform: {recordings} recordings of {seconds:.0f} s submitted at once, worker batch {batch}")
+    print(f"  {rate:.1f} s of audio per wall second ({wall:.1f} s for {recordings * seconds:.0f} s of audio)")
+    print(f"  = {100 * rate / engine_rate_b:.0f} % of the bare engine's B={batch} rate ({engine_rate_b:.1f})")
+    print(f"  POST /v1/jobs p95 {_p95(post_ms):.0f} ms ({len(post_ms)} requests)")
+    print(f"  GET /v1/jobs/{{id}} p95 {_p95(get_ms):.0f} ms ({len(get_ms)} requests, during the run)")

@@ -262,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precisions to compare (float16: the file as is; float32: rewritten)")  # fmt: skip
     p.add_argument("--min-seconds", type=float, default=4.0, help="measure each point this long")
     p.add_argument("--max-steps", type=int, default=30)
+    p.add_argument("--platform-recordings", type=int, default=16,
+                   help="then submit this many recordings at once to a new stack (0: skip)")  # fmt: skip
+    p.add_argument("--platform-seconds", type=float, default=30.0, help="length of each of those recordings")
+    p.add_argument("--platform-batch", type=int, default=16, help="the worker's batch (TONE_WORKER_BATCH)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--provider", default="auto")
     p.set_defaults(func=cmd_bench)
