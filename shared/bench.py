@@ -173,7 +173,7 @@ def run_bench(args: argparse.Namespace) -> int:
     base = {p: r for p, b, r, _ in rows if b == 1}
     for precision, b, rate, _ in rows:
         print(
-            f"{precision:<10} {b:>4} {rate:>10.1f} {rate / base[precision]:>7.2f} "
+            f"{precision:<10} {b:>4} {rate:>10.1f} {rate / base.get(precision, float('nan')):>7.2f} "
             f"{100 * rate / ceiling:>9.1f}% {1 / rate:>8.4f}"
         )
     if args.platform_recordings:
