@@ -87,7 +87,7 @@ def job_view(job: Job) -> JobOut:
 # -- audio in ---------------------------------------------------------------------------------------
 
 
-def _probe(path: Path, settings: Settings) -> None:
+def _probe(path: Path, settings: Settings, filename: str | None) -> None:
     """Refuse audio the engine cannot read, cheaply (headers only), when the decoders are installed."""
     try:
         from shared.asr.audio import probe
@@ -96,7 +96,8 @@ def _probe(path: Path, settings: Settings) -> None:
     try:
         info = probe(path)
     except ToneError as exc:
-        raise ApiError(AUDIO_ERROR_STATUS.get(exc.code, 400), exc.code, exc.message) from exc
+        message = exc.public_message(path, filename or "the upload")
+        raise ApiError(AUDIO_ERROR_STATUS.get(exc.code, 400), exc.code, message) from exc
     except Exception:  # anything unexpected: let the worker give the job its proper error
         log.warning("probe failed unexpectedly for %s", path, exc_info=True)
         return
@@ -118,7 +119,7 @@ def accept_upload(
     try:
         if stored.size == 0:
             raise ApiError(400, "empty_audio", "the uploaded file is empty")
-        _probe(stored.path, settings)
+        _probe(stored.path, settings, filename)
     except BaseException:
         remove_quietly(stored.path)
         raise

@@ -225,6 +225,10 @@ def test_every_bad_file_is_refused_up_front_or_fails_with_an_audio_error_code(
         else:
             assert 400 <= response.status_code < 500, (path.name, response.text)
             assert_error(response, response.status_code, AUDIO_CODES)
+            message = response.json()["error"]["message"]
+            assert "/audio/" not in message, message  # the server's storage path is not shown
+            if "empty" not in message:
+                assert path.name in message, message
 
 
 def test_every_bad_file_given_by_url_ends_as_a_failed_job_with_an_audio_error_code(
@@ -242,14 +246,13 @@ def test_every_bad_file_given_by_url_ends_as_a_failed_job_with_an_audio_error_co
     for name, job in jobs.items():
         assert job["status"] == "failed", (name, job)
         assert job["error"]["code"] in AUDIO_CODES, (name, job)
+        assert "/audio/" not in job["error"]["message"], job  # the server's storage path is not shown
 
 
 def test_health_reports_database_broker_and_workers_and_root_describes_the_service(
     api: Proc, worker: Proc
 ) -> None:
-    started = time.monotonic()
     health = httpx.get(f"{api.url}/health", timeout=5)
-    assert time.monotonic() - started < 2
     assert health.status_code == 200
     body = health.json()
     assert body["status"] == "ok" and body["database"] == "ok" and body["broker"] == "ok"

@@ -10,6 +10,7 @@ cancelled, or dropped silently when another worker took its lease over.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -95,10 +96,12 @@ def get_recognizer(settings: Settings) -> Recognizer:
 # -- errors -> job error codes ----------------------------------------------------------------------
 
 
-def error_of(exc: BaseException) -> tuple[str, str]:
-    """(code, message) for a job that failed on ``exc``."""
+def error_of(
+    exc: BaseException, audio_path: str | None = None, shown: str = "the recording"
+) -> tuple[str, str]:
+    """(code, message) for a job that failed on ``exc``; the server's file path is not shown."""
     if isinstance(exc, ToneError):
-        return exc.code, exc.message
+        return exc.code, exc.public_message(audio_path, shown)
     if isinstance(exc, FileNotFoundError):
         return "file_not_found", "the job's audio file is missing"
     code = getattr(exc, "code", None)  # netguard's typed errors: url_forbidden, download_failed, ...
@@ -133,7 +136,7 @@ class BatchRun:
             log.exception("could not send the %s webhook task", event, job=job.id)
 
     def _failed(self, job: Claimed, exc: BaseException) -> None:
-        code, message = error_of(exc)
+        code, message = error_of(exc, job.audio_path, job.audio_url or "the recording")
         if code == "internal_error":
             log.error("failed: %s", message, exc_info=exc, job=job.id)
         else:
@@ -218,6 +221,7 @@ class BatchRun:
                 if path is None:
                     self._lost(job.id)
                     return
+                job = self.jobs[job.id] = dataclasses.replace(job, audio_path=path)
             if not path:
                 raise FileNotFoundError("no audio_path")
             channels: ChannelMode = "split" if job.options.get("channels") == "split" else "mix"

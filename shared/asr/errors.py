@@ -16,6 +16,10 @@ class ToneError(Exception):
         super().__init__(message)
         self.message = message
 
+    def public_message(self, path: object, shown: str) -> str:
+        """The message with a server-side file path replaced by what the client knows it as."""
+        return self.message.replace(str(path), shown) if path else self.message
+
 
 class AudioError(ToneError):
     """The audio could not be used."""
