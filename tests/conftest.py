@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import socketserver
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,3 +232,16 @@ def api_key(servers: dict[str, str]) -> str:
 def other_key(servers: dict[str, str]) -> str:
     """A key of tenant "tenant-b"."""
     return make_key(servers, "tenant-b")
+
+
+@contextmanager
+def serving(server: socketserver.BaseServer) -> Iterator[socketserver.BaseServer]:
+    """Run a test's HTTP server (bound to 127.0.0.1) in a thread; shut it down afterwards."""
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

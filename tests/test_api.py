@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from shared.db.models import Job
 from shared.db.session import session_scope
 from shared.devmodels.tones import synthesize
 from shared.keys import key_prefix, revoke_key
-from tests.conftest import KIT_AUDIO, Proc, make_key, start_api
+from tests.conftest import KIT_AUDIO, Proc, make_key, serving, start_api
 
 PHRASES = ["привет мир", "как дела"]
 AUDIO_CODES = {"empty_audio", "unsupported_format", "corrupt_audio"}
@@ -134,14 +133,8 @@ def test_an_uploaded_job_completes_with_the_engines_transcript_in_every_format(
 def serve_directory(directory: Path) -> Iterator[str]:
     """A local HTTP server (127.0.0.1) for ``directory``; yields its base URL."""
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as server:
         yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_an_audio_url_job_is_downloaded_by_the_worker_and_transcribed(

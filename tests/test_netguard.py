@@ -10,7 +10,6 @@ import hashlib
 import http.server
 import ipaddress
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 from shared import netguard
 from shared.netguard import UrlError, check_url, download, post_json
 
-from .conftest import free_port
+from .conftest import free_port, serving
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 
@@ -86,13 +85,8 @@ class _Server(http.server.ThreadingHTTPServer):
 
 @pytest.fixture
 def server() -> Iterator[_Server]:
-    srv = _Server()
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
+    with serving(_Server()) as srv:
+        yield srv
 
 
 def _port(srv: _Server) -> int:

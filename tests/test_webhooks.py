@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from .conftest import start_worker, wait_for
+from .conftest import serving, start_worker, wait_for
 
 Response = tuple[int, dict[str, str]]
 
@@ -78,13 +78,8 @@ class Receiver(http.server.ThreadingHTTPServer):
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
-    srv = Receiver()
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
+    with serving(Receiver()) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
