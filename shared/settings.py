@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     queued_grace_seconds: float = 120.0  # a queued job older than this with no worker is re-sent
     task_time_limit_seconds: float = 4 * 3600.0
 
+    # live streaming sessions (shared.sessions)
+    stream_ttl_seconds: int = 300  # a session lives this long after its last chunk (each extends it)
+    stream_chunk_timeout_seconds: float = 30.0  # how long a chunk call waits for its answer (then 504)
+
     # webhooks and audio_url
     allow_private_urls: bool = False  # allow webhook/audio_url targets on private/loopback addresses
     webhook_timeout_seconds: float = 10.0

@@ -16,12 +16,14 @@ from shared.settings import get_settings
 TRANSCRIBE_TASK = "tone.transcribe"
 WEBHOOK_TASK = "tone.webhook"
 REQUEUE_TASK = "tone.requeue_stuck"
+STREAM_TASK = "tone.stream"
 QUEUES = ("cpu", "gpu")
 
 
 def make_app() -> Celery:
     settings = get_settings()
-    app = Celery("tone", broker=settings.redis_url, include=["worker.tasks", "worker.webhooks"])
+    include = ["worker.tasks", "worker.webhooks", "worker.streaming"]
+    app = Celery("tone", broker=settings.redis_url, include=include)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

@@ -1,0 +1,193 @@
+"""The original service's streaming calls, over sessions whose decoder state lives in Redis.
+
+``POST /transcribe/streaming`` opens a session; ``POST /transcribe/streaming/chunk`` sends a piece of
+audio (a WAV piece or raw samples of any length, never padded) and answers the phrases it
+completed; ``POST /transcribe/streaming/finalize`` ends the stream (the engine's 300 ms tail) and
+answers every phrase of the session. The API stays thin: it checks the call against the session
+(``shared.sessions``), stores the audio, queues the work for ``tone.stream`` on a worker and waits
+for the answer with BLPOP on the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Annotated, Any
+
+import redis
+import redis.asyncio as aioredis
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import CallerDep, RedisDep, SettingsDep
+from api.errors import ApiError
+from api.routes.jobs import ERRORS
+from api.schemas import ErrorResponse
+from shared.sessions import Accepted, Options, SessionError, SessionStore
+from shared.settings import Settings
+
+router = APIRouter(tags=["streaming"])
+
+MAX_CHUNK_BYTES = 16 * 1024 * 1024
+STREAM_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    404: {"model": ErrorResponse, "description": "no such session for this tenant (session_not_found)"},
+    409: {"model": ErrorResponse, "description": "sequence_gap, session_finished or sequence_stale"},
+    410: {"model": ErrorResponse, "description": "the session expired (session_expired)"},
+    504: {"model": ErrorResponse, "description": "no worker answered within the chunk timeout"},
+}
+
+
+class StreamAnswer(BaseModel):
+    phrases: list[dict[str, Any]] = Field(description="phrases completed (finalize: all of the session)")
+    state_id: str
+    is_final: bool
+    seq: int | None = None
+
+
+@lru_cache
+def _store(client: redis.Redis) -> SessionStore:
+    return SessionStore(client)
+
+
+@lru_cache
+def _async_redis(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(url, socket_connect_timeout=2)
+
+
+def _api_error(exc: SessionError) -> ApiError:
+    return ApiError(exc.status, exc.code, exc.message)
+
+
+def _answer(reply: dict[str, Any]) -> StreamAnswer:
+    if reply.get("status") != 200:
+        error = reply.get("error") or {}
+        raise ApiError(int(reply.get("status") or 500), error.get("code", "error"), error.get("message", ""))
+    return StreamAnswer.model_validate(reply["body"])
+
+
+def _send_task(queue: str) -> None:
+    from worker.celery_app import STREAM_TASK, app
+
+    app.send_task(STREAM_TASK, args=[queue], queue=queue, priority=0)
+
+
+async def _accept(store: SessionStore, sid: str, tenant: str, kind: str, seq: int | None) -> Accepted:
+    try:
+        return await run_in_threadpool(store.accept, sid, tenant, kind, seq)
+    except SessionError as exc:
+        raise _api_error(exc) from exc
+
+
+async def _through_worker(
+    store: SessionStore, settings: Settings, sid: str, seq: int, kind: str, audio: bytes | None
+) -> StreamAnswer:
+    def enqueue() -> str:
+        if audio is not None:
+            keep = max(store.ttl_of(sid), int(settings.stream_chunk_timeout_seconds) + 60)
+            store.store_chunk(sid, seq, audio, keep)
+        key = store.enqueue(settings.worker_queue, sid, seq, kind)
+        _send_task(settings.worker_queue)
+        return key
+
+    key = await run_in_threadpool(enqueue)
+    timeout = settings.stream_chunk_timeout_seconds
+    got = await _async_redis(settings.redis_url).blpop([key], timeout=timeout)
+    if got is None:
+        message = f"no worker answered within {timeout:g} s; send the chunk again (same seq)"
+        raise ApiError(504, "timeout", message)
+    return _answer(json.loads(got[1]))
+
+
+@router.post(
+    "/transcribe/streaming",
+    response_model=StreamAnswer,
+    response_model_exclude_none=True,
+    summary="Open a streaming session (the original service's call)",
+    responses={**ERRORS, 422: {"model": ErrorResponse, "description": "invalid options"}},
+)
+async def start(request: Request, caller: CallerDep, settings: SettingsDep, client: RedisDep) -> StreamAnswer:
+    """Options, as a form or a JSON body, all optional: ``sample_rate`` (8000), ``encoding``
+    (pcm_s16le | mulaw | alaw) and ``channels`` (1, averaged when more) of raw chunks; ``decoder``
+    (auto | greedy | beam); ``ttl_seconds`` (at most ``TONE_STREAM_TTL_SECONDS``)."""
+    raw: dict[str, Any] = {}
+    content_type = request.headers.get("content-type", "")
+    try:
+        if content_type.startswith("application/json"):
+            body = await request.body()
+            raw = json.loads(body) if body.strip() else {}
+            if not isinstance(raw, dict):
+                raise ValueError("a JSON object is expected")
+        elif content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+            raw = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        ttl = int(raw.pop("ttl_seconds", settings.stream_ttl_seconds))
+        options = Options(
+            sample_rate=int(raw.get("sample_rate", 8000)),
+            encoding=str(raw.get("encoding", "pcm_s16le")),
+            channels=int(raw.get("channels", 1)),
+            decoder=str(raw.get("decoder", "auto")),
+        )
+    except SessionError as exc:
+        raise _api_error(exc) from exc
+    except (ValueError, TypeError) as exc:
+        raise ApiError(422, "invalid_request", f"invalid streaming options: {exc}") from exc
+    if not 1 <= ttl <= settings.stream_ttl_seconds:
+        limit = settings.stream_ttl_seconds
+        raise ApiError(422, "invalid_request", f"ttl_seconds must be between 1 and {limit}")
+    sid = await run_in_threadpool(_store(client).create, str(caller.tenant_id), options, ttl)
+    return StreamAnswer(phrases=[], state_id=sid, is_final=False)
+
+
+@router.post(
+    "/transcribe/streaming/chunk",
+    response_model=StreamAnswer,
+    response_model_exclude_none=True,
+    summary="Send a piece of audio to a streaming session",
+    responses=STREAM_ERRORS,
+)
+async def chunk(
+    caller: CallerDep,
+    settings: SettingsDep,
+    client: RedisDep,
+    state_id: Annotated[str, Form(description="the session, from POST /transcribe/streaming")],
+    file: Annotated[UploadFile, File(description="a WAV piece, or raw samples in the session's encoding")],
+    seq: Annotated[int | None, Form(description="0, 1, 2, ...; none: arrival order")] = None,
+) -> StreamAnswer:
+    """Answers the phrases this piece completed. A repeated ``seq`` returns its first answer; a
+    skipped one is refused (409 ``sequence_gap``)."""
+    audio = await file.read(MAX_CHUNK_BYTES + 1)
+    if len(audio) > MAX_CHUNK_BYTES:
+        raise ApiError(413, "file_too_large", f"a chunk may hold at most {MAX_CHUNK_BYTES} bytes")
+    store = _store(client)
+    accepted = await _accept(store, state_id, str(caller.tenant_id), "chunk", seq)
+    if accepted.action == "done":
+        stored = await run_in_threadpool(store.stored_answer, state_id, accepted.seq)
+        if stored is None:
+            raise ApiError(409, "sequence_stale", f"chunk seq {accepted.seq} was applied long ago")
+        return _answer(stored)
+    return await _through_worker(store, settings, state_id, accepted.seq, "chunk", audio)
+
+
+@router.post(
+    "/transcribe/streaming/finalize",
+    response_model=StreamAnswer,
+    response_model_exclude_none=True,
+    summary="End a streaming session: every phrase of it",
+    responses=STREAM_ERRORS,
+)
+async def finalize(
+    caller: CallerDep,
+    settings: SettingsDep,
+    client: RedisDep,
+    state_id: Annotated[str, Form(description="the session")],
+) -> StreamAnswer:
+    """Pads the stream's end as the offline run does and answers all its phrases; calling it
+    again returns the same answer."""
+    store = _store(client)
+    accepted = await _accept(store, state_id, str(caller.tenant_id), "finalize", None)
+    if accepted.action == "final":
+        stored = await run_in_threadpool(store.stored_final, state_id)
+        if stored is not None:
+            return _answer(stored)
+    return await _through_worker(store, settings, state_id, accepted.seq, "finalize", None)

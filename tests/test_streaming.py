@@ -1,0 +1,274 @@
+"""Live streaming over the original service's three HTTP calls, against the real stack: uvicorn,
+Redis and Celery workers of this module's own queue (so that killing one touches nothing else).
+
+Every session must end with exactly the offline transcript of the same audio, whatever the chunk
+sizes, retries and workers that served it.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from shared.asr.audio import decode_raw
+from shared.asr.engine import Recognizer
+from shared.devmodels.tones import synthesize
+from tests.conftest import Proc, start_api, start_worker
+
+QUEUE = "stream-tests"
+PHRASES = ["привет мир", "как дела", "до свидания"]
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code and body["error"]["message"], body
+
+
+@pytest.fixture(scope="module")
+def stream_env(platform_env: dict[str, str]) -> dict[str, str]:
+    return {**platform_env, "TONE_WORKER_QUEUE": QUEUE, "TONE_STREAM_CHUNK_TIMEOUT_SECONDS": "20"}
+
+
+@pytest.fixture(scope="module")
+def stream_api(stream_env: dict[str, str], logs: Path) -> Iterator[Proc]:
+    proc = start_api(stream_env, logs, "stream-api")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def workers(stream_env: dict[str, str], logs: Path) -> Iterator[list[Proc]]:
+    """The module's workers; a test may kill one and append its replacement."""
+    procs = [start_worker(stream_env, logs, "stream-worker", queues=QUEUE)]
+    yield procs
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(stream_api: Proc, workers: list[Proc], api_key: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stream_api.url or "", headers=auth(api_key), timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def audio() -> np.ndarray:
+    return synthesize(PHRASES)[0]
+
+
+@pytest.fixture(scope="module")
+def offline(tone_model: Path) -> Any:
+    recognizer = Recognizer.load(tone_model, threads=1)
+    return lambda samples: recognizer.transcribe_file(samples).to_dict()["phrases"]
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def open_session(client: httpx.Client, **options: Any) -> str:
+    r = (
+        client.post("/transcribe/streaming", json=options)
+        if options
+        else client.post("/transcribe/streaming")
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["phrases"] == [] and body["is_final"] is False and body["state_id"]
+    return str(body["state_id"])
+
+
+def send(
+    client: httpx.Client, sid: str, data: bytes, seq: int | None = None, name: str = "c.raw"
+) -> httpx.Response:
+    form: dict[str, Any] = {"state_id": sid}
+    if seq is not None:
+        form["seq"] = str(seq)
+    return client.post("/transcribe/streaming/chunk", data=form, files={"file": (name, data)})
+
+
+def finalize(client: httpx.Client, sid: str) -> httpx.Response:
+    return client.post("/transcribe/streaming/finalize", data={"state_id": sid})
+
+
+def odd_pieces(samples: np.ndarray, seed: int = 7) -> list[np.ndarray]:
+    """1 s, 37 ms, 2.3 s, one sample, then random sizes up to 1.5 s."""
+    rng = np.random.default_rng(seed)
+    sizes = [8000, 296, 18400, 1]
+    pieces, pos = [], 0
+    while pos < len(samples):
+        size = sizes.pop(0) if sizes else int(rng.integers(1, 12000))
+        pieces.append(samples[pos : pos + size])
+        pos += size
+    return pieces
+
+
+def stream(client: httpx.Client, sid: str, chunks: list[bytes], name: str = "c.raw") -> list[dict[str, Any]]:
+    """Send the chunks in order (without seq); the phrases of their answers, concatenated."""
+    got: list[dict[str, Any]] = []
+    for i, data in enumerate(chunks):
+        r = send(client, sid, data, name=name)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["state_id"] == sid and body["is_final"] is False and body["seq"] == i, body
+        got += body["phrases"]
+    return got
+
+
+def check_final(
+    client: httpx.Client, sid: str, streamed: list[dict[str, Any]], expected: list[dict[str, Any]]
+) -> None:
+    r = finalize(client, sid)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["is_final"] is True and body["state_id"] == sid
+    assert body["phrases"] == expected
+    assert body["phrases"][: len(streamed)] == streamed  # the chunk answers were the first phrases
+
+
+def pcm(samples: np.ndarray) -> bytes:
+    return np.asarray(samples, "<i2").tobytes()
+
+
+def wav(samples: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    sf.write(out, samples, 8000, format="WAV", subtype="PCM_16")
+    return out.getvalue()
+
+
+# -- tests ----------------------------------------------------------------------------------------
+
+
+def test_odd_raw_pieces_end_with_exactly_the_offline_phrases(
+    client: httpx.Client, audio: np.ndarray, offline: Any
+) -> None:
+    expected = offline(audio)
+    assert [p["text"] for p in expected] == PHRASES
+    sid = open_session(client)
+    streamed = stream(client, sid, [pcm(p) for p in odd_pieces(audio)])
+    assert streamed, "phrases come back before the end of the stream"
+    check_final(client, sid, streamed, expected)
+    again = finalize(client, sid)  # finalize again: the same answer
+    assert again.status_code == 200 and again.json()["phrases"] == expected
+    assert_error(send(client, sid, pcm(audio[:100])), 409, "session_finished")
+
+
+def test_wav_pieces_and_mulaw_sessions(client: httpx.Client, audio: np.ndarray, offline: Any) -> None:
+    sid = open_session(client)
+    streamed = stream(client, sid, [wav(p) for p in odd_pieces(audio, 3) if len(p)], name="c.wav")
+    check_final(client, sid, streamed, offline(audio))
+
+    out = io.BytesIO()
+    sf.write(out, audio, 8000, format="RAW", subtype="ULAW")
+    ulaw = out.getvalue()
+    expected = offline(decode_raw(ulaw, encoding="mulaw")[:, 0])
+    assert [p["text"] for p in expected] == PHRASES
+    sid = open_session(client, encoding="mulaw", sample_rate=8000)
+    sizes = np.cumsum([0, 333, 4001, 17, 9000, 2400])
+    chunks = [ulaw[a:b] for a, b in itertools.pairwise(sizes)] + [ulaw[sizes[-1] :]]
+    check_final(client, sid, stream(client, sid, chunks), expected)
+
+
+def test_a_repeated_seq_is_answered_again_without_advancing_twice(
+    client: httpx.Client, audio: np.ndarray, offline: Any
+) -> None:
+    pieces = [pcm(p) for p in np.array_split(audio, 6)]
+    sid = open_session(client)
+    answers = []
+    for seq, data in enumerate(pieces):
+        r = send(client, sid, data, seq)
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+        retry = send(client, sid, data, seq)  # the client did not get the answer and sends it again
+        assert retry.status_code == 200 and retry.json() == answers[-1]
+    assert send(client, sid, pieces[0], 0).json() == answers[0]
+    assert_error(send(client, sid, pieces[0], len(pieces) + 1), 409, "sequence_gap")
+    check_final(client, sid, [p for a in answers for p in a["phrases"]], offline(audio))
+
+
+def test_unknown_sessions_and_other_tenants_get_404(
+    client: httpx.Client, stream_api: Proc, other_key: str, audio: np.ndarray
+) -> None:
+    assert_error(send(client, "0" * 32, pcm(audio[:800])), 404, "session_not_found")
+    assert_error(finalize(client, "nope"), 404, "session_not_found")
+    sid = open_session(client)
+    assert send(client, sid, pcm(audio[:800])).status_code == 200
+    with httpx.Client(base_url=stream_api.url or "", headers=auth(other_key), timeout=30) as other:
+        assert_error(send(other, sid, pcm(audio[800:1600])), 404, "session_not_found")
+        assert_error(finalize(other, sid), 404, "session_not_found")
+    assert send(client, sid, pcm(audio[800:1600])).json()["seq"] == 1  # untouched by the other tenant
+    assert client.post("/transcribe/streaming", json={"encoding": "opus"}).status_code == 422
+    assert httpx.post(f"{stream_api.url}/transcribe/streaming").status_code == 401
+
+
+def test_each_chunk_extends_the_ttl_and_a_late_chunk_gets_the_expiry_error(
+    client: httpx.Client, audio: np.ndarray
+) -> None:
+    sid = open_session(client, ttl_seconds=2)
+    for i in range(4):  # 4 s of activity with a 2 s TTL: each chunk extends it
+        assert send(client, sid, pcm(audio[i * 800 : (i + 1) * 800])).status_code == 200
+        time.sleep(1.0)
+    time.sleep(2.5)
+    assert_error(send(client, sid, pcm(audio[4000:4800])), 410, "session_expired")
+    assert_error(finalize(client, sid), 410, "session_expired")
+
+
+def test_a_session_continues_on_a_new_worker_after_its_worker_was_killed(
+    client: httpx.Client,
+    workers: list[Proc],
+    stream_env: dict[str, str],
+    logs: Path,
+    audio: np.ndarray,
+    offline: Any,
+) -> None:
+    pieces = [pcm(p) for p in odd_pieces(audio, 11)]
+    half = len(pieces) // 2
+    sid = open_session(client)
+    streamed = stream(client, sid, pieces[:half])
+    old = workers[-1]
+    os.killpg(old.popen.pid, signal.SIGKILL)
+    old.popen.wait(10)
+    workers.append(start_worker(stream_env, logs, "stream-worker-2", queues=QUEUE))
+    for seq, data in enumerate(pieces[half:], half):
+        r = send(client, sid, data, seq)
+        assert r.status_code == 200, r.text
+        streamed += r.json()["phrases"]
+    check_final(client, sid, streamed, offline(audio))
+
+
+def test_concurrent_sessions_share_batched_model_calls(
+    client: httpx.Client, workers: list[Proc], offline: Any
+) -> None:
+    recordings = [synthesize(PHRASES[i % 3 :] + PHRASES[: i % 3], pause=0.9 + 0.3 * i)[0] for i in range(6)]
+
+    def one(i: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        sid = open_session(client)
+        streamed = stream(client, sid, [pcm(p) for p in odd_pieces(recordings[i], 100 + i)])
+        r = finalize(client, sid)
+        assert r.status_code == 200, r.text
+        return streamed, r.json()["phrases"]
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(one, range(6)))
+    for recording, (streamed, final) in zip(recordings, results):
+        assert final == offline(recording)
+        assert final[: len(streamed)] == streamed
+    sizes = [int(m) for m in re.findall(r"stream batch of (\d+) sessions", workers[-1].log.read_text())]
+    assert sizes and max(sizes) >= 2, sizes

@@ -1,0 +1,259 @@
+"""``tone.stream``: advance live streaming sessions, many together in one batched model call.
+
+The API stores a chunk's audio in Redis, pushes a work item onto ``tone:stream:pending:<queue>``
+and sends this task. A run pops every pending item (the first item of up to MAX_SESSIONS distinct
+sessions per round; a session's later items wait for the next round), locks each session, loads its
+state (``shared.sessions`` documents the layout), decodes the audio, advances all of them in ONE
+``Recognizer.advance`` call, saves each state, answer and phrase list, pushes each reply and
+releases the locks. It keeps going while items arrive (up to RUN_SECONDS), then leaves the rest to
+a fresh task. A bad chunk gets an error answer for its session only; it consumes its seq.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+import redis
+
+from shared.asr.audio import decode_raw, read_audio, resample
+from shared.asr.errors import EmptyAudioError, StreamStateError, ToneError
+from shared.asr.stream import StreamState
+from shared.asr.types import SAMPLE_RATE
+from shared.sessions import KEEP_ANSWERS, Item, Options, SessionError, SessionStore, expired, finished
+from shared.settings import Settings, get_settings
+from worker.celery_app import STREAM_TASK, app
+from worker.jobs import get_recognizer
+
+log = logging.getLogger("tone.worker.stream")
+
+MAX_SESSIONS = 64  # sessions per model call
+POP = 256  # items popped per round
+RUN_SECONDS = 5.0  # a run keeps draining the pending list this long, then hands over
+IDLE_SLEEP = 0.02  # when a round could only defer (locks held elsewhere, earlier chunks queued)
+CONTAINER_MAGIC = (b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS")
+
+_store: tuple[int, SessionStore] | None = None
+
+
+def store_for(settings: Settings) -> SessionStore:
+    """One Redis client per process (after a fork, a new one)."""
+    global _store
+    if _store is None or _store[0] != os.getpid():
+        _store = (os.getpid(), SessionStore(redis.Redis.from_url(settings.redis_url)))
+    return _store[1]
+
+
+def send_stream_task(queue: str) -> None:
+    app.send_task(STREAM_TASK, args=[queue], queue=queue, priority=0)
+
+
+def decode_chunk(data: bytes, options: Options) -> np.ndarray:
+    """A chunk's audio as mono int16 at 8 kHz: a WAV (or FLAC/Ogg) piece, else raw samples in the
+    session's encoding, channels and rate. Channels are averaged."""
+    if data[:4] in CONTAINER_MAGIC:
+        try:
+            samples = read_audio(io.BytesIO(data), channels="mix")
+        except EmptyAudioError:
+            return np.zeros(0, np.int16)
+        return samples[:, 0]
+    samples = decode_raw(data, encoding=options.encoding, channels=options.channels)  # type: ignore[arg-type]
+    if samples.shape[1] > 1:
+        samples = np.round(samples.astype(np.float64).mean(axis=1, keepdims=True)).astype(np.int16)
+    if options.sample_rate != SAMPLE_RATE and len(samples):
+        samples = resample(samples, options.sample_rate)
+    return samples[:, 0]
+
+
+def ok(body: dict[str, Any]) -> dict[str, Any]:
+    return {"status": 200, "body": body}
+
+
+@dataclass
+class Work:
+    """An item that advances its session this round."""
+
+    item: Item
+    token: str
+    ttl: int
+    state: StreamState
+    samples: np.ndarray | None
+    phrases: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run(queue: str, settings: Settings | None = None) -> int:
+    """Drain the queue's pending list; returns the number of items handled."""
+    settings = settings or get_settings()
+    store = store_for(settings)
+    deadline = time.monotonic() + RUN_SECONDS
+    handled = 0
+    while time.monotonic() < deadline:
+        items = store.pop_pending(queue, POP)
+        if not items:
+            return handled
+        done, later = run_round(store, settings, items)
+        handled += done
+        store.push_back(queue, later)
+        if later and not done:
+            time.sleep(IDLE_SLEEP)
+    if store.r.llen(f"tone:stream:pending:{queue}"):
+        send_stream_task(queue)
+    return handled
+
+
+def run_round(store: SessionStore, settings: Settings, items: list[Item]) -> tuple[int, list[Item]]:
+    """One round: the first item of each session (up to MAX_SESSIONS) in one model call.
+    Returns (items answered, items to put back)."""
+    taken: dict[str, Item] = {}
+    later: list[Item] = []
+    for item in items:
+        if item.id in taken or len(taken) >= MAX_SESSIONS:
+            later.append(item)
+        else:
+            taken[item.id] = item
+    work: list[Work] = []
+    done = 0
+    for item in taken.values():
+        token = store.lock(item.id)
+        if token is None:  # another worker is on this session: next round
+            later.append(item)
+            continue
+        try:
+            outcome = prepare(store, settings, item, token)
+        except ToneError as exc:  # the model cannot be loaded (or a state is unreadable)
+            log.error("stream %s: seq %d: %s", item.id, item.seq, exc)
+            outcome = {"status": 503, "error": {"code": exc.code, "message": exc.message}}
+        except Exception as exc:  # a session that cannot be read answers an error, alone
+            log.exception("stream %s: cannot prepare seq %d", item.id, item.seq)
+            outcome = {"status": 500, "error": {"code": "internal_error", "message": str(exc)}}
+        if isinstance(outcome, Work):
+            work.append(outcome)
+            continue
+        store.unlock(item.id, token)
+        if isinstance(outcome, str):  # "defer"
+            later.append(item)
+        else:
+            store.reply(item, outcome)
+            done += 1
+    if work:
+        advance(store, settings, work)
+        done += len(work)
+    return done, later
+
+
+def prepare(store: SessionStore, settings: Settings, item: Item, token: str) -> Work | dict[str, Any] | str:
+    """Under the session's lock: the Work to advance, an answer, or "defer"."""
+    s = store.load(item.id)
+    if not s:
+        return expired(item.id).to_reply()
+    ttl = int(s["ttl"])
+    next_seq = int(s["next_seq"])
+    if item.kind == "finalize" and "final" in s:
+        return cast("dict[str, Any]", json.loads(s["final"]))
+    if item.seq < next_seq:
+        stored = s.get(f"answer:{item.seq}")
+        if stored:
+            return cast("dict[str, Any]", json.loads(stored))
+        return SessionError(
+            409, "sequence_stale", f"chunk seq {item.seq} was applied long ago; its answer is no longer kept"
+        ).to_reply()
+    if "finished" in s:
+        return finished(item.id).to_reply()
+    if item.seq > next_seq:  # earlier chunks are still queued or being applied
+        if time.time() - item.t > settings.stream_chunk_timeout_seconds:
+            return SessionError(
+                504, "timeout", f"chunk seq {item.seq} waited too long for seq {next_seq}"
+            ).to_reply()
+        return "defer"
+    options = Options.from_json(s["options"])
+    recognizer = get_recognizer(settings)
+    if "state" in s:
+        state = StreamState.from_bytes(s["state"])
+    else:
+        state = recognizer.new_stream(decoder=None if options.decoder == "auto" else options.decoder)
+    samples = None
+    if item.kind == "chunk":
+        data = store.chunk(item.id, item.seq)
+        if data is None:
+            # not consumed: a retry with the audio applies it
+            return SessionError(
+                410, "chunk_expired", f"the audio of chunk seq {item.seq} is gone: send it again"
+            ).to_reply()
+        try:
+            samples = decode_chunk(data, options)
+        except (ToneError, ValueError) as exc:
+            code = getattr(exc, "code", "corrupt_audio")
+            status = 415 if code == "unsupported_format" else 400
+            answer = {"status": status, "error": {"code": code, "message": str(exc)}}
+            consumed = {"next_seq": str(item.seq + 1), f"answer:{item.seq}": json.dumps(answer)}
+            commit(store, item, token, ttl, consumed)  # type: ignore[arg-type]
+            return answer
+    return Work(item, token, ttl, state, samples)
+
+
+def commit(store: SessionStore, item: Item, token: str, ttl: int, fields: dict[str, str | bytes]) -> bool:
+    fields["updated"] = str(time.time())
+    drop = f"answer:{item.seq - KEEP_ANSWERS}" if item.seq >= KEEP_ANSWERS else None
+    saved = store.save(item.id, token, ttl, fields, drop)
+    store.drop_chunk(item.id, item.seq)
+    return saved
+
+
+def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
+    """Advance every session of the round in one batched call, then save, answer and unlock."""
+    recognizer = get_recognizer(settings)
+    started = time.perf_counter()
+    try:
+        results = recognizer.advance(
+            [(w.state, w.samples, w.item.kind == "finalize") for w in work], max_batch=MAX_SESSIONS
+        )
+    except (StreamStateError, ValueError) as exc:  # should not happen: answer each on its own
+        log.exception("stream batch failed")
+        for w in work:
+            store.unlock(w.item.id, w.token)
+            store.reply(w.item, {"status": 500, "error": {"code": "internal_error", "message": str(exc)}})
+        return
+    log.info(
+        "stream batch of %d sessions (%d finalized) in %.3f s",
+        len(work),
+        sum(w.item.kind == "finalize" for w in work),
+        time.perf_counter() - started,
+    )
+    for w, phrases in zip(work, results):
+        item = w.item
+        try:
+            new = [p.to_dict() for p in phrases]
+            all_phrases = json.loads(store.r.hget(f"tone:stream:{item.id}", "phrases") or "[]") + new
+            w.state.seq = item.seq
+            fields: dict[str, str | bytes] = {
+                "state": w.state.to_bytes(),
+                "next_seq": str(item.seq + 1),
+                "phrases": json.dumps(all_phrases, ensure_ascii=False),
+            }
+            if item.kind == "finalize":
+                answer = ok({"phrases": all_phrases, "state_id": item.id, "is_final": True})
+                fields.update(finished="1", final=json.dumps(answer, ensure_ascii=False))
+            else:
+                answer = ok({"phrases": new, "state_id": item.id, "is_final": False, "seq": item.seq})
+            fields[f"answer:{item.seq}"] = json.dumps(answer, ensure_ascii=False)
+            if not commit(store, item, w.token, w.ttl, fields):
+                log.warning("stream %s: lock lost or expired before seq %d was saved", item.id, item.seq)
+                answer = expired(item.id).to_reply()
+        except Exception as exc:
+            log.exception("stream %s: cannot save seq %d", item.id, item.seq)
+            answer = {"status": 500, "error": {"code": "internal_error", "message": str(exc)}}
+        finally:
+            store.unlock(item.id, w.token)
+        store.reply(item, answer)
+
+
+@app.task(name=STREAM_TASK)
+def stream(queue: str | None = None) -> int:
+    """Advance the pending chunks of the queue's streaming sessions (see the module docstring)."""
+    return run(queue or get_settings().worker_queue)
