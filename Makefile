@@ -52,7 +52,7 @@ down: $(STAMP) ## stop what `tone-platform up --detach` started
 demo: $(STAMP) ## transcribe a demo recording (T-one from TONE_MODEL_PATH or Hugging Face; else the tone test model)
 	$(BIN)/tone-platform demo $(FILE)
 
-bench: $(STAMP) models ## engine throughput on the cost-faithful model, B=1 vs batched, vs this CPU's matmul ceiling
+bench: $(STAMP) models ## cost-faithful model: engine B=1 vs batched vs this CPU's matmul ceiling, then the platform
 	$(BIN)/tone-platform bench --model $(MODELS)/cost/model.onnx
 
 docker-build: ## build the API and worker images (needs a Docker engine)
