@@ -17,6 +17,7 @@ from typing import Annotated
 import redis
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.requests import HTTPConnection
 
 from api.errors import ApiError
 from api.ratelimit import check_rate
@@ -62,12 +63,13 @@ class Caller:
     key_prefix: str
 
 
-def _presented_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization")
+def presented_key(connection: HTTPConnection) -> str | None:
+    """The key in ``Authorization: Bearer`` or ``X-API-Key`` (of a request or a WebSocket)."""
+    auth = connection.headers.get("authorization")
     if auth:
         scheme, _, value = auth.partition(" ")
         return value.strip() if scheme.lower() == "bearer" and value.strip() else None
-    return request.headers.get("x-api-key") or None
+    return connection.headers.get("x-api-key") or None
 
 
 def _unauthorized(message: str) -> ApiError:
@@ -75,11 +77,15 @@ def _unauthorized(message: str) -> ApiError:
 
 
 def authenticate(request: Request, settings: SettingsDep, db: DbDep) -> Caller:
+    return resolve_caller(db, settings, presented_key(request))
+
+
+def resolve_caller(db: Session, settings: Settings, key: str | None) -> Caller:
+    """The tenant of ``key`` (the tenant "local" when auth is disabled); 401 ``unauthorized``."""
     if settings.auth_disabled:
         tenant = get_or_create_tenant(db, LOCAL_TENANT)
         db.commit()
         return Caller(tenant.id, tenant.name, LOCAL_TENANT)
-    key = _presented_key(request)
     if key is None:
         raise _unauthorized("an API key is required: Authorization: Bearer <key> or X-API-Key: <key>")
     row = verify_key(db, key)

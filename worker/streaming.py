@@ -7,6 +7,8 @@ state (``shared.sessions`` documents the layout), decodes the audio, advances al
 ``Recognizer.advance`` call, saves each state, answer and phrase list, pushes each reply and
 releases the locks. It keeps going while items arrive (up to RUN_SECONDS), then leaves the rest to
 a fresh task. A bad chunk gets an error answer for its session only; it consumes its seq.
+A chunk's answer also carries ``partial``: the open phrase's text so far (the splitter's buffer,
+greedy-decoded), which the WebSocket protocols send as partial results.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import redis
 
 from shared.asr.audio import decode_raw, read_audio, resample
+from shared.asr.decoder import GreedyDecoder
 from shared.asr.errors import EmptyAudioError, StreamStateError, ToneError
 from shared.asr.stream import StreamState
 from shared.asr.types import SAMPLE_RATE
@@ -197,6 +200,11 @@ def prepare(store: SessionStore, settings: Settings, item: Item, token: str) -> 
     return Work(item, token, ttl, state, samples)
 
 
+def open_phrase(state: StreamState) -> str:
+    """The open phrase's text so far: the splitter's buffer, greedy-decoded (for partial results)."""
+    return GreedyDecoder().decode(state.buffer)[0] if len(state.buffer) else ""
+
+
 def commit(store: SessionStore, item: Item, token: str, ttl: int, fields: dict[str, str | bytes]) -> bool:
     fields["updated"] = str(time.time())
     drop = f"answer:{item.seq - KEEP_ANSWERS}" if item.seq >= KEEP_ANSWERS else None
@@ -240,7 +248,8 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
                 answer = ok({"phrases": all_phrases, "state_id": item.id, "is_final": True})
                 fields.update(finished="1", final=json.dumps(answer, ensure_ascii=False))
             else:
-                answer = ok({"phrases": new, "state_id": item.id, "is_final": False, "seq": item.seq})
+                body = {"phrases": new, "state_id": item.id, "is_final": False, "seq": item.seq}
+                answer = ok({**body, "partial": open_phrase(w.state)})
             fields[f"answer:{item.seq}"] = json.dumps(answer, ensure_ascii=False)
             if not commit(store, item, w.token, w.ttl, fields):
                 log.warning("stream %s: lock lost or expired before seq %d was saved", item.id, item.seq)

@@ -11,21 +11,17 @@ for the answer with BLPOP on the event loop.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from typing import Annotated, Any
 
-import redis
-import redis.asyncio as aioredis
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
+from api import live
 from api.deps import CallerDep, RedisDep, SettingsDep
 from api.errors import ApiError
 from api.routes.jobs import ERRORS
 from api.schemas import ErrorResponse
-from shared.sessions import Accepted, Options, SessionError, SessionStore
-from shared.settings import Settings
+from shared.sessions import Options, SessionError
 
 router = APIRouter(tags=["streaming"])
 
@@ -46,58 +42,8 @@ class StreamAnswer(BaseModel):
     seq: int | None = None
 
 
-@lru_cache
-def _store(client: redis.Redis) -> SessionStore:
-    return SessionStore(client)
-
-
-@lru_cache
-def _async_redis(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, socket_connect_timeout=2)
-
-
 def _api_error(exc: SessionError) -> ApiError:
     return ApiError(exc.status, exc.code, exc.message)
-
-
-def _answer(reply: dict[str, Any]) -> StreamAnswer:
-    if reply.get("status") != 200:
-        error = reply.get("error") or {}
-        raise ApiError(int(reply.get("status") or 500), error.get("code", "error"), error.get("message", ""))
-    return StreamAnswer.model_validate(reply["body"])
-
-
-def _send_task(queue: str) -> None:
-    from worker.celery_app import STREAM_TASK, app
-
-    app.send_task(STREAM_TASK, args=[queue], queue=queue, priority=0)
-
-
-async def _accept(store: SessionStore, sid: str, tenant: str, kind: str, seq: int | None) -> Accepted:
-    try:
-        return await run_in_threadpool(store.accept, sid, tenant, kind, seq)
-    except SessionError as exc:
-        raise _api_error(exc) from exc
-
-
-async def _through_worker(
-    store: SessionStore, settings: Settings, sid: str, seq: int, kind: str, audio: bytes | None
-) -> StreamAnswer:
-    def enqueue() -> str:
-        if audio is not None:
-            keep = max(store.ttl_of(sid), int(settings.stream_chunk_timeout_seconds) + 60)
-            store.store_chunk(sid, seq, audio, keep)
-        key = store.enqueue(settings.worker_queue, sid, seq, kind)
-        _send_task(settings.worker_queue)
-        return key
-
-    key = await run_in_threadpool(enqueue)
-    timeout = settings.stream_chunk_timeout_seconds
-    got = await _async_redis(settings.redis_url).blpop([key], timeout=timeout)
-    if got is None:
-        message = f"no worker answered within {timeout:g} s; send the chunk again (same seq)"
-        raise ApiError(504, "timeout", message)
-    return _answer(json.loads(got[1]))
 
 
 @router.post(
@@ -135,7 +81,7 @@ async def start(request: Request, caller: CallerDep, settings: SettingsDep, clie
     if not 1 <= ttl <= settings.stream_ttl_seconds:
         limit = settings.stream_ttl_seconds
         raise ApiError(422, "invalid_request", f"ttl_seconds must be between 1 and {limit}")
-    sid = await run_in_threadpool(_store(client).create, str(caller.tenant_id), options, ttl)
+    sid = await live.create(live.session_store(client), str(caller.tenant_id), options, ttl)
     return StreamAnswer(phrases=[], state_id=sid, is_final=False)
 
 
@@ -159,14 +105,12 @@ async def chunk(
     audio = await file.read(MAX_CHUNK_BYTES + 1)
     if len(audio) > MAX_CHUNK_BYTES:
         raise ApiError(413, "file_too_large", f"a chunk may hold at most {MAX_CHUNK_BYTES} bytes")
-    store = _store(client)
-    accepted = await _accept(store, state_id, str(caller.tenant_id), "chunk", seq)
-    if accepted.action == "done":
-        stored = await run_in_threadpool(store.stored_answer, state_id, accepted.seq)
-        if stored is None:
-            raise ApiError(409, "sequence_stale", f"chunk seq {accepted.seq} was applied long ago")
-        return _answer(stored)
-    return await _through_worker(store, settings, state_id, accepted.seq, "chunk", audio)
+    try:
+        store = live.session_store(client)
+        body = await live.send_chunk(store, settings, state_id, str(caller.tenant_id), audio, seq)
+    except SessionError as exc:
+        raise _api_error(exc) from exc
+    return StreamAnswer.model_validate(body)
 
 
 @router.post(
@@ -184,10 +128,8 @@ async def finalize(
 ) -> StreamAnswer:
     """Pads the stream's end as the offline run does and answers all its phrases; calling it
     again returns the same answer."""
-    store = _store(client)
-    accepted = await _accept(store, state_id, str(caller.tenant_id), "finalize", None)
-    if accepted.action == "final":
-        stored = await run_in_threadpool(store.stored_final, state_id)
-        if stored is not None:
-            return _answer(stored)
-    return await _through_worker(store, settings, state_id, accepted.seq, "finalize", None)
+    try:
+        body = await live.finalize(live.session_store(client), settings, state_id, str(caller.tenant_id))
+    except SessionError as exc:
+        raise _api_error(exc) from exc
+    return StreamAnswer.model_validate(body)

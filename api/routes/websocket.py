@@ -1,0 +1,441 @@
+"""Live streaming over WebSocket: ``/v1/stream`` (the platform's protocol), ``/api/ws`` (T-one's demo
+protocol) and ``/vosk`` (the Vosk server protocol), all over the same Redis sessions and the same
+``tone.stream`` workers as the HTTP calls (``api.live``): one decoding path.
+
+``/v1/stream``: auth by header (``Authorization: Bearer`` / ``X-API-Key``) or, for browsers, an
+``api_key`` field in the first message, the JSON config ``{"sample_rate", "encoding", "channels",
+"decoder"}``; then binary audio frames of any size; then ``{"type": "end"}``. The server answers
+``{"type": "phrase", ...}`` for each closed phrase, ``{"type": "partial", "text", "channel"}`` for
+the open phrase (when it changes, and at least once a second while audio flows), and after the end
+``{"type": "final", "phrases"}``, then closes (1000). Errors: ``{"type": "error", "code",
+"message"}``, then a close: 1008 auth, 1003 bad data, 1011 internal, 4408 a stall.
+
+Backpressure: frames are gathered into pieces of at least PIECE_SECONDS (or what arrived within
+PIECE_SECONDS) and the handler awaits each piece's answer before it reads the next frame, so a
+client faster than real time is slowed by TCP flow control, never dropped. A client that sends
+nothing for ``TONE_STREAM_IDLE_TIMEOUT_SECONDS`` is closed with code 4408.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi import APIRouter, WebSocket
+from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from api import live
+from api.deps import Caller, presented_key, redis_for, resolve_caller
+from api.errors import ApiError
+from api.ratelimit import check_rate
+from shared.db.session import sessionmaker_for
+from shared.sessions import Options, SessionError
+from shared.settings import Settings, get_settings
+
+router = APIRouter(tags=["streaming"])
+log = logging.getLogger("api.websocket")
+
+PIECE_SECONDS = 0.3  # frames are gathered into pieces of at least this much audio
+PARTIAL_EVERY = 1.0  # a partial at least this often while audio flows
+CONFIG_FIELDS = {"sample_rate", "encoding", "channels", "decoder", "api_key", "store", "webhook_url"}
+
+CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_BAD_DATA, CLOSE_POLICY, CLOSE_INTERNAL = 1000, 1001, 1003, 1008, 1011
+CLOSE_IDLE = 4408
+
+
+class CloseError(Exception):
+    """End the connection with an error message and a close code."""
+
+    def __init__(self, code: str, message: str, close_code: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.close_code = close_code
+
+
+class ClientGoneError(Exception):
+    """The client went away."""
+
+
+def _from_session_error(exc: SessionError) -> CloseError:
+    if exc.status >= 500:
+        close = CLOSE_INTERNAL
+    elif exc.status == 410:
+        close = CLOSE_GOING_AWAY
+    else:
+        close = CLOSE_BAD_DATA
+    return CloseError(exc.code, exc.message, close)
+
+
+def _authenticate(settings: Settings, key: str | None) -> Caller:
+    db = sessionmaker_for(settings.database_url)()
+    try:
+        caller = resolve_caller(db, settings, key)
+    finally:
+        db.close()
+    check_rate(redis_for(settings.redis_url), caller.key_prefix, settings.rate_limit_per_minute)
+    return caller
+
+
+async def authenticate(settings: Settings, key: str | None) -> Caller:
+    try:
+        return await run_in_threadpool(_authenticate, settings, key)
+    except ApiError as exc:
+        raise CloseError(exc.code, exc.message, CLOSE_POLICY) from exc
+
+
+class Receiver:
+    """Messages of one connection, each awaited at most until the idle deadline."""
+
+    def __init__(self, ws: WebSocket, idle: float) -> None:
+        self.ws = ws
+        self.idle = idle
+        self.last = time.monotonic()
+
+    async def receive(self) -> dict[str, Any]:
+        """The next message; raises CloseError after the idle timeout, ClientGoneError."""
+        message = await self.receive_until(None)
+        assert message is not None
+        return message
+
+    async def receive_until(self, flush_at: float | None) -> dict[str, Any] | None:
+        """The next message (``{"bytes"}`` or ``{"text"}``), or None when ``flush_at`` (monotonic)
+        came first. Raises CloseError after the idle timeout, ClientGoneError when the client left."""
+        idle_at = self.last + self.idle
+        until = idle_at if flush_at is None else min(idle_at, flush_at)
+        try:
+            message = await asyncio.wait_for(self.ws.receive(), max(0.0, until - time.monotonic()))
+        except asyncio.TimeoutError:
+            if flush_at is not None and flush_at < idle_at:
+                return None
+            raise CloseError(
+                "idle_timeout", f"no data received for {self.idle:g} s: the stream was closed", CLOSE_IDLE
+            ) from None
+        if message["type"] == "websocket.disconnect":
+            raise ClientGoneError
+        self.last = time.monotonic()
+        return dict(message)
+
+
+class LiveStream:
+    """One session of the session store, fed with raw bytes of any size (whole frames are sent on,
+    a split frame's bytes wait for the next piece)."""
+
+    def __init__(self, settings: Settings, caller: Caller, options: Options) -> None:
+        self.settings = settings
+        self.tenant = str(caller.tenant_id)
+        self.options = options
+        self.store = live.session_store(redis_for(settings.redis_url))
+        self.frame_bytes = (2 if options.encoding == "pcm_s16le" else 1) * options.channels
+        self.piece_bytes = max(1, int(options.sample_rate * PIECE_SECONDS)) * self.frame_bytes
+        self.rest = b""
+        self.sid = ""
+        self.sent = 0  # phrases already sent to the client
+        self.frames = 0  # audio frames applied
+
+    async def open(self) -> None:
+        self.sid = await live.create(self.store, self.tenant, self.options, self.settings.stream_ttl_seconds)
+
+    async def feed(self, data: bytes) -> dict[str, Any] | None:
+        """Apply the whole frames of (the rest +) ``data``; the answer's body, or None if no whole
+        frame was there."""
+        data = self.rest + data
+        whole = len(data) - len(data) % self.frame_bytes
+        self.rest = data[whole:]
+        if not whole:
+            return None
+        try:
+            body = await live.send_chunk(self.store, self.settings, self.sid, self.tenant, data[:whole])
+        except SessionError as exc:
+            raise _from_session_error(exc) from exc
+        self.sent += len(body["phrases"])
+        self.frames += whole // self.frame_bytes
+        return body
+
+    async def end(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Finalize: (the phrases not sent yet, every phrase of the session)."""
+        try:
+            body = await live.finalize(self.store, self.settings, self.sid, self.tenant)
+        except SessionError as exc:
+            raise _from_session_error(exc) from exc
+        phrases: list[dict[str, Any]] = body["phrases"]
+        new = phrases[self.sent :]
+        self.sent = len(phrases)
+        return new, phrases
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.options.sample_rate
+
+
+def _store_job(settings: Settings, caller: Caller, stream: LiveStream, phrases: list[dict[str, Any]],
+               webhook_url: str | None, started: datetime) -> str:  # fmt: skip
+    """Keep a finished stream as a completed job of kind "stream" with its transcript, so that it
+    is listed, exported and webhooked like any other job."""
+    from shared.db.models import Job, Transcript
+    from shared.db.session import session_scope
+
+    duration = round(stream.duration, 3)
+    opts = stream.options
+    options = {"channels": "mix", "decoder": opts.decoder, "sample_rate": opts.sample_rate,
+               "encoding": opts.encoding}  # fmt: skip
+    with session_scope(settings.database_url) as db:
+        job = Job(tenant_id=caller.tenant_id, kind="stream", status="completed", progress=1.0,
+                  queue=settings.worker_queue, options=options, source="stream", duration=duration,
+                  started_at=started, finished_at=datetime.now(timezone.utc), webhook_url=webhook_url,
+                  processing_seconds=(datetime.now(timezone.utc) - started).total_seconds())  # fmt: skip
+        db.add(job)
+        db.flush()
+        db.add(Transcript(job_id=job.id, phrases=phrases, full_text=" ".join(p["text"] for p in phrases),
+                          duration=duration, channels=1))  # fmt: skip
+        job_id = str(job.id)
+    if webhook_url:
+        from worker.celery_app import enqueue_webhook
+
+        enqueue_webhook(job_id, "job.completed", queue=settings.worker_queue)
+    return job_id
+
+
+async def _send(ws: WebSocket, payload: dict[str, Any]) -> None:
+    try:
+        await ws.send_text(json.dumps(payload, ensure_ascii=False))
+    except (WebSocketDisconnect, RuntimeError) as exc:
+        raise ClientGoneError from exc
+
+
+async def _close(ws: WebSocket, code: int, reason: str = "") -> None:
+    if ws.application_state == WebSocketState.CONNECTED and ws.client_state == WebSocketState.CONNECTED:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await ws.close(code, reason.encode()[:120].decode(errors="ignore"))
+
+
+def _error(protocol: str, code: str, message: str) -> dict[str, Any]:
+    """An error message in the protocol's shape."""
+    if protocol == "v1":
+        return {"type": "error", "code": code, "message": message}
+    if protocol == "vosk":
+        return {"error": {"code": code, "message": message}}
+    return {"event": "error", "code": code, "message": message}
+
+
+async def _serve(ws: WebSocket, protocol: str, body: Any) -> None:
+    """Run a protocol's handler; errors become the protocol's error message and a close code."""
+    await ws.accept()
+    try:
+        await body
+        return
+    except CloseError as exc:
+        log.info("%s: closing (%s): %s", protocol, exc.code, exc.message)
+        code, message, close = exc.code, exc.message, exc.close_code
+    except ClientGoneError:
+        log.info("%s: the client went away", protocol)
+        return
+    except Exception:
+        log.exception("%s: internal error", protocol)
+        code, message, close = "internal_error", "internal error", CLOSE_INTERNAL
+    try:
+        await _send(ws, _error(protocol, code, message))
+    except ClientGoneError:
+        return
+    await _close(ws, close, message)
+
+
+def _options(raw: dict[str, Any]) -> Options:
+    try:
+        return Options(
+            sample_rate=int(raw.get("sample_rate", 8000)),
+            encoding=str(raw.get("encoding", "pcm_s16le")),
+            channels=int(raw.get("channels", 1)),
+            decoder=str(raw.get("decoder", "auto")),
+        )
+    except SessionError as exc:
+        raise CloseError("invalid_config", exc.message, CLOSE_BAD_DATA) from exc
+    except (ValueError, TypeError) as exc:
+        raise CloseError("invalid_config", f"invalid streaming config: {exc}", CLOSE_BAD_DATA) from exc
+
+
+def _json_object(message: dict[str, Any], what: str) -> dict[str, Any]:
+    text = message.get("text")
+    try:
+        value = json.loads(text) if text is not None else None
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise CloseError("invalid_message", f"{what} must be a JSON object (a text message)", CLOSE_BAD_DATA)
+    return value
+
+
+# -- /v1/stream -----------------------------------------------------------------------------------
+
+
+@router.websocket("/v1/stream")
+async def v1_stream(ws: WebSocket) -> None:
+    await _serve(ws, "v1", _v1(ws, get_settings()))
+
+
+async def _v1(ws: WebSocket, settings: Settings) -> None:
+    receiver = Receiver(ws, settings.stream_idle_timeout_seconds)
+    header_key = presented_key(ws)
+    caller = await authenticate(settings, header_key) if header_key or settings.auth_disabled else None
+    config = _json_object(await receiver.receive(), "the first message (the stream's config)")
+    key = config.pop("api_key", None)
+    if caller is None:
+        caller = await authenticate(settings, key if isinstance(key, str) and key else None)
+    unknown = set(config) - CONFIG_FIELDS
+    if unknown:
+        fields = ", ".join(sorted(unknown))
+        raise CloseError("invalid_config", f"unknown config field(s): {fields}", CLOSE_BAD_DATA)
+    keep = config.pop("store", False)
+    webhook_url = config.pop("webhook_url", None)
+    if not isinstance(keep, bool):
+        raise CloseError("invalid_config", "store must be true or false", CLOSE_BAD_DATA)
+    if webhook_url is not None and not (
+        isinstance(webhook_url, str) and webhook_url.startswith(("http://", "https://"))
+    ):
+        raise CloseError("invalid_config", "webhook_url must be an http(s) URL", CLOSE_BAD_DATA)
+    stream = LiveStream(settings, caller, _options(config))
+    await stream.open()
+    started = datetime.now(timezone.utc)
+    buffer = bytearray()
+    flush_at: float | None = None
+    partial: str | None = None
+    partial_at = 0.0
+
+    async def piece() -> None:
+        nonlocal flush_at, partial, partial_at
+        data = bytes(buffer)
+        buffer.clear()
+        flush_at = None
+        body = await stream.feed(data)
+        if body is None:
+            return
+        for phrase in body["phrases"]:
+            await _send(ws, {"type": "phrase", **phrase})
+        text = str(body.get("partial", ""))
+        now = time.monotonic()
+        if text != partial or now - partial_at >= PARTIAL_EVERY:
+            await _send(ws, {"type": "partial", "text": text, "channel": 0})
+            partial, partial_at = text, now
+
+    while True:
+        message = await receiver.receive_until(flush_at)
+        if message is None:  # what arrived waited PIECE_SECONDS: send it on
+            await piece()
+            continue
+        if message.get("bytes") is not None:
+            if not buffer:
+                flush_at = time.monotonic() + PIECE_SECONDS
+            buffer += message["bytes"]
+            if len(buffer) >= stream.piece_bytes:
+                await piece()
+            continue
+        request = _json_object(message, "a text message")
+        if request.get("type") != "end":
+            raise CloseError("invalid_message", 'the only text message is {"type": "end"}', CLOSE_BAD_DATA)
+        if buffer:
+            await piece()
+        new, phrases = await stream.end()
+        for phrase in new:
+            await _send(ws, {"type": "phrase", **phrase})
+        final: dict[str, Any] = {"type": "final", "phrases": phrases}
+        if keep:
+            args = (settings, caller, stream, phrases, webhook_url, started)
+            final["job_id"] = await run_in_threadpool(_store_job, *args)
+        await _send(ws, final)
+        await _close(ws, CLOSE_NORMAL)
+        return
+
+
+# -- T-one's demo protocol: /api/ws ---------------------------------------------------------------
+
+
+def _tone_phrase(phrase: dict[str, Any]) -> dict[str, Any]:
+    return {"text": phrase["text"], "start_time": phrase["start_time"], "end_time": phrase["end_time"]}
+
+
+@router.websocket("/api/ws")
+async def tone_ws(ws: WebSocket) -> None:
+    await _serve(ws, "tone", _tone(ws, get_settings()))
+
+
+async def _tone(ws: WebSocket, settings: Settings) -> None:
+    caller = await authenticate(settings, presented_key(ws))
+    receiver = Receiver(ws, settings.stream_idle_timeout_seconds)
+    stream = LiveStream(settings, caller, Options())
+    await stream.open()
+    while True:
+        await _send(ws, {"event": "ready"})
+        message = await receiver.receive()
+        data = message.get("bytes")
+        if data is None:
+            if message.get("text"):
+                raise CloseError("invalid_message", "send raw int16 8 kHz audio as binary messages", 1003)
+            data = b""
+        if not data:  # an empty message ends the stream
+            new, _ = await stream.end()
+            for phrase in new:
+                await _send(ws, {"event": "transcript", "phrase": _tone_phrase(phrase)})
+            await _close(ws, CLOSE_NORMAL)
+            return
+        body = await stream.feed(data)
+        for phrase in body["phrases"] if body else []:
+            await _send(ws, {"event": "transcript", "phrase": _tone_phrase(phrase)})
+
+
+# -- the Vosk server protocol: /vosk --------------------------------------------------------------
+
+
+def _vosk_result(phrase: dict[str, Any]) -> dict[str, Any]:
+    words = [{"word": w["text"], "start": w["start"], "end": w["end"], "conf": 1.0} for w in phrase["words"]]
+    return {"result": words, "text": phrase["text"]}
+
+
+@router.websocket("/vosk")
+async def vosk_ws(ws: WebSocket) -> None:
+    await _serve(ws, "vosk", _vosk(ws, get_settings()))
+
+
+async def _vosk(ws: WebSocket, settings: Settings) -> None:
+    caller = await authenticate(settings, presented_key(ws))
+    receiver = Receiver(ws, settings.stream_idle_timeout_seconds)
+    options = Options()
+    stream: LiveStream | None = None
+    partial = ""
+    while True:
+        message = await receiver.receive()
+        if message.get("bytes") is None:
+            request = _json_object(message, "a text message")
+            if "config" in request:
+                if stream is not None:
+                    raise CloseError("invalid_message", "the config comes before the audio", 1003)
+                config = request["config"] if isinstance(request["config"], dict) else {}
+                options = _options({"sample_rate": config.get("sample_rate", 8000)})
+                continue
+            if request.get("eof"):
+                break
+            raise CloseError("invalid_message", 'text messages are {"config": ...} or {"eof": 1}', 1003)
+        if stream is None:
+            stream = LiveStream(settings, caller, options)
+            await stream.open()
+        body = await stream.feed(message["bytes"])
+        if body is not None:
+            partial = str(body.get("partial", ""))
+        if body and body["phrases"]:
+            for phrase in body["phrases"]:
+                await _send(ws, _vosk_result(phrase))
+        else:
+            await _send(ws, {"partial": partial})
+    new: list[dict[str, Any]] = []
+    if stream is not None:
+        new, _ = await stream.end()
+    for phrase in new:
+        await _send(ws, _vosk_result(phrase))
+    if not new:
+        await _send(ws, {"text": ""})
+    await _close(ws, CLOSE_NORMAL)
