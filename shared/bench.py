@@ -7,9 +7,11 @@ Every figure comes from one run on one machine; ratios, not absolute numbers, ar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +191,10 @@ def run_bench(args: argparse.Namespace) -> int:
             batch=args.platform_batch,
             engine_rate_b=engine_b,
         )
+    if args.stream_counts:
+        step_ms = {b: per_step * 1000 for p, b, _, per_step in rows if p == precisions[0]}
+        counts = [int(n) for n in args.stream_counts.split(",")]
+        run_stream_bench(path, counts=counts, seconds=args.stream_seconds, step_ms=step_ms)
     return 0
 
 
@@ -207,19 +213,14 @@ def _p95(values: list[float]) -> float:
     return float(np.percentile(values, 95)) if values else float("nan")
 
 
-def run_platform_bench(
-    path: Path, *, recordings: int, seconds: float, batch: int, engine_rate_b: float
-) -> None:
-    """Start the stack (``tone-platform up --detach``) on the model, submit ``recordings`` files at
-    once over HTTP, poll them to completion, and compare with the bare engine's batched rate."""
+@contextlib.contextmanager
+def bench_stack(path: Path, batch: int) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """A whole stack (``tone-platform up --detach``) on the model in a temporary data directory;
+    yields (API URL, an API key, the stack's environment); ``down`` and cleanup afterwards."""
     import shutil
     import subprocess
     import sys
     import tempfile
-    import threading
-
-    import httpx
-    import soundfile as sf
 
     root = Path(tempfile.mkdtemp(prefix="tone-bench-"))
     root.chmod(0o755)  # as root the servers run as the user "tone"
@@ -229,7 +230,7 @@ def run_platform_bench(
         TONE_DATA_DIR=str(root / "data"),
         TONE_MODEL_PATH=str(path),
         TONE_WORKER_BATCH=str(batch),
-        TONE_RATE_LIMIT_PER_MINUTE="1000000",  # the polling below is load, not abuse
+        TONE_RATE_LIMIT_PER_MINUTE="1000000",  # the bench's requests are load, not abuse
     )
     port = _free_port()
     up = [cli, "up", "--detach", "--port", str(port), "--flower-port", str(_free_port())]
@@ -238,13 +239,33 @@ def run_platform_bench(
         key = subprocess.run(
             [cli, "keys", "create", "--tenant", "bench"], env=env, check=True, capture_output=True, text=True
         ).stdout.strip()
+        from shared.up import read_env_file
+
+        env.update(read_env_file(root / "data" / "env"))
+        yield f"http://127.0.0.1:{port}", key, env
+    finally:
+        subprocess.run([cli, "down"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_platform_bench(
+    path: Path, *, recordings: int, seconds: float, batch: int, engine_rate_b: float
+) -> None:
+    """Submit ``recordings`` files at once over HTTP to a stack on the model, poll them to
+    completion, and compare with the bare engine's batched rate."""
+    import threading
+
+    import httpx
+    import soundfile as sf
+
+    with bench_stack(path, batch) as (url, key, env):
+        root = Path(env["TONE_DATA_DIR"])
         rng = np.random.default_rng(0)
         files = []
         for i in range(recordings):
             f = root / f"rec{i}.wav"
             sf.write(f, rng.normal(0, 2000, int(seconds * SAMPLE_RATE)).astype(np.int16), SAMPLE_RATE)
             files.append(f)
-        url = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {key}"}
         post_ms: list[float] = []
         get_ms: list[float] = []
@@ -281,12 +302,82 @@ def run_platform_bench(
                         pending.discard(job_id)
                 time.sleep(0.2)
         wall = time.perf_counter() - started
-    finally:
-        subprocess.run([cli, "down"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(root, ignore_errors=True)
     rate = recordings * seconds / wall
     print(f"\nplatform: {recordings} recordings of {seconds:.0f} s submitted at once, worker batch {batch}")
     print(f"  {rate:.1f} s of audio per wall second ({wall:.1f} s for {recordings * seconds:.0f} s of audio)")
     print(f"  = {100 * rate / engine_rate_b:.0f} % of the bare engine's B={batch} rate ({engine_rate_b:.1f})")
     print(f"  POST /v1/jobs p95 {_p95(post_ms):.0f} ms ({len(post_ms)} requests)")
     print(f"  GET /v1/jobs/{{id}} p95 {_p95(get_ms):.0f} ms ({len(get_ms)} requests, during the run)")
+
+
+def _redis_input_bytes(redis_url: str) -> int:
+    import redis
+
+    return int(redis.Redis.from_url(redis_url).info("stats")["total_net_input_bytes"])
+
+
+def _live_streams(url: str, key: str, n: int, pieces: int) -> tuple[list[float], list[str]]:
+    """``n`` threads, each a live stream sending 300 ms of audio every 300 ms over the HTTP calls;
+    returns every piece's latency in ms and the error answers."""
+    import threading
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"}
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    start_at = time.time() + 2.0
+
+    def stream(i: int) -> None:
+        rng = np.random.default_rng(i)
+        with httpx.Client(timeout=60) as client:
+            state_id = client.post(f"{url}/transcribe/streaming", headers=headers).json()["state_id"]
+            for k in range(pieces):
+                time.sleep(max(0.0, start_at + k * CHUNK_SECONDS - time.time()))
+                audio = rng.normal(0, 2000, CHUNK_SAMPLES).astype(np.int16).tobytes()
+                t = time.perf_counter()
+                r = client.post(
+                    f"{url}/transcribe/streaming/chunk",
+                    headers=headers,
+                    data={"state_id": state_id, "seq": str(k)},
+                    files={"file": ("piece.raw", audio, "application/octet-stream")},
+                )
+                with lock:
+                    latencies.append((time.perf_counter() - t) * 1000)
+                    if r.status_code != 200:
+                        errors.append(r.text[:200])
+            client.post(f"{url}/transcribe/streaming/finalize", headers=headers, data={"state_id": state_id})
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, errors
+
+
+def run_stream_bench(path: Path, *, counts: list[int], seconds: float, step_ms: dict[int, float]) -> None:
+    """N simulated live streams (300 ms pieces at real-time pace over the HTTP streaming calls)
+    against a stack on the model: latency from a piece's sending to its answer, for rising N."""
+    pieces = int(seconds / CHUNK_SECONDS)
+    print(f"\nstreaming: N live streams, 300 ms pieces at real-time pace for {seconds:.0f} s each")
+    print(
+        f"{'N':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'outside model':>14} {'Redis KiB/s/stream':>19}"
+    )
+    best = 0
+    with bench_stack(path, max(counts)) as (url, key, env):
+        for n in counts:
+            before = _redis_input_bytes(env["REDIS_URL"])
+            latencies, errors = _live_streams(url, key, n, pieces)
+            redis_rate = (_redis_input_bytes(env["REDIS_URL"]) - before) / n / seconds / 1024
+            if errors:
+                print(f"{n:>4} errors: {len(errors)} (first: {errors[0]})")
+                continue
+            p50, p95, p99 = (float(np.percentile(latencies, q)) for q in (50, 95, 99))
+            model = step_ms[min(step_ms, key=lambda b: abs(b - n))]  # a model step of ~N streams
+            outside = max(0.0, 1 - model / p50) if p50 else float("nan")
+            print(f"{n:>4} {p50:>8.0f} {p95:>8.0f} {p99:>8.0f} {100 * outside:>13.0f}% {redis_rate:>19.0f}")
+            if p95 < 300:
+                best = max(best, n)
+    print(f"  largest N with p95 under 300 ms: {best}")

@@ -266,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then submit this many recordings at once to a new stack (0: skip)")  # fmt: skip
     p.add_argument("--platform-seconds", type=float, default=30.0, help="length of each of those recordings")
     p.add_argument("--platform-batch", type=int, default=16, help="the worker's batch (TONE_WORKER_BATCH)")
+    p.add_argument(
+        "--stream-counts", default="1,4,8,16,32", help="live streams to simulate, rising ('' skips)"
+    )
+    p.add_argument("--stream-seconds", type=float, default=6.0, help="how long each simulated stream talks")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--provider", default="auto")
     p.set_defaults(func=cmd_bench)
