@@ -9,6 +9,9 @@ for ``tone.stream`` on a worker and waits for the answer with BLPOP on the event
 from __future__ import annotations
 
 import json
+import time
+import uuid
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, cast
 
@@ -45,8 +48,10 @@ def reply_body(reply: dict[str, Any]) -> dict[str, Any]:
     return cast("dict[str, Any]", reply["body"])
 
 
-async def create(store: SessionStore, tenant: str, options: Options, ttl: int) -> str:
-    return await run_in_threadpool(store.create, tenant, options, ttl)
+async def create(
+    store: SessionStore, tenant: str, options: Options, ttl: int, job: dict[str, Any] | None = None
+) -> str:
+    return await run_in_threadpool(store.create, tenant, options, ttl, job)
 
 
 async def accept(store: SessionStore, sid: str, tenant: str, kind: str, seq: int | None) -> Accepted:
@@ -66,13 +71,33 @@ async def through_worker(
         send_task(settings.worker_queue)
         return key
 
+    def requeue() -> dict[str, Any] | None:
+        """No answer yet: the stored answer if the session advanced past ``seq`` (its worker died
+        before replying), else the same item queued again (its worker may have died holding it)."""
+        next_seq = store.next_seq(sid)
+        if next_seq is not None and next_seq > seq:
+            stored = store.stored_final(sid) if kind == "finalize" else store.stored_answer(sid, seq)
+            if stored is not None:
+                return stored
+        store.enqueue(settings.worker_queue, sid, seq, kind, nonce=key.rsplit(":", 1)[1])
+        send_task(settings.worker_queue)
+        return None
+
     key = await run_in_threadpool(enqueue)
     timeout = settings.stream_chunk_timeout_seconds
-    got = await async_redis(settings.redis_url).blpop([key], timeout=timeout)
-    if got is None:
-        message = f"no worker answered within {timeout:g} s; send the chunk again (same seq)"
-        raise SessionError(504, "timeout", message)
-    return reply_body(json.loads(got[1]))
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        wait = min(left, settings.stream_requeue_seconds)
+        got = await async_redis(settings.redis_url).blpop([key], timeout=max(wait, 0.01))
+        if got is not None:
+            return reply_body(json.loads(got[1]))
+        if left <= wait:
+            message = f"no worker answered within {timeout:g} s; send the chunk again (same seq)"
+            raise SessionError(504, "timeout", message)
+        stored = await run_in_threadpool(requeue)
+        if stored is not None:
+            return reply_body(stored)
 
 
 async def send_chunk(
@@ -97,3 +122,71 @@ async def finalize(store: SessionStore, settings: Settings, sid: str, tenant: st
         if stored is not None:
             return reply_body(stored)
     return await through_worker(store, settings, sid, accepted.seq, "finalize", None)
+
+
+def store_job(settings: Settings, tenant_id: uuid.UUID, options: Options, duration: float,
+              phrases: list[dict[str, Any]], webhook_url: str | None, started: datetime,
+              metadata: dict[str, Any] | None = None) -> str:  # fmt: skip
+    """Keep a finished session as a completed job of kind "stream" with its transcript, so that it
+    is listed, exported and webhooked like any other job (``store`` of /v1/stream and of
+    ``POST /transcribe/streaming``)."""
+    from shared.db.models import Job, Transcript
+    from shared.db.session import session_scope
+
+    duration = round(duration, 3)
+    split = options.channels == 2
+    opts = {"channels": "split" if split else "mix", "decoder": options.decoder,
+            "sample_rate": options.sample_rate, "encoding": options.encoding}  # fmt: skip
+    with session_scope(settings.database_url) as db:
+        job = Job(tenant_id=tenant_id, kind="stream", status="completed", progress=1.0,
+                  queue=settings.worker_queue, options=opts, source="stream", duration=duration,
+                  started_at=started, finished_at=datetime.now(timezone.utc), webhook_url=webhook_url,
+                  client_metadata=metadata,
+                  processing_seconds=(datetime.now(timezone.utc) - started).total_seconds())  # fmt: skip
+        db.add(job)
+        db.flush()
+        db.add(Transcript(job_id=job.id, phrases=phrases, full_text=" ".join(p["text"] for p in phrases),
+                          duration=duration, channels=2 if split else 1))  # fmt: skip
+        job_id = str(job.id)
+    if webhook_url:
+        from worker.celery_app import enqueue_webhook
+
+        enqueue_webhook(job_id, "job.completed", queue=settings.worker_queue)
+    return job_id
+
+
+def _keep_as_job(
+    store: SessionStore, settings: Settings, sid: str, tenant_id: uuid.UUID, phrases: list[dict[str, Any]]
+) -> str | None:
+    from shared.sessions import session_key
+
+    key = session_key(sid)
+    raw = cast("dict[bytes, bytes]", store.r.hgetall(key))
+    if b"job" not in raw:
+        return None
+    if b"job_id" in raw:
+        return raw[b"job_id"].decode()
+    if not store.r.hsetnx(key, "job_claim", "1"):  # another finalize call is storing it
+        for _ in range(100):
+            value = store.r.hget(key, "job_id")
+            if value:
+                return cast("bytes", value).decode()
+            time.sleep(0.05)
+        return None
+    job = json.loads(raw[b"job"])
+    started = datetime.fromtimestamp(float(job["started"]), timezone.utc)
+    duration = float(raw.get(b"duration", b"0"))
+    options = Options.from_json(raw[b"options"])
+    job_id = store_job(
+        settings, tenant_id, options, duration, phrases, job.get("webhook_url"), started, job.get("metadata")
+    )
+    store.r.hset(key, "job_id", job_id)
+    return job_id
+
+
+async def keep_as_job(
+    store: SessionStore, settings: Settings, sid: str, tenant_id: uuid.UUID, phrases: list[dict[str, Any]]
+) -> str | None:
+    """After finalize: a session created with ``store`` becomes a completed job (once; a repeated
+    finalize gets the same job id). None for a session without ``store``."""
+    return await run_in_threadpool(_keep_as_job, store, settings, sid, tenant_id, phrases)

@@ -3,14 +3,23 @@
 Only Redis lives here (no Celery, no FastAPI): the API accepts chunks and waits for answers, the
 workers (``worker.streaming``) load, advance and save sessions. Layout, every key with the
 session's TTL (``stream_ttl_seconds``, or a shorter ``ttl_seconds`` option), extended on every
-chunk and every save, never fixed from creation::
+chunk and every save, never fixed from creation. Layout version 2 (``LAYOUT``; version 1 kept
+one ``state`` field, which a worker still reads as ``state:0``)::
 
     tone:stream:<id>                 hash, the session:
         tenant                       the owning tenant's id
+        layout                       the layout version, "2"
         options                      JSON {"sample_rate", "encoding", "channels", "decoder"}
         ttl                          seconds the session lives after its last activity
-        state                        the engine's StreamState.to_bytes() (versioned, checksummed;
-                                     never pickle); absent until the first chunk is processed
+        state:<c>                    channel c's engine StreamState.to_bytes() (versioned,
+                                     checksummed; never pickle); absent until the first chunk is
+                                     processed. One stream (state:0) unless ``channels`` is 2: then
+                                     state:0 (agent) and state:1 (client), split, not averaged
+        held                         JSON [[start_frame, channel, end_frame, phrase], ...]: a stereo
+                                     session's closed phrases not yet released in time order
+        duration                     seconds of audio, once finalized
+        job                          JSON {"webhook_url", "metadata", "started"} when the session is
+                                     kept as a job at finalize (``store``); job_id once it was
         next_seq                     the next chunk the state will advance by
         accepted                     the next seq the API hands out / accepts (>= next_seq; the
                                      ones in between are queued or being processed)
@@ -23,11 +32,15 @@ chunk and every save, never fixed from creation::
         created, updated             unix times
     tone:stream:<id>:known           the tenant, kept KNOWN_SECONDS: tells an expired session
                                      (410 session_expired) from one that never was (404)
-    tone:stream:<id>:lock            SET NX PX with a random token; released only by its owner
-                                     (Lua): two chunks of a session never run at the same time
+    tone:stream:<id>:lock            SET NX PX (LOCK_MS) with a random token; released only by its
+                                     owner (Lua): two chunks of a session never run at the same
+                                     time; a dead worker's lock expires
     tone:stream:<id>:chunk:<seq>     a chunk's audio bytes, until a worker applied it
     tone:stream:<id>:reply:<nonce>   a list; the worker RPUSHes the answer, the API BLPOPs it
-    tone:stream:pending:<queue>      a list of JSON work items {"id", "seq", "kind", "reply", "t"}
+    tone:stream:pending:<queue>      a list of JSON work items {"id", "seq", "kind", "reply", "t"};
+                                     the API queues an unanswered item again after
+                                     ``stream_requeue_seconds`` (a worker may have died holding it):
+                                     at-least-once, made idempotent by the seq check under the lock
 
 Sequence rules (checked atomically in Lua when the API accepts a chunk, and again by the worker
 under the lock): ``seq == accepted`` is new work; ``next_seq <= seq < accepted`` is a retry of a
@@ -51,7 +64,8 @@ import redis
 PREFIX = "tone:stream:"
 KEEP_ANSWERS = 16  # answers kept per session for client retries
 KNOWN_SECONDS = 7 * 24 * 3600
-LOCK_MS = 60_000
+LAYOUT = 2  # the session hash's layout version
+LOCK_MS = 15_000  # a session lock held by a dead worker expires after this
 REPLY_SECONDS = 120  # an unread reply list disappears after this
 ENCODINGS = ("pcm_s16le", "mulaw", "alaw")
 DECODERS = ("auto", "greedy", "beam")
@@ -229,13 +243,16 @@ class SessionStore:
 
     # -- the API's side ---------------------------------------------------------------------------
 
-    def create(self, tenant: str, options: Options, ttl: int) -> str:
+    def create(self, tenant: str, options: Options, ttl: int, job: dict[str, Any] | None = None) -> str:
+        """A new session; ``job``: keep it as a job at finalize (see the ``job`` field)."""
         sid = uuid.uuid4().hex
         now = str(time.time())
         fields = {
-            "tenant": tenant, "options": options.to_json(), "ttl": str(ttl), "next_seq": "0",
-            "accepted": "0", "phrases": "[]", "created": now, "updated": now,
+            "layout": str(LAYOUT), "tenant": tenant, "options": options.to_json(), "ttl": str(ttl),
+            "next_seq": "0", "accepted": "0", "phrases": "[]", "created": now, "updated": now,
         }  # fmt: skip
+        if job is not None:
+            fields["job"] = json.dumps(job, ensure_ascii=False)
         pipe = self.r.pipeline()
         pipe.hset(session_key(sid), mapping=fields)  # type: ignore[arg-type]
         pipe.expire(session_key(sid), ttl)
@@ -267,6 +284,10 @@ class SessionStore:
             )
         return Accepted(action, int(out[1]))
 
+    def next_seq(self, sid: str) -> int | None:
+        value = self.r.hget(session_key(sid), "next_seq")
+        return int(value) if value is not None else None
+
     def ttl_of(self, sid: str) -> int:
         value = self.r.hget(session_key(sid), "ttl")
         return int(value) if value else 60
@@ -282,9 +303,9 @@ class SessionStore:
         value = self.r.hget(session_key(sid), "final")
         return json.loads(value) if value else None
 
-    def enqueue(self, queue: str, sid: str, seq: int, kind: str) -> str:
-        """Queue a work item; returns the reply list's key to BLPOP."""
-        nonce = secrets.token_hex(8)
+    def enqueue(self, queue: str, sid: str, seq: int, kind: str, nonce: str | None = None) -> str:
+        """Queue a work item (again, with the same ``nonce``); returns the reply list's key to BLPOP."""
+        nonce = nonce or secrets.token_hex(8)
         self.r.rpush(pending_key(queue), Item(sid, seq, kind, nonce, time.time()).to_json())
         return reply_key(sid, nonce)
 

@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     # live streaming sessions (shared.sessions)
     stream_ttl_seconds: int = 300  # a session lives this long after its last chunk (each extends it)
     stream_chunk_timeout_seconds: float = 30.0  # how long a chunk call waits for its answer (then 504)
+    stream_requeue_seconds: float = 5.0  # an unanswered piece is queued again after this (dead worker)
     stream_idle_timeout_seconds: float = 15.0  # a WebSocket stream that sends nothing this long is closed
 
     # webhooks and audio_url

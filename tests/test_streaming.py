@@ -272,3 +272,109 @@ def test_concurrent_sessions_share_batched_model_calls(
         assert final[: len(streamed)] == streamed
     sizes = [int(m) for m in re.findall(r"stream batch of (\d+) sessions", workers[-1].log.read_text())]
     assert sizes and max(sizes) >= 2, sizes
+
+
+# -- stereo, store, at-least-once -----------------------------------------------------------------
+
+
+def stereo_recording() -> np.ndarray:
+    """Agent (channel 0) and client (channel 1) saying different phrases at different times."""
+    agent = synthesize(["привет мир", "до свидания"], lead=0.6, pause=2.4)[0]
+    client = synthesize(["как дела"], lead=2.1)[0]
+    n = max(len(agent), len(client))
+    out = np.zeros((n, 2), np.int16)
+    out[: len(agent), 0] = agent
+    out[: len(client), 1] = client
+    return out
+
+
+@pytest.fixture(scope="module")
+def stereo(
+    tone_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    samples = stereo_recording()
+    path = tmp_path_factory.mktemp("stereo") / "call.wav"
+    sf.write(path, samples, 8000, subtype="PCM_16")
+    recognizer = Recognizer.load(tone_model, threads=1)
+    expected = [p.to_dict() for p in recognizer.transcribe_file(path, channels="split").phrases]
+    assert {p["channel"] for p in expected} == {0, 1} and len(expected) == 3, expected
+    return samples, expected
+
+
+def test_a_stereo_session_keeps_the_channels_apart_like_the_offline_split_run(
+    client: httpx.Client, stereo: tuple[np.ndarray, list[dict[str, Any]]]
+) -> None:
+    samples, expected = stereo
+    sid = open_session(client, channels=2)
+    data = pcm(samples)  # interleaved
+    sizes = np.cumsum([0, 8, 4004, 37000, 4, 9996, 20000])  # whole 4-byte frames
+    chunks = [data[a:b] for a, b in itertools.pairwise(sizes)] + [data[sizes[-1] :]]
+    check_final(client, sid, stream(client, sid, chunks), expected)
+
+    sid = open_session(client, channels=2)
+    pieces = [wav(samples[a:b]) for a, b in itertools.pairwise([0, 8000, 8296, 26696, 40000, len(samples)])]
+    check_final(client, sid, stream(client, sid, pieces, name="c.wav"), expected)
+
+    out = io.BytesIO()
+    sf.write(out, samples, 8000, format="RAW", subtype="ULAW")
+    sid = open_session(client, channels=2, encoding="mulaw")
+    ulaw = out.getvalue()  # µ-law audio differs slightly: the same phrases, channels and order
+    body = stream(client, sid, [ulaw[:3002], ulaw[3002:40002], ulaw[40002:]])
+    r = finalize(client, sid)
+    assert r.status_code == 200 and r.json()["phrases"][: len(body)] == body
+    assert [(p["channel"], p["text"]) for p in r.json()["phrases"]] == [
+        (p["channel"], p["text"]) for p in expected
+    ]
+
+
+def test_store_true_on_the_http_create_call_keeps_a_completed_job(
+    client: httpx.Client, audio: np.ndarray, offline: Any
+) -> None:
+    sid = open_session(client, store=True, metadata={"call_id": "42"})
+    streamed = stream(client, sid, [pcm(p) for p in odd_pieces(audio, 5)])
+    r = finalize(client, sid)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["phrases"] == offline(audio) and body["phrases"][: len(streamed)] == streamed
+    job_id = body["job_id"]
+    assert finalize(client, sid).json()["job_id"] == job_id  # once
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "completed" and job["kind"] == "stream"
+    assert job["duration"] == pytest.approx(len(audio) / 8000, abs=0.01)
+    assert client.get(f"/v1/jobs/{job_id}/transcript").json()["phrases"] == body["phrases"]
+    assert job_id in [j["id"] for j in client.get("/v1/jobs").json()["data"]]
+    assert "job_id" not in finalize(client, open_session(client)).json()
+
+
+def test_a_piece_in_flight_when_its_worker_is_killed_is_answered_by_the_next_worker(
+    stream_env: dict[str, str], logs: Path, api_key: str, audio: np.ndarray, offline: Any
+) -> None:
+    queue = "stream-kill-tests"
+    env = {**stream_env, "TONE_WORKER_QUEUE": queue, "TONE_STREAM_REQUEUE_SECONDS": "1",
+           "TONE_STREAM_CHUNK_TIMEOUT_SECONDS": "60"}  # fmt: skip
+    api = start_api(env, logs, "stream-kill-api")
+    procs = [start_worker(env, logs, "stream-kill-worker", queues=queue)]
+    try:
+        with httpx.Client(base_url=api.url or "", headers=auth(api_key), timeout=90) as c:
+            pieces = [pcm(p) for p in np.array_split(audio, 8)]
+            sid = open_session(c)
+            streamed = stream(c, sid, pieces[:3])
+            with ThreadPoolExecutor(1) as pool:
+                future = pool.submit(send, c, sid, pieces[3], 3)
+                time.sleep(0.05)
+                os.killpg(procs[0].popen.pid, signal.SIGKILL)
+                procs[0].popen.wait(10)
+                procs.append(start_worker(env, logs, "stream-kill-worker-2", queues=queue))
+                r = future.result()
+            assert r.status_code == 200, r.text
+            assert r.json()["seq"] == 3
+            streamed += r.json()["phrases"]
+            for seq, data in enumerate(pieces[4:], 4):
+                r = send(c, sid, data, seq)
+                assert r.status_code == 200, r.text
+                streamed += r.json()["phrases"]
+            check_final(c, sid, streamed, offline(audio))
+    finally:
+        for proc in procs[1:]:
+            proc.stop()
+        api.stop()

@@ -248,3 +248,24 @@ def test_v1_stream_store_true_keeps_a_completed_job(
         assert transcript["phrases"] == expected
         assert client.get(f"/v1/jobs/{final['job_id']}/transcript?format=txt").status_code == 200
         assert final["job_id"] in [j["id"] for j in client.get("/v1/jobs").json()["data"]]
+
+
+def test_v1_stream_stereo_gives_the_offline_split_phrases(
+    ws_api: str, api_key: str, tone_model: Path, tmp_path: Path
+) -> None:
+    from tests.test_streaming import stereo_recording
+
+    samples = stereo_recording()
+    path = tmp_path / "call.wav"
+    sf.write(path, samples, 8000, subtype="PCM_16")
+    split = Recognizer.load(tone_model, threads=1).transcribe_file(path, channels="split")
+    expected = [p.to_dict() for p in split.phrases]
+    with connect(f"{ws_api}/v1/stream", additional_headers=auth(api_key)) as ws:
+        ws.send(json.dumps({"channels": 2}))
+        for frame in odd_frames(samples.astype("<i2").tobytes(), 17):  # split frames included
+            ws.send(frame)
+        ws.send(json.dumps({"type": "end"}))
+        got = list(messages(ws))
+    phrases = [{k: v for k, v in m.items() if k != "type"} for m in got if m["type"] == "phrase"]
+    assert phrases == expected and {p["channel"] for p in expected} == {0, 1}
+    assert got[-1] == {"type": "final", "phrases": expected}

@@ -28,8 +28,8 @@ from shared.asr.audio import decode_raw, read_audio, resample
 from shared.asr.decoder import GreedyDecoder
 from shared.asr.errors import EmptyAudioError, StreamStateError, ToneError
 from shared.asr.stream import StreamState
-from shared.asr.types import SAMPLE_RATE
-from shared.sessions import KEEP_ANSWERS, Item, Options, SessionError, SessionStore, expired, finished
+from shared.asr.types import SAMPLE_RATE, Phrase
+from shared.sessions import KEEP_ANSWERS, LAYOUT, Item, Options, SessionError, SessionStore, expired, finished
 from shared.settings import Settings, get_settings
 from worker.celery_app import STREAM_TASK, app
 from worker.jobs import get_recognizer
@@ -57,21 +57,31 @@ def send_stream_task(queue: str) -> None:
     app.send_task(STREAM_TASK, args=[queue], queue=queue, priority=0)
 
 
+def stream_count(options: Options) -> int:
+    """Engine streams of a session: two for a stereo one (agent = channel 0, client = 1), split;
+    else one (more channels are averaged)."""
+    return 2 if options.channels == 2 else 1
+
+
 def decode_chunk(data: bytes, options: Options) -> np.ndarray:
-    """A chunk's audio as mono int16 at 8 kHz: a WAV (or FLAC/Ogg) piece, else raw samples in the
-    session's encoding, channels and rate. Channels are averaged."""
+    """A chunk's audio as int16 at 8 kHz shaped (n, streams): a WAV (or FLAC/Ogg) piece, else raw
+    (interleaved) samples in the session's encoding, channels and rate. A stereo session's two
+    channels are kept apart; other multi-channel audio is averaged."""
+    count = stream_count(options)
     if data[:4] in CONTAINER_MAGIC:
         try:
-            samples = read_audio(io.BytesIO(data), channels="mix")
+            samples = read_audio(io.BytesIO(data), channels="split" if count > 1 else "mix")
         except EmptyAudioError:
-            return np.zeros(0, np.int16)
-        return samples[:, 0]
+            return np.zeros((0, count), np.int16)
+        if samples.shape[1] != count:
+            raise ValueError(f"a piece of this session must have {count} channel(s), not {samples.shape[1]}")
+        return samples
     samples = decode_raw(data, encoding=options.encoding, channels=options.channels)  # type: ignore[arg-type]
-    if samples.shape[1] > 1:
+    if samples.shape[1] > count:
         samples = np.round(samples.astype(np.float64).mean(axis=1, keepdims=True)).astype(np.int16)
     if options.sample_rate != SAMPLE_RATE and len(samples):
         samples = resample(samples, options.sample_rate)
-    return samples[:, 0]
+    return samples
 
 
 def ok(body: dict[str, Any]) -> dict[str, Any]:
@@ -85,9 +95,9 @@ class Work:
     item: Item
     token: str
     ttl: int
-    state: StreamState
-    samples: np.ndarray | None
-    phrases: list[dict[str, Any]] = field(default_factory=list)
+    states: list[StreamState]  # one per channel
+    samples: np.ndarray | None  # (n, channels)
+    held: list[list[Any]] = field(default_factory=list)  # [start_frame, channel, end_frame, phrase]
 
 
 def run(queue: str, settings: Settings | None = None) -> int:
@@ -176,10 +186,15 @@ def prepare(store: SessionStore, settings: Settings, item: Item, token: str) -> 
         return "defer"
     options = Options.from_json(s["options"])
     recognizer = get_recognizer(settings)
-    if "state" in s:
-        state = StreamState.from_bytes(s["state"])
-    else:
-        state = recognizer.new_stream(decoder=None if options.decoder == "auto" else options.decoder)
+    states = []
+    for c in range(stream_count(options)):
+        raw = s.get(f"state:{c}", s.get("state") if c == 0 else None)  # "state": layout 1
+        if raw is not None:
+            states.append(StreamState.from_bytes(raw))
+        else:
+            decoder = None if options.decoder == "auto" else options.decoder
+            states.append(recognizer.new_stream(channel=c, decoder=decoder))
+    held = cast("list[list[Any]]", json.loads(s.get("held", b"[]")))
     samples = None
     if item.kind == "chunk":
         data = store.chunk(item.id, item.seq)
@@ -197,12 +212,27 @@ def prepare(store: SessionStore, settings: Settings, item: Item, token: str) -> 
             consumed = {"next_seq": str(item.seq + 1), f"answer:{item.seq}": json.dumps(answer)}
             commit(store, item, token, ttl, consumed)  # type: ignore[arg-type]
             return answer
-    return Work(item, token, ttl, state, samples)
+    return Work(item, token, ttl, states, samples, held)
 
 
 def open_phrase(state: StreamState) -> str:
     """The open phrase's text so far: the splitter's buffer, greedy-decoded (for partial results)."""
     return GreedyDecoder().decode(state.buffer)[0] if len(state.buffer) else ""
+
+
+def release(w: Work, results: list[list[Phrase]]) -> list[dict[str, Any]]:
+    """The phrases the round completed, in the offline split run's time order (start frame, channel,
+    end frame): a phrase is released once no channel can still close an earlier one; the others
+    stay held in the session."""
+    if len(w.states) == 1:
+        return [p.to_dict() for p in results[0]]
+    w.held += [[p.start_frame, p.channel, p.end_frame, p.to_dict()] for ps in results for p in ps]
+    w.held.sort(key=lambda h: (h[0], h[1], h[2]))
+    open_offsets = [s.offset for s in w.states if not s.finished]
+    horizon = min(open_offsets) if open_offsets else None
+    out = [h for h in w.held if horizon is None or h[0] < horizon]
+    w.held = w.held[len(out) :]
+    return [h[3] for h in out]
 
 
 def commit(store: SessionStore, item: Item, token: str, ttl: int, fields: dict[str, str | bytes]) -> bool:
@@ -218,8 +248,13 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
     recognizer = get_recognizer(settings)
     started = time.perf_counter()
     try:
-        results = recognizer.advance(
-            [(w.state, w.samples, w.item.kind == "finalize") for w in work], max_batch=MAX_SESSIONS
+        flat = recognizer.advance(
+            [
+                (state, None if w.samples is None else w.samples[:, c], w.item.kind == "finalize")
+                for w in work
+                for c, state in enumerate(w.states)
+            ],
+            max_batch=MAX_SESSIONS,
         )
     except (StreamStateError, ValueError) as exc:  # should not happen: answer each on its own
         log.exception("stream batch failed")
@@ -233,23 +268,30 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
         sum(w.item.kind == "finalize" for w in work),
         time.perf_counter() - started,
     )
-    for w, phrases in zip(work, results):
+    at = 0
+    for w in work:
+        results, at = flat[at : at + len(w.states)], at + len(w.states)
         item = w.item
         try:
-            new = [p.to_dict() for p in phrases]
+            new = release(w, results)
             all_phrases = json.loads(store.r.hget(f"tone:stream:{item.id}", "phrases") or "[]") + new
-            w.state.seq = item.seq
             fields: dict[str, str | bytes] = {
-                "state": w.state.to_bytes(),
+                "layout": str(LAYOUT),
                 "next_seq": str(item.seq + 1),
                 "phrases": json.dumps(all_phrases, ensure_ascii=False),
+                "held": json.dumps(w.held, ensure_ascii=False),
             }
+            for c, state in enumerate(w.states):
+                state.seq = item.seq
+                fields[f"state:{c}"] = state.to_bytes()
             if item.kind == "finalize":
                 answer = ok({"phrases": all_phrases, "state_id": item.id, "is_final": True})
                 fields.update(finished="1", final=json.dumps(answer, ensure_ascii=False))
+                fields["duration"] = str(w.states[0].samples_in / SAMPLE_RATE)
             else:
                 body = {"phrases": new, "state_id": item.id, "is_final": False, "seq": item.seq}
-                answer = ok({**body, "partial": open_phrase(w.state)})
+                partial = " ".join(t for t in (open_phrase(st) for st in w.states) if t)
+                answer = ok({**body, "partial": partial})
             fields[f"answer:{item.seq}"] = json.dumps(answer, ensure_ascii=False)
             if not commit(store, item, w.token, w.ttl, fields):
                 log.warning("stream %s: lock lost or expired before seq %d was saved", item.id, item.seq)

@@ -11,6 +11,7 @@ for the answer with BLPOP on the event loop.
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -40,10 +41,33 @@ class StreamAnswer(BaseModel):
     state_id: str
     is_final: bool
     seq: int | None = None
+    job_id: str | None = Field(None, description="finalize of a session opened with store=true: its job")
 
 
 def _api_error(exc: SessionError) -> ApiError:
     return ApiError(exc.status, exc.code, exc.message)
+
+
+def _job_options(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """``store``, ``webhook_url``, ``metadata`` of the create call: the session's ``job`` field."""
+    keep = raw.pop("store", False)
+    if isinstance(keep, str):
+        keep = {"true": True, "1": True, "false": False, "0": False, "": False}.get(keep.lower(), keep)
+    if not isinstance(keep, bool):
+        raise ValueError("store must be true or false")
+    webhook_url = raw.pop("webhook_url", None) or None
+    metadata = raw.pop("metadata", None)
+    if webhook_url is not None and not (
+        isinstance(webhook_url, str) and webhook_url.startswith(("http://", "https://"))
+    ):
+        raise ValueError("webhook_url must be an http(s) URL")
+    if isinstance(metadata, str):
+        metadata = json.loads(metadata) if metadata.strip() else None
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ValueError("metadata must be a JSON object")
+    if not keep:
+        return None
+    return {"webhook_url": webhook_url, "metadata": metadata, "started": time.time()}
 
 
 @router.post(
@@ -56,7 +80,10 @@ def _api_error(exc: SessionError) -> ApiError:
 async def start(request: Request, caller: CallerDep, settings: SettingsDep, client: RedisDep) -> StreamAnswer:
     """Options, as a form or a JSON body, all optional: ``sample_rate`` (8000), ``encoding``
     (pcm_s16le | mulaw | alaw) and ``channels`` (1, averaged when more) of raw chunks; ``decoder``
-    (auto | greedy | beam); ``ttl_seconds`` (at most ``TONE_STREAM_TTL_SECONDS``)."""
+    (auto | greedy | beam); ``ttl_seconds`` (at most ``TONE_STREAM_TTL_SECONDS``). ``channels`` 2
+    keeps the two channels apart (agent = 0, client = 1), each phrase carrying its ``channel``.
+    ``store`` (true: finalize keeps the session as a completed job, its id in ``job_id``), with
+    ``webhook_url`` and ``metadata`` (a JSON object, or one as a string) for that job."""
     raw: dict[str, Any] = {}
     content_type = request.headers.get("content-type", "")
     try:
@@ -68,6 +95,7 @@ async def start(request: Request, caller: CallerDep, settings: SettingsDep, clie
         elif content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             raw = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
         ttl = int(raw.pop("ttl_seconds", settings.stream_ttl_seconds))
+        job = _job_options(raw)
         options = Options(
             sample_rate=int(raw.get("sample_rate", 8000)),
             encoding=str(raw.get("encoding", "pcm_s16le")),
@@ -81,7 +109,7 @@ async def start(request: Request, caller: CallerDep, settings: SettingsDep, clie
     if not 1 <= ttl <= settings.stream_ttl_seconds:
         limit = settings.stream_ttl_seconds
         raise ApiError(422, "invalid_request", f"ttl_seconds must be between 1 and {limit}")
-    sid = await live.create(live.session_store(client), str(caller.tenant_id), options, ttl)
+    sid = await live.create(live.session_store(client), str(caller.tenant_id), options, ttl, job)
     return StreamAnswer(phrases=[], state_id=sid, is_final=False)
 
 
@@ -129,7 +157,11 @@ async def finalize(
     """Pads the stream's end as the offline run does and answers all its phrases; calling it
     again returns the same answer."""
     try:
-        body = await live.finalize(live.session_store(client), settings, state_id, str(caller.tenant_id))
+        store = live.session_store(client)
+        body = await live.finalize(store, settings, state_id, str(caller.tenant_id))
     except SessionError as exc:
         raise _api_error(exc) from exc
+    job_id = await live.keep_as_job(store, settings, state_id, caller.tenant_id, body["phrases"])
+    if job_id is not None:
+        body = {**body, "job_id": job_id}
     return StreamAnswer.model_validate(body)

@@ -174,34 +174,6 @@ class LiveStream:
         return self.frames / self.options.sample_rate
 
 
-def _store_job(settings: Settings, caller: Caller, stream: LiveStream, phrases: list[dict[str, Any]],
-               webhook_url: str | None, started: datetime) -> str:  # fmt: skip
-    """Keep a finished stream as a completed job of kind "stream" with its transcript, so that it
-    is listed, exported and webhooked like any other job."""
-    from shared.db.models import Job, Transcript
-    from shared.db.session import session_scope
-
-    duration = round(stream.duration, 3)
-    opts = stream.options
-    options = {"channels": "mix", "decoder": opts.decoder, "sample_rate": opts.sample_rate,
-               "encoding": opts.encoding}  # fmt: skip
-    with session_scope(settings.database_url) as db:
-        job = Job(tenant_id=caller.tenant_id, kind="stream", status="completed", progress=1.0,
-                  queue=settings.worker_queue, options=options, source="stream", duration=duration,
-                  started_at=started, finished_at=datetime.now(timezone.utc), webhook_url=webhook_url,
-                  processing_seconds=(datetime.now(timezone.utc) - started).total_seconds())  # fmt: skip
-        db.add(job)
-        db.flush()
-        db.add(Transcript(job_id=job.id, phrases=phrases, full_text=" ".join(p["text"] for p in phrases),
-                          duration=duration, channels=1))  # fmt: skip
-        job_id = str(job.id)
-    if webhook_url:
-        from worker.celery_app import enqueue_webhook
-
-        enqueue_webhook(job_id, "job.completed", queue=settings.worker_queue)
-    return job_id
-
-
 async def _send(ws: WebSocket, payload: dict[str, Any]) -> None:
     try:
         await ws.send_text(json.dumps(payload, ensure_ascii=False))
@@ -345,8 +317,9 @@ async def _v1(ws: WebSocket, settings: Settings) -> None:
             await _send(ws, {"type": "phrase", **phrase})
         final: dict[str, Any] = {"type": "final", "phrases": phrases}
         if keep:
-            args = (settings, caller, stream, phrases, webhook_url, started)
-            final["job_id"] = await run_in_threadpool(_store_job, *args)
+            opts = stream.options
+            args = (settings, caller.tenant_id, opts, stream.duration, phrases, webhook_url, started)
+            final["job_id"] = await run_in_threadpool(live.store_job, *args)
         await _send(ws, final)
         await _close(ws, CLOSE_NORMAL)
         return
