@@ -378,3 +378,50 @@ def test_a_piece_in_flight_when_its_worker_is_killed_is_answered_by_the_next_wor
         for proc in procs[1:]:
             proc.stop()
         api.stop()
+
+
+def test_a_piece_taken_by_a_worker_that_died_unanswered_is_requeued_and_answered(
+    stream_env: dict[str, str], logs: Path, api_key: str, audio: np.ndarray, offline: Any
+) -> None:
+    """The re-queue path itself: a worker pops the piece from the pending list and dies before
+    applying it (simulated by taking the item out of Redis while no worker runs)."""
+    import redis
+
+    from shared.sessions import pending_key
+
+    queue = "stream-lost-tests"
+    env = {**stream_env, "TONE_WORKER_QUEUE": queue, "TONE_STREAM_REQUEUE_SECONDS": "1",
+           "TONE_STREAM_CHUNK_TIMEOUT_SECONDS": "60"}  # fmt: skip
+    broker = redis.Redis.from_url(env["REDIS_URL"])
+    api = start_api(env, logs, "stream-lost-api")
+    procs = [start_worker(env, logs, "stream-lost-worker", queues=queue)]
+    try:
+        with httpx.Client(base_url=api.url or "", headers=auth(api_key), timeout=90) as c:
+            pieces = [pcm(p) for p in np.array_split(audio, 6)]
+            sid = open_session(c)
+            streamed = stream(c, sid, pieces[:2])
+            procs[0].stop()  # no worker now: the next piece waits in the pending list
+            with ThreadPoolExecutor(1) as pool:
+                future = pool.submit(send, c, sid, pieces[2], 2)
+                taken: list[bytes] = []
+                deadline = time.monotonic() + 20
+                while not taken and time.monotonic() < deadline:
+                    taken = broker.lpop(pending_key(queue), 10) or []  # the worker that "died" with it
+                    time.sleep(0.02)
+                assert taken, "the piece never reached the pending list"
+                assert broker.llen(pending_key(queue)) == 0
+                procs.append(start_worker(env, logs, "stream-lost-worker-2", queues=queue))
+                r = future.result()
+            assert r.status_code == 200, r.text
+            assert r.json()["seq"] == 2
+            streamed += r.json()["phrases"]
+            for seq, data in enumerate(pieces[3:], 3):
+                r = send(c, sid, data, seq)
+                assert r.status_code == 200, r.text
+                streamed += r.json()["phrases"]
+            check_final(c, sid, streamed, offline(audio))
+    finally:
+        for proc in procs:
+            proc.stop()
+        api.stop()
+        broker.close()
