@@ -346,6 +346,26 @@ def test_store_true_on_the_http_create_call_keeps_a_completed_job(
     assert "job_id" not in finalize(client, open_session(client)).json()
 
 
+def finish_after_in_flight(
+    c: httpx.Client,
+    sid: str,
+    r: httpx.Response,
+    seq: int,
+    pieces: list[bytes],
+    streamed: list[Any],
+    want: Any,
+) -> None:
+    """The in-flight piece ``seq`` was answered; send the rest and compare with the offline run."""
+    assert r.status_code == 200, r.text
+    assert r.json()["seq"] == seq
+    streamed += r.json()["phrases"]
+    for n, data in enumerate(pieces[seq + 1 :], seq + 1):
+        answer = send(c, sid, data, n)
+        assert answer.status_code == 200, answer.text
+        streamed += answer.json()["phrases"]
+    check_final(c, sid, streamed, want)
+
+
 def test_a_piece_in_flight_when_its_worker_is_killed_is_answered_by_the_next_worker(
     stream_env: dict[str, str], logs: Path, api_key: str, audio: np.ndarray, offline: Any
 ) -> None:
@@ -366,14 +386,7 @@ def test_a_piece_in_flight_when_its_worker_is_killed_is_answered_by_the_next_wor
                 procs[0].popen.wait(10)
                 procs.append(start_worker(env, logs, "stream-kill-worker-2", queues=queue))
                 r = future.result()
-            assert r.status_code == 200, r.text
-            assert r.json()["seq"] == 3
-            streamed += r.json()["phrases"]
-            for seq, data in enumerate(pieces[4:], 4):
-                r = send(c, sid, data, seq)
-                assert r.status_code == 200, r.text
-                streamed += r.json()["phrases"]
-            check_final(c, sid, streamed, offline(audio))
+            finish_after_in_flight(c, sid, r, 3, pieces, streamed, offline(audio))
     finally:
         for proc in procs[1:]:
             proc.stop()
@@ -412,14 +425,7 @@ def test_a_piece_taken_by_a_worker_that_died_unanswered_is_requeued_and_answered
                 assert broker.llen(pending_key(queue)) == 0
                 procs.append(start_worker(env, logs, "stream-lost-worker-2", queues=queue))
                 r = future.result()
-            assert r.status_code == 200, r.text
-            assert r.json()["seq"] == 2
-            streamed += r.json()["phrases"]
-            for seq, data in enumerate(pieces[3:], 3):
-                r = send(c, sid, data, seq)
-                assert r.status_code == 200, r.text
-                streamed += r.json()["phrases"]
-            check_final(c, sid, streamed, offline(audio))
+            finish_after_in_flight(c, sid, r, 2, pieces, streamed, offline(audio))
     finally:
         for proc in procs:
             proc.stop()
