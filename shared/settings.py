@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 1024 * 1024 * 1024  # 1 GiB
     max_audio_seconds: float = 4 * 3600.0
     rate_limit_per_minute: int = 600  # requests per API key per minute (Redis counters)
+    batch_max_entries: int = 10000  # entries in one batch archive
+    batch_max_total_bytes: int = 20 * 1024**3  # uncompressed bytes of one batch archive
     sync_timeout_seconds: float = 600.0  # /transcribe and /v1/audio/transcriptions wait this long
 
     # auth

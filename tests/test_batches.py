@@ -1,0 +1,169 @@
+"""Batches (``/v1/batches``) against the real stack: an archive in, one job per distinct recording."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from sqlalchemy import func, select
+
+from api.batches import check_entries, open_archive
+from api.errors import ApiError
+from shared.asr.engine import Recognizer
+from shared.db.models import Job
+from shared.db.session import session_scope
+from shared.devmodels.tones import synthesize
+from shared.settings import Settings
+from tests.test_api import assert_error, auth
+
+CALLS = {"calls/a.wav": (["привет мир"], ["да"]), "calls/b.wav": (["как дела"], ["хорошо"])}
+
+
+def stereo_wav(path: Path, left: list[str], right: list[str]) -> Path:
+    a, _ = synthesize(left)
+    b, _ = synthesize(right)
+    n = max(len(a), len(b))
+    audio = np.zeros((n, 2), dtype=np.int16)
+    audio[: len(a), 0] = a
+    audio[: len(b), 1] = b
+    sf.write(path, audio, 8000, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def wavs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("batch-audio")
+    return {name: stereo_wav(root / Path(name).name, *ph) for name, ph in CALLS.items()}
+
+
+def archive_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def post_batch(url: str, key: str, data: bytes, name: str = "calls.zip", **fields: str) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/batches", headers=auth(key), files={"file": (name, data)}, data=fields, timeout=60
+    )
+
+
+def batch_job_count(servers: dict[str, str]) -> int:
+    with session_scope(servers["DATABASE_URL"]) as s:
+        return int(s.scalar(select(func.count()).select_from(Job).where(Job.options["batch_id"].isnot(None))))
+
+
+def test_batch_end_to_end(api, worker, api_key, other_key, wavs, tone_model, servers) -> None:
+    members = {name: path.read_bytes() for name, path in wavs.items()}
+    members["calls/copy-of-a.wav"] = members["calls/a.wav"]
+    members["notes.txt"] = b"not audio"
+    members["metadata.csv"] = b"path,agent\ncalls/a.wav,ivan\ncalls/b.wav,olga\n"
+    got = post_batch(api.url, api_key, archive_bytes(members))
+    assert got.status_code == 202, got.text
+    body = got.json()
+    assert body["items"] == 3 and body["jobs"] == 2
+    assert body["skipped"] == [{"name": "notes.txt", "reason": body["skipped"][0]["reason"]}]
+    batch = body["id"]
+
+    assert httpx.get(f"{api.url}/v1/batches/{batch}", headers=auth(other_key)).status_code == 404
+    deadline = time.monotonic() + 120
+    while True:
+        view = httpx.get(f"{api.url}/v1/batches/{batch}", headers=auth(api_key)).json()
+        if view["status"] == "completed" or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert view["counts"]["completed"] == 2 and view["progress"] == 1.0, view
+    assert view["audio_seconds_left"] == 0 and view["audio_seconds_done"] > 0
+
+    items = httpx.get(f"{api.url}/v1/batches/{batch}/items?limit=2", headers=auth(api_key)).json()
+    assert [i["name"] for i in items["items"]] == ["calls/a.wav", "calls/b.wav"] and items["next_cursor"]
+    rest = httpx.get(
+        f"{api.url}/v1/batches/{batch}/items", params={"cursor": items["next_cursor"]}, headers=auth(api_key)
+    ).json()
+    assert [i["name"] for i in rest["items"]] == ["calls/copy-of-a.wav"] and rest["next_cursor"] is None
+
+    rec = Recognizer.load(tone_model, threads=1)
+    expected = {n: rec.transcribe_file(p, channels="split").to_dict()["phrases"] for n, p in wavs.items()}
+    expected["calls/copy-of-a.wav"] = expected["calls/a.wav"]
+    res = httpx.get(f"{api.url}/v1/batches/{batch}/results?format=jsonl", headers=auth(api_key))
+    lines = [json.loads(line) for line in res.text.splitlines()]
+    assert sorted(r["name"] for r in lines) == sorted(expected)
+    by_name = {r["name"]: r for r in lines}
+    assert by_name["calls/a.wav"]["job_id"] == by_name["calls/copy-of-a.wav"]["job_id"]
+    for name, want in expected.items():
+        assert by_name[name]["phrases"] == want, name
+        assert by_name[name]["status"] == "completed"
+    assert by_name["calls/b.wav"]["metadata"] == {"path": "calls/b.wav", "agent": "olga"}
+    assert {p["channel"] for p in by_name["calls/b.wav"]["phrases"]} == {0, 1}
+
+    res = httpx.get(f"{api.url}/v1/batches/{batch}/results?format=csv", headers=auth(api_key))
+    rows = list(csv.DictReader(io.StringIO(res.text)))
+    assert len(rows) == sum(len(v) for v in expected.values())
+    assert {r["text"] for r in rows if r["name"] == "calls/b.wav"} == {
+        p["text"] for p in expected["calls/b.wav"]
+    }
+
+    res = httpx.get(f"{api.url}/v1/batches/{batch}/results?format=zip", headers=auth(api_key))
+    with zipfile.ZipFile(io.BytesIO(res.content)) as zf:
+        assert sorted(zf.namelist()) == sorted(n + ".json" for n in expected)
+        assert json.loads(zf.read("calls/b.wav.json"))["phrases"] == expected["calls/b.wav"]
+
+    assert httpx.post(f"{api.url}/v1/batches/{batch}/cancel", headers=auth(api_key)).json()["cancelled"] == 0
+    assert httpx.get(f"{api.url}/v1/batches/{batch}/results", headers=auth(other_key)).status_code == 404
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_hostile_archives_are_refused(api, api_key, servers, wavs) -> None:
+    wav = wavs["calls/a.wav"].read_bytes()
+    before = batch_job_count(servers)
+    cases: list[tuple[bytes, int, str]] = [
+        (archive_bytes({"ok.wav": wav, "../evil.wav": wav}), 400, "unsafe_path"),
+        (archive_bytes({"ok.wav": wav, "/etc/evil.wav": wav}), 400, "unsafe_path"),
+        (_tar({"ok.wav": wav, "a/../../evil.wav": wav}), 400, "unsafe_path"),
+        (archive_bytes({"ok.wav": wav, "zeros.wav": bytes(50_000_000)}), 400, "archive_bomb"),
+        (b"this is not an archive at all", 415, "unsupported_archive"),
+    ]
+    for data, status, code in cases:
+        assert_error(post_batch(api.url, api_key, data), status, code)
+    assert batch_job_count(servers) == before
+
+
+def test_limits_checked_before_extraction(tmp_path: Path) -> None:
+    path = tmp_path / "many.zip"
+    path.write_bytes(archive_bytes({f"{i}.wav": b"x" for i in range(5)}))
+    settings = Settings(batch_max_entries=3)
+    handle, entries = open_archive(path, settings)
+    handle.close()
+    with pytest.raises(ApiError) as err:
+        check_entries(entries, path.stat().st_size, settings)
+    assert getattr(err.value, "code", None) == "too_many_entries"
+    with pytest.raises(ApiError) as err:
+        check_entries(entries, path.stat().st_size, Settings(batch_max_total_bytes=2))
+    assert getattr(err.value, "code", None) == "archive_too_large"
+
+
+def test_tar_gz_batch(api, worker, api_key, wavs) -> None:
+    data = _tar({"x/b.wav": wavs["calls/b.wav"].read_bytes()})
+    got = post_batch(api.url, api_key, data, name="calls.tar.gz")
+    assert got.status_code == 202, got.text
+    assert got.json()["items"] == 1
