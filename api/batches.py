@@ -256,7 +256,7 @@ def create_batch(
     try:
         for item in items:
             new = svc.NewJob(options, item.stored, filename=PurePosixPath(item.name).name)
-            job = svc._job_row(caller, new, svc.request_hash(new), settings)
+            job = svc.job_row(caller, new, svc.request_hash(new), settings)
             job.options = {
                 **job.options,
                 "batch_id": batch_id,

@@ -196,7 +196,7 @@ def create_job(db: Session, caller: Caller, new: NewJob, settings: Settings) -> 
             remove_quietly(new.stored.path if new.stored else None)
             db.commit()
             return existing, False
-        job = _job_row(caller, new, digest, settings)
+        job = job_row(caller, new, digest, settings)
         db.add(job)
         try:
             db.commit()
@@ -212,7 +212,7 @@ def create_job(db: Session, caller: Caller, new: NewJob, settings: Settings) -> 
     )
 
 
-def _job_row(caller: Caller, new: NewJob, digest: str, settings: Settings) -> Job:
+def job_row(caller: Caller, new: NewJob, digest: str, settings: Settings) -> Job:
     opts = new.options
     stored = new.stored
     return Job(

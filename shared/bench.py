@@ -25,7 +25,7 @@ CHUNK_SECONDS = CHUNK_SAMPLES / SAMPLE_RATE
 def model_flops(path: Path) -> tuple[float, int]:
     """FLOPs of one 300 ms chunk of one stream (MatMul, Gemm, Conv), and the parameter count."""
     import onnx
-    from onnx import numpy_helper, shape_inference
+    from onnx import shape_inference
 
     model = onnx.load(str(path))
     for value in [*model.graph.input, *model.graph.output]:
@@ -50,7 +50,6 @@ def model_flops(path: Path) -> tuple[float, int]:
             w, out = shapes.get(node.input[1]), shapes.get(node.output[0])
             if w and out:
                 flops += 2.0 * np.prod(out) * np.prod(w[1:])
-    del numpy_helper
     return flops, params
 
 
