@@ -10,7 +10,7 @@ EXTRAS ?= dev,lm,stack,platform
 MODELS := .cache/test-models
 COMPOSE ?= docker compose
 
-.PHONY: help install test lint format typecheck models run demo down bench docker-build docker-up docker-down docker-logs clean
+.PHONY: help install browser test lint format typecheck models run demo down bench docker-build docker-up docker-down docker-logs clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -24,6 +24,13 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the project with its dev, lm, stack and platform extras
+
+# The console's browser tests drive Debian's chromium (never a browser downloaded by Playwright).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser: ## install Debian's chromium for the console's end-to-end tests, when missing
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the console tests"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
 models: $(STAMP) ## build the test models (recognizing tones model, cost-faithful model) into .cache/
 	$(BIN)/tone-platform dev make-model --kind tones --out $(MODELS)/tones >/dev/null
@@ -40,7 +47,7 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: $(STAMP) models lint typecheck ## install everything, build the test models, run ruff, mypy and the whole suite
+test: $(STAMP) browser models lint typecheck ## install everything (chromium too), build the test models, run ruff, mypy and the whole suite
 	$(BIN)/pytest
 
 run: $(STAMP) ## the whole platform, no Docker: Postgres, Redis, API :8000, worker, beat, Flower :5555 (Ctrl-C stops)

@@ -1,20 +1,25 @@
-"""``/v1/jobs``: submit (upload or URL), get, list, transcript, cancel, delete, webhook deliveries."""
+"""``/v1/jobs``: submit (upload or URL), get, list, transcript, audio, cancel, delete, webhook deliveries."""
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, UploadFile
 
 from api import jobs_service as svc
 from api.deps import CallerDep, DbDep, SettingsDep
-from api.errors import ApiError
+from api.errors import AUDIO_ERROR_STATUS, ApiError
 from api.schemas import (
     DeliveryList,
     DeliveryOut,
@@ -205,6 +210,76 @@ def get_job(job_id: str, caller: CallerDep, db: DbDep) -> JobOut:
 def get_transcript(job_id: str, caller: CallerDep, db: DbDep, format: TranscriptFormat = "json") -> Response:
     body, media_type = svc.render_transcript(svc.load_job(db, caller, job_id), format)
     return Response(body, media_type=media_type)
+
+
+PLAYBACK_RATE = 8000
+
+
+def playback_wav(source: Path, shown: str) -> Path:
+    """The recording decoded by the engine's reader and written as 16-bit PCM WAV at 8 kHz, each
+    channel kept, into a temporary file (the caller removes it): whatever the stored format
+    (µ-law, GSM, MP3, AMR, ...), every browser can play and draw it. Decoded block by block."""
+    try:
+        import soundfile as sf
+
+        from shared.asr.audio import open_audio
+        from shared.asr.errors import ToneError
+    except ImportError:  # an API image without the decoding libraries
+        raise ApiError(
+            501, "audio_not_available", "this server cannot decode recordings for playback"
+        ) from None
+    fd, name = tempfile.mkstemp(prefix="tone-playback-", suffix=".wav")
+    os.close(fd)
+    out = Path(name)
+    try:
+        with (
+            open_audio(source, channels="split") as reader,
+            sf.SoundFile(
+                out, "w", samplerate=PLAYBACK_RATE, channels=reader.channels, format="WAV", subtype="PCM_16"
+            ) as wav,
+        ):
+            for block in reader:
+                wav.write(block)
+    except ToneError as exc:
+        out.unlink(missing_ok=True)
+        raise ApiError(
+            AUDIO_ERROR_STATUS.get(exc.code, 400), exc.code, exc.public_message(source, shown)
+        ) from exc
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    return out
+
+
+@router.get(
+    "/{job_id}/audio",
+    summary="The job's recording as 16-bit PCM WAV at 8 kHz, channels kept (for playback)",
+    response_class=FileResponse,
+    responses={
+        **ERRORS,
+        200: {"content": {"audio/wav": {}}, "description": "the recording, decoded and re-encoded"},
+        404: {
+            "model": ErrorResponse,
+            "description": "no such job for this tenant (`not_found`), or the job has no stored "
+            "recording (`audio_not_available`: a live session, a URL not downloaded yet, a deleted file)",
+        },
+    },
+)
+async def get_audio(job_id: str, caller: CallerDep, db: DbDep) -> FileResponse:
+    job = await run_in_threadpool(svc.load_job, db, caller, job_id)
+    path = Path(job.audio_path) if job.audio_path else None
+    if path is None or not path.is_file():
+        raise ApiError(404, "audio_not_available", "this job has no stored recording to play")
+    wav = await run_in_threadpool(playback_wav, path, job.filename or "the recording")
+    stem = Path(job.filename or f"job-{job.id}").stem or f"job-{job.id}"
+    return FileResponse(
+        wav,
+        media_type="audio/wav",
+        filename=f"{stem}.wav",
+        content_disposition_type="inline",
+        headers={"Cache-Control": "private, max-age=3600"},
+        background=BackgroundTask(wav.unlink, missing_ok=True),
+    )
 
 
 @router.post(

@@ -1,0 +1,125 @@
+// The console's shell: sign-in gate, hash router (#/jobs, #/jobs/<id>, #/upload, #/live, #/batches,
+// #/batches/<id>), the global error banner. Each view is a module exporting render(root, params,
+// ctx) that returns a cleanup function (stop polls, release the microphone, revoke blob URLs).
+
+import { clearKey, describe, getKey, onUnauthorized } from "./api.js";
+import { clear, h } from "./ui.js";
+import * as signin from "./views/signin.js";
+import * as jobs from "./views/jobs.js";
+import * as transcript from "./views/transcript.js";
+import * as uploadView from "./views/upload.js";
+import * as live from "./views/live.js";
+import * as batches from "./views/batches.js";
+
+const ROUTES = [
+  [/^\/jobs$/, jobs, "jobs"],
+  [/^\/jobs\/([0-9a-fA-F-]{8,})$/, transcript, "jobs"],
+  [/^\/upload$/, uploadView, "upload"],
+  [/^\/live$/, live, "live"],
+  [/^\/batches$/, batches, "batches", "list"],
+  [/^\/batches\/([0-9a-fA-F-]{8,})$/, batches, "batches", "detail"],
+];
+
+const main = document.getElementById("main");
+const banner = document.getElementById("banner");
+const nav = document.getElementById("nav");
+const signOut = document.getElementById("signout");
+let cleanup = null;
+let signInNote = null;
+
+/** The global banner: a sentence for people, dismissible; never a stack trace. */
+export function showBanner(problem, kind = "error") {
+  const { title, detail } = typeof problem === "string" ? { title: problem, detail: "" } : describe(problem);
+  clear(banner);
+  banner.className = `banner banner-${kind}`;
+  banner.append(
+    h("p", {}, h("strong", {}, title), detail ? ` ${detail}` : ""),
+    h("button", { type: "button", class: "banner-close", "aria-label": "Dismiss", onclick: hideBanner }, "×"),
+  );
+  banner.hidden = false;
+}
+
+export function hideBanner() {
+  banner.hidden = true;
+  clear(banner);
+}
+
+function currentPath() {
+  const hash = location.hash || "";
+  return hash.startsWith("#/") ? hash.slice(1).split("?")[0] : "/jobs";
+}
+
+function route() {
+  if (!location.hash.startsWith("#/") && location.hash) return; // in-page anchors (skip link)
+  if (cleanup) {
+    try {
+      cleanup();
+    } catch (error) {
+      console.error(error);
+    }
+    cleanup = null;
+  }
+  hideBanner();
+  clear(main);
+  const signedIn = getKey() !== null;
+  nav.hidden = !signedIn;
+  signOut.hidden = !signedIn;
+  if (!signedIn) {
+    cleanup = signin.render(main, { note: signInNote }, ctx);
+    signInNote = null;
+    return;
+  }
+  const path = currentPath();
+  for (const [pattern, view, section, mode] of ROUTES) {
+    const match = pattern.exec(path);
+    if (!match) continue;
+    for (const link of nav.querySelectorAll("a")) {
+      if (link.dataset.nav === section) link.setAttribute("aria-current", "page");
+      else link.removeAttribute("aria-current");
+    }
+    try {
+      cleanup = view.render(main, { id: match[1], mode }, ctx) || null;
+    } catch (error) {
+      console.error(error);
+      showBanner("This page could not be shown. Reload the page; if it keeps happening, tell your administrator.");
+    }
+    return;
+  }
+  main.append(
+    h("h1", {}, "Page not found"),
+    h("p", {}, "There is no such page in the console. ", h("a", { href: "#/jobs" }, "Go to the jobs.")),
+  );
+}
+
+function go(path) {
+  if (location.hash === `#${path}`) route();
+  else location.hash = path;
+}
+
+const ctx = { go, showBanner, hideBanner, route };
+
+onUnauthorized(() => {
+  clearKey();
+  signInNote = "This API key was not accepted (it may have been revoked). Sign in again.";
+  route();
+});
+
+signOut.addEventListener("click", () => {
+  clearKey();
+  go("/jobs");
+});
+
+window.addEventListener("hashchange", route);
+// Anything unexpected becomes a sentence in the banner, never a blank page.
+window.addEventListener("error", (event) => {
+  console.error(event.error || event.message);
+  showBanner("Something went wrong in the console. Reload the page; your jobs are safe on the server.");
+});
+window.addEventListener("unhandledrejection", (event) => {
+  console.error(event.reason);
+  const reason = event.reason;
+  if (reason && reason.code) showBanner(reason);
+  else showBanner("Something went wrong in the console. Reload the page; your jobs are safe on the server.");
+});
+
+route();
