@@ -1,40 +1,55 @@
-"""Batches of recordings from one archive (ZIP or tar), kept as ordinary jobs.
+"""Batches: many recordings in one request, from an archive (ZIP or tar), a JSON manifest of URLs,
+or a folder under the server's ``TONE_BATCH_ROOT``; one ``batches`` row and one job per recording.
 
-No table of their own: every job of a batch carries ``options["batch_id"]``, ``options["batch_name"]``
-(its path in the archive) and ``options["batch_names"]`` (every path with that content: the same
-content twice is transcribed once). ``client_metadata`` holds the row of ``metadata.csv`` for it.
+Each job points at its batch (``jobs.batch_id``) and carries ``options["batch_name"]`` (its path in
+the archive or folder, or the manifest item's name) and ``options["batch_names"]`` (every path with
+that content: the same content twice is transcribed once). ``client_metadata`` holds the row of
+``metadata.csv`` for it, or the manifest item's ``metadata``.
 
-The archive is checked whole before anything is extracted (entry count, declared sizes, compression
-ratio, paths); extraction counts the bytes actually read; on any refusal every extracted file is
-removed and no job exists. All jobs are inserted in one transaction, then enqueued.
+An archive is checked whole before anything is extracted (entry count, declared sizes, compression
+ratio, paths); extraction counts the bytes actually read; a folder is walked without following
+links, its files used in place (never deleted: job DELETE removes only files under the audio
+directory); a manifest's URLs all pass the SSRF guard first. On any refusal nothing is created and
+every extracted file is removed. The batch and all its jobs are inserted in one transaction, then
+enqueued. Counts, items and results are read with SQL aggregates and pages (``shared.batch_state``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
+import hashlib
 import io
 import json
+import os
+import re
 import stat
 import tarfile
 import uuid
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
+from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import func, select, true, tuple_, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from api import jobs_service as svc
 from api.deps import Caller
 from api.errors import ApiError, not_found
-from api.schemas import JobOptions
+from api.schemas import BatchOptions, BatchRequest, JobOptions
 from api.uploads import PIECE, StoredAudio, audio_file_path, remove_quietly, save_stream
-from shared.db.models import FINAL_STATUSES, Job
+from shared.asr.formats import FORMATS
+from shared.batch_state import batch_stats, batch_view, load_view
+from shared.db.models import Batch, Job
 from shared.db.session import sessionmaker_for
 from shared.settings import Settings
+from worker.celery_app import enqueue_webhook
 
 MAX_RATIO = 200
 METADATA_CSV = "metadata.csv"
@@ -52,6 +67,7 @@ class Entry:
     compressed: int | None  # declared compressed size (zip), None for tar
     kind: str  # file | dir | link | device
     open: Callable[[], IO[bytes]]
+    path: Path | None = None  # a file in a folder (used in place), not in an archive
 
 
 @dataclass
@@ -60,6 +76,7 @@ class Item:
     stored: StoredAudio
     duration: float | None
     names: list[str] = field(default_factory=list)
+    owned: bool = True  # extracted by us (removed on refusal); False: a file used in place
 
 
 def _unsafe(name: str) -> bool:
@@ -119,8 +136,9 @@ def open_archive(path: Path, settings: Settings) -> tuple[Any, list[Entry]]:
         ) from None
 
 
-def check_entries(entries: list[Entry], archive_size: int, settings: Settings) -> None:
-    """Refuse the whole archive before extracting anything (bombs, oversize, unsafe paths)."""
+def check_entries(entries: list[Entry], archive_size: int | None, settings: Settings) -> None:
+    """Refuse the whole archive before extracting anything (bombs, oversize, unsafe paths).
+    ``archive_size`` None: not an archive (a folder), no compression ratio to check."""
     if len(entries) > settings.batch_max_entries:
         raise ApiError(
             413,
@@ -150,8 +168,13 @@ def check_entries(entries: list[Entry], archive_size: int, settings: Settings) -
             "archive_too_large",
             f"the archive expands to {total} bytes, over the limit of {settings.batch_max_total_bytes}",
         )
-    compressed = entries and entries[0].compressed is None
-    if compressed and total > 1024 * 1024 and total > MAX_RATIO * max(archive_size, 1):
+    tar_like = bool(entries) and entries[0].compressed is None
+    if (
+        tar_like
+        and archive_size is not None
+        and total > 1024 * 1024
+        and total > MAX_RATIO * max(archive_size, 1)
+    ):
         raise ApiError(400, "archive_bomb", f"the archive expands more than {MAX_RATIO} times: refused")
 
 
@@ -187,13 +210,16 @@ def _probe(path: Path, settings: Settings) -> tuple[str | None, float | None]:
     return None, info.duration
 
 
-def extract(archive: Path, settings: Settings) -> tuple[list[Item], list[dict[str, str]], dict[str, Any]]:
-    """``(distinct recordings, skipped, metadata rows)``; on any refusal nothing stays on disk."""
-    handle, entries = open_archive(archive, settings)
+def collect(
+    entries: list[Entry], settings: Settings, place: Callable[[Entry, str], tuple[StoredAudio, bool]]
+) -> tuple[list[Item], list[dict[str, str]], dict[str, Any]]:
+    """``(distinct recordings, skipped, metadata rows)`` of checked entries: the skip rules, the
+    dedupe by content and ``metadata.csv``, shared by archives and folders. ``place(entry, name)``
+    stores or finds one file: ``(its audio, whether it is ours to remove)``. On any error every
+    file placed so far that is ours is removed."""
     items: dict[str, Item] = {}
     skipped: list[dict[str, str]] = []
     try:
-        check_entries(entries, archive.stat().st_size, settings)
         meta: dict[str, Any] = {}
         seen: set[str] = set()
         for e in entries:
@@ -216,186 +242,580 @@ def extract(archive: Path, settings: Settings) -> tuple[list[Item], list[dict[st
             if e.size == 0:
                 skipped.append({"name": name, "reason": "empty_audio"})
                 continue
-            dest = audio_file_path(settings.audio_path, str(uuid.uuid4()), name)
-            stored = save_stream(_limited(e.open(), e.size, name), dest, settings.max_upload_bytes)
+            stored, owned = place(e, name)
             reason, duration = _probe(stored.path, settings)
             if reason:
-                remove_quietly(stored.path)
+                if owned:
+                    remove_quietly(stored.path)
                 skipped.append({"name": name, "reason": reason})
             elif stored.sha256 in items:
-                remove_quietly(stored.path)
+                if owned:
+                    remove_quietly(stored.path)
                 items[stored.sha256].names.append(name)
             else:
-                items[stored.sha256] = Item(name, stored, duration, [name])
+                items[stored.sha256] = Item(name, stored, duration, [name], owned)
     except BaseException:
-        for item in items.values():
-            remove_quietly(item.stored.path)
+        discard(list(items.values()))
         raise
-    finally:
-        handle.close()
     return list(items.values()), skipped, meta
 
 
-def batch_links(batch_id: str) -> dict[str, str]:
-    base = f"/v1/batches/{batch_id}"
-    return {
-        "self": base,
-        "items": f"{base}/items",
-        "results": f"{base}/results",
-        "cancel": f"{base}/cancel",
-    }
+def discard(items: list[Item]) -> None:
+    for item in items:
+        if item.owned:
+            remove_quietly(item.stored.path)
+
+
+def extract(archive: Path, settings: Settings) -> tuple[list[Item], list[dict[str, str]], dict[str, Any]]:
+    """``(distinct recordings, skipped, metadata rows)``; on any refusal nothing stays on disk."""
+    handle, entries = open_archive(archive, settings)
+    try:
+        check_entries(entries, archive.stat().st_size, settings)
+
+        def place(e: Entry, name: str) -> tuple[StoredAudio, bool]:
+            dest = audio_file_path(settings.audio_path, str(uuid.uuid4()), name)
+            return save_stream(_limited(e.open(), e.size, name), dest, settings.max_upload_bytes), True
+
+        return collect(entries, settings, place)
+    finally:
+        handle.close()
+
+
+# -- a folder under TONE_BATCH_ROOT ------------------------------------------------------------------
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)
+
+
+def resolve_directory(relative: str, settings: Settings) -> Path:
+    """The folder ``relative`` names under ``settings.batch_root``, resolved; it must stay inside.
+
+    403 ``directory_not_allowed`` when no root is configured (or it overlaps the audio directory:
+    jobs' uploads are not a batch source); 400 ``unsafe_path`` for absolute or ``..`` paths and for
+    links that lead out of the root; 404 ``directory_not_found``."""
+    if settings.batch_root is None:
+        raise ApiError(
+            403,
+            "directory_not_allowed",
+            "batches from server folders are off: an administrator sets TONE_BATCH_ROOT to allow them",
+        )
+    root = settings.batch_root.resolve()
+    audio = settings.audio_path.resolve()
+    if _inside(root, audio):
+        raise ApiError(403, "directory_not_allowed", "the batch root is inside the audio directory: refused")
+    text = relative.strip()
+    if not text or "\x00" in text or _unsafe(text):
+        raise ApiError(
+            400, "unsafe_path", "directory must be a relative path inside the batch root, without '..'"
+        )
+    try:
+        folder = (root / clean_name(text)).resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise ApiError(404, "directory_not_found", f"no folder {text!r} under the batch root") from None
+    if not _inside(folder, root):
+        raise ApiError(400, "unsafe_path", f"{text!r} leads out of the batch root (a link): refused")
+    if not folder.is_dir():
+        raise ApiError(404, "directory_not_found", f"{text!r} is not a folder under the batch root")
+    if _inside(folder, audio) or _inside(audio, folder):
+        raise ApiError(
+            403, "directory_not_allowed", f"{text!r} holds the platform's audio directory: refused"
+        )
+    return folder
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "link"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    return "file" if stat.S_ISREG(mode) else "device"
+
+
+def _opener(path: Path) -> Callable[[], IO[bytes]]:
+    return lambda: path.open("rb")
+
+
+def directory_entries(folder: Path, settings: Settings) -> list[Entry]:
+    """Every entry under ``folder`` (links listed, never followed), by path; 413
+    ``too_many_entries`` as soon as there are more than the limit (the walk stops there)."""
+    out: list[Entry] = []
+    for top, dirs, files in os.walk(folder, followlinks=False):
+        dirs.sort()
+        for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+            path = Path(top) / name
+            try:
+                st = path.lstat()
+            except OSError:
+                continue
+            rel = path.relative_to(folder).as_posix()
+            out.append(Entry(rel, st.st_size, None, _kind(st.st_mode), _opener(path), path))
+            if len(out) > settings.batch_max_entries:
+                return out  # enough to refuse
+    return out
+
+
+def _hash_in_place(entry: Entry, name: str) -> tuple[StoredAudio, bool]:
+    """A folder's file as it is: hashed (for the dedupe), not copied, never ours to remove."""
+    assert entry.path is not None
+    digest = hashlib.sha256()
+    size = 0
+    for piece in _limited(entry.open(), entry.size, name):
+        digest.update(piece)
+        size += len(piece)
+    return StoredAudio(entry.path, size, digest.hexdigest()), False
+
+
+def scan_directory(
+    folder: Path, settings: Settings
+) -> tuple[list[Item], list[dict[str, str]], dict[str, Any]]:
+    """A folder's recordings, read in place (hashed and probed, not copied)."""
+    entries = directory_entries(folder, settings)
+    check_entries(entries, None, settings)
+    return collect(entries, settings, _hash_in_place)
+
+
+# -- a JSON manifest of URLs ---------------------------------------------------------------------------
+
+_NAME_CHARS = re.compile(r"[^\w.\-/ ]+")
+
+
+def url_name(url: str) -> str:
+    """A safe relative name for a URL item: ``host/path`` with odd characters replaced."""
+    parts = urlsplit(url)
+    raw = f"{parts.hostname or 'item'}/{unquote(parts.path)}"
+    cleaned = [_NAME_CHARS.sub("_", p) for p in raw.split("/")]
+    return "/".join(p for p in cleaned if p not in ("", ".", "..")) or "item"
+
+
+def _unique(name: str, used: set[str]) -> str:
+    if name not in used:
+        return name
+    path = PurePosixPath(name)
+    n = 2
+    while (candidate := str(path.with_name(f"{path.stem}~{n}{path.suffix}"))) in used:
+        n += 1
+    return candidate
+
+
+def check_manifest(body: BatchRequest, settings: Settings) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """``(name, url, metadata)`` per item, every URL checked by the SSRF guard (each host once).
+
+    413 ``too_many_entries``; 422 ``invalid_request`` (no items, not http(s), a duplicate or unsafe
+    name, a host that does not resolve); 400 ``url_not_allowed`` for a non-public address unless
+    TONE_ALLOW_PRIVATE_URLS. Nothing is created on any of them."""
+    from shared.netguard import UrlError, check_url
+
+    items = body.items or []
+    if not items:
+        raise ApiError(422, "invalid_request", "items must hold at least one {audio_url}")
+    if len(items) > settings.batch_max_entries:
+        raise ApiError(
+            413,
+            "too_many_entries",
+            f"the manifest has {len(items)} items, over the limit of {settings.batch_max_entries}",
+        )
+    checked: dict[tuple[str, str, int | None], None] = {}
+    explicit = {clean_name(i.name) for i in items if i.name}
+    used: set[str] = set()
+    out = []
+    for n, item in enumerate(items):
+        where = f"items[{n}]"
+        try:
+            url = svc.validate_audio_url(item.audio_url)
+        except ApiError as exc:
+            raise ApiError(exc.status, exc.code, f"{where}.audio_url: {exc.message}") from None
+        parts = urlsplit(url)
+        try:
+            host = (parts.scheme, parts.hostname or "", parts.port)
+        except ValueError:
+            raise ApiError(422, "invalid_request", f"{where}.audio_url: the port is not valid") from None
+        if host not in checked:
+            try:
+                check_url(url, allow_private=settings.allow_private_urls)
+            except UrlError as exc:
+                code, status = (
+                    ("url_not_allowed", 400) if exc.code == "url_forbidden" else ("invalid_request", 422)
+                )
+                raise ApiError(status, code, f"{where}.audio_url: {exc.message}") from None
+            checked[host] = None
+        if item.name:
+            if _unsafe(item.name) or not clean_name(item.name):
+                raise ApiError(422, "invalid_request", f"{where}.name must be a relative path without '..'")
+            name = clean_name(item.name)
+            if name in used:
+                raise ApiError(422, "invalid_request", f"{where}.name {name!r} is used by another item")
+        else:
+            name = _unique(url_name(url), used | explicit)
+        used.add(name)
+        out.append((name, url, item.metadata))
+    return out
+
+
+# -- create ------------------------------------------------------------------------------------------
+
+
+def request_digest(source: str, options: BatchOptions, content: Any) -> str:
+    body = {"source": source, "options": options.model_dump(), "content": content}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def idempotent_match(
+    db: Session, caller: Caller, key: str | None, digest: str, settings: Settings
+) -> Batch | None:
+    """The earlier batch of this Idempotency-Key (same request), or None; 409 for another request.
+    As for jobs, a key older than ``idempotency_hours`` is released for reuse."""
+    if not key:
+        return None
+    batch = db.scalar(select(Batch).where(Batch.tenant_id == caller.tenant_id, Batch.idempotency_key == key))
+    if batch is None:
+        return None
+    if batch.created_at < datetime.now(timezone.utc) - timedelta(hours=settings.idempotency_hours):
+        batch.idempotency_key = None
+        db.flush()
+        return None
+    if batch.request_hash != digest:
+        raise ApiError(
+            409,
+            "idempotency_conflict",
+            "this Idempotency-Key was used with a different request; use a new key for a new request",
+        )
+    return batch
+
+
+@dataclass
+class Submission:
+    """A checked batch request: where its recordings come from and what the batch row holds."""
+
+    source: str  # archive | manifest | directory
+    options: BatchOptions
+    digest: str
+    idempotency_key: str | None
+
+
+def _job_options(options: BatchOptions, **extra: Any) -> JobOptions:
+    return JobOptions(
+        channels=options.channels,
+        decoder=options.decoder,
+        priority=options.priority,
+        webhook_url=options.webhook_url if options.item_webhooks else None,
+        **extra,
+    )
+
+
+def _named(job: Job, batch_id: uuid.UUID, name: str, names: list[str]) -> Job:
+    job.batch_id = batch_id
+    job.options = {**job.options, "batch_name": name, "batch_names": names}
+    return job
+
+
+def file_jobs(
+    caller: Caller,
+    batch_id: uuid.UUID,
+    items: list[Item],
+    meta: dict[str, Any],
+    sub: Submission,
+    settings: Settings,
+) -> list[Job]:
+    """One job per distinct recording of an archive or folder."""
+    jobs = []
+    for item in items:
+        new = svc.NewJob(_job_options(sub.options), item.stored, filename=PurePosixPath(item.name).name)
+        job = _named(
+            svc.job_row(caller, new, svc.request_hash(new), settings), batch_id, item.name, item.names
+        )
+        job.client_metadata = meta.get(item.name)
+        job.duration = item.duration
+        if not item.owned:
+            job.source = "directory"
+        jobs.append(job)
+    return jobs
+
+
+def url_jobs(
+    caller: Caller,
+    batch_id: uuid.UUID,
+    checked: list[tuple[str, str, dict[str, Any] | None]],
+    sub: Submission,
+    settings: Settings,
+) -> list[Job]:
+    """One URL job per manifest item (the worker downloads it, as for a single URL job)."""
+    jobs = []
+    for name, url, metadata in checked:
+        new = svc.NewJob(_job_options(sub.options, audio_url=url, metadata=metadata))
+        job = svc.job_row(caller, new, svc.request_hash(new), settings)
+        jobs.append(_named(job, batch_id, name, [name]))
+    return jobs
 
 
 def create_batch(
-    db: Session, caller: Caller, archive: Path, options: JobOptions, settings: Settings
-) -> dict[str, Any]:
-    """Extract, insert one job per distinct recording (one transaction), commit, enqueue."""
-    items, skipped, meta = extract(archive, settings)
-    batch_id = str(uuid.uuid4())
-    jobs = []
+    db: Session,
+    caller: Caller,
+    sub: Submission,
+    build: Callable[[uuid.UUID], tuple[list[Job], list[dict[str, str]], int, list[Item]]],
+    settings: Settings,
+) -> tuple[Batch, bool]:
+    """Insert the batch and its jobs in one transaction, commit, enqueue; ``(batch, created)``.
+
+    ``build(batch_id)`` makes the job rows (extracting, scanning or checking URLs):
+    ``(jobs, skipped, items, files to remove if the batch is not created)``. With an
+    Idempotency-Key already used for the same request, the earlier batch comes back instead."""
+    existing = idempotent_match(db, caller, sub.idempotency_key, sub.digest, settings)
+    if existing is not None:
+        db.commit()
+        return existing, False
+    batch_id = uuid.uuid4()
+    jobs, skipped, items, files = build(batch_id)
+    batch = Batch(
+        id=batch_id,
+        tenant_id=caller.tenant_id,
+        name=sub.options.name,
+        source=sub.source,
+        status="queued",
+        options={
+            "channels": sub.options.channels,
+            "decoder": sub.options.decoder,
+            "priority": sub.options.priority,
+            "item_webhooks": sub.options.item_webhooks,
+        },
+        skipped=skipped,
+        items=items,
+        webhook_url=sub.options.webhook_url,
+        idempotency_key=sub.idempotency_key,
+        request_hash=sub.digest,
+    )
     try:
-        for item in items:
-            new = svc.NewJob(options, item.stored, filename=PurePosixPath(item.name).name)
-            job = svc.job_row(caller, new, svc.request_hash(new), settings)
-            job.options = {
-                **job.options,
-                "batch_id": batch_id,
-                "batch_name": item.name,
-                "batch_names": item.names,
-            }
-            job.client_metadata = meta.get(item.name)
-            job.duration = item.duration
-            jobs.append(job)
+        db.add(batch)
+        db.flush()  # the batch row first: the jobs' foreign key points at it
         db.add_all(jobs)
         db.commit()
+    except IntegrityError:
+        db.rollback()
+        discard(files)
+        again = idempotent_match(db, caller, sub.idempotency_key, sub.digest, settings)
+        if again is None:
+            raise
+        return again, False
     except BaseException:
         db.rollback()
-        for item in items:
-            remove_quietly(item.stored.path)
+        discard(files)
         raise
     for job in jobs:
         svc.enqueue(job)
-    count = sum(len(i.names) for i in items)
-    return {
-        "id": batch_id,
-        "items": count,
-        "jobs": len(jobs),
-        "skipped": skipped,
-        "links": batch_links(batch_id),
-    }
+    if not jobs:  # nothing to transcribe (every entry skipped): the batch ends now
+        svc.end_batch_if_done(db, batch_id)
+    return batch, True
+
+
+def view(db: Session, batch: Batch) -> dict[str, Any]:
+    db.refresh(batch)
+    return load_view(db, batch)
 
 
 # -- read -------------------------------------------------------------------------------------------
 
 
-def batch_jobs(db: Session, caller: Caller, batch_id: str, *, transcripts: bool = False) -> list[Job]:
-    """The tenant's jobs of a batch, by name; 404 when there are none (unknown or another tenant's)."""
+def load_batch(db: Session, caller: Caller, batch_id: str) -> Batch:
+    """The tenant's batch, or 404 (unknown, malformed or another tenant's id look the same)."""
     try:
-        batch_id = str(uuid.UUID(batch_id))
+        key = uuid.UUID(batch_id)
     except ValueError:
         raise not_found("batch") from None
-    query = select(Job).where(
-        Job.tenant_id == caller.tenant_id, Job.options["batch_id"].as_string() == batch_id
-    )
-    if transcripts:
-        query = query.options(selectinload(Job.transcript))
-    jobs = sorted(db.scalars(query), key=lambda j: j.options.get("batch_name", ""))
-    if not jobs:
+    batch = db.get(Batch, key, populate_existing=True)
+    if batch is None or batch.tenant_id != caller.tenant_id:
         raise not_found("batch")
-    return jobs
+    return batch
+
+
+def _cursor(batch: Batch) -> str:
+    raw = json.dumps([batch.created_at.isoformat(), str(batch.id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, batch_id = json.loads(raw)
+        return datetime.fromisoformat(created), uuid.UUID(batch_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise ApiError(400, "invalid_cursor", "the cursor is not one this API returned") from None
+
+
+def list_batches(
+    db: Session, caller: Caller, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the tenant's batches, newest first (keyed on created_at, id), with their counts
+    from one aggregate query for the whole page."""
+    query = select(Batch).where(Batch.tenant_id == caller.tenant_id)
+    if cursor:
+        query = query.where(tuple_(Batch.created_at, Batch.id) < tuple_(*_decode_cursor(cursor)))
+    rows = list(db.scalars(query.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)))
+    page = rows[:limit]
+    stats = batch_stats(db, [b.id for b in page])
+    return [batch_view(b, stats[b.id]) for b in page], _cursor(page[-1]) if len(rows) > limit else None
+
+
+def _error(code: str | None, message: str | None) -> dict[str, str] | None:
+    return {"code": code, "message": message or ""} if code else None
+
+
+def list_items(
+    db: Session, batch: Batch, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the batch's items (names), by name, in SQL: a job's names are unnested from
+    ``options->'batch_names'``; only ``limit + 1`` rows are read."""
+    names = func.jsonb_array_elements_text(Job.options["batch_names"]).table_valued("name").lateral("n")
+    query = (
+        select(
+            names.c.name,
+            Job.id,
+            Job.status,
+            Job.error_code,
+            Job.error_message,
+            Job.duration,
+            Job.client_metadata,
+        )
+        .select_from(Job)
+        .join(names, true())
+        .where(Job.batch_id == batch.id)
+    )
+    if cursor is not None:
+        query = query.where(names.c.name > cursor)
+    rows = db.execute(query.order_by(names.c.name).limit(limit + 1)).all()
+    items = [
+        {
+            "name": r.name,
+            "job_id": str(r.id),
+            "status": r.status,
+            "error": _error(r.error_code, r.error_message),
+            "duration": r.duration,
+            "metadata": r.client_metadata,
+        }
+        for r in rows[:limit]
+    ]
+    return items, items[-1]["name"] if len(rows) > limit else None
+
+
+def cancel_batch(db: Session, batch: Batch) -> int:
+    """Mark the batch cancelled (unless it ended), cancel its queued jobs at once and ask the
+    workers to stop its processing ones; the batch ends (one batch.cancelled event) when the last
+    one stops. Returns how many jobs this call cancelled or asked to stop."""
+    db.execute(
+        update(Batch)
+        .where(Batch.id == batch.id, Batch.finished_at.is_(None), Batch.cancel_requested_at.is_(None))
+        .values(cancel_requested_at=func.now())
+    )
+    now = datetime.now(timezone.utc)
+    stopped = db.execute(
+        update(Job)
+        .where(Job.batch_id == batch.id, Job.status == "queued")
+        .values(status="cancelled", cancel_requested=True, finished_at=now)
+        .returning(Job.id, Job.webhook_url, Job.queue),
+        execution_options={"synchronize_session": False},
+    ).all()
+    asked = db.execute(
+        update(Job)
+        .where(Job.batch_id == batch.id, Job.status == "processing", Job.cancel_requested.is_(False))
+        .values(cancel_requested=True)
+        .returning(Job.id),
+        execution_options={"synchronize_session": False},
+    ).all()
+    db.commit()
+    for row in stopped:
+        if row.webhook_url:
+            try:
+                enqueue_webhook(str(row.id), "job.cancelled", queue=row.queue)
+            except Exception:
+                svc.log.exception("job %s: could not queue the job.cancelled webhook", row.id)
+    svc.end_batch_if_done(db, batch.id)
+    return len(stopped) + len(asked)
+
+
+# -- results, streamed ------------------------------------------------------------------------------
+
+PAGE = 50
+ZIP_FORMATS = ("json", "txt", "srt", "vtt")  # the default of ?formats= for format=zip
+
+
+def parse_formats(value: str | None) -> tuple[str, ...]:
+    """``json,srt`` -> ("json", "srt"); 422 ``invalid_request`` for an unknown one."""
+    if value is None or not value.strip():
+        return ZIP_FORMATS
+    wanted = [f.strip().lower() for f in value.split(",") if f.strip()]
+    unknown = [f for f in wanted if f not in FORMATS]
+    if unknown:
+        raise ApiError(
+            422, "invalid_request", f"unknown format {unknown[0]!r} in formats: use {', '.join(FORMATS)}"
+        )
+    return tuple(dict.fromkeys(wanted))
+
+
+def _pages(settings: Settings, batch_id: uuid.UUID) -> Iterator[list[Job]]:
+    """The batch's jobs by name, ``PAGE`` at a time (keyset pages), each with its transcript, in
+    a session of the stream's own (the request's is closed while the body streams)."""
+    session = sessionmaker_for(settings.database_url)()
+    name = Job.options["batch_name"].as_string()
+    last: tuple[str, uuid.UUID] | None = None
+    try:
+        while True:
+            query = select(Job, name).where(Job.batch_id == batch_id).options(selectinload(Job.transcript))
+            if last is not None:
+                query = query.where(tuple_(name, Job.id) > tuple_(*last))
+            rows = session.execute(query.order_by(name, Job.id).limit(PAGE)).all()
+            if not rows:
+                return
+            yield [r[0] for r in rows]
+            last = (rows[-1][1], rows[-1][0].id)
+            session.expunge_all()
+            if len(rows) < PAGE:
+                return
+    finally:
+        session.close()
 
 
 def _names(job: Job) -> list[str]:
     return list(job.options.get("batch_names") or [job.options.get("batch_name", "")])
 
 
-def _error(job: Job) -> dict[str, str] | None:
-    return {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None
-
-
-def item_rows(jobs: Iterable[Job]) -> list[dict[str, Any]]:
-    rows = [
-        {"name": n, "job_id": str(j.id), "status": j.status, "error": _error(j), "duration": j.duration}
-        for j in jobs
-        for n in _names(j)
-    ]
-    return sorted(rows, key=lambda r: r["name"])
-
-
-def batch_view(batch_id: str, jobs: list[Job]) -> dict[str, Any]:
-    counts = dict.fromkeys(("queued", "processing", "completed", "failed", "cancelled"), 0)
-    for j in jobs:
-        counts[j.status] = counts.get(j.status, 0) + 1
-    done = sum(j.duration or 0.0 for j in jobs if j.status == "completed")
-    open_jobs = [j for j in jobs if j.status not in FINAL_STATUSES]
-    left = None if any(j.duration is None for j in open_jobs) else sum(j.duration or 0.0 for j in open_jobs)
-    started = [j.started_at for j in jobs if j.started_at]
-    eta = None
-    if started and done > 0 and left is not None:
-        elapsed = (datetime.now(timezone.utc) - min(started)).total_seconds()
-        if elapsed > 0:
-            eta = left / (done / elapsed)
-    finished = len(jobs) - len(open_jobs)
-    return {
-        "id": batch_id,
-        "status": "completed" if not open_jobs else "processing" if started else "queued",
-        "items": sum(len(_names(j)) for j in jobs),
-        "jobs": len(jobs),
-        "counts": counts,
-        "audio_seconds_done": done,
-        "audio_seconds_left": left,
-        "progress": finished / len(jobs),
-        "eta_seconds": eta,
-        "links": batch_links(batch_id),
-    }
-
-
-def cancel_batch(db: Session, jobs: list[Job]) -> int:
-    return sum(1 for j in jobs if j.status not in FINAL_STATUSES and svc.request_cancel(db, j))
-
-
-# -- results, streamed ------------------------------------------------------------------------------
-
-PAGE = 50
-
-
-def _result_records(settings: Settings, ids: list[uuid.UUID]) -> Iterator[dict[str, Any]]:
-    """One record per item name, reading the jobs ``PAGE`` at a time in a session of its own."""
-    session = sessionmaker_for(settings.database_url)()
-    try:
-        for start in range(0, len(ids), PAGE):
-            query = select(Job).where(Job.id.in_(ids[start : start + PAGE]))
-            for job in db_sorted(session.scalars(query.options(selectinload(Job.transcript)))):
-                phrases = job.transcript.phrases if job.status == "completed" and job.transcript else []
-                for name in _names(job):
-                    yield {
+def _result_records(settings: Settings, batch_id: uuid.UUID) -> Iterator[tuple[Job, dict[str, Any]]]:
+    """One record per item name, with its job."""
+    for page in _pages(settings, batch_id):
+        for job in page:
+            phrases = job.transcript.phrases if job.status == "completed" and job.transcript else []
+            for name in _names(job):
+                yield (
+                    job,
+                    {
                         "name": name,
                         "job_id": str(job.id),
                         "status": job.status,
-                        "error": _error(job),
+                        "error": _error(job.error_code, job.error_message),
                         "metadata": job.client_metadata,
                         "duration": job.duration,
                         "phrases": phrases,
-                    }
-            session.expunge_all()
-    finally:
-        session.close()
+                    },
+                )
 
 
-def db_sorted(jobs: Iterable[Job]) -> list[Job]:
-    return sorted(jobs, key=lambda j: j.options.get("batch_name", ""))
+@dataclass(frozen=True)
+class ResultsRequest:
+    """What a results stream needs, copied out of the request's session (closed while it streams)."""
+
+    batch_id: uuid.UUID
+    skipped: list[dict[str, Any]]
+    formats: tuple[str, ...] = ZIP_FORMATS
 
 
-def stream_jsonl(settings: Settings, ids: list[uuid.UUID]) -> Iterator[bytes]:
-    for rec in _result_records(settings, ids):
+def stream_jsonl(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
+    for _, rec in _result_records(settings, req.batch_id):
         yield (json.dumps(rec, ensure_ascii=False) + "\n").encode()
 
 
-def stream_csv(settings: Settings, ids: list[uuid.UUID]) -> Iterator[bytes]:
+def stream_csv(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["name", "job_id", "channel", "start", "end", "text"])
-    for rec in _result_records(settings, ids):
+    for _, rec in _result_records(settings, req.batch_id):
         for p in rec["phrases"]:
             writer.writerow(
                 [rec["name"], rec["job_id"], p.get("channel", 0), p["start_time"], p["end_time"], p["text"]]
@@ -424,12 +844,52 @@ class _Sink:
         return out
 
 
-def stream_zip(settings: Settings, ids: list[uuid.UUID]) -> Iterator[bytes]:
+def output_name(name: str, fmt: str, used: set[str]) -> str:
+    """``calls/a.wav`` -> ``calls/a.srt``; ``calls/a.wav.srt`` when ``calls/a.mp3`` took that."""
+    path = PurePosixPath(name)
+    candidate = str(path.with_suffix(f".{fmt}")) if path.suffix else f"{name}.{fmt}"
+    if candidate in used:
+        candidate = f"{name}.{fmt}"
+    n = 2
+    base = candidate
+    while candidate in used:
+        candidate = f"{base[: -len(fmt) - 1]}~{n}.{fmt}"
+        n += 1
+    used.add(candidate)
+    return candidate
+
+
+ERRORS_CSV = "errors.csv"
+RESULTS_JSONL = "results.jsonl"
+
+
+def stream_zip(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
+    """Per completed recording one file per format (as GET /v1/jobs/{id}/transcript renders it),
+    named after its path; then ``results.jsonl`` (the jsonl results) and ``errors.csv`` (every
+    item without a transcript, with its reason, and the skipped entries). Written as it is read."""
     sink = _Sink()
-    with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED) as zf:  # type: ignore[arg-type]
-        for rec in _result_records(settings, ids):
-            if rec["status"] != "completed":
+    used = {ERRORS_CSV, RESULTS_JSONL}
+    errors = io.StringIO()
+    writer = csv.writer(errors)
+    writer.writerow(["name", "job_id", "status", "code", "message"])
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED) as zf:  # type: ignore[call-overload]
+        for job, rec in _result_records(settings, req.batch_id):
+            if rec["status"] != "completed" or job.transcript is None:
+                error = rec["error"] or {}
+                message = error.get("message") or (
+                    "not finished yet" if rec["status"] in ("queued", "processing") else ""
+                )
+                writer.writerow([rec["name"], rec["job_id"], rec["status"], error.get("code", ""), message])
                 continue
-            zf.writestr(rec["name"] + ".json", json.dumps(rec, ensure_ascii=False, indent=1))
+            for fmt in req.formats:
+                body, _ = svc.render_transcript(job, fmt)
+                zf.writestr(output_name(rec["name"], fmt, used), body)
             yield sink.take()
+        with zf.open(RESULTS_JSONL, "w") as out:
+            for piece in stream_jsonl(settings, req):
+                out.write(piece)
+                yield sink.take()
+        for entry in req.skipped:
+            writer.writerow([entry.get("name", ""), "", "skipped", entry.get("reason", ""), ""])
+        zf.writestr(ERRORS_CSV, errors.getvalue())
     yield sink.take()

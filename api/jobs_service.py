@@ -296,16 +296,34 @@ def request_cancel(db: Session, job: Job) -> bool:
             send_final_event(job)
         except Exception:
             log.exception("job %s: could not queue the job.cancelled webhook", job.id)
+    end_batch_if_done(db, job.batch_id)
     return True
+
+
+def end_batch_if_done(db: Session, batch_id: uuid.UUID | None) -> None:
+    """After a job of a batch became final or was deleted (committed): finish the batch if no job
+    of it is open, and queue its one batch event (``shared.batch_state.finish_batch``)."""
+    if batch_id is None:
+        return
+    from shared.batch_state import finish_batch
+
+    finished = finish_batch(db, batch_id)
+    db.commit()
+    if finished is not None and finished.webhook_url:
+        try:
+            enqueue_webhook(finished.id, finished.event)
+        except Exception:  # GET /v1/batches/{id} still tells; the event is lost with the message
+            log.exception("batch %s: could not queue the %s webhook", finished.id, finished.event)
 
 
 def delete_job(db: Session, job: Job, settings: Settings) -> None:
     """Remove the job, its transcript, its deliveries and its audio (a running job is asked to stop)."""
     if job.status == "processing":
         request_cancel(db, job)
-    path = job.audio_path
+    path, batch_id = job.audio_path, job.batch_id
     db.execute(delete(Job).where(Job.id == job.id))
     db.commit()
+    end_batch_if_done(db, batch_id)
     if path and Path(path).resolve().is_relative_to(settings.audio_path.resolve()):
         remove_quietly(path)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Channels = Literal["mix", "split"]
 Decoder = Literal["auto", "greedy", "beam"]
@@ -271,3 +272,157 @@ class OpenAIVerboseTranscription(BaseModel):
     text: str
     segments: list[OpenAISegment]
     words: list[OpenAIWord] | None = None
+
+
+# -- batches ---------------------------------------------------------------------------------------
+
+BATCH_ID_EXAMPLE = "3f9d7c1a-2b4e-4f6a-9c8d-1e2f3a4b5c6d"
+BatchStatus = Literal["queued", "processing", "completed", "cancelled"]
+
+
+class BatchOptions(BaseModel):
+    """Options of ``POST /v1/batches``: form fields beside an archive, or fields of the JSON body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=500, description="a label for people (lists, the console)")
+    webhook_url: str | None = Field(None, description="POSTed one signed batch.completed/cancelled event")
+    channels: Channels = Field("split", description="mix or split (call recordings: agent, client)")
+    decoder: Decoder = Field("auto", description="greedy, beam, or auto")
+    priority: int = Field(2, ge=0, le=9, description="the jobs' priority: 2 keeps interactive jobs first")
+    item_webhooks: bool = Field(
+        False, description="also send each recording's job.* event to webhook_url (off: only the batch's)"
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        """A plain format check here; the SSRF guard checks the address on every delivery."""
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("webhook_url must be an absolute http or https URL")
+        return value.strip()
+
+
+class BatchItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    audio_url: str = Field(description="http(s) URL the worker downloads; checked by the SSRF guard first")
+    metadata: dict[str, Any] | None = Field(None, description="any JSON object, returned with the item")
+    name: str | None = Field(
+        None, max_length=500, description="the item's name (a relative path); default: from the URL"
+    )
+
+
+class BatchRequest(BatchOptions):
+    """The JSON body of ``POST /v1/batches``: exactly one of ``items`` and ``directory``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "May calls",
+                    "items": [
+                        {"audio_url": "https://example.com/calls/1234.wav", "metadata": {"agent": "ivan"}},
+                        {"audio_url": "https://example.com/calls/1235.wav", "name": "calls/1235.wav"},
+                    ],
+                    "webhook_url": "https://example.com/hooks/tone",
+                },
+                {"directory": "2024-05/line-1", "name": "line 1, May"},
+            ]
+        },
+    )
+
+    items: list[BatchItemIn] | None = Field(None, description="recordings by URL (a manifest)")
+    directory: str | None = Field(
+        None, description="a folder under the server's TONE_BATCH_ROOT, relative to it (when configured)"
+    )
+
+
+class BatchLinks(BaseModel):
+    self: str
+    items: str
+    results: str
+    cancel: str
+
+
+class SkippedEntry(BaseModel):
+    name: str
+    reason: str
+
+
+class BatchOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": BATCH_ID_EXAMPLE,
+                    "name": "May calls",
+                    "source": "archive",
+                    "status": "processing",
+                    "created_at": "2024-05-01T12:00:00Z",
+                    "finished_at": None,
+                    "items": 3,
+                    "jobs": 2,
+                    "counts": {"queued": 1, "processing": 0, "completed": 1, "failed": 0, "cancelled": 0},
+                    "audio_seconds_done": 61.2,
+                    "audio_seconds_left": 45.0,
+                    "progress": 0.5,
+                    "eta_seconds": 12.5,
+                    "skipped": [
+                        {"name": "notes.txt", "reason": "not_audio: the extension is not an audio one"}
+                    ],
+                    "webhook_url": None,
+                    "links": {
+                        "self": f"/v1/batches/{BATCH_ID_EXAMPLE}",
+                        "items": f"/v1/batches/{BATCH_ID_EXAMPLE}/items",
+                        "results": f"/v1/batches/{BATCH_ID_EXAMPLE}/results",
+                        "cancel": f"/v1/batches/{BATCH_ID_EXAMPLE}/cancel",
+                    },
+                }
+            ]
+        }
+    )
+
+    id: str
+    name: str | None
+    source: Literal["archive", "manifest", "directory"]
+    status: BatchStatus = Field(description="cancelled as soon as a cancel was asked for")
+    created_at: datetime
+    finished_at: datetime | None = Field(description="set once, when the last job ended")
+    items: int = Field(description="recordings (names); the same content twice is one job")
+    jobs: int
+    counts: dict[str, int] = Field(description="jobs per status")
+    audio_seconds_done: float
+    audio_seconds_left: float | None = Field(description="null while some open job's length is unknown")
+    progress: float = Field(description="final jobs / jobs")
+    eta_seconds: float | None
+    skipped: list[SkippedEntry]
+    webhook_url: str | None
+    links: BatchLinks
+
+
+class BatchList(BaseModel):
+    data: list[BatchOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")
+
+
+class BatchItemOut(BaseModel):
+    name: str
+    job_id: str
+    status: JobStatus
+    error: ErrorInfo | None
+    duration: float | None
+    metadata: dict[str, Any] | None
+
+
+class BatchItems(BaseModel):
+    items: list[BatchItemOut]
+    next_cursor: str | None = Field(description="the last name shown; pass as ?cursor= for the next page")
+
+
+class BatchCancelOut(BatchOut):
+    cancelled: int = Field(description="jobs cancelled or asked to stop by this call")

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = 600  # requests per API key per minute (Redis counters)
     batch_max_entries: int = 10000  # entries in one batch archive
     batch_max_total_bytes: int = 20 * 1024**3  # uncompressed bytes of one batch archive
+    batch_root: Path | None = None  # TONE_BATCH_ROOT: server folder whose subfolders batches may read
     sync_timeout_seconds: float = 600.0  # /transcribe and /v1/audio/transcriptions wait this long
 
     # auth

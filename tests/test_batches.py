@@ -61,7 +61,7 @@ def post_batch(url: str, key: str, data: bytes, name: str = "calls.zip", **field
 
 def batch_job_count(servers: dict[str, str]) -> int:
     with session_scope(servers["DATABASE_URL"]) as s:
-        return int(s.scalar(select(func.count()).select_from(Job).where(Job.options["batch_id"].isnot(None))))
+        return int(s.scalar(select(func.count()).select_from(Job).where(Job.batch_id.isnot(None))))
 
 
 def test_batch_end_to_end(api, worker, api_key, other_key, wavs, tone_model, servers) -> None:
@@ -72,7 +72,7 @@ def test_batch_end_to_end(api, worker, api_key, other_key, wavs, tone_model, ser
     got = post_batch(api.url, api_key, archive_bytes(members))
     assert got.status_code == 202, got.text
     body = got.json()
-    assert body["items"] == 3 and body["jobs"] == 2
+    assert body["items"] == 3 and body["jobs"] == 2 and body["source"] == "archive"
     assert body["skipped"] == [{"name": "notes.txt", "reason": body["skipped"][0]["reason"]}]
     batch = body["id"]
 
@@ -116,8 +116,13 @@ def test_batch_end_to_end(api, worker, api_key, other_key, wavs, tone_model, ser
 
     res = httpx.get(f"{api.url}/v1/batches/{batch}/results?format=zip", headers=auth(api_key))
     with zipfile.ZipFile(io.BytesIO(res.content)) as zf:
-        assert sorted(zf.namelist()) == sorted(n + ".json" for n in expected)
-        assert json.loads(zf.read("calls/b.wav.json"))["phrases"] == expected["calls/b.wav"]
+        stems = [n.removesuffix(".wav") for n in expected]
+        files = [f"{s}.{fmt}" for s in stems for fmt in ("json", "txt", "srt", "vtt")]
+        assert sorted(zf.namelist()) == sorted([*files, "results.jsonl", "errors.csv"])
+        assert json.loads(zf.read("calls/b.json"))["phrases"] == expected["calls/b.wav"]
+        assert [json.loads(line) for line in zf.read("results.jsonl").decode().splitlines()] == lines
+        errors = list(csv.DictReader(io.StringIO(zf.read("errors.csv").decode())))
+        assert [(e["name"], e["status"]) for e in errors] == [("notes.txt", "skipped")]
 
     assert httpx.post(f"{api.url}/v1/batches/{batch}/cancel", headers=auth(api_key)).json()["cancelled"] == 0
     assert httpx.get(f"{api.url}/v1/batches/{batch}/results", headers=auth(other_key)).status_code == 404

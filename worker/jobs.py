@@ -27,6 +27,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.asr.engine import ChannelMode, Recognizer
 from shared.asr.errors import ToneError
+from shared.batch_state import Finished
 from shared.settings import Settings
 from worker.processing import BatchRunner, Outcome, Work
 from worker.store import Claimed, JobStore
@@ -110,6 +111,20 @@ def error_of(
     return "internal_error", f"unexpected error while transcribing ({type(exc).__name__})"
 
 
+def notify_batch_end(finished: Finished) -> None:
+    """Log a batch's end and queue its one ``batch.completed`` / ``batch.cancelled`` event."""
+    from worker.celery_app import enqueue_webhook
+
+    log.info("batch %s %s", finished.id, finished.status, job="-")
+    if finished.webhook_url:
+        try:
+            enqueue_webhook(finished.id, finished.event)
+        except Exception:  # the event is lost with the message; GET /v1/batches/{id} still tells
+            log.exception(
+                "could not send the %s webhook task of batch %s", finished.event, finished.id, job="-"
+            )
+
+
 # -- one run ----------------------------------------------------------------------------------------
 
 
@@ -126,14 +141,23 @@ class BatchRun:
     # outcomes
 
     def _notify(self, job: Claimed, event: str) -> None:
-        if not job.webhook_url:
-            return
+        """After the job's final state was committed: its own webhook (when it has a URL), then
+        its batch's end, when it was the batch's last open job (exactly one caller finishes it)."""
         from worker.celery_app import enqueue_webhook
 
-        try:
-            enqueue_webhook(job.id, event)
-        except Exception:
-            log.exception("could not send the %s webhook task", event, job=job.id)
+        if job.webhook_url:
+            try:
+                enqueue_webhook(job.id, event)
+            except Exception:
+                log.exception("could not send the %s webhook task", event, job=job.id)
+        if job.batch_id:
+            try:
+                finished = self.store.finish_batch(job.batch_id)
+            except TRANSIENT_ERRORS:  # the beat's sweep finishes it later
+                log.warning("could not check whether batch %s ended", job.batch_id, job=job.id)
+                return
+            if finished is not None:
+                notify_batch_end(finished)
 
     def _failed(self, job: Claimed, exc: BaseException) -> None:
         code, message = error_of(exc, job.audio_path, job.audio_url or "the recording")

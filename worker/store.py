@@ -22,6 +22,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from shared.asr.engine import Transcript as EngineTranscript
+from shared.batch_state import Finished, finish_batch
 from shared.db.models import Job, Transcript
 from shared.db.session import session_scope
 
@@ -47,6 +48,7 @@ class Claimed:
     attempts: int
     cancel_requested: bool
     webhook_url: str | None
+    batch_id: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Claimed:
@@ -60,6 +62,7 @@ class Claimed:
             attempts=row.attempts,
             cancel_requested=row.cancel_requested,
             webhook_url=row.webhook_url,
+            batch_id=str(row.batch_id) if row.batch_id else None,
         )
 
 
@@ -73,6 +76,7 @@ _RETURNING = (
     Job.attempts,
     Job.cancel_requested,
     Job.webhook_url,
+    Job.batch_id,
 )
 
 
@@ -111,25 +115,55 @@ class JobStore:
         return Claimed.from_row(row) if row else None
 
     def claim_waiting(self, queue: str, limit: int) -> list[Claimed]:
-        """Take up to ``limit`` more queued jobs of ``queue`` to batch with (highest priority, then
-        oldest first), skipping rows other workers are claiming and URL jobs not yet downloaded."""
+        """Take up to ``limit`` more queued jobs of ``queue`` to batch with, skipping rows other
+        workers are claiming and URL jobs not yet downloaded.
+
+        Order: highest priority first (interactive jobs before batch jobs, priority 2); among equal
+        priority, tenants share the workers: a job's turn is its place in its tenant's waiting line
+        (``ROW_NUMBER() OVER (PARTITION BY tenant, priority ORDER BY created_at)``) plus the jobs
+        its tenant already has processing in this queue, and the lowest turn goes first, then the
+        oldest. A tenant's 10 000-recording batch therefore does not starve a batch another tenant
+        submits after it: the second tenant's jobs take every other free slot.
+        Postgres refuses ``FOR UPDATE`` beside window functions, so the ranking is a derived table
+        and the outer query locks only the jobs rows (``FOR UPDATE OF jobs SKIP LOCKED``).
+        """
         if limit <= 0:
             return []
-        waiting = (
-            select(Job.id)
+        running = (
+            select(Job.tenant_id.label("tenant_id"), func.count().label("n"))
+            .where(Job.status == "processing", Job.queue == queue)
+            .group_by(Job.tenant_id)
+            .subquery("running")
+        )
+        place = func.row_number().over(
+            partition_by=(Job.tenant_id, Job.priority), order_by=(Job.created_at, Job.id)
+        )
+        ranked = (
+            select(Job.id.label("id"), (place + func.coalesce(running.c.n, 0)).label("turn"))
+            .select_from(Job)
+            .outerjoin(running, running.c.tenant_id == Job.tenant_id)
             .where(
                 Job.status == "queued",
                 Job.queue == queue,
                 Job.cancel_requested.is_(False),
                 or_(Job.source != "url", Job.audio_path.is_not(None)),
             )
-            .order_by(Job.priority.desc(), Job.created_at)
+            .subquery("ranked")
+        )
+        # a CTE, evaluated once: as an IN (subquery) the planner may rescan it per row, and a
+        # rescan skips the rows this statement already updated and locks the next ones
+        waiting = (
+            select(Job.id.label("id"))
+            .join(ranked, ranked.c.id == Job.id)
+            .where(Job.status == "queued")
+            .order_by(Job.priority.desc(), ranked.c.turn, Job.created_at, Job.id)
             .limit(limit)
-            .with_for_update(skip_locked=True)
+            .with_for_update(of=Job, skip_locked=True)
+            .cte("waiting")
         )
         stmt = (
             update(Job)
-            .where(Job.id.in_(waiting.scalar_subquery()), Job.status == "queued")
+            .where(Job.id == waiting.c.id, Job.status == "queued")
             .values(self._claim_values())
             .returning(*_RETURNING)
         )
@@ -220,6 +254,14 @@ class JobStore:
             )
         return True
 
+    def finish_batch(self, batch_id: str | None) -> Finished | None:
+        """After a job of ``batch_id`` became final (and that was committed): finish the batch if
+        that was its last open job. Returns it only to the one caller that finished it."""
+        if not batch_id:
+            return None
+        with session_scope(self.url) as session:
+            return finish_batch(session, batch_id)
+
     def fail(self, job_id: str, code: str, message: str) -> bool:
         return self._end(job_id, "failed", code, message[:2000])
 
@@ -253,6 +295,7 @@ class Stuck:
     priority: int
     status: str
     webhook_url: str | None
+    batch_id: str | None = None
 
 
 def fail_lost(session: Session) -> list[Stuck]:
@@ -268,10 +311,12 @@ def fail_lost(session: Session) -> list[Stuck]:
             lease_expires_at=None,
             error_message=f"the worker processing this job stopped {MAX_ATTEMPTS} times; giving up",
         )
-        .returning(Job.id, Job.queue, Job.priority, Job.status, Job.webhook_url)
+        .returning(Job.id, Job.queue, Job.priority, Job.status, Job.webhook_url, Job.batch_id)
     )
     return [
-        Stuck(str(r.id), r.queue, r.priority, r.status, r.webhook_url)
+        Stuck(
+            str(r.id), r.queue, r.priority, r.status, r.webhook_url, str(r.batch_id) if r.batch_id else None
+        )
         for r in session.execute(stmt, execution_options=_NO_SYNC)
     ]
 

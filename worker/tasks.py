@@ -16,10 +16,11 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_process_init
 
+from shared.batch_state import finish_done_batches
 from shared.db.session import engine_for, session_scope, sessionmaker_for
 from shared.settings import get_settings
 from worker.celery_app import REQUEUE_TASK, TRANSCRIBE_TASK, app, enqueue_transcription, enqueue_webhook
-from worker.jobs import TRANSIENT_ERRORS, BatchRun, current_job, get_recognizer, log
+from worker.jobs import TRANSIENT_ERRORS, BatchRun, current_job, get_recognizer, log, notify_batch_end
 from worker.store import JobStore, Stuck, fail_lost, find_stuck, mark_sent, new_owner
 
 MAX_RETRIES = 5
@@ -86,7 +87,7 @@ def run_job(job_id: str, owner: str, resume_owner: str | None = None) -> None:
 @app.task(name=REQUEUE_TASK)
 def requeue_stuck() -> dict[str, int]:
     """Beat: re-send jobs whose message was lost or whose worker's lease expired; fail jobs that
-    lost their worker MAX_ATTEMPTS times (``worker_lost``)."""
+    lost their worker MAX_ATTEMPTS times (``worker_lost``); finish batches left with no open job."""
     settings = get_settings()
     with session_scope(settings.database_url) as session:
         lost = fail_lost(session)
@@ -101,7 +102,13 @@ def requeue_stuck() -> dict[str, int]:
         why = "its lease expired" if job.status == "processing" else "no worker took it"
         log.info("re-enqueued: %s", why, job=job.id)
         enqueue_transcription(job.id, queue=job.queue, priority=job.priority)
-    return {"resent": len(resend), "worker_lost": len(lost)}
+    # after the commit above: batches whose last job just failed worker_lost, or whose finisher
+    # died between its job's commit and the batch check, end here (once: see finish_batch)
+    with session_scope(settings.database_url) as session:
+        finished = finish_done_batches(session)
+    for batch in finished:
+        notify_batch_end(batch)
+    return {"resent": len(resend), "worker_lost": len(lost), "batches_finished": len(finished)}
 
 
 def _to_resend(stuck: list[Stuck]) -> list[Stuck]:

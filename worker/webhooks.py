@@ -1,8 +1,10 @@
 """Webhook delivery: signed events (Standard Webhooks), retried on the spec's schedule, every
 attempt recorded as a ``WebhookDelivery`` row.
 
-``tone.webhook(job_id, event_type, attempt=1, event_id=None)`` sends one attempt of one event to
-the job's ``webhook_url`` through the SSRF guard (``shared.netguard``) and records it. On failure
+``tone.webhook(subject_id, event_type, attempt=1, event_id=None)`` sends one attempt of one event
+to the ``webhook_url`` of its subject through the SSRF guard (``shared.netguard``) and records it.
+The subject is a job (``job.completed``, ``job.failed``, ``job.cancelled``) or, for ``batch.*``
+events (``batch.completed``, ``batch.cancelled``), a batch; both are signed and retried alike. On failure
 the next attempt is scheduled after the next delay of ``SCHEDULE`` (+-10 % jitter), or after the
 receiver's ``Retry-After`` (429/503) when that is longer:
 
@@ -29,11 +31,12 @@ from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, select
-from sqlalchemy.orm import aliased
+from sqlalchemy import and_, exists, func, select
+from sqlalchemy.orm import Session, aliased
 from standardwebhooks import Webhook
 
-from shared.db.models import FINAL_STATUSES, Job, Tenant, WebhookDelivery
+from shared.batch_state import load_view
+from shared.db.models import FINAL_STATUSES, Batch, Job, Tenant, WebhookDelivery
 from shared.db.session import session_scope
 from shared.netguard import UrlError, post_json
 from shared.settings import get_settings
@@ -91,6 +94,29 @@ def event_body(job: Job, event_type: str) -> dict[str, Any]:
             "links": {"self": f"/v1/jobs/{job.id}", "transcript": f"/v1/jobs/{job.id}/transcript"},
         },
     }
+
+
+def batch_event_body(session: Session, batch: Batch, event_type: str) -> dict[str, Any]:
+    """A batch event: ``data`` is the batch view (counts, audio seconds, links), as GET shows it."""
+    return {
+        "type": event_type,
+        "timestamp": _iso(batch.finished_at or _now()),
+        "data": load_view(session, batch),
+    }
+
+
+def is_batch_event(event_type: str) -> bool:
+    return event_type.startswith("batch.")
+
+
+def _subject(session: Session, subject_id: str, event_type: str) -> tuple[Any, str | None, str | None]:
+    """``(job or batch or None, its webhook_url, its queue)``."""
+    key = uuid.UUID(str(subject_id))
+    if is_batch_event(event_type):
+        batch = session.get(Batch, key)
+        return batch, batch.webhook_url if batch else None, None
+    job = session.get(Job, key)
+    return job, job.webhook_url if job else None, job.queue if job else None
 
 
 def sign(secret: str, event_id: str, body: bytes, moment: datetime) -> dict[str, str]:
@@ -156,11 +182,11 @@ def _queue_for(job_queue: str | None) -> str:
 
 
 def _send_attempt(
-    job_id: str, event_type: str, attempt: int, event_id: str, queue: str, countdown: float
+    subject_id: str, event_type: str, attempt: int, event_id: str, queue: str, countdown: float
 ) -> None:
     app.send_task(
         WEBHOOK_TASK,
-        args=[job_id, event_type, attempt, event_id],
+        args=[subject_id, event_type, attempt, event_id],
         queue=queue,
         countdown=countdown or None,
         priority=0,
@@ -168,16 +194,20 @@ def _send_attempt(
 
 
 @app.task(name=WEBHOOK_TASK, bind=True, ignore_result=True, soft_time_limit=120, time_limit=180)
-def deliver(self: Any, job_id: str, event_type: str, attempt: int = 1, event_id: str | None = None) -> str:
+def deliver(
+    self: Any, subject_id: str, event_type: str, attempt: int = 1, event_id: str | None = None
+) -> str:
     """Send one attempt of one event and record it; schedule the next attempt on failure."""
     settings = get_settings()
     event_id = event_id or new_event_id()
+    batch = is_batch_event(event_type)
+    what = "batch" if batch else "job"
     with session_scope(settings.database_url) as session:
-        job = session.get(Job, uuid.UUID(str(job_id)))
-        if job is None:
-            log.info("webhook %s: job %s no longer exists", event_id, job_id)
-            return "job_missing"
-        if not job.webhook_url:
+        subject, url, job_queue = _subject(session, subject_id, event_type)
+        if subject is None:
+            log.info("webhook %s: %s %s no longer exists", event_id, what, subject_id)
+            return f"{what}_missing"
+        if not url:
             return "no_webhook_url"
         done = session.scalar(
             select(WebhookDelivery.id).where(
@@ -185,12 +215,17 @@ def deliver(self: Any, job_id: str, event_type: str, attempt: int = 1, event_id:
             )
         )
         if done is not None:
-            log.info("webhook %s attempt %d for job %s is already recorded", event_id, attempt, job_id)
+            log.info(
+                "webhook %s attempt %d for %s %s is already recorded", event_id, attempt, what, subject_id
+            )
             return "duplicate"
-        tenant = session.get(Tenant, job.tenant_id)
+        tenant = session.get(Tenant, subject.tenant_id)
         assert tenant is not None
-        url, secret, job_queue = job.webhook_url, tenant.webhook_secret, job.queue
-        body = json.dumps(event_body(job, event_type), ensure_ascii=False, separators=(",", ":")).encode()
+        secret = tenant.webhook_secret
+        document = (
+            batch_event_body(session, subject, event_type) if batch else event_body(subject, event_type)
+        )
+        body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
     sent_at = _now()
     headers = sign(secret, event_id, body, sent_at)
@@ -212,7 +247,9 @@ def deliver(self: Any, job_id: str, event_type: str, attempt: int = 1, event_id:
         final = exc.code in ("url_forbidden", "invalid_url")
         latency_ms = (_now() - sent_at).total_seconds() * 1000.0
     except Exception as exc:  # anything unexpected is a failed attempt, recorded and retried
-        log.exception("webhook %s attempt %d for job %s failed unexpectedly", event_id, attempt, job_id)
+        log.exception(
+            "webhook %s attempt %d for %s %s failed unexpectedly", event_id, attempt, what, subject_id
+        )
         error = f"request_failed: {type(exc).__name__}: {exc}"
         latency_ms = (_now() - sent_at).total_seconds() * 1000.0
     success = status_code is not None and 200 <= status_code < 300
@@ -233,12 +270,14 @@ def deliver(self: Any, job_id: str, event_type: str, attempt: int = 1, event_id:
     if delay is None and not success and not final:
         error = f"{error}; gave up after {attempt} attempts"
 
+    subject_key = uuid.UUID(str(subject_id))
     with session_scope(settings.database_url) as session:
-        if session.get(Job, uuid.UUID(str(job_id))) is None:  # deleted meanwhile
-            return "job_missing"
+        if session.get(Batch if batch else Job, subject_key) is None:  # deleted meanwhile
+            return f"{what}_missing"
         session.add(
             WebhookDelivery(
-                job_id=uuid.UUID(str(job_id)),
+                job_id=None if batch else subject_key,
+                batch_id=subject_key if batch else None,
                 event_id=event_id,
                 event_type=event_type,
                 url=url,
@@ -252,14 +291,14 @@ def deliver(self: Any, job_id: str, event_type: str, attempt: int = 1, event_id:
             )
         )
     outcome = "delivered" if success else (error or "failed")
-    log.info("webhook %s attempt %d for job %s to %s: %s", event_id, attempt, job_id, url, outcome)
+    log.info("webhook %s attempt %d for %s %s to %s: %s", event_id, attempt, what, subject_id, url, outcome)
 
     if delay is not None and delay <= COUNTDOWN_MAX_SECONDS:
         # back to the queue this attempt came from: its workers are known to deliver
         queue = (self.request.delivery_info or {}).get("routing_key") or _queue_for(job_queue)
         # the claim stops the beat from sending this attempt too, unless the message is lost
         _claim(event_id, attempt + 1, delay + CLAIM_GRACE_SECONDS)
-        _send_attempt(str(job_id), event_type, attempt + 1, event_id, queue, delay)
+        _send_attempt(str(subject_id), event_type, attempt + 1, event_id, queue, delay)
     return "delivered" if success else "failed"
 
 
@@ -271,13 +310,13 @@ def send_due() -> int:
     with session_scope(settings.database_url) as session:
         rows = session.execute(
             select(
-                WebhookDelivery.job_id,
+                func.coalesce(WebhookDelivery.job_id, WebhookDelivery.batch_id),
                 WebhookDelivery.event_type,
                 WebhookDelivery.attempt,
                 WebhookDelivery.event_id,
                 Job.queue,
             )
-            .join(Job, Job.id == WebhookDelivery.job_id)
+            .outerjoin(Job, Job.id == WebhookDelivery.job_id)
             .where(
                 WebhookDelivery.success.is_(False),
                 WebhookDelivery.next_attempt_at.is_not(None),
@@ -291,9 +330,9 @@ def send_due() -> int:
             .limit(DUE_BATCH)
         ).all()
     sent = 0
-    for job_id, event_type, attempt, event_id, job_queue in rows:
+    for subject_id, event_type, attempt, event_id, job_queue in rows:
         if _claim(event_id, attempt + 1, CLAIM_GRACE_SECONDS):
-            _send_attempt(str(job_id), event_type, attempt + 1, event_id, _queue_for(job_queue), 0)
+            _send_attempt(str(subject_id), event_type, attempt + 1, event_id, _queue_for(job_queue), 0)
             sent += 1
     if sent:
         log.info("sent %d due webhook attempts", sent)

@@ -1,58 +1,236 @@
-"""``/v1/batches``: submit an archive of recordings, watch it, list its items, cancel, get results."""
+"""``/v1/batches``: submit many recordings (an archive, a JSON manifest of URLs, or a server folder),
+list batches, watch one, list its items, cancel it, get its results (jsonl, csv or a zip of files)."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
 from api import batches as svc
-from api.deps import CallerDep, DbDep, SettingsDep
+from api.deps import Caller, CallerDep, DbDep, SettingsDep
 from api.errors import ApiError
-from api.routes.jobs import ERRORS, _options
+from api.routes.jobs import ERRORS
+from api.schemas import (
+    BatchCancelOut,
+    BatchItems,
+    BatchList,
+    BatchOptions,
+    BatchOut,
+    BatchRequest,
+    ErrorResponse,
+)
 from api.uploads import remove_quietly, save_stream
+from shared.batch_state import load_view
+from shared.db.models import Batch, Job
+from shared.settings import Settings
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
+MANIFEST_LIMIT = 32 * 1024 * 1024  # a JSON body: 10 000 items with metadata fit easily
+_FORM_FIELDS = ("name", "webhook_url", "channels", "decoder", "priority", "item_webhooks")
 _MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8", "zip": "application/zip"}
 _STREAMS = {"jsonl": svc.stream_jsonl, "csv": svc.stream_csv, "zip": svc.stream_zip}
+_SUBMIT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "ZIP or tar(.gz)"},
+                        "name": {"type": "string"},
+                        "webhook_url": {"type": "string"},
+                        "channels": {"type": "string", "enum": ["mix", "split"], "default": "split"},
+                        "decoder": {"type": "string", "enum": ["auto", "greedy", "beam"], "default": "auto"},
+                        "priority": {"type": "integer", "minimum": 0, "maximum": 9, "default": 2},
+                        "item_webhooks": {"type": "boolean", "default": False},
+                    },
+                }
+            },
+            "application/json": {"schema": {"$ref": "#/components/schemas/BatchRequest"}},
+        },
+    }
+}
+_SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    200: {"model": BatchOut, "description": "the earlier batch of this Idempotency-Key"},
+    400: {
+        "model": ErrorResponse,
+        "description": "unsafe_path, archive_bomb, url_not_allowed (a manifest URL on a non-public address)",
+    },
+    403: {"model": ErrorResponse, "description": "directory_not_allowed (no TONE_BATCH_ROOT)"},
+    404: {"model": ErrorResponse, "description": "directory_not_found"},
+    409: {"model": ErrorResponse, "description": "idempotency_conflict"},
+    413: {"model": ErrorResponse, "description": "too_many_entries, archive_too_large, body_too_large"},
+    415: {"model": ErrorResponse, "description": "unsupported_archive, unsupported_media_type"},
+}
 
 
-@router.post(
-    "", status_code=202, summary="Submit an archive (ZIP or tar/tar.gz) of recordings", responses=ERRORS
-)
-async def submit_batch(
-    request: Request, caller: CallerDep, db: DbDep, settings: SettingsDep
-) -> dict[str, Any]:
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise ApiError(415, "unsupported_media_type", "send multipart/form-data with the archive as file")
-    form = await request.form(max_files=1, max_fields=20)
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise ApiError(422, "invalid_request", "file (the archive) is required")
-    fields: dict[str, Any] = {"channels": "split", "priority": 2}
-    fields.update({k: v for k, v in form.multi_items() if k in ("channels", "decoder", "priority")})
-    options = _options(fields)  # webhook_url is not yet used for batches
+def _validated(model: type[BaseModel], fields: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MANIFEST_LIMIT:
+            raise ApiError(413, "body_too_large", f"a JSON body may hold at most {MANIFEST_LIMIT} bytes")
+    try:
+        body = json.loads(bytes(raw))
+    except ValueError:
+        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid_request", "the JSON body must be an object")
+    return body
+
+
+def _options_of(body: BatchRequest) -> BatchOptions:
+    return BatchOptions.model_validate(body.model_dump(include=set(BatchOptions.model_fields)))
+
+
+def _archive_batch(
+    db: Session,
+    caller: Caller,
+    settings: Settings,
+    upload: UploadFile,
+    options: BatchOptions,
+    key: str | None,
+) -> tuple[Batch, bool]:
     archive = settings.audio_path / "batches" / f"{uuid.uuid4()}.upload"
     try:
-        await run_in_threadpool(save_stream, upload.file, archive, settings.max_upload_bytes)
-        return await run_in_threadpool(svc.create_batch, db, caller, archive, options, settings)
+        stored = save_stream(upload.file, archive, settings.max_upload_bytes)
+        sub = svc.Submission("archive", options, svc.request_digest("archive", options, stored.sha256), key)
+
+        def build(batch_id: uuid.UUID) -> tuple[list[Job], list[dict[str, str]], int, list[svc.Item]]:
+            items, skipped, meta = svc.extract(archive, settings)
+            jobs = svc.file_jobs(caller, batch_id, items, meta, sub, settings)
+            return jobs, skipped, sum(len(i.names) for i in items), items
+
+        return svc.create_batch(db, caller, sub, build, settings)
     finally:
         remove_quietly(archive)
 
 
+def _manifest_batch(
+    db: Session, caller: Caller, settings: Settings, body: BatchRequest, key: str | None
+) -> tuple[Batch, bool]:
+    options = _options_of(body)
+    content = [i.model_dump() for i in body.items or []]
+    sub = svc.Submission("manifest", options, svc.request_digest("manifest", options, content), key)
+
+    def build(batch_id: uuid.UUID) -> tuple[list[Job], list[dict[str, str]], int, list[svc.Item]]:
+        checked = svc.check_manifest(body, settings)
+        return svc.url_jobs(caller, batch_id, checked, sub, settings), [], len(checked), []
+
+    return svc.create_batch(db, caller, sub, build, settings)
+
+
+def _directory_batch(
+    db: Session, caller: Caller, settings: Settings, body: BatchRequest, key: str | None
+) -> tuple[Batch, bool]:
+    options = _options_of(body)
+    relative = str(PurePosixPath(svc.clean_name(body.directory or "")))
+    sub = svc.Submission("directory", options, svc.request_digest("directory", options, relative), key)
+
+    def build(batch_id: uuid.UUID) -> tuple[list[Job], list[dict[str, str]], int, list[svc.Item]]:
+        folder = svc.resolve_directory(body.directory or "", settings)
+        items, skipped, meta = svc.scan_directory(folder, settings)
+        jobs = svc.file_jobs(caller, batch_id, items, meta, sub, settings)
+        return jobs, skipped, sum(len(i.names) for i in items), items
+
+    return svc.create_batch(db, caller, sub, build, settings)
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=BatchOut,
+    summary="Submit a batch: an archive (multipart file), a JSON manifest of URLs, or a server folder",
+    openapi_extra=_SUBMIT_BODY,
+    responses=_SUBMIT_ERRORS,
+)
+async def submit_batch(
+    request: Request,
+    response: Response,
+    caller: CallerDep,
+    db: DbDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=20)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "invalid_request", "file (the archive) is required")
+        fields = {k: v for k, v in form.multi_items() if k in _FORM_FIELDS and isinstance(v, str)}
+        try:
+            options = _validated(BatchOptions, fields)
+            batch, created = await run_in_threadpool(
+                _archive_batch, db, caller, settings, upload, options, idempotency_key
+            )
+        finally:
+            await upload.close()
+    elif content_type.startswith("application/json"):
+        body: BatchRequest = _validated(BatchRequest, await _json_body(request))
+        if (body.items is None) == (body.directory is None):
+            raise ApiError(422, "invalid_request", "send exactly one of items (URLs) and directory")
+        make = _manifest_batch if body.items is not None else _directory_batch
+        batch, created = await run_in_threadpool(make, db, caller, settings, body, idempotency_key)
+    else:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send multipart/form-data with the archive as file, or JSON with items or directory",
+        )
+    if not created:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return await run_in_threadpool(svc.view, db, batch)
+
+
+@router.get("", response_model=BatchList, summary="The tenant's batches, newest first", responses=ERRORS)
+def list_batches(
+    caller: CallerDep,
+    db: DbDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    data, next_cursor = svc.list_batches(db, caller, limit, cursor)
+    return {"data": data, "next_cursor": next_cursor}
+
+
 @router.get(
-    "/{batch_id}", summary="Counts per status, audio seconds done and left, progress, ETA", responses=ERRORS
+    "/{batch_id}",
+    response_model=BatchOut,
+    summary="Counts per status, audio seconds done and left, progress, ETA",
+    responses=ERRORS,
 )
 def get_batch(batch_id: str, caller: CallerDep, db: DbDep) -> dict[str, Any]:
-    jobs = svc.batch_jobs(db, caller, batch_id)
-    return svc.batch_view(batch_id, jobs)
+    return load_view(db, svc.load_batch(db, caller, batch_id))
 
 
-@router.get("/{batch_id}/items", summary="The batch's items, by name, paginated", responses=ERRORS)
+@router.get(
+    "/{batch_id}/items",
+    response_model=BatchItems,
+    summary="The batch's items, by name, paginated",
+    responses=ERRORS,
+)
 def list_items(
     batch_id: str,
     caller: CallerDep,
@@ -60,24 +238,37 @@ def list_items(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    rows = svc.item_rows(svc.batch_jobs(db, caller, batch_id))
-    if cursor is not None:
-        rows = [r for r in rows if r["name"] > cursor]
-    page = rows[:limit]
-    return {"items": page, "next_cursor": page[-1]["name"] if len(rows) > limit else None}
+    items, next_cursor = svc.list_items(db, svc.load_batch(db, caller, batch_id), limit, cursor)
+    return {"items": items, "next_cursor": next_cursor}
 
 
 @router.post(
-    "/{batch_id}/cancel", summary="Cancel every queued or processing job of the batch", responses=ERRORS
+    "/{batch_id}/cancel",
+    response_model=BatchCancelOut,
+    summary="Cancel the batch: queued jobs at once, processing ones within seconds",
+    responses=ERRORS,
 )
 def cancel_batch(batch_id: str, caller: CallerDep, db: DbDep) -> dict[str, Any]:
-    jobs = svc.batch_jobs(db, caller, batch_id)
-    cancelled = svc.cancel_batch(db, jobs)
-    return {"id": batch_id, "cancelled": cancelled}
+    batch = svc.load_batch(db, caller, batch_id)
+    cancelled = svc.cancel_batch(db, batch)
+    return {**svc.view(db, batch), "cancelled": cancelled}
 
 
 @router.get(
-    "/{batch_id}/results", summary="Results, streamed: jsonl, csv (a row per phrase) or zip", responses=ERRORS
+    "/{batch_id}/results",
+    summary="Results, streamed: jsonl, csv (a row per phrase) or zip (files per recording and format)",
+    responses={
+        **ERRORS,
+        200: {
+            "content": {
+                "application/x-ndjson": {},
+                "text/csv": {},
+                "application/zip": {},
+            },
+            "description": "jsonl: a record per item (name, job_id, status, error, metadata, duration, "
+            "phrases); zip: <path>.<format> per completed recording and format, results.jsonl, errors.csv",
+        },
+    },
 )
 def results(
     batch_id: str,
@@ -85,7 +276,12 @@ def results(
     db: DbDep,
     settings: SettingsDep,
     format: Literal["jsonl", "csv", "zip"] = "jsonl",
+    formats: Annotated[
+        str | None,
+        Query(description="for zip: comma-separated json,txt,srt,vtt,tsv (default json,txt,srt,vtt)"),
+    ] = None,
 ) -> StreamingResponse:
-    ids = [job.id for job in svc.batch_jobs(db, caller, batch_id)]
-    headers = {"Content-Disposition": f'attachment; filename="batch-{batch_id}.{format}"'}
-    return StreamingResponse(_STREAMS[format](settings, ids), media_type=_MEDIA[format], headers=headers)
+    batch = svc.load_batch(db, caller, batch_id)
+    req = svc.ResultsRequest(batch.id, list(batch.skipped or []), svc.parse_formats(formats))
+    headers = {"Content-Disposition": f'attachment; filename="batch-{batch.id}.{format}"'}
+    return StreamingResponse(_STREAMS[format](settings, req), media_type=_MEDIA[format], headers=headers)

@@ -1,4 +1,4 @@
-"""Tenants, API keys, jobs, transcripts and webhook deliveries (SQLAlchemy 2, typed).
+"""Tenants, API keys, batches, jobs, transcripts and webhook deliveries (SQLAlchemy 2, typed).
 
 Alembic's migrations are generated from these models and a test checks that they never drift.
 """
@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -29,6 +30,8 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 JOB_STATUSES = ("queued", "processing", "completed", "failed", "cancelled")
 FINAL_STATUSES = ("completed", "failed", "cancelled")
+BATCH_STATUSES = ("queued", "processing", "completed", "cancelled")
+BATCH_SOURCES = ("archive", "manifest", "directory")
 
 
 class Base(DeclarativeBase):
@@ -67,16 +70,51 @@ class ApiKey(Base):
     tenant: Mapped[Tenant] = relationship(back_populates="keys")
 
 
+class Batch(Base):
+    """Many recordings submitted together (an archive, a JSON manifest of URLs, or a server directory).
+
+    Its jobs point at it (``jobs.batch_id``); its counts are computed from them with aggregates.
+    ``finished_at`` is set exactly once, by the one UPDATE that sees no open job left
+    (``shared.batch_state.finish_batch``); that UPDATE decides who sends the batch's final event.
+    """
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_batches_tenant_idempotency_key"),
+        Index("ix_batches_tenant_created", "tenant_id", "created_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(String(500))
+    source: Mapped[str] = mapped_column(String(20))  # archive | manifest | directory
+    status: Mapped[str] = mapped_column(String(20), default="queued")  # final: completed | cancelled
+    options: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)  # channels, decoder, priority
+    skipped: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)  # [{name, reason}]
+    items: Mapped[int] = mapped_column(Integer, default=0)  # names (a job may hold several)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_status_created", "status", "created_at"),
+        # a batch's jobs, and "is any of them still open?" without visiting the finished ones
+        Index("ix_jobs_batch_status", "batch_id", "status"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    # SET NULL, not CASCADE: removing a batch row never drops transcripts or leaves audio files
+    # behind silently; whoever deletes a batch deletes its jobs (and their audio) first
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"))
     kind: Mapped[str] = mapped_column(String(20), default="job")  # job | sync (legacy/OpenAI calls)
     status: Mapped[str] = mapped_column(String(20), default="queued")
     priority: Mapped[int] = mapped_column(Integer, default=5)  # 0 (low) .. 9 (high)
@@ -137,12 +175,19 @@ class Transcript(Base):
 
 
 class WebhookDelivery(Base):
-    """Every attempt to deliver one event: its time, status code, latency and error."""
+    """Every attempt to deliver one event: its time, status code, latency and error. An event is a
+    job's (``job.*``) or a batch's (``batch.*``): exactly one of ``job_id`` and ``batch_id`` is set."""
 
     __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint("(job_id IS NULL) <> (batch_id IS NULL)", name="ck_webhook_deliveries_one_subject"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE"), index=True
+    )
     event_id: Mapped[str] = mapped_column(String(100), index=True)  # webhook-id: the same for retries
     event_type: Mapped[str] = mapped_column(String(60))
     url: Mapped[str] = mapped_column(Text)
@@ -154,4 +199,4 @@ class WebhookDelivery(Base):
     success: Mapped[bool] = mapped_column(Boolean, default=False)
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    job: Mapped[Job] = relationship(back_populates="deliveries")
+    job: Mapped[Job | None] = relationship(back_populates="deliveries")
