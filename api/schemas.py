@@ -289,7 +289,9 @@ class BatchOptions(BaseModel):
     webhook_url: str | None = Field(None, description="POSTed one signed batch.completed/cancelled event")
     channels: Channels = Field("split", description="mix or split (call recordings: agent, client)")
     decoder: Decoder = Field("auto", description="greedy, beam, or auto")
-    priority: int = Field(2, ge=0, le=9, description="the jobs' priority: 2 keeps interactive jobs first")
+    priority: int = Field(
+        2, ge=0, le=4, description="the jobs' priority, 0..4: always below interactive jobs (5 by default)"
+    )
     item_webhooks: bool = Field(
         False, description="also send each recording's job.* event to webhook_url (off: only the batch's)"
     )

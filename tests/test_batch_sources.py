@@ -186,6 +186,9 @@ def test_a_manifest_url_on_a_private_address_is_refused_up_front(
     assert_error(
         post_json(limited_api.url, key, {"items": [{"url": f"{PUBLIC}/a.wav"}]}), 422, "invalid_request"
     )
+    # a batch may not outrank interactive jobs (5 by default): its priority stays within 0..4
+    too_high = {"items": [{"audio_url": f"{PUBLIC}/a.wav"}], "priority": 5}
+    assert_error(post_json(limited_api.url, key, too_high), 422, "invalid_request")
     assert tenant_batches(servers["DATABASE_URL"], key) == 0
 
 

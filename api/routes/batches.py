@@ -53,7 +53,7 @@ _SUBMIT_BODY = {
                         "webhook_url": {"type": "string"},
                         "channels": {"type": "string", "enum": ["mix", "split"], "default": "split"},
                         "decoder": {"type": "string", "enum": ["auto", "greedy", "beam"], "default": "auto"},
-                        "priority": {"type": "integer", "minimum": 0, "maximum": 9, "default": 2},
+                        "priority": {"type": "integer", "minimum": 0, "maximum": 4, "default": 2},
                         "item_webhooks": {"type": "boolean", "default": False},
                     },
                 }
