@@ -11,7 +11,8 @@ import contextlib
 import os
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,11 @@ def model_flops(path: Path) -> tuple[float, int]:
         if node.op_type in ("MatMul", "Gemm"):
             a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
             if a and b:
-                flops += 2.0 * np.prod(a[:-1]) * a[-1] * b[-1]
+                flops += float(2.0 * np.prod(a[:-1]) * a[-1] * b[-1])
         elif node.op_type == "Conv":
             w, out = shapes.get(node.input[1]), shapes.get(node.output[0])
             if w and out:
-                flops += 2.0 * np.prod(out) * np.prod(w[1:])
+                flops += float(2.0 * np.prod(out) * np.prod(w[1:]))
     return flops, params
 
 
@@ -140,6 +141,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
         path = build_cost_model(path or Path(".cache/test-models/cost/model.onnx"))
     threads = args.threads or os.cpu_count() or 1
+    if args.batch_only:
+        return run_batch_only(args, path, threads)
     batches = [int(b) for b in args.batches.split(",")]
     flops, params = model_flops(path)
     print(f"model: {path} ({params / 1e6:.1f} M parameters, {flops / 1e9:.2f} GFLOP per 300 ms chunk)")
@@ -194,6 +197,42 @@ def run_bench(args: argparse.Namespace) -> int:
         step_ms = {b: per_step * 1000 for p, b, _, per_step in rows if p == precisions[0]}
         counts = [int(n) for n in args.stream_counts.split(",")]
         run_stream_bench(path, counts=counts, seconds=args.stream_seconds, step_ms=step_ms)
+    if args.batch_run:
+        best_rate, best_at = max((r, b) for p, b, r, _ in rows if p == precisions[0])
+        run_batch_bench(
+            path,
+            recordings=args.batch_run,
+            seconds=args.batch_run_seconds,
+            batch=args.platform_batch,
+            engine_best=(best_at, best_rate),
+            remeasure=engine_meter(path, args, threads),
+        )
+    return 0
+
+
+def run_batch_only(args: argparse.Namespace, path: Path, threads: int) -> int:
+    """``--batch-only``: the engine at B=16 and 32 (its best batched rate on this machine), then the
+    batch run, so that the batch figures can be had without the whole table."""
+    from shared.asr.engine import Recognizer
+
+    precision = args.precisions.split(",")[0]
+    rec = Recognizer.load(path, providers=args.provider, threads=threads, precision=precision)
+    print(f"engine ({precision}, {threads} threads), for the batch run's ratio:")
+    rates = []
+    for b in (16, 32):
+        rate, per_step = engine_rate(rec, b, args.min_seconds, args.max_steps)
+        rates.append((rate, b))
+        print(f"  B={b:<3d} {rate:8.1f} s audio/s   {per_step * 1000:8.1f} ms per step", flush=True)
+    del rec
+    best_rate, best_at = max(rates)
+    run_batch_bench(
+        path,
+        recordings=args.batch_run or 32,
+        seconds=args.batch_run_seconds,
+        batch=args.platform_batch,
+        engine_best=(best_at, best_rate),
+        remeasure=engine_meter(path, args, threads),
+    )
     return 0
 
 
@@ -281,11 +320,11 @@ def run_platform_bench(
                     ids.append(r.json()["id"])
 
         started = time.perf_counter()
-        threads = [threading.Thread(target=submit, args=(f,)) for f in files]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        senders = [threading.Thread(target=submit, args=(f,)) for f in files]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
         pending = set(ids)
         with httpx.Client(timeout=60) as client:
             while pending:
@@ -307,6 +346,138 @@ def run_platform_bench(
     print(f"  = {100 * rate / engine_rate_b:.0f} % of the bare engine's B={batch} rate ({engine_rate_b:.1f})")
     print(f"  POST /v1/jobs p95 {_p95(post_ms):.0f} ms ({len(post_ms)} requests)")
     print(f"  GET /v1/jobs/{{id}} p95 {_p95(get_ms):.0f} ms ({len(get_ms)} requests, during the run)")
+
+
+# -- a batch: one archive of recordings, submitted as one batch ---------------------------------------
+
+
+@dataclass
+class BatchRun:
+    """What one batch run measured; times are from the start of the upload."""
+
+    recordings: int
+    audio_seconds: float
+    archive_bytes: int
+    upload_s: float  # until POST /v1/batches answered (the archive checked, extracted, jobs created)
+    first_result_s: float  # until the batch's status first counted a completed job
+    wall_s: float  # until no job of the batch was open
+    completed: int
+    poll_ms: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.audio_seconds / self.wall_s
+
+
+def batch_archive(dest: Path, recordings: int, seconds: float, seed: int = 0) -> float:
+    """A ZIP of ``recordings`` 8 kHz PCM WAVs of ``seconds`` each (noise: for the cost-faithful model
+    content does not matter, and every file differs, so the server's dedupe merges none); returns
+    the audio seconds in it."""
+    import io
+    import zipfile
+
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(recordings):
+            buf = io.BytesIO()
+            audio = rng.normal(0, 2000, int(seconds * SAMPLE_RATE)).astype(np.int16)
+            sf.write(buf, audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+            zf.writestr(f"calls/rec{i:04d}.wav", buf.getvalue())
+    return recordings * seconds
+
+
+def batch_run(url: str, key: str, archive: Path, audio_seconds: float, poll: float = 0.5) -> BatchRun:
+    """Upload ``archive`` as one batch (``POST /v1/batches``) and poll its status until no job is
+    open: the platform's throughput for the case it is built for, archives of call recordings."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"}
+    poll_ms: list[float] = []
+    with httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(60.0, read=1800.0)) as client:
+        started = time.perf_counter()
+        with archive.open("rb") as f:
+            answer = client.post("/v1/batches", files={"file": (archive.name, f, "application/zip")})
+        if answer.status_code >= 300:
+            raise RuntimeError(f"POST /v1/batches answered {answer.status_code}: {answer.text[:300]}")
+        upload = time.perf_counter() - started
+        batch = answer.json()
+        first = None
+        while True:
+            t = time.perf_counter()
+            response = client.get(f"/v1/batches/{batch['id']}")
+            response.raise_for_status()
+            view = response.json()
+            now = time.perf_counter()
+            poll_ms.append((now - t) * 1000)
+            counts = view["counts"]
+            if first is None and counts.get("completed", 0) > 0:
+                first = now - started
+            if counts.get("queued", 0) + counts.get("processing", 0) == 0:
+                break
+            time.sleep(poll)
+        wall = time.perf_counter() - started
+    if counts.get("completed", 0) != batch["jobs"]:
+        raise RuntimeError(f"batch {batch['id']} ended with {counts} of {batch['jobs']} jobs")
+    return BatchRun(
+        recordings=int(batch["items"]),
+        audio_seconds=audio_seconds,
+        archive_bytes=archive.stat().st_size,
+        upload_s=upload,
+        first_result_s=first if first is not None else wall,
+        wall_s=wall,
+        completed=int(counts["completed"]),
+        poll_ms=poll_ms,
+    )
+
+
+def run_batch_bench(
+    path: Path,
+    *,
+    recordings: int,
+    seconds: float,
+    batch: int,
+    engine_best: tuple[int, float],
+    remeasure: Callable[[int], float] | None = None,
+) -> BatchRun:
+    """A stack on the model; one archive of ``recordings`` recordings as one batch; its rate beside
+    the bare engine's best batched rate of the same run (``engine_best``: (B, audio s/s)). On a
+    shared machine the engine's rate drifts between its table and this run, so ``remeasure`` takes
+    the engine's rate at that B again right after, and the ratio is to the better of the two."""
+    with bench_stack(path, batch) as (url, key, env):
+        archive = Path(env["TONE_DATA_DIR"]) / "bench-batch.zip"
+        audio = batch_archive(archive, recordings, seconds)
+        run = batch_run(url, key, archive, audio)
+    best_b, best_rate = engine_best
+    print(
+        f"\nbatch: one archive of {run.recordings} recordings of {seconds:.0f} s "
+        f"({run.archive_bytes / 1e6:.1f} MB) as one batch, worker batch {batch}"
+    )
+    print(f"  {run.rate:.1f} s of audio per wall second ({run.wall_s:.1f} s for {audio:.0f} s of audio)")
+    reference = best_rate
+    if remeasure is not None:
+        again = remeasure(best_b)
+        print(f"  the bare engine at B={best_b}: {best_rate:.1f} s/s in its table, {again:.1f} right after")
+        reference = max(best_rate, again)
+    share = 100 * run.rate / reference
+    print(f"  = {share:.0f} % of the bare engine's best batched rate (B={best_b}: {reference:.1f})")
+    print(f"  upload answered after {run.upload_s:.1f} s; first result after {run.first_result_s:.1f} s")
+    print(f"  GET /v1/batches/{{id}} p95 {_p95(run.poll_ms):.0f} ms ({len(run.poll_ms)} polls)")
+    return run
+
+
+def engine_meter(path: Path, args: argparse.Namespace, threads: int) -> Callable[[int], float]:
+    """Measures the bare engine's audio s/s at a B, loading the model afresh (the first precision)."""
+
+    def measure(batch: int) -> float:
+        from shared.asr.engine import Recognizer
+
+        precision = args.precisions.split(",")[0]
+        rec = Recognizer.load(path, providers=args.provider, threads=threads, precision=precision)
+        return engine_rate(rec, batch, args.min_seconds, args.max_steps)[0]
+
+    return measure
 
 
 def _redis_input_bytes(redis_url: str) -> int:

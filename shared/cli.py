@@ -270,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--stream-counts", default="1,4,8,16,32", help="live streams to simulate, rising ('' skips)"
     )
     p.add_argument("--stream-seconds", type=float, default=6.0, help="how long each simulated stream talks")
+    p.add_argument("--batch-run", type=int, default=32, metavar="N",
+                   help="then one archive of N recordings as one batch to a new stack (0: skip)")  # fmt: skip
+    p.add_argument("--batch-run-seconds", type=float, default=30.0, help="length of each of those recordings")
+    p.add_argument("--batch-only", action="store_true",
+                   help="only the batch run (after the engine at B=16 and 32, for its ratio)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--provider", default="auto")
     p.set_defaults(func=cmd_bench)
@@ -289,9 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subtype", default="PCM_16", help="libsndfile subtype, e.g. PCM_16, ULAW, ALAW, GSM610")
     p.add_argument("--stereo-with", nargs="+", metavar="PHRASE", help="a second channel, after the first")
     p.set_defaults(func=cmd_synth)
+    from shared.batch_cli import register as register_batch
     from shared.platform_cli import register
 
     register(sub)
+    register_batch(sub)
     return parser
 
 
