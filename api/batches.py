@@ -16,8 +16,6 @@ enqueued. Counts, items and results are read with SQL aggregates and pages (``sh
 
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
 import hashlib
 import io
@@ -627,20 +625,6 @@ def load_batch(db: Session, caller: Caller, batch_id: str) -> Batch:
     return batch
 
 
-def _cursor(batch: Batch) -> str:
-    raw = json.dumps([batch.created_at.isoformat(), str(batch.id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, batch_id = json.loads(raw)
-        return datetime.fromisoformat(created), uuid.UUID(batch_id)
-    except (ValueError, TypeError, binascii.Error):
-        raise ApiError(400, "invalid_cursor", "the cursor is not one this API returned") from None
-
-
 def list_batches(
     db: Session, caller: Caller, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
@@ -648,11 +632,12 @@ def list_batches(
     from one aggregate query for the whole page."""
     query = select(Batch).where(Batch.tenant_id == caller.tenant_id)
     if cursor:
-        query = query.where(tuple_(Batch.created_at, Batch.id) < tuple_(*_decode_cursor(cursor)))
+        query = query.where(tuple_(Batch.created_at, Batch.id) < tuple_(*svc.decode_cursor(cursor)))
     rows = list(db.scalars(query.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)))
     page = rows[:limit]
     stats = batch_stats(db, [b.id for b in page])
-    return [batch_view(b, stats[b.id]) for b in page], _cursor(page[-1]) if len(rows) > limit else None
+    cursor = svc.encode_cursor(page[-1]) if len(rows) > limit else None
+    return [batch_view(b, stats[b.id]) for b in page], cursor
 
 
 def _error(code: str | None, message: str | None) -> dict[str, str] | None:

@@ -34,7 +34,7 @@ from api.uploads import StoredAudio, audio_file_path, remove_quietly, save_strea
 from shared.asr.errors import ToneError
 from shared.asr.formats import MEDIA_TYPES, render
 from shared.asr.types import Phrase, Word
-from shared.db.models import FINAL_STATUSES, Job, Transcript, WebhookDelivery
+from shared.db.models import FINAL_STATUSES, Batch, Job, Transcript, WebhookDelivery
 from shared.settings import Settings
 from worker.celery_app import enqueue_transcription, enqueue_webhook
 
@@ -336,8 +336,9 @@ def deliveries(db: Session, job: Job) -> Sequence[WebhookDelivery]:
 # -- list -------------------------------------------------------------------------------------------
 
 
-def encode_cursor(job: Job) -> str:
-    raw = json.dumps([job.created_at.isoformat(), str(job.id)]).encode()
+def encode_cursor(row: Job | Batch) -> str:
+    """A page's cursor: the last row's (created_at, id), for jobs and batches alike."""
+    raw = json.dumps([row.created_at.isoformat(), str(row.id)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

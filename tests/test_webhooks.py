@@ -130,20 +130,21 @@ def make_job(db: str, webhook_url: str, status: str = "completed", **fields: Any
         return str(job.id), tenant.webhook_secret
 
 
-def deliveries(db: str, job_id: str) -> list[Any]:
+def deliveries(db: str, job_id: str | None = None, *, batch_id: str | None = None) -> list[Any]:
+    """The delivery rows of a job (or, with ``batch_id``, of a batch), by event then attempt."""
     from sqlalchemy import select
 
     from shared.db.models import WebhookDelivery
     from shared.db.session import session_scope
 
+    owner = (
+        WebhookDelivery.batch_id == uuid.UUID(batch_id)
+        if batch_id
+        else WebhookDelivery.job_id == uuid.UUID(str(job_id))
+    )
     with session_scope(db) as session:
-        return list(
-            session.scalars(
-                select(WebhookDelivery)
-                .where(WebhookDelivery.job_id == uuid.UUID(job_id))
-                .order_by(WebhookDelivery.event_id, WebhookDelivery.attempt)
-            )
-        )
+        query = select(WebhookDelivery).where(owner)
+        return list(session.scalars(query.order_by(WebhookDelivery.event_id, WebhookDelivery.attempt)))
 
 
 def wait_rows(db: str, job_id: str, n: int, timeout: float = 30) -> list[Any]:
@@ -363,19 +364,7 @@ def make_batch(db: str, webhook_url: str) -> tuple[str, str]:
 
 
 def batch_deliveries(db: str, batch_id: str) -> list[Any]:
-    from sqlalchemy import select
-
-    from shared.db.models import WebhookDelivery
-    from shared.db.session import session_scope
-
-    with session_scope(db) as session:
-        return list(
-            session.scalars(
-                select(WebhookDelivery)
-                .where(WebhookDelivery.batch_id == uuid.UUID(batch_id))
-                .order_by(WebhookDelivery.attempt)
-            )
-        )
+    return deliveries(db, batch_id=batch_id)
 
 
 def test_a_batch_event_is_signed_recorded_on_the_batch_and_retried_by_the_beat(

@@ -175,6 +175,24 @@ export function keepFocus(container) {
 
 /** Poll `fn` every `ms` while `want()` holds; stops on stop(). Errors go to onError, polling goes on
  * (backing off on 429). */
+/**
+ * Older/Newer buttons over a cursor-paginated list: `state` keeps the page number and the cursor
+ * of each page seen; `nextCursor()` is the cursor the last answer gave; `refresh()` reloads.
+ */
+export function wirePager(prev, next, state, nextCursor, refresh) {
+  prev.addEventListener("click", () => {
+    if (state.page > 0) state.page -= 1;
+    refresh();
+  });
+  next.addEventListener("click", () => {
+    const cursor = nextCursor();
+    if (!cursor) return;
+    state.cursors[state.page + 1] = cursor;
+    state.page += 1;
+    refresh();
+  });
+}
+
 export function poller(fn, ms, onError) {
   let timer = null;
   let stopped = false;

@@ -4,7 +4,7 @@
 // JSONL, CSV or ZIP (GET /v1/batches/{id}/results); cancel (POST /v1/batches/{id}/cancel).
 
 import { describe, download, query, request, upload } from "../api.js";
-import { badge, clear, confirmDialog, errorBox, h, keepFocus, poller, progressBar, span, titled, when } from "../ui.js";
+import { badge, clear, confirmDialog, errorBox, h, keepFocus, poller, progressBar, span, titled, when, wirePager } from "../ui.js";
 
 const STATUSES = ["queued", "processing", "completed", "failed", "cancelled"];
 const BATCH_STATUS = { queued: "Queued", processing: "Processing", completed: "Completed", cancelled: "Cancelled" };
@@ -119,16 +119,7 @@ function renderList(root, ctx) {
 
   let nextCursor = null;
   let loadedOnce = false;
-  prev.addEventListener("click", () => {
-    if (listState.page > 0) listState.page -= 1;
-    polls.now();
-  });
-  next.addEventListener("click", () => {
-    if (!nextCursor) return;
-    listState.cursors[listState.page + 1] = nextCursor;
-    listState.page += 1;
-    polls.now();
-  });
+  wirePager(prev, next, listState, () => nextCursor, () => polls.now());
 
   async function load() {
     const page = await request(`/v1/batches${query({ limit: 20, cursor: listState.cursors[listState.page] })}`);

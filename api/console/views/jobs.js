@@ -18,6 +18,7 @@ import {
   span,
   titled,
   when,
+  wirePager,
 } from "../ui.js";
 
 const PAGE_SIZES = [10, 20, 50, 100];
@@ -91,16 +92,7 @@ export function render(root, _params, ctx) {
   filters.addEventListener("change", refilter);
   filters.addEventListener("submit", (e) => e.preventDefault());
   filters.addEventListener("reset", () => setTimeout(refilter, 0));
-  prev.addEventListener("click", () => {
-    if (state.page > 0) state.page -= 1;
-    polls.now();
-  });
-  next.addEventListener("click", () => {
-    if (!nextCursor) return;
-    state.cursors[state.page + 1] = nextCursor;
-    state.page += 1;
-    polls.now();
-  });
+  wirePager(prev, next, state, () => nextCursor, () => polls.now());
 
   async function remove(job) {
     const ok = await confirmDialog(`Delete “${jobName(job)}”? Its recording and transcript are removed for good.`);
