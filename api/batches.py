@@ -709,7 +709,7 @@ def cancel_batch(db: Session, batch: Batch) -> int:
     for row in stopped:
         if row.webhook_url:
             try:
-                enqueue_webhook(str(row.id), "job.cancelled", queue=row.queue)
+                enqueue_webhook(str(row.id), "job.cancelled")
             except Exception:
                 svc.log.exception("job %s: could not queue the job.cancelled webhook", row.id)
     svc.end_batch_if_done(db, batch.id)

@@ -251,7 +251,7 @@ def send_final_event(job: Job) -> bool:
     event = _FINAL_EVENT.get(job.status)
     if event is None:
         return False
-    enqueue_webhook(str(job.id), event, queue=job.queue)
+    enqueue_webhook(str(job.id), event)
     return True
 
 

@@ -34,9 +34,10 @@ def async_redis(url: str) -> aioredis.Redis:
 
 
 def send_task(queue: str) -> None:
-    from worker.celery_app import STREAM_TASK, app
+    from worker.celery_app import STREAM_TASK, app, live_queue
 
-    app.send_task(STREAM_TASK, args=[queue], queue=queue, priority=0)
+    # the live queue: a worker busy with a long batch never holds up a session's pieces
+    app.send_task(STREAM_TASK, args=[queue], queue=live_queue(queue), priority=0)
 
 
 def reply_body(reply: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +152,7 @@ def store_job(settings: Settings, tenant_id: uuid.UUID, options: Options, durati
     if webhook_url:
         from worker.celery_app import enqueue_webhook
 
-        enqueue_webhook(job_id, "job.completed", queue=settings.worker_queue)
+        enqueue_webhook(job_id, "job.completed")
     return job_id
 
 

@@ -45,7 +45,7 @@ TERM_TIMEOUT = 20.0  # seconds a process group gets between SIGTERM and SIGKILL
 NO_MODEL_HINT = "no TONE_MODEL_PATH: the worker will try to download t-tech/T-one from Hugging Face"
 CELERY_APP = "worker.celery_app:app"
 # the order of shutdown: the API stops taking work first, the worker finishes (warm shutdown) last
-STOP_ORDER = ("api", "flower", "beat", "worker")
+STOP_ORDER = ("api", "flower", "beat", "events", "worker-live", "worker")
 
 
 class UpError(RuntimeError):
@@ -523,12 +523,20 @@ def up(
         }
         flower_env = dict(env, FLOWER_BASIC_AUTH=f"{settings.flower_user}:{password}")
         celery = [py, "-m", "celery", "-A", CELERY_APP]
+        # one worker per role (worker/celery_app.py): a long batch never holds up live pieces or webhooks
+        from worker.celery_app import EVENTS_QUEUE, live_queue
+
         worker_cmd = [*celery, "worker", "-Q", queue, "-c", str(workers), "-n", f"{queue}-{port}@%h"]
+        live_cmd = [*celery, "worker", "-Q", live_queue(queue), "-c", "1", "-n", f"{queue}-live-{port}@%h"]
+        events_cmd = [*celery, "worker", "-Q", EVENTS_QUEUE, "-P", "threads", "-c", "4"]
+        events_cmd += ["-n", f"events-{port}@%h"]  # no model: threads, no process per task
         beat_cmd = [*celery, "beat", "-s", str(data_dir / "celerybeat-schedule")]
         flower_cmd = [*celery, "flower", f"--address={host}", f"--port={flower_port}"]
         plan = [
             ("api", [py, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port)], env),
             ("worker", [*worker_cmd, "--loglevel", "INFO"], env),
+            ("worker-live", [*live_cmd, "--loglevel", "INFO"], env),
+            ("events", [*events_cmd, "--loglevel", "INFO"], env),
             ("beat", [*beat_cmd, "--loglevel", "INFO"], env),
             ("flower", flower_cmd, flower_env),  # the password travels in FLOWER_BASIC_AUTH, not argv
         ]

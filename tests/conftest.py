@@ -134,9 +134,14 @@ def start_api(env: dict[str, str], logs: Path, name: str = "api") -> Proc:
 
 
 def start_worker(
-    env: dict[str, str], logs: Path, name: str = "worker", queues: str = "cpu", concurrency: int = 1
+    env: dict[str, str],
+    logs: Path,
+    name: str = "worker",
+    queues: str = "cpu,cpu.live,events",
+    concurrency: int = 1,
 ) -> Proc:
-    """A real Celery worker (prefork, model loaded once per process) consuming ``queues``."""
+    """A real Celery worker (prefork, model loaded once per process) consuming ``queues`` (by default
+    all of the ``cpu`` roles: transcription, live pieces, events)."""
     log = logs / f"{name}.log"
     cmd = [str(BIN / "celery"), "-A", "worker.celery_app:app", "worker", "-Q", queues, "-c", str(concurrency),
            "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]  # fmt: skip

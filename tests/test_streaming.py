@@ -27,6 +27,7 @@ from shared.asr.audio import decode_raw
 from shared.asr.engine import Recognizer
 from shared.devmodels.tones import synthesize
 from tests.conftest import Proc, start_api, start_worker
+from worker.celery_app import all_queues
 
 QUEUE = "stream-tests"
 PHRASES = ["привет мир", "как дела", "до свидания"]
@@ -57,7 +58,7 @@ def stream_api(stream_env: dict[str, str], logs: Path) -> Iterator[Proc]:
 @pytest.fixture(scope="module")
 def workers(stream_env: dict[str, str], logs: Path) -> Iterator[list[Proc]]:
     """The module's workers; a test may kill one and append its replacement."""
-    procs = [start_worker(stream_env, logs, "stream-worker", queues=QUEUE)]
+    procs = [start_worker(stream_env, logs, "stream-worker", queues=all_queues(QUEUE))]
     yield procs
     for proc in procs:
         proc.stop()
@@ -245,7 +246,7 @@ def test_a_session_continues_on_a_new_worker_after_its_worker_was_killed(
     old = workers[-1]
     os.killpg(old.popen.pid, signal.SIGKILL)
     old.popen.wait(10)
-    workers.append(start_worker(stream_env, logs, "stream-worker-2", queues=QUEUE))
+    workers.append(start_worker(stream_env, logs, "stream-worker-2", queues=all_queues(QUEUE)))
     for seq, data in enumerate(pieces[half:], half):
         r = send(client, sid, data, seq)
         assert r.status_code == 200, r.text
@@ -373,7 +374,7 @@ def test_a_piece_in_flight_when_its_worker_is_killed_is_answered_by_the_next_wor
     env = {**stream_env, "TONE_WORKER_QUEUE": queue, "TONE_STREAM_REQUEUE_SECONDS": "1",
            "TONE_STREAM_CHUNK_TIMEOUT_SECONDS": "60"}  # fmt: skip
     api = start_api(env, logs, "stream-kill-api")
-    procs = [start_worker(env, logs, "stream-kill-worker", queues=queue)]
+    procs = [start_worker(env, logs, "stream-kill-worker", queues=all_queues(queue))]
     try:
         with httpx.Client(base_url=api.url or "", headers=auth(api_key), timeout=90) as c:
             pieces = [pcm(p) for p in np.array_split(audio, 8)]
@@ -384,7 +385,7 @@ def test_a_piece_in_flight_when_its_worker_is_killed_is_answered_by_the_next_wor
                 time.sleep(0.05)
                 os.killpg(procs[0].popen.pid, signal.SIGKILL)
                 procs[0].popen.wait(10)
-                procs.append(start_worker(env, logs, "stream-kill-worker-2", queues=queue))
+                procs.append(start_worker(env, logs, "stream-kill-worker-2", queues=all_queues(queue)))
                 r = future.result()
             finish_after_in_flight(c, sid, r, 3, pieces, streamed, offline(audio))
     finally:
@@ -407,7 +408,7 @@ def test_a_piece_taken_by_a_worker_that_died_unanswered_is_requeued_and_answered
            "TONE_STREAM_CHUNK_TIMEOUT_SECONDS": "60"}  # fmt: skip
     broker = redis.Redis.from_url(env["REDIS_URL"])
     api = start_api(env, logs, "stream-lost-api")
-    procs = [start_worker(env, logs, "stream-lost-worker", queues=queue)]
+    procs = [start_worker(env, logs, "stream-lost-worker", queues=all_queues(queue))]
     try:
         with httpx.Client(base_url=api.url or "", headers=auth(api_key), timeout=90) as c:
             pieces = [pcm(p) for p in np.array_split(audio, 6)]
@@ -423,7 +424,7 @@ def test_a_piece_taken_by_a_worker_that_died_unanswered_is_requeued_and_answered
                     time.sleep(0.02)
                 assert taken, "the piece never reached the pending list"
                 assert broker.llen(pending_key(queue)) == 0
-                procs.append(start_worker(env, logs, "stream-lost-worker-2", queues=queue))
+                procs.append(start_worker(env, logs, "stream-lost-worker-2", queues=all_queues(queue)))
                 r = future.result()
             finish_after_in_flight(c, sid, r, 2, pieces, streamed, offline(audio))
     finally:

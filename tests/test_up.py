@@ -74,7 +74,7 @@ def test_up_detach_then_down(tone_model: Path) -> None:
         assert str(data / "logs") in out
 
         state = json.loads((data / "up.json").read_text())
-        assert set(state["processes"]) == {"api", "worker", "beat", "flower"}
+        assert set(state["processes"]) == {"api", "worker", "worker-live", "events", "beat", "flower"}
         assert set(state["servers"]) == {"postgres", "redis"}
         pids = {name: p["pid"] for name, p in state["processes"].items()}
         pg_pid = _pidfile(data / "postgres" / "pgdata" / "postmaster.pid")
@@ -126,6 +126,17 @@ def test_up_detach_then_down(tone_model: Path) -> None:
         assert job["status"] == "completed", job
         text = httpx.get(f"{job_url}/transcript?format=txt", headers=auth, timeout=10).text
         assert "привет мир" in text
+
+        # a live session goes through the live queue, served by the stack's own live worker
+        with httpx.Client(base_url=api, headers=auth, timeout=30) as client:
+            sid = client.post("/transcribe/streaming").json()["state_id"]
+            raw = {"file": ("c.raw", audio.tobytes())}
+            piece = client.post("/transcribe/streaming/chunk", data={"state_id": sid}, files=raw)
+            assert piece.status_code == 200, piece.text
+            final = client.post("/transcribe/streaming/finalize", data={"state_id": sid}).json()
+        assert [p["text"] for p in final["phrases"]] == ["привет мир"], final
+        live_log = (data / "logs" / "worker-live.log").read_text(errors="replace")
+        assert "tone.stream" in live_log, "the live worker served the session"
 
         # a second `up` on the same data directory refuses and leaves the running stack alone
         again = _run(up_args, env, timeout=60)

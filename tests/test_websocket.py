@@ -21,6 +21,7 @@ from websockets.sync.client import ClientConnection, connect
 from shared.asr.engine import Recognizer
 from shared.devmodels.tones import synthesize
 from tests.conftest import Proc, start_api, start_worker
+from worker.celery_app import all_queues
 
 QUEUE = "ws-tests"
 PHRASES = ["привет мир", "как дела", "до свидания"]
@@ -33,7 +34,7 @@ def ws_env(platform_env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def ws_worker(ws_env: dict[str, str], logs: Path) -> Iterator[Proc]:
-    proc = start_worker(ws_env, logs, "ws-worker", queues=QUEUE)
+    proc = start_worker(ws_env, logs, "ws-worker", queues=all_queues(QUEUE))
     yield proc
     proc.stop()
 

@@ -5,6 +5,17 @@ message back when a worker dies mid-task; ``worker_prefetch_multiplier=1`` keeps
 other workers can take it; the beat task ``tone.requeue_stuck`` re-sends jobs whose message was
 lost or whose worker's lease expired, and the job row (not the message) decides who may write a
 result, so a job is never transcribed into two results.
+
+Queues. A transcription task holds its worker process for as long as it keeps a batch of
+recordings going (a big archive: hours), so nothing that must answer quickly shares its queue:
+
+- ``cpu`` / ``gpu``: ``tone.transcribe`` (the model, batched);
+- ``cpu.live`` / ``gpu.live``: ``tone.stream``, live sessions' pieces (the model, low latency);
+- ``events``: webhooks and beat's sweeps (no model).
+
+``tone-platform up`` and docker-compose run one worker per role; a single worker may also consume
+all three (``-Q cpu,cpu.live,events``), as the tests do, at the price of live pieces and webhooks
+waiting behind a long batch.
 """
 
 from __future__ import annotations
@@ -18,6 +29,17 @@ WEBHOOK_TASK = "tone.webhook"
 REQUEUE_TASK = "tone.requeue_stuck"
 STREAM_TASK = "tone.stream"
 QUEUES = ("cpu", "gpu")
+EVENTS_QUEUE = "events"
+
+
+def live_queue(queue: str) -> str:
+    """The Celery queue of ``queue``'s live sessions (``cpu`` -> ``cpu.live``)."""
+    return f"{queue}.live"
+
+
+def all_queues(queue: str) -> str:
+    """Every Celery queue of a single all-in-one worker for ``queue`` (a ``-Q`` value)."""
+    return f"{queue},{live_queue(queue)},{EVENTS_QUEUE}"
 
 
 def make_app() -> Celery:
@@ -46,7 +68,9 @@ def make_app() -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=True,  # for Flower
         task_send_sent_event=True,
-        beat_schedule={"requeue-stuck-jobs": {"task": REQUEUE_TASK, "schedule": 15.0}},
+        beat_schedule={
+            "requeue-stuck-jobs": {"task": REQUEUE_TASK, "schedule": 15.0, "options": {"queue": EVENTS_QUEUE}}
+        },
         timezone="UTC",
     )
     return app
@@ -61,8 +85,6 @@ def enqueue_transcription(job_id: str, *, queue: str, priority: int) -> None:
     app.send_task(TRANSCRIBE_TASK, args=[job_id], queue=queue, priority=9 - max(0, min(9, priority)))
 
 
-def enqueue_webhook(job_id: str, event_type: str, *, queue: str | None = None) -> None:
-    """Send ``tone.webhook`` for a job's final event (job.completed, job.failed, job.cancelled)."""
-    app.send_task(
-        WEBHOOK_TASK, args=[job_id, event_type], queue=queue or get_settings().worker_queue, priority=0
-    )
+def enqueue_webhook(job_id: str, event_type: str, *, queue: str = EVENTS_QUEUE) -> None:
+    """Send ``tone.webhook`` for a job's or a batch's final event (job.completed, batch.completed, ...)."""
+    app.send_task(WEBHOOK_TASK, args=[job_id, event_type], queue=queue, priority=0)

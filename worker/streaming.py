@@ -31,7 +31,7 @@ from shared.asr.stream import StreamState
 from shared.asr.types import SAMPLE_RATE, Phrase
 from shared.sessions import KEEP_ANSWERS, LAYOUT, Item, Options, SessionError, SessionStore, expired, finished
 from shared.settings import Settings, get_settings
-from worker.celery_app import STREAM_TASK, app
+from worker.celery_app import STREAM_TASK, app, live_queue
 from worker.jobs import get_recognizer
 
 log = logging.getLogger("tone.worker.stream")
@@ -54,7 +54,7 @@ def store_for(settings: Settings) -> SessionStore:
 
 
 def send_stream_task(queue: str) -> None:
-    app.send_task(STREAM_TASK, args=[queue], queue=queue, priority=0)
+    app.send_task(STREAM_TASK, args=[queue], queue=live_queue(queue), priority=0)
 
 
 def stream_count(options: Options) -> int:

@@ -40,7 +40,7 @@ from shared.db.models import FINAL_STATUSES, Batch, Job, Tenant, WebhookDelivery
 from shared.db.session import session_scope
 from shared.netguard import UrlError, post_json
 from shared.settings import get_settings
-from worker.celery_app import QUEUES, WEBHOOK_TASK, app
+from worker.celery_app import EVENTS_QUEUE, WEBHOOK_TASK, app
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,15 @@ DUE_BATCH = 500
 
 EVENT_TYPES = {status: f"job.{status}" for status in FINAL_STATUSES}
 
-app.conf.beat_schedule.update({"webhook-due": {"task": WEBHOOK_DUE_TASK, "schedule": DUE_INTERVAL_SECONDS}})
+app.conf.beat_schedule.update(
+    {
+        "webhook-due": {
+            "task": WEBHOOK_DUE_TASK,
+            "schedule": DUE_INTERVAL_SECONDS,
+            "options": {"queue": EVENTS_QUEUE},
+        }
+    }
+)
 
 
 def _now() -> datetime:
@@ -109,14 +117,11 @@ def is_batch_event(event_type: str) -> bool:
     return event_type.startswith("batch.")
 
 
-def _subject(session: Session, subject_id: str, event_type: str) -> tuple[Any, str | None, str | None]:
-    """``(job or batch or None, its webhook_url, its queue)``."""
+def _subject(session: Session, subject_id: str, event_type: str) -> tuple[Any, str | None]:
+    """``(job or batch or None, its webhook_url)``."""
     key = uuid.UUID(str(subject_id))
-    if is_batch_event(event_type):
-        batch = session.get(Batch, key)
-        return batch, batch.webhook_url if batch else None, None
-    job = session.get(Job, key)
-    return job, job.webhook_url if job else None, job.queue if job else None
+    subject = session.get(Batch if is_batch_event(event_type) else Job, key)
+    return subject, subject.webhook_url if subject else None
 
 
 def sign(secret: str, event_id: str, body: bytes, moment: datetime) -> dict[str, str]:
@@ -177,10 +182,6 @@ def _claim(event_id: str, attempt: int, ttl_seconds: float) -> bool:
         return True
 
 
-def _queue_for(job_queue: str | None) -> str:
-    return job_queue if job_queue in QUEUES else get_settings().worker_queue
-
-
 def _send_attempt(
     subject_id: str, event_type: str, attempt: int, event_id: str, queue: str, countdown: float
 ) -> None:
@@ -203,7 +204,7 @@ def deliver(
     batch = is_batch_event(event_type)
     what = "batch" if batch else "job"
     with session_scope(settings.database_url) as session:
-        subject, url, job_queue = _subject(session, subject_id, event_type)
+        subject, url = _subject(session, subject_id, event_type)
         if subject is None:
             log.info("webhook %s: %s %s no longer exists", event_id, what, subject_id)
             return f"{what}_missing"
@@ -295,7 +296,7 @@ def deliver(
 
     if delay is not None and delay <= COUNTDOWN_MAX_SECONDS:
         # back to the queue this attempt came from: its workers are known to deliver
-        queue = (self.request.delivery_info or {}).get("routing_key") or _queue_for(job_queue)
+        queue = (self.request.delivery_info or {}).get("routing_key") or EVENTS_QUEUE
         # the claim stops the beat from sending this attempt too, unless the message is lost
         _claim(event_id, attempt + 1, delay + CLAIM_GRACE_SECONDS)
         _send_attempt(str(subject_id), event_type, attempt + 1, event_id, queue, delay)
@@ -314,9 +315,7 @@ def send_due() -> int:
                 WebhookDelivery.event_type,
                 WebhookDelivery.attempt,
                 WebhookDelivery.event_id,
-                Job.queue,
             )
-            .outerjoin(Job, Job.id == WebhookDelivery.job_id)
             .where(
                 WebhookDelivery.success.is_(False),
                 WebhookDelivery.next_attempt_at.is_not(None),
@@ -330,9 +329,9 @@ def send_due() -> int:
             .limit(DUE_BATCH)
         ).all()
     sent = 0
-    for subject_id, event_type, attempt, event_id, job_queue in rows:
+    for subject_id, event_type, attempt, event_id in rows:
         if _claim(event_id, attempt + 1, CLAIM_GRACE_SECONDS):
-            _send_attempt(str(subject_id), event_type, attempt + 1, event_id, _queue_for(job_queue), 0)
+            _send_attempt(str(subject_id), event_type, attempt + 1, event_id, EVENTS_QUEUE, 0)
             sent += 1
     if sent:
         log.info("sent %d due webhook attempts", sent)
@@ -349,7 +348,7 @@ def redeliver(job_id: str | uuid.UUID) -> str | None:
         job = session.get(Job, uuid.UUID(str(job_id)))
         if job is None or job.status not in EVENT_TYPES or not job.webhook_url:
             return None
-        event_type, job_queue = EVENT_TYPES[job.status], job.queue
+        event_type = EVENT_TYPES[job.status]
     event_id = new_event_id()
-    _send_attempt(str(job_id), event_type, 1, event_id, _queue_for(job_queue), 0)
+    _send_attempt(str(job_id), event_type, 1, event_id, EVENTS_QUEUE, 0)
     return event_id
