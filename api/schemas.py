@@ -230,7 +230,14 @@ class HealthOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"status": "ok", "model": "/models/t-one", "database": "ok", "broker": "ok", "workers": 2}
+                {
+                    "status": "ok",
+                    "model": "/models/t-one",
+                    "database": "ok",
+                    "broker": "ok",
+                    "workers": 3,
+                    "queues": {"cpu": 1, "cpu.live": 1, "events": 1},
+                }
             ]
         }
     )
@@ -240,6 +247,11 @@ class HealthOut(BaseModel):
     database: str
     broker: str
     workers: int
+    queues: dict[str, int] = Field(
+        default_factory=dict,
+        description="workers reading each queue this API sends to: transcription, live, events "
+        "(status is degraded while one has none)",
+    )
 
 
 class OpenAITranscription(BaseModel):

@@ -250,6 +250,7 @@ def test_health_reports_database_broker_and_workers_and_root_describes_the_servi
     body = health.json()
     assert body["status"] == "ok" and body["database"] == "ok" and body["broker"] == "ok"
     assert body["workers"] >= 1 and body["model"]
+    assert set(body["queues"]) == {"cpu", "cpu.live", "events"} and min(body["queues"].values()) >= 1
     root = httpx.get(f"{api.url}/").json()
     assert root["name"] == "tone-platform" and root["docs"] == "/docs" and root["version"]
     assert httpx.get(f"{api.url}/docs").status_code == 200

@@ -24,7 +24,7 @@ from api.schemas import HealthOut, ServiceInfo
 from shared.db.models import JOB_STATUSES, Job
 from shared.db.session import engine_for, sessionmaker_for
 from shared.settings import Settings, get_settings
-from worker.celery_app import QUEUES
+from worker.celery_app import EVENTS_QUEUE, QUEUES, live_queue
 from worker.celery_app import app as celery_app
 
 log = logging.getLogger("api.health")
@@ -75,31 +75,37 @@ def _broker_ok(client: redis.Redis) -> bool:
         return False
 
 
-class _WorkerCount:
-    """Celery workers answering a ping, asked at most every few seconds (a ping waits 1 s)."""
+class _Workers:
+    """Celery workers answering, and how many read each queue (``active_queues``: one broadcast,
+    replies within 1 s), asked at most every few seconds."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._at = -1e9
-        self._count = 0
+        self._seen: tuple[int, dict[str, int]] = (0, {})
 
-    def __call__(self) -> int:
+    def __call__(self) -> tuple[int, dict[str, int]]:
         with self._lock:
             if time.monotonic() - self._at > WORKERS_CACHE_SECONDS:
-                self._count = self._ping()
+                self._seen = self._ask()
                 self._at = time.monotonic()
-            return self._count
+            return self._seen
 
     @staticmethod
-    def _ping() -> int:
+    def _ask() -> tuple[int, dict[str, int]]:
         try:
-            return len(celery_app.control.inspect(timeout=1.0).ping() or {})
+            replies = celery_app.control.inspect(timeout=1.0).active_queues() or {}
         except Exception as exc:
-            log.warning("health: worker ping: %s", exc)
-            return 0
+            log.warning("health: workers: %s", exc)
+            return 0, {}
+        readers: dict[str, int] = {}
+        for queues in replies.values():
+            for queue in queues or []:
+                readers[queue["name"]] = readers.get(queue["name"], 0) + 1
+        return len(replies), readers
 
 
-worker_count = _WorkerCount()
+workers_seen = _Workers()
 
 
 @router.get(
@@ -110,17 +116,22 @@ worker_count = _WorkerCount()
 )
 def health(settings: SettingsDep, client: RedisDep) -> JSONResponse:
     db_ok, broker_ok = _database_ok(settings), _broker_ok(client)
-    workers = worker_count() if broker_ok else 0
+    workers, readers = workers_seen() if broker_ok else (0, {})
+    # the roles this API sends work to (worker/celery_app.py), each with the workers reading it
+    roles = {
+        q: readers.get(q, 0) for q in (settings.worker_queue, live_queue(settings.worker_queue), EVENTS_QUEUE)
+    }
     if not (db_ok and broker_ok):
         status, code = "unavailable", 503
     else:
-        status, code = ("ok" if workers else "degraded"), 200
+        status, code = ("ok" if all(roles.values()) else "degraded"), 200
     body = HealthOut(
         status=status,
         model=model_name(settings),
         database="ok" if db_ok else "down",
         broker="ok" if broker_ok else "down",
         workers=workers,
+        queues=roles,
     )
     return JSONResponse(body.model_dump(), status_code=code)
 
@@ -180,7 +191,7 @@ class PlatformCollector(Collector):
         depth = GaugeMetricFamily("tone_queue_depth", "Messages waiting per queue", labels=["queue"])
         try:
             client = redis_for(settings.redis_url)
-            for queue in QUEUES:
+            for queue in (*QUEUES, *(live_queue(q) for q in QUEUES), EVENTS_QUEUE):
                 depth.add_metric([queue], float(queue_depth(client, queue)))
         except redis.RedisError as exc:
             log.warning("metrics: broker: %s", exc)
