@@ -246,12 +246,13 @@ def enqueue(job: Job) -> None:
         log.exception("job %s: could not send it to the queue now; it will be re-sent", job.id)
 
 
-def send_final_event(job: Job) -> bool:
-    """Queue the job's final webhook event again (or for the first time); False if not final."""
+def send_final_event(job: Job, *, again: bool = False) -> bool:
+    """Queue the job's final webhook event (``again``: as a new event, with a new ``webhook-id``, for a
+    user's redelivery); False if the job is not final."""
     event = _FINAL_EVENT.get(job.status)
     if event is None:
         return False
-    enqueue_webhook(str(job.id), event)
+    enqueue_webhook(str(job.id), event, event_id=f"evt_{uuid.uuid4().hex}" if again else None)
     return True
 
 

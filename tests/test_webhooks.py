@@ -16,10 +16,11 @@ from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from typing import Any
 
+import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from .conftest import serving, start_worker, wait_for
+from .conftest import make_key, serving, start_worker, wait_for
 
 Response = tuple[int, dict[str, str]]
 
@@ -122,8 +123,7 @@ def make_job(db: str, webhook_url: str, status: str = "completed", **fields: Any
             webhook_url=webhook_url,
             duration=12.5,
             client_metadata={"order": 7, "name": "звонок"},
-            finished_at=datetime.now(timezone.utc),
-            **fields,
+            **{"finished_at": datetime.now(timezone.utc), **fields},
         )
         session.add(job)
         session.flush()
@@ -452,3 +452,50 @@ def test_event_body_shape() -> None:
     assert body["data"]["error"] is None
     assert body["data"]["links"]["self"] == f"/v1/jobs/{job_id}"
     json.dumps(body)
+
+
+def test_a_final_event_asked_twice_is_sent_once_and_a_redelivery_is_a_new_event(
+    platform: str, worker: Any, api: Any, servers: dict[str, str], receiver: Receiver
+) -> None:
+    from worker.celery_app import enqueue_webhook
+    from worker.webhooks import first_event_id
+
+    url = receiver.script((200, {}), (200, {}))
+    job_id, secret = make_job(platform, url)
+    enqueue_webhook(job_id, "job.completed")
+    enqueue_webhook(job_id, "job.completed")  # a duplicate message: the same event, not a second one
+    [first] = wait_requests(receiver, url, 1)
+    assert first["headers"]["webhook-id"] == first_event_id(job_id, "job.completed")
+    wait_rows(platform, job_id, 1)
+
+    key = make_key(servers, "webhook-tests")  # the tenant of make_job's jobs
+    asked = httpx.post(
+        f"{api.url}/v1/jobs/{job_id}/webhooks/redeliver", headers={"Authorization": f"Bearer {key}"}
+    )
+    assert asked.status_code == 202, asked.text
+    second = wait_requests(receiver, url, 2)[1]
+    assert second["headers"]["webhook-id"] != first["headers"]["webhook-id"]
+    assert Webhook(secret).verify(second["body"], second["headers"])["type"] == "job.completed"
+    time.sleep(1.5)
+    assert len(receiver.requests(url)) == 2
+    assert [r.attempt for r in deliveries(platform, job_id)] == [1, 1]
+
+
+def test_a_lost_first_message_is_sent_by_beat_once(platform: str, worker: Any, receiver: Receiver) -> None:
+    from worker.webhooks import send_due
+
+    url = receiver.script((200, {}), (200, {}))
+    five_minutes_ago = datetime.now(timezone.utc) - timedelta(minutes=5)
+    job_id, secret = make_job(platform, url, finished_at=five_minutes_ago)  # no task was ever sent
+    just_now, _ = make_job(platform, url)  # its task may still be on its way: left alone
+    assert send_due() >= 1
+    assert send_due() >= 0  # the same event asked again before the first is recorded: still one
+    [request] = wait_requests(receiver, url, 1)
+    event = Webhook(secret).verify(request["body"], request["headers"])
+    assert event["data"]["id"] == job_id and event["type"] == "job.completed"
+    [row] = wait_rows(platform, job_id, 1)
+    assert row.success
+    send_due()  # recorded now: not sent again
+    time.sleep(1.5)
+    assert len(receiver.requests(url)) == 1
+    assert deliveries(platform, just_now) == []

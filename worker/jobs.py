@@ -119,7 +119,7 @@ def notify_batch_end(finished: Finished) -> None:
     if finished.webhook_url:
         try:
             enqueue_webhook(finished.id, finished.event)
-        except Exception:  # the event is lost with the message; GET /v1/batches/{id} still tells
+        except Exception:  # beat's webhook sweep sends it once the batch has been over for 2 minutes
             log.exception(
                 "could not send the %s webhook task of batch %s", finished.event, finished.id, job="-"
             )

@@ -35,7 +35,7 @@ from sqlalchemy import and_, exists, func, select
 from sqlalchemy.orm import Session, aliased
 from standardwebhooks import Webhook
 
-from shared.batch_state import load_view
+from shared.batch_state import BATCH_EVENTS, load_view
 from shared.db.models import FINAL_STATUSES, Batch, Job, Tenant, WebhookDelivery
 from shared.db.session import session_scope
 from shared.netguard import UrlError, post_json
@@ -57,6 +57,11 @@ RETRY_AFTER_MAX_SECONDS = 24 * 3600
 DUE_INTERVAL_SECONDS = 30.0
 CLAIM_GRACE_SECONDS = 15 * 60  # a dispatched attempt not recorded by then is sent again
 DUE_BATCH = 500
+# a final event with no delivery row this long after the job or batch ended lost its first message
+# (the broker restarted, or was down when the job ended): beat sends it, for a day
+MISSING_GRACE_SECONDS = 120
+MISSING_WINDOW = timedelta(hours=24)
+_EVENT_NAMESPACE = uuid.UUID("8f6c2d0e-5b1a-4f3e-9d7c-2a4b6e8f0a1c")
 
 EVENT_TYPES = {status: f"job.{status}" for status in FINAL_STATUSES}
 
@@ -83,6 +88,12 @@ def _iso(moment: datetime) -> str:
 
 def new_event_id() -> str:
     return f"evt_{uuid.uuid4().hex}"
+
+
+def first_event_id(subject_id: str, event_type: str) -> str:
+    """The ``webhook-id`` of a job's or batch's final event: derived from both, so the task the worker
+    sent and the one beat sends for a lost first message are the same event, delivered once."""
+    return f"evt_{uuid.uuid5(_EVENT_NAMESPACE, f'{subject_id}:{event_type}').hex}"
 
 
 def event_body(job: Job, event_type: str) -> dict[str, Any]:
@@ -200,7 +211,11 @@ def deliver(
 ) -> str:
     """Send one attempt of one event and record it; schedule the next attempt on failure."""
     settings = get_settings()
-    event_id = event_id or new_event_id()
+    if event_id is None:  # the final event's first attempt: one per subject, whoever sent the task
+        event_id = first_event_id(subject_id, event_type)
+        if not _claim(event_id, attempt, MISSING_WINDOW.total_seconds()):
+            log.info("webhook %s attempt %d is already being sent", event_id, attempt)
+            return "duplicate"
     batch = is_batch_event(event_type)
     what = "batch" if batch else "job"
     with session_scope(settings.database_url) as session:
@@ -328,14 +343,46 @@ def send_due() -> int:
             .order_by(WebhookDelivery.next_attempt_at)
             .limit(DUE_BATCH)
         ).all()
+        missing = _missing_first_events(session)
     sent = 0
     for subject_id, event_type, attempt, event_id in rows:
         if _claim(event_id, attempt + 1, CLAIM_GRACE_SECONDS):
             _send_attempt(str(subject_id), event_type, attempt + 1, event_id, EVENTS_QUEUE, 0)
             sent += 1
+    for subject_id, event_type in missing:
+        log.warning("webhook %s for %s was never attempted: sending it now", event_type, subject_id)
+        app.send_task(WEBHOOK_TASK, args=[subject_id, event_type], queue=EVENTS_QUEUE, priority=0)
+        sent += 1
     if sent:
         log.info("sent %d due webhook attempts", sent)
     return sent
+
+
+def _missing_first_events(session: Session) -> list[tuple[str, str]]:
+    """Final jobs and batches with a webhook_url that ended between a day and two minutes ago and
+    have no delivery row at all: their first message was lost."""
+    since, until = _now() - MISSING_WINDOW, _now() - timedelta(seconds=MISSING_GRACE_SECONDS)
+    jobs = session.execute(
+        select(Job.id, Job.status)
+        .where(
+            Job.status.in_(list(EVENT_TYPES)),
+            Job.webhook_url.is_not(None),
+            Job.finished_at.between(since, until),
+            ~exists().where(WebhookDelivery.job_id == Job.id),
+        )
+        .limit(DUE_BATCH)
+    ).all()
+    batches = session.execute(
+        select(Batch.id, Batch.status)
+        .where(
+            Batch.status.in_(list(BATCH_EVENTS)),
+            Batch.webhook_url.is_not(None),
+            Batch.finished_at.between(since, until),
+            ~exists().where(WebhookDelivery.batch_id == Batch.id),
+        )
+        .limit(DUE_BATCH)
+    ).all()
+    return [(str(i), EVENT_TYPES[s]) for i, s in jobs] + [(str(i), BATCH_EVENTS[s]) for i, s in batches]
 
 
 def redeliver(job_id: str | uuid.UUID) -> str | None:

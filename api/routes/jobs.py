@@ -346,6 +346,6 @@ def redeliver_webhook(job_id: str, caller: CallerDep, db: DbDep) -> RedeliverOut
     job = svc.load_job(db, caller, job_id)
     if not job.webhook_url:
         raise ApiError(409, "no_webhook", "the job has no webhook_url")
-    if not svc.send_final_event(job):
+    if not svc.send_final_event(job, again=True):
         raise ApiError(409, "not_ready", f"the job is {job.status}; events are sent when it ends")
     return RedeliverOut(job_id=str(job.id), event_type=f"job.{job.status}")
