@@ -546,10 +546,11 @@ def up(
 
         _say()
         _say(f"  API      {api_url}  (docs: {api_url}/docs, health: {api_url}/health)")
+        _say(f"  console  {api_url}/console  (sign in with an API key)")
         if host in ("0.0.0.0", "::"):
             _say(f"           listening on all interfaces ({host})")
         _say(f"  Flower   {flower_url}  (user {settings.flower_user!r}, password {password!r})")
-        _say(f"  logs     {logs}/{{api,worker,beat,flower,migrate}}.log")
+        _say(f"  logs     {logs}/{{api,worker,worker-live,events,beat,flower,migrate}}.log")
         _say(f"  state    {current.up_file}")
         if not settings.model_path:
             _say(f"  note     {NO_MODEL_HINT}")
