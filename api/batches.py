@@ -645,10 +645,11 @@ def _error(code: str | None, message: str | None) -> dict[str, str] | None:
 
 
 def list_items(
-    db: Session, batch: Batch, limit: int, cursor: str | None
+    db: Session, batch: Batch, limit: int, cursor: str | None, status: str | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the batch's items (names), by name, in SQL: a job's names are unnested from
-    ``options->'batch_names'``; only ``limit + 1`` rows are read."""
+    ``options->'batch_names'``; only ``limit + 1`` rows are read. ``status``: only items whose job
+    is in it (e.g. the failed ones of a 10 000-recording batch)."""
     names = func.jsonb_array_elements_text(Job.options["batch_names"]).table_valued("name").lateral("n")
     query = (
         select(
@@ -666,6 +667,8 @@ def list_items(
     )
     if cursor is not None:
         query = query.where(names.c.name > cursor)
+    if status is not None:
+        query = query.where(Job.status == status)
     rows = db.execute(query.order_by(names.c.name).limit(limit + 1)).all()
     items = [
         {

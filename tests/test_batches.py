@@ -224,6 +224,11 @@ def test_a_call_center_archive_of_telephony_formats_matches_the_engine_per_chann
         assert want, f"{name}: the engine heard nothing, the comparison would prove nothing"
         assert by_name[name]["phrases"] == want, name
         assert by_name[name]["metadata"]["operator"] == f"op-{i}"
+    items = f"{api.url}/v1/batches/{batch}/items"
+    done = httpx.get(items, params={"status": "completed"}, headers=auth(api_key)).json()["items"]
+    assert sorted(i["name"] for i in done) == sorted(calls)
+    assert httpx.get(items, params={"status": "failed"}, headers=auth(api_key)).json()["items"] == []
+    assert_error(httpx.get(items, params={"status": "lost"}, headers=auth(api_key)), 422, "invalid_request")
     # the G.711 calls are lossless enough for the tones model: the words themselves come through
     texts = {p["channel"]: p["text"] for p in by_name["2026-11-23/0001_ulaw.wav"]["phrases"]}
     assert texts == {0: "привет мир", 1: "да"}

@@ -28,6 +28,7 @@ from api.schemas import (
     BatchOut,
     BatchRequest,
     ErrorResponse,
+    JobStatus,
 )
 from api.uploads import remove_quietly, save_stream
 from shared.batch_state import load_view
@@ -237,8 +238,10 @@ def list_items(
     db: DbDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
+    status: Annotated[JobStatus | None, Query(description="only items whose job has this status")] = None,
 ) -> dict[str, Any]:
-    items, next_cursor = svc.list_items(db, svc.load_batch(db, caller, batch_id), limit, cursor)
+    batch = svc.load_batch(db, caller, batch_id)
+    items, next_cursor = svc.list_items(db, batch, limit, cursor, status)
     return {"items": items, "next_cursor": next_cursor}
 
 
