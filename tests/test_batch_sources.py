@@ -32,6 +32,7 @@ from shared.devmodels.tones import synthesize
 from shared.keys import get_or_create_tenant
 from tests.conftest import Proc, make_key, serving, start_api
 from tests.test_api import assert_error, auth, serve_directory
+from tests.test_batches import archive_bytes
 from tests.test_webhooks import Receiver
 
 PARKED_QUEUE = "batch-parked"  # no worker consumes it: jobs sent there stay queued
@@ -48,12 +49,7 @@ def stereo_wav(path: Path, left: list[str], right: list[str]) -> Path:
     return path
 
 
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
+zip_bytes = archive_bytes  # a ZIP of {name: bytes}
 
 
 def post_archive(

@@ -362,27 +362,24 @@ def _missing_first_events(session: Session) -> list[tuple[str, str]]:
     """Final jobs and batches with a webhook_url that ended between a day and two minutes ago and
     have no delivery row at all: their first message was lost."""
     since, until = _now() - MISSING_WINDOW, _now() - timedelta(seconds=MISSING_GRACE_SECONDS)
-    jobs = session.execute(
-        select(Job.id, Job.status)
-        .where(
-            Job.status.in_(list(EVENT_TYPES)),
-            Job.webhook_url.is_not(None),
-            Job.finished_at.between(since, until),
-            ~exists().where(WebhookDelivery.job_id == Job.id),
-        )
-        .limit(DUE_BATCH)
-    ).all()
-    batches = session.execute(
-        select(Batch.id, Batch.status)
-        .where(
-            Batch.status.in_(list(BATCH_EVENTS)),
-            Batch.webhook_url.is_not(None),
-            Batch.finished_at.between(since, until),
-            ~exists().where(WebhookDelivery.batch_id == Batch.id),
-        )
-        .limit(DUE_BATCH)
-    ).all()
-    return [(str(i), EVENT_TYPES[s]) for i, s in jobs] + [(str(i), BATCH_EVENTS[s]) for i, s in batches]
+    found: list[tuple[str, str]] = []
+    subjects: tuple[tuple[Any, Any, dict[str, str]], ...] = (
+        (Job, WebhookDelivery.job_id, EVENT_TYPES),
+        (Batch, WebhookDelivery.batch_id, BATCH_EVENTS),
+    )
+    for model, owner, events in subjects:
+        rows = session.execute(
+            select(model.id, model.status)
+            .where(
+                model.status.in_(list(events)),
+                model.webhook_url.is_not(None),
+                model.finished_at.between(since, until),
+                ~exists().where(owner == model.id),
+            )
+            .limit(DUE_BATCH)
+        ).all()
+        found += [(str(subject_id), events[status]) for subject_id, status in rows]
+    return found
 
 
 def redeliver(job_id: str | uuid.UUID) -> str | None:

@@ -193,6 +193,19 @@ export function wirePager(prev, next, state, nextCursor, refresh) {
   });
 }
 
+/**
+ * A failed (re)load of a list page: the error in the page itself while nothing was shown yet, else a
+ * banner over what is shown (a rate limit is skipped: the next poll tries again).
+ */
+export function showLoadError(error, body, loadedOnce, ctx) {
+  if (!loadedOnce) {
+    clear(body);
+    body.append(errorBox(error));
+  } else if (error.code !== "rate_limited") {
+    ctx.showBanner(error);
+  }
+}
+
 export function poller(fn, ms, onError) {
   let timer = null;
   let stopped = false;

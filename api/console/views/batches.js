@@ -4,7 +4,7 @@
 // JSONL, CSV or ZIP (GET /v1/batches/{id}/results); cancel (POST /v1/batches/{id}/cancel).
 
 import { describe, download, query, request, upload } from "../api.js";
-import { badge, clear, confirmDialog, errorBox, h, keepFocus, poller, progressBar, span, titled, when, wirePager } from "../ui.js";
+import { badge, clear, confirmDialog, errorBox, h, keepFocus, poller, progressBar, showLoadError, span, titled, when, wirePager } from "../ui.js";
 
 const STATUSES = ["queued", "processing", "completed", "failed", "cancelled"];
 const BATCH_STATUS = { queued: "Queued", processing: "Processing", completed: "Completed", cancelled: "Cancelled" };
@@ -165,14 +165,7 @@ function renderList(root, ctx) {
     return batches.some(isOpenBatch) ? undefined : false;
   }
 
-  const polls = poller(load, 2000, (error) => {
-    if (!loadedOnce) {
-      clear(body);
-      body.append(errorBox(error));
-    } else if (error.code !== "rate_limited") {
-      ctx.showBanner(error);
-    }
-  });
+  const polls = poller(load, 2000, (error) => showLoadError(error, body, loadedOnce, ctx));
   polls.now();
   return () => polls.stop();
 }

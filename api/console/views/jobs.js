@@ -15,6 +15,7 @@ import {
   keepFocus,
   poller,
   progressBar,
+  showLoadError,
   span,
   titled,
   when,
@@ -205,12 +206,7 @@ export function render(root, _params, ctx) {
         state.page = 0;
         return;
       }
-      if (!loadedOnce) {
-        clear(body);
-        body.append(errorBox(error));
-      } else if (error.code !== "rate_limited") {
-        ctx.showBanner(error);
-      }
+      showLoadError(error, body, loadedOnce, ctx);
     },
   );
   polls.now();
