@@ -25,12 +25,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the project with its dev, lm, stack and platform extras
 
-# The console's browser tests drive Debian's chromium (never a browser downloaded by Playwright).
-CHROMIUM := /usr/bin/chromium
+# The console's browser tests drive Debian's chromium and firefox-esr (never a browser downloaded by
+# a test tool); Firefox plays Web Audio only with an audio server: pulseaudio (a null sink, per test run).
+BROWSERS := /usr/bin/chromium /usr/bin/firefox-esr /usr/bin/pulseaudio
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-browser: ## install Debian's chromium for the console's end-to-end tests, when missing
-	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the console tests"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+browser: ## install Debian's chromium, firefox-esr and pulseaudio for the console's end-to-end tests, when missing
+	@for b in $(BROWSERS); do test -x $$b || missing=1; done; \
+	if [ -n "$$missing" ]; then echo "installing Debian's chromium, firefox-esr and pulseaudio for the console tests"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends chromium firefox-esr pulseaudio; fi
 
 models: $(STAMP) ## build the test models (recognizing tones model, cost-faithful model) into .cache/
 	$(BIN)/tone-platform dev make-model --kind tones --out $(MODELS)/tones >/dev/null

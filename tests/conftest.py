@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -250,3 +251,34 @@ def serving(server: socketserver.BaseServer) -> Iterator[socketserver.BaseServer
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+# -- a stereo call for the consoles' tests -------------------------------------------------------------
+
+CALL_AGENT = ["привет мир", "до свидания"]
+CALL_CLIENT = ["как дела"]
+
+
+@pytest.fixture(scope="module")
+def call_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A split-stereo call (the consoles' tests): the agent on the left, the client on the right, at other
+    times."""
+    import soundfile as sf
+
+    from shared.devmodels.tones import synthesize
+
+    agent = synthesize(CALL_AGENT, lead=0.6, pause=2.4)[0]
+    client = synthesize(CALL_CLIENT, lead=2.1)[0]
+    audio = np.zeros((max(len(agent), len(client)), 2), np.int16)
+    audio[: len(agent), 0] = agent
+    audio[: len(client), 1] = client
+    path = tmp_path_factory.mktemp("call") / "call-0001.wav"
+    sf.write(path, audio, 8000, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def call_phrases(call_wav: Path, recognizer: Any) -> list[dict[str, Any]]:
+    phrases = [p.to_dict() for p in recognizer.transcribe_file(call_wav, channels="split").phrases]
+    assert {p["channel"] for p in phrases} == {0, 1} and len(phrases) == 3, phrases
+    return sorted(phrases, key=lambda p: (p["start_time"], p["channel"]))

@@ -25,7 +25,6 @@ import soundfile as sf
 import soxr
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
-from shared.asr.engine import Recognizer
 from shared.devmodels.tones import synthesize
 from tests.conftest import KIT_AUDIO, ROOT, Proc, make_key, start_api
 
@@ -41,8 +40,6 @@ FLAGS = [
     "--disable-sync",
 ]
 SHOTS = ROOT / "test-output" / "console"
-AGENT = ["привет мир", "до свидания"]
-CLIENT = ["как дела"]
 LIVE = ["добрый день", "чем помочь"]
 SLOW = 120_000  # ms: a job on the test worker, on a busy 2-core machine
 
@@ -143,26 +140,6 @@ def sign_in(page: Page, base: str, key: str) -> None:
     page.fill("#api-key", key)
     page.click("form.signin button[type=submit]")
     expect(page.locator("main h1")).to_have_text("Jobs")
-
-
-@pytest.fixture(scope="module")
-def call_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A split-stereo call: the agent on the left, the client on the right, at other times."""
-    agent = synthesize(AGENT, lead=0.6, pause=2.4)[0]
-    client = synthesize(CLIENT, lead=2.1)[0]
-    audio = np.zeros((max(len(agent), len(client)), 2), np.int16)
-    audio[: len(agent), 0] = agent
-    audio[: len(client), 1] = client
-    path = tmp_path_factory.mktemp("console") / "call-0001.wav"
-    sf.write(path, audio, 8000, subtype="PCM_16")
-    return path
-
-
-@pytest.fixture(scope="module")
-def call_phrases(call_wav: Path, recognizer: Recognizer) -> list[dict[str, Any]]:
-    phrases = [p.to_dict() for p in recognizer.transcribe_file(call_wav, channels="split").phrases]
-    assert {p["channel"] for p in phrases} == {0, 1} and len(phrases) == 3, phrases
-    return sorted(phrases, key=lambda p: (p["start_time"], p["channel"]))
 
 
 @pytest.fixture(scope="module")

@@ -82,13 +82,17 @@ export function render(root, _params, ctx) {
     status.textContent = "Asking for the microphone…";
     const s = { ws: null, media: null, context: null, node: null, ended: false, finalSeen: false, errorSeen: false, started: 0, timer: 0, flushed: null };
     session = s;
+    // the audio context is made and started now, within the click: browsers (Firefox) keep a context
+    // made later, after the awaits below, suspended for want of a user gesture
+    const Context = window.AudioContext || window.webkitAudioContext;
+    s.context = new Context();
+    s.context.resume().catch(() => {});
     try {
       s.media = await navigator.mediaDevices.getUserMedia({
         audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
       });
     } catch (error) {
-      session = null;
-      setRunning(false);
+      teardown(s);
       fail(micProblem(error));
       return;
     }
@@ -101,6 +105,7 @@ export function render(root, _params, ctx) {
       if (!s.errorSeen) fail(error instanceof ApiProblem ? error : new ApiProblem(0, "connection_lost", ""));
       return;
     }
+    if (session !== s || s.ended) return; // it failed or was stopped meanwhile: nothing to start
     s.started = performance.now();
     s.timer = setInterval(() => {
       elapsed.textContent = clock((performance.now() - s.started) / 1000, 0);
@@ -157,8 +162,6 @@ export function render(root, _params, ctx) {
   }
 
   async function startAudio(s) {
-    const Context = window.AudioContext || window.webkitAudioContext;
-    s.context = new Context();
     await s.context.audioWorklet.addModule("/console/pcm-worklet.js");
     const source = s.context.createMediaStreamSource(s.media);
     s.node = new AudioWorkletNode(s.context, "pcm-downsampler", { numberOfInputs: 1, numberOfOutputs: 1, outputChannelCount: [1] });
