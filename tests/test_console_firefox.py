@@ -9,9 +9,11 @@ a Content-Security-Policy violation (collected in the page).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -69,44 +71,43 @@ def firefox() -> Iterator[Marionette]:
         "XDG_RUNTIME_DIR": str(pulse),
         "PULSE_RUNTIME_PATH": str(pulse),
     }
-    sound = subprocess.Popen(
-        [PULSEAUDIO, "--daemonize=no", "--exit-idle-time=-1", "-n", "--load=module-null-sink sink_name=null",
-         f"--load=module-native-protocol-unix socket={pulse}/native auth-anonymous=1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    wait_for(lambda: (pulse / "native").exists(), "the PulseAudio server", timeout=30)
-    proc = subprocess.Popen(
-        [str(FIREFOX), "--headless", "--marionette", "--no-remote", "--profile", str(profile)],
-        env={**env, "PULSE_SERVER": f"unix:{pulse}/native"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "Firefox did not start"
-            time.sleep(0.2)
-    m = Marionette(host="127.0.0.1", port=port)
-    m.start_session()
-    m.set_window_rect(width=1280, height=900)
-    if SHOTS.exists():
-        shutil.rmtree(SHOTS)
-    SHOTS.mkdir(parents=True)
+    sound = [PULSEAUDIO, "--daemonize=no", "--exit-idle-time=-1", "-n",
+             "--load=module-null-sink sink_name=null",
+             f"--load=module-native-protocol-unix socket={pulse}/native auth-anonymous=1"]  # fmt: skip
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        yield m
-    finally:
+        procs.append(subprocess.Popen(
+            sound,
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        ))  # fmt: skip
+        wait_for(lambda: (pulse / "native").exists(), "the PulseAudio server", timeout=30)
+        procs.insert(0, subprocess.Popen(
+            [str(FIREFOX), "--headless", "--marionette", "--no-remote", "--profile", str(profile)],
+            env={**env, "PULSE_SERVER": f"unix:{pulse}/native"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        ))  # fmt: skip
+        wait_for(lambda: bool(socket.create_connection(("127.0.0.1", port), 1).close() or True),
+                 "Firefox's Marionette port", timeout=60)  # fmt: skip
+        m = Marionette(host="127.0.0.1", port=port)
+        m.start_session()
+        m.set_window_rect(width=1280, height=900)
+        if SHOTS.exists():
+            shutil.rmtree(SHOTS)
+        SHOTS.mkdir(parents=True)
         try:
-            m.delete_session()
+            yield m
         finally:
-            proc.terminate()
-            proc.wait(20)
-            sound.terminate()
-            sound.wait(20)
-            shutil.rmtree(profile, ignore_errors=True)
+            m.delete_session()
+    finally:
+        for proc in procs:  # Firefox first, then its sound server; their whole process groups
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 def js(m: Marionette, script: str, *args: Any) -> Any:
