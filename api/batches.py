@@ -101,8 +101,24 @@ def _zip_entries(zf: zipfile.ZipFile) -> list[Entry]:
             kind = "device"
         else:
             kind = "file"
-        out.append(Entry(info.filename, info.file_size, info.compress_size, kind, lambda i=info: zf.open(i)))
+        out.append(Entry(zip_name(info), info.file_size, info.compress_size, kind, lambda i=info: zf.open(i)))
     return out
+
+
+def zip_name(info: zipfile.ZipInfo) -> str:
+    """An entry's name as its maker meant it. Without the UTF-8 flag (0x800) Python reads a name as
+    CP437, but Windows' own compressed folders write the OEM code page (CP866 on Russian Windows)
+    and some tools write UTF-8 without setting the flag: UTF-8 first, then CP866."""
+    if info.flag_bits & 0x800:
+        return info.filename
+    try:
+        raw = info.filename.encode("cp437")
+    except UnicodeEncodeError:
+        return info.filename
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp866")
 
 
 def _tar_entries(tf: tarfile.TarFile, limit: int) -> list[Entry]:
@@ -188,7 +204,20 @@ def _limited(source: IO[bytes], declared: int, name: str) -> Iterator[bytes]:
 
 def _read_metadata(entry: Entry) -> dict[str, dict[str, str]]:
     raw = b"".join(_limited(entry.open(), min(entry.size, METADATA_LIMIT), entry.name))
-    rows = csv.DictReader(io.StringIO(raw.decode("utf-8-sig", errors="replace")))
+    return parse_metadata_csv(raw)
+
+
+def parse_metadata_csv(raw: bytes) -> dict[str, dict[str, str]]:
+    """``metadata.csv`` as spreadsheets write it: UTF-8 (with or without a BOM) or, failing that,
+    Windows-1251 (Excel's "CSV" on Russian Windows); comma, semicolon (Excel's separator where the
+    decimal mark is a comma) or tab. Rows by their first column, the recording's path."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("cp1251", errors="replace")
+    header = text.split("\n", 1)[0]
+    delimiter = max(",;\t", key=header.count) if any(d in header for d in ",;\t") else ","
+    rows = csv.DictReader(io.StringIO(text), delimiter=delimiter)
     first = rows.fieldnames[0] if rows.fieldnames else None
     return {clean_name(row[first]): dict(row) for row in rows if first and row.get(first)}
 

@@ -232,3 +232,37 @@ def test_a_call_center_archive_of_telephony_formats_matches_the_engine_per_chann
     # the G.711 calls are lossless enough for the tones model: the words themselves come through
     texts = {p["channel"]: p["text"] for p in by_name["2026-11-23/0001_ulaw.wav"]["phrases"]}
     assert texts == {0: "привет мир", 1: "да"}
+
+
+def _windows_zip(members: dict[str, bytes]) -> bytes:
+    """A ZIP as Russian Windows' "Send to > Compressed folder" writes it: names in CP866, no UTF-8
+    flag. (Python's zipfile always writes UTF-8 names, so ASCII stand-ins of the same length are
+    written and their bytes replaced, in the local headers and the central directory alike.)"""
+    data = archive_bytes({f"{i:0{len(n.encode('cp866'))}d}": b for i, (n, b) in enumerate(members.items())})
+    for i, name in enumerate(members):
+        raw = name.encode("cp866")
+        data = data.replace(f"{i:0{len(raw)}d}".encode(), raw)
+    return data
+
+
+def test_a_russian_windows_zip_and_an_excel_csv_keep_their_cyrillic_names(api, worker, api_key, wavs) -> None:
+    name = "звонки/Иванов_0001.wav"
+    csv_1251 = f"файл;оператор;очередь\n{name};Петров;входящие\n".encode("cp1251")  # Excel, Russian locale
+    data = _windows_zip({name: wavs["calls/a.wav"].read_bytes(), "metadata.csv": csv_1251})
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert not any(i.flag_bits & 0x800 for i in zf.infolist())  # really without the UTF-8 flag
+        assert name not in zf.namelist()  # and Python alone reads the names wrong
+    got = post_batch(api.url, api_key, data, name="выгрузка.zip")
+    assert got.status_code == 202, got.text
+    batch = got.json()["id"]
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{api.url}/v1/batches/{batch}", headers=auth(api_key)).json()["status"] != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    res = httpx.get(f"{api.url}/v1/batches/{batch}/results?format=jsonl", headers=auth(api_key))
+    (record,) = [json.loads(line) for line in res.text.splitlines()]
+    assert record["name"] == name
+    assert record["metadata"] == {"файл": name, "оператор": "Петров", "очередь": "входящие"}
+    res = httpx.get(f"{api.url}/v1/batches/{batch}/results?format=zip&formats=txt", headers=auth(api_key))
+    with zipfile.ZipFile(io.BytesIO(res.content)) as zf:
+        assert "звонки/Иванов_0001.txt" in zf.namelist()
