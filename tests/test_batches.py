@@ -59,6 +59,17 @@ def post_batch(url: str, key: str, data: bytes, name: str = "calls.zip", **field
     )
 
 
+def wait_batch_done(url: str, key: str, batch_id: str, timeout: float = 120) -> dict:
+    """The batch's view once all its jobs ended (status completed), or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (view := httpx.get(f"{url}/v1/batches/{batch_id}", headers=auth(key)).json())[
+        "status"
+    ] != "completed":
+        assert time.monotonic() < deadline, view
+        time.sleep(0.3)
+    return view
+
+
 def batch_job_count(servers: dict[str, str]) -> int:
     with session_scope(servers["DATABASE_URL"]) as s:
         return int(s.scalar(select(func.count()).select_from(Job).where(Job.batch_id.isnot(None))))
@@ -255,10 +266,7 @@ def test_a_russian_windows_zip_and_an_excel_csv_keep_their_cyrillic_names(api, w
     got = post_batch(api.url, api_key, data, name="выгрузка.zip")
     assert got.status_code == 202, got.text
     batch = got.json()["id"]
-    deadline = time.monotonic() + 120
-    while httpx.get(f"{api.url}/v1/batches/{batch}", headers=auth(api_key)).json()["status"] != "completed":
-        assert time.monotonic() < deadline
-        time.sleep(0.3)
+    wait_batch_done(api.url, api_key, batch)
     res = httpx.get(f"{api.url}/v1/batches/{batch}/results?format=jsonl", headers=auth(api_key))
     (record,) = [json.loads(line) for line in res.text.splitlines()]
     assert record["name"] == name

@@ -27,6 +27,7 @@ from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwrig
 
 from shared.devmodels.tones import synthesize
 from tests.conftest import KIT_AUDIO, ROOT, Proc, make_key, start_api
+from tests.test_batches import wait_batch_done
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
@@ -560,10 +561,7 @@ def batch_id(base: str, worker: Proc, api_key: str, call_wav: Path, mono_wav: Pa
     )
     assert got.status_code == 202, got.text
     batch = got.json()["id"]
-    deadline = time.monotonic() + 120
-    while httpx.get(f"{base}/v1/batches/{batch}", headers=auth(api_key)).json()["status"] != "completed":
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    wait_batch_done(base, api_key, batch)
     return str(batch)
 
 

@@ -157,6 +157,20 @@ def wait_requests(receiver: Receiver, url: str, n: int, timeout: float = 30) -> 
     return receiver.requests(url)
 
 
+def make_due(db: str, delivery_id: Any) -> None:
+    """Time passes: the delivery's next attempt is due now."""
+    from sqlalchemy import update
+
+    from shared.db.models import WebhookDelivery
+    from shared.db.session import session_scope
+
+    with session_scope(db) as session:
+        moment = datetime.now(timezone.utc) - timedelta(seconds=1)
+        session.execute(
+            update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(next_attempt_at=moment)
+        )
+
+
 def _delay(row: Any) -> float:
     return float((row.next_attempt_at - row.created_at).total_seconds())
 
@@ -290,10 +304,7 @@ def test_gone_redirect_and_retry_after(platform: str, worker: Any, receiver: Rec
 
 def test_due_retries_are_sent_by_the_beat_task(platform: str, worker: Any, receiver: Receiver) -> None:
     """A retry hours away is only stored; ``tone.webhook_due`` sends it once it is due, once."""
-    from sqlalchemy import update
 
-    from shared.db.models import WebhookDelivery
-    from shared.db.session import session_scope
     from worker.celery_app import enqueue_webhook
     from worker.webhooks import send_due
 
@@ -307,12 +318,7 @@ def test_due_retries_are_sent_by_the_beat_task(platform: str, worker: Any, recei
     time.sleep(1)
     assert len(receiver.requests(url)) == 1
 
-    with session_scope(platform) as session:  # time passes
-        session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == row.id)
-            .values(next_attempt_at=datetime.now(timezone.utc) - timedelta(seconds=1))
-        )
+    make_due(platform, row.id)  # time passes
     assert send_due() >= 1
     assert send_due() == 0  # already dispatched: claimed
     rows = wait_rows(platform, job_id, 2)
@@ -372,10 +378,7 @@ def test_a_batch_event_is_signed_recorded_on_the_batch_and_retried_by_the_beat(
 ) -> None:
     """batch.* events go through the same signing, recording and retries as job events; a retry
     stored for later is sent by ``tone.webhook_due`` (whose query joins jobs only optionally)."""
-    from sqlalchemy import update
 
-    from shared.db.models import WebhookDelivery
-    from shared.db.session import session_scope
     from worker.celery_app import enqueue_webhook
     from worker.webhooks import send_due
 
@@ -394,12 +397,7 @@ def test_a_batch_event_is_signed_recorded_on_the_batch_and_retried_by_the_beat(
     [row] = batch_deliveries(platform, batch_id)
     assert (row.job_id, row.event_type, row.status_code, row.success) == (None, "batch.completed", 503, False)
 
-    with session_scope(platform) as session:  # time passes
-        session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == row.id)
-            .values(next_attempt_at=datetime.now(timezone.utc) - timedelta(seconds=1))
-        )
+    make_due(platform, row.id)  # time passes
     assert send_due() >= 1
     second = wait_requests(receiver, url, 2)[1]
     assert second["headers"]["webhook-id"] == first["headers"]["webhook-id"]
