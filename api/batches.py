@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import func, select, true, tuple_, update
+from sqlalchemy import delete, func, select, true, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -711,6 +711,21 @@ def list_items(
         for r in rows[:limit]
     ]
     return items, items[-1]["name"] if len(rows) > limit else None
+
+
+def delete_batch(db: Session, batch: Batch, settings: Settings) -> int:
+    """Remove the batch and all of it: its jobs, transcripts, webhook deliveries and the audio the
+    platform stored (a server folder's files are the customer's and stay). Running jobs lose their
+    rows, so their workers stop at the next heartbeat and write nothing. Returns the jobs removed."""
+    jobs = db.execute(select(Job.id, Job.audio_path).where(Job.batch_id == batch.id)).all()
+    db.execute(delete(Job).where(Job.batch_id == batch.id))
+    db.execute(delete(Batch).where(Batch.id == batch.id))
+    db.commit()
+    root = settings.audio_path.resolve()
+    for _, path in jobs:
+        if path and Path(path).resolve().is_relative_to(root):
+            remove_quietly(path)
+    return len(jobs)
 
 
 def cancel_batch(db: Session, batch: Batch) -> int:

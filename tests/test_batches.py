@@ -7,6 +7,7 @@ import io
 import json
 import tarfile
 import time
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -274,3 +275,24 @@ def test_a_russian_windows_zip_and_an_excel_csv_keep_their_cyrillic_names(api, w
     res = httpx.get(f"{api.url}/v1/batches/{batch}/results?format=zip&formats=txt", headers=auth(api_key))
     with zipfile.ZipFile(io.BytesIO(res.content)) as zf:
         assert "звонки/Иванов_0001.txt" in zf.namelist()
+
+
+def test_deleting_a_batch_removes_its_jobs_transcripts_and_stored_audio(
+    api, worker, api_key, other_key, wavs, servers
+) -> None:
+    got = post_batch(api.url, api_key, archive_bytes({n: p.read_bytes() for n, p in wavs.items()}))
+    assert got.status_code == 202, got.text
+    batch = got.json()["id"]
+    wait_batch_done(api.url, api_key, batch)
+    items = httpx.get(f"{api.url}/v1/batches/{batch}/items", headers=auth(api_key)).json()["items"]
+    with session_scope(servers["DATABASE_URL"]) as s:
+        paths = [Path(p) for p in s.scalars(select(Job.audio_path).where(Job.batch_id == uuid.UUID(batch)))]
+    assert len(paths) == 2 and all(p.is_file() for p in paths)
+
+    assert httpx.delete(f"{api.url}/v1/batches/{batch}", headers=auth(other_key)).status_code == 404
+    assert httpx.delete(f"{api.url}/v1/batches/{batch}", headers=auth(api_key)).status_code == 204
+    assert httpx.get(f"{api.url}/v1/batches/{batch}", headers=auth(api_key)).status_code == 404
+    for item in items:
+        assert httpx.get(f"{api.url}/v1/jobs/{item['job_id']}", headers=auth(api_key)).status_code == 404
+    assert not any(p.exists() for p in paths)
+    assert httpx.delete(f"{api.url}/v1/batches/{batch}", headers=auth(api_key)).status_code == 404

@@ -614,3 +614,11 @@ def test_the_batches_list_shows_batches_and_takes_an_archive(
     page.click("details.skipped summary")
     expect(page.locator("details.skipped li")).to_contain_text("may/readme.txt")
     shot(page, "17-batch-skipped")
+
+    # delete it: asked first, then gone from the list and from the API
+    may = page.url.rsplit("/", 1)[-1]
+    page.click("#batch-delete")
+    page.locator("dialog.confirm button", has_text="Delete batch").click()
+    expect(page.locator("main h1")).to_have_text("Batches")
+    expect(page.locator(".batches-table tbody tr", has_text="May calls")).to_have_count(0)
+    assert httpx.get(f"{base}/v1/batches/{may}", headers=auth(api_key)).status_code == 404

@@ -245,6 +245,17 @@ def list_items(
     return {"items": items, "next_cursor": next_cursor}
 
 
+@router.delete(
+    "/{batch_id}",
+    status_code=204,
+    summary="Delete the batch: its jobs, transcripts, deliveries and stored audio (running jobs stop)",
+    responses=ERRORS,
+)
+def delete_batch(batch_id: str, caller: CallerDep, db: DbDep, settings: SettingsDep) -> Response:
+    svc.delete_batch(db, svc.load_batch(db, caller, batch_id), settings)
+    return Response(status_code=204)
+
+
 @router.post(
     "/{batch_id}/cancel",
     response_model=BatchCancelOut,

@@ -1,7 +1,8 @@
 // Batches: the list (GET /v1/batches, cursor pagination), an archive upload (POST /v1/batches), and
 // one batch (GET /v1/batches/{id}): progress, ETA, per-status counts, audio done and left; its items
 // (GET /v1/batches/{id}/items, paginated) with the failed ones' reasons; results downloaded as
-// JSONL, CSV or ZIP (GET /v1/batches/{id}/results); cancel (POST /v1/batches/{id}/cancel).
+// JSONL, CSV or ZIP (GET /v1/batches/{id}/results); cancel (POST /v1/batches/{id}/cancel); delete
+// (DELETE /v1/batches/{id}).
 
 import { describe, download, query, request, upload } from "../api.js";
 import { badge, clear, confirmDialog, errorBox, h, keepFocus, poller, progressBar, showLoadError, span, titled, when, wirePager } from "../ui.js";
@@ -249,6 +250,20 @@ function renderDetail(root, id, ctx) {
     }
     clear(actions);
     if (isOpenBatch(batch)) actions.append(h("button", { type: "button", class: "danger", onclick: cancel }, "Cancel batch"));
+    actions.append(h("button", { type: "button", class: "danger", id: "batch-delete", onclick: remove }, "Delete batch"));
+  }
+
+  async function remove() {
+    const question = "Delete this batch? Its recordings, transcripts and results are removed for good.";
+    if (!(await confirmDialog(question, "Delete batch"))) return;
+    try {
+      await request(`/v1/batches/${id}`, { method: "DELETE" });
+      polls.stop();
+      ctx.showBanner("The batch was deleted.", "info");
+      location.hash = "#/batches";
+    } catch (error) {
+      ctx.showBanner(error);
+    }
   }
 
   async function cancel() {
