@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = 10.0
     url_download_timeout_seconds: float = 60.0
     idempotency_hours: float = 24.0
+    retention_days: float | None = None  # jobs, transcripts and batches ended longer ago are deleted
+    audio_retention_days: float | None = None  # stored audio of ended jobs is deleted (transcripts stay)
 
     # flower
     flower_user: str = "admin"

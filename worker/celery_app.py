@@ -44,7 +44,7 @@ def all_queues(queue: str) -> str:
 
 def make_app() -> Celery:
     settings = get_settings()
-    include = ["worker.tasks", "worker.webhooks", "worker.streaming"]
+    include = ["worker.tasks", "worker.webhooks", "worker.streaming", "worker.retention"]
     app = Celery("tone", broker=settings.redis_url, include=include)
     app.conf.update(
         task_serializer="json",
