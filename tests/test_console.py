@@ -511,9 +511,9 @@ def test_live_microphone_phrases_appear_and_the_session_is_kept_as_a_job(
         sign_in(page, base, api_key)
         page.click("nav a[data-nav=live]")
         expect(page.locator("main h1")).to_have_text("Live")
-        page.check("#live-keep")
         page.click("#live-start")
         expect(page.locator("#live-status")).to_have_text("Listening… speak now.", timeout=30_000)
+        page.check("#live-keep")  # keeping is decided while the session runs, up to Stop
         # Chromium loops the file: the phrases come again and again, in order
         phrases = page.locator("#live-phrases .phrase-text")
         expect(phrases.first).to_have_text(LIVE[0], timeout=60_000)

@@ -236,9 +236,9 @@ def test_firefox_streams_the_microphone_and_keeps_the_session(
     sign_in(m, base, api_key)
     m.find_element(By.CSS_SELECTOR, "nav a[data-nav=live]").click()
     until(m, lambda: text(m, "main h1") == "Live", "the live page")
-    m.find_element(By.CSS_SELECTOR, "#live-keep").click()
     m.find_element(By.CSS_SELECTOR, "#live-start").click()
     until(m, lambda: text(m, "#live-status") == "Listening… speak now.", "listening", timeout=30)
+    m.find_element(By.CSS_SELECTOR, "#live-keep").click()  # decided while the session runs
     time.sleep(3)  # Firefox's fake microphone (a tone) streams for a while
     shot(m, "05-live")
     m.find_element(By.CSS_SELECTOR, "#live-stop").click()

@@ -251,6 +251,25 @@ def test_v1_stream_store_true_keeps_a_completed_job(
         assert final["job_id"] in [j["id"] for j in client.get("/v1/jobs").json()["data"]]
 
 
+def test_v1_stream_keeping_can_be_decided_at_the_end(
+    ws_api: str, api_key: str, audio: np.ndarray, expected: list[dict[str, Any]]
+) -> None:
+    finals = {}
+    for config, end in (({}, {"store": True}), ({"store": True}, {"store": False})):
+        with connect(f"{ws_api}/v1/stream", additional_headers=auth(api_key)) as ws:
+            ws.send(json.dumps(config))
+            ws.send(audio.astype("<i2").tobytes())
+            ws.send(json.dumps({"type": "end", **end}))
+            finals[end["store"]] = list(messages(ws))[-1]
+    assert finals[True]["phrases"] == expected and finals[True]["job_id"]
+    assert finals[False]["phrases"] == expected and "job_id" not in finals[False]
+    with connect(f"{ws_api}/v1/stream", additional_headers=auth(api_key)) as ws:
+        ws.send(json.dumps({}))
+        ws.send(json.dumps({"type": "end", "store": "yes"}))
+        error = list(messages(ws))[-1]
+        assert error["type"] == "error" and error["code"] == "invalid_message"
+
+
 def test_v1_stream_stereo_gives_the_offline_split_phrases(
     ws_api: str, api_key: str, tone_model: Path, tmp_path: Path
 ) -> None:

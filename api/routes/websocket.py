@@ -308,8 +308,14 @@ async def _v1(ws: WebSocket, settings: Settings) -> None:
                 await piece()
             continue
         request = _json_object(message, "a text message")
-        if request.get("type") != "end":
-            raise CloseError("invalid_message", 'the only text message is {"type": "end"}', CLOSE_BAD_DATA)
+        if request.get("type") != "end" or set(request) - {"type", "store"}:
+            raise CloseError(
+                "invalid_message", 'the only text message is {"type": "end"[, "store"]}', CLOSE_BAD_DATA
+            )
+        if "store" in request:  # keeping the session may be decided at its end, too
+            if not isinstance(request["store"], bool):
+                raise CloseError("invalid_message", "store must be true or false", CLOSE_BAD_DATA)
+            keep = request["store"]
         if buffer:
             await piece()
         new, phrases = await stream.end()

@@ -1,9 +1,10 @@
 // Live recognition from the microphone over the platform's WebSocket, /v1/stream:
 // getUserMedia -> AudioContext -> AudioWorklet (pcm-worklet.js: 8 kHz 16-bit mono PCM, little-endian)
 // -> binary frames. Browsers cannot set headers on a WebSocket, so the key goes in the first
-// message, the config {"api_key", "sample_rate", "encoding", "channels", "store"}. The server sends
+// message, the config {"api_key", "sample_rate", "encoding", "channels"}. The server sends
 // {"type": "partial"} for the open phrase, {"type": "phrase"} for each closed one and, after our
-// {"type": "end"}, {"type": "final", "phrases"[, "job_id"]} (job_id when the session is kept).
+// {"type": "end", "store"} (store: keep the session as a job, as the checkbox says at Stop),
+// {"type": "final", "phrases"[, "job_id"]}.
 
 import { ApiProblem, getKey } from "../api.js";
 import { clear, clock, errorBox, h, titled } from "../ui.js";
@@ -65,7 +66,6 @@ export function render(root, _params, ctx) {
 
   function setRunning(running) {
     start.disabled = running;
-    keep.disabled = running;
     stop.disabled = !running;
   }
 
@@ -119,7 +119,7 @@ export function render(root, _params, ctx) {
       s.ws = ws;
       ws.binaryType = "arraybuffer";
       ws.onopen = () => {
-        ws.send(JSON.stringify({ api_key: getKey(), sample_rate: 8000, encoding: "pcm_s16le", channels: 1, store: keep.checked }));
+        ws.send(JSON.stringify({ api_key: getKey(), sample_rate: 8000, encoding: "pcm_s16le", channels: 1 }));
         resolve();
       };
       ws.onmessage = (event) => {
@@ -204,7 +204,7 @@ export function render(root, _params, ctx) {
       return;
     }
     const closed = new Promise((resolve) => { s.onclosed = resolve; });
-    s.ws.send(JSON.stringify({ type: "end" }));
+    s.ws.send(JSON.stringify({ type: "end", store: keep.checked })); // kept or not: decided at the end
     const timeout = new Promise((resolve) => setTimeout(() => resolve("timeout"), CLOSE_WAIT_MS));
     if ((await Promise.race([closed, timeout])) === "timeout") {
       teardown(s);
