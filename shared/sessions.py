@@ -337,6 +337,12 @@ class SessionStore:
         data = cast("dict[bytes, bytes]", self.r.hgetall(session_key(sid)))
         return {k.decode(): v for k, v in data.items()}
 
+    def load_fields(self, sid: str, names: list[str]) -> dict[str, bytes]:
+        """Only the named fields of the session (those it has): the small ones, without the
+        hundreds of KiB of stream state when the worker already holds it."""
+        values = cast("list[bytes | None]", self.r.hmget(session_key(sid), names))
+        return {n: v for n, v in zip(names, values) if v is not None}
+
     def chunk(self, sid: str, seq: int) -> bytes | None:
         return self.r.get(chunk_key(sid, seq))  # type: ignore[return-value]
 

@@ -158,7 +158,7 @@ def wav(samples: np.ndarray) -> bytes:
 
 
 def test_odd_raw_pieces_end_with_exactly_the_offline_phrases(
-    client: httpx.Client, audio: np.ndarray, offline: Any
+    client: httpx.Client, workers: list[Proc], audio: np.ndarray, offline: Any
 ) -> None:
     expected = offline(audio)
     assert [p["text"] for p in expected] == PHRASES
@@ -169,6 +169,10 @@ def test_odd_raw_pieces_end_with_exactly_the_offline_phrases(
     again = finalize(client, sid)  # finalize again: the same answer
     assert again.status_code == 200 and again.json()["phrases"] == expected
     assert_error(send(client, sid, pcm(audio[:100])), 409, "session_finished")
+    # one worker served every piece: after the first, it kept the session's state (Redis only checked)
+    log = workers[-1].log.read_text(errors="replace")
+    hits = [int(n) for n in re.findall(r"(\d+) states from this worker's cache", log)]
+    assert sum(hits) >= len(odd_pieces(audio)) // 2, hits
 
 
 def test_wav_pieces_and_mulaw_sessions(client: httpx.Client, audio: np.ndarray, offline: Any) -> None:

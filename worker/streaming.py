@@ -9,6 +9,12 @@ releases the locks. It keeps going while items arrive (up to RUN_SECONDS), then 
 a fresh task. A bad chunk gets an error answer for its session only; it consumes its seq.
 A chunk's answer also carries ``partial``: the open phrase's text so far (the splitter's buffer,
 greedy-decoded), which the WebSocket protocols send as partial results.
+
+State affinity: Redis holds every session's state and stays the one source of truth, but a worker
+process also keeps the states it saved last (up to CACHED_SESSIONS), under the random ``rev`` each
+save writes. When the session's ``rev`` in Redis is still the one it saved, the worker uses its own
+copy and reads only the session's small fields; any other writer changes ``rev`` and the state is
+read from Redis again. A live session's pieces thus skip reading hundreds of KiB per piece.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import io
 import json
 import logging
 import os
+import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -39,6 +47,19 @@ log = logging.getLogger("tone.worker.stream")
 MAX_SESSIONS = 64  # sessions per model call
 POP = 256  # items popped per round
 RUN_SECONDS = 5.0  # a run keeps draining the pending list this long, then hands over
+CACHED_SESSIONS = 256  # states a worker process keeps after saving them (see the docstring)
+SMALL_FIELDS = ["ttl", "next_seq", "final", "finished", "options", "held", "rev"]
+# sid -> (rev, states): an optimisation only; Redis is the truth (a stale rev means "read it")
+_states: OrderedDict[str, tuple[bytes, list[StreamState]]] = OrderedDict()
+
+
+def _remember(sid: str, rev: bytes, states: list[StreamState]) -> None:
+    _states[sid] = (rev, states)
+    _states.move_to_end(sid)
+    while len(_states) > CACHED_SESSIONS:
+        _states.popitem(last=False)
+
+
 IDLE_SLEEP = 0.02  # when a round could only defer (locks held elsewhere, earlier chunks queued)
 CONTAINER_MAGIC = (b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS")
 
@@ -98,6 +119,7 @@ class Work:
     states: list[StreamState]  # one per channel
     samples: np.ndarray | None  # (n, channels)
     held: list[list[Any]] = field(default_factory=list)  # [start_frame, channel, end_frame, phrase]
+    cached: bool = False  # the states came from this worker's cache, not from Redis
 
 
 def run(queue: str, settings: Settings | None = None) -> int:
@@ -162,8 +184,8 @@ def run_round(store: SessionStore, settings: Settings, items: list[Item]) -> tup
 
 def prepare(store: SessionStore, settings: Settings, item: Item, token: str) -> Work | dict[str, Any] | str:
     """Under the session's lock: the Work to advance, an answer, or "defer"."""
-    s = store.load(item.id)
-    if not s:
+    s = store.load_fields(item.id, [*SMALL_FIELDS, f"answer:{item.seq}"])
+    if "ttl" not in s:
         return expired(item.id).to_reply()
     ttl = int(s["ttl"])
     next_seq = int(s["next_seq"])
@@ -185,15 +207,9 @@ def prepare(store: SessionStore, settings: Settings, item: Item, token: str) -> 
             ).to_reply()
         return "defer"
     options = Options.from_json(s["options"])
-    recognizer = get_recognizer(settings)
-    states = []
-    for c in range(stream_count(options)):
-        raw = s.get(f"state:{c}", s.get("state") if c == 0 else None)  # "state": layout 1
-        if raw is not None:
-            states.append(StreamState.from_bytes(raw))
-        else:
-            decoder = None if options.decoder == "auto" else options.decoder
-            states.append(recognizer.new_stream(channel=c, decoder=decoder))
+    cached = _states.pop(item.id, None)  # taken out: put back only once this round saved it
+    hit = cached is not None and cached[0] == s.get("rev")
+    states = cached[1] if cached is not None and hit else load_states(store, settings, item.id, options)
     held = cast("list[list[Any]]", json.loads(s.get("held", b"[]")))
     samples = None
     if item.kind == "chunk":
@@ -212,7 +228,22 @@ def prepare(store: SessionStore, settings: Settings, item: Item, token: str) -> 
             consumed = {"next_seq": str(item.seq + 1), f"answer:{item.seq}": json.dumps(answer)}
             commit(store, item, token, ttl, consumed)  # type: ignore[arg-type]
             return answer
-    return Work(item, token, ttl, states, samples, held)
+    return Work(item, token, ttl, states, samples, held, cached=hit)
+
+
+def load_states(store: SessionStore, settings: Settings, sid: str, options: Options) -> list[StreamState]:
+    """The session's stream states from Redis (new streams before its first piece)."""
+    channels = stream_count(options)
+    s = store.load_fields(sid, [*(f"state:{c}" for c in range(channels)), "state"])
+    states = []
+    for c in range(channels):
+        raw = s.get(f"state:{c}", s.get("state") if c == 0 else None)  # "state": layout 1
+        if raw is not None:
+            states.append(StreamState.from_bytes(raw))
+        else:
+            decoder = None if options.decoder == "auto" else options.decoder
+            states.append(get_recognizer(settings).new_stream(channel=c, decoder=decoder))
+    return states
 
 
 def open_phrase(state: StreamState) -> str:
@@ -263,9 +294,10 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
             store.reply(w.item, {"status": 500, "error": {"code": "internal_error", "message": str(exc)}})
         return
     log.info(
-        "stream batch of %d sessions (%d finalized) in %.3f s",
+        "stream batch of %d sessions (%d finalized, %d states from this worker's cache) in %.3f s",
         len(work),
         sum(w.item.kind == "finalize" for w in work),
+        sum(w.cached for w in work),
         time.perf_counter() - started,
     )
     at = 0
@@ -284,6 +316,8 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
             for c, state in enumerate(w.states):
                 state.seq = item.seq
                 fields[f"state:{c}"] = state.to_bytes()
+            rev = secrets.token_hex(8)
+            fields["rev"] = rev
             if item.kind == "finalize":
                 answer = ok({"phrases": all_phrases, "state_id": item.id, "is_final": True})
                 fields.update(finished="1", final=json.dumps(answer, ensure_ascii=False))
@@ -296,6 +330,8 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
             if not commit(store, item, w.token, w.ttl, fields):
                 log.warning("stream %s: lock lost or expired before seq %d was saved", item.id, item.seq)
                 answer = expired(item.id).to_reply()
+            elif item.kind != "finalize":
+                _remember(item.id, rev.encode(), w.states)
         except Exception as exc:
             log.exception("stream %s: cannot save seq %d", item.id, item.seq)
             answer = {"status": 500, "error": {"code": "internal_error", "message": str(exc)}}
