@@ -328,6 +328,32 @@ def test_the_audio_endpoint_plays_any_format_as_8khz_wav(
 # -- errors in words -----------------------------------------------------------------------------------
 
 
+def test_several_recordings_dropped_at_once_are_each_transcribed(
+    base: str, worker: Proc, api_key: str, page: Page, call_wav: Path, mono_wav: Path
+) -> None:
+    import base64
+
+    sign_in(page, base, api_key)
+    page.goto(f"{base}/console#/upload")
+    files = [(p.name, base64.b64encode(p.read_bytes()).decode()) for p in (call_wav, mono_wav)]
+    # what a drag from the file manager delivers: a drop event whose DataTransfer holds the files
+    transfer = page.evaluate_handle(
+        """(files) => { const t = new DataTransfer();
+            for (const [name, b64] of files) {
+              const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+              t.items.add(new File([bytes], name, { type: "audio/wav" }));
+            }
+            return t; }""",
+        files,
+    )
+    page.dispatch_event("#dropzone", "dragenter", {"dataTransfer": transfer})
+    expect(page.locator("#dropzone")).to_have_class(re.compile(r"\bdragging\b"))
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
+    expect(page.locator("#upload-list .badge-completed")).to_have_count(2, timeout=SLOW)
+    expect(page.locator("#upload-list")).to_contain_text(call_wav.name)
+    expect(page.locator("#upload-list")).to_contain_text(mono_wav.name)
+
+
 def test_a_file_that_is_not_audio_shows_unsupported_format(
     base: str, api_key: str, page: Page, tmp_path: Path
 ) -> None:
