@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 STATE_NAME = ".tone-batch.json"
 TMP_PREFIX = ".tone-batch-"
 METADATA_CSV = "metadata.csv"
-# the server's list (api.batches.AUDIO_SUFFIXES, kept equal by a test): only these are packed
+# the server's list (api.batch_sources.AUDIO_SUFFIXES, kept equal by a test): only these are packed
 AUDIO_SUFFIXES = {
     ".wav", ".wave", ".mp3", ".ogg", ".oga", ".opus", ".flac", ".m4a", ".aac", ".mp4", ".gsm",
     ".au", ".snd", ".aif", ".aiff", ".amr", ".webm", ".wma", ".raw", ".vox",

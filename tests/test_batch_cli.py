@@ -137,7 +137,7 @@ def test_help_lists_batch_and_the_bench_batch_run() -> None:
 
 
 def test_packed_suffixes_are_the_servers_audio_suffixes() -> None:
-    from api.batches import AUDIO_SUFFIXES as SERVER
+    from api.batch_sources import AUDIO_SUFFIXES as SERVER
 
     assert AUDIO_SUFFIXES == SERVER
 

@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 from sqlalchemy import func, select
 
-from api.batches import check_entries, open_archive
+from api.batch_sources import check_entries, open_archive
 from api.errors import ApiError
 from shared.asr.engine import Recognizer
 from shared.db.models import Job

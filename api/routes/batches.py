@@ -16,6 +16,8 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
+from api import batch_results as results_svc
+from api import batch_sources as sources
 from api import batches as svc
 from api.deps import Caller, CallerDep, DbDep, SettingsDep
 from api.errors import ApiError
@@ -39,7 +41,7 @@ router = APIRouter(prefix="/v1/batches", tags=["batches"])
 MANIFEST_LIMIT = 32 * 1024 * 1024  # a JSON body: 10 000 items with metadata fit easily
 _FORM_FIELDS = ("name", "webhook_url", "channels", "decoder", "priority", "item_webhooks")
 _MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8", "zip": "application/zip"}
-_STREAMS = {"jsonl": svc.stream_jsonl, "csv": svc.stream_csv, "zip": svc.stream_zip}
+_STREAMS = {"jsonl": results_svc.stream_jsonl, "csv": results_svc.stream_csv, "zip": results_svc.stream_zip}
 _SUBMIT_BODY = {
     "requestBody": {
         "required": True,
@@ -117,8 +119,8 @@ def _archive_batch(
         stored = save_stream(upload.file, archive, settings.max_upload_bytes)
         sub = svc.Submission("archive", options, svc.request_digest("archive", options, stored.sha256), key)
 
-        def build(batch_id: uuid.UUID) -> tuple[list[Job], list[dict[str, str]], int, list[svc.Item]]:
-            items, skipped, meta = svc.extract(archive, settings)
+        def build(batch_id: uuid.UUID) -> tuple[list[Job], list[dict[str, str]], int, list[sources.Item]]:
+            items, skipped, meta = sources.extract(archive, settings)
             jobs = svc.file_jobs(caller, batch_id, items, meta, sub, settings)
             return jobs, skipped, sum(len(i.names) for i in items), items
 
@@ -134,8 +136,8 @@ def _manifest_batch(
     content = [i.model_dump() for i in body.items or []]
     sub = svc.Submission("manifest", options, svc.request_digest("manifest", options, content), key)
 
-    def build(batch_id: uuid.UUID) -> tuple[list[Job], list[dict[str, str]], int, list[svc.Item]]:
-        checked = svc.check_manifest(body, settings)
+    def build(batch_id: uuid.UUID) -> tuple[list[Job], list[dict[str, str]], int, list[sources.Item]]:
+        checked = sources.check_manifest(body, settings)
         return svc.url_jobs(caller, batch_id, checked, sub, settings), [], len(checked), []
 
     return svc.create_batch(db, caller, sub, build, settings)
@@ -145,12 +147,12 @@ def _directory_batch(
     db: Session, caller: Caller, settings: Settings, body: BatchRequest, key: str | None
 ) -> tuple[Batch, bool]:
     options = _options_of(body)
-    relative = str(PurePosixPath(svc.clean_name(body.directory or "")))
+    relative = str(PurePosixPath(sources.clean_name(body.directory or "")))
     sub = svc.Submission("directory", options, svc.request_digest("directory", options, relative), key)
 
-    def build(batch_id: uuid.UUID) -> tuple[list[Job], list[dict[str, str]], int, list[svc.Item]]:
-        folder = svc.resolve_directory(body.directory or "", settings)
-        items, skipped, meta = svc.scan_directory(folder, settings)
+    def build(batch_id: uuid.UUID) -> tuple[list[Job], list[dict[str, str]], int, list[sources.Item]]:
+        folder = sources.resolve_directory(body.directory or "", settings)
+        items, skipped, meta = sources.scan_directory(folder, settings)
         jobs = svc.file_jobs(caller, batch_id, items, meta, sub, settings)
         return jobs, skipped, sum(len(i.names) for i in items), items
 
@@ -296,6 +298,6 @@ def results(
     ] = None,
 ) -> StreamingResponse:
     batch = svc.load_batch(db, caller, batch_id)
-    req = svc.ResultsRequest(batch.id, list(batch.skipped or []), svc.parse_formats(formats))
+    req = results_svc.ResultsRequest(batch.id, list(batch.skipped or []), results_svc.parse_formats(formats))
     headers = {"Content-Disposition": f'attachment; filename="batch-{batch.id}.{format}"'}
     return StreamingResponse(_STREAMS[format](settings, req), media_type=_MEDIA[format], headers=headers)
