@@ -329,8 +329,10 @@ def delete_job(db: Session, job: Job, settings: Settings) -> None:
         remove_quietly(path)
 
 
-def deliveries(db: Session, job: Job) -> Sequence[WebhookDelivery]:
-    query = select(WebhookDelivery).where(WebhookDelivery.job_id == job.id)
+def deliveries(db: Session, subject: Job | Batch) -> Sequence[WebhookDelivery]:
+    """Every delivery attempt of a job's (or a batch's) events, oldest first."""
+    owner = WebhookDelivery.batch_id if isinstance(subject, Batch) else WebhookDelivery.job_id
+    query = select(WebhookDelivery).where(owner == subject.id)
     return db.scalars(query.order_by(WebhookDelivery.created_at, WebhookDelivery.attempt)).all()
 
 

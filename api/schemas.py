@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -182,9 +183,21 @@ class DeliveryOut(BaseModel):
 class DeliveryList(BaseModel):
     data: list[DeliveryOut]
 
+    @classmethod
+    def of(cls, rows: Iterable[Any]) -> DeliveryList:
+        """From ``WebhookDelivery`` rows."""
+        names = [name for name in DeliveryOut.model_fields if name != "id"]
+        return cls(data=[DeliveryOut(id=str(r.id), **{n: getattr(r, n) for n in names}) for r in rows])
+
 
 class RedeliverOut(BaseModel):
     job_id: str
+    event_type: str
+    status: Literal["queued"] = "queued"
+
+
+class BatchRedeliverOut(BaseModel):
+    batch_id: str
     event_type: str
     status: Literal["queued"] = "queued"
 

@@ -497,3 +497,30 @@ def test_a_lost_first_message_is_sent_by_beat_once(platform: str, worker: Any, r
     time.sleep(1.5)
     assert len(receiver.requests(url)) == 1
     assert deliveries(platform, just_now) == []
+
+
+def test_a_batch_lists_its_deliveries_and_sends_its_event_again_on_request(
+    platform: str, worker: Any, api: Any, servers: dict[str, str], receiver: Receiver
+) -> None:
+    from worker.celery_app import enqueue_webhook
+
+    url = receiver.script((200, {}), (200, {}))
+    batch_id, secret = make_batch(platform, url)
+    enqueue_webhook(batch_id, "batch.completed")
+    [first] = wait_requests(receiver, url, 1)
+    headers = {"Authorization": f"Bearer {make_key(servers, 'webhook-tests')}"}
+    base = f"{api.url}/v1/batches/{batch_id}/webhooks"
+    wait_for(lambda: len(httpx.get(base, headers=headers).json()["data"]) == 1, "the delivery listed")
+    [row] = httpx.get(base, headers=headers).json()["data"]
+    assert (row["event_type"], row["status_code"], row["success"]) == ("batch.completed", 200, True)
+    assert row["event_id"] == first["headers"]["webhook-id"]
+
+    asked = httpx.post(f"{base}/redeliver", headers=headers)
+    assert asked.status_code == 202 and asked.json()["event_type"] == "batch.completed", asked.text
+    second = wait_requests(receiver, url, 2)[1]
+    assert second["headers"]["webhook-id"] != first["headers"]["webhook-id"]
+    assert Webhook(secret).verify(second["body"], second["headers"])["data"]["id"] == batch_id
+    other = httpx.post(
+        f"{base}/redeliver", headers={"Authorization": f"Bearer {make_key(servers, 'hooks-other')}"}
+    )
+    assert other.status_code == 404

@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 from api import batch_results as results_svc
 from api import batch_sources as sources
 from api import batches as svc
+from api import jobs_service as jobs_svc
 from api.deps import Caller, CallerDep, DbDep, SettingsDep
 from api.errors import ApiError
 from api.routes.jobs import ERRORS
@@ -28,14 +29,17 @@ from api.schemas import (
     BatchList,
     BatchOptions,
     BatchOut,
+    BatchRedeliverOut,
     BatchRequest,
+    DeliveryList,
     ErrorResponse,
     JobStatus,
 )
 from api.uploads import remove_quietly, save_stream
-from shared.batch_state import load_view
+from shared.batch_state import BATCH_EVENTS, load_view
 from shared.db.models import Batch, Job
 from shared.settings import Settings
+from worker.celery_app import enqueue_webhook
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 MANIFEST_LIMIT = 32 * 1024 * 1024  # a JSON body: 10 000 items with metadata fit easily
@@ -256,6 +260,34 @@ def list_items(
 def delete_batch(batch_id: str, caller: CallerDep, db: DbDep, settings: SettingsDep) -> Response:
     svc.delete_batch(db, svc.load_batch(db, caller, batch_id), settings)
     return Response(status_code=204)
+
+
+@router.get(
+    "/{batch_id}/webhooks",
+    response_model=DeliveryList,
+    summary="Every delivery attempt of the batch's webhook event",
+    responses=ERRORS,
+)
+def list_webhooks(batch_id: str, caller: CallerDep, db: DbDep) -> DeliveryList:
+    return DeliveryList.of(jobs_svc.deliveries(db, svc.load_batch(db, caller, batch_id)))
+
+
+@router.post(
+    "/{batch_id}/webhooks/redeliver",
+    status_code=202,
+    response_model=BatchRedeliverOut,
+    summary="Send the batch's final webhook event again (a new event, with a new webhook-id)",
+    responses={**ERRORS, 409: {"model": ErrorResponse, "description": "no webhook_url, or not ended yet"}},
+)
+def redeliver_webhook(batch_id: str, caller: CallerDep, db: DbDep) -> BatchRedeliverOut:
+    batch = svc.load_batch(db, caller, batch_id)
+    if not batch.webhook_url:
+        raise ApiError(409, "no_webhook", "the batch has no webhook_url")
+    event = BATCH_EVENTS.get(batch.status) if batch.finished_at else None
+    if event is None:
+        raise ApiError(409, "not_ready", f"the batch is {batch.status}; its event is sent when it ends")
+    enqueue_webhook(str(batch.id), event, event_id=f"evt_{uuid.uuid4().hex}")
+    return BatchRedeliverOut(batch_id=str(batch.id), event_type=event)
 
 
 @router.post(

@@ -22,7 +22,6 @@ from api.deps import CallerDep, DbDep, SettingsDep
 from api.errors import AUDIO_ERROR_STATUS, ApiError
 from api.schemas import (
     DeliveryList,
-    DeliveryOut,
     ErrorResponse,
     JobList,
     JobOptions,
@@ -314,25 +313,7 @@ def delete_job(job_id: str, caller: CallerDep, db: DbDep, settings: SettingsDep)
     responses=ERRORS,
 )
 def list_webhooks(job_id: str, caller: CallerDep, db: DbDep) -> DeliveryList:
-    job = svc.load_job(db, caller, job_id)
-    return DeliveryList(
-        data=[
-            DeliveryOut(
-                id=str(d.id),
-                event_id=d.event_id,
-                event_type=d.event_type,
-                url=d.url,
-                attempt=d.attempt,
-                created_at=d.created_at,
-                status_code=d.status_code,
-                latency_ms=d.latency_ms,
-                error=d.error,
-                success=d.success,
-                next_attempt_at=d.next_attempt_at,
-            )
-            for d in svc.deliveries(db, job)
-        ]
-    )
+    return DeliveryList.of(svc.deliveries(db, svc.load_job(db, caller, job_id)))
 
 
 @router.post(
