@@ -34,6 +34,7 @@ from api.uploads import StoredAudio, audio_file_path, remove_quietly, save_strea
 from shared.asr.errors import ToneError
 from shared.asr.formats import MEDIA_TYPES, render
 from shared.asr.types import Phrase, Word
+from shared.batch_state import BATCH_EVENTS, finish_batch
 from shared.db.models import FINAL_STATUSES, Batch, Job, Transcript, WebhookDelivery
 from shared.settings import Settings
 from worker.celery_app import enqueue_transcription, enqueue_webhook
@@ -246,14 +247,16 @@ def enqueue(job: Job) -> None:
         log.exception("job %s: could not send it to the queue now; it will be re-sent", job.id)
 
 
-def send_final_event(job: Job, *, again: bool = False) -> bool:
-    """Queue the job's final webhook event (``again``: as a new event, with a new ``webhook-id``, for a
-    user's redelivery); False if the job is not final."""
-    event = _FINAL_EVENT.get(job.status)
-    if event is None:
-        return False
-    enqueue_webhook(str(job.id), event, event_id=f"evt_{uuid.uuid4().hex}" if again else None)
-    return True
+def send_final_event(subject: Job | Batch, *, again: bool = False) -> str | None:
+    """Queue the final webhook event of a job or a batch that ended (``again``: as a new event, with
+    a new ``webhook-id``, for a user's redelivery). Returns its type; None when it has not ended."""
+    if isinstance(subject, Batch):
+        event = BATCH_EVENTS.get(subject.status) if subject.finished_at else None
+    else:
+        event = _FINAL_EVENT.get(subject.status)
+    if event is not None:
+        enqueue_webhook(str(subject.id), event, again=again)
+    return event
 
 
 # -- find, cancel, delete ---------------------------------------------------------------------------
@@ -306,14 +309,12 @@ def end_batch_if_done(db: Session, batch_id: uuid.UUID | None) -> None:
     of it is open, and queue its one batch event (``shared.batch_state.finish_batch``)."""
     if batch_id is None:
         return
-    from shared.batch_state import finish_batch
-
     finished = finish_batch(db, batch_id)
     db.commit()
     if finished is not None and finished.webhook_url:
         try:
             enqueue_webhook(finished.id, finished.event)
-        except Exception:  # GET /v1/batches/{id} still tells; the event is lost with the message
+        except Exception:  # beat's webhook sweep sends it once the batch has been over for 2 minutes
             log.exception("batch %s: could not queue the %s webhook", finished.id, finished.event)
 
 

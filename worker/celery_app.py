@@ -20,6 +20,8 @@ waiting behind a long batch.
 
 from __future__ import annotations
 
+import uuid
+
 from celery import Celery
 
 from shared.settings import get_settings
@@ -85,11 +87,14 @@ def enqueue_transcription(job_id: str, *, queue: str, priority: int) -> None:
     app.send_task(TRANSCRIBE_TASK, args=[job_id], queue=queue, priority=9 - max(0, min(9, priority)))
 
 
-def enqueue_webhook(
-    job_id: str, event_type: str, *, queue: str = EVENTS_QUEUE, event_id: str | None = None
-) -> None:
+def new_event_id() -> str:
+    """A fresh ``webhook-id``: a new event, as a user's redelivery is."""
+    return f"evt_{uuid.uuid4().hex}"
+
+
+def enqueue_webhook(job_id: str, event_type: str, *, queue: str = EVENTS_QUEUE, again: bool = False) -> None:
     """Send ``tone.webhook`` for a job's or a batch's final event (job.completed, batch.completed, ...).
-    Without ``event_id`` it is the event's first delivery (its id derived from the subject: sent once
-    however many tasks ask); with one, a new delivery of that id (a redelivery asked for by a user)."""
-    args: list[object] = [job_id, event_type] + ([1, event_id] if event_id else [])
+    By default it is the event's first delivery (its id derived from the subject: sent once however
+    many tasks ask); ``again``: a new event with a new id (a redelivery asked for by a user)."""
+    args: list[object] = [job_id, event_type] + ([1, new_event_id()] if again else [])
     app.send_task(WEBHOOK_TASK, args=args, queue=queue, priority=0)

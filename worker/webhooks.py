@@ -40,7 +40,7 @@ from shared.db.models import FINAL_STATUSES, Batch, Job, Tenant, WebhookDelivery
 from shared.db.session import session_scope
 from shared.netguard import UrlError, post_json
 from shared.settings import get_settings
-from worker.celery_app import EVENTS_QUEUE, WEBHOOK_TASK, app
+from worker.celery_app import EVENTS_QUEUE, WEBHOOK_TASK, app, new_event_id
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,6 @@ def _iso(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def new_event_id() -> str:
-    return f"evt_{uuid.uuid4().hex}"
 
 
 def first_event_id(subject_id: str, event_type: str) -> str:

@@ -36,10 +36,9 @@ from api.schemas import (
     JobStatus,
 )
 from api.uploads import remove_quietly, save_stream
-from shared.batch_state import BATCH_EVENTS, load_view
+from shared.batch_state import load_view
 from shared.db.models import Batch, Job
 from shared.settings import Settings
-from worker.celery_app import enqueue_webhook
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 MANIFEST_LIMIT = 32 * 1024 * 1024  # a JSON body: 10 000 items with metadata fit easily
@@ -283,10 +282,9 @@ def redeliver_webhook(batch_id: str, caller: CallerDep, db: DbDep) -> BatchRedel
     batch = svc.load_batch(db, caller, batch_id)
     if not batch.webhook_url:
         raise ApiError(409, "no_webhook", "the batch has no webhook_url")
-    event = BATCH_EVENTS.get(batch.status) if batch.finished_at else None
+    event = jobs_svc.send_final_event(batch, again=True)
     if event is None:
         raise ApiError(409, "not_ready", f"the batch is {batch.status}; its event is sent when it ends")
-    enqueue_webhook(str(batch.id), event, event_id=f"evt_{uuid.uuid4().hex}")
     return BatchRedeliverOut(batch_id=str(batch.id), event_type=event)
 
 
