@@ -22,8 +22,8 @@ from starlette.requests import HTTPConnection
 from api.errors import ApiError
 from api.ratelimit import check_rate
 from shared.db.session import sessionmaker_for
-from shared.keys import get_or_create_tenant, verify_key
-from shared.settings import Settings, get_settings
+from shared.platform.keys import get_or_create_tenant, verify_key
+from shared.platform.settings import Settings, get_settings
 
 LOCAL_TENANT = "local"
 _LAST_USED_EVERY = timedelta(minutes=1)

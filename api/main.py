@@ -10,7 +10,7 @@ from api.errors import install_error_handlers
 from api.routes import batches, console, health, jobs, legacy, openai, streaming, websocket
 from api.routes.health import NAME, version
 from api.uploads import BodyLimitMiddleware
-from shared.settings import get_settings
+from shared.platform.settings import get_settings
 
 DESCRIPTION = """\
 Transcription of Russian telephone speech with T-one, as jobs: submit a recording (upload or URL),

@@ -28,7 +28,7 @@ CACHE = Path(os.environ.get("TONE_TEST_CACHE", ROOT / ".cache" / "test-models"))
 @pytest.fixture(scope="session")
 def tone_model() -> Path:
     """The recognizing test model (tones in, letters out, 0.33 s delay through state)."""
-    from shared.devmodels.tones import build_tone_model
+    from shared.dev.models.tones import build_tone_model
 
     return build_tone_model(CACHE / "tones")
 
@@ -43,7 +43,7 @@ def recognizer(tone_model: Path):
 @pytest.fixture(scope="session")
 def cost_model() -> Path:
     """The cost-faithful model (T-one's compute, random float16 weights), cached between runs."""
-    from shared.devmodels.cost import build_cost_model
+    from shared.dev.models.cost import build_cost_model
 
     path = CACHE / "cost" / "model.onnx"
     if not path.is_file():
@@ -160,9 +160,9 @@ def start_beat(env: dict[str, str], logs: Path, root: Path) -> Proc:
 
 @pytest.fixture(scope="session")
 def servers() -> Iterator[dict[str, str]]:
-    """Real PostgreSQL and Redis (shared.stack), the schema migrated to head; stopped at the end."""
-    from shared import stack
-    from shared.platform_cli import alembic_upgrade
+    """Real PostgreSQL and Redis (shared.localstack), the schema migrated to head; stopped at the end."""
+    from shared.db.migrate import alembic_upgrade
+    from shared.localstack import servers as stack
 
     # not pytest's tmp dirs: they are 0700, and as root the servers run as the user "tone"
     root = Path(tempfile.mkdtemp(prefix="tone-platform-test-"))
@@ -222,7 +222,7 @@ def worker(platform_env: dict[str, str], logs: Path) -> Iterator[Proc]:
 
 def make_key(servers: dict[str, str], tenant: str) -> str:
     from shared.db.session import session_scope
-    from shared.keys import create_key
+    from shared.platform.keys import create_key
 
     with session_scope(servers["DATABASE_URL"]) as session:
         return create_key(session, tenant)[1]
@@ -265,7 +265,7 @@ def call_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     times."""
     import soundfile as sf
 
-    from shared.devmodels.tones import synthesize
+    from shared.dev.models.tones import synthesize
 
     agent = synthesize(CALL_AGENT, lead=0.6, pause=2.4)[0]
     client = synthesize(CALL_CLIENT, lead=2.1)[0]
@@ -282,3 +282,19 @@ def call_phrases(call_wav: Path, recognizer: Any) -> list[dict[str, Any]]:
     phrases = [p.to_dict() for p in recognizer.transcribe_file(call_wav, channels="split").phrases]
     assert {p["channel"] for p in phrases} == {0, 1} and len(phrases) == 3, phrases
     return sorted(phrases, key=lambda p: (p["start_time"], p["channel"]))
+
+
+# -- markers: `pytest -m "not platform and not browser"` is the fast loop (README, Testing) ------------
+
+# tests that start real servers without the `servers` fixture (their own stack or `tone-platform up`)
+_OWN_SERVERS = ("tests/tools/test_stack.py", "tests/tools/test_up.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        where = Path(str(item.fspath)).resolve().relative_to(ROOT).as_posix()
+        if where.startswith("tests/console/"):
+            item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.platform)
+        elif "servers" in getattr(item, "fixturenames", ()) or where in _OWN_SERVERS:
+            item.add_marker(pytest.mark.platform)

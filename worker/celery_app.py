@@ -24,7 +24,7 @@ import uuid
 
 from celery import Celery
 
-from shared.settings import get_settings
+from shared.platform.settings import get_settings
 
 TRANSCRIBE_TASK = "tone.transcribe"
 WEBHOOK_TASK = "tone.webhook"

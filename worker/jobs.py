@@ -27,8 +27,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.asr.engine import ChannelMode, Recognizer
 from shared.asr.errors import ToneError
-from shared.batch_state import Finished
-from shared.settings import Settings
+from shared.platform.batch_state import Finished
+from shared.platform.settings import Settings
 from worker.processing import BatchRunner, Outcome, Work
 from worker.store import Claimed, JobStore
 
@@ -204,7 +204,7 @@ class BatchRun:
     def _download(self, job: Claimed) -> str | None:
         """Fetch ``audio_url`` to the audio directory (renewing the lease meanwhile); the path, or
         None when the lease was lost."""
-        from shared.netguard import download
+        from shared.platform.netguard import download
 
         s = self.settings
         dest = s.audio_path / f"{job.id}.audio"

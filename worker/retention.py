@@ -18,7 +18,7 @@ from sqlalchemy import delete, exists, select, update
 
 from shared.db.models import FINAL_STATUSES, Batch, Job
 from shared.db.session import session_scope
-from shared.settings import Settings, get_settings
+from shared.platform.settings import Settings, get_settings
 from worker.celery_app import EVENTS_QUEUE, app
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from shared.asr.engine import Transcript as EngineTranscript
-from shared.batch_state import Finished, finish_batch
 from shared.db.models import Job, Transcript
 from shared.db.session import session_scope
+from shared.platform.batch_state import Finished, finish_batch
 
 _NO_SYNC = {"synchronize_session": False}  # no ORM objects to refresh: plain UPDATE ... RETURNING
 MAX_ATTEMPTS = 3  # claims of one job; a job whose lease expired this often fails "worker_lost"

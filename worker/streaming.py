@@ -3,7 +3,7 @@
 The API stores a chunk's audio in Redis, pushes a work item onto ``tone:stream:pending:<queue>``
 and sends this task. A run pops every pending item (the first item of up to MAX_SESSIONS distinct
 sessions per round; a session's later items wait for the next round), locks each session, loads its
-state (``shared.sessions`` documents the layout), decodes the audio, advances all of them in ONE
+state (``shared.platform.sessions`` documents the layout), decodes the audio, advances all of them in ONE
 ``Recognizer.advance`` call, saves each state, answer and phrase list, pushes each reply and
 releases the locks. It keeps going while items arrive (up to RUN_SECONDS), then leaves the rest to
 a fresh task. A bad chunk gets an error answer for its session only; it consumes its seq.
@@ -37,8 +37,17 @@ from shared.asr.decoder import GreedyDecoder
 from shared.asr.errors import EmptyAudioError, StreamStateError, ToneError
 from shared.asr.stream import StreamState
 from shared.asr.types import SAMPLE_RATE, Phrase
-from shared.sessions import KEEP_ANSWERS, LAYOUT, Item, Options, SessionError, SessionStore, expired, finished
-from shared.settings import Settings, get_settings
+from shared.platform.sessions import (
+    KEEP_ANSWERS,
+    LAYOUT,
+    Item,
+    Options,
+    SessionError,
+    SessionStore,
+    expired,
+    finished,
+)
+from shared.platform.settings import Settings, get_settings
 from worker.celery_app import STREAM_TASK, app, live_queue
 from worker.jobs import get_recognizer
 

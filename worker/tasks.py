@@ -16,9 +16,9 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_process_init
 
-from shared.batch_state import finish_done_batches
 from shared.db.session import engine_for, session_scope, sessionmaker_for
-from shared.settings import get_settings
+from shared.platform.batch_state import finish_done_batches
+from shared.platform.settings import get_settings
 from worker.celery_app import REQUEUE_TASK, TRANSCRIBE_TASK, app, enqueue_transcription, enqueue_webhook
 from worker.jobs import TRANSIENT_ERRORS, BatchRun, current_job, get_recognizer, log, notify_batch_end
 from worker.store import JobStore, Stuck, fail_lost, find_stuck, mark_sent, new_owner

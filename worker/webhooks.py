@@ -2,7 +2,7 @@
 attempt recorded as a ``WebhookDelivery`` row.
 
 ``tone.webhook(subject_id, event_type, attempt=1, event_id=None)`` sends one attempt of one event
-to the ``webhook_url`` of its subject through the SSRF guard (``shared.netguard``) and records it.
+to the ``webhook_url`` of its subject through the SSRF guard (``shared.platform.netguard``) and records it.
 The subject is a job (``job.completed``, ``job.failed``, ``job.cancelled``) or, for ``batch.*``
 events (``batch.completed``, ``batch.cancelled``), a batch; both are signed and retried alike. On failure
 the next attempt is scheduled after the next delay of ``SCHEDULE`` (+-10 % jitter), or after the
@@ -35,11 +35,11 @@ from sqlalchemy import and_, exists, func, select
 from sqlalchemy.orm import Session, aliased
 from standardwebhooks import Webhook
 
-from shared.batch_state import BATCH_EVENTS, load_view
 from shared.db.models import FINAL_STATUSES, Batch, Job, Tenant, WebhookDelivery
 from shared.db.session import session_scope
-from shared.netguard import UrlError, post_json
-from shared.settings import get_settings
+from shared.platform.batch_state import BATCH_EVENTS, load_view
+from shared.platform.netguard import UrlError, post_json
+from shared.platform.settings import get_settings
 from worker.celery_app import EVENTS_QUEUE, WEBHOOK_TASK, app, new_event_id
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,6 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from api import batch_results as results_svc
-from api import batch_sources as sources
-from api import batches as svc
-from api import jobs_service as jobs_svc
 from api.deps import Caller, CallerDep, DbDep, SettingsDep
 from api.errors import ApiError
 from api.routes.jobs import ERRORS
@@ -35,10 +31,14 @@ from api.schemas import (
     ErrorResponse,
     JobStatus,
 )
+from api.services import batch_results as results_svc
+from api.services import batch_sources as sources
+from api.services import batches as svc
+from api.services import jobs as jobs_svc
 from api.uploads import remove_quietly, save_stream
-from shared.batch_state import load_view
 from shared.db.models import Batch, Job
-from shared.settings import Settings
+from shared.platform.batch_state import load_view
+from shared.platform.settings import Settings
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 MANIFEST_LIMIT = 32 * 1024 * 1024  # a JSON body: 10 000 items with metadata fit easily

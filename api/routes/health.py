@@ -23,7 +23,7 @@ from api.deps import RedisDep, SettingsDep, redis_for
 from api.schemas import HealthOut, ServiceInfo
 from shared.db.models import JOB_STATUSES, Job
 from shared.db.session import engine_for, sessionmaker_for
-from shared.settings import Settings, get_settings
+from shared.platform.settings import Settings, get_settings
 from worker.celery_app import EVENTS_QUEUE, QUEUES, live_queue
 from worker.celery_app import app as celery_app
 

@@ -17,7 +17,6 @@ from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, UploadFile
 
-from api import jobs_service as svc
 from api.deps import CallerDep, DbDep, SettingsDep
 from api.errors import AUDIO_ERROR_STATUS, ApiError
 from api.schemas import (
@@ -31,6 +30,7 @@ from api.schemas import (
     TranscriptFormat,
     TranscriptOut,
 )
+from api.services import jobs as svc
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JSON_LIMIT = 1024 * 1024

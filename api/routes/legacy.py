@@ -10,10 +10,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from api import jobs_service as svc
 from api.deps import CallerDep, DbDep, SettingsDep
 from api.routes.jobs import ERRORS
 from api.schemas import ErrorResponse, JobOptions, LegacyPhrase, LegacyTranscription
+from api.services import jobs as svc
 
 router = APIRouter(tags=["legacy"])
 

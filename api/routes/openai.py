@@ -11,10 +11,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.responses import JSONResponse
 
-from api import jobs_service as svc
 from api.deps import CallerDep, DbDep, SettingsDep
 from api.routes.jobs import ERRORS
 from api.schemas import ErrorResponse, JobOptions, OpenAITranscription, OpenAIVerboseTranscription
+from api.services import jobs as svc
 from shared.asr.formats import MEDIA_TYPES, render
 from shared.db.models import Job, Transcript
 

@@ -4,7 +4,7 @@
 audio (a WAV piece or raw samples of any length, never padded) and answers the phrases it
 completed; ``POST /transcribe/streaming/finalize`` ends the stream (the engine's 300 ms tail) and
 answers every phrase of the session. The API stays thin: it checks the call against the session
-(``shared.sessions``), stores the audio, queues the work for ``tone.stream`` on a worker and waits
+(``shared.platform.sessions``), stores the audio, queues the work for ``tone.stream`` on a worker and waits
 for the answer with BLPOP on the event loop.
 """
 
@@ -17,12 +17,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from pydantic import BaseModel, Field
 
-from api import live
 from api.deps import CallerDep, RedisDep, SettingsDep
 from api.errors import ApiError
 from api.routes.jobs import ERRORS
 from api.schemas import ErrorResponse
-from shared.sessions import Options, SessionError
+from api.services import live
+from shared.platform.sessions import Options, SessionError
 
 router = APIRouter(tags=["streaming"])
 

@@ -1,6 +1,6 @@
 """Live streaming over WebSocket: ``/v1/stream`` (the platform's protocol), ``/api/ws`` (T-one's demo
 protocol) and ``/vosk`` (the Vosk server protocol), all over the same Redis sessions and the same
-``tone.stream`` workers as the HTTP calls (``api.live``): one decoding path.
+``tone.stream`` workers as the HTTP calls (``api.services.live``): one decoding path.
 
 ``/v1/stream``: auth by header (``Authorization: Bearer`` / ``X-API-Key``) or, for browsers, an
 ``api_key`` field in the first message, the JSON config ``{"sample_rate", "encoding", "channels",
@@ -30,13 +30,13 @@ from fastapi import APIRouter, WebSocket
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from api import live
 from api.deps import Caller, presented_key, redis_for, resolve_caller
 from api.errors import ApiError
 from api.ratelimit import check_rate
+from api.services import live
 from shared.db.session import sessionmaker_for
-from shared.sessions import Options, SessionError
-from shared.settings import Settings, get_settings
+from shared.platform.sessions import Options, SessionError
+from shared.platform.settings import Settings, get_settings
 
 router = APIRouter(tags=["streaming"])
 log = logging.getLogger("api.websocket")

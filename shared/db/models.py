@@ -75,7 +75,7 @@ class Batch(Base):
 
     Its jobs point at it (``jobs.batch_id``); its counts are computed from them with aggregates.
     ``finished_at`` is set exactly once, by the one UPDATE that sees no open job left
-    (``shared.batch_state.finish_batch``); that UPDATE decides who sends the batch's final event.
+    (``shared.platform.batch_state.finish_batch``); that UPDATE decides who sends the batch's final event.
     """
 
     __tablename__ = "batches"

@@ -1,0 +1,462 @@
+"""Where a batch's recordings come from: an archive (ZIP or tar), a folder under the server's
+``TONE_BATCH_ROOT``, or a JSON manifest of URLs; the guard rails on each.
+
+An archive is checked whole before anything is extracted (entry count, declared sizes, compression
+ratio, paths); extraction counts the bytes actually read; a folder is walked without following
+links, its files used in place (never deleted: job DELETE removes only files under the audio
+directory); a manifest's URLs all pass the SSRF guard first. On any refusal nothing is created and
+every extracted file is removed. ZIP names without the UTF-8 flag are read as UTF-8, else CP866
+(Russian Windows); ``metadata.csv`` may be UTF-8 or Windows-1251, comma-, semicolon- or tab-separated.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import re
+import stat
+import tarfile
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+from urllib.parse import unquote, urlsplit
+
+from api.errors import ApiError
+from api.schemas import BatchRequest
+from api.services import jobs as svc
+from api.uploads import PIECE, StoredAudio, audio_file_path, remove_quietly, save_stream
+from shared.platform.settings import Settings
+
+MAX_RATIO = 200
+METADATA_CSV = "metadata.csv"
+METADATA_LIMIT = 64 * 1024 * 1024
+AUDIO_SUFFIXES = {
+    ".wav", ".wave", ".mp3", ".ogg", ".oga", ".opus", ".flac", ".m4a", ".aac", ".mp4", ".gsm",
+    ".au", ".snd", ".aif", ".aiff", ".amr", ".webm", ".wma", ".raw", ".vox",
+}  # fmt: skip
+
+
+@dataclass
+class Entry:
+    name: str
+    size: int  # declared uncompressed size
+    compressed: int | None  # declared compressed size (zip), None for tar
+    kind: str  # file | dir | link | device
+    open: Callable[[], IO[bytes]]
+    path: Path | None = None  # a file in a folder (used in place), not in an archive
+
+
+@dataclass
+class Item:
+    name: str
+    stored: StoredAudio
+    duration: float | None
+    names: list[str] = field(default_factory=list)
+    owned: bool = True  # extracted by us (removed on refusal); False: a file used in place
+
+
+def _unsafe(name: str) -> bool:
+    norm = name.replace("\\", "/")
+    if norm.startswith("/") or (len(norm) > 1 and norm[1] == ":"):
+        return True
+    return ".." in PurePosixPath(norm).parts
+
+
+def clean_name(name: str) -> str:
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    return "/".join(parts)
+
+
+def _zip_entries(zf: zipfile.ZipFile) -> list[Entry]:
+    out = []
+    for info in zf.infolist():
+        mode = info.external_attr >> 16
+        if info.is_dir():
+            kind = "dir"
+        elif stat.S_ISLNK(mode):
+            kind = "link"
+        elif mode and not stat.S_ISREG(mode) and stat.S_IFMT(mode):
+            kind = "device"
+        else:
+            kind = "file"
+        out.append(Entry(zip_name(info), info.file_size, info.compress_size, kind, lambda i=info: zf.open(i)))
+    return out
+
+
+def zip_name(info: zipfile.ZipInfo) -> str:
+    """An entry's name as its maker meant it. Without the UTF-8 flag (0x800) Python reads a name as
+    CP437, but Windows' own compressed folders write the OEM code page (CP866 on Russian Windows)
+    and some tools write UTF-8 without setting the flag: UTF-8 first, then CP866."""
+    if info.flag_bits & 0x800:
+        return info.filename
+    try:
+        raw = info.filename.encode("cp437")
+    except UnicodeEncodeError:
+        return info.filename
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp866")
+
+
+def _tar_entries(tf: tarfile.TarFile, limit: int) -> list[Entry]:
+    out = []
+    for m in tf:
+        if len(out) > limit:  # enough to refuse: read no further
+            break
+        kind = (
+            "dir" if m.isdir() else "link" if (m.issym() or m.islnk()) else "file" if m.isfile() else "device"
+        )
+        out.append(Entry(m.name, m.size, None, kind, lambda m=m: tf.extractfile(m)))  # type: ignore[misc]
+    return out
+
+
+def open_archive(path: Path, settings: Settings) -> tuple[Any, list[Entry]]:
+    """``(the open archive, its entries)``; 415 ``unsupported_archive`` for anything else."""
+    if zipfile.is_zipfile(path):
+        try:
+            zf = zipfile.ZipFile(path)
+            return zf, _zip_entries(zf)
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise ApiError(415, "unsupported_archive", f"the ZIP archive cannot be read: {exc}") from None
+    try:
+        tf = tarfile.open(path, "r:*")  # noqa: SIM115 (closed by extract)
+        return tf, _tar_entries(tf, settings.batch_max_entries)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ApiError(
+            415, "unsupported_archive", f"the upload is not a ZIP or tar(.gz) archive ({exc})"
+        ) from None
+
+
+def check_entries(entries: list[Entry], archive_size: int | None, settings: Settings) -> None:
+    """Refuse the whole archive before extracting anything (bombs, oversize, unsafe paths).
+    ``archive_size`` None: not an archive (a folder), no compression ratio to check."""
+    if len(entries) > settings.batch_max_entries:
+        raise ApiError(
+            413,
+            "too_many_entries",
+            f"the archive has {len(entries)} entries, over the limit of {settings.batch_max_entries}",
+        )
+    total = 0
+    for e in entries:
+        if _unsafe(e.name):
+            raise ApiError(400, "unsafe_path", f"the archive entry {e.name!r} has an absolute or '..' path")
+        if e.kind != "file":
+            continue
+        if e.size > settings.max_upload_bytes:
+            raise ApiError(
+                413,
+                "archive_too_large",
+                f"the entry {e.name!r} holds {e.size} bytes, over the limit of {settings.max_upload_bytes}",
+            )
+        if e.compressed is not None and e.size > MAX_RATIO * max(e.compressed, 1) and e.size > 1024 * 1024:
+            raise ApiError(
+                400, "archive_bomb", f"the entry {e.name!r} expands more than {MAX_RATIO} times: refused"
+            )
+        total += e.size
+    if total > settings.batch_max_total_bytes:
+        raise ApiError(
+            413,
+            "archive_too_large",
+            f"the archive expands to {total} bytes, over the limit of {settings.batch_max_total_bytes}",
+        )
+    tar_like = bool(entries) and entries[0].compressed is None
+    if (
+        tar_like
+        and archive_size is not None
+        and total > 1024 * 1024
+        and total > MAX_RATIO * max(archive_size, 1)
+    ):
+        raise ApiError(400, "archive_bomb", f"the archive expands more than {MAX_RATIO} times: refused")
+
+
+def _limited(source: IO[bytes], declared: int, name: str) -> Iterator[bytes]:
+    seen = 0
+    with source:
+        while piece := source.read(PIECE):
+            seen += len(piece)
+            if seen > declared:
+                raise ApiError(400, "archive_bomb", f"the entry {name!r} holds more than it declares")
+            yield piece
+
+
+def _read_metadata(entry: Entry) -> dict[str, dict[str, str]]:
+    raw = b"".join(_limited(entry.open(), min(entry.size, METADATA_LIMIT), entry.name))
+    return parse_metadata_csv(raw)
+
+
+def parse_metadata_csv(raw: bytes) -> dict[str, dict[str, str]]:
+    """``metadata.csv`` as spreadsheets write it: UTF-8 (with or without a BOM) or, failing that,
+    Windows-1251 (Excel's "CSV" on Russian Windows); comma, semicolon (Excel's separator where the
+    decimal mark is a comma) or tab. Rows by their first column, the recording's path."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("cp1251", errors="replace")
+    header = text.split("\n", 1)[0]
+    delimiter = max(",;\t", key=header.count) if any(d in header for d in ",;\t") else ","
+    rows = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    first = rows.fieldnames[0] if rows.fieldnames else None
+    return {clean_name(row[first]): dict(row) for row in rows if first and row.get(first)}
+
+
+def _probe(path: Path, settings: Settings) -> tuple[str | None, float | None]:
+    """``(reason to skip or None, duration or None)``, from the headers only."""
+    try:
+        from shared.asr.audio import probe
+    except ImportError:
+        return None, None
+    try:
+        info = probe(path)
+    except Exception as exc:
+        return getattr(exc, "code", "corrupt_audio"), None
+    if info.duration > settings.max_audio_seconds:
+        return "audio_too_long", info.duration
+    return None, info.duration
+
+
+def collect(
+    entries: list[Entry], settings: Settings, place: Callable[[Entry, str], tuple[StoredAudio, bool]]
+) -> tuple[list[Item], list[dict[str, str]], dict[str, Any]]:
+    """``(distinct recordings, skipped, metadata rows)`` of checked entries: the skip rules, the
+    dedupe by content and ``metadata.csv``, shared by archives and folders. ``place(entry, name)``
+    stores or finds one file: ``(its audio, whether it is ours to remove)``. On any error every
+    file placed so far that is ours is removed."""
+    items: dict[str, Item] = {}
+    skipped: list[dict[str, str]] = []
+    try:
+        meta: dict[str, Any] = {}
+        seen: set[str] = set()
+        for e in entries:
+            name = clean_name(e.name)
+            if e.kind == "dir":
+                continue
+            if e.kind in ("link", "device"):
+                skipped.append({"name": name, "reason": f"{e.kind}: only regular files are read"})
+                continue
+            if name == METADATA_CSV:
+                meta = _read_metadata(e)
+                continue
+            if name in seen:
+                skipped.append({"name": name, "reason": "duplicate_name"})
+                continue
+            seen.add(name)
+            if PurePosixPath(name).suffix.lower() not in AUDIO_SUFFIXES:
+                skipped.append({"name": name, "reason": "not_audio: the extension is not an audio one"})
+                continue
+            if e.size == 0:
+                skipped.append({"name": name, "reason": "empty_audio"})
+                continue
+            stored, owned = place(e, name)
+            reason, duration = _probe(stored.path, settings)
+            if reason:
+                if owned:
+                    remove_quietly(stored.path)
+                skipped.append({"name": name, "reason": reason})
+            elif stored.sha256 in items:
+                if owned:
+                    remove_quietly(stored.path)
+                items[stored.sha256].names.append(name)
+            else:
+                items[stored.sha256] = Item(name, stored, duration, [name], owned)
+    except BaseException:
+        discard(list(items.values()))
+        raise
+    return list(items.values()), skipped, meta
+
+
+def discard(items: list[Item]) -> None:
+    for item in items:
+        if item.owned:
+            remove_quietly(item.stored.path)
+
+
+def extract(archive: Path, settings: Settings) -> tuple[list[Item], list[dict[str, str]], dict[str, Any]]:
+    """``(distinct recordings, skipped, metadata rows)``; on any refusal nothing stays on disk."""
+    handle, entries = open_archive(archive, settings)
+    try:
+        check_entries(entries, archive.stat().st_size, settings)
+
+        def place(e: Entry, name: str) -> tuple[StoredAudio, bool]:
+            dest = audio_file_path(settings.audio_path, str(uuid.uuid4()), name)
+            return save_stream(_limited(e.open(), e.size, name), dest, settings.max_upload_bytes), True
+
+        return collect(entries, settings, place)
+    finally:
+        handle.close()
+
+
+# -- a folder under TONE_BATCH_ROOT ------------------------------------------------------------------
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)
+
+
+def resolve_directory(relative: str, settings: Settings) -> Path:
+    """The folder ``relative`` names under ``settings.batch_root``, resolved; it must stay inside.
+
+    403 ``directory_not_allowed`` when no root is configured (or it overlaps the audio directory:
+    jobs' uploads are not a batch source); 400 ``unsafe_path`` for absolute or ``..`` paths and for
+    links that lead out of the root; 404 ``directory_not_found``."""
+    if settings.batch_root is None:
+        raise ApiError(
+            403,
+            "directory_not_allowed",
+            "batches from server folders are off: an administrator sets TONE_BATCH_ROOT to allow them",
+        )
+    root = settings.batch_root.resolve()
+    audio = settings.audio_path.resolve()
+    if _inside(root, audio):
+        raise ApiError(403, "directory_not_allowed", "the batch root is inside the audio directory: refused")
+    text = relative.strip()
+    if not text or "\x00" in text or _unsafe(text):
+        raise ApiError(
+            400, "unsafe_path", "directory must be a relative path inside the batch root, without '..'"
+        )
+    try:
+        folder = (root / clean_name(text)).resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise ApiError(404, "directory_not_found", f"no folder {text!r} under the batch root") from None
+    if not _inside(folder, root):
+        raise ApiError(400, "unsafe_path", f"{text!r} leads out of the batch root (a link): refused")
+    if not folder.is_dir():
+        raise ApiError(404, "directory_not_found", f"{text!r} is not a folder under the batch root")
+    if _inside(folder, audio) or _inside(audio, folder):
+        raise ApiError(
+            403, "directory_not_allowed", f"{text!r} holds the platform's audio directory: refused"
+        )
+    return folder
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "link"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    return "file" if stat.S_ISREG(mode) else "device"
+
+
+def _opener(path: Path) -> Callable[[], IO[bytes]]:
+    return lambda: path.open("rb")
+
+
+def directory_entries(folder: Path, settings: Settings) -> list[Entry]:
+    """Every entry under ``folder`` (links listed, never followed), by path; 413
+    ``too_many_entries`` as soon as there are more than the limit (the walk stops there)."""
+    out: list[Entry] = []
+    for top, dirs, files in os.walk(folder, followlinks=False):
+        dirs.sort()
+        for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+            path = Path(top) / name
+            try:
+                st = path.lstat()
+            except OSError:
+                continue
+            rel = path.relative_to(folder).as_posix()
+            out.append(Entry(rel, st.st_size, None, _kind(st.st_mode), _opener(path), path))
+            if len(out) > settings.batch_max_entries:
+                return out  # enough to refuse
+    return out
+
+
+def _hash_in_place(entry: Entry, name: str) -> tuple[StoredAudio, bool]:
+    """A folder's file as it is: hashed (for the dedupe), not copied, never ours to remove."""
+    assert entry.path is not None
+    digest = hashlib.sha256()
+    size = 0
+    for piece in _limited(entry.open(), entry.size, name):
+        digest.update(piece)
+        size += len(piece)
+    return StoredAudio(entry.path, size, digest.hexdigest()), False
+
+
+def scan_directory(
+    folder: Path, settings: Settings
+) -> tuple[list[Item], list[dict[str, str]], dict[str, Any]]:
+    """A folder's recordings, read in place (hashed and probed, not copied)."""
+    entries = directory_entries(folder, settings)
+    check_entries(entries, None, settings)
+    return collect(entries, settings, _hash_in_place)
+
+
+# -- a JSON manifest of URLs ---------------------------------------------------------------------------
+
+_NAME_CHARS = re.compile(r"[^\w.\-/ ]+")
+
+
+def url_name(url: str) -> str:
+    """A safe relative name for a URL item: ``host/path`` with odd characters replaced."""
+    parts = urlsplit(url)
+    raw = f"{parts.hostname or 'item'}/{unquote(parts.path)}"
+    cleaned = [_NAME_CHARS.sub("_", p) for p in raw.split("/")]
+    return "/".join(p for p in cleaned if p not in ("", ".", "..")) or "item"
+
+
+def _unique(name: str, used: set[str]) -> str:
+    if name not in used:
+        return name
+    path = PurePosixPath(name)
+    n = 2
+    while (candidate := str(path.with_name(f"{path.stem}~{n}{path.suffix}"))) in used:
+        n += 1
+    return candidate
+
+
+def check_manifest(body: BatchRequest, settings: Settings) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """``(name, url, metadata)`` per item, every URL checked by the SSRF guard (each host once).
+
+    413 ``too_many_entries``; 422 ``invalid_request`` (no items, not http(s), a duplicate or unsafe
+    name, a host that does not resolve); 400 ``url_not_allowed`` for a non-public address unless
+    TONE_ALLOW_PRIVATE_URLS. Nothing is created on any of them."""
+    from shared.platform.netguard import UrlError, check_url
+
+    items = body.items or []
+    if not items:
+        raise ApiError(422, "invalid_request", "items must hold at least one {audio_url}")
+    if len(items) > settings.batch_max_entries:
+        raise ApiError(
+            413,
+            "too_many_entries",
+            f"the manifest has {len(items)} items, over the limit of {settings.batch_max_entries}",
+        )
+    checked: dict[tuple[str, str, int | None], None] = {}
+    explicit = {clean_name(i.name) for i in items if i.name}
+    used: set[str] = set()
+    out = []
+    for n, item in enumerate(items):
+        where = f"items[{n}]"
+        try:
+            url = svc.validate_audio_url(item.audio_url)
+        except ApiError as exc:
+            raise ApiError(exc.status, exc.code, f"{where}.audio_url: {exc.message}") from None
+        parts = urlsplit(url)
+        try:
+            host = (parts.scheme, parts.hostname or "", parts.port)
+        except ValueError:
+            raise ApiError(422, "invalid_request", f"{where}.audio_url: the port is not valid") from None
+        if host not in checked:
+            try:
+                check_url(url, allow_private=settings.allow_private_urls)
+            except UrlError as exc:
+                code, status = (
+                    ("url_not_allowed", 400) if exc.code == "url_forbidden" else ("invalid_request", 422)
+                )
+                raise ApiError(status, code, f"{where}.audio_url: {exc.message}") from None
+            checked[host] = None
+        if item.name:
+            if _unsafe(item.name) or not clean_name(item.name):
+                raise ApiError(422, "invalid_request", f"{where}.name must be a relative path without '..'")
+            name = clean_name(item.name)
+            if name in used:
+                raise ApiError(422, "invalid_request", f"{where}.name {name!r} is used by another item")
+        else:
+            name = _unique(url_name(url), used | explicit)
+        used.add(name)
+        out.append((name, url, item.metadata))
+    return out

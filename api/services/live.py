@@ -1,0 +1,193 @@
+"""Live sessions from the API's side, shared by the HTTP calls (``api.routes.streaming``) and the
+WebSocket protocols (``api.routes.websocket``): one decoding path for both.
+
+The API checks a call against the session (``shared.platform.sessions``), stores the audio, queues the work
+for ``tone.stream`` on a worker and waits for the answer with BLPOP on the event loop. Refusals are
+``SessionError`` (status, code, message); each protocol turns them into its own error shape.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any, cast
+
+import redis
+import redis.asyncio as aioredis
+from starlette.concurrency import run_in_threadpool
+
+from shared.platform.sessions import Accepted, Options, SessionError, SessionStore
+from shared.platform.settings import Settings
+
+
+@lru_cache
+def session_store(client: redis.Redis) -> SessionStore:
+    return SessionStore(client)
+
+
+@lru_cache
+def async_redis(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(url, socket_connect_timeout=2)
+
+
+def send_task(queue: str) -> None:
+    from worker.celery_app import STREAM_TASK, app, live_queue
+
+    # the live queue: a worker busy with a long batch never holds up a session's pieces
+    app.send_task(STREAM_TASK, args=[queue], queue=live_queue(queue), priority=0)
+
+
+def reply_body(reply: dict[str, Any]) -> dict[str, Any]:
+    """A worker's reply: its body, or the SessionError it carries."""
+    if reply.get("status") != 200:
+        error = reply.get("error") or {}
+        status = int(reply.get("status") or 500)
+        raise SessionError(status, error.get("code", "error"), error.get("message", ""))
+    return cast("dict[str, Any]", reply["body"])
+
+
+async def create(
+    store: SessionStore, tenant: str, options: Options, ttl: int, job: dict[str, Any] | None = None
+) -> str:
+    return await run_in_threadpool(store.create, tenant, options, ttl, job)
+
+
+async def accept(store: SessionStore, sid: str, tenant: str, kind: str, seq: int | None) -> Accepted:
+    return await run_in_threadpool(store.accept, sid, tenant, kind, seq)
+
+
+async def through_worker(
+    store: SessionStore, settings: Settings, sid: str, seq: int, kind: str, audio: bytes | None
+) -> dict[str, Any]:
+    """Queue the work item (and its audio), wake a worker, and wait for the answer's body."""
+
+    def enqueue() -> str:
+        if audio is not None:
+            keep = max(store.ttl_of(sid), int(settings.stream_chunk_timeout_seconds) + 60)
+            store.store_chunk(sid, seq, audio, keep)
+        key = store.enqueue(settings.worker_queue, sid, seq, kind)
+        send_task(settings.worker_queue)
+        return key
+
+    def requeue() -> dict[str, Any] | None:
+        """No answer yet: the stored answer if the session advanced past ``seq`` (its worker died
+        before replying), else the same item queued again (its worker may have died holding it)."""
+        next_seq = store.next_seq(sid)
+        if next_seq is not None and next_seq > seq:
+            stored = store.stored_final(sid) if kind == "finalize" else store.stored_answer(sid, seq)
+            if stored is not None:
+                return stored
+        store.enqueue(settings.worker_queue, sid, seq, kind, nonce=key.rsplit(":", 1)[1])
+        send_task(settings.worker_queue)
+        return None
+
+    key = await run_in_threadpool(enqueue)
+    timeout = settings.stream_chunk_timeout_seconds
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        wait = min(left, settings.stream_requeue_seconds)
+        got = await async_redis(settings.redis_url).blpop([key], timeout=max(wait, 0.01))
+        if got is not None:
+            return reply_body(json.loads(got[1]))
+        if left <= wait:
+            message = f"no worker answered within {timeout:g} s; send the chunk again (same seq)"
+            raise SessionError(504, "timeout", message)
+        stored = await run_in_threadpool(requeue)
+        if stored is not None:
+            return reply_body(stored)
+
+
+async def send_chunk(
+    store: SessionStore, settings: Settings, sid: str, tenant: str, audio: bytes, seq: int | None = None
+) -> dict[str, Any]:
+    """Apply a piece of audio to the session (a retried ``seq`` gets its first answer); the answer's
+    body: ``phrases`` completed by it, ``seq``, ``partial`` (the open phrase's text)."""
+    accepted = await accept(store, sid, tenant, "chunk", seq)
+    if accepted.action == "done":
+        stored = await run_in_threadpool(store.stored_answer, sid, accepted.seq)
+        if stored is None:
+            raise SessionError(409, "sequence_stale", f"chunk seq {accepted.seq} was applied long ago")
+        return reply_body(stored)
+    return await through_worker(store, settings, sid, accepted.seq, "chunk", audio)
+
+
+async def finalize(store: SessionStore, settings: Settings, sid: str, tenant: str) -> dict[str, Any]:
+    """End the session; the answer's body holds every phrase of it (the same when called again)."""
+    accepted = await accept(store, sid, tenant, "finalize", None)
+    if accepted.action == "final":
+        stored = await run_in_threadpool(store.stored_final, sid)
+        if stored is not None:
+            return reply_body(stored)
+    return await through_worker(store, settings, sid, accepted.seq, "finalize", None)
+
+
+def store_job(settings: Settings, tenant_id: uuid.UUID, options: Options, duration: float,
+              phrases: list[dict[str, Any]], webhook_url: str | None, started: datetime,
+              metadata: dict[str, Any] | None = None) -> str:  # fmt: skip
+    """Keep a finished session as a completed job of kind "stream" with its transcript, so that it
+    is listed, exported and webhooked like any other job (``store`` of /v1/stream and of
+    ``POST /transcribe/streaming``)."""
+    from shared.db.models import Job, Transcript
+    from shared.db.session import session_scope
+
+    duration = round(duration, 3)
+    split = options.channels == 2
+    opts = {"channels": "split" if split else "mix", "decoder": options.decoder,
+            "sample_rate": options.sample_rate, "encoding": options.encoding}  # fmt: skip
+    with session_scope(settings.database_url) as db:
+        job = Job(tenant_id=tenant_id, kind="stream", status="completed", progress=1.0,
+                  queue=settings.worker_queue, options=opts, source="stream", duration=duration,
+                  started_at=started, finished_at=datetime.now(timezone.utc), webhook_url=webhook_url,
+                  client_metadata=metadata,
+                  processing_seconds=(datetime.now(timezone.utc) - started).total_seconds())  # fmt: skip
+        db.add(job)
+        db.flush()
+        db.add(Transcript(job_id=job.id, phrases=phrases, full_text=" ".join(p["text"] for p in phrases),
+                          duration=duration, channels=2 if split else 1))  # fmt: skip
+        job_id = str(job.id)
+    if webhook_url:
+        from worker.celery_app import enqueue_webhook
+
+        enqueue_webhook(job_id, "job.completed")
+    return job_id
+
+
+def _keep_as_job(
+    store: SessionStore, settings: Settings, sid: str, tenant_id: uuid.UUID, phrases: list[dict[str, Any]]
+) -> str | None:
+    from shared.platform.sessions import session_key
+
+    key = session_key(sid)
+    raw = cast("dict[bytes, bytes]", store.r.hgetall(key))
+    if b"job" not in raw:
+        return None
+    if b"job_id" in raw:
+        return raw[b"job_id"].decode()
+    if not store.r.hsetnx(key, "job_claim", "1"):  # another finalize call is storing it
+        for _ in range(100):
+            value = store.r.hget(key, "job_id")
+            if value:
+                return cast("bytes", value).decode()
+            time.sleep(0.05)
+        return None
+    job = json.loads(raw[b"job"])
+    started = datetime.fromtimestamp(float(job["started"]), timezone.utc)
+    duration = float(raw.get(b"duration", b"0"))
+    options = Options.from_json(raw[b"options"])
+    job_id = store_job(
+        settings, tenant_id, options, duration, phrases, job.get("webhook_url"), started, job.get("metadata")
+    )
+    store.r.hset(key, "job_id", job_id)
+    return job_id
+
+
+async def keep_as_job(
+    store: SessionStore, settings: Settings, sid: str, tenant_id: uuid.UUID, phrases: list[dict[str, Any]]
+) -> str | None:
+    """After finalize: a session created with ``store`` becomes a completed job (once; a repeated
+    finalize gets the same job id). None for a session without ``store``."""
+    return await run_in_threadpool(_keep_as_job, store, settings, sid, tenant_id, phrases)

@@ -1,0 +1,38 @@
+"""``tone-platform bench`` (``make bench``): the engine, the platform, live streams and batches."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from shared.dev.bench import run_bench
+
+    return run_bench(args)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("bench", help="engine benchmark on the cost-faithful model (make bench)")
+    p.add_argument("--model", help="model to benchmark (default: build the cost-faithful model)")
+    p.add_argument("--batches", default="1,8,16,32,64", help="stream counts to advance together")
+    p.add_argument("--precisions", default="float16,float32",
+                   help="precisions to compare (float16: the file as is; float32: rewritten)")  # fmt: skip
+    p.add_argument("--min-seconds", type=float, default=4.0, help="measure each point this long")
+    p.add_argument("--max-steps", type=int, default=30)
+    p.add_argument("--platform-recordings", type=int, default=16,
+                   help="then submit this many recordings at once to a new stack (0: skip)")  # fmt: skip
+    p.add_argument("--platform-seconds", type=float, default=30.0, help="length of each of those recordings")
+    p.add_argument("--platform-batch", type=int, default=16, help="the worker's batch (TONE_WORKER_BATCH)")
+    p.add_argument(
+        "--stream-counts", default="1,4,8,16,32", help="live streams to simulate, rising ('' skips)"
+    )
+    p.add_argument("--stream-seconds", type=float, default=6.0, help="how long each simulated stream talks")
+    p.add_argument("--batch-run", type=int, default=32, metavar="N",
+                   help="then one archive of N recordings as one batch to a new stack (0: skip)")  # fmt: skip
+    p.add_argument("--batch-run-seconds", type=float, default=30.0, help="length of each of those recordings")
+    p.add_argument("--batch-only", action="store_true",
+                   help="only the batch run (after the engine at B=16 and 32, for its ratio)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--provider", default="auto")
+    p.set_defaults(func=cmd_bench)

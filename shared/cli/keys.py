@@ -1,0 +1,96 @@
+"""``tone-platform keys`` and ``tone-platform db``: API keys and the schema."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _database_url() -> str:
+    """DATABASE_URL from the settings; when it is unset, the one `tone-platform up` wrote to
+    ``<data_dir>/env`` for the PostgreSQL it started (see shared.localstack.supervisor.load_data_dir_env)."""
+    from shared.localstack.supervisor import load_data_dir_env
+    from shared.platform.settings import get_settings
+
+    load_data_dir_env()
+    return get_settings().database_url
+
+
+def _session() -> Any:
+    from shared.db.session import session_scope
+
+    return session_scope(_database_url())
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from shared.platform.keys import create_key
+
+    with _session() as session:
+        row, key = create_key(session, args.tenant, args.name)
+        prefix = row.prefix
+    print(key)
+    print(f"created key {prefix} for tenant {args.tenant}: it is shown only now", file=sys.stderr)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from shared.platform.keys import list_keys
+
+    with _session() as session:
+        rows = [
+            {
+                "prefix": k.prefix,
+                "tenant": t.name,
+                "name": k.name,
+                "created_at": k.created_at.isoformat() if k.created_at else None,
+                "revoked": k.revoked_at is not None,
+            }
+            for k, t in list_keys(session, args.tenant)
+        ]
+    print(json.dumps(rows, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from shared.platform.keys import revoke_key
+
+    with _session() as session:
+        done = revoke_key(session, args.prefix)
+    if not done:
+        print(f"tone-platform: no live key with prefix {args.prefix}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.prefix}", file=sys.stderr)
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from shared.db.migrate import alembic_upgrade
+
+    alembic_upgrade(_database_url(), args.revision)
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Adds ``keys`` and ``db``. ``keys`` and ``db`` use DATABASE_URL; when it is unset
+    they read ``<data_dir>/env`` (TONE_DATA_DIR, default .data), written by ``tone-platform up`` when it
+    started its own PostgreSQL, so that keys can be made for the local stack with no setup."""
+    p = sub.add_parser("keys", help="API keys: create, list, revoke (DATABASE_URL, else TONE_DATA_DIR/env)")
+    ks = p.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
+    q = ks.add_parser("create", help="create a key for a tenant (created if missing); prints the key alone")
+    q.add_argument("--tenant", required=True)
+    q.add_argument("--name")
+    q.set_defaults(func=cmd_keys_create)
+    q = ks.add_parser("list", help="list keys (prefixes, never the keys)")
+    q.add_argument("--tenant")
+    q.set_defaults(func=cmd_keys_list)
+    q = ks.add_parser("revoke", help="revoke a key by its prefix (tone_xxxxxxxx)")
+    q.add_argument("prefix")
+    q.set_defaults(func=cmd_keys_revoke)
+
+    p = sub.add_parser("db", help="database schema")
+    ds = p.add_subparsers(dest="db_command", required=True, metavar="SUBCOMMAND")
+    q = ds.add_parser("upgrade", help="alembic upgrade to a revision (default head)")
+    q.add_argument("revision", nargs="?", default="head")
+    q.set_defaults(func=cmd_db_upgrade)

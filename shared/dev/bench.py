@@ -1,0 +1,553 @@
+"""``make bench``: the engine's throughput on the cost-faithful model, B=1 against batched stepping,
+and both against this machine's own matrix-multiply rate on the model's shapes (the ceiling).
+
+Every figure comes from one run on one machine; ratios, not absolute numbers, are what to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.asr.types import CHUNK_SAMPLES, SAMPLE_RATE
+
+CHUNK_SECONDS = CHUNK_SAMPLES / SAMPLE_RATE
+
+
+def model_flops(path: Path) -> tuple[float, int]:
+    """FLOPs of one 300 ms chunk of one stream (MatMul, Gemm, Conv), and the parameter count."""
+    import onnx
+    from onnx import shape_inference
+
+    model = onnx.load(str(path))
+    for value in [*model.graph.input, *model.graph.output]:
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.ClearField("dim_param")
+        dim.dim_value = 1
+    inferred = shape_inference.infer_shapes(model)
+    shapes: dict[str, list[int]] = {}
+    for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        shapes[v.name] = [d.dim_value for d in v.type.tensor_type.shape.dim]
+    params = 0
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+        params += int(np.prod(init.dims)) if init.data_type in (1, 10, 16) else 0
+    flops = 0.0
+    for node in inferred.graph.node:
+        if node.op_type in ("MatMul", "Gemm"):
+            a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
+            if a and b:
+                flops += float(2.0 * np.prod(a[:-1]) * a[-1] * b[-1])
+        elif node.op_type == "Conv":
+            w, out = shapes.get(node.input[1]), shapes.get(node.output[0])
+            if w and out:
+                flops += float(2.0 * np.prod(out) * np.prod(w[1:]))
+    return flops, params
+
+
+def matmul_rate(threads: int | None, rows: int) -> float:
+    """FLOP/s of ONNX Runtime's float32 MatMul on the model's feed-forward shapes, same threads."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    shapes = [(384, 3072), (1536, 384), (384, 768)]
+    nodes, inits, outputs = [], [], []
+    for i, (k, n) in enumerate(shapes):
+        inits.append(numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"y{i}"]))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [rows, n]))
+    inputs = [
+        helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, [rows, k])
+        for i, (k, _) in enumerate(shapes)
+    ]
+    graph = helper.make_graph(nodes, "mm", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feed = {f"x{i}": rng.standard_normal((rows, k)).astype(np.float32) for i, (k, _) in enumerate(shapes)}
+    flops = sum(2.0 * rows * k * n for k, n in shapes)
+    sess.run(None, feed)
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < 2.0:
+        sess.run(None, feed)
+        runs += 1
+    return flops * runs / (time.perf_counter() - started)
+
+
+def engine_rate(rec: Any, batch: int, min_seconds: float, max_steps: int) -> tuple[float, float]:
+    """Audio seconds per wall second of Recognizer.step for B streams, and seconds per step."""
+    rng = np.random.default_rng(batch)
+    streams = [rec.new_stream() for _ in range(batch)]
+    chunks = [rng.normal(0, 2000, CHUNK_SAMPLES).astype(np.int16) for _ in range(batch)]
+    last = [False] * batch
+    rec.step(streams, chunks, last)  # warm-up
+    steps, started = 0, time.perf_counter()
+    while steps < max_steps and (steps < 2 or time.perf_counter() - started < min_seconds):
+        rec.step(streams, chunks, last)
+        steps += 1
+    elapsed = time.perf_counter() - started
+    return batch * steps * CHUNK_SECONDS / elapsed, elapsed / steps
+
+
+def _process_rate(path: str, batch: int, start_at: float, seconds: float, out: Any) -> None:
+    """One single-threaded engine process, for the processes-per-core comparison."""
+    from shared.asr.engine import Recognizer
+
+    rec = Recognizer.load(path, threads=1, providers="cpu")
+    engine_rate(rec, batch, 0.0, 1)  # load and warm up before the common start
+    time.sleep(max(0.0, start_at - time.time()))
+    out.put(engine_rate(rec, batch, seconds, 10_000)[0])
+
+
+def processes_rate(path: Path, processes: int, batch: int, seconds: float) -> float:
+    """Total audio s/s of ``processes`` single-threaded engine processes running at once."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    start_at = time.time() + 15.0
+    procs = [
+        ctx.Process(target=_process_rate, args=(str(path), batch, start_at, seconds, out))
+        for _ in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    rates = [out.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join()
+    return float(sum(rates))
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import onnxruntime as ort
+
+    from shared.asr.engine import Recognizer
+
+    path = Path(args.model) if args.model else None
+    if path is None or not path.exists():
+        from shared.dev.models.cost import build_cost_model
+
+        path = build_cost_model(path or Path(".cache/test-models/cost/model.onnx"))
+    threads = args.threads or os.cpu_count() or 1
+    if args.batch_only:
+        return run_batch_only(args, path, threads)
+    batches = [int(b) for b in args.batches.split(",")]
+    flops, params = model_flops(path)
+    print(f"model: {path} ({params / 1e6:.1f} M parameters, {flops / 1e9:.2f} GFLOP per 300 ms chunk)")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"onnxruntime {ort.__version__}; threads {threads}"
+    )
+    rows: list[tuple[str, int, float, float]] = []
+    precisions = args.precisions.split(",")
+    for precision in precisions:
+        started = time.perf_counter()
+        rec = Recognizer.load(path, providers=args.provider, threads=threads, precision=precision)
+        load = time.perf_counter() - started
+        print(f"\n[{precision}] providers {rec.model.providers}, loaded in {load:.1f} s")
+        for b in batches if precision == precisions[0] else [1, max(batches)]:
+            rate, per_step = engine_rate(rec, b, args.min_seconds, args.max_steps)
+            rows.append((precision, b, rate, per_step))
+            print(f"  B={b:<3d} {rate:8.1f} s audio/s   {per_step * 1000:8.1f} ms per step", flush=True)
+    best_b = max(batches)
+    cores = os.cpu_count() or 1
+    if cores > 1:
+        print(f"\n[{cores} processes x 1 thread, float16]", flush=True)
+        for b in (1, best_b):
+            rate = processes_rate(path, cores, b, args.min_seconds)
+            rows.append((f"{cores}proc x1", b, rate, 0.0))
+            print(f"  B={b:<3d} {rate:8.1f} s audio/s in total", flush=True)
+    peak = matmul_rate(threads, rows=best_b * 10)
+    ceiling = peak / (flops / CHUNK_SECONDS)
+    print(f"\nceiling: float32 MatMul on the model's shapes at {best_b * 10} rows: {peak / 1e9:.1f} GFLOP/s")
+    print(f"         = {ceiling:.1f} s of audio per second if the model were nothing but those MatMuls\n")
+    print(f"{'run':<10} {'B':>4} {'audio s/s':>10} {'x B=1':>7} {'% ceiling':>10} {'s per s':>8}")
+    base = {p: r for p, b, r, _ in rows if b == 1}
+    for precision, b, rate, _ in rows:
+        print(
+            f"{precision:<10} {b:>4} {rate:>10.1f} {rate / base.get(precision, float('nan')):>7.2f} "
+            f"{100 * rate / ceiling:>9.1f}% {1 / rate:>8.4f}"
+        )
+    if args.platform_recordings:
+        first = precisions[0]
+        engine_b = next((r for p, b, r, _ in rows if p == first and b == args.platform_batch), None)
+        if engine_b is None:
+            rec = Recognizer.load(path, providers=args.provider, threads=threads, precision=first)
+            engine_b = engine_rate(rec, args.platform_batch, args.min_seconds, args.max_steps)[0]
+        run_platform_bench(
+            path,
+            recordings=args.platform_recordings,
+            seconds=args.platform_seconds,
+            batch=args.platform_batch,
+            engine_rate_b=engine_b,
+        )
+    if args.stream_counts:
+        step_ms = {b: per_step * 1000 for p, b, _, per_step in rows if p == precisions[0]}
+        counts = [int(n) for n in args.stream_counts.split(",")]
+        run_stream_bench(path, counts=counts, seconds=args.stream_seconds, step_ms=step_ms)
+    if args.batch_run:
+        best_rate, best_at = max((r, b) for p, b, r, _ in rows if p == precisions[0])
+        run_batch_bench(
+            path,
+            recordings=args.batch_run,
+            seconds=args.batch_run_seconds,
+            batch=args.platform_batch,
+            engine_best=(best_at, best_rate),
+            remeasure=engine_meter(path, args, threads),
+        )
+    return 0
+
+
+def run_batch_only(args: argparse.Namespace, path: Path, threads: int) -> int:
+    """``--batch-only``: the engine at B=16 and 32 (its best batched rate on this machine), then the
+    batch run, so that the batch figures can be had without the whole table."""
+    from shared.asr.engine import Recognizer
+
+    precision = args.precisions.split(",")[0]
+    rec = Recognizer.load(path, providers=args.provider, threads=threads, precision=precision)
+    print(f"engine ({precision}, {threads} threads), for the batch run's ratio:")
+    rates = []
+    for b in (16, 32):
+        rate, per_step = engine_rate(rec, b, args.min_seconds, args.max_steps)
+        rates.append((rate, b))
+        print(f"  B={b:<3d} {rate:8.1f} s audio/s   {per_step * 1000:8.1f} ms per step", flush=True)
+    del rec
+    best_rate, best_at = max(rates)
+    run_batch_bench(
+        path,
+        recordings=args.batch_run or 32,
+        seconds=args.batch_run_seconds,
+        batch=args.platform_batch,
+        engine_best=(best_at, best_rate),
+        remeasure=engine_meter(path, args, threads),
+    )
+    return 0
+
+
+# -- the platform: recordings submitted at once to the running stack ----------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _p95(values: list[float]) -> float:
+    return float(np.percentile(values, 95)) if values else float("nan")
+
+
+@contextlib.contextmanager
+def bench_stack(path: Path, batch: int) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """A whole stack (``tone-platform up --detach``) on the model in a temporary data directory;
+    yields (API URL, an API key, the stack's environment); ``down`` and cleanup afterwards."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="tone-bench-"))
+    root.chmod(0o755)  # as root the servers run as the user "tone"
+    cli = str(Path(sys.executable).parent / "tone-platform")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(
+        TONE_DATA_DIR=str(root / "data"),
+        TONE_MODEL_PATH=str(path),
+        TONE_WORKER_BATCH=str(batch),
+        TONE_RATE_LIMIT_PER_MINUTE="1000000",  # the bench's requests are load, not abuse
+    )
+    port = _free_port()
+    up = [cli, "up", "--detach", "--port", str(port), "--flower-port", str(_free_port())]
+    try:
+        subprocess.run(up, env=env, check=True, capture_output=True, text=True, timeout=300)
+        key = subprocess.run(
+            [cli, "keys", "create", "--tenant", "bench"], env=env, check=True, capture_output=True, text=True
+        ).stdout.strip()
+        from shared.localstack.supervisor import read_env_file
+
+        env.update(read_env_file(root / "data" / "env"))
+        yield f"http://127.0.0.1:{port}", key, env
+    finally:
+        subprocess.run([cli, "down"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_platform_bench(
+    path: Path, *, recordings: int, seconds: float, batch: int, engine_rate_b: float
+) -> None:
+    """Submit ``recordings`` files at once over HTTP to a stack on the model, poll them to
+    completion, and compare with the bare engine's batched rate."""
+    import threading
+
+    import httpx
+    import soundfile as sf
+
+    with bench_stack(path, batch) as (url, key, env):
+        root = Path(env["TONE_DATA_DIR"])
+        rng = np.random.default_rng(0)
+        files = []
+        for i in range(recordings):
+            f = root / f"rec{i}.wav"
+            sf.write(f, rng.normal(0, 2000, int(seconds * SAMPLE_RATE)).astype(np.int16), SAMPLE_RATE)
+            files.append(f)
+        headers = {"Authorization": f"Bearer {key}"}
+        post_ms: list[float] = []
+        get_ms: list[float] = []
+        ids: list[str] = []
+        lock = threading.Lock()
+
+        def submit(f: Path) -> None:
+            with httpx.Client(timeout=60) as client:
+                t = time.perf_counter()
+                r = client.post(f"{url}/v1/jobs", headers=headers, files={"file": (f.name, f.read_bytes())})
+                r.raise_for_status()
+                with lock:
+                    post_ms.append((time.perf_counter() - t) * 1000)
+                    ids.append(r.json()["id"])
+
+        started = time.perf_counter()
+        senders = [threading.Thread(target=submit, args=(f,)) for f in files]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
+        pending = set(ids)
+        with httpx.Client(timeout=60) as client:
+            while pending:
+                for job_id in list(pending):
+                    t = time.perf_counter()
+                    response = client.get(f"{url}/v1/jobs/{job_id}", headers=headers)
+                    response.raise_for_status()
+                    doc = response.json()
+                    get_ms.append((time.perf_counter() - t) * 1000)
+                    if doc["status"] in ("completed", "failed", "cancelled"):
+                        if doc["status"] != "completed":
+                            raise RuntimeError(f"job {job_id} ended {doc['status']}: {doc.get('error')}")
+                        pending.discard(job_id)
+                time.sleep(0.2)
+        wall = time.perf_counter() - started
+    rate = recordings * seconds / wall
+    print(f"\nplatform: {recordings} recordings of {seconds:.0f} s submitted at once, worker batch {batch}")
+    print(f"  {rate:.1f} s of audio per wall second ({wall:.1f} s for {recordings * seconds:.0f} s of audio)")
+    print(f"  = {100 * rate / engine_rate_b:.0f} % of the bare engine's B={batch} rate ({engine_rate_b:.1f})")
+    print(f"  POST /v1/jobs p95 {_p95(post_ms):.0f} ms ({len(post_ms)} requests)")
+    print(f"  GET /v1/jobs/{{id}} p95 {_p95(get_ms):.0f} ms ({len(get_ms)} requests, during the run)")
+
+
+# -- a batch: one archive of recordings, submitted as one batch ---------------------------------------
+
+
+@dataclass
+class BatchRun:
+    """What one batch run measured; times are from the start of the upload."""
+
+    recordings: int
+    audio_seconds: float
+    archive_bytes: int
+    upload_s: float  # until POST /v1/batches answered (the archive checked, extracted, jobs created)
+    first_result_s: float  # until the batch's status first counted a completed job
+    wall_s: float  # until no job of the batch was open
+    completed: int
+    poll_ms: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.audio_seconds / self.wall_s
+
+
+def batch_archive(dest: Path, recordings: int, seconds: float, seed: int = 0) -> float:
+    """A ZIP of ``recordings`` 8 kHz PCM WAVs of ``seconds`` each (noise: for the cost-faithful model
+    content does not matter, and every file differs, so the server's dedupe merges none); returns
+    the audio seconds in it."""
+    import io
+    import zipfile
+
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(recordings):
+            buf = io.BytesIO()
+            audio = rng.normal(0, 2000, int(seconds * SAMPLE_RATE)).astype(np.int16)
+            sf.write(buf, audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+            zf.writestr(f"calls/rec{i:04d}.wav", buf.getvalue())
+    return recordings * seconds
+
+
+def batch_run(url: str, key: str, archive: Path, audio_seconds: float, poll: float = 0.5) -> BatchRun:
+    """Upload ``archive`` as one batch (``POST /v1/batches``) and poll its status until no job is
+    open: the platform's throughput for the case it is built for, archives of call recordings."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"}
+    poll_ms: list[float] = []
+    with httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(60.0, read=1800.0)) as client:
+        started = time.perf_counter()
+        with archive.open("rb") as f:
+            answer = client.post("/v1/batches", files={"file": (archive.name, f, "application/zip")})
+        if answer.status_code >= 300:
+            raise RuntimeError(f"POST /v1/batches answered {answer.status_code}: {answer.text[:300]}")
+        upload = time.perf_counter() - started
+        batch = answer.json()
+        first = None
+        while True:
+            t = time.perf_counter()
+            response = client.get(f"/v1/batches/{batch['id']}")
+            response.raise_for_status()
+            view = response.json()
+            now = time.perf_counter()
+            poll_ms.append((now - t) * 1000)
+            counts = view["counts"]
+            if first is None and counts.get("completed", 0) > 0:
+                first = now - started
+            if counts.get("queued", 0) + counts.get("processing", 0) == 0:
+                break
+            time.sleep(poll)
+        wall = time.perf_counter() - started
+    if counts.get("completed", 0) != batch["jobs"]:
+        raise RuntimeError(f"batch {batch['id']} ended with {counts} of {batch['jobs']} jobs")
+    return BatchRun(
+        recordings=int(batch["items"]),
+        audio_seconds=audio_seconds,
+        archive_bytes=archive.stat().st_size,
+        upload_s=upload,
+        first_result_s=first if first is not None else wall,
+        wall_s=wall,
+        completed=int(counts["completed"]),
+        poll_ms=poll_ms,
+    )
+
+
+def run_batch_bench(
+    path: Path,
+    *,
+    recordings: int,
+    seconds: float,
+    batch: int,
+    engine_best: tuple[int, float],
+    remeasure: Callable[[int], float] | None = None,
+) -> BatchRun:
+    """A stack on the model; one archive of ``recordings`` recordings as one batch; its rate beside
+    the bare engine's best batched rate of the same run (``engine_best``: (B, audio s/s)). On a
+    shared machine the engine's rate drifts between its table and this run, so ``remeasure`` takes
+    the engine's rate at that B again right after, and the ratio is to the better of the two."""
+    with bench_stack(path, batch) as (url, key, env):
+        archive = Path(env["TONE_DATA_DIR"]) / "bench-batch.zip"
+        audio = batch_archive(archive, recordings, seconds)
+        run = batch_run(url, key, archive, audio)
+    best_b, best_rate = engine_best
+    print(
+        f"\nbatch: one archive of {run.recordings} recordings of {seconds:.0f} s "
+        f"({run.archive_bytes / 1e6:.1f} MB) as one batch, worker batch {batch}"
+    )
+    print(f"  {run.rate:.1f} s of audio per wall second ({run.wall_s:.1f} s for {audio:.0f} s of audio)")
+    reference = best_rate
+    if remeasure is not None:
+        again = remeasure(best_b)
+        print(f"  the bare engine at B={best_b}: {best_rate:.1f} s/s in its table, {again:.1f} right after")
+        reference = max(best_rate, again)
+    share = 100 * run.rate / reference
+    print(f"  = {share:.0f} % of the bare engine's best batched rate (B={best_b}: {reference:.1f})")
+    print(f"  upload answered after {run.upload_s:.1f} s; first result after {run.first_result_s:.1f} s")
+    print(f"  GET /v1/batches/{{id}} p95 {_p95(run.poll_ms):.0f} ms ({len(run.poll_ms)} polls)")
+    return run
+
+
+def engine_meter(path: Path, args: argparse.Namespace, threads: int) -> Callable[[int], float]:
+    """Measures the bare engine's audio s/s at a B, loading the model afresh (the first precision)."""
+
+    def measure(batch: int) -> float:
+        from shared.asr.engine import Recognizer
+
+        precision = args.precisions.split(",")[0]
+        rec = Recognizer.load(path, providers=args.provider, threads=threads, precision=precision)
+        return engine_rate(rec, batch, args.min_seconds, args.max_steps)[0]
+
+    return measure
+
+
+def _redis_input_bytes(redis_url: str) -> int:
+    import redis
+
+    return int(redis.Redis.from_url(redis_url).info("stats")["total_net_input_bytes"])
+
+
+def _live_streams(url: str, key: str, n: int, pieces: int) -> tuple[list[float], list[str]]:
+    """``n`` threads, each a live stream sending 300 ms of audio every 300 ms over the HTTP calls;
+    returns every piece's latency in ms and the error answers."""
+    import threading
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"}
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    start_at = time.time() + 2.0
+
+    def stream(i: int) -> None:
+        rng = np.random.default_rng(i)
+        with httpx.Client(timeout=60) as client:
+            state_id = client.post(f"{url}/transcribe/streaming", headers=headers).json()["state_id"]
+            for k in range(pieces):
+                time.sleep(max(0.0, start_at + k * CHUNK_SECONDS - time.time()))
+                audio = rng.normal(0, 2000, CHUNK_SAMPLES).astype(np.int16).tobytes()
+                t = time.perf_counter()
+                r = client.post(
+                    f"{url}/transcribe/streaming/chunk",
+                    headers=headers,
+                    data={"state_id": state_id, "seq": str(k)},
+                    files={"file": ("piece.raw", audio, "application/octet-stream")},
+                )
+                with lock:
+                    latencies.append((time.perf_counter() - t) * 1000)
+                    if r.status_code != 200:
+                        errors.append(r.text[:200])
+            client.post(f"{url}/transcribe/streaming/finalize", headers=headers, data={"state_id": state_id})
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, errors
+
+
+def run_stream_bench(path: Path, *, counts: list[int], seconds: float, step_ms: dict[int, float]) -> None:
+    """N simulated live streams (300 ms pieces at real-time pace over the HTTP streaming calls)
+    against a stack on the model: latency from a piece's sending to its answer, for rising N."""
+    pieces = int(seconds / CHUNK_SECONDS)
+    print(f"\nstreaming: N live streams, 300 ms pieces at real-time pace for {seconds:.0f} s each")
+    print(
+        f"{'N':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'outside model':>14} {'Redis KiB/s/stream':>19}"
+    )
+    best = 0
+    with bench_stack(path, max(counts)) as (url, key, env):
+        for n in counts:
+            before = _redis_input_bytes(env["REDIS_URL"])
+            latencies, errors = _live_streams(url, key, n, pieces)
+            redis_rate = (_redis_input_bytes(env["REDIS_URL"]) - before) / n / seconds / 1024
+            if errors:
+                print(f"{n:>4} errors: {len(errors)} (first: {errors[0]})")
+                continue
+            p50, p95, p99 = (float(np.percentile(latencies, q)) for q in (50, 95, 99))
+            model = step_ms[min(step_ms, key=lambda b: abs(b - n))]  # a model step of ~N streams
+            outside = max(0.0, 1 - model / p50) if p50 else float("nan")
+            print(f"{n:>4} {p50:>8.0f} {p95:>8.0f} {p99:>8.0f} {100 * outside:>13.0f}% {redis_rate:>19.0f}")
+            if p95 < 300:
+                best = max(best, n)
+    print(f"  largest N with p95 under 300 ms: {best}")

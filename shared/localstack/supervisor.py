@@ -1,0 +1,764 @@
+"""``tone-platform up`` / ``down``: the whole stack on one machine, without Docker.
+
+``up`` uses the PostgreSQL and Redis named by ``DATABASE_URL`` / ``REDIS_URL`` when they are set in the
+environment, else starts its own (``shared.localstack.servers``) under ``<data_dir>/postgres`` and
+``<data_dir>/redis``; runs ``alembic upgrade head``; then starts the API (uvicorn serving
+``api.main:app``), a Celery worker, beat and Flower (basic auth), each in its own session and process
+group, with its output in ``<data_dir>/logs/<name>.log``.
+
+Everything ``up`` started is recorded in ``<data_dir>/up.json`` (pids with their start times, URLs,
+which servers it started), rewritten after each start, so that ``down`` -- or a failed ``up`` --
+can stop exactly that and nothing else: each process group gets SIGTERM, then SIGKILL, and the
+servers it started are stopped through their pidfiles. When ``up`` started its own servers it also
+writes ``<data_dir>/env`` (``export DATABASE_URL=...`` lines, mode 0600), which ``tone-platform keys``
+and ``db`` read when ``DATABASE_URL`` is not set.
+
+In the foreground (the default) ``up`` waits; Ctrl-C or SIGTERM stops everything it started. With
+``--detach`` it returns once ``GET /health`` answers 200, or fails (stopping what it started) with
+the logs' tails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+UP_FILE = "up.json"
+ENV_FILE = "env"
+FLOWER_PASSWORD_FILE = "flower-password"
+HEALTH_TIMEOUT = 120.0
+TERM_TIMEOUT = 20.0  # seconds a process group gets between SIGTERM and SIGKILL
+NO_MODEL_HINT = "no TONE_MODEL_PATH: the worker will try to download t-tech/T-one from Hugging Face"
+CELERY_APP = "worker.celery_app:app"
+# the order of shutdown: the API stops taking work first, the worker finishes (warm shutdown) last
+STOP_ORDER = ("api", "flower", "beat", "events", "worker-live", "worker")
+
+
+class UpError(RuntimeError):
+    """The stack could not be brought up or down; the message says why (with log tails)."""
+
+
+# ------------------------------------------------------------------------------------- data dir env
+
+
+def data_dir_from_env() -> Path:
+    """The data directory as the settings see it (TONE_DATA_DIR, default ``.data``), absolute."""
+    from shared.platform.settings import get_settings
+
+    return Path(get_settings().data_dir).absolute()
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` pairs from a file of shell ``export KEY='VALUE'`` lines ({} when it is missing)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            continue
+        if words and words[0] == "export":
+            words = words[1:]
+        for word in words:
+            key, sep, value = word.partition("=")
+            if sep and key.isidentifier():
+                values[key] = value
+    return values
+
+
+def load_data_dir_env() -> dict[str, str]:
+    """Put ``<data_dir>/env`` (written by ``up`` when it started its own servers) into os.environ.
+
+    Only the variables that are not set already are taken (an explicit DATABASE_URL always wins), and
+    only when DATABASE_URL is unset. Returns what was applied; the settings cache is refreshed.
+    """
+    if os.environ.get("DATABASE_URL") or os.environ.get("TONE_DATABASE_URL"):
+        return {}
+    applied = {k: v for k, v in read_env_file(data_dir_from_env() / ENV_FILE).items() if k not in os.environ}
+    if applied:
+        os.environ.update(applied)
+        from shared.platform.settings import get_settings
+
+        get_settings.cache_clear()
+    return applied
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def flower_password(data_dir: Path, configured: str | None) -> str:
+    """TONE_FLOWER_PASSWORD, else the one in ``<data_dir>/flower-password`` (generated on first use)."""
+    if configured:
+        password = configured
+    else:
+        path = data_dir / FLOWER_PASSWORD_FILE
+        try:
+            password = path.read_text(encoding="utf-8").strip()
+        except OSError:
+            password = ""
+        if not password:
+            password = secrets.token_urlsafe(18)
+            _write_private(path, password + "\n")
+    if "," in password:
+        raise UpError("TONE_FLOWER_PASSWORD must not contain ',' (Flower splits its credentials on commas)")
+    return password
+
+
+# ------------------------------------------------------------------------------------------ processes
+
+
+def _proc_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22); None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        return int(stat[stat.rfind(")") + 2 :].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any live (not zombie) process is in the process group ``pgid``."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+@dataclass
+class Child:
+    """A process started by ``up``: the leader of its own session and process group."""
+
+    name: str
+    pid: int
+    log: Path
+    cmd: list[str]
+    start_time: int | None = None
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "pgid": self.pid,
+            "start_time": self.start_time,
+            "log": str(self.log),
+            "cmd": self.cmd,
+        }
+
+    def exited(self) -> int | None:
+        """The exit status when ``up`` is its parent and it has exited, else None."""
+        return None if self.popen is None else self.popen.poll()
+
+
+def spawn(name: str, cmd: list[str], env: dict[str, str], logs: Path) -> Child:
+    """Start ``cmd`` in a new session (its own process group, no terminal), output to logs/NAME.log."""
+    log = logs / f"{name}.log"
+    with open(log, "ab") as out:
+        out.write(
+            f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} tone-platform up: {shlex.join(cmd)}\n".encode()
+        )
+        out.flush()
+        popen = subprocess.Popen(
+            cmd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # setsid: no Ctrl-C from our terminal, its own group to signal
+            close_fds=True,
+        )
+    return Child(name, popen.pid, log, cmd, _proc_start_time(popen.pid), popen)
+
+
+def _same_process(pid: int, start_time: int | None) -> bool:
+    """Whether ``pid`` still names the process that was recorded (guards against recycled pids)."""
+    if start_time is None:
+        return True
+    now = _proc_start_time(pid)
+    return now is None or now == start_time
+
+
+def _alive_as_recorded(pid: Any, start_time: Any) -> bool:
+    """Whether ``pid`` runs and is the very process recorded with ``start_time``."""
+    return isinstance(pid, int) and _running(pid) and _same_process(pid, start_time)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped by its parent, counts as gone)."""
+    from shared.localstack.servers import pid_alive
+
+    return pid_alive(pid)
+
+
+def stop_groups(entries: list[dict[str, Any]], timeout: float = TERM_TIMEOUT) -> list[str]:
+    """SIGTERM every recorded process group, wait, SIGKILL what is left. Returns the names it stopped.
+
+    A group whose leader is alive but is another process than the one recorded (a recycled pid) is
+    left alone. A group whose leader exited may still hold its children (a worker's pool): it is
+    signalled too, since its id cannot be reused while any member lives.
+    """
+    targets: list[tuple[str, int, subprocess.Popen[bytes] | None]] = []
+    for entry in entries:
+        pid = int(entry["pid"])
+        pgid = int(entry.get("pgid", pid))
+        leader_alive = _running(pid)
+        if leader_alive and not _same_process(pid, entry.get("start_time")):
+            continue
+        if _group_alive(pgid):
+            targets.append((str(entry.get("name", pid)), pgid, entry.get("popen")))
+    for _, pgid, _ in targets:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for sig_kill in (False, True):
+        while time.monotonic() < deadline:
+            for _, _, popen in targets:
+                if popen is not None:
+                    popen.poll()  # reap our own children so they don't linger as zombies
+            if not any(_group_alive(pgid) for _, pgid, _ in targets):
+                break
+            time.sleep(0.1)
+        if not sig_kill:
+            for _, pgid, _ in targets:
+                if _group_alive(pgid):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(pgid, signal.SIGKILL)
+            deadline = time.monotonic() + 10.0
+    for name, pgid, popen in targets:
+        if popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(1.0)
+        if _group_alive(pgid):
+            raise UpError(f"{name} (process group {pgid}) survived SIGTERM and SIGKILL")
+    return [name for name, _, _ in targets]
+
+
+# ------------------------------------------------------------------------------------------- health
+
+
+def http_status(url: str, timeout: float = 3.0) -> tuple[int | None, str]:
+    """(status, body head) of a GET; (None, reason) when nothing answered."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status), resp.read(2000).decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        body = ""
+        with contextlib.suppress(Exception):
+            body = exc.read(2000).decode("utf-8", "replace")
+        return int(exc.code), body
+    except (OSError, ValueError) as exc:
+        return None, str(getattr(exc, "reason", exc))
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    from shared.localstack.servers import log_tail
+
+    return log_tail(path, lines)
+
+
+# ---------------------------------------------------------------------------------------------- up
+
+
+@dataclass
+class Stack:
+    """What one ``up`` started; saved to ``<data_dir>/up.json`` after every change."""
+
+    data_dir: Path
+    host: str
+    port: int
+    flower_port: int
+    detached: bool
+    supervisor_pid: int = field(default_factory=os.getpid)
+    servers: dict[str, str] = field(default_factory=dict)  # name -> server data dir, those up started
+    children: list[Child] = field(default_factory=list)
+    urls: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def up_file(self) -> Path:
+        return self.data_dir / UP_FILE
+
+    def save(self) -> None:
+        doc = {
+            "version": 1,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "supervisor_pid": None if self.detached else self.supervisor_pid,
+            "supervisor_start_time": None if self.detached else _proc_start_time(self.supervisor_pid),
+            "detached": self.detached,
+            "host": self.host,
+            "urls": self.urls,
+            "servers": self.servers,
+            "processes": {c.name: c.to_json() for c in self.children},
+        }
+        _write_private(self.up_file, json.dumps(doc, indent=2) + "\n")
+
+    def stop(self) -> None:
+        """Stop every process and server this ``up`` started, then forget them."""
+        errors: list[str] = []
+        order = {name: i for i, name in enumerate(STOP_ORDER)}
+        entries = [
+            {**c.to_json(), "name": c.name, "popen": c.popen}
+            for c in sorted(self.children, key=lambda c: order.get(c.name, 99))
+        ]
+        try:
+            stop_groups(entries)
+        except UpError as exc:
+            errors.append(str(exc))
+        errors += _stop_servers(self.servers)
+        self.up_file.unlink(missing_ok=True)
+        if errors:
+            raise UpError("; ".join(errors))
+
+
+def _stop_servers(servers: dict[str, str]) -> list[str]:
+    from shared.localstack import servers as stack
+
+    errors = []
+    for name in ("redis", "postgres"):
+        where = servers.get(name)
+        if where:
+            try:
+                stack.stop(Path(where))
+            except stack.StackError as exc:
+                errors.append(f"{name}: {exc}")
+    return errors
+
+
+def _display_host(host: str) -> str:
+    if host in ("0.0.0.0", "", "::", "*"):
+        return "localhost"
+    return f"[{host}]" if ":" in host else host
+
+
+def _check_port(host: str, port: int, what: str) -> None:
+    from shared.localstack.servers import port_free
+
+    bind = "0.0.0.0" if host in ("", "*") else host
+    if not port_free(port, bind):
+        raise UpError(f"port {port} on {bind} is in use: choose another one for {what}")
+
+
+def _read_up(data_dir: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads((data_dir / UP_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _recorded_alive(doc: dict[str, Any]) -> list[str]:
+    """Names of the recorded processes (and a foreground supervisor) still running."""
+    alive = []
+    sup = doc.get("supervisor_pid")
+    if _alive_as_recorded(sup, doc.get("supervisor_start_time")):
+        alive.append(f"tone-platform up (pid {sup})")
+    for name, entry in (doc.get("processes") or {}).items():
+        pid = int(entry["pid"])
+        if _alive_as_recorded(pid, entry.get("start_time")) or _group_alive(int(entry.get("pgid", pid))):
+            alive.append(name)
+    return alive
+
+
+def _say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def up(
+    *,
+    detach: bool = False,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    flower_port: int = 5555,
+    workers: int = 1,
+    health_timeout: float = HEALTH_TIMEOUT,
+) -> int:
+    from shared.localstack import servers as stack
+    from shared.platform.settings import get_settings
+
+    settings = get_settings()
+    data_dir = Path(settings.data_dir).absolute()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+
+    previous = _read_up(data_dir)
+    if previous is not None:
+        alive = _recorded_alive(previous)
+        if alive:
+            raise UpError(
+                f"the stack of {data_dir} is already up ({', '.join(alive)}; {data_dir / UP_FILE}): "
+                f"run `tone-platform down` first"
+            )
+        _down_from(data_dir, previous, quiet=True)  # a stale record: stop its servers, forget it
+
+    _check_port(host, port, "the API (--port)")
+    _check_port(host, flower_port, "Flower (--flower-port)")
+    if workers < 1:
+        raise UpError("--workers must be at least 1")
+    password = flower_password(data_dir, settings.flower_password)
+
+    current = Stack(data_dir, host, port, flower_port, detach)
+    handler_installed = False
+    previous_term: Any = None
+    if not detach:
+
+        def on_term(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        previous_term = signal.signal(signal.SIGTERM, on_term)
+        handler_installed = True
+    ok = False
+    try:
+        env = dict(os.environ)
+        env_lines: list[str] = []
+        # -- servers
+        db_url = os.environ.get("DATABASE_URL") or os.environ.get("TONE_DATABASE_URL")
+        if db_url:
+            _say("PostgreSQL: DATABASE_URL from the environment")
+        else:
+            _say(f"PostgreSQL: starting the local server in {data_dir / 'postgres'} ...")
+            current.servers["postgres"] = str(data_dir / "postgres")
+            current.save()
+            pg = stack.start_postgres(data_dir / "postgres")
+            db_url = pg.url
+            env_lines.append(f"export DATABASE_URL={shlex.quote(db_url)}")
+        redis_url = os.environ.get("REDIS_URL") or os.environ.get("TONE_REDIS_URL")
+        if redis_url:
+            _say("Redis: REDIS_URL from the environment")
+        else:
+            _say(f"Redis: starting the local server in {data_dir / 'redis'} ...")
+            current.servers["redis"] = str(data_dir / "redis")
+            current.save()
+            rd = stack.start_redis(data_dir / "redis", password=_redis_password(data_dir / "redis"))
+            redis_url = rd.url
+            env_lines.append(f"export REDIS_URL={shlex.quote(redis_url)}")
+        env_file = data_dir / ENV_FILE
+        if env_lines:
+            header = "# written by `tone-platform up`: the servers it started (read by `tone-platform keys`)"
+            _write_private(env_file, "\n".join([header, *env_lines]) + "\n")
+        else:
+            env_file.unlink(missing_ok=True)
+        env.update(
+            DATABASE_URL=db_url,
+            REDIS_URL=redis_url,
+            TONE_DATA_DIR=str(data_dir),
+            PYTHONUNBUFFERED="1",
+        )
+        env.pop("TONE_DATABASE_URL", None)
+        env.pop("TONE_REDIS_URL", None)
+
+        # -- schema
+        _say("Database: alembic upgrade head ...")
+        migrate_log = logs / "migrate.log"
+        with open(migrate_log, "ab") as out:
+            done = subprocess.run(
+                [sys.executable, "-m", "shared.cli.main", "db", "upgrade", "head"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=300,
+                check=False,
+            )
+        if done.returncode != 0:
+            raise UpError(
+                f"alembic upgrade head failed (exit status {done.returncode}):\n"
+                f"--- last lines of {migrate_log} ---\n{_tail(migrate_log)}"
+            )
+
+        # -- processes
+        py = sys.executable
+        queue = settings.worker_queue
+        api_url = f"http://{_display_host(host)}:{port}"
+        health_url = f"http://{stack._url_host(host)}:{port}/health"
+        flower_url = f"http://{_display_host(host)}:{flower_port}"
+        current.urls = {
+            "api": api_url,
+            "docs": f"{api_url}/docs",
+            "health": health_url,
+            "flower": flower_url,
+        }
+        flower_env = dict(env, FLOWER_BASIC_AUTH=f"{settings.flower_user}:{password}")
+        celery = [py, "-m", "celery", "-A", CELERY_APP]
+        # one worker per role (worker/celery_app.py): a long batch never holds up live pieces or webhooks
+        from worker.celery_app import EVENTS_QUEUE, live_queue
+
+        worker_cmd = [*celery, "worker", "-Q", queue, "-c", str(workers), "-n", f"{queue}-{port}@%h"]
+        live_cmd = [*celery, "worker", "-Q", live_queue(queue), "-c", "1", "-n", f"{queue}-live-{port}@%h"]
+        events_cmd = [*celery, "worker", "-Q", EVENTS_QUEUE, "-P", "threads", "-c", "4"]
+        events_cmd += ["-n", f"events-{port}@%h"]  # no model: threads, no process per task
+        beat_cmd = [*celery, "beat", "-s", str(data_dir / "celerybeat-schedule")]
+        flower_cmd = [*celery, "flower", f"--address={host}", f"--port={flower_port}"]
+        plan = [
+            ("api", [py, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port)], env),
+            ("worker", [*worker_cmd, "--loglevel", "INFO"], env),
+            ("worker-live", [*live_cmd, "--loglevel", "INFO"], env),
+            ("events", [*events_cmd, "--loglevel", "INFO"], env),
+            ("beat", [*beat_cmd, "--loglevel", "INFO"], env),
+            ("flower", flower_cmd, flower_env),  # the password travels in FLOWER_BASIC_AUTH, not argv
+        ]
+        for name, cmd, child_env in plan:
+            current.children.append(spawn(name, cmd, child_env, logs))
+            current.save()
+
+        _say()
+        _say(f"  API      {api_url}  (docs: {api_url}/docs, health: {api_url}/health)")
+        _say(f"  console  {api_url}/console  (sign in with an API key)")
+        if host in ("0.0.0.0", "::"):
+            _say(f"           listening on all interfaces ({host})")
+        _say(f"  Flower   {flower_url}  (user {settings.flower_user!r}, password {password!r})")
+        _say(f"  logs     {logs}/{{api,worker,worker-live,events,beat,flower,migrate}}.log")
+        _say(f"  state    {current.up_file}")
+        if not settings.model_path:
+            _say(f"  note     {NO_MODEL_HINT}")
+        else:
+            _say(f"  model    {settings.model_path}")
+        _say(_key_hint(data_dir, bool(env_lines), db_url))
+        _say()
+
+        if detach:
+            _wait_healthy(current, health_url, health_timeout)
+            _say(f"ready: {health_url} answers 200. `tone-platform down` stops the stack.")
+            ok = True
+            return 0
+        return _supervise(current, health_url, health_timeout)
+    except KeyboardInterrupt:
+        _say("\nstopping ...")
+        return 130
+    finally:
+        if not ok:  # a failure, a foreground stop or Ctrl-C: stop what this up started
+            with _signals_ignored():
+                try:
+                    current.stop()
+                    if current.children or current.servers:
+                        _say("stopped everything `tone-platform up` started.")
+                except UpError as exc:
+                    print(f"tone-platform: {exc}", file=sys.stderr)
+        if handler_installed:
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+def _redis_password(redis_dir: Path) -> str:
+    """The password of the local Redis: the one it already has (stack.json), or a new one."""
+    try:
+        saved = json.loads((redis_dir / "stack.json").read_text()).get("password")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    return saved if isinstance(saved, str) and saved else secrets.token_hex(16)
+
+
+def _key_hint(data_dir: Path, wrote_env: bool, db_url: str) -> str:
+    lines = ["  API keys tone-platform keys create --tenant NAME   (prints the key; then send it as"]
+    lines.append("           `Authorization: Bearer KEY` or `X-API-Key: KEY`)")
+    if wrote_env:
+        where = "" if os.environ.get("TONE_DATA_DIR") is None else f"TONE_DATA_DIR={data_dir} "
+        lines.append(
+            f"           {where}tone-platform keys ... finds this database through {data_dir / ENV_FILE}"
+        )
+        lines.append(f"           (or: source {data_dir / ENV_FILE})")
+    else:
+        lines.append("           with the same DATABASE_URL in the environment")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Teardown is bounded; a second Ctrl-C must not leave half of the stack running."""
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def _workers_in(body: str) -> int | None:
+    """The ``workers`` count of a /health answer (None when it has none)."""
+    try:
+        workers = json.loads(body).get("workers")
+    except (ValueError, AttributeError):
+        return None
+    return workers if isinstance(workers, int) else None
+
+
+def _wait_healthy(current: Stack, health_url: str, timeout: float) -> None:
+    """Wait for /health 200 (or raise with the logs' tails), then, within the same time, for a worker.
+
+    /health answers 200 once the database and the broker are up ("degraded" while no worker answers a
+    ping). A worker that is still starting is waited for; one that never answers (it exited, or its
+    model cannot be had) is reported but does not fail ``up``: the API takes jobs, they wait queued.
+    """
+    deadline = time.monotonic() + timeout
+    status: int | None = None
+    body = ""
+    api = next(c for c in current.children if c.name == "api")
+    worker = next(c for c in current.children if c.name == "worker")
+    while time.monotonic() < deadline:
+        status, body = http_status(health_url)
+        if status == 200:
+            break
+        if api.exited() is not None:
+            break
+        time.sleep(0.5)
+    if status != 200:
+        dead = [c for c in current.children if c.exited() is not None]
+        parts = [
+            f"{health_url} did not answer 200 within {timeout:.0f} s"
+            if api.exited() is None
+            else f"the API exited with status {api.exited()}",
+            f"last answer: {status if status is not None else 'none'} {body.strip()[:500]}",
+        ]
+        parts += [f"{child.name} exited with status {child.exited()}" for child in dead]
+        for child in current.children:
+            tail = _tail(child.log, 15)
+            if tail:
+                parts.append(f"--- last lines of {child.log} ---\n{tail}")
+        raise UpError("\n".join(parts))
+    while (_workers_in(body) or 0) < 1 and worker.exited() is None and time.monotonic() < deadline:
+        time.sleep(1.0)
+        status, body = http_status(health_url)
+    workers = _workers_in(body)
+    if workers is not None and workers < 1:
+        why = "it exited" if worker.exited() is not None else "it does not answer yet"
+        _say(f"warning: no worker is ready ({why}); jobs wait queued. See {worker.log}:")
+        _say(_tail(worker.log, 10))
+
+
+def _supervise(current: Stack, health_url: str, timeout: float) -> int:
+    """Foreground: say when /health is ready, report processes that exit; return when the API exits."""
+    deadline = time.monotonic() + timeout
+    ready = False
+    reported: set[str] = set()
+    last = ""
+    _say("waiting for /health ... (Ctrl-C stops everything)")
+    while True:
+        if not ready:
+            status, body = http_status(health_url, timeout=2.0)
+            if status == 200:
+                ready = True
+                _say(f"ready: {health_url} answers 200. Ctrl-C stops everything.")
+            else:
+                last = f"{status} {body.strip()[:300]}" if status is not None else body
+                if time.monotonic() > deadline:
+                    ready = True  # stop polling; keep running, the user can look at the logs
+                    _say(f"warning: {health_url} is not ready after {timeout:.0f} s (last answer: {last})")
+        for child in current.children:
+            code = child.exited()
+            if code is not None and child.name not in reported:
+                reported.add(child.name)
+                print(
+                    f"tone-platform: {child.name} exited with status {code}; last lines of {child.log}:\n"
+                    f"{_tail(child.log, 15)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if child.name == "api":
+                    print("tone-platform: the API is gone: stopping the stack", file=sys.stderr)
+                    return 1
+        time.sleep(1.0)
+
+
+# -------------------------------------------------------------------------------------------- down
+
+
+def _down_from(data_dir: Path, doc: dict[str, Any], *, quiet: bool = False) -> list[str]:
+    """Stop what an up.json records; returns the names of what it found running."""
+    errors: list[str] = []
+    stopped: list[str] = []
+    sup = doc.get("supervisor_pid")
+    if (
+        isinstance(sup, int)
+        and _alive_as_recorded(sup, doc.get("supervisor_start_time"))
+        and sup != os.getpid()
+    ):
+        # a foreground `up`: ask it to stop its stack itself, then make sure below
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(sup, signal.SIGTERM)
+        deadline = time.monotonic() + TERM_TIMEOUT + 40
+        while time.monotonic() < deadline and _running(sup):
+            time.sleep(0.2)
+        stopped.append("tone-platform up")
+    processes = doc.get("processes") or {}
+    order = {name: i for i, name in enumerate(STOP_ORDER)}
+    entries = [
+        {**entry, "name": name}
+        for name, entry in sorted(processes.items(), key=lambda kv: order.get(kv[0], 99))
+    ]
+    try:
+        stopped += stop_groups(entries)
+    except UpError as exc:
+        errors.append(str(exc))
+    for name in ("redis", "postgres"):
+        where = (doc.get("servers") or {}).get(name)
+        if where and _server_running(name, Path(where)):
+            stopped.append(name)
+    errors += _stop_servers(doc.get("servers") or {})
+    if errors:
+        raise UpError("; ".join(errors))
+    (data_dir / UP_FILE).unlink(missing_ok=True)
+    if not quiet and stopped:
+        _say(f"stopped: {', '.join(stopped)}")
+    return stopped
+
+
+def _server_running(name: str, where: Path) -> bool:
+    from shared.localstack import servers as stack
+
+    if name == "postgres":
+        return stack._pg_pidfile_info(where / "pgdata") is not None
+    return stack._redis_pid(where) is not None
+
+
+def down() -> int:
+    data_dir = data_dir_from_env()
+    doc = _read_up(data_dir)
+    if doc is None:
+        _say(f"nothing to stop: no {data_dir / UP_FILE} (the stack of {data_dir} is not up)")
+        return 0
+    stopped = _down_from(data_dir, doc)
+    if not stopped:
+        _say("nothing was running; forgot the stale record")
+    return 0

@@ -1,0 +1,81 @@
+"""The platform's one Settings object, read from the environment (documented in the README).
+
+The engine (``shared.asr``) never imports this: the API, the workers and the CLI read settings
+and pass plain arguments to the engine.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TONE_", extra="ignore")
+
+    # servers
+    database_url: str = Field(
+        "postgresql+psycopg://tone:tone@127.0.0.1:5433/tone",
+        validation_alias=AliasChoices("DATABASE_URL", "TONE_DATABASE_URL"),
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6380/0", validation_alias=AliasChoices("REDIS_URL", "TONE_REDIS_URL")
+    )
+    data_dir: Path = Path(".data")  # audio uploads and, for `tone-platform up`, the local servers
+    audio_dir: Path | None = None  # default: data_dir / "audio"
+
+    # engine (passed to Recognizer.load)
+    model_path: str | None = None  # TONE_MODEL_PATH; unset: Hugging Face
+    provider: str = "auto"
+    threads: int | None = None
+    precision: str = "auto"
+    decoder: str = "auto"
+
+    # limits
+    max_upload_bytes: int = 1024 * 1024 * 1024  # 1 GiB
+    max_audio_seconds: float = 4 * 3600.0
+    rate_limit_per_minute: int = 600  # requests per API key per minute (Redis counters)
+    batch_max_entries: int = 10000  # entries in one batch archive
+    batch_max_total_bytes: int = 20 * 1024**3  # uncompressed bytes of one batch archive
+    batch_root: Path | None = None  # TONE_BATCH_ROOT: server folder whose subfolders batches may read
+    sync_timeout_seconds: float = 600.0  # /transcribe and /v1/audio/transcriptions wait this long
+
+    # auth
+    auth_disabled: bool = False  # only for local use: every request acts as the tenant "local"
+
+    # workers
+    worker_queue: str = "cpu"  # cpu or gpu: which queue this worker consumes and new jobs go to
+    worker_batch: int = 16  # recordings advanced together per model call
+    job_lease_seconds: float = 300.0  # a processing job whose lease expires is re-enqueued
+    queued_grace_seconds: float = 120.0  # a queued job older than this with no worker is re-sent
+    task_time_limit_seconds: float = 4 * 3600.0
+
+    # live streaming sessions (shared.platform.sessions)
+    stream_ttl_seconds: int = 300  # a session lives this long after its last chunk (each extends it)
+    stream_chunk_timeout_seconds: float = 30.0  # how long a chunk call waits for its answer (then 504)
+    stream_requeue_seconds: float = 5.0  # an unanswered piece is queued again after this (dead worker)
+    stream_idle_timeout_seconds: float = 15.0  # a WebSocket stream that sends nothing this long is closed
+
+    # webhooks and audio_url
+    allow_private_urls: bool = False  # allow webhook/audio_url targets on private/loopback addresses
+    webhook_timeout_seconds: float = 10.0
+    url_download_timeout_seconds: float = 60.0
+    idempotency_hours: float = 24.0
+    retention_days: float | None = None  # jobs, transcripts and batches ended longer ago are deleted
+    audio_retention_days: float | None = None  # stored audio of ended jobs is deleted (transcripts stay)
+
+    # flower
+    flower_user: str = "admin"
+    flower_password: str | None = None
+
+    @property
+    def audio_path(self) -> Path:
+        return self.audio_dir or self.data_dir / "audio"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,62 @@
+"""Beam search with a KenLM language model beside model.onnx (the `lm` extra), as the reference."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import kenlm  # noqa: F401  (the lm extra, installed by `make test`: its absence is a failure)
+import numpy as np
+import pytest
+
+from shared.asr.engine import Recognizer
+from shared.asr.errors import ModelError
+from shared.dev.models.tones import synthesize
+
+
+def unigram_lm(path: Path, words: dict[str, float]) -> Path:
+    """A tiny ARPA bigram model (KenLM reads ARPA as well as its binary format)."""
+    unigrams = ["-1.0\t<unk>\t0", "0\t<s>\t0", "-1.0\t</s>"] + [f"{lp}\t{w}\t0" for w, lp in words.items()]
+    bigrams = [f"{lp}\t<s> {w}" for w, lp in words.items()]  # KenLM wants at least a bigram model
+    path.write_text(
+        f"\\data\\\nngram 1={len(unigrams)}\nngram 2={len(bigrams)}\n\n\\1-grams:\n"
+        + "\n".join(unigrams)
+        + "\n\n\\2-grams:\n"
+        + "\n".join(bigrams)
+        + "\n\n\\end\\\n"
+    )
+    return path
+
+
+def ambiguous_audio() -> np.ndarray:
+    """ "мир" and "мар" at once: the middle letter is и and а at equal strength."""
+    a, _ = synthesize(["мир"])
+    b, _ = synthesize(["мар"])
+    return ((a.astype(np.int32) + b) // 2).astype(np.int16)
+
+
+@pytest.mark.parametrize(("preferred", "other"), [("мир", "мар"), ("мар", "мир")])
+def test_kenlm_beside_the_model_decides_between_equal_letters(
+    tone_model: Path, tmp_path: Path, preferred: str, other: str
+) -> None:
+    shutil.copy(tone_model, tmp_path / "model.onnx")
+    unigram_lm(tmp_path / "kenlm.bin", {preferred: -0.1, other: -4.0})
+    rec = Recognizer.load(tmp_path)
+    assert rec.lm_path == tmp_path / "kenlm.bin"
+    assert rec.default_decoder == "beam"
+    (phrase,) = rec.transcribe(ambiguous_audio())
+    assert phrase.text == preferred
+    assert [w.text for w in phrase.words] == [preferred]
+
+
+def test_without_lm_the_default_decoder_is_greedy(tone_model: Path) -> None:
+    rec = Recognizer.load(tone_model)
+    assert rec.lm_path is None
+    assert rec.default_decoder == "greedy"
+
+
+def test_unreadable_kenlm_is_refused_at_load(tone_model: Path, tmp_path: Path) -> None:
+    shutil.copy(tone_model, tmp_path / "model.onnx")
+    (tmp_path / "kenlm.bin").write_bytes(b"not a language model")
+    with pytest.raises(ModelError, match=r"kenlm\.bin"):
+        Recognizer.load(tmp_path)

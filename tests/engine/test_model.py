@@ -1,0 +1,144 @@
+"""Loading models: contract checks with clear messages, the float16 question, providers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+
+from shared.asr.engine import Recognizer
+from shared.asr.errors import ModelContractError, ModelNotFoundError
+from shared.asr.model import AcousticModel, locate_model
+from shared.dev.models.tones import synthesize
+
+
+def mutated_tone_model(tone_model: Path, tmp_path: Path, mutate) -> Path:
+    model = onnx.load(str(tone_model))
+    mutate(model.graph)
+    out = tmp_path / "model.onnx"
+    onnx.save(model, str(out))
+    return out
+
+
+def offline_hub(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
+    """No network, and this cache: huggingface_hub reads its environment once, at import."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+
+def test_wrong_input_name_is_refused_naming_the_difference(tone_model: Path, tmp_path: Path) -> None:
+    def rename(g: onnx.GraphProto) -> None:
+        g.input[0].name = "audio"
+        for node in g.node:
+            node.input[:] = ["audio" if x == "signal" else x for x in node.input]
+
+    with pytest.raises(
+        ModelContractError, match=r"inputs are \['audio', 'state'\], expected \['signal', 'state'\]"
+    ):
+        AcousticModel(mutated_tone_model(tone_model, tmp_path, rename))
+
+
+def test_wrong_state_dtype_and_vocabulary_are_refused(tone_model: Path, tmp_path: Path) -> None:
+    def retype(g: onnx.GraphProto) -> None:
+        g.input[1].type.tensor_type.elem_type = TensorProto.FLOAT
+        g.output[0].type.tensor_type.shape.dim[2].dim_value = 36
+
+    with pytest.raises(ModelContractError) as err:
+        AcousticModel(mutated_tone_model(tone_model, tmp_path, retype))
+    assert "input 'state' is float32, expected float16" in err.value.message
+    assert "output 'logprobs' has shape ['B', 10, 36], expected [B, 10, 35]" in err.value.message
+    assert err.value.code == "model_contract_mismatch"
+
+
+def test_not_an_onnx_file_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"this is not a protobuf at all" * 10)
+    with pytest.raises(ModelContractError, match="not a readable ONNX model"):
+        AcousticModel(bad)
+
+
+def test_missing_model_says_how_to_provide_one(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="TONE_MODEL_PATH"):
+        locate_model(tmp_path / "nope")
+    with pytest.raises(ModelNotFoundError, match=r"holds no model\.onnx"):
+        locate_model(tmp_path)
+
+
+def test_failed_hugging_face_download_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    offline_hub(monkeypatch, tmp_path / "hub")
+    with pytest.raises(ModelNotFoundError) as err:
+        locate_model(None)
+    assert "downloading t-tech/T-one/model.onnx from Hugging Face failed" in err.value.message
+    assert "TONE_MODEL_PATH" in err.value.message
+
+
+def test_directory_with_kenlm_is_found(tone_model: Path, tmp_path: Path) -> None:
+    (tmp_path / "model.onnx").write_bytes(tone_model.read_bytes())
+    (tmp_path / "kenlm.bin").write_bytes(b"x")
+    files = locate_model(tmp_path)
+    assert files.model == tmp_path / "model.onnx"
+    assert files.lm == tmp_path / "kenlm.bin"
+
+
+def test_float32_rewrite_keeps_the_contract_and_the_transcript(tone_model: Path) -> None:
+    audio, expected = synthesize(["проверка точности"])
+    as_is = Recognizer.load(tone_model, precision="float16")
+    rewritten = Recognizer.load(tone_model, precision="float32")
+    assert rewritten.model.converted and not as_is.model.converted
+    assert list(rewritten.transcribe(audio)) == list(as_is.transcribe(audio))
+    assert [p.text for p in as_is.transcribe(audio)] == [e.text for e in expected]
+
+
+def test_cost_faithful_float16_model_runs_on_cpu_both_ways(cost_model: Path) -> None:
+    rng = np.random.default_rng(0)
+    signal = rng.integers(-20000, 20000, (2, 2400, 1), dtype=np.int32)
+    state = np.zeros((2, 219_729), np.float16)
+    outs = {}
+    for precision in ("float16", "float32"):
+        model = AcousticModel(cost_model, precision=precision, threads=2)
+        lp, st = model.run(signal, state)
+        lp2, st2 = model.run(signal, st)
+        assert lp.shape == (2, 10, 35) and lp.dtype == np.float32
+        assert st2.shape == (2, 219_729) and st2.dtype == np.float16
+        assert np.isfinite(lp2).all() and np.isfinite(st2).all()
+        assert np.allclose(np.exp(lp2).sum(-1), 1, atol=1e-3)
+        outs[precision] = lp2
+    assert model.converted
+    assert np.abs(np.exp(outs["float16"]) - np.exp(outs["float32"])).max() < 0.05
+
+
+def test_unknown_provider_is_refused_with_what_is_available(tone_model: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="CPUExecutionProvider"):
+        AcousticModel(tone_model, providers=["NoSuchExecutionProvider"])
+
+
+def test_batch_rows_of_the_cost_model_equal_single_runs(cost_model: Path) -> None:
+    model = AcousticModel(cost_model, threads=2)
+    rng = np.random.default_rng(1)
+    signal = rng.integers(-20000, 20000, (3, 2400, 1), dtype=np.int32)
+    state = np.zeros((3, 219_729), np.float16)
+    lp, st = model.run(signal, state)
+    for i in range(3):
+        lp1, st1 = model.run(signal[i : i + 1], state[i : i + 1])
+        assert np.array_equal(lp1[0], lp[i])
+        assert np.array_equal(st1[0], st[i])
+
+
+def test_model_in_the_hugging_face_cache_loads_without_network(
+    tone_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--t-tech--T-one"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    (repo / "snapshots" / revision / "model.onnx").write_bytes(tone_model.read_bytes())
+    offline_hub(monkeypatch, tmp_path / "hf" / "hub")
+    files = locate_model(None)
+    assert files.model == repo / "snapshots" / revision / "model.onnx"
+    assert files.lm is None

@@ -1,0 +1,397 @@
+"""``tone-platform batch`` run as a subprocess against the real stack: a folder of recordings in,
+transcript files out; reruns, Ctrl-C and resume, bad keys and bad inputs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.cli.batch import (
+    AUDIO_SUFFIXES,
+    STATE_NAME,
+    BatchError,
+    Progress,
+    describe,
+    pack,
+    safe_extract,
+    scan_dir,
+)
+from shared.dev.bench import batch_archive, batch_run
+from tests.conftest import KIT_AUDIO, Proc, make_key, start_api, start_worker, wait_for
+from tests.api.test_api import auth
+from tests.api.test_batches import stereo_wav
+
+CLI = Path(sys.executable).parent / "tone-platform"
+QUEUE = "batch-cli"  # the interruption test's own queue: no worker until it starts one
+FORMATS = ["json", "srt", "vtt", "txt"]
+CALLS = {
+    "calls/a.wav": (["привет мир"], ["да"]),
+    "calls/b.wav": (["как дела"], ["хорошо"]),
+    "other/c.wav": (["до свидания"], ["пока"]),
+}
+WAITING = {
+    name.replace("calls/", "waiting/"): ([*left, "ещё"], right) for name, (left, right) in CALLS.items()
+}
+
+
+def make_folder(root: Path, calls: dict[str, tuple[list[str], list[str]]] = CALLS) -> Path:
+    """Stereo recordings in subfolders, metadata.csv at the root, and things that must not be sent."""
+    for name, (left, right) in calls.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        stereo_wav(root / name, left, right)
+    (root / "metadata.csv").write_text("path,agent\ncalls/a.wav,ivan\ncalls/b.wav,olga\n")
+    (root / "notes.txt").write_text("not a recording")
+    (root / ".hidden.wav").write_bytes(b"hidden files are not sent")
+    return root
+
+
+def run_batch(
+    source: Path, out: Path, url: str, key: str | None, *extra: str, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "TONE_API_KEY"}
+    if key is not None:
+        env["TONE_API_KEY"] = key
+    cmd = [str(CLI), "batch", str(source), "--server", url, "--out", str(out), "--poll", "0.3", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+def count_jobs(url: str, key: str) -> int:
+    """The tenant's jobs, through the public list (every page)."""
+    total, cursor = 0, None
+    while True:
+        params: dict[str, Any] = {"limit": 100, **({"cursor": cursor} if cursor else {})}
+        page = httpx.get(f"{url}/v1/jobs", params=params, headers=auth(key), timeout=30).json()
+        total += len(page["data"])
+        cursor = page["next_cursor"]
+        if not cursor:
+            return total
+
+
+def state_of(out: Path) -> dict[str, Any]:
+    return dict(json.loads((out / STATE_NAME).read_text()))
+
+
+def tree(out: Path) -> dict[str, bytes]:
+    """Every file under OUT but the state file."""
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != STATE_NAME
+    }
+
+
+def items_of(url: str, key: str, batch_id: str) -> list[dict[str, Any]]:
+    got = httpx.get(f"{url}/v1/batches/{batch_id}/items", params={"limit": 1000}, headers=auth(key))
+    assert got.status_code == 200, got.text
+    return list(got.json()["items"])
+
+
+def assert_transcript_files(url: str, key: str, out: Path, batch_id: str, names: list[str]) -> None:
+    """OUT/<path without extension>.<format> holds exactly the job's transcript in that format."""
+    items = {i["name"]: i for i in items_of(url, key, batch_id)}
+    assert sorted(items) == sorted(names)
+    for name, item in items.items():
+        assert item["status"] == "completed", item
+        stem = name.rsplit(".", 1)[0]
+        for fmt in FORMATS:
+            want = httpx.get(
+                f"{url}/v1/jobs/{item['job_id']}/transcript", params={"format": fmt}, headers=auth(key)
+            )
+            assert want.status_code == 200, want.text
+            got = (out / f"{stem}.{fmt}").read_bytes()
+            if fmt == "json":
+                assert json.loads(got)["phrases"] == want.json()["phrases"], name
+            else:
+                assert got.decode() == want.text, (name, fmt)
+
+
+@pytest.fixture(scope="module")
+def key(servers: dict[str, str]) -> str:
+    """A tenant of these tests alone, so that its job count moves only with them."""
+    return make_key(servers, "batch-cli")
+
+
+def test_help_lists_batch_and_the_bench_batch_run() -> None:
+    top = subprocess.run([str(CLI), "--help"], capture_output=True, text=True, check=True).stdout
+    assert "batch" in top
+    own = subprocess.run([str(CLI), "batch", "--help"], capture_output=True, text=True, check=True).stdout
+    for option in ("--server", "--out", "--format", "--api-key", "--name", "--channels", "--poll", "--new"):
+        assert option in own
+    bench = subprocess.run([str(CLI), "bench", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--batch-run" in bench and "--batch-only" in bench
+
+
+# -- units: packing and extracting ----------------------------------------------------------------------
+
+
+def test_packed_suffixes_are_the_servers_audio_suffixes() -> None:
+    from api.services.batch_sources import AUDIO_SUFFIXES as SERVER
+
+    assert AUDIO_SUFFIXES == SERVER
+
+
+def test_packing_keeps_relative_paths_skips_hidden_and_non_audio_and_is_repeatable(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "in")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "x.wav").write_bytes(b"in a hidden folder")
+    files = scan_dir(folder)
+    assert [rel for rel, _ in files] == ["calls/a.wav", "calls/b.wav", "metadata.csv", "other/c.wav"]
+    first, second = tmp_path / "1.zip", tmp_path / "2.zip"
+    assert pack(files, first) == pack(files, second)
+    assert first.read_bytes() == second.read_bytes()  # the same upload, byte for byte
+    with zipfile.ZipFile(first) as zf:
+        assert zf.read("calls/b.wav") == (folder / "calls/b.wav").read_bytes()
+
+
+@pytest.mark.parametrize("bad", ["../escaped.txt", "/abs/escaped.txt", "a/../../escaped.txt", STATE_NAME])
+def test_results_entries_escaping_out_refuse_the_whole_archive(tmp_path: Path, bad: str) -> None:
+    archive = tmp_path / "results.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("calls/a.srt", "1\n")
+        zf.writestr(bad, "evil")
+    out = tmp_path / "deep" / "out"
+    out.mkdir(parents=True)
+    with pytest.raises(BatchError, match="nothing extracted"):
+        safe_extract(archive, out)
+    assert list(tmp_path.rglob("*escaped*")) == [] and list(out.iterdir()) == []
+
+
+def test_results_entry_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "results.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        info = zipfile.ZipInfo("link.txt")
+        info.external_attr = (0o120777) << 16  # a symbolic link to /etc/passwd
+        zf.writestr(info, "/etc/passwd")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(BatchError):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out" / "link.txt").exists()
+
+
+def test_progress_redraws_one_line_on_a_terminal_and_prints_lines_in_a_log() -> None:
+    counts = {"completed": 1, "failed": 1, "processing": 2, "queued": 0}
+    view = {"jobs": 4, "progress": 0.5, "audio_seconds_left": 90.0, "eta_seconds": 65.0, "counts": counts}
+    line = describe(view)
+    assert "2/4 jobs" in line and "1 failed" in line and "1m30s of audio left" in line and "ETA 1m05s" in line
+    term = io.StringIO()
+    bar = Progress(term, tty=True)
+    bar.line("one")
+    bar.line("two", final=True)
+    bar.end()
+    assert term.getvalue() == "\rone\x1b[K\rtwo\x1b[K\n"
+    log = io.StringIO()
+    bar = Progress(log, every=3600, tty=False)
+    bar.line("one")
+    bar.line("two")  # within the interval: not written
+    bar.line("three", final=True)
+    assert log.getvalue() == "one\nthree\n"
+
+
+# -- against the stack ---------------------------------------------------------------------------------
+
+
+def test_folder_becomes_transcript_files_and_a_rerun_submits_nothing(
+    api: Proc, worker: Proc, key: str, tmp_path: Path
+) -> None:
+    folder = make_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    done = run_batch(folder, out, api.url or "", key, "--format", ",".join(FORMATS))
+    assert done.returncode == 0, done.stderr
+    batch_id = state_of(out)["batch_id"]
+    assert f"batch {batch_id}: 3 of 3 recordings transcribed, 0 failed" in done.stdout
+    assert "one by one" not in done.stderr  # the server's ZIP had every format (server: formats=)
+    assert_transcript_files(api.url or "", key, out, batch_id, list(CALLS))
+    assert "привет мир" in (out / "calls/a.txt").read_text()
+    records = {r["name"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert sorted(records) == sorted(CALLS)
+    assert records["calls/b.wav"]["metadata"] == {"path": "calls/b.wav", "agent": "olga"}
+    assert {p["channel"] for p in records["calls/b.wav"]["phrases"]} == {0, 1}
+    assert not any(n.startswith(".tone-batch-") for n in os.listdir(out))  # no temporary files left
+
+    jobs, before = count_jobs(api.url or "", key), tree(out)
+    again = run_batch(folder, out, api.url or "", key, "--format", ",".join(FORMATS))
+    assert again.returncode == 0, again.stderr
+    assert f"resuming batch {batch_id}" in again.stderr
+    assert state_of(out)["batch_id"] == batch_id
+    assert count_jobs(api.url or "", key) == jobs
+    assert tree(out) == before
+
+
+def test_lost_state_file_still_finds_the_batch_by_its_idempotency_key(
+    api: Proc, worker: Proc, key: str, tmp_path: Path
+) -> None:
+    """The upload's Idempotency-Key comes from the content: sent again, the server gives back the
+    first batch (server side: Idempotency-Key on POST /v1/batches)."""
+    folder = make_folder(tmp_path / "in", {"x/one.wav": (["раз два"], ["три"])})
+    out = tmp_path / "out"
+    first = run_batch(folder, out, api.url or "", key)
+    assert first.returncode == 0, first.stderr
+    batch_id, jobs = state_of(out)["batch_id"], count_jobs(api.url or "", key)
+    (out / STATE_NAME).unlink()
+    second = run_batch(folder, out, api.url or "", key)
+    assert second.returncode == 0, second.stderr
+    assert state_of(out)["batch_id"] == batch_id
+    assert count_jobs(api.url or "", key) == jobs
+
+    # as if Ctrl-C came after the server made the batch but before its answer arrived
+    state = state_of(out)
+    (out / STATE_NAME).write_text(json.dumps({**state, "batch_id": None}))
+    third = run_batch(folder, out, api.url or "", key)
+    assert third.returncode == 0, third.stderr
+    assert "the last upload did not finish" in third.stderr
+    assert state_of(out)["batch_id"] == batch_id
+    assert count_jobs(api.url or "", key) == jobs
+
+
+def test_archive_is_sent_as_is_and_an_unreadable_recording_exits_1(
+    api: Proc, worker: Proc, key: str, tmp_path: Path
+) -> None:
+    wav = stereo_wav(tmp_path / "b.wav", ["как дела"], ["хорошо"])
+    archive = tmp_path / "calls.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(wav, "x/b.wav")
+        bad = (KIT_AUDIO / "bad" / "noise_bytes.wav").read_bytes()
+        info = tarfile.TarInfo("x/broken.wav")
+        info.size = len(bad)
+        tf.addfile(info, io.BytesIO(bad))
+    out = tmp_path / "out"
+    done = run_batch(archive, out, api.url or "", key, "--format", "txt")
+    assert done.returncode == 1, done.stderr
+    assert "x/broken.wav" in done.stdout and "1 failed" in done.stdout
+    assert "хорошо" in (out / "x" / "b.txt").read_text()
+
+
+def test_bad_key_exits_2_saying_the_key_was_refused(api: Proc, tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "in", {"a.wav": (["да"], ["нет"])})
+    done = run_batch(folder, tmp_path / "out", api.url or "", "tone_notakey_000000000000")
+    assert done.returncode == 2
+    assert "refused the API key" in done.stderr and "TONE_API_KEY" in done.stderr
+    assert "Traceback" not in done.stderr
+    nokey = run_batch(folder, tmp_path / "out", api.url or "", None)
+    assert nokey.returncode == 2 and "--api-key" in nokey.stderr
+
+
+def test_folder_without_audio_exits_2_naming_what_was_looked_for(api: Proc, key: str, tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("no recordings here")
+    (folder / "metadata.csv").write_text("path,agent\n")
+    done = run_batch(folder, tmp_path / "out", api.url or "", key)
+    assert done.returncode == 2
+    assert "holds no audio files" in done.stderr and ".wav" in done.stderr
+    missing = run_batch(tmp_path / "nowhere", tmp_path / "out", api.url or "", key)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+@pytest.fixture
+def parked(platform_env: dict[str, str], logs: Path) -> Iterator[tuple[Proc, dict[str, str]]]:
+    """An API whose jobs go to a queue no worker consumes yet: batches wait."""
+    env = {**platform_env, "TONE_WORKER_QUEUE": QUEUE}
+    proc = start_api(env, logs, "api-batch-cli")
+    yield proc, env
+    proc.stop()
+
+
+def test_ctrl_c_while_waiting_then_rerun_resumes_the_same_batch(
+    parked: tuple[Proc, dict[str, str]], logs: Path, key: str, tmp_path: Path
+) -> None:
+    api, env = parked
+    url = api.url or ""
+    folder = make_folder(tmp_path / "in", WAITING)  # content of its own: not an earlier test's batch
+    out = tmp_path / "out"
+    err_log = tmp_path / "cli.err"
+    cmd = [str(CLI), "batch", str(folder), "--server", url, "--out", str(out), "--poll", "0.3",
+           "--format", ",".join(FORMATS)]  # fmt: skip
+    with err_log.open("w") as err:
+        cli = subprocess.Popen(
+            cmd, env={**os.environ, "TONE_API_KEY": key}, stdout=subprocess.PIPE, stderr=err, text=True
+        )
+        try:
+            wait_for(lambda: "0/3 jobs" in err_log.read_text(), "the CLI polling the batch", timeout=90)
+            cli.send_signal(signal.SIGINT)
+            assert cli.wait(30) == 130
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
+    said = err_log.read_text()
+    batch_id = state_of(out)["batch_id"]
+    assert batch_id and f"batch {batch_id} keeps running" in said and "Resume with the same command" in said
+    assert "Traceback" not in said
+    view = httpx.get(f"{url}/v1/batches/{batch_id}", headers=auth(key)).json()
+    assert view["counts"]["queued"] == 3, view  # nothing ran: no worker consumes the queue yet
+    jobs = count_jobs(url, key)
+
+    worker = start_worker(env, logs, "batch-cli-worker", queues=QUEUE)
+    try:
+        done = run_batch(folder, out, url, key, "--format", ",".join(FORMATS))
+        assert done.returncode == 0, done.stderr
+        assert f"resuming batch {batch_id}" in done.stderr and "uploading" not in done.stderr
+        assert state_of(out)["batch_id"] == batch_id
+        assert count_jobs(url, key) == jobs  # resumed: no job was created again
+        assert_transcript_files(url, key, out, batch_id, list(WAITING))
+
+        stereo_wav(folder / "waiting" / "d.wav", ["новый звонок"], ["ага"])
+        changed = run_batch(folder, out, url, key)
+        assert changed.returncode == 2
+        assert "changed since" in changed.stderr and "--new" in changed.stderr
+        assert count_jobs(url, key) == jobs
+        fresh = run_batch(folder, out, url, key, "--new")
+        assert fresh.returncode == 0, fresh.stderr
+        assert state_of(out)["batch_id"] != batch_id
+        assert "4 of 4 recordings transcribed" in fresh.stdout
+    finally:
+        worker.stop()
+
+
+def test_bench_batch_run_measures_one_whole_batch(api: Proc, worker: Proc, key: str, tmp_path: Path) -> None:
+    """The code path of the bench's batch run (``make bench``), tiny, on the tones model."""
+    archive = tmp_path / "bench.zip"
+    audio = batch_archive(archive, recordings=3, seconds=1.0, seed=7)
+    run = batch_run(api.url or "", key, archive, audio, poll=0.2)
+    assert run.recordings == 3 and run.completed == 3
+    assert 0 < run.upload_s <= run.first_result_s <= run.wall_s and run.rate > 0
+
+
+def test_batch_cancelled_on_the_server_ends_the_wait_with_exit_1(
+    parked: tuple[Proc, dict[str, str]], key: str, tmp_path: Path
+) -> None:
+    api, _ = parked
+    url = api.url or ""
+    folder = make_folder(
+        tmp_path / "in", {"gone/a.wav": (["отмена"], ["да"]), "gone/b.wav": (["нет"], ["ну"])}
+    )
+    out = tmp_path / "out"
+    cmd = [str(CLI), "batch", str(folder), "--server", url, "--out", str(out), "--poll", "0.3"]
+    cli = subprocess.Popen(
+        cmd,
+        env={**os.environ, "TONE_API_KEY": key},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: (out / STATE_NAME).is_file() and bool(state_of(out)["batch_id"]), "the batch id")
+        batch_id = state_of(out)["batch_id"]
+        cancel = httpx.post(f"{url}/v1/batches/{batch_id}/cancel", headers=auth(key))
+        assert cancel.status_code == 200, cancel.text
+        stdout, stderr = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert cli.returncode == 1, stderr
+    assert f"batch {batch_id}: 0 of 2 recordings transcribed, 0 failed, 2 cancelled" in stdout
+    assert "cancelled: gone/a.wav" in stdout and "cancelled: gone/b.wav" in stdout

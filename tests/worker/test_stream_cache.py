@@ -1,0 +1,75 @@
+"""The live worker's state cache (worker/streaming.py), unit-tested with a fake session store: the
+worker uses its own copy of a session's state only while the session's ``rev`` in Redis is the one
+it saved; any other ``rev`` (another worker advanced it) means the state is read again."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.platform.sessions import Item, Options
+from shared.platform.settings import Settings
+from worker import streaming
+
+
+class FakeStore:
+    """The few calls ``prepare`` makes, over a dict of fields; counts the state reads."""
+
+    def __init__(self, fields: dict[str, bytes]) -> None:
+        self.fields = fields
+        self.state_reads = 0
+
+    def load_fields(self, sid: str, names: list[str]) -> dict[str, bytes]:
+        if any(n.startswith("state") for n in names):
+            self.state_reads += 1
+        return {n: self.fields[n] for n in names if n in self.fields}
+
+    def chunk(self, sid: str, seq: int) -> bytes:
+        return b"\x00\x00" * 800
+
+
+@pytest.fixture
+def settings(tone_model: Path) -> Settings:
+    return Settings(model_path=str(tone_model), threads=1)  # type: ignore[call-arg]
+
+
+def test_the_cached_state_is_used_only_while_the_rev_is_the_workers(
+    settings: Settings, recognizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streaming, "get_recognizer", lambda _: recognizer)
+    in_redis = recognizer.new_stream()
+    mine = recognizer.new_stream()
+    fields = {
+        "ttl": b"300",
+        "next_seq": b"3",
+        "options": Options().to_json().encode(),
+        "rev": b"r1",
+        "state:0": in_redis.to_bytes(),
+    }
+    item = Item("sid-1", 3, "chunk", "nonce", time.time())
+
+    store = FakeStore(fields)
+    streaming._states.clear()
+    streaming._remember("sid-1", b"r1", [mine])
+    work = streaming.prepare(store, settings, item, "token")  # type: ignore[arg-type]
+    assert isinstance(work, streaming.Work) and work.cached
+    assert work.states[0] is mine and store.state_reads == 0
+
+    store = FakeStore({**fields, "rev": b"r2"})  # another worker saved the session since
+    streaming._remember("sid-1", b"r1", [mine])
+    work = streaming.prepare(store, settings, item, "token")  # type: ignore[arg-type]
+    assert isinstance(work, streaming.Work) and not work.cached
+    assert work.states[0] is not mine and store.state_reads == 1
+    assert work.states[0].to_bytes() == in_redis.to_bytes()
+    assert "sid-1" not in streaming._states  # taken out until this round saves it again
+
+
+def test_the_cache_keeps_the_most_recent_sessions_only(recognizer: Any) -> None:
+    streaming._states.clear()
+    for i in range(streaming.CACHED_SESSIONS + 5):
+        streaming._remember(f"s{i}", b"r", [])
+    assert len(streaming._states) == streaming.CACHED_SESSIONS
+    assert "s0" not in streaming._states and f"s{streaming.CACHED_SESSIONS + 4}" in streaming._states
