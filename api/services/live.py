@@ -8,6 +8,7 @@ for ``tone.stream`` on a worker and waits for the answer with BLPOP on the event
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -31,7 +32,13 @@ def session_store(client: redis.Redis) -> SessionStore:
 
 @lru_cache
 def async_redis(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, socket_connect_timeout=2)
+    """The event loop's client for the answers' BLPOP. No socket timeout: a BLPOP's own timeout
+    bounds each read (redis-py's default of 5 s would cut a 5 s BLPOP short and answer 500); the
+    wait below adds its own margin in case Redis itself stops answering."""
+    return aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
+
+
+BLPOP_MARGIN = 2.0  # seconds past a BLPOP's timeout before its read is given up
 
 
 def reply_body(reply: dict[str, Any]) -> dict[str, Any]:
@@ -84,15 +91,25 @@ async def through_worker(
     while True:
         left = deadline - time.monotonic()
         wait = min(left, settings.stream_requeue_seconds)
-        got = await async_redis(settings.redis_url).blpop([key], timeout=max(wait, 0.01))
+        got = await _blpop(settings.redis_url, key, max(wait, 0.01))
         if got is not None:
-            return reply_body(json.loads(got[1]))
+            return reply_body(json.loads(got))
         if left <= wait:
             message = f"no worker answered within {timeout:g} s; send the chunk again (same seq)"
             raise SessionError(504, "timeout", message)
         stored = await run_in_threadpool(requeue)
         if stored is not None:
             return reply_body(stored)
+
+
+async def _blpop(url: str, key: str, timeout: float) -> bytes | None:
+    """The answer from the reply list, or None when none came within ``timeout`` (or Redis did
+    not answer the read in time: the caller then queues the piece again, as for a silent worker)."""
+    try:
+        got = await asyncio.wait_for(async_redis(url).blpop([key], timeout=timeout), timeout + BLPOP_MARGIN)
+    except (asyncio.TimeoutError, redis.TimeoutError):
+        return None
+    return None if got is None else cast("bytes", got[1])
 
 
 async def send_chunk(

@@ -436,3 +436,68 @@ def test_a_piece_taken_by_a_worker_that_died_unanswered_is_requeued_and_answered
             proc.stop()
         api.stop()
         broker.close()
+
+
+# -- a stalled live worker ------------------------------------------------------------------------
+
+
+def stalled(proc: Proc, seconds: float) -> Any:
+    """SIGSTOP the worker's process group now, SIGCONT it after ``seconds`` (in a thread)."""
+    import threading
+
+    os.killpg(proc.popen.pid, signal.SIGSTOP)
+    timer = threading.Timer(seconds, os.killpg, (proc.popen.pid, signal.SIGCONT))
+    timer.start()
+    return timer
+
+
+def test_a_piece_waits_for_a_worker_stalled_for_8_s_instead_of_failing(
+    client: httpx.Client, workers: list[Proc], audio: np.ndarray, offline: Any
+) -> None:
+    """A live worker stopped for longer than the requeue interval (a model load, a GPU start): the
+    piece is queued again and answered once a worker runs, within TONE_STREAM_CHUNK_TIMEOUT_SECONDS
+    (20 s here), never a 500."""
+    pieces = [pcm(p) for p in np.array_split(audio, 5)]
+    sid = open_session(client)
+    streamed = stream(client, sid, pieces[:2])
+    timer = stalled(workers[-1], 8.0)
+    try:
+        started = time.monotonic()
+        r = send(client, sid, pieces[2], 2)
+        waited = time.monotonic() - started
+    finally:
+        timer.join()
+        os.killpg(workers[-1].popen.pid, signal.SIGCONT)
+    assert r.status_code == 200, r.text
+    assert waited >= 7.5, waited  # it was answered by the worker after it went on, not before
+    streamed += r.json()["phrases"]
+    for seq, data in enumerate(pieces[3:], 3):
+        answer = send(client, sid, data, seq)
+        assert answer.status_code == 200, answer.text
+        streamed += answer.json()["phrases"]
+    check_final(client, sid, streamed, offline(audio))
+
+
+def test_pieces_waiting_for_a_worker_hold_no_database_connection(
+    client: httpx.Client, workers: list[Proc], audio: np.ndarray
+) -> None:
+    """32 sessions (more than the API's pool of 10 + 10 connections) each with a piece waiting for a
+    stalled worker: the API still answers calls that need the database, and every piece gets its
+    answer once the worker runs again."""
+    sids = [open_session(client) for _ in range(32)]
+    piece = pcm(audio[:2400])
+    timer = stalled(workers[-1], 8.0)
+    try:
+        with ThreadPoolExecutor(32) as pool:
+            futures = [pool.submit(send, client, sid, piece, 0) for sid in sids]
+            time.sleep(3.0)  # every piece is waiting now
+            assert not any(f.done() for f in futures)
+            listed = client.get("/v1/jobs", timeout=5)  # before the fix: waits for the pool, then 500
+            assert listed.status_code == 200, listed.text
+            answers = [f.result() for f in futures]
+    finally:
+        timer.join()
+        os.killpg(workers[-1].popen.pid, signal.SIGCONT)
+    for r in answers:
+        assert r.status_code == 200, r.text
+        assert r.json()["seq"] == 0
