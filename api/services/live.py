@@ -66,11 +66,11 @@ async def through_worker(
     """Queue the work item (and its audio), wake a worker, and wait for the answer's body."""
 
     def enqueue() -> str:
-        if audio is not None:
-            keep = max(store.ttl_of(sid), int(settings.stream_chunk_timeout_seconds) + 60)
-            store.store_chunk(sid, seq, audio, keep)
-        key = store.enqueue(settings.worker_queue, sid, seq, kind)
-        enqueue_stream(settings.worker_queue)
+        # the journal outlives any session (whose TTL is at most stream_ttl_seconds) and any wait
+        keep = max(settings.stream_ttl_seconds, int(settings.stream_chunk_timeout_seconds) + 60)
+        key, awake = store.submit(settings.worker_queue, sid, seq, kind, audio, keep)
+        if not awake:  # no worker is draining the queue: wake one (else no Celery message per piece)
+            enqueue_stream(settings.worker_queue)
         return key
 
     def requeue() -> dict[str, Any] | None:
