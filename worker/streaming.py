@@ -73,7 +73,7 @@ MAX_SESSIONS = 64  # sessions per model call
 POP = 256  # items popped per round
 RUN_SECONDS = 5.0  # a run keeps draining the pending list this long, then hands over
 CACHED_SESSIONS = 256  # states a worker process keeps after saving them (see the docstring)
-SMALL_FIELDS = ["ttl", "next_seq", "final", "finished", "options", "held", "rev", "ckpt", "ckpt_t"]
+SMALL_FIELDS = ["ttl", "next_seq", "final", "finished", "options", "held", "rev", "ckpt", "ckpt_t", "phrases"]
 CHECKPOINT_PIECES = 32  # at most this many pieces between two checkpoints (bounds a replay)
 IDLE_SECONDS = 1.0  # a run waits this long for the next item before it ends
 # sid -> (rev, states): an optimisation only; Redis is the truth (a stale rev means "read it")
@@ -150,6 +150,30 @@ class Work:
     ckpt: int = 0  # the session's checkpoint (next_seq when its states were last written)
     ckpt_t: float = 0.0
     replay: list[np.ndarray] = field(default_factory=list)  # journaled chunks to apply first
+    phrases: list[dict[str, Any]] = field(default_factory=list)  # the session's phrases so far
+
+
+class Prefetched:
+    """The store, with a round's small fields and chunks already read (one round trip for all
+    sessions of the round); anything else goes to the store itself."""
+
+    def __init__(
+        self, store: SessionStore, fields: dict[str, dict[str, bytes]], chunks: dict[str, bytes | None]
+    ) -> None:
+        self.store = store
+        self.fields = fields
+        self.chunks = chunks
+
+    def load_fields(self, sid: str, names: list[str]) -> dict[str, bytes]:
+        if sid in self.fields and names == [*SMALL_FIELDS, *names[len(SMALL_FIELDS) :]]:
+            return self.fields[sid]
+        return self.store.load_fields(sid, names)
+
+    def chunk(self, sid: str, seq: int) -> bytes | None:
+        return self.chunks[sid] if sid in self.chunks else self.store.chunk(sid, seq)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
 
 
 def run(queue: str, settings: Settings | None = None) -> int:
@@ -197,13 +221,23 @@ def run_round(store: SessionStore, settings: Settings, items: list[Item]) -> tup
             taken[item.id] = item
     work: list[Work] = []
     done = 0
-    for item in taken.values():
-        token = store.lock(item.id, WORKER_ID)
-        if token is None:  # another worker is on this session: next round
-            later.append(item)
-            continue
+    tokens = store.lock_many(list(taken), WORKER_ID)
+    locked = [(item, token) for item, token in zip(taken.values(), tokens) if token is not None]
+    later += [item for item, token in zip(taken.values(), tokens) if token is None]  # another worker's
+    wanted = [
+        (i.id, [*SMALL_FIELDS, f"answer:{i.seq}"], i.seq if i.kind == "chunk" else None) for i, _ in locked
+    ]
+    got = store.prefetch(wanted)
+    fetched = Prefetched(
+        store,
+        {i.id: f for (i, _), (f, _) in zip(locked, got)},
+        {i.id: c for (i, _), (_, c) in zip(locked, got)},
+    )
+    unlocks: list[tuple[str, str]] = []
+    replies: list[tuple[Item, dict[str, Any]]] = []
+    for item, token in locked:
         try:
-            outcome = prepare(store, settings, item, token)
+            outcome = prepare(fetched, settings, item, token)  # type: ignore[arg-type]
         except ToneError as exc:  # the model cannot be loaded (or a state is unreadable)
             log.error("stream %s: seq %d: %s", item.id, item.seq, exc)
             outcome = {"status": 503, "error": {"code": exc.code, "message": exc.message}}
@@ -213,12 +247,14 @@ def run_round(store: SessionStore, settings: Settings, items: list[Item]) -> tup
         if isinstance(outcome, Work):
             work.append(outcome)
             continue
-        store.unlock(item.id, token)
+        unlocks.append((item.id, token))
         if isinstance(outcome, str):  # "defer"
             later.append(item)
         else:
-            store.reply(item, outcome)
+            replies.append((item, outcome))
             done += 1
+    if unlocks or replies:
+        store.finish_many(unlocks, replies)
     if work:
         store.heartbeat(WORKER_ID)  # the states may have taken a while to load
         work = replay(store, settings, work)
@@ -327,9 +363,11 @@ def prepare(store: SessionStore, settings: Settings, item: Item, token: str) -> 
             if cached is not None and hit:  # the states are unchanged (and so is rev)
                 _remember(item.id, cached[0], cached[1])
             return answer
+    phrases = cast("list[dict[str, Any]]", json.loads(s.get("phrases", b"[]")))
     return Work(
-        item, token, ttl, states, samples, held, cached=hit, ckpt=ckpt, ckpt_t=ckpt_t, replay=replayed
-    )
+        item, token, ttl, states, samples, held, cached=hit, ckpt=ckpt, ckpt_t=ckpt_t, replay=replayed,
+        phrases=phrases,
+    )  # fmt: skip
 
 
 def load_states(
@@ -415,12 +453,16 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
         time.perf_counter() - started,
     )
     at = 0
+    keep = max(settings.stream_ttl_seconds, int(settings.stream_chunk_timeout_seconds) + 60)
+    saves: list[tuple[str, str, int, dict[str, str | bytes], str | None, tuple[int, int], int]] = []
+    pending: list[tuple[Work, dict[str, Any], str]] = []  # (work, its answer, its new rev)
+    replies: list[tuple[Item, dict[str, Any]]] = []
     for w in work:
         results, at = flat[at : at + len(w.states)], at + len(w.states)
         item = w.item
         try:
             new = release(w, results)
-            all_phrases = json.loads(store.r.hget(f"tone:stream:{item.id}", "phrases") or "[]") + new
+            all_phrases = w.phrases + new
             fields: dict[str, str | bytes] = {
                 "layout": str(LAYOUT),
                 "next_seq": str(item.seq + 1),
@@ -450,17 +492,30 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
                 partial = " ".join(t for t in (open_phrase(st) for st in w.states) if t)
                 answer = ok({**body, "partial": partial})
             fields[f"answer:{item.seq}"] = json.dumps(answer, ensure_ascii=False)
-            if not commit(store, settings, item, w.token, w.ttl, fields, journal):
-                log.warning("stream %s: lock lost or expired before seq %d was saved", item.id, item.seq)
-                answer = expired(item.id).to_reply()
-            elif item.kind != "finalize":
-                _remember(item.id, rev.encode(), w.states)
+            fields["updated"] = str(now)
+            drop = f"answer:{item.seq - KEEP_ANSWERS}" if item.seq >= KEEP_ANSWERS else None
+            saves.append((item.id, w.token, w.ttl, fields, drop, journal, keep))
+            pending.append((w, answer, rev))
         except Exception as exc:
             log.exception("stream %s: cannot save seq %d", item.id, item.seq)
-            answer = {"status": 500, "error": {"code": "internal_error", "message": str(exc)}}
-        finally:
-            store.unlock(item.id, w.token)
-        store.reply(item, answer)
+            replies.append((item, {"status": 500, "error": {"code": "internal_error", "message": str(exc)}}))
+    try:
+        saved = store.save_many(saves)
+    except Exception as exc:
+        log.exception("stream: cannot save a round of %d sessions", len(saves))
+        saved = [False] * len(saves)
+        pending = [
+            (w, {"status": 500, "error": {"code": "internal_error", "message": str(exc)}}, "")
+            for w, _, _ in pending
+        ]
+    for (w, answer, rev), ok_ in zip(pending, saved):
+        if not ok_ and rev:
+            log.warning("stream %s: lock lost or expired before seq %d was saved", w.item.id, w.item.seq)
+            answer = expired(w.item.id).to_reply()
+        elif ok_ and w.item.kind != "finalize":
+            _remember(w.item.id, rev.encode(), w.states)
+        replies.append((w.item, answer))
+    store.finish_many([(w.item.id, w.token) for w in work], replies)
 
 
 @app.task(name=STREAM_TASK)

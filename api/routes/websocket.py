@@ -45,7 +45,7 @@ log = logging.getLogger("api.websocket")
 
 PIECE_SECONDS = 0.3  # frames are gathered into pieces of at least this much audio
 PARTIAL_EVERY = 1.0  # a partial at least this often while audio flows
-CONFIG_FIELDS = {"sample_rate", "encoding", "channels", "decoder", "api_key", "store", "webhook_url"}
+CONFIG_FIELDS = {"sample_rate", "encoding", "channels", "decoder", "api_key", "store", "webhook_url", "acks"}
 
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_BAD_DATA, CLOSE_POLICY, CLOSE_INTERNAL = 1000, 1001, 1003, 1008, 1011
 CLOSE_IDLE = 4408
@@ -273,6 +273,9 @@ async def _v1(ws: WebSocket, settings: Settings) -> None:
         fields = ", ".join(sorted(unknown))
         raise CloseError("invalid_config", f"unknown config field(s): {fields}", CLOSE_BAD_DATA)
     keep = config.pop("store", False)
+    acks = config.pop("acks", False)
+    if not isinstance(acks, bool):
+        raise CloseError("invalid_config", "acks must be true or false", CLOSE_BAD_DATA)
     webhook_url = config.pop("webhook_url", None)
     if not isinstance(keep, bool):
         raise CloseError("invalid_config", "store must be true or false", CLOSE_BAD_DATA)
@@ -303,6 +306,8 @@ async def _v1(ws: WebSocket, settings: Settings) -> None:
         if text != partial or now - partial_at >= PARTIAL_EVERY:
             await _send(ws, {"type": "partial", "text": text, "channel": 0})
             partial, partial_at = text, now
+        if acks:  # the piece was applied: its seq and the audio seconds applied so far
+            await _send(ws, {"type": "ack", "seq": body["seq"], "audio_seconds": round(stream.duration, 3)})
 
     while True:
         message = await receiver.receive_until(flush_at)

@@ -20,7 +20,7 @@ import redis
 import redis.asyncio as aioredis
 from starlette.concurrency import run_in_threadpool
 
-from shared.platform.sessions import Accepted, Options, SessionError, SessionStore
+from shared.platform.sessions import Accepted, AsyncSessionStore, Options, SessionError, SessionStore
 from shared.platform.settings import Settings
 from shared.queue import enqueue_stream
 
@@ -36,6 +36,12 @@ def async_redis(url: str) -> aioredis.Redis:
     bounds each read (redis-py's default of 5 s would cut a 5 s BLPOP short and answer 500); the
     wait below adds its own margin in case Redis itself stops answering."""
     return aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
+
+
+@lru_cache
+def async_store(url: str) -> AsyncSessionStore:
+    """The per-piece calls (accept, submit) on the event loop, with a socket timeout of their own."""
+    return AsyncSessionStore(aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5))
 
 
 BLPOP_MARGIN = 2.0  # seconds past a BLPOP's timeout before its read is given up
@@ -56,8 +62,8 @@ async def create(
     return await run_in_threadpool(store.create, tenant, options, ttl, job)
 
 
-async def accept(store: SessionStore, sid: str, tenant: str, kind: str, seq: int | None) -> Accepted:
-    return await run_in_threadpool(store.accept, sid, tenant, kind, seq)
+async def accept(settings: Settings, sid: str, tenant: str, kind: str, seq: int | None) -> Accepted:
+    return await async_store(settings.redis_url).accept(sid, tenant, kind, seq)
 
 
 async def through_worker(
@@ -65,12 +71,14 @@ async def through_worker(
 ) -> dict[str, Any]:
     """Queue the work item (and its audio), wake a worker, and wait for the answer's body."""
 
-    def enqueue() -> str:
+    async def enqueue() -> str:
         # the journal outlives any session (whose TTL is at most stream_ttl_seconds) and any wait
         keep = max(settings.stream_ttl_seconds, int(settings.stream_chunk_timeout_seconds) + 60)
-        key, awake = store.submit(settings.worker_queue, sid, seq, kind, audio, keep)
+        key, awake = await async_store(settings.redis_url).submit(
+            settings.worker_queue, sid, seq, kind, audio, keep
+        )
         if not awake:  # no worker is draining the queue: wake one (else no Celery message per piece)
-            enqueue_stream(settings.worker_queue)
+            await run_in_threadpool(enqueue_stream, settings.worker_queue)
         return key
 
     def requeue() -> dict[str, Any] | None:
@@ -85,7 +93,7 @@ async def through_worker(
         enqueue_stream(settings.worker_queue)
         return None
 
-    key = await run_in_threadpool(enqueue)
+    key = await enqueue()
     timeout = settings.stream_chunk_timeout_seconds
     deadline = time.monotonic() + timeout
     while True:
@@ -117,7 +125,7 @@ async def send_chunk(
 ) -> dict[str, Any]:
     """Apply a piece of audio to the session (a retried ``seq`` gets its first answer); the answer's
     body: ``phrases`` completed by it, ``seq``, ``partial`` (the open phrase's text)."""
-    accepted = await accept(store, sid, tenant, "chunk", seq)
+    accepted = await accept(settings, sid, tenant, "chunk", seq)
     if accepted.action == "done":
         stored = await run_in_threadpool(store.stored_answer, sid, accepted.seq)
         if stored is None:
@@ -128,7 +136,7 @@ async def send_chunk(
 
 async def finalize(store: SessionStore, settings: Settings, sid: str, tenant: str) -> dict[str, Any]:
     """End the session; the answer's body holds every phrase of it (the same when called again)."""
-    accepted = await accept(store, sid, tenant, "finalize", None)
+    accepted = await accept(settings, sid, tenant, "finalize", None)
     if accepted.action == "final":
         stored = await run_in_threadpool(store.stored_final, sid)
         if stored is not None:

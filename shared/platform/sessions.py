@@ -74,6 +74,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
+import redis.asyncio as aioredis
 
 from shared.asr.types import SAMPLE_RATE
 from shared.errors import CodedError
@@ -279,6 +280,57 @@ return 1
 """
 
 
+def _accept_args(tenant: str, kind: str, seq: int | None) -> list[str | int]:
+    if seq is not None and seq < 0:
+        raise SessionError(422, "invalid_request", "seq must be 0 or more")
+    return [tenant, "" if seq is None else str(seq), kind, str(time.time()), KNOWN_SECONDS]
+
+
+def _accepted(sid: str, out: list[Any]) -> Accepted:
+    """The accept script's answer: what to do, or the SessionError it means."""
+    action = out[0].decode() if isinstance(out[0], bytes) else str(out[0])
+
+    if action == "not_found":
+        raise not_found(sid)
+    if action == "expired":
+        raise expired(sid)
+    if action == "finished":
+        raise finished(sid)
+    if action == "gap":
+        raise SessionError(
+            409,
+            "sequence_gap",
+            f"chunk seq {out[1]} is out of order: the session expects seq {out[2]} next",
+        )
+    return Accepted(action, int(out[1]))
+
+
+class AsyncSessionStore:
+    """The API's per-piece calls (accept, submit) on the event loop's Redis client: no threadpool
+    hop per piece."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.r = client
+        self._accept = client.register_script(_ACCEPT)
+
+    async def accept(self, sid: str, tenant: str, kind: str, seq: int | None) -> Accepted:
+        args = _accept_args(tenant, kind, seq)
+        return _accepted(sid, await self._accept(keys=[session_key(sid), known_key(sid)], args=args))
+
+    async def submit(
+        self, queue: str, sid: str, seq: int, kind: str, audio: bytes | None, keep: int
+    ) -> tuple[str, bool]:
+        """As ``SessionStore.submit``."""
+        nonce = secrets.token_hex(8)
+        pipe = self.r.pipeline(transaction=False)
+        if audio is not None:
+            pipe.hset(journal_key(sid), str(seq), audio)
+            pipe.expire(journal_key(sid), keep)
+        pipe.rpush(pending_key(queue), Item(sid, seq, kind, nonce, time.time()).to_json())
+        pipe.exists(awake_key(queue))
+        return reply_key(sid, nonce), bool((await pipe.execute())[-1])
+
+
 class SessionStore:
     """Session calls over one synchronous Redis client (the API runs them in its threadpool)."""
 
@@ -312,26 +364,8 @@ class SessionStore:
     def accept(self, sid: str, tenant: str, kind: str, seq: int | None) -> Accepted:
         """Check the call against the session and the sequence rules, atomically (raises
         SessionError), extending the session's TTL."""
-        if seq is not None and seq < 0:
-            raise SessionError(422, "invalid_request", "seq must be 0 or more")
-        out = self._accept(
-            keys=[session_key(sid), known_key(sid)],
-            args=[tenant, "" if seq is None else str(seq), kind, str(time.time()), KNOWN_SECONDS],
-        )
-        action = out[0].decode() if isinstance(out[0], bytes) else str(out[0])
-        if action == "not_found":
-            raise not_found(sid)
-        if action == "expired":
-            raise expired(sid)
-        if action == "finished":
-            raise finished(sid)
-        if action == "gap":
-            raise SessionError(
-                409,
-                "sequence_gap",
-                f"chunk seq {out[1]} is out of order: the session expects seq {out[2]} next",
-            )
-        return Accepted(action, int(out[1]))
+        out = self._accept(keys=[session_key(sid), known_key(sid)], args=_accept_args(tenant, kind, seq))
+        return _accepted(sid, out)
 
     def next_seq(self, sid: str) -> int | None:
         value = self.r.hget(session_key(sid), "next_seq")
@@ -399,6 +433,57 @@ class SessionStore:
 
     def unlock(self, sid: str, token: str) -> None:
         self._unlock(keys=[lock_key(sid)], args=[token])
+
+    # -- a round's calls, one round trip each (a round serves up to 64 sessions) -------------------
+
+    def lock_many(self, sids: list[str], worker: str) -> list[str | None]:
+        """``lock`` for each session, pipelined."""
+        pipe = self.r.pipeline(transaction=False)
+        tokens = [f"{worker}|{secrets.token_hex(12)}" for _ in sids]
+        for sid, token in zip(sids, tokens):
+            self._lock(keys=[lock_key(sid)], args=[token, LOCK_MS, heartbeat_key("")], client=pipe)
+        return [t if int(ok) == 1 else None for t, ok in zip(tokens, pipe.execute())]
+
+    def prefetch(
+        self, wanted: list[tuple[str, list[str], int | None]]
+    ) -> list[tuple[dict[str, bytes], bytes | None]]:
+        """For each (session, field names, journaled seq or None): its fields (those it has) and
+        that chunk's audio, pipelined."""
+        pipe = self.r.pipeline(transaction=False)
+        for sid, names, seq in wanted:
+            pipe.hmget(session_key(sid), names)
+            pipe.hget(journal_key(sid), str(seq if seq is not None else -1))
+        values = pipe.execute()
+        out = []
+        for i, (_, names, _) in enumerate(wanted):
+            fields = {n: v for n, v in zip(names, values[2 * i]) if v is not None}
+            out.append((fields, values[2 * i + 1]))
+        return out
+
+    def save_many(
+        self, saves: list[tuple[str, str, int, dict[str, str | bytes], str | None, tuple[int, int], int]]
+    ) -> list[bool]:
+        """``save`` for each (session, token, ttl, fields, drop, journal, journal_ttl), pipelined."""
+        pipe = self.r.pipeline(transaction=False)
+        for sid, token, ttl, fields, drop, journal, journal_ttl in saves:
+            args: list[str | bytes | int] = [token, ttl, drop or "", journal_ttl, *journal]
+            for k, v in fields.items():
+                args += [k, v]
+            keys = [session_key(sid), lock_key(sid), journal_key(sid)]
+            self._save(keys=keys, args=args, client=pipe)
+        return [int(v) == 1 for v in pipe.execute()] if saves else []
+
+    def finish_many(self, unlocks: list[tuple[str, str]], replies: list[tuple[Item, dict[str, Any]]]) -> None:
+        """``unlock`` and ``reply`` for many, pipelined."""
+        pipe = self.r.pipeline(transaction=False)
+        for sid, token in unlocks:
+            self._unlock(keys=[lock_key(sid)], args=[token], client=pipe)
+        for item, payload in replies:
+            key = reply_key(item.id, item.reply)
+            pipe.rpush(key, json.dumps(payload))
+            pipe.expire(key, REPLY_SECONDS)
+            pipe.expire(known_key(item.id), KNOWN_SECONDS)
+        pipe.execute()
 
     def load(self, sid: str) -> dict[str, bytes]:
         data = cast("dict[bytes, bytes]", self.r.hgetall(session_key(sid)))

@@ -133,6 +133,27 @@ def test_v1_stream_browser_key_in_the_first_message_and_mulaw(
     assert [p["text"] for p in got[-1]["phrases"]] == PHRASES
 
 
+def test_v1_stream_acks_each_piece_when_asked(ws_api: str, api_key: str, audio: np.ndarray) -> None:
+    """``"acks": true``: one ``{"type": "ack", "seq", "audio_seconds"}`` per piece, after its
+    phrases and partial (a client's flow control, and the benchmark's latency)."""
+    pcm = audio.astype("<i2").tobytes()
+    with connect(f"{ws_api}/v1/stream", additional_headers=auth(api_key)) as ws:
+        ws.send(json.dumps({"acks": True}))
+        acks = []
+        for k in range(3):
+            ws.send(pcm[k * 4800 : (k + 1) * 4800])  # 300 ms: a piece of its own
+            while (message := json.loads(ws.recv(timeout=30)))["type"] != "ack":
+                assert message["type"] in ("partial", "phrase")
+            acks.append(message)
+        ws.send(json.dumps({"type": "end"}))
+        assert list(messages(ws))[-1]["type"] == "final"
+    assert acks == [{"type": "ack", "seq": k, "audio_seconds": round(0.3 * (k + 1), 3)} for k in range(3)]
+    with connect(f"{ws_api}/v1/stream", additional_headers=auth(api_key)) as ws:
+        ws.send(json.dumps({"acks": "yes"}))
+        reply = list(messages(ws))
+        assert reply[-1]["code"] == "invalid_config" and close_code(ws) == 1003
+
+
 def test_v1_stream_errors_bad_key_and_bad_config(ws_api: str, api_key: str) -> None:
     with connect(f"{ws_api}/v1/stream", additional_headers=auth("tone_nope_bad")) as ws:
         got = list(messages(ws))
