@@ -101,6 +101,87 @@ def engine_rate(rec: Any, batch: int, min_seconds: float, max_steps: int) -> tup
     return batch * steps * CHUNK_SECONDS / elapsed, elapsed / steps
 
 
+def speech_audio(seconds: float = 60.0, seed: int = 0) -> np.ndarray:
+    """Tone-synthesized speech with pauses (phrases of 1-4 words): the splitter and decoders see
+    phrases open and close as in a call, on the tones and the null model alike."""
+    import random
+
+    from shared.asr.types import LABELS
+    from shared.dev.models.tones import synthesize
+
+    rnd = random.Random(seed)
+    letters = LABELS[:-1]
+    pieces: list[np.ndarray] = []
+    total = 0
+    while total < seconds * SAMPLE_RATE:
+        words = [
+            "".join(rnd.choice(letters) for _ in range(rnd.randint(2, 8))) for _ in range(rnd.randint(1, 4))
+        ]
+        audio, _ = synthesize([" ".join(words)], lead=rnd.choice([0.3, 0.6, 0.9]), tail=0.3)
+        pieces.append(audio)
+        total += len(audio)
+    return np.concatenate(pieces)[: int(seconds * SAMPLE_RATE)]
+
+
+@dataclass
+class HostRate:
+    """One stepping run: wall time and the part spent inside ONNX Runtime's run."""
+
+    batch: int
+    steps: int
+    wall_s: float
+    model_s: float
+    phrases: int
+
+    @property
+    def audio_rate(self) -> float:
+        return self.batch * self.steps * CHUNK_SECONDS / self.wall_s
+
+    @property
+    def us_per_stream_chunk(self) -> float:
+        return 1e6 * self.wall_s / (self.batch * self.steps)
+
+    @property
+    def host_us_per_stream_chunk(self) -> float:
+        """The engine's own time per stream and chunk: everything but the model's run."""
+        return 1e6 * (self.wall_s - self.model_s) / (self.batch * self.steps)
+
+
+def host_rate(rec: Any, batch: int, audio: np.ndarray, min_seconds: float, max_steps: int) -> HostRate:
+    """Recognizer.step over B streams of speech (each at its own place in ``audio``, wrapping
+    around), timing the model's run apart: with the null model the rest is the engine's own cost."""
+    model = rec.model
+    run = model.run
+    spent = [0.0]
+
+    def timed(*a: Any, **k: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return run(*a, **k)
+        finally:
+            spent[0] += time.perf_counter() - t
+
+    chunks_in = len(audio) // CHUNK_SAMPLES
+    frames = audio[: chunks_in * CHUNK_SAMPLES].reshape(chunks_in, CHUNK_SAMPLES)
+    rng = np.random.default_rng(batch)
+    starts = rng.integers(0, chunks_in, batch)
+    streams = [rec.new_stream() for _ in range(batch)]
+    last = [False] * batch
+    model.run = timed
+    try:
+        rec.step(streams, list(frames[starts % chunks_in]), last)  # warm-up
+        spent[0] = 0.0
+        steps, phrases, started = 0, 0, time.perf_counter()
+        while steps < max_steps and (steps < 3 or time.perf_counter() - started < min_seconds):
+            steps += 1
+            out = rec.step(streams, list(frames[(starts + steps) % chunks_in]), last)
+            phrases += sum(len(p) for p in out)
+        wall = time.perf_counter() - started
+    finally:
+        del model.run
+    return HostRate(batch, steps, wall, spent[0], phrases)
+
+
 def _process_rate(path: str, batch: int, start_at: float, seconds: float, out: Any) -> None:
     """One single-threaded engine process, for the processes-per-core comparison."""
     from shared.asr.engine import Recognizer
