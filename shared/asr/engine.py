@@ -69,6 +69,7 @@ class Recognizer:
 
     def __init__(self, model: AcousticModel, lm_path: Path | None = None, default_decoder: str = "auto"):
         self.model = model
+        self.bank = model.new_bank()  # the streams' state rows, kept on the model's device
         self.lm_path = lm_path if lm_path and kenlm_available() else None
         self._decoders: dict[str, Decoder] = {"greedy": GreedyDecoder()}
         self.default_decoder: DecoderName = (
@@ -123,17 +124,20 @@ class Recognizer:
         for s in streams:
             if s.finished:
                 raise StreamStateError("the stream is already finished")
-        signal = np.stack([np.asarray(c, dtype=np.int32).reshape(CHUNK_SAMPLES) for c in chunks])[..., None]
-        state = np.stack([s.model_state for s in streams])
-        logprobs, state_next = self.model.run(signal, state)
+        signal = self.bank.signal_buffer(len(streams))
+        for i, c in enumerate(chunks):
+            signal[i, :, 0] = np.asarray(c).reshape(CHUNK_SAMPLES)
+        logprobs = self.model.step(self.bank, list(streams), signal)
+        raws_per_stream = splitter.split_batch(streams, logprobs, last)
         out: list[list[Phrase]] = []
-        for i, s in enumerate(streams):
-            s.model_state = state_next[i]
+        for s, raws, is_last in zip(streams, raws_per_stream, last):
             s.chunks += 1
-            raws, s.buffer, s.offset = splitter.split(s.buffer, s.offset, logprobs[i], is_last=last[i])
-            s.finished = bool(last[i])
-            dec = self.decoder(s.decoder)
-            out.append([p for p in (to_phrase(dec, r, s.channel) for r in raws) if p is not None])
+            s.finished = bool(is_last)
+            if raws:
+                dec = self.decoder(s.decoder)
+                out.append([p for p in (to_phrase(dec, r, s.channel) for r in raws) if p is not None])
+            else:
+                out.append([])
         return out
 
     def advance(

@@ -15,12 +15,17 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from .errors import ModelContractError, ModelNotFoundError
+from .state_bank import StateBank
 from .types import CHUNK_SAMPLES, FRAMES_PER_CHUNK, STATE_SIZE, VOCAB_SIZE
+
+if TYPE_CHECKING:
+    from .stream import StreamState
 
 HF_REPO = "t-tech/T-one"
 MODEL_FILE = "model.onnx"
@@ -261,6 +266,27 @@ class AcousticModel:
         except Exception as exc:
             raise ModelContractError(f"onnxruntime cannot run {self.path}: {exc}") from exc
         self.threads = threads
+
+    @property
+    def device(self) -> str:
+        """ORT's device type of the state rows: "cuda" when the CUDA provider runs the model."""
+        return "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+    @property
+    def preferred_batch(self) -> int:
+        """Streams per model call worth gathering: a GPU wants many, two CPU cores saturate at ~16."""
+        return 256 if self.device == "cuda" else 16
+
+    def new_bank(self) -> StateBank:
+        """A StateBank on this model's device: state rows stay there between steps."""
+        return StateBank(self.session, self.device)
+
+    def step(
+        self, bank: StateBank, streams: list[StreamState], signal: npt.NDArray[np.int32]
+    ) -> npt.NDArray[np.float32]:
+        """One model call over ``streams`` whose state rows ``bank`` keeps (I/O binding): returns the
+        logprobs (a buffer that the next step reuses); the states advance in the bank."""
+        return bank.step(streams, signal)
 
     def run(
         self, signal: npt.NDArray[np.int32], state: npt.NDArray[np.float16]
