@@ -203,6 +203,25 @@ def float16_to_float32(model: object) -> bool:
     return changed
 
 
+def runtime_clash() -> str | None:
+    """Why CUDA may be missing although onnxruntime-gpu is installed: both runtimes are, and they
+    ship the same module (the one installed last wins). None when only one is installed."""
+    from importlib import metadata
+
+    found = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            found.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    if len(found) < 2:
+        return None
+    return (
+        f"both {found[0]} and {found[1]} are installed; they ship the same module and the one "
+        "installed last wins: uninstall both, then install only the 'gpu' extra (or only 'cpu')"
+    )
+
+
 def available_providers() -> list[str]:
     import onnxruntime as ort
 
@@ -219,9 +238,10 @@ def resolve_providers(providers: str | Sequence[str] | None) -> list[str]:
         providers = [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]
     missing = [p for p in providers if p not in have]
     if missing:
+        clash = runtime_clash()
         raise ModelNotFoundError(
             f"execution provider(s) {missing} are not available in this onnxruntime (it offers {have}); "
-            "install the 'gpu' extra (onnxruntime-gpu) on a machine with CUDA for CUDAExecutionProvider"
+            + (clash or "install the 'gpu' extra (onnxruntime-gpu, not with 'cpu') on a machine with CUDA")
         )
     return list(providers)
 
