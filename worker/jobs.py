@@ -80,6 +80,7 @@ def get_recognizer(settings: Settings) -> Recognizer:
                     threads=settings.threads,
                     decoder=settings.decoder,
                     precision=settings.precision,
+                    decoder_workers=settings.decoder_workers,
                 )
             except Exception as exc:
                 _load_failure = (time.monotonic(), exc)

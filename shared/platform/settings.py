@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     threads: int | None = None
     precision: str = "auto"
     decoder: str = "auto"
+    decoder_workers: int = 0  # TONE_DECODER_WORKERS: beam-search processes beside the model (0: inline)
 
     # limits
     max_upload_bytes: int = 1024 * 1024 * 1024  # 1 GiB

@@ -60,3 +60,26 @@ def test_unreadable_kenlm_is_refused_at_load(tone_model: Path, tmp_path: Path) -
     (tmp_path / "kenlm.bin").write_bytes(b"not a language model")
     with pytest.raises(ModelError, match=r"kenlm\.bin"):
         Recognizer.load(tmp_path)
+
+
+def test_decoder_pool_gives_the_inline_beam_transcripts(tone_model: Path, tmp_path: Path) -> None:
+    """Beam search in 2 decoder processes while the model steps on: the same phrases, same order."""
+    shutil.copy(tone_model, tmp_path / "model.onnx")
+    unigram_lm(tmp_path / "kenlm.bin", {"мир": -0.1, "мар": -4.0, "дом": -0.5, "кот": -0.7})
+    amb = ambiguous_audio()
+    audios = []
+    for i in range(5):
+        speech, _ = synthesize(["дом кот", "кот", "дом"][: 1 + i % 3], pause=0.9)
+        audios.append(np.concatenate([speech, amb, np.zeros(4000 * i, np.int16), amb]))
+    inline = Recognizer.load(tmp_path)
+    want = [list(inline.transcribe(a)) for a in audios]
+    pooled = Recognizer.load(tmp_path, decoder_workers=2)
+    try:
+        assert pooled.pool is not None
+        got = [list(pooled.transcribe(a)) for a in audios]
+        many = dict(pooled.transcribe_many(audios, batch=4))
+    finally:
+        pooled.close()
+    assert got == want
+    assert [list(many[i].phrases) for i in range(len(audios))] == want
+    assert sum(p.text == "мир" for ps in want for p in ps) == 2 * len(audios)
