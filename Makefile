@@ -39,8 +39,9 @@ browser: ## install Debian's chromium, firefox-esr and pulseaudio for the consol
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends chromium firefox-esr pulseaudio; fi
 
-models: $(STAMP) ## build the test models (recognizing tones model, cost-faithful model) into .cache/
+models: $(STAMP) ## build the test models (recognizing tones model, null model, cost-faithful model) into .cache/
 	$(BIN)/tone-platform dev make-model --kind tones --out $(MODELS)/tones >/dev/null
+	$(BIN)/tone-platform dev make-model --kind null --out $(MODELS)/null >/dev/null
 	@test -f $(MODELS)/cost/model.onnx || $(BIN)/tone-platform dev make-model --kind cost --out $(MODELS)/cost >/dev/null
 
 lint: $(STAMP) ## ruff lint and format check
@@ -66,7 +67,7 @@ down: $(STAMP) ## stop what `tone-platform up --detach` started
 demo: $(STAMP) ## transcribe a demo recording (T-one from TONE_MODEL_PATH or Hugging Face; else the tone test model)
 	$(BIN)/tone-platform demo $(FILE)
 
-bench: $(STAMP) models ## cost-faithful model: engine B=1 vs batched vs this CPU's matmul ceiling, then the platform
+bench: $(STAMP) models ## cost-faithful model: engine B=1 vs batched vs this CPU's matmul ceiling; the engine alone (null model); beam vs greedy with an LM; then the platform
 	$(BIN)/tone-platform bench --model $(MODELS)/cost/model.onnx
 
 docker-build: ## build the API and worker images (needs a Docker engine)

@@ -79,6 +79,7 @@ class Recognizer:
         self.model = model
         self.bank = model.new_bank()  # the streams' state rows, kept on the model's device
         self.pool: DecoderPool | None = None  # beam search in processes, off the model's path
+        self.pool_wait_s = 0.0  # seconds spent waiting for the pool's phrases
         self.lm_path = lm_path if lm_path and kenlm_available() else None
         self._decoders: dict[str, Decoder] = {"greedy": GreedyDecoder()}
         self.default_decoder: DecoderName = (
@@ -91,6 +92,23 @@ class Recognizer:
                 raise ModelError(f"the language model {self.lm_path} cannot be read: {exc}") from exc
         if decoder_workers > 0:
             self.pool = DecoderPool(decoder_workers, self.lm_path)
+
+    def _resolved(self, items: list[_Pending]) -> list[Phrase]:
+        """The phrases in order, waiting for the pool's where needed (the wait is counted in
+        ``pool_wait_s``: time the model could not go on); empty ones dropped."""
+        out: list[Phrase] = []
+        for item in items:
+            if isinstance(item, Future):
+                if not item.done():
+                    started = time.perf_counter()
+                    item = item.result()
+                    self.pool_wait_s += time.perf_counter() - started
+                else:
+                    item = item.result()
+                if item is None:
+                    continue
+            out.append(item)
+        return out
 
     def close(self) -> None:
         """Stop the decoder pool's processes (a Recognizer without a pool holds nothing to stop)."""
@@ -140,7 +158,7 @@ class Recognizer:
 
         Streams may come from different files or live sessions, each at its own position.
         """
-        return [_resolved(p) for p in self._step(streams, chunks, last)]
+        return [self._resolved(p) for p in self._step(streams, chunks, last)]
 
     def _step(
         self, streams: Sequence[StreamState], chunks: Sequence[npt.NDArray[Any]], last: Sequence[bool]
@@ -196,7 +214,7 @@ class Recognizer:
         while True:
             ready = [i for i, (s, _, _) in enumerate(items) if len(s.pending) >= CHUNK_SAMPLES]
             if not ready:
-                return [_resolved(r) for r in results]
+                return [self._resolved(r) for r in results]
             for start in range(0, len(ready), max_batch):
                 batch = ready[start : start + max_batch]
                 streams = [items[i][0] for i in batch]
@@ -369,18 +387,6 @@ class Recognizer:
 
 
 _Pending = Phrase | Future  # a phrase, or the decoder pool's Future of one (None when empty)
-
-
-def _resolved(items: list[_Pending]) -> list[Phrase]:
-    """The phrases in order, waiting for the pool's where needed; empty ones dropped."""
-    out: list[Phrase] = []
-    for item in items:
-        if isinstance(item, Future):
-            item = item.result()
-            if item is None:
-                continue
-        out.append(item)
-    return out
 
 
 def _order(p: Phrase) -> tuple[int, int, int]:
