@@ -210,6 +210,102 @@ def run_host_bench(null_path: Path, batches: list[int], threads: int, min_second
     return out
 
 
+# -- the peer: sherpa-onnx (C++, runs T-one natively), the same model, threads and audio -------------
+
+
+def sherpa_model(path: Path, dest: Path) -> tuple[Path, Path]:
+    """A copy of ``path`` with the metadata sherpa-onnx's T-one loader reads (frame_length_ms,
+    state_dim, sample_rate; T-one's own export carries them), and its tokens.txt."""
+    import onnx
+
+    from shared.asr.types import BLANK_ID, LABELS, STATE_SIZE
+
+    model = onnx.load(str(path))
+    meta = {"frame_length_ms": "300", "state_dim": str(STATE_SIZE), "sample_rate": "8000"}
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    dest.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dest / "model.onnx"))
+    tokens = [f"{'▁' if c == ' ' else c} {i}" for i, c in enumerate(LABELS)] + [f"<blk> {BLANK_ID}"]
+    (dest / "tokens.txt").write_text("\n".join(tokens) + "\n")
+    return dest / "model.onnx", dest / "tokens.txt"
+
+
+def _ours_rate(rec: Any, batch: int, audio: np.ndarray) -> float:
+    """Audio s/s of B streams fed the whole recording and finished (model, splitter, greedy)."""
+    streams = [rec.new_stream() for _ in range(batch)]
+    started = time.perf_counter()
+    rec.advance([(s, audio, True) for s in streams], max_batch=batch)
+    return batch * len(audio) / SAMPLE_RATE / (time.perf_counter() - started)
+
+
+def _sherpa_rate(recognizer: Any, batch: int, audio: np.ndarray) -> float:
+    """The same with sherpa-onnx's OnlineRecognizer: B streams decoded together (decode_streams)."""
+    samples = (audio / 32768.0).astype(np.float32)
+    started = time.perf_counter()
+    streams = []
+    for _ in range(batch):
+        s = recognizer.create_stream()
+        s.accept_waveform(SAMPLE_RATE, samples)
+        s.input_finished()
+        streams.append(s)
+    while True:
+        ready = [s for s in streams if recognizer.is_ready(s)]
+        if not ready:
+            break
+        recognizer.decode_streams(ready)
+    for s in streams:
+        recognizer.get_result(s)
+    return batch * len(audio) / SAMPLE_RATE / (time.perf_counter() - started)
+
+
+def run_sherpa_bench(
+    path: Path, batches: list[int], threads: int, seconds: float, rounds: int = 2
+) -> list[tuple[int, float, float]] | None:
+    """Our engine beside sherpa-onnx on the same model file, threads and audio, interleaved runs
+    (each keeps its best); sherpa-onnx comes from the `bench` extra and only the bench uses it."""
+    import shutil
+    import tempfile
+
+    try:
+        import sherpa_onnx
+    except ImportError:
+        print("\n[sherpa-onnx: not installed (pip install -e '.[bench]'); skipped]")
+        return None
+    from shared.asr.engine import Recognizer
+
+    root = Path(tempfile.mkdtemp(prefix="tone-sherpa-"))
+    try:
+        model, tokens = sherpa_model(path, root)
+        peer = sherpa_onnx.OnlineRecognizer.from_t_one_ctc(
+            tokens=str(tokens), model=str(model), num_threads=threads, sample_rate=SAMPLE_RATE
+        )
+        ours = Recognizer.load(path, providers="cpu", threads=threads)
+        audio = speech_audio(seconds, seed=7)
+        version = getattr(sherpa_onnx, "__version__", "?")
+        print(
+            f"\n[ours vs sherpa-onnx {version}: {path.name}, {threads} threads, {seconds:.0f} s per stream]"
+        )
+        out = []
+        for b in batches:
+            _ours_rate(ours, b, audio[: 2 * SAMPLE_RATE])  # warm-up, both
+            _sherpa_rate(peer, b, audio[: 2 * SAMPLE_RATE])
+            mine, theirs = [], []
+            for _ in range(rounds):
+                mine.append(_ours_rate(ours, b, audio))
+                theirs.append(_sherpa_rate(peer, b, audio))
+            line = " ".join(f"{a:.1f}/{t:.1f}" for a, t in zip(mine, theirs))
+            print(
+                f"  B={b:<3d} ours {max(mine):6.1f}  sherpa-onnx {max(theirs):6.1f} s audio/s  "
+                f"(runs ours/peer: {line})"
+            )
+            out.append((b, max(mine), max(theirs)))
+        return out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 # -- beam search with a language model of realistic size ----------------------------------------------
 
 
@@ -445,6 +541,9 @@ def run_bench(args: argparse.Namespace) -> int:
             f"{precision:<10} {b:>4} {rate:>10.1f} {rate / base.get(precision, float('nan')):>7.2f} "
             f"{100 * rate / ceiling:>9.1f}% {1 / rate:>8.4f}"
         )
+    if args.sherpa_batches:
+        batches_peer = [int(b) for b in args.sherpa_batches.split(",")]
+        run_sherpa_bench(path, batches_peer, threads, args.sherpa_seconds)
     if args.host_batches:
         null = Path(args.null_model)
         if not null.exists():
