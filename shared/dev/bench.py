@@ -151,7 +151,8 @@ def host_rate(rec: Any, batch: int, audio: np.ndarray, min_seconds: float, max_s
     """Recognizer.step over B streams of speech (each at its own place in ``audio``, wrapping
     around), timing the model's run apart: with the null model the rest is the engine's own cost."""
     model = rec.model
-    run = model.step
+    name = "step" if hasattr(model, "step") else "run"  # "run": engines before the StateBank
+    run = getattr(model, name)
     spent = [0.0]
 
     def timed(*a: Any, **k: Any) -> Any:
@@ -167,7 +168,7 @@ def host_rate(rec: Any, batch: int, audio: np.ndarray, min_seconds: float, max_s
     starts = rng.integers(0, chunks_in, batch)
     streams = [rec.new_stream() for _ in range(batch)]
     last = [False] * batch
-    model.step = timed
+    setattr(model, name, timed)
     try:
         rec.step(streams, list(frames[starts % chunks_in]), last)  # warm-up
         spent[0] = 0.0
@@ -178,7 +179,7 @@ def host_rate(rec: Any, batch: int, audio: np.ndarray, min_seconds: float, max_s
             phrases += sum(len(p) for p in out)
         wall = time.perf_counter() - started
     finally:
-        del model.step
+        delattr(model, name)
     return HostRate(batch, steps, wall, spent[0], phrases)
 
 
