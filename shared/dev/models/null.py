@@ -52,7 +52,7 @@ def build_null_model(path: str | Path) -> Path:
     slope, bias = null_logits_params()
     inits = [
         numpy_helper.from_array(np.array([-1, 10, FRAME], np.int64), "frames_shape"),
-        numpy_helper.from_array(np.float32(1.0 / LOUD), "scale"),
+        numpy_helper.from_array(np.array(1.0 / LOUD, np.float32), "scale"),
         numpy_helper.from_array(slope, "slope"),
         numpy_helper.from_array(bias, "bias"),
     ]
