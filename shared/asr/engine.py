@@ -147,6 +147,13 @@ class Recognizer:
 
     # -- streams ----------------------------------------------------------------------------------
 
+    def set_decoder(self, name: str, decoder: Decoder) -> None:
+        """Decode ``name`` ("greedy" or "beam") phrases with ``decoder`` in this process, e.g. a
+        ``flashlight_decoder.FlashlightBeamDecoder`` (a decoder pool keeps pyctcdecode)."""
+        if name not in ("greedy", "beam"):
+            raise ValueError(f"unknown decoder {name!r}: use 'greedy' or 'beam'")
+        self._decoders[name] = decoder
+
     def new_stream(self, *, channel: int = 0, decoder: str | None = None) -> StreamState:
         return StreamState(channel=channel, decoder=self.decoder(decoder).name)
 

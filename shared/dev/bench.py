@@ -356,6 +356,53 @@ def build_arpa(path: Path, words: list[str], bigrams_per_word: int = 2, seed: in
     return path
 
 
+class _Timed:
+    """A decoder that counts its calls and the time they took."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.name, self.calls, self.seconds = inner, inner.name, 0, 0.0
+
+    def decode(self, logprobs: np.ndarray) -> Any:
+        started = time.perf_counter()
+        try:
+            return self.inner.decode(logprobs)
+        finally:
+            self.seconds += time.perf_counter() - started
+            self.calls += 1
+
+
+def compare_flashlight(rec: Any, lm: Path, vocab: list[str], audios: list[np.ndarray], batch: int) -> None:
+    """flashlight-text's C++ beam search beside pyctcdecode on the same logits (the same phrases):
+    ms per phrase of each decoder itself, and how many phrases come out equal."""
+    from shared.asr.decoder import BeamSearchDecoder
+    from shared.asr.flashlight_decoder import FlashlightBeamDecoder, flashlight_available
+
+    if not flashlight_available():
+        print("  flashlight-text: not installed (the lm extra on cp311 x86-64); skipped")
+        return
+    results = {}
+    for label, dec in (
+        ("pyctcdecode", BeamSearchDecoder(lm)),
+        ("flashlight", FlashlightBeamDecoder(lm, vocab)),
+    ):
+        timed = _Timed(dec)
+        rec.set_decoder("beam", timed)
+        done = dict(rec.transcribe_many(audios, batch=batch, decoder="beam"))
+        results[label] = (
+            timed,
+            {(i, p.channel, p.start_frame): p.text for i, t in done.items() for p in t.phrases},
+        )
+    rec.set_decoder("beam", BeamSearchDecoder(lm))
+    (py_t, py), (fl_t, fl) = results["pyctcdecode"], results["flashlight"]
+    same = sum(fl.get(k) == v for k, v in py.items())
+    print(
+        "  decoders alone, same logits: "
+        f"pyctcdecode {1000 * py_t.seconds / max(1, py_t.calls):.2f} ms/phrase, "
+        f"flashlight-text {1000 * fl_t.seconds / max(1, fl_t.calls):.2f} ms/phrase; "
+        f"{same} of {len(py)} phrases equal"
+    )
+
+
 @dataclass
 class DecodeRun:
     label: str
@@ -444,6 +491,7 @@ def run_lm_bench(
             if pooled is not None:
                 pooled.close()
         runs = [best[label] for label, _, _ in plan]
+        compare_flashlight(inline, root / "kenlm.bin", vocab, audios, recordings)
         greedy, beam = runs[0], runs[1]
         extra = 1000 * (beam.wall_s - greedy.wall_s) / max(1, beam.phrases)
         print(f"  beam search costs {extra:.1f} ms per phrase more than greedy, inline (one core)")
