@@ -46,6 +46,7 @@ class Settings(BaseSettings):
 
     # auth
     auth_disabled: bool = False  # only for local use: every request acts as the tenant "local"
+    ws_query_keys: bool = False  # /vosk, /api/ws, /v1/stream also take ?api_key= (clients without headers)
 
     # workers
     worker_queue: str = "cpu"  # cpu or gpu: which queue this worker consumes and new jobs go to
@@ -59,6 +60,7 @@ class Settings(BaseSettings):
     stream_chunk_timeout_seconds: float = 30.0  # how long a chunk call waits for its answer (then 504)
     stream_requeue_seconds: float = 5.0  # an unanswered piece is queued again after this (dead worker)
     stream_idle_timeout_seconds: float = 15.0  # a WebSocket stream that sends nothing this long is closed
+    stream_checkpoint_seconds: float = 3.0  # a live state is written to Redis this often (0: every piece)
 
     # webhooks and audio_url
     allow_private_urls: bool = False  # allow webhook/audio_url targets on private/loopback addresses
