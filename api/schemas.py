@@ -197,6 +197,30 @@ class RedeliverOut(BaseModel):
     status: Literal["queued"] = "queued"
 
 
+class WebhookSecretOut(BaseModel):
+    """The tenant's Standard Webhooks signing secret (``whsec_`` + base64 key)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                    "created_at": "2026-12-02T18:00:00Z",
+                    "previous_secret_expires_at": "2026-12-03T18:00:00Z",
+                }
+            ]
+        }
+    )
+
+    secret: str
+    created_at: datetime | None = Field(None, description="when this secret was made")
+    previous_secret_expires_at: datetime | None = Field(
+        None,
+        description="after a rotation: until then deliveries carry a second signature made with the "
+        "previous secret (Standard Webhooks allows several, space-separated); null when none",
+    )
+
+
 class BatchRedeliverOut(BaseModel):
     batch_id: str
     event_type: str

@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     # webhooks and audio_url
     allow_private_urls: bool = False  # allow webhook/audio_url targets on private/loopback addresses
     webhook_timeout_seconds: float = 10.0
+    webhook_secret_grace_hours: float = 24.0  # after a rotation, the old secret also signs this long
     url_download_timeout_seconds: float = 60.0
     idempotency_hours: float = 24.0
     retention_days: float | None = None  # jobs, transcripts and batches ended longer ago are deleted
