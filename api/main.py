@@ -6,8 +6,9 @@ import logging
 
 from fastapi import FastAPI
 
+from api import openapi as openapi_doc
 from api.errors import install_error_handlers
-from api.routes import batches, console, health, jobs, legacy, openai, streaming, webhooks, websocket
+from api.routes import batches, console, docs, health, jobs, legacy, openai, streaming, webhooks, websocket
 from api.routes.health import NAME, version
 from api.uploads import BodyLimitMiddleware
 from shared.platform.settings import get_settings
@@ -23,10 +24,12 @@ Errors always look like `{"error": {"code": "...", "message": "..."}}`.
 
 def create_app() -> FastAPI:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = FastAPI(title=NAME, version=version(), description=DESCRIPTION)
+    # /docs and /redoc come from api.routes.docs (no CDN: they work on a machine with no internet)
+    app = FastAPI(title=NAME, version=version(), description=DESCRIPTION, docs_url=None, redoc_url=None)
     install_error_handlers(app)
+    openapi_doc.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=lambda: get_settings().max_upload_bytes)
-    for module in (jobs, batches, webhooks, openai, legacy, streaming, websocket, health, console):
+    for module in (jobs, batches, webhooks, openai, legacy, streaming, websocket, health, console, docs):
         app.include_router(module.router)
     return app
 
