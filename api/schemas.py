@@ -271,6 +271,8 @@ class HealthOut(BaseModel):
                 {
                     "status": "ok",
                     "model": "/models/t-one",
+                    "model_status": "ok",
+                    "model_error": None,
                     "database": "ok",
                     "broker": "ok",
                     "workers": 3,
@@ -282,6 +284,10 @@ class HealthOut(BaseModel):
 
     status: Literal["ok", "degraded", "unavailable"]
     model: str
+    model_status: Literal["ok", "missing", "error"] = Field(
+        "ok", description="missing: no model files; error: a worker could not load it (status is degraded)"
+    )
+    model_error: str | None = Field(None, description="why, and how to get a model")
     database: str
     broker: str
     workers: int

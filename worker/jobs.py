@@ -84,8 +84,10 @@ def get_recognizer(settings: Settings) -> Recognizer:
                 )
             except Exception as exc:
                 _load_failure = (time.monotonic(), exc)
+                _report_model(settings, exc)
                 raise
             _load_failure = None
+            _report_model(settings, None)
             log.info(
                 "model loaded from %s in %.2f s",
                 settings.model_path or "Hugging Face",
@@ -93,6 +95,19 @@ def get_recognizer(settings: Settings) -> Recognizer:
                 job="-",
             )
         return _recognizer
+
+
+def _report_model(settings: Settings, error: BaseException | None) -> None:
+    """Tell /health (through Redis) how this worker's model load went."""
+    import redis
+
+    from shared.platform import model_status
+
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        model_status.report(client, settings.worker_queue, error)
+    finally:
+        client.close()
 
 
 # -- errors -> job error codes ----------------------------------------------------------------------

@@ -23,6 +23,7 @@ from api.deps import RedisDep, SettingsDep, redis_for
 from api.schemas import HealthOut, ServiceInfo
 from shared.db.models import JOB_STATUSES, Job
 from shared.db.session import engine_for, sessionmaker_for
+from shared.platform.model_status import model_health
 from shared.platform.settings import Settings, get_settings
 from shared.queue import EVENTS_QUEUE, QUEUES, client, live_queue
 
@@ -120,13 +121,16 @@ def health(settings: SettingsDep, client: RedisDep) -> JSONResponse:
     roles = {
         q: readers.get(q, 0) for q in (settings.worker_queue, live_queue(settings.worker_queue), EVENTS_QUEUE)
     }
+    model_state, model_error = model_health(settings, client if broker_ok else None)
     if not (db_ok and broker_ok):
         status, code = "unavailable", 503
     else:
-        status, code = ("ok" if all(roles.values()) else "degraded"), 200
+        status, code = ("ok" if all(roles.values()) and model_state == "ok" else "degraded"), 200
     body = HealthOut(
         status=status,
         model=model_name(settings),
+        model_status=model_state,
+        model_error=model_error,
         database="ok" if db_ok else "down",
         broker="ok" if broker_ok else "down",
         workers=workers,

@@ -84,7 +84,10 @@ async def through_worker(
     while True:
         left = deadline - time.monotonic()
         wait = min(left, settings.stream_requeue_seconds)
-        got = await async_redis(settings.redis_url).blpop([key], timeout=max(wait, 0.01))
+        try:
+            got = await async_redis(settings.redis_url).blpop([key], timeout=max(wait, 0.01))
+        except aioredis.TimeoutError:  # the read outlived the client's socket timeout: no answer yet
+            got = None
         if got is not None:
             return reply_body(json.loads(got[1]))
         if left <= wait:
