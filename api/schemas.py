@@ -298,8 +298,26 @@ class HealthOut(BaseModel):
     )
 
 
+class OpenAIUsage(BaseModel):
+    type: Literal["duration"] = "duration"
+    seconds: float = Field(examples=[17.7], description="the audio's duration")
+
+
 class OpenAITranscription(BaseModel):
     text: str = Field(examples=["чем я могу вам помочь"])
+    usage: OpenAIUsage | None = None
+
+
+class OpenAIModel(BaseModel):
+    id: str = Field(examples=["t-one"])
+    object: Literal["model"] = "model"
+    created: int = Field(examples=[1750000000])
+    owned_by: str = Field(examples=["t-tech"])
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]
 
 
 class OpenAISegment(BaseModel):
@@ -326,8 +344,9 @@ class OpenAIVerboseTranscription(BaseModel):
     language: str
     duration: float
     text: str
-    segments: list[OpenAISegment]
+    segments: list[OpenAISegment] | None = None  # absent when only word timestamps were asked
     words: list[OpenAIWord] | None = None
+    usage: OpenAIUsage | None = None
 
 
 # -- batches ---------------------------------------------------------------------------------------

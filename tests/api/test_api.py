@@ -170,7 +170,7 @@ def test_the_openai_client_gets_json_text_srt_and_verbose_json_with_words(
         verbose = client.audio.transcriptions.create(
             model="t-one", file=f, response_format="verbose_json", timestamp_granularities=["word", "segment"]
         )
-    assert verbose.text == full_text and verbose.language == "ru"
+    assert verbose.text == full_text and verbose.language == "russian"  # as whisper-1 answers
     assert verbose.duration == pytest.approx(sf.info(wav).duration, abs=0.01)
     assert [(s.text, s.start, s.end) for s in verbose.segments] == [
         (p["text"], p["start_time"], p["end_time"]) for p in engine_phrases
@@ -178,6 +178,58 @@ def test_the_openai_client_gets_json_text_srt_and_verbose_json_with_words(
     assert [(w.word, w.start, w.end) for w in verbose.words] == [
         (w["text"], w["start"], w["end"]) for p in engine_phrases for w in p["words"]
     ]
+
+
+def test_the_openai_client_lists_models_gets_usage_and_openai_errors(
+    api: Proc, worker: Proc, api_key: str, wav: Path
+) -> None:
+    """models.list/retrieve (Open WebUI and LiteLLM probe them), usage, the granularity rules, and
+    refusals of another language, model or granularity in OpenAI's error shape (parsed by the SDK)."""
+    import openai
+
+    client = openai.OpenAI(base_url=api.url + "/v1", api_key=api_key, timeout=60, max_retries=0)
+    assert [(m.id, m.object, m.owned_by) for m in client.models.list()] == [("t-one", "model", "t-tech")]
+    assert client.models.retrieve("t-one").id == "t-one"
+    assert client.models.retrieve("whisper-1").id == "t-one"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("gpt-4o-transcribe")
+    assert missing.value.code == "model_not_found" and missing.value.param == "model"
+    assert missing.value.type == "invalid_request_error"
+
+    duration = sf.info(wav).duration
+    with wav.open("rb") as f:
+        plain = client.audio.transcriptions.create(model="whisper-1", file=f, language="ru")
+    assert plain.text == " ".join(PHRASES)
+    assert plain.usage is not None and plain.usage.type == "duration"
+    assert plain.usage.seconds == pytest.approx(duration, abs=0.01)
+    with wav.open("rb") as f:
+        words = client.audio.transcriptions.create(
+            model="t-one", file=f, response_format="verbose_json", timestamp_granularities=["word"]
+        )
+    assert words.words and words.segments is None  # `word` alone: no segments
+    assert words.language == "russian" and words.usage is not None
+
+    refusals = [
+        ({"language": "en"}, "language", "unsupported_language"),
+        ({"model": "gpt-4o-transcribe"}, "model", "invalid_model"),
+        (
+            {"response_format": "json", "timestamp_granularities": ["word"]},
+            "timestamp_granularities",
+            "invalid_value",
+        ),
+    ]
+    for fields, param, code in refusals:
+        with wav.open("rb") as f, pytest.raises(openai.BadRequestError) as refused:
+            client.audio.transcriptions.create(file=f, **{"model": "t-one", **fields})  # type: ignore[call-overload]
+        assert (refused.value.status_code, refused.value.code, refused.value.param) == (400, code, param)
+        body = refused.value.body
+        assert isinstance(body, dict) and set(body) == {"message", "type", "param", "code"}, body
+    with pytest.raises(openai.AuthenticationError) as unauthorized:
+        openai.OpenAI(base_url=api.url + "/v1", api_key="tone_00000000_bad", max_retries=0).models.list()
+    assert unauthorized.value.type == "authentication_error"
+    # the rest of the API keeps its own shape
+    other = httpx.get(f"{api.url}/v1/jobs/{uuid.uuid4()}", headers=auth(api_key))
+    assert_error(other, 404, "not_found")
 
 
 def test_legacy_transcribe_answers_the_original_shape_with_the_audio_duration(
