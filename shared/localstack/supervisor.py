@@ -391,6 +391,13 @@ def _read_up(data_dir: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def stack_api_url(data_dir: Path | None = None) -> str | None:
+    """The API URL of the ``up`` stack recorded in ``<data_dir>/up.json`` (TONE_DATA_DIR by default)."""
+    doc = _read_up(data_dir or data_dir_from_env())
+    url = ((doc or {}).get("urls") or {}).get("api")
+    return url if isinstance(url, str) and url else None
+
+
 def _recorded_alive(doc: dict[str, Any]) -> list[str]:
     """Names of the recorded processes (and a foreground supervisor) still running."""
     alive = []
