@@ -8,8 +8,21 @@ from fastapi import FastAPI
 
 from api import openapi as openapi_doc
 from api.errors import install_error_handlers
-from api.routes import batches, console, docs, health, jobs, legacy, openai, streaming, webhooks, websocket
+from api.routes import (
+    batches,
+    console,
+    docs,
+    health,
+    jobs,
+    legacy,
+    metrics,
+    openai,
+    streaming,
+    webhooks,
+    websocket,
+)
 from api.routes.health import NAME, version
+from api.routes.metrics import HttpMetricsMiddleware
 from api.uploads import BodyLimitMiddleware
 from shared.platform.settings import get_settings
 
@@ -29,7 +42,20 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     openapi_doc.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=lambda: get_settings().max_upload_bytes)
-    for module in (jobs, batches, webhooks, openai, legacy, streaming, websocket, health, console, docs):
+    app.add_middleware(HttpMetricsMiddleware)
+    for module in (
+        jobs,
+        batches,
+        webhooks,
+        openai,
+        legacy,
+        streaming,
+        websocket,
+        health,
+        metrics,
+        console,
+        docs,
+    ):
         app.include_router(module.router)
     return app
 

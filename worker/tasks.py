@@ -17,6 +17,7 @@ from celery import Task
 from celery.signals import worker_process_init
 
 from shared.db.session import engine_for, session_scope, sessionmaker_for
+from shared.platform import metrics
 from shared.platform.batch_state import finish_done_batches
 from shared.platform.settings import get_settings
 from shared.queue import REQUEUE_TASK, TRANSCRIBE_TASK, enqueue_transcription, enqueue_webhook
@@ -69,7 +70,7 @@ def transcribe(self: Task, job_id: str, resume_owner: str | None = None) -> None
 
 def run_job(job_id: str, owner: str, resume_owner: str | None = None) -> None:
     settings = get_settings()
-    store = JobStore(settings.database_url, owner, settings.job_lease_seconds)
+    store = JobStore(settings.database_url, owner, settings.job_lease_seconds, settings.redis_url)
     first = store.claim(job_id, resume_owner)
     claimed = [first] if first else []
     if resume_owner:
@@ -97,6 +98,7 @@ def requeue_stuck() -> dict[str, int]:
         mark_sent(session, (s.id for s in resend))
     for job in lost:
         log.warning("failed: worker_lost", job=job.id)
+        metrics.job_finished(metrics.client_for(settings.redis_url), "failed", None)
         if job.webhook_url:
             enqueue_webhook(job.id, "job.failed")
     for job in resend:

@@ -36,8 +36,9 @@ from shared.asr.formats import MEDIA_TYPES, render
 from shared.asr.types import Phrase, Word
 from shared.db.models import FINAL_STATUSES, Batch, Job, Transcript, WebhookDelivery
 from shared.db.session import rowcount
+from shared.platform import metrics
 from shared.platform.batch_state import BATCH_EVENTS, finish_batch
-from shared.platform.settings import Settings
+from shared.platform.settings import Settings, get_settings
 from shared.queue import enqueue_transcription, enqueue_webhook
 
 log = logging.getLogger("api.jobs")
@@ -299,6 +300,10 @@ def request_cancel(db: Session, job: Job) -> bool:
         return bool(asked)
     db.commit()
     db.refresh(job)
+    latency = (
+        (job.finished_at - job.created_at).total_seconds() if job.finished_at and job.created_at else None
+    )
+    metrics.job_finished(metrics.client_for(get_settings().redis_url), "cancelled", latency)
     if job.webhook_url:
         try:
             send_final_event(job)

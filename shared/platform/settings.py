@@ -45,6 +45,7 @@ class Settings(BaseSettings):
 
     # auth
     auth_disabled: bool = False  # only for local use: every request acts as the tenant "local"
+    metrics_token: str | None = None  # /metrics wants `Authorization: Bearer <it>`; unset: loopback only
 
     # workers
     worker_queue: str = "cpu"  # cpu or gpu: which queue this worker consumes and new jobs go to

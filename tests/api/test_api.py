@@ -303,6 +303,11 @@ def test_health_reports_database_broker_and_workers_and_root_describes_the_servi
     assert body["status"] == "ok" and body["database"] == "ok" and body["broker"] == "ok"
     assert body["workers"] >= 1 and body["model"]
     assert set(body["queues"]) == {"cpu", "cpu.live", "events"} and min(body["queues"].values()) >= 1
+    assert httpx.get(f"{api.url}/livez").json() == {"status": "ok"}
+    ready = httpx.get(f"{api.url}/readyz", timeout=5)
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["status"] == "ready" and ready.json()["checks"]["model"] == "ok"
+    assert set(ready.json()["checks"]["queues"].values()) == {"ok"}
     root = httpx.get(f"{api.url}/").json()
     assert root["name"] == "tone-platform" and root["docs"] == "/docs" and root["version"]
     assert httpx.get(f"{api.url}/docs").status_code == 200
@@ -313,16 +318,72 @@ def test_health_reports_database_broker_and_workers_and_root_describes_the_servi
     )
 
 
-def test_metrics_count_jobs_by_status_and_queue_depth(
-    api: Proc, parked_api: Proc, api_key: str, wav: Path
+def _sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of a Prometheus text exposition (0 when absent)."""
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    for line in text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_metrics_are_counted_when_things_happen_and_shown_to_this_machine_only(
+    api: Proc,
+    worker: Proc,
+    parked_api: Proc,
+    api_key: str,
+    wav: Path,
+    platform_env: dict[str, str],
+    logs: Path,
 ) -> None:
-    assert submit(parked_api.url, api_key, wav).status_code == 202
-    text = httpx.get(f"{api.url}/metrics").text
-    assert 'tone_jobs{status="queued"}' in text
-    depth = next(line for line in text.splitlines() if line.startswith('tone_queue_depth{queue="gpu"}'))
-    assert float(depth.split()[-1]) >= 1
-    for name in ("tone_audio_seconds_processed", "tone_processing_seconds", "tone_real_time_factor"):
-        assert f"\n{name} " in text
+    """Counters grow when a job ends (not a scan of the jobs table), histograms of queue wait, job
+    latency and live piece latency, HTTP requests per route template, queue depth; with
+    TONE_METRICS_TOKEN set, a scrape without the token is refused."""
+    before = httpx.get(f"{api.url}/metrics").text
+    assert submit(parked_api.url, api_key, wav).status_code == 202  # stays queued: no gpu worker
+    job = submit(api.url, api_key, wav).json()
+    assert wait_final(api.url, api_key, job["id"])["status"] == "completed"
+    with httpx.Client(base_url=api.url or "", headers=auth(api_key), timeout=60) as client:
+        sid = client.post("/transcribe/streaming").json()["state_id"]
+        piece = sf.read(wav, dtype="int16")[0][:4000].tobytes()
+        assert (
+            client.post(
+                "/transcribe/streaming/chunk", data={"state_id": sid}, files={"file": ("p.raw", piece)}
+            ).status_code
+            == 200
+        )
+    after = httpx.get(f"{api.url}/metrics").text
+
+    def grew(name: str, **labels: str) -> float:
+        return _sample(after, name, **labels) - _sample(before, name, **labels)
+
+    assert grew("tone_jobs_finished_total", status="completed") >= 1
+    assert grew("tone_audio_seconds_processed_total") >= sf.info(wav).duration - 0.01
+    assert grew("tone_processing_seconds_total") > 0
+    for histogram in (
+        "tone_queue_wait_seconds",
+        "tone_job_latency_seconds",
+        "tone_live_piece_latency_seconds",
+    ):
+        assert grew(f"{histogram}_count") >= 1, histogram
+        assert _sample(after, f"{histogram}_bucket", le="+Inf") == _sample(after, f"{histogram}_count")
+    assert _sample(after, "tone_queue_depth", queue="gpu") >= 1
+    assert (
+        _sample(after, "tone_http_requests_total", method="GET", route="/v1/jobs/{job_id}", status="200") >= 1
+    )
+    assert "/v1/jobs/" + job["id"] not in after  # the template, never the id
+    assert "tone_jobs{" not in after  # no per-status scan of the jobs table
+
+    guarded = start_api({**platform_env, "TONE_METRICS_TOKEN": "scrape-secret"}, logs, "api-metrics-token")
+    try:
+        refused = httpx.get(f"{guarded.url}/metrics")
+        assert_error(refused, 401, "unauthorized")
+        wrong = httpx.get(f"{guarded.url}/metrics", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        scraped = httpx.get(f"{guarded.url}/metrics", headers={"Authorization": "Bearer scrape-secret"})
+        assert scraped.status_code == 200 and "tone_jobs_finished_total" in scraped.text
+    finally:
+        guarded.stop()
 
 
 # -- what needs no worker: jobs parked in the "gpu" queue ------------------------------------------

@@ -58,6 +58,9 @@ def test_health_is_degraded_with_the_models_error_and_how_to_get_one(no_model: t
     assert health["status"] == "degraded"
     assert "model_not_found" in health["model_error"] and "/nonexistent/t-one" in health["model_error"]
     assert "make models" in health["model_error"] and "TONE_MODEL_PATH" in health["model_error"]
+    ready = httpx.get(f"{api.url}/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["model"].startswith("error: model_not_found")
+    assert httpx.get(f"{api.url}/livez").status_code == 200
 
 
 def test_every_call_needing_the_model_answers_503_model_not_found(

@@ -117,3 +117,10 @@ def test_docs_pages_are_served_from_the_package_with_no_external_url(client: Tes
         answer = client.get(asset)
         assert answer.status_code == 200 and len(answer.content) > 1000, asset
     assert client.get("/openapi.json").status_code == 200
+
+
+def test_metrics_refuse_a_client_that_is_not_on_this_machine(client: TestClient) -> None:
+    """Without TONE_METRICS_TOKEN only loopback clients may scrape (TestClient's host is "testclient")."""
+    refused = client.get("/metrics")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    assert client.get("/livez").json() == {"status": "ok"}
