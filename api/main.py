@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import FastAPI
 
 from api import openapi as openapi_doc
 from api.errors import install_error_handlers
+from api.request_id import RequestIdMiddleware
 from api.routes import (
     batches,
     console,
@@ -24,6 +23,7 @@ from api.routes import (
 from api.routes.health import NAME, version
 from api.routes.metrics import HttpMetricsMiddleware
 from api.uploads import BodyLimitMiddleware
+from shared.platform import logs
 from shared.platform.settings import get_settings
 
 DESCRIPTION = """\
@@ -36,13 +36,14 @@ Errors always look like `{"error": {"code": "...", "message": "..."}}`.
 
 
 def create_app() -> FastAPI:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(get_settings().log_format)
     # /docs and /redoc come from api.routes.docs (no CDN: they work on a machine with no internet)
     app = FastAPI(title=NAME, version=version(), description=DESCRIPTION, docs_url=None, redoc_url=None)
     install_error_handlers(app)
     openapi_doc.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=lambda: get_settings().max_upload_bytes)
     app.add_middleware(HttpMetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer, errors too, carries the id
     for module in (
         jobs,
         batches,

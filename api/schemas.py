@@ -106,6 +106,7 @@ class JobOut(BaseModel):
     duration: float | None = Field(description="audio seconds, once known")
     processing_seconds: float | None
     options: dict[str, Any]
+    request_id: str | None = Field(None, description="the X-Request-ID of the request that made the job")
     metadata: dict[str, Any] | None
     source: str
     filename: str | None

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from shared.asr.engine import Transcript as EngineTranscript
 from shared.db.models import Job, Transcript
 from shared.db.session import session_scope
-from shared.platform import metrics
+from shared.platform import logs, metrics
 from shared.platform.batch_state import Finished, finish_batch
 
 _NO_SYNC = {"synchronize_session": False}  # no ORM objects to refresh: plain UPDATE ... RETURNING
@@ -107,7 +107,10 @@ class JobStore:
             if row.attempts == 1 and row.started_at is not None and row.created_at is not None:
                 recorder.observe("tone_queue_wait_seconds", (row.started_at - row.created_at).total_seconds())
         recorder.flush()
-        return [Claimed.from_row(r) for r in claimed]
+        out = [Claimed.from_row(r) for r in claimed]
+        for job in out:
+            logs.remember_job(job.id, job.options.get("request_id"))
+        return out
 
     def _ended(self, row: Any, status: str) -> None:
         latency = (

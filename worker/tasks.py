@@ -14,10 +14,10 @@ import uuid
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init
+from celery.signals import after_setup_logger, task_prerun, worker_process_init
 
 from shared.db.session import engine_for, session_scope, sessionmaker_for
-from shared.platform import metrics
+from shared.platform import logs, metrics
 from shared.platform.batch_state import finish_done_batches
 from shared.platform.settings import get_settings
 from shared.queue import REQUEUE_TASK, TRANSCRIBE_TASK, enqueue_transcription, enqueue_webhook
@@ -26,6 +26,19 @@ from worker.jobs import TRANSIENT_ERRORS, BatchRun, current_job, get_recognizer,
 from worker.store import JobStore, Stuck, fail_lost, find_stuck, mark_sent, new_owner
 
 MAX_RETRIES = 5
+
+
+@after_setup_logger.connect
+def _setup_logs(**_: Any) -> None:
+    """Celery set its handlers up: give them the request id, and TONE_LOG_FORMAT=json's formatter."""
+    logs.configure(get_settings().log_format)
+
+
+@task_prerun.connect
+def _task_request_id(task: Any = None, **_: Any) -> None:
+    """The request id the sender put in the message's headers (None when it had none)."""
+    rid = task.request.get("request_id") if task is not None else None
+    logs.request_id.set(rid if isinstance(rid, str) else None)
 
 
 @worker_process_init.connect

@@ -104,6 +104,7 @@ def event_body(job: Job, event_type: str) -> dict[str, Any]:
             "duration": job.duration,
             "error": error,
             "metadata": job.client_metadata,
+            "request_id": (job.options or {}).get("request_id"),  # X-Request-ID of the job's request
             "links": {"self": f"/v1/jobs/{job.id}", "transcript": f"/v1/jobs/{job.id}/transcript"},
         },
     }

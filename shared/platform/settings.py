@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,9 @@ class Settings(BaseSettings):
     batch_max_total_bytes: int = 20 * 1024**3  # uncompressed bytes of one batch archive
     batch_root: Path | None = None  # TONE_BATCH_ROOT: server folder whose subfolders batches may read
     sync_timeout_seconds: float = 600.0  # /transcribe and /v1/audio/transcriptions wait this long
+
+    # logs
+    log_format: Literal["text", "json"] = "text"  # TONE_LOG_FORMAT=json: one JSON object per line
 
     # auth
     auth_disabled: bool = False  # only for local use: every request acts as the tenant "local"

@@ -601,3 +601,15 @@ def test_with_auth_disabled_requests_without_a_key_act_as_the_local_tenant(
         assert created.json()["id"] in {j["id"] for j in listed}
     finally:
         proc.stop()
+
+
+def test_json_logs_every_line_an_object_with_the_request_id(platform_env: dict[str, str], logs: Path) -> None:
+    proc = start_api({**platform_env, "TONE_LOG_FORMAT": "json"}, logs, "api-json-logs")
+    try:
+        assert httpx.get(f"{proc.url}/v1/jobs", headers={"X-Request-ID": "json-1"}).status_code == 401
+    finally:
+        proc.stop()
+    lines = [line for line in proc.log.read_text().splitlines() if line.strip()]
+    parsed = [json.loads(line) for line in lines]  # raises on a line that is not JSON
+    assert any(p["logger"].startswith("uvicorn") for p in parsed)
+    assert all({"time", "level", "logger", "message"} <= set(p) for p in parsed)

@@ -201,6 +201,7 @@ def test_event_is_signed_and_recorded(platform: str, worker: Any, receiver: Rece
         "duration": 12.5,
         "error": None,
         "metadata": {"order": 7, "name": "звонок"},
+        "request_id": None,  # written straight into the DB: no request made it
         "links": {"self": f"/v1/jobs/{job_id}", "transcript": f"/v1/jobs/{job_id}/transcript"},
     }
     with pytest.raises(Exception, match="signature"):
@@ -599,3 +600,30 @@ def test_the_secret_over_the_api_and_the_cli_and_its_rotation_signs_with_both_du
     )
     out = run([*cli, "no-such-tenant"])
     assert out.returncode == 1 and "no tenant" in out.stderr
+
+
+def test_a_request_id_goes_from_the_api_into_the_workers_lines_and_the_webhook(
+    platform: str, servers: dict[str, str], api: Any, worker: Any, receiver: Receiver, tmp_path: Any
+) -> None:
+    import soundfile as sf
+
+    from shared.dev.models.tones import synthesize
+
+    wav = tmp_path / "hello.wav"
+    sf.write(wav, synthesize(["привет мир"])[0], 8000, subtype="PCM_16")
+    headers = {"Authorization": f"Bearer {make_key(servers, 'request-ids')}", "X-Request-ID": "call-4711.a"}
+    url = receiver.script((200, {}))
+    with wav.open("rb") as f:
+        got = httpx.post(
+            f"{api.url}/v1/jobs", headers=headers, files={"file": f}, data={"webhook_url": url}, timeout=30
+        )
+    assert got.status_code == 202 and got.headers["X-Request-ID"] == "call-4711.a"
+    job = got.json()
+    assert job["request_id"] == "call-4711.a" and "request_id" not in job["options"]
+    [request] = wait_requests(receiver, url, 1, timeout=60)
+    assert json.loads(request["body"])["data"]["request_id"] == "call-4711.a"
+    lines = [line for line in worker.log.read_text().splitlines() if f"job={job['id']}" in line]
+    assert lines and all("request_id=call-4711.a" in line for line in lines), lines
+
+    made = httpx.get(f"{api.url}/livez", headers={"X-Request-ID": "bad id with spaces"})
+    assert made.headers["X-Request-ID"].startswith("req_")  # refused as given: a new one is made
