@@ -227,4 +227,4 @@ def install(app: FastAPI) -> None:
             )
         return app.openapi_schema
 
-    app.openapi = openapi  # type: ignore[method-assign]  (FastAPI's documented way to extend it)
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend it

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -100,7 +100,7 @@ class JobStore:
         self.lease = timedelta(seconds=lease_seconds)
         self.metrics = metrics.client_for(redis_url) if redis_url else None  # where the counters go
 
-    def _started(self, claimed: list[Any]) -> list[Claimed]:
+    def _started(self, claimed: Sequence[Any]) -> list[Claimed]:
         """The claimed rows as :class:`Claimed`; a job's first start adds its queue wait."""
         recorder = metrics.Recorder(self.metrics)
         for row in claimed:

@@ -177,7 +177,7 @@ async def create_transcription(
         list[Literal["word", "segment"]] | None, Form(alias="timestamp_granularities[]")
     ] = None,
 ) -> Response:
-    granularities = list(timestamp_granularities or [])
+    granularities: list[str] = list(timestamp_granularities or [])
     _check_request(model, language, response_format, granularities)
     job, transcript = await svc.transcribe_sync(db, caller, settings, file.file, file.filename, JobOptions())
     if response_format == "json":

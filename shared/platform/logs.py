@@ -99,9 +99,9 @@ def configure(log_format: str, level: int = logging.INFO) -> None:
     """The root logger (a stderr handler if it has none) and the servers' own handlers, in one format."""
     root = logging.getLogger()
     if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(formatter(log_format))
-        root.addHandler(handler)
+        stderr = logging.StreamHandler()
+        stderr.setFormatter(formatter(log_format))
+        root.addHandler(stderr)
         root.setLevel(level)
     for logger in (root, *(logging.getLogger(n) for n in SERVER_LOGGERS)):
         for handler in logger.handlers:

@@ -155,6 +155,6 @@ def collect(client: Any) -> Iterator[Metric]:
         for le in (*(str(b) for b in buckets), "+Inf"):
             total += fields.get(le, 0.0)
             cumulative.append((le, total))
-        family = HistogramMetricFamily(name, doc)
-        family.add_metric([], cumulative, sum_value=fields.get("sum", 0.0))
-        yield family
+        histogram = HistogramMetricFamily(name, doc)
+        histogram.add_metric([], cumulative, sum_value=fields.get("sum", 0.0))
+        yield histogram
