@@ -320,6 +320,9 @@ def replay(store: SessionStore, settings: Settings, work: list[Work]) -> list[Wo
 
 def prepare(store: SessionStore, settings: Settings, item: Item, token: str) -> Work | dict[str, Any] | str:
     """Under the session's lock: the Work to advance, an answer, or "defer"."""
+    # no model, no piece can advance: every item (a finalize waiting for an unapplied chunk too) is
+    # answered the model's error at once (a ToneError: 503) instead of being deferred until it times out
+    get_recognizer(settings)
     s = store.load_fields(item.id, [*SMALL_FIELDS, f"answer:{item.seq}"])
     if "ttl" not in s:
         return expired(item.id).to_reply()

@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, cast
@@ -20,6 +21,7 @@ import redis
 import redis.asyncio as aioredis
 from starlette.concurrency import run_in_threadpool
 
+from shared.platform import metrics
 from shared.platform.sessions import Accepted, AsyncSessionStore, Options, SessionError, SessionStore
 from shared.platform.settings import Settings
 from shared.queue import enqueue_stream
@@ -102,7 +104,22 @@ async def through_worker(
         enqueue_stream(settings.worker_queue)
         return None
 
+    arrived = time.monotonic()
     key = await enqueue()
+    try:
+        return await _answer(settings, key, requeue)
+    finally:
+        if kind == "chunk":
+            piece = metrics.Recorder(metrics.client_for(settings.redis_url))
+            await run_in_threadpool(
+                piece.observe("tone_live_piece_latency_seconds", time.monotonic() - arrived).flush
+            )
+
+
+async def _answer(
+    settings: Settings, key: str, requeue: Callable[[], dict[str, Any] | None]
+) -> dict[str, Any]:
+    """Wait for the worker's reply on ``key``, queueing the item again every requeue interval."""
     timeout = settings.stream_chunk_timeout_seconds
     deadline = time.monotonic() + timeout
     while True:
