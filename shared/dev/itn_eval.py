@@ -13,6 +13,7 @@ and the mean time per phrase after loading.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import defaultdict
@@ -41,7 +42,7 @@ def _ours() -> Callable[[str], str]:
 def _nemo() -> Callable[[str], str]:
     from nemo_text_processing.inverse_text_normalization.inverse_normalize import InverseNormalizer
 
-    cache = Path.home() / ".cache" / "nemo-itn-ru"
+    cache = Path(os.environ.get("NEMO_CACHE", Path.home() / ".cache" / "nemo-itn-ru"))
     cache.mkdir(parents=True, exist_ok=True)
     normalizer = InverseNormalizer(lang="ru", cache_dir=str(cache))
     return lambda text: str(normalizer.inverse_normalize(text, verbose=False))
@@ -89,7 +90,7 @@ def evaluate(name: str, show_misses: bool = False) -> None:
     try:
         convert = CANDIDATES[name]()
         convert("двадцать пять")
-    except Exception as exc:  # noqa: BLE001 - a candidate that does not load is a result too
+    except Exception as exc:
         print(f"{name}: does not load: {type(exc).__name__}: {exc}")
         return
     load_s = time.perf_counter() - started
@@ -100,7 +101,7 @@ def evaluate(name: str, show_misses: bool = False) -> None:
     for category, spoken, expected in cases:
         try:
             got = convert(spoken)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             got = f"<{type(exc).__name__}>"
         ok = _same(got, expected, spaces=True)
         exact += ok
@@ -112,7 +113,8 @@ def evaluate(name: str, show_misses: bool = False) -> None:
     per_phrase_ms = (time.perf_counter() - started) / len(cases) * 1000
     cats = ", ".join(f"{c} {ok}/{total}" for c, (ok, total) in per_category.items())
     print(
-        f"{name}: exact {exact}/{len(cases)} ({exact / len(cases):.0%}), ignoring spaces {loose}/{len(cases)}, "
+        f"{name}: exact {exact}/{len(cases)} ({exact / len(cases):.0%}), "
+        f"ignoring spaces {loose}/{len(cases)}, "
         f"load {load_s:.2f} s, {per_phrase_ms:.3f} ms per phrase\n  {cats}"
     )
     if show_misses:

@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Span", "normalize_words", "normalize_text"]
+__all__ = ["Span", "normalize_text", "normalize_words"]
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,18 @@ for _v, _w in enumerate(("пять", "шесть", "семь"), 5):
 _card(8, "unit", "восемь восьми восемью восьмью")
 _card(9, "unit", "девять девяти девятью")
 for _v, _w in enumerate(
-    (
-        "десять одиннадцать двенадцать тринадцать четырнадцать пятнадцать шестнадцать семнадцать"
-        " восемнадцать девятнадцать"
-    ).split(),
+    [
+        "десять",
+        "одиннадцать",
+        "двенадцать",
+        "тринадцать",
+        "четырнадцать",
+        "пятнадцать",
+        "шестнадцать",
+        "семнадцать",
+        "восемнадцать",
+        "девятнадцать",
+    ],
     10,
 ):
     _card(_v, "teen", f"{_w} {_w[:-1]}и {_w[:-1]}ью")
@@ -136,24 +144,32 @@ def _ord(value: int, kind: str, stems: str) -> None:
 _ord(0, "zero", "нулев")
 _ord(1, "unit", "перв")
 _ord(2, "unit", "втор")
-for _form, _written in _THIRD.items():
-    _ORDINALS[_form] = (3, "unit", _written)
+for _form, _ending in _THIRD.items():
+    _ORDINALS[_form] = (3, "unit", _ending)
 for _v, _stem in enumerate(("четвёрт", "пят", "шест", "седьм", "восьм", "девят"), 4):
     _ord(_v, "unit", _stem)
 for _v, _stem in enumerate(
-    (
-        "десят одиннадцат двенадцат тринадцат четырнадцат пятнадцат шестнадцат семнадцат"
-        " восемнадцат девятнадцат"
-    ).split(),
+    [
+        "десят",
+        "одиннадцат",
+        "двенадцат",
+        "тринадцат",
+        "четырнадцат",
+        "пятнадцат",
+        "шестнадцат",
+        "семнадцат",
+        "восемнадцат",
+        "девятнадцат",
+    ],
     10,
 ):
     _ord(_v, "teen", _stem)
 for _v, _stem in enumerate(
-    "двадцат тридцат сороков пятидесят шестидесят семидесят восьмидесят девяност".split(), 2
+    ["двадцат", "тридцат", "сороков", "пятидесят", "шестидесят", "семидесят", "восьмидесят", "девяност"], 2
 ):
     _ord(_v * 10, "ten", _stem)
 for _v, _stem in enumerate(
-    "сот двухсот трёхсот четырёхсот пятисот шестисот семисот восьмисот девятисот".split(), 1
+    ["сот", "двухсот", "трёхсот", "четырёхсот", "пятисот", "шестисот", "семисот", "восьмисот", "девятисот"], 1
 ):
     _ord(_v * 100, "hundred", _stem)
 _ord(1000, "scale", "тысячн")
@@ -162,7 +178,20 @@ for _v, _stem in enumerate(("двухтысячн", "трёхтысячн"), 2):
     _ord(_v * 1000, "big", _stem)
 
 _MONTHS = frozenset(
-    "января февраля марта апреля мая июня июля августа сентября октября ноября декабря".split()
+    [
+        "января",
+        "февраля",
+        "марта",
+        "апреля",
+        "мая",
+        "июня",
+        "июля",
+        "августа",
+        "сентября",
+        "октября",
+        "ноября",
+        "декабря",
+    ]
 )
 _YEAR = frozenset({"год", "года", "году", "годом"})
 _UNIT_PREFIXES = ("процент", "рубл", "копе", "доллар", "евро")
@@ -170,9 +199,9 @@ _TIME_PREPS = frozenset({"в", "во", "к", "ко", "до", "с", "со", "по
 _RANGE_FROM = frozenset({"с", "со", "от"})
 _DECIMAL_SEP = frozenset({"и", "целая", "целых", "целой", "целую", "целыми"})
 _DENOMINATORS = {
-    **{w: 1 for w in ("десятая", "десятых", "десятой", "десятую", "десятыми")},
-    **{w: 2 for w in ("сотая", "сотых", "сотой", "сотую", "сотыми")},
-    **{w: 3 for w in ("тысячная", "тысячных", "тысячной", "тысячную", "тысячными")},
+    **dict.fromkeys(("десятая", "десятых", "десятой", "десятую", "десятыми"), 1),
+    **dict.fromkeys(("сотая", "сотых", "сотой", "сотую", "сотыми"), 2),
+    **dict.fromkeys(("тысячная", "тысячных", "тысячной", "тысячную", "тысячными"), 3),
 }
 _HOURS = frozenset({"час", "часа", "часов"})
 _MINUTES = frozenset({"минута", "минуты", "минут", "минуту"})
@@ -227,9 +256,7 @@ def _parse(words: Sequence[str], i: int, *, ordinals: bool = True) -> _Number | 
         empty = j == i
         if kind in ("zero", "big"):
             ok = empty
-        elif kind == "half":
-            ok = not kinds
-        elif kind == "hundred":
+        elif kind == "half" or kind == "hundred":
             ok = not kinds
         elif kind in ("ten", "teen"):
             ok = not kinds & {"ten", "teen", "unit", "half"}
@@ -307,8 +334,8 @@ def normalize_words(words: Sequence[str]) -> list[Span]:
             if frac is not None and frac.whole and word(frac.last + 1) in _DENOMINATORS:
                 width = _DENOMINATORS[words[frac.last + 1]]
                 if len(frac.digits) <= width:
-                    text = f"{_grouped(number.value)},{frac.digits.zfill(width)}"
-                    i = _emit_with_unit(out, words, text, i, frac.last + 1)
+                    decimal = f"{_grouped(number.value)},{frac.digits.zfill(width)}"
+                    i = _emit_with_unit(out, words, decimal, i, frac.last + 1)
                     continue
 
         # a clock time spoken as «H часов M минут»
@@ -354,15 +381,15 @@ def normalize_words(words: Sequence[str]) -> list[Span]:
         nxt_word = word(after)
         if number.ordinal is not None:
             if nxt_word in _MONTHS and 1 <= number.value <= 31:
-                text: str | None = str(number.value)
+                shown: str | None = str(number.value)
             elif nxt_word in _YEAR:
-                text = str(number.value)
+                shown = str(number.value)
             elif number.value >= 10:
-                text = f"{number.value}-{number.ordinal}"
+                shown = f"{number.value}-{number.ordinal}"
             else:
-                text = None
-            out.append(Span(text, i, number.last) if text else Span(words[i], i, i))
-            i = number.last + 1 if text else i + 1
+                shown = None
+            out.append(Span(shown, i, number.last) if shown else Span(words[i], i, i))
+            i = number.last + 1 if shown else i + 1
             continue
         small = number.tenths < 100
         forced = i == force_digits_at
