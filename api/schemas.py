@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.text.options import OPTION_NAMES, TextOptionError, TextOptions, parse_text_options
 
 Channels = Literal["mix", "split"]
 Decoder = Literal["auto", "greedy", "beam"]
 JobStatus = Literal["queued", "processing", "completed", "failed", "cancelled"]
 TranscriptFormat = Literal["json", "txt", "srt", "vtt", "tsv"]
+TranscriptText = Literal["display", "raw"]
+
+_M = TypeVar("_M", bound=BaseModel)
 
 JOB_ID_EXAMPLE = "7b0c2f4e-8f0e-4a53-9d0b-0d6f3f0f2a11"
 
@@ -42,6 +47,33 @@ class JobOptions(BaseModel):
     webhook_url: str | None = Field(None, description="POSTed a signed event when the job ends")
     metadata: dict[str, Any] | None = Field(None, description="any JSON object, returned as is")
     priority: int = Field(5, ge=0, le=9, description="0 (lowest) .. 9 (highest)")
+    normalize: bool = Field(True, description="add the written form (`display`: numbers as digits)")
+    vocabulary: list[str] | None = Field(
+        None, description="words to boost in beam search (hot words; needs decoder beam or auto)"
+    )
+    replacements: dict[str, str] | None = Field(None, description="spellings to rewrite in `display`")
+    redact: list[str] | None = Field(
+        None, description="mask in `display`: card, phone, passport, inn, snils, email, profanity"
+    )
+    redact_raw: bool = Field(False, description="mask the spoken `text` and `words` too")
+    redact_audio: bool = Field(False, description="replace the redacted words with a 1 kHz tone in the audio")
+
+    def text_options(self) -> TextOptions:
+        return parse_text_options(self.model_dump())
+
+
+def validated_options(model: type[_M], fields: dict[str, Any]) -> _M:
+    """``model`` from request fields, the text options checked first: a bad one is 422
+    ``invalid_<option>`` (other bad fields: FastAPI's 422 ``invalid_request``)."""
+    from api.errors import ApiError
+
+    try:
+        text = parse_text_options(fields)
+    except TextOptionError as exc:
+        raise ApiError(422, exc.code, exc.message) from None
+    cleaned = {k: v for k, v in fields.items() if k not in OPTION_NAMES}
+    cleaned.update(text.to_dict())
+    return model.model_validate(cleaned)
 
 
 class ErrorInfo(BaseModel):
@@ -132,6 +164,10 @@ class PhraseOut(BaseModel):
     end_time: float
     channel: int
     words: list[WordOut]
+    display: str | None = Field(None, description="the written form (numbers as digits, masks)")
+    display_words: list[WordOut] | None = Field(
+        None, description="its spans, each with the times of its words"
+    )
 
 
 class TranscriptOut(BaseModel):
@@ -147,9 +183,12 @@ class TranscriptOut(BaseModel):
                             "end_time": 5.49,
                             "channel": 0,
                             "words": [{"text": "чем", "start": 3.3, "end": 3.69}],
+                            "display": "чем я могу вам помочь",
+                            "display_words": [{"text": "чем", "start": 3.3, "end": 3.69}],
                         }
                     ],
                     "full_text": "чем я могу вам помочь",
+                    "display_text": "чем я могу вам помочь",
                     "duration": 10.5,
                     "processing_time": 0.4,
                     "channels": 1,
@@ -161,6 +200,7 @@ class TranscriptOut(BaseModel):
     job_id: str
     phrases: list[PhraseOut]
     full_text: str
+    display_text: str
     duration: float
     processing_time: float | None
     channels: int

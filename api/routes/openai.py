@@ -17,6 +17,7 @@ from api.schemas import ErrorResponse, JobOptions, OpenAITranscription, OpenAIVe
 from api.services import jobs as svc
 from shared.asr.formats import MEDIA_TYPES, render
 from shared.db.models import Job, Transcript
+from shared.text.display import display_text, phrase_text
 
 router = APIRouter(prefix="/v1/audio", tags=["openai"])
 
@@ -24,42 +25,43 @@ ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
 LANGUAGE = "ru"
 
 
-def _segments(transcript: Transcript) -> list[dict[str, Any]]:
+def _segments(phrases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
             "id": i,
             "seek": 0,
             "start": p["start_time"],
             "end": p["end_time"],
-            "text": p["text"],
+            "text": phrase_text(p),
             "tokens": [],
             "temperature": 0.0,
             "avg_logprob": 0.0,
             "compression_ratio": 1.0,
             "no_speech_prob": 0.0,
         }
-        for i, p in enumerate(transcript.phrases)
+        for i, p in enumerate(phrases)
     ]
 
 
-def _words(transcript: Transcript) -> list[dict[str, Any]]:
+def _words(phrases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {"word": w["text"], "start": w["start"], "end": w["end"]}
-        for p in transcript.phrases
-        for w in p.get("words") or ()
+        for p in phrases
+        for w in p.get("display_words", p.get("words")) or ()
     ]
 
 
 def _verbose(job: Job, transcript: Transcript, granularities: list[str]) -> dict[str, Any]:
+    phrases = svc.shown_phrases(job, transcript)
     body: dict[str, Any] = {
         "task": "transcribe",
         "language": LANGUAGE,
         "duration": job.duration if job.duration is not None else transcript.duration,
-        "text": transcript.full_text,
-        "segments": _segments(transcript),
+        "text": display_text(phrases),
+        "segments": _segments(phrases),
     }
     if "word" in granularities:
-        body["words"] = _words(transcript)
+        body["words"] = _words(phrases)
     return body
 
 
@@ -91,12 +93,13 @@ async def create_transcription(
     ] = None,
 ) -> Response:
     job, transcript = await svc.transcribe_sync(db, caller, settings, file.file, file.filename, JobOptions())
+    shown = svc.shown_phrases(job, transcript)
     if response_format == "json":
-        return JSONResponse({"text": transcript.full_text})
+        return JSONResponse({"text": display_text(shown)})
     if response_format == "verbose_json":
         return JSONResponse(_verbose(job, transcript, timestamp_granularities or ["segment"]))
     fmt = {"text": "txt", "srt": "srt", "vtt": "vtt"}[response_format]
-    phrases = [svc.phrase_of(p) for p in transcript.phrases]
+    phrases = [svc.phrase_of(p, "display") for p in shown]
     if fmt == "txt":
-        return Response(transcript.full_text + "\n", media_type=MEDIA_TYPES["txt"])
+        return Response(display_text(shown) + "\n", media_type=MEDIA_TYPES["txt"])
     return Response(render(fmt, phrases, channels=transcript.channels), media_type=MEDIA_TYPES[fmt])

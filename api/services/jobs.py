@@ -37,6 +37,8 @@ from shared.asr.types import Phrase, Word
 from shared.db.models import FINAL_STATUSES, Batch, Job, Transcript, WebhookDelivery
 from shared.platform.batch_state import BATCH_EVENTS, finish_batch
 from shared.platform.settings import Settings
+from shared.text.display import display_text, phrase_text, with_display
+from shared.text.options import TextOptions
 from worker.celery_app import enqueue_transcription, enqueue_webhook
 
 log = logging.getLogger("api.jobs")
@@ -223,7 +225,7 @@ def job_row(caller: Caller, new: NewJob, digest: str, settings: Settings) -> Job
         status="queued",
         priority=SYNC_PRIORITY if new.kind == "sync" else opts.priority,
         queue=settings.worker_queue,
-        options={"channels": opts.channels, "decoder": opts.decoder},
+        options={"channels": opts.channels, "decoder": opts.decoder, **opts.text_options().to_dict()},
         source="upload" if stored else "url",
         filename=new.filename,
         content_type=new.content_type,
@@ -419,31 +421,42 @@ def finished_transcript(job: Job) -> Transcript:
 # -- transcripts ------------------------------------------------------------------------------------
 
 
-def phrase_of(d: dict[str, Any]) -> Phrase:
-    words = tuple(Word(w["text"], w["start"], w["end"]) for w in d.get("words") or ())
-    return Phrase(d["text"], d["start_time"], d["end_time"], d.get("channel", 0), words)
+def phrase_of(d: dict[str, Any], text: str = "raw") -> Phrase:
+    """A stored phrase as the engine's Phrase: its spoken words, or (``text="display"``) its
+    written form and spans (the spoken ones where the phrase has none)."""
+    key = "display_words" if text == "display" and "display_words" in d else "words"
+    words = tuple(Word(w["text"], w["start"], w["end"]) for w in d.get(key) or ())
+    return Phrase(phrase_text(d, text), d["start_time"], d["end_time"], d.get("channel", 0), words)
+
+
+def shown_phrases(job: Job, transcript: Transcript) -> list[dict[str, Any]]:
+    """The stored phrases with their written form (computed with the job's options when absent)."""
+    return with_display(transcript.phrases, TextOptions.from_stored(job.options))
 
 
 def transcript_document(job: Job, transcript: Transcript) -> dict[str, Any]:
+    phrases = shown_phrases(job, transcript)
     return {
         "job_id": str(job.id),
-        "phrases": transcript.phrases,
+        "phrases": phrases,
         "full_text": transcript.full_text,
+        "display_text": display_text(phrases),
         "duration": transcript.duration,
         "processing_time": job.processing_seconds,
         "channels": transcript.channels,
     }
 
 
-def render_transcript(job: Job, fmt: str) -> tuple[str, str]:
-    """``(body, media type)`` of a completed job's transcript; 409 ``not_ready`` before that."""
+def render_transcript(job: Job, fmt: str, text: str = "display") -> tuple[str, str]:
+    """``(body, media type)`` of a completed job's transcript; 409 ``not_ready`` before that.
+    txt/srt/vtt/tsv show the written form (``display``) unless ``text="raw"``."""
     transcript = job.transcript
     if job.status != "completed" or transcript is None:
         raise ApiError(
             409, "not_ready", f"the job is {job.status}; its transcript exists once it is completed"
         )
     document = transcript_document(job, transcript) if fmt == "json" else None
-    phrases = [phrase_of(p) for p in transcript.phrases] if fmt != "json" else []
+    phrases = [phrase_of(p, text) for p in shown_phrases(job, transcript)] if fmt != "json" else []
     return render(fmt, phrases, document=document, channels=transcript.channels), MEDIA_TYPES[fmt]
 
 

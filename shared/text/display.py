@@ -119,3 +119,9 @@ def phrase_text(phrase: Mapping[str, Any], which: str = "display") -> str:
     if which == "raw":
         return str(phrase["text"])
     return str(phrase.get("display", phrase["text"]))
+
+
+def with_display(phrases: Sequence[Mapping[str, Any]], options: TextOptions) -> list[dict[str, Any]]:
+    """Stored phrases with their written form: as stored when they have it (the worker adds it),
+    else computed now (live sessions kept as jobs, transcripts stored before it existed)."""
+    return [dict(p) if "display" in p else display_phrase(p, options)[0] for p in phrases]

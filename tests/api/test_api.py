@@ -24,7 +24,7 @@ from shared.db.models import Job
 from shared.db.session import session_scope
 from shared.dev.models.tones import synthesize
 from shared.platform.keys import key_prefix, revoke_key
-from tests.conftest import KIT_AUDIO, Proc, make_key, serving, start_api
+from tests.conftest import KIT_AUDIO, Proc, make_key, serving, start_api, written
 
 PHRASES = ["привет мир", "как дела"]
 AUDIO_CODES = {"empty_audio", "unsupported_format", "corrupt_audio"}
@@ -52,7 +52,7 @@ def wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine_phrases(wav: Path, tone_model: Path) -> list[dict[str, Any]]:
-    return Recognizer.load(tone_model, threads=1).transcribe_file(wav).to_dict()["phrases"]
+    return written(Recognizer.load(tone_model, threads=1).transcribe_file(wav).to_dict()["phrases"])
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from shared.asr.engine import Recognizer
 from shared.dev.models.tones import synthesize
-from tests.conftest import Proc, start_api, start_worker
+from tests.conftest import Proc, start_api, start_worker, written
 from worker.celery_app import all_queues
 
 QUEUE = "ws-tests"
@@ -246,7 +246,7 @@ def test_v1_stream_store_true_keeps_a_completed_job(
         assert job["status"] == "completed" and job["kind"] == "stream"
         assert job["duration"] == pytest.approx(len(audio) / 8000, abs=0.01)
         transcript = client.get(f"/v1/jobs/{final['job_id']}/transcript").json()
-        assert transcript["phrases"] == expected
+        assert transcript["phrases"] == written(expected)
         assert client.get(f"/v1/jobs/{final['job_id']}/transcript?format=txt").status_code == 200
         assert final["job_id"] in [j["id"] for j in client.get("/v1/jobs").json()["data"]]
 

@@ -1,0 +1,246 @@
+"""The written form over the real stack: ``display`` in the transcript, the exports and the OpenAI
+route, ``normalize``, bad options, and redaction leaving nothing unredacted in the database, the
+audio store, the logs or the webhook payloads."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from sqlalchemy import text
+
+from shared.asr.engine import Recognizer
+from shared.db.session import session_scope
+from shared.dev.models.tones import synthesize
+from tests.api.test_api import assert_error, auth, submit, wait_final
+from tests.conftest import Proc, serving, wait_for
+from tests.worker.test_webhooks import Receiver
+
+pytestmark = pytest.mark.platform
+
+SPOKEN = [
+    "номер договора двадцать три сорок пять",
+    "оплата двадцать пять тысяч триста рублей",
+]
+DIGITS = "четыре один один один один один один один один один один один один один один один"
+CARD = "4111111111111111"
+SECRET_PHRASES = ["моя карта " + DIGITS, "да иди ты нахуй", "спасибо до свидания"]
+
+
+def write_wav(path: Path, phrases: list[str]) -> Path:
+    audio, _ = synthesize(phrases)
+    sf.write(path, audio, 8000, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def numbers_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_wav(tmp_path_factory.mktemp("text") / "numbers.wav", SPOKEN)
+
+
+@pytest.fixture(scope="module")
+def secret_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_wav(tmp_path_factory.mktemp("text") / "secret.wav", SECRET_PHRASES)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    with serving(server):
+        yield server
+
+
+def done(api: Proc, key: str, response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 202, response.text
+    job = wait_final(api.url, key, response.json()["id"])
+    assert job["status"] == "completed", job
+    return job
+
+
+def transcript(api: Proc, key: str, job_id: str, **params: str) -> httpx.Response:
+    r = httpx.get(f"{api.url}/v1/jobs/{job_id}/transcript", params=params, headers=auth(key), timeout=30)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def test_display_in_the_transcript_and_every_export(
+    api: Proc, worker: Proc, api_key: str, numbers_wav: Path
+) -> None:
+    job = done(api, api_key, submit(api.url, api_key, numbers_wav))
+    doc = transcript(api, api_key, job["id"]).json()
+    first, second = doc["phrases"]
+    assert [p["text"] for p in doc["phrases"]] == SPOKEN  # the recognizer's words, untouched
+    assert first["display"] == "номер договора 2345"
+    assert second["display"] == "оплата 25 300 рублей"
+    assert doc["display_text"] == "номер договора 2345 оплата 25 300 рублей"
+    assert doc["full_text"] == " ".join(SPOKEN)
+    # a span that replaced several spoken words starts at the first and ends at the last of them
+    words = first["words"]
+    assert first["display_words"][2] == {"text": "2345", "start": words[2]["start"], "end": words[5]["end"]}
+    assert [w["text"] for w in second["display_words"]] == ["оплата", "25 300", "рублей"]
+
+    txt = transcript(api, api_key, job["id"], format="txt").text
+    assert txt == "номер договора 2345\nоплата 25 300 рублей\n"
+    assert transcript(api, api_key, job["id"], format="txt", text="raw").text == "\n".join(SPOKEN) + "\n"
+    srt = transcript(api, api_key, job["id"], format="srt").text
+    assert "оплата 25 300 рублей" in srt and "двадцать" not in srt
+    assert "двадцать пять тысяч" in transcript(api, api_key, job["id"], format="vtt", text="raw").text
+    assert "\t2345" not in transcript(api, api_key, job["id"], format="tsv").text  # phrases, not words
+    assert "номер договора 2345" in transcript(api, api_key, job["id"], format="tsv").text
+    bad = httpx.get(
+        f"{api.url}/v1/jobs/{job['id']}/transcript", params={"text": "fancy"}, headers=auth(api_key)
+    )
+    assert bad.status_code == 422
+
+
+def test_normalize_false_keeps_the_spoken_words(
+    api: Proc, worker: Proc, api_key: str, numbers_wav: Path
+) -> None:
+    job = done(api, api_key, submit(api.url, api_key, numbers_wav, normalize="false"))
+    assert job["options"]["normalize"] is False
+    doc = transcript(api, api_key, job["id"]).json()
+    assert [p["display"] for p in doc["phrases"]] == SPOKEN
+    assert doc["display_text"] == doc["full_text"]
+
+
+def test_replacements_rewrite_display(api: Proc, worker: Proc, api_key: str, numbers_wav: Path) -> None:
+    response = submit(api.url, api_key, numbers_wav, replacements={"договора": "Договора"})
+    doc = transcript(api, api_key, done(api, api_key, response)["id"]).json()
+    assert doc["phrases"][0]["display"] == "номер Договора 2345"
+
+
+def test_openai_route_answers_the_written_form(
+    api: Proc, worker: Proc, api_key: str, numbers_wav: Path
+) -> None:
+    with numbers_wav.open("rb") as f:
+        r = httpx.post(
+            f"{api.url}/v1/audio/transcriptions",
+            headers=auth(api_key),
+            files={"file": ("numbers.wav", f, "audio/wav")},
+            data={"model": "t-one", "response_format": "verbose_json", "timestamp_granularities[]": "word"},
+            timeout=60,
+        )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["text"] == "номер договора 2345 оплата 25 300 рублей"
+    assert [s["text"] for s in body["segments"]] == ["номер договора 2345", "оплата 25 300 рублей"]
+    assert "25 300" in [w["word"] for w in body["words"]]
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"normalize": "perhaps"}, "invalid_normalize"),
+        ({"redact": "card,dna"}, "invalid_redact"),
+        ({"replacements": "[1]"}, "invalid_replacements"),
+        ({"vocabulary": "[1, 2]"}, "invalid_vocabulary"),
+        ({"redact_audio": "true"}, "invalid_redact_audio"),
+    ],
+)
+def test_bad_text_options_are_422_naming_the_option(
+    api: Proc, api_key: str, numbers_wav: Path, fields: dict[str, str], code: str
+) -> None:
+    assert_error(submit(api.url, api_key, numbers_wav, **fields), 422, code)
+
+
+def test_bad_text_options_in_a_json_body(api: Proc, api_key: str) -> None:
+    r = httpx.post(
+        f"{api.url}/v1/jobs",
+        headers=auth(api_key),
+        json={"audio_url": "https://example.com/a.wav", "redact": ["card", 5]},
+    )
+    assert_error(r, 422, "invalid_redact")
+
+
+def _all_rows(database_url: str) -> str:
+    """Every row of every table of the public schema, as text."""
+    with session_scope(database_url) as session:
+        tables = list(
+            session.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars()
+        )
+        assert {"jobs", "transcripts"} <= set(tables)
+        return "\n".join(
+            str(row[0]) for t in tables for row in session.execute(text(f'SELECT "{t}"::text FROM "{t}"'))
+        )
+
+
+def test_redaction_leaves_nothing_unredacted_anywhere(
+    api: Proc,
+    worker: Proc,
+    api_key: str,
+    secret_wav: Path,
+    servers: dict[str, str],
+    logs: Path,
+    receiver: Receiver,
+    tone_model: Path,
+) -> None:
+    hook = receiver.script((200, {}))
+    response = submit(
+        api.url,
+        api_key,
+        secret_wav,
+        redact="card,phone,profanity",
+        redact_raw="true",
+        redact_audio="true",
+        webhook_url=hook,
+    )
+    job = done(api, api_key, response)
+    doc = transcript(api, api_key, job["id"]).json()
+    assert [p["display"] for p in doc["phrases"]] == [
+        "моя карта [карта]",
+        "да иди ты [мат]",
+        "спасибо до свидания",
+    ]
+    assert [p["text"] for p in doc["phrases"]] == [
+        "моя карта [карта]",
+        "да иди ты [мат]",
+        "спасибо до свидания",
+    ]
+    card_word = doc["phrases"][0]["words"][2]
+    assert card_word["text"] == "[карта]" and card_word["end"] > card_word["start"]
+
+    forbidden = [CARD, DIGITS, "один один один", "нахуй"]
+    rows = _all_rows(servers["DATABASE_URL"])
+    assert job["id"] in rows  # the search does see this job's rows
+    for secret in forbidden:
+        assert secret not in rows, secret
+
+    # the audio store holds only the redacted recording, a 1 kHz tone where the words were
+    root = Path(servers["root"]) / "data"
+    stored = [p for p in root.rglob("*") if p.is_file() and job["id"] in p.name]
+    assert [p.name for p in stored] == [f"{job['id']}.redacted.wav"], stored
+    for path in root.rglob("*"):
+        if path.is_file() and path.suffix not in (".wav",):
+            content = path.read_bytes()
+            for secret in forbidden:
+                assert secret.encode() not in content, (path, secret)
+    played = httpx.get(f"{api.url}/v1/jobs/{job['id']}/audio", headers=auth(api_key), timeout=30)
+    assert played.status_code == 200
+    out = Path(servers["root"]) / f"played-{job['id']}.wav"
+    out.write_bytes(played.content)
+    audio, rate = sf.read(out, dtype="float64")
+    assert rate == 8000
+    a, b = int(card_word["start"] * rate), int(card_word["end"] * rate)
+    spectrum = np.abs(np.fft.rfft(audio[a:b]))
+    assert abs(np.argmax(spectrum) * rate / (b - a) - 1000) < 10
+    heard = Recognizer.load(tone_model, threads=1).transcribe_file(out).full_text
+    assert "один один" not in heard and "нахуй" not in heard and "спасибо до свидания" in heard
+
+    # the logs and the webhook payloads
+    for log in logs.rglob("*"):
+        if log.is_file():
+            content = log.read_text(errors="replace")
+            for secret in forbidden:
+                assert secret not in content, (log, secret)
+    wait_for(lambda: bool(receiver.requests(hook)), "the job.completed webhook", worker)
+    (delivery,) = receiver.requests(hook)
+    payload = delivery["body"].decode()
+    assert json.loads(payload)["data"]["id"] == job["id"]
+    for secret in forbidden:
+        assert secret not in payload
