@@ -9,11 +9,11 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.text.options import OPTION_NAMES, TextOptionError, TextOptions, parse_text_options
+from shared.platform.statuses import BatchStatus, JobStatus
+from shared.text.options import OPTION_NAMES, TextOptions, parse_text_options
 
 Channels = Literal["mix", "split"]
 Decoder = Literal["auto", "greedy", "beam"]
-JobStatus = Literal["queued", "processing", "completed", "failed", "cancelled"]
 TranscriptFormat = Literal["json", "txt", "srt", "vtt", "tsv"]
 TranscriptText = Literal["display", "raw"]
 
@@ -63,14 +63,9 @@ class JobOptions(BaseModel):
 
 
 def validated_options(model: type[_M], fields: dict[str, Any]) -> _M:
-    """``model`` from request fields, the text options checked first: a bad one is 422
-    ``invalid_<option>`` (other bad fields: FastAPI's 422 ``invalid_request``)."""
-    from api.errors import ApiError
-
-    try:
-        text = parse_text_options(fields)
-    except TextOptionError as exc:
-        raise ApiError(422, exc.code, exc.message) from None
+    """``model`` from request fields, the text options checked first: a bad one raises
+    :class:`TextOptionError`, 422 ``invalid_<option>`` (other bad fields: 422 ``invalid_request``)."""
+    text = parse_text_options(fields)
     cleaned = {k: v for k, v in fields.items() if k not in OPTION_NAMES}
     cleaned.update(text.to_dict())
     return model.model_validate(cleaned)
@@ -342,7 +337,6 @@ class OpenAIVerboseTranscription(BaseModel):
 # -- batches ---------------------------------------------------------------------------------------
 
 BATCH_ID_EXAMPLE = "3f9d7c1a-2b4e-4f6a-9c8d-1e2f3a4b5c6d"
-BatchStatus = Literal["queued", "processing", "completed", "cancelled"]
 
 
 class BatchOptions(BaseModel):

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.errors import CodedError
+
 REDACT_KINDS = ("card", "phone", "passport", "inn", "snils", "email", "profanity")
 OPTION_NAMES = ("normalize", "vocabulary", "replacements", "redact", "redact_raw", "redact_audio")
 MAX_VOCABULARY = 500
@@ -18,14 +20,14 @@ MAX_REPLACEMENTS = 500
 HOTWORD_WEIGHT = 10.0  # pyctcdecode's default hotword_weight
 
 
-class TextOptionError(ValueError):
-    """A bad option value; ``code`` is ``invalid_<option>``."""
+class TextOptionError(CodedError):
+    """A bad option value: 422 ``invalid_<option>``."""
+
+    status = 422
 
     def __init__(self, option: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(message, code=f"invalid_{option}")
         self.option = option
-        self.code = f"invalid_{option}"
-        self.message = message
 
 
 @dataclass(frozen=True)
