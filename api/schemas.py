@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.platform.statuses import BatchStatus, JobStatus
-from shared.text.options import OPTION_NAMES, TextOptions, parse_text_options
+from shared.text.options import OPTION_NAMES, TextOptionError, TextOptions, parse_text_options
 
 Channels = Literal["mix", "split"]
 Decoder = Literal["auto", "greedy", "beam"]
@@ -22,7 +22,25 @@ _M = TypeVar("_M", bound=BaseModel)
 JOB_ID_EXAMPLE = "7b0c2f4e-8f0e-4a53-9d0b-0d6f3f0f2a11"
 
 
-class JobOptions(BaseModel):
+class TextFields(BaseModel):
+    """The text options of a job, batch or live session (:mod:`shared.text.options`)."""
+
+    normalize: bool = Field(True, description="add the written form (`display`: numbers as digits)")
+    vocabulary: list[str] | None = Field(
+        None, description="words to boost in beam search (hot words; needs decoder beam or auto)"
+    )
+    replacements: dict[str, str] | None = Field(None, description="spellings to rewrite in `display`")
+    redact: list[str] | None = Field(
+        None, description="mask in `display`: card, phone, passport, inn, snils, email, profanity"
+    )
+    redact_raw: bool = Field(False, description="mask the spoken `text` and `words` too")
+    redact_audio: bool = Field(False, description="replace the redacted words with a 1 kHz tone in the audio")
+
+    def text_options(self) -> TextOptions:
+        return parse_text_options(self.model_dump())
+
+
+class JobOptions(TextFields):
     """Options of ``POST /v1/jobs`` (form fields with an upload, or a JSON body with ``audio_url``)."""
 
     model_config = ConfigDict(
@@ -47,25 +65,14 @@ class JobOptions(BaseModel):
     webhook_url: str | None = Field(None, description="POSTed a signed event when the job ends")
     metadata: dict[str, Any] | None = Field(None, description="any JSON object, returned as is")
     priority: int = Field(5, ge=0, le=9, description="0 (lowest) .. 9 (highest)")
-    normalize: bool = Field(True, description="add the written form (`display`: numbers as digits)")
-    vocabulary: list[str] | None = Field(
-        None, description="words to boost in beam search (hot words; needs decoder beam or auto)"
-    )
-    replacements: dict[str, str] | None = Field(None, description="spellings to rewrite in `display`")
-    redact: list[str] | None = Field(
-        None, description="mask in `display`: card, phone, passport, inn, snils, email, profanity"
-    )
-    redact_raw: bool = Field(False, description="mask the spoken `text` and `words` too")
-    redact_audio: bool = Field(False, description="replace the redacted words with a 1 kHz tone in the audio")
-
-    def text_options(self) -> TextOptions:
-        return parse_text_options(self.model_dump())
 
 
 def validated_options(model: type[_M], fields: dict[str, Any]) -> _M:
     """``model`` from request fields, the text options checked first: a bad one raises
     :class:`TextOptionError`, 422 ``invalid_<option>`` (other bad fields: 422 ``invalid_request``)."""
     text = parse_text_options(fields)
+    if text.vocabulary and fields.get("decoder") == "greedy":
+        raise TextOptionError("vocabulary", "vocabulary needs beam search: decoder beam or auto, not greedy")
     cleaned = {k: v for k, v in fields.items() if k not in OPTION_NAMES}
     cleaned.update(text.to_dict())
     return model.model_validate(cleaned)
@@ -339,7 +346,7 @@ class OpenAIVerboseTranscription(BaseModel):
 BATCH_ID_EXAMPLE = "3f9d7c1a-2b4e-4f6a-9c8d-1e2f3a4b5c6d"
 
 
-class BatchOptions(BaseModel):
+class BatchOptions(TextFields):
     """Options of ``POST /v1/batches``: form fields beside an archive, or fields of the JSON body."""
 
     model_config = ConfigDict(extra="forbid")

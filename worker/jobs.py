@@ -28,7 +28,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.asr.engine import Recognizer
 from shared.asr.errors import ToneError
-from shared.asr.types import ChannelMode
+from shared.asr.types import LABELS, ChannelMode
 from shared.platform.batch_state import Finished
 from shared.platform.settings import Settings
 from shared.text.display import display_phrases
@@ -278,7 +278,10 @@ class BatchRun:
                 raise FileNotFoundError("no audio_path")
             channels: ChannelMode = "split" if job.options.get("channels") == "split" else "mix"
             decoder = job.options.get("decoder")
-            work = Work(job.id, path, channels, None if decoder in (None, "auto") else decoder)
+            hotwords = TextOptions.from_stored(job.options).hotwords(LABELS)
+            if decoder in (None, "auto"):  # a vocabulary needs beam search, with or without the LM
+                decoder = "beam" if hotwords else None
+            work = Work(job.id, path, channels, decoder, hotwords)
             info = self.runner.add(work)
         except TRANSIENT_ERRORS:
             raise

@@ -107,8 +107,11 @@ class Recognizer:
 
     # -- streams ----------------------------------------------------------------------------------
 
-    def new_stream(self, *, channel: int = 0, decoder: str | None = None) -> StreamState:
-        return StreamState(channel=channel, decoder=self.decoder(decoder).name)
+    def new_stream(
+        self, *, channel: int = 0, decoder: str | None = None, hotwords: Sequence[str] = ()
+    ) -> StreamState:
+        """A new stream; ``hotwords`` are boosted in its beam search (ignored by greedy decoding)."""
+        return StreamState(channel=channel, decoder=self.decoder(decoder).name, hotwords=tuple(hotwords))
 
     def step(
         self, streams: Sequence[StreamState], chunks: Sequence[npt.NDArray[Any]], last: Sequence[bool]
@@ -132,7 +135,8 @@ class Recognizer:
             raws, s.buffer, s.offset = splitter.split(s.buffer, s.offset, logprobs[i], is_last=last[i])
             s.finished = bool(last[i])
             dec = self.decoder(s.decoder)
-            out.append([p for p in (to_phrase(dec, r, s.channel) for r in raws) if p is not None])
+            found = (to_phrase(dec, r, s.channel, s.hotwords) for r in raws)
+            out.append([p for p in found if p is not None])
         return out
 
     def advance(

@@ -81,7 +81,7 @@ def display_phrase(phrase: Mapping[str, Any], options: TextOptions) -> tuple[dic
             tokens.extend(Span(raw[k], k, k) for k in range(span.first, span.last + 1))
         raw_masked.extend(Span(raw[k], k, k) for k in range(span.first, span.last + 1))
         i += 1
-    tokens = _replace(tokens, options.replacements)
+    tokens = _replace(tokens, options.display_replacements())
     out = dict(phrase)
     out["display"] = " ".join(t.text for t in tokens)
     out["display_words"] = [

@@ -39,6 +39,18 @@ class TextOptions:
     redact_raw: bool = False
     redact_audio: bool = False
 
+    def display_replacements(self) -> dict[str, str]:
+        """``replacements``, plus each vocabulary word written as listed where the recognizer
+        writes it in lowercase («тинькофф» → «Тинькофф»); an explicit replacement wins."""
+        out = {w.lower(): w for w in self.vocabulary if w.lower() != w}
+        out.update(self.replacements)
+        return out
+
+    def hotwords(self, alphabet: str) -> tuple[str, ...]:
+        """The vocabulary as the decoder can boost it: lowercase, only words within ``alphabet``."""
+        words = (" ".join(w.lower().split()) for w in self.vocabulary)
+        return tuple(w for w in words if w and set(w) <= set(alphabet))
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON kept in a job's or batch's ``options`` (only what differs from the defaults)."""
         out: dict[str, Any] = {}

@@ -244,3 +244,31 @@ def test_redaction_leaves_nothing_unredacted_anywhere(
     assert json.loads(payload)["data"]["id"] == job["id"]
     for secret in forbidden:
         assert secret not in payload
+
+
+@pytest.fixture(scope="module")
+def leaning_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.engine.test_hotwords import leaning_to_mir
+
+    path = tmp_path_factory.mktemp("text") / "leaning.wav"
+    sf.write(path, leaning_to_mir(), 8000, subtype="PCM_16")
+    return path
+
+
+def test_vocabulary_boosts_a_word_per_job_and_does_not_leak(
+    api: Proc, worker: Proc, api_key: str, leaning_wav: Path
+) -> None:
+    # submitted together, so the worker advances them in the same batch where it can
+    listed = submit(api.url, api_key, leaning_wav, vocabulary='["Мар"]')
+    plain = submit(api.url, api_key, leaning_wav)
+    listed_doc = transcript(api, api_key, done(api, api_key, listed)["id"]).json()
+    plain_doc = transcript(api, api_key, done(api, api_key, plain)["id"]).json()
+    assert listed_doc["full_text"] == "мар"
+    assert listed_doc["display_text"] == "Мар"  # written as the vocabulary lists it
+    assert plain_doc["full_text"] == "мир" and plain_doc["display_text"] == "мир"
+
+
+def test_vocabulary_with_greedy_decoding_is_refused(api: Proc, api_key: str, leaning_wav: Path) -> None:
+    assert_error(
+        submit(api.url, api_key, leaning_wav, vocabulary="мар", decoder="greedy"), 422, "invalid_vocabulary"
+    )
