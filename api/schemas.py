@@ -494,3 +494,23 @@ class BatchItems(BaseModel):
 
 class BatchCancelOut(BatchOut):
     cancelled: int = Field(description="jobs cancelled or asked to stop by this call")
+
+
+class VocabularyIn(BaseModel):
+    """The body of ``PUT /v1/vocabulary``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"words": ["Тинькофф", "ипотека"], "replacements": {"тинькоф": "Тинькофф"}}]
+        },
+    )
+
+    words: list[str] = Field(default_factory=list, description="hot words for every job and batch")
+    replacements: dict[str, str] = Field(default_factory=dict, description="spellings to rewrite in display")
+
+
+class VocabularyOut(BaseModel):
+    words: list[str]
+    replacements: dict[str, str]
+    updated_at: datetime | None

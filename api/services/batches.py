@@ -177,6 +177,7 @@ def create_batch(
     try:
         db.add(batch)
         db.flush()  # the batch row first: the jobs' foreign key points at it
+        svc.with_tenant_vocabulary(db, caller, jobs)
         db.add_all(jobs)
         db.commit()
     except IntegrityError:

@@ -34,7 +34,7 @@ from api.uploads import StoredAudio, audio_file_path, remove_quietly, save_strea
 from shared.asr.errors import ToneError
 from shared.asr.formats import MEDIA_TYPES, render
 from shared.asr.types import Phrase, Word
-from shared.db.models import FINAL_STATUSES, Batch, Job, Transcript, WebhookDelivery
+from shared.db.models import FINAL_STATUSES, Batch, Job, TenantVocabulary, Transcript, WebhookDelivery
 from shared.db.session import rowcount
 from shared.platform.batch_state import BATCH_EVENTS, finish_batch
 from shared.platform.settings import Settings
@@ -200,6 +200,7 @@ def create_job(db: Session, caller: Caller, new: NewJob, settings: Settings) -> 
             db.commit()
             return existing, False
         job = job_row(caller, new, digest, settings)
+        with_tenant_vocabulary(db, caller, [job])
         db.add(job)
         try:
             db.commit()
@@ -213,6 +214,23 @@ def create_job(db: Session, caller: Caller, new: NewJob, settings: Settings) -> 
     raise ApiError(
         409, "idempotency_conflict", "a concurrent request with this Idempotency-Key is in progress"
     )
+
+
+def with_tenant_vocabulary(db: Session, caller: Caller, jobs: Sequence[Job]) -> None:
+    """Add the tenant's default vocabulary and replacements (``/v1/vocabulary``) to new jobs: its
+    words first, then the job's own; the job's replacements win."""
+    row = db.get(TenantVocabulary, caller.tenant_id)
+    if row is None or not (row.words or row.replacements):
+        return
+    for job in jobs:
+        options = dict(job.options or {})
+        words = list(row.words) + [w for w in options.get("vocabulary") or [] if w not in row.words]
+        if words:
+            options["vocabulary"] = words
+        replacements = {**row.replacements, **(options.get("replacements") or {})}
+        if replacements:
+            options["replacements"] = replacements
+        job.options = options
 
 
 def job_row(caller: Caller, new: NewJob, digest: str, settings: Settings) -> Job:

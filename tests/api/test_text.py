@@ -272,3 +272,54 @@ def test_vocabulary_with_greedy_decoding_is_refused(api: Proc, api_key: str, lea
     assert_error(
         submit(api.url, api_key, leaning_wav, vocabulary="мар", decoder="greedy"), 422, "invalid_vocabulary"
     )
+
+
+def test_a_batch_carries_the_text_options_to_its_jobs_and_results(
+    api: Proc, worker: Proc, api_key: str, numbers_wav: Path
+) -> None:
+    from tests.api.test_batches import archive_bytes, post_batch, wait_batch_done
+
+    data = archive_bytes({"a/numbers.wav": numbers_wav.read_bytes()})
+    bad = post_batch(api.url, api_key, data, redact="dna")
+    assert_error(bad, 422, "invalid_redact")
+    r = post_batch(api.url, api_key, data, channels="mix", replacements='{"оплата": "Оплата"}')
+    assert r.status_code == 202, r.text
+    batch = r.json()["id"]
+    wait_batch_done(api.url, api_key, batch)
+    base = f"{api.url}/v1/batches/{batch}/results"
+    (line,) = httpx.get(base, params={"format": "jsonl"}, headers=auth(api_key)).text.splitlines()
+    rec = json.loads(line)
+    assert [p["display"] for p in rec["phrases"]] == ["номер договора 2345", "Оплата 25 300 рублей"]
+    csv_text = httpx.get(base, params={"format": "csv"}, headers=auth(api_key)).text
+    assert "Оплата 25 300 рублей" in csv_text and "двадцать" not in csv_text
+
+
+def test_the_tenants_default_vocabulary_reaches_its_jobs_only(
+    api: Proc, worker: Proc, api_key: str, other_key: str, leaning_wav: Path
+) -> None:
+    url = f"{api.url}/v1/vocabulary"
+    assert httpx.get(url, headers=auth(api_key)).json() == {
+        "words": [],
+        "replacements": {},
+        "updated_at": None,
+    }
+    assert_error(httpx.put(url, headers=auth(api_key), json={"words": [3]}), 422, "invalid_vocabulary")
+    assert_error(
+        httpx.put(url, headers=auth(api_key), json={"replacements": []}), 422, "invalid_replacements"
+    )
+    put = httpx.put(url, headers=auth(api_key), json={"words": ["Мар"], "replacements": {"мир": "Мир"}})
+    assert put.status_code == 200, put.text
+    assert put.json()["words"] == ["Мар"] and put.json()["updated_at"]
+    assert httpx.get(url, headers=auth(other_key)).json()["words"] == []
+    try:
+        mine = transcript(
+            api, api_key, done(api, api_key, submit(api.url, api_key, leaning_wav))["id"]
+        ).json()
+        theirs = transcript(
+            api, other_key, done(api, other_key, submit(api.url, other_key, leaning_wav))["id"]
+        ).json()
+        assert (mine["full_text"], mine["display_text"]) == ("мар", "Мар")
+        assert (theirs["full_text"], theirs["display_text"]) == ("мир", "мир")
+    finally:
+        assert httpx.delete(url, headers=auth(api_key)).status_code == 204
+    assert httpx.get(url, headers=auth(api_key)).json()["words"] == []
