@@ -36,7 +36,7 @@ from shared.asr.audio import decode_raw, read_audio, resample
 from shared.asr.decoder import GreedyDecoder
 from shared.asr.errors import EmptyAudioError, StreamStateError, ToneError
 from shared.asr.stream import StreamState
-from shared.asr.types import SAMPLE_RATE, Phrase
+from shared.asr.types import LABELS, SAMPLE_RATE, Phrase
 from shared.platform.sessions import (
     KEEP_ANSWERS,
     LAYOUT,
@@ -49,6 +49,8 @@ from shared.platform.sessions import (
 )
 from shared.platform.settings import Settings, get_settings
 from shared.queue import STREAM_TASK, enqueue_stream
+from shared.text.display import display_phrases
+from shared.text.options import TextOptions
 from worker.celery_app import app
 from worker.jobs import get_recognizer
 
@@ -126,6 +128,7 @@ class Work:
     samples: np.ndarray | None  # (n, channels)
     held: list[list[Any]] = field(default_factory=list)  # [start_frame, channel, end_frame, phrase]
     cached: bool = False  # the states came from this worker's cache, not from Redis
+    text: TextOptions = field(default_factory=TextOptions)  # the session's written-form options
 
 
 def run(queue: str, settings: Settings | None = None) -> int:
@@ -234,7 +237,11 @@ def prepare(store: SessionStore, settings: Settings, item: Item, token: str) -> 
             consumed = {"next_seq": str(item.seq + 1), f"answer:{item.seq}": json.dumps(answer)}
             commit(store, item, token, ttl, consumed)  # type: ignore[arg-type]
             return answer
-    return Work(item, token, ttl, states, samples, held, cached=hit)
+    text = TextOptions.from_stored(options.text_options())
+    hotwords = text.hotwords(LABELS)
+    for state in states:  # not in the binary layout: the session's options say them each round
+        state.hotwords = hotwords
+    return Work(item, token, ttl, states, samples, held, cached=hit, text=text)
 
 
 def load_states(store: SessionStore, settings: Settings, sid: str, options: Options) -> list[StreamState]:
@@ -248,6 +255,8 @@ def load_states(store: SessionStore, settings: Settings, sid: str, options: Opti
             states.append(StreamState.from_bytes(raw))
         else:
             decoder = None if options.decoder == "auto" else options.decoder
+            if decoder is None and TextOptions.from_stored(options.text_options()).hotwords(LABELS):
+                decoder = "beam"  # a vocabulary needs beam search
             states.append(get_recognizer(settings).new_stream(channel=c, decoder=decoder))
     return states
 
@@ -311,7 +320,7 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
         results, at = flat[at : at + len(w.states)], at + len(w.states)
         item = w.item
         try:
-            new = release(w, results)
+            new = display_phrases(release(w, results), w.text)[0]
             all_phrases = json.loads(store.r.hget(f"tone:stream:{item.id}", "phrases") or "[]") + new
             fields: dict[str, str | bytes] = {
                 "layout": str(LAYOUT),
@@ -331,6 +340,8 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
             else:
                 body = {"phrases": new, "state_id": item.id, "is_final": False, "seq": item.seq}
                 partial = " ".join(t for t in (open_phrase(st) for st in w.states) if t)
+                if w.text.redact:  # an open phrase cannot be redacted reliably: none is sent
+                    partial = ""
                 answer = ok({**body, "partial": partial})
             fields[f"answer:{item.seq}"] = json.dumps(answer, ensure_ascii=False)
             if not commit(store, item, w.token, w.ttl, fields):

@@ -22,6 +22,18 @@ from starlette.concurrency import run_in_threadpool
 from shared.platform.sessions import Accepted, Options, SessionError, SessionStore
 from shared.platform.settings import Settings
 from shared.queue import enqueue_stream
+from shared.text.options import TextOptionError, TextOptions, parse_text_options
+
+
+def live_text_options(raw: dict[str, Any]) -> TextOptions:
+    """A live session's written-form options from its config; TextOptionError (422
+    ``invalid_<option>``) on a bad one. ``redact_audio`` has no stored recording to act on."""
+    options = parse_text_options(raw)
+    if options.vocabulary and raw.get("decoder") == "greedy":
+        raise TextOptionError("vocabulary", "vocabulary needs beam search: decoder beam or auto, not greedy")
+    if options.redact_audio:
+        raise TextOptionError("redact_audio", "a live session keeps no recording: redact_audio is for jobs")
+    return options
 
 
 @lru_cache
@@ -132,6 +144,7 @@ def store_job(settings: Settings, tenant_id: uuid.UUID, options: Options, durati
     split = options.channels == 2
     opts = {"channels": "split" if split else "mix", "decoder": options.decoder,
             "sample_rate": options.sample_rate, "encoding": options.encoding}  # fmt: skip
+    opts.update(options.text_options())
     with session_scope(settings.database_url) as db:
         job = Job(tenant_id=tenant_id, kind="stream", status="completed", progress=1.0,
                   queue=settings.worker_queue, options=opts, source="stream", duration=duration,

@@ -33,6 +33,8 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-run-seconds", type=float, default=30.0, help="length of each of those recordings")
     p.add_argument("--batch-only", action="store_true",
                    help="only the batch run (after the engine at B=16 and 32, for its ratio)")  # fmt: skip
+    p.add_argument("--text-only", action="store_true",
+                   help="only ITN and redaction per audio hour, beside the engine at B=1 and 16")  # fmt: skip
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--provider", default="auto")
     p.set_defaults(func=cmd_bench)
