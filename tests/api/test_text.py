@@ -19,7 +19,7 @@ from shared.asr.engine import Recognizer
 from shared.db.session import session_scope
 from shared.dev.models.tones import synthesize
 from tests.api.test_api import assert_error, auth, submit, wait_final
-from tests.conftest import Proc, serving, wait_for
+from tests.conftest import Proc, serving, start_api, start_worker, wait_for
 from tests.worker.test_webhooks import Receiver
 
 pytestmark = pytest.mark.platform
@@ -255,14 +255,26 @@ def leaning_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_vocabulary_boosts_a_word_per_job_and_does_not_leak(
-    api: Proc, worker: Proc, api_key: str, leaning_wav: Path
+def test_vocabulary_boosts_a_word_per_job_and_does_not_leak_in_the_same_worker_batch(
+    platform_env: dict[str, str], logs: Path, api_key: str, leaning_wav: Path
 ) -> None:
-    # submitted together, so the worker advances them in the same batch where it can
-    listed = submit(api.url, api_key, leaning_wav, vocabulary='["Мар"]')
-    plain = submit(api.url, api_key, leaning_wav)
-    listed_doc = transcript(api, api_key, done(api, api_key, listed)["id"]).json()
-    plain_doc = transcript(api, api_key, done(api, api_key, plain)["id"]).json()
+    queue = "vocabulary-batch"
+    env = {**platform_env, "TONE_WORKER_QUEUE": queue}
+    api = start_api(env, logs, "api-vocabulary")
+    worker = None
+    try:
+        # queued while no worker reads the queue, so that one worker claims them as one batch
+        listed = submit(api.url, api_key, leaning_wav, vocabulary='["Мар"]')
+        plain = submit(api.url, api_key, leaning_wav)
+        worker = start_worker(env, logs, name="vocabulary", queues=queue)
+        listed_doc = transcript(api, api_key, done(api, api_key, listed)["id"]).json()
+        plain_doc = transcript(api, api_key, done(api, api_key, plain)["id"]).json()
+        batches = [line for line in worker.log.read_text().splitlines() if "batch of 2 jobs" in line]
+        assert any(listed.json()["id"] in line and plain.json()["id"] in line for line in batches), batches
+    finally:
+        if worker is not None:
+            worker.stop()
+        api.stop()
     assert listed_doc["full_text"] == "мар"
     assert listed_doc["display_text"] == "Мар"  # written as the vocabulary lists it
     assert plain_doc["full_text"] == "мир" and plain_doc["display_text"] == "мир"
