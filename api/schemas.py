@@ -14,7 +14,6 @@ from shared.text.options import OPTION_NAMES, TextOptionError, TextOptions, pars
 
 Channels = Literal["mix", "split"]
 Decoder = Literal["auto", "greedy", "beam"]
-TranscriptFormat = Literal["json", "txt", "srt", "vtt", "tsv"]
 TranscriptText = Literal["display", "raw"]
 
 _M = TypeVar("_M", bound=BaseModel)

@@ -23,15 +23,15 @@ from api.schemas import (
     JobList,
     JobOptions,
     JobOut,
-    JobStatus,
     RedeliverOut,
-    TranscriptFormat,
     TranscriptOut,
     TranscriptText,
     validated_options,
 )
 from api.services import jobs as svc
 from api.services import playback
+from shared.asr.formats import TranscriptFormat
+from shared.platform.statuses import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JSON_LIMIT = 1024 * 1024
