@@ -195,13 +195,16 @@ class BatchRun:
             phrases, audio_path = self._written(job, t)
         except Exception as exc:  # a recording that cannot be redacted must not be kept unredacted
             log.exception("redaction failed", job=job.id)
-            if job.options.get("redact_audio") and job.audio_path:
+            if job.options.get("redact_audio") and job.audio_path and job.source != "directory":
                 Path(job.audio_path).unlink(missing_ok=True)
             self._failed(job, _RedactionError(exc))
             return
         stored = self.store.complete(job.id, t, phrases, audio_path)
         if audio_path and job.audio_path:  # the redacted recording replaced the original, or is unused
-            Path(job.audio_path if stored else audio_path).unlink(missing_ok=True)
+            if not stored:
+                Path(audio_path).unlink(missing_ok=True)
+            elif job.source != "directory":  # a server folder's files are never deleted
+                Path(job.audio_path).unlink(missing_ok=True)
         if stored:
             log.info(
                 "completed: %.1f s of audio, %d phrases, in %.2f s",
@@ -224,7 +227,8 @@ class BatchRun:
             from worker.redaction import redact_recording
 
             split = job.options.get("channels") == "split"
-            audio_path = str(redact_recording(Path(job.audio_path), redactions, split=split))
+            dest = self.settings.audio_path / f"{job.id}.redacted.wav"
+            audio_path = str(redact_recording(Path(job.audio_path), redactions, split=split, dest=dest))
         return phrases, audio_path
 
     # inputs

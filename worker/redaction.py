@@ -3,8 +3,9 @@
 The recording is decoded by the engine's reader (8 kHz, each channel kept), the spans (times from
 the words, widened by ``PAD_SECONDS`` on each side since CTC word times are approximate) are
 overwritten with a sine of 1 kHz in the phrase's channel (every channel when the job mixed them),
-and the result is written as 16-bit PCM WAV next to the original, which the worker removes once
-the job points at it: nothing of the original audio stays in the audio store.
+and the result is written as 16-bit PCM WAV into the audio store, ``<job id>.redacted.wav``; the
+worker removes the original once the job points at it (an upload or a downloaded URL: nothing of it
+stays in the audio store), but never a batch's server-folder file, which is the customer's own.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ def tone_spans(
     return out
 
 
-def redact_recording(path: Path, redactions: Sequence[Redaction], *, split: bool) -> Path:
-    """Write the redacted recording as ``<stem>.redacted.wav`` beside ``path`` (the caller removes
-    ``path`` once the job points at the new file)."""
+def redact_recording(path: Path, redactions: Sequence[Redaction], *, split: bool, dest: Path) -> Path:
+    """Write the redacted recording to ``dest`` (a WAV in the audio store; the caller removes the
+    original once the job points at the new file, unless it is a server folder's file)."""
     import soundfile as sf
 
     from shared.asr.audio import open_audio
@@ -54,7 +55,7 @@ def redact_recording(path: Path, redactions: Sequence[Redaction], *, split: bool
     if samples.ndim == 1:
         samples = samples[:, None]
     redacted = tone_spans(samples.astype(np.float64) / 32768.0, redactions, split=split)
-    dest = path.with_name(f"{path.stem}.redacted.wav")
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".tmp")
     sf.write(tmp, redacted, RATE, format="WAV", subtype="PCM_16")
     os.replace(tmp, dest)

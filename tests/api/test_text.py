@@ -335,3 +335,32 @@ def test_the_tenants_default_vocabulary_reaches_its_jobs_only(
     finally:
         assert httpx.delete(url, headers=auth(api_key)).status_code == 204
     assert httpx.get(url, headers=auth(api_key)).json()["words"] == []
+
+
+def test_redact_audio_never_touches_a_server_folders_file(
+    platform_env: dict[str, str], logs: Path, worker: Proc, api_key: str, secret_wav: Path, tmp_path: Path
+) -> None:
+    from tests.api.test_batches import wait_batch_done
+
+    root = tmp_path / "batch-root"
+    (root / "calls").mkdir(parents=True)
+    original = root / "calls" / "secret.wav"
+    original.write_bytes(secret_wav.read_bytes())
+    before = original.read_bytes()
+    api = start_api({**platform_env, "TONE_BATCH_ROOT": str(root)}, logs, "api-text-root")
+    try:
+        body = {"directory": "calls", "channels": "mix", "redact": ["card"], "redact_audio": True}
+        r = httpx.post(f"{api.url}/v1/batches", headers=auth(api_key), json=body, timeout=30)
+        assert r.status_code == 202, r.text
+        wait_batch_done(api.url, api_key, r.json()["id"])
+        items = httpx.get(f"{api.url}/v1/batches/{r.json()['id']}/items", headers=auth(api_key)).json()
+        (item,) = items["items"]
+        job_id = item["job_id"]
+        assert original.read_bytes() == before  # the customer's file is never changed nor removed
+        assert sorted(p.name for p in root.rglob("*")) == ["calls", "secret.wav"]
+        doc = transcript(api, api_key, job_id).json()
+        assert doc["phrases"][0]["display"] == "моя карта [карта]"
+        played = httpx.get(f"{api.url}/v1/jobs/{job_id}/audio", headers=auth(api_key), timeout=30)
+        assert played.status_code == 200 and played.content != before
+    finally:
+        api.stop()
