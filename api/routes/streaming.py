@@ -107,6 +107,7 @@ async def start(request: Request, caller: CallerDep, settings: SettingsDep, clie
     if not 1 <= ttl <= settings.stream_ttl_seconds:
         limit = settings.stream_ttl_seconds
         raise ApiError(422, "invalid_request", f"ttl_seconds must be between 1 and {limit}")
+    options = await live.with_tenant_vocabulary(settings, caller.tenant_id, options)
     sid = await live.create(live.session_store(client), str(caller.tenant_id), options, ttl, job)
     return StreamAnswer(phrases=[], state_id=sid, is_final=False)
 

@@ -277,7 +277,9 @@ async def _v1(ws: WebSocket, settings: Settings) -> None:
         isinstance(webhook_url, str) and webhook_url.startswith(("http://", "https://"))
     ):
         raise CloseError("invalid_config", "webhook_url must be an http(s) URL", CLOSE_BAD_DATA)
-    stream = LiveStream(settings, caller, _options(config))
+    stream = LiveStream(
+        settings, caller, await live.with_tenant_vocabulary(settings, caller.tenant_id, _options(config))
+    )
     await stream.open()
     started = datetime.now(timezone.utc)
     buffer = bytearray()

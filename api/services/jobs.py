@@ -223,14 +223,20 @@ def with_tenant_vocabulary(db: Session, caller: Caller, jobs: Sequence[Job]) -> 
     if row is None or not (row.words or row.replacements):
         return
     for job in jobs:
-        options = dict(job.options or {})
-        words = list(row.words) + [w for w in options.get("vocabulary") or [] if w not in row.words]
-        if words:
-            options["vocabulary"] = words
-        replacements = {**row.replacements, **(options.get("replacements") or {})}
-        if replacements:
-            options["replacements"] = replacements
-        job.options = options
+        job.options = merged_with_tenant(job.options or {}, row)
+
+
+def merged_with_tenant(options: dict[str, Any], row: TenantVocabulary) -> dict[str, Any]:
+    """``options`` (a job's or live session's text options) with the tenant's words first and its
+    replacements under the job's own."""
+    out = dict(options)
+    words = list(row.words) + [w for w in options.get("vocabulary") or [] if w not in row.words]
+    if words:
+        out["vocabulary"] = words
+    replacements = {**row.replacements, **(options.get("replacements") or {})}
+    if replacements:
+        out["replacements"] = replacements
+    return out
 
 
 def job_row(caller: Caller, new: NewJob, digest: str, settings: Settings) -> Job:

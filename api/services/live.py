@@ -8,6 +8,7 @@ for ``tone.stream`` on a worker and waits for the answer with BLPOP on the event
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -34,6 +35,25 @@ def live_text_options(raw: dict[str, Any]) -> TextOptions:
     if options.redact_audio:
         raise TextOptionError("redact_audio", "a live session keeps no recording: redact_audio is for jobs")
     return options
+
+
+def _tenant_text(settings: Settings, tenant_id: uuid.UUID, options: Options) -> Options:
+    from shared.db.models import TenantVocabulary
+    from shared.db.session import session_scope
+
+    with session_scope(settings.database_url) as db:
+        row = db.get(TenantVocabulary, tenant_id)
+        if row is None or not (row.words or row.replacements):
+            return options
+        from api.services.jobs import merged_with_tenant
+
+        text = merged_with_tenant(options.text_options(), row)
+    return dataclasses.replace(options, text=json.dumps(text, ensure_ascii=False))
+
+
+async def with_tenant_vocabulary(settings: Settings, tenant_id: uuid.UUID, options: Options) -> Options:
+    """A live session's options with the tenant's default vocabulary and replacements added."""
+    return await run_in_threadpool(_tenant_text, settings, tenant_id, options)
 
 
 @lru_cache

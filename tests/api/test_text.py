@@ -332,6 +332,20 @@ def test_the_tenants_default_vocabulary_reaches_its_jobs_only(
         ).json()
         assert (mine["full_text"], mine["display_text"]) == ("мар", "Мар")
         assert (theirs["full_text"], theirs["display_text"]) == ("мир", "мир")
+        # a live session of the tenant gets its vocabulary too
+        from websockets.sync.client import connect
+
+        from tests.api.test_websocket import messages
+
+        audio, _ = sf.read(leaning_wav, dtype="int16")
+        ws_url = api.url.replace("http://", "ws://") + "/v1/stream"
+        with connect(ws_url, additional_headers=auth(api_key)) as ws:
+            ws.send(json.dumps({}))
+            ws.send(audio.astype("<i2").tobytes())
+            ws.send(json.dumps({"type": "end"}))
+            final = list(messages(ws))[-1]
+        assert final["type"] == "final", final
+        assert [(p["text"], p["display"]) for p in final["phrases"]] == [("мар", "Мар")], final
     finally:
         assert httpx.delete(url, headers=auth(api_key)).status_code == 204
     assert httpx.get(url, headers=auth(api_key)).json()["words"] == []

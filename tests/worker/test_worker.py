@@ -173,7 +173,7 @@ def test_a_job_completes_with_the_engines_transcript_in_mix_and_split(
         assert job.status == "completed", (job.error_code, job.error_message)
         expected = recognizer.transcribe_file(stereo, channels=mode).to_dict()  # type: ignore[arg-type]
         (row,) = transcripts(db, job_id)
-        assert row.phrases == expected["phrases"]
+        assert row.phrases == written(expected["phrases"])
         assert row.full_text == expected["full_text"]
         assert row.channels == (2 if mode == "split" else 1)
         assert job.progress == 1.0 and job.duration == pytest.approx(expected["duration"], abs=1e-3)
