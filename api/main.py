@@ -17,6 +17,7 @@ from api.routes import (
     metrics,
     openai,
     streaming,
+    vocabulary,
     webhooks,
     websocket,
 )
@@ -48,6 +49,7 @@ def create_app() -> FastAPI:
         jobs,
         batches,
         webhooks,
+        vocabulary,
         openai,
         legacy,
         streaming,

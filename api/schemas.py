@@ -4,20 +4,42 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.platform.statuses import BatchStatus, JobStatus
+from shared.text.options import OPTION_NAMES, TextOptionError, TextOptions, parse_text_options
 
 Channels = Literal["mix", "split"]
 Decoder = Literal["auto", "greedy", "beam"]
+TranscriptText = Literal["display", "raw"]
+
+_M = TypeVar("_M", bound=BaseModel)
 
 JOB_ID_EXAMPLE = "7b0c2f4e-8f0e-4a53-9d0b-0d6f3f0f2a11"
 
 
-class JobOptions(BaseModel):
+class TextFields(BaseModel):
+    """The text options of a job, batch or live session (:mod:`shared.text.options`)."""
+
+    normalize: bool = Field(True, description="add the written form (`display`: numbers as digits)")
+    vocabulary: list[str] | None = Field(
+        None, description="words to boost in beam search (hot words; needs decoder beam or auto)"
+    )
+    replacements: dict[str, str] | None = Field(None, description="spellings to rewrite in `display`")
+    redact: list[str] | None = Field(
+        None, description="mask in `display`: card, phone, passport, inn, snils, email, profanity"
+    )
+    redact_raw: bool = Field(False, description="mask the spoken `text` and `words` too")
+    redact_audio: bool = Field(False, description="replace the redacted words with a 1 kHz tone in the audio")
+
+    def text_options(self) -> TextOptions:
+        return parse_text_options(self.model_dump())
+
+
+class JobOptions(TextFields):
     """Options of ``POST /v1/jobs`` (form fields with an upload, or a JSON body with ``audio_url``)."""
 
     model_config = ConfigDict(
@@ -42,6 +64,17 @@ class JobOptions(BaseModel):
     webhook_url: str | None = Field(None, description="POSTed a signed event when the job ends")
     metadata: dict[str, Any] | None = Field(None, description="any JSON object, returned as is")
     priority: int = Field(5, ge=0, le=9, description="0 (lowest) .. 9 (highest)")
+
+
+def validated_options(model: type[_M], fields: dict[str, Any]) -> _M:
+    """``model`` from request fields, the text options checked first: a bad one raises
+    :class:`TextOptionError`, 422 ``invalid_<option>`` (other bad fields: 422 ``invalid_request``)."""
+    text = parse_text_options(fields)
+    if text.vocabulary and fields.get("decoder") == "greedy":
+        raise TextOptionError("vocabulary", "vocabulary needs beam search: decoder beam or auto, not greedy")
+    cleaned = {k: v for k, v in fields.items() if k not in OPTION_NAMES}
+    cleaned.update(text.to_dict())
+    return model.model_validate(cleaned)
 
 
 class ErrorInfo(BaseModel):
@@ -133,6 +166,10 @@ class PhraseOut(BaseModel):
     end_time: float
     channel: int
     words: list[WordOut]
+    display: str | None = Field(None, description="the written form (numbers as digits, masks)")
+    display_words: list[WordOut] | None = Field(
+        None, description="its spans, each with the times of its words"
+    )
 
 
 class TranscriptOut(BaseModel):
@@ -148,9 +185,12 @@ class TranscriptOut(BaseModel):
                             "end_time": 5.49,
                             "channel": 0,
                             "words": [{"text": "чем", "start": 3.3, "end": 3.69}],
+                            "display": "чем я могу вам помочь",
+                            "display_words": [{"text": "чем", "start": 3.3, "end": 3.69}],
                         }
                     ],
                     "full_text": "чем я могу вам помочь",
+                    "display_text": "чем я могу вам помочь",
                     "duration": 10.5,
                     "processing_time": 0.4,
                     "channels": 1,
@@ -162,6 +202,7 @@ class TranscriptOut(BaseModel):
     job_id: str
     phrases: list[PhraseOut]
     full_text: str
+    display_text: str
     duration: float
     processing_time: float | None
     channels: int
@@ -354,7 +395,7 @@ class OpenAIVerboseTranscription(BaseModel):
 BATCH_ID_EXAMPLE = "3f9d7c1a-2b4e-4f6a-9c8d-1e2f3a4b5c6d"
 
 
-class BatchOptions(BaseModel):
+class BatchOptions(TextFields):
     """Options of ``POST /v1/batches``: form fields beside an archive, or fields of the JSON body."""
 
     model_config = ConfigDict(extra="forbid")
@@ -502,3 +543,23 @@ class BatchItems(BaseModel):
 
 class BatchCancelOut(BatchOut):
     cancelled: int = Field(description="jobs cancelled or asked to stop by this call")
+
+
+class VocabularyIn(BaseModel):
+    """The body of ``PUT /v1/vocabulary``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"words": ["Тинькофф", "ипотека"], "replacements": {"тинькоф": "Тинькофф"}}]
+        },
+    )
+
+    words: list[str] = Field(default_factory=list, description="hot words for every job and batch")
+    replacements: dict[str, str] = Field(default_factory=dict, description="spellings to rewrite in display")
+
+
+class VocabularyOut(BaseModel):
+    words: list[str]
+    replacements: dict[str, str]
+    updated_at: datetime | None

@@ -18,6 +18,7 @@ from collections.abc import MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 import redis.exceptions
@@ -27,10 +28,12 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.asr.engine import Recognizer
 from shared.asr.errors import ToneError
-from shared.asr.types import ChannelMode
+from shared.asr.types import LABELS, ChannelMode
 from shared.platform import logs
 from shared.platform.batch_state import Finished
 from shared.platform.settings import Settings
+from shared.text.display import display_phrases
+from shared.text.options import TextOptions
 from worker.processing import BatchRunner, Outcome, Work
 from worker.store import Claimed, JobStore
 
@@ -208,7 +211,21 @@ class BatchRun:
             self._failed(job, outcome.error or RuntimeError("no transcript"))
             return
         t = outcome.transcript
-        if self.store.complete(job.id, t):
+        try:
+            phrases, audio_path = self._written(job, t)
+        except Exception as exc:  # a recording that cannot be redacted must not be kept unredacted
+            log.exception("redaction failed", job=job.id)
+            if job.options.get("redact_audio") and job.audio_path and job.source != "directory":
+                Path(job.audio_path).unlink(missing_ok=True)
+            self._failed(job, _RedactionError(exc))
+            return
+        stored = self.store.complete(job.id, t, phrases, audio_path)
+        if audio_path and job.audio_path:  # the redacted recording replaced the original, or is unused
+            if not stored:
+                Path(audio_path).unlink(missing_ok=True)
+            elif job.source != "directory":  # a server folder's files are never deleted
+                Path(job.audio_path).unlink(missing_ok=True)
+        if stored:
             log.info(
                 "completed: %.1f s of audio, %d phrases, in %.2f s",
                 t.duration,
@@ -219,6 +236,20 @@ class BatchRun:
             self._notify(job, "job.completed")
         else:
             log.warning("lease lost before the result was stored: result dropped", job=job.id)
+
+    def _written(self, job: Claimed, t: Any) -> tuple[list[dict[str, Any]], str | None]:
+        """The phrases with their written form (normalized, replaced, redacted as the job asked)
+        and, with ``redact_audio``, the path of the redacted recording that replaces the upload."""
+        options = TextOptions.from_stored(job.options)
+        phrases, redactions = display_phrases([p.to_dict() for p in t.phrases], options)
+        audio_path = None
+        if options.redact_audio and job.audio_path:
+            from worker.redaction import redact_recording
+
+            split = job.options.get("channels") == "split"
+            dest = self.settings.audio_path / f"{job.id}.redacted.wav"
+            audio_path = str(redact_recording(Path(job.audio_path), redactions, split=split, dest=dest))
+        return phrases, audio_path
 
     # inputs
 
@@ -271,7 +302,10 @@ class BatchRun:
                 raise FileNotFoundError("no audio_path")
             channels: ChannelMode = "split" if job.options.get("channels") == "split" else "mix"
             decoder = job.options.get("decoder")
-            work = Work(job.id, path, channels, None if decoder in (None, "auto") else decoder)
+            hotwords = TextOptions.from_stored(job.options).hotwords(LABELS)
+            if decoder in (None, "auto"):  # a vocabulary needs beam search, with or without the LM
+                decoder = "beam" if hotwords else None
+            work = Work(job.id, path, channels, decoder, hotwords)
             info = self.runner.add(work)
         except TRANSIENT_ERRORS:
             raise
@@ -355,6 +389,14 @@ class BatchRun:
                 added = self._refill()
                 if added:
                     log.info("%d jobs joined the batch, now %d", added, len(self.runner))
+
+
+class _RedactionError(Exception):
+    code = "redaction_failed"
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(f"the recording could not be redacted: {type(exc).__name__}")
+        self.message = str(self)
 
 
 class _TimeLimitError(Exception):

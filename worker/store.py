@@ -253,9 +253,22 @@ class JobStore:
 
     # -- final states -----------------------------------------------------------------------------
 
-    def complete(self, job_id: str, transcript: EngineTranscript) -> bool:
-        """Store the transcript and mark the job completed in ONE transaction, if still ours."""
+    def complete(
+        self,
+        job_id: str,
+        transcript: EngineTranscript,
+        phrases: list[dict[str, Any]] | None = None,
+        audio_path: str | None = None,
+    ) -> bool:
+        """Store the transcript and mark the job completed in ONE transaction, if still ours.
+
+        ``phrases`` are the phrases to store (with their written form, perhaps redacted) in place
+        of the engine's; ``audio_path`` a new stored recording (the redacted one)."""
         result = transcript.to_dict()
+        if phrases is not None:
+            result["phrases"] = phrases
+            result["full_text"] = " ".join(p["text"] for p in phrases)
+        extra: dict[str, Any] = {"audio_path": audio_path} if audio_path else {}
         with session_scope(self.url) as session:
             stmt = (
                 update(Job)
@@ -269,6 +282,7 @@ class JobStore:
                     lease_expires_at=None,
                     error_code=None,
                     error_message=None,
+                    **extra,
                 )
                 .returning(*_ENDED)
             )

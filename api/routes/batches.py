@@ -29,6 +29,7 @@ from api.schemas import (
     DeliveryList,
     ErrorResponse,
     JobStatus,
+    validated_options,
 )
 from api.services import batch_results as results_svc
 from api.services import batch_sources as sources
@@ -38,10 +39,11 @@ from api.uploads import remove_quietly, save_stream
 from shared.db.models import Batch, Job
 from shared.platform.batch_state import load_view
 from shared.platform.settings import Settings
+from shared.text.options import OPTION_NAMES
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 MANIFEST_LIMIT = 32 * 1024 * 1024  # a JSON body: 10 000 items with metadata fit easily
-_FORM_FIELDS = ("name", "webhook_url", "channels", "decoder", "priority", "item_webhooks")
+_FORM_FIELDS = ("name", "webhook_url", "channels", "decoder", "priority", "item_webhooks", *OPTION_NAMES)
 _MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8", "zip": "application/zip"}
 _STREAMS = {"jsonl": results_svc.stream_jsonl, "csv": results_svc.stream_csv, "zip": results_svc.stream_zip}
 _SUBMIT_BODY = {
@@ -84,7 +86,7 @@ _SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
 
 def _validated(model: type[BaseModel], fields: dict[str, Any]) -> Any:
     try:
-        return model.model_validate(fields)
+        return validated_options(model, fields)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
 

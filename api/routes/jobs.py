@@ -25,6 +25,8 @@ from api.schemas import (
     JobOut,
     RedeliverOut,
     TranscriptOut,
+    TranscriptText,
+    validated_options,
 )
 from api.services import jobs as svc
 from api.services import playback
@@ -40,6 +42,12 @@ _UPLOAD_FIELDS = {
     "webhook_url": {"type": "string"},
     "metadata": {"type": "string", "description": "a JSON object, as a string"},
     "priority": {"type": "integer", "minimum": 0, "maximum": 9, "default": 5},
+    "normalize": {"type": "boolean", "default": True},
+    "vocabulary": {"type": "string", "description": "words to boost: a JSON array or comma-separated"},
+    "replacements": {"type": "string", "description": "a JSON object {spoken: written}"},
+    "redact": {"type": "string", "description": "kinds to mask: a JSON array or comma-separated"},
+    "redact_raw": {"type": "boolean", "default": False},
+    "redact_audio": {"type": "boolean", "default": False},
 }
 _SUBMIT_BODY = {
     "requestBody": {
@@ -67,7 +75,7 @@ _SUBMIT_BODY = {
 
 def _options(fields: dict[str, Any]) -> JobOptions:
     try:
-        return JobOptions.model_validate(fields)
+        return validated_options(JobOptions, fields)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
 
@@ -200,8 +208,17 @@ def get_job(job_id: str, caller: CallerDep, db: DbDep) -> JobOut:
         409: {"model": ErrorResponse, "description": "the job is not completed"},
     },
 )
-def get_transcript(job_id: str, caller: CallerDep, db: DbDep, format: TranscriptFormat = "json") -> Response:
-    body, media_type = svc.render_transcript(svc.load_job(db, caller, job_id), format)
+def get_transcript(
+    job_id: str,
+    caller: CallerDep,
+    db: DbDep,
+    format: TranscriptFormat = "json",
+    text: Annotated[
+        TranscriptText,
+        Query(description="txt/srt/vtt/tsv: the written form (display) or the spoken words (raw)"),
+    ] = "display",
+) -> Response:
+    body, media_type = svc.render_transcript(svc.load_job(db, caller, job_id), format, text)
     return Response(body, media_type=media_type)
 
 

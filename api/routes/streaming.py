@@ -23,6 +23,7 @@ from api.schemas import ErrorResponse
 from api.services import live
 from shared.asr.types import SAMPLE_RATE
 from shared.platform.sessions import Options
+from shared.text.options import TextOptionError
 
 router = APIRouter(tags=["streaming"])
 
@@ -97,12 +98,16 @@ async def start(request: Request, caller: CallerDep, settings: SettingsDep, clie
             encoding=str(raw.get("encoding", "pcm_s16le")),
             channels=int(raw.get("channels", 1)),
             decoder=str(raw.get("decoder", "auto")),
+            text=json.dumps(live.live_text_options(raw).to_dict(), ensure_ascii=False),
         )
+    except TextOptionError:
+        raise
     except (ValueError, TypeError) as exc:
         raise ApiError(422, "invalid_request", f"invalid streaming options: {exc}") from exc
     if not 1 <= ttl <= settings.stream_ttl_seconds:
         limit = settings.stream_ttl_seconds
         raise ApiError(422, "invalid_request", f"ttl_seconds must be between 1 and {limit}")
+    options = await live.with_tenant_vocabulary(settings, caller.tenant_id, options)
     sid = await live.create(live.session_store(client), str(caller.tenant_id), options, ttl, job)
     return StreamAnswer(phrases=[], state_id=sid, is_final=False)
 

@@ -24,6 +24,7 @@ from shared.db.models import Job
 from shared.db.session import sessionmaker_for
 from shared.platform.settings import Settings
 from shared.platform.statuses import OPEN_STATUSES
+from shared.text.display import phrase_text
 
 
 def job_error(code: str | None, message: str | None) -> dict[str, str] | None:
@@ -80,7 +81,8 @@ def _result_records(settings: Settings, batch_id: uuid.UUID) -> Iterator[tuple[J
     """One record per item name, with its job."""
     for page in _pages(settings, batch_id):
         for job in page:
-            phrases = job.transcript.phrases if job.status == "completed" and job.transcript else []
+            done = job.status == "completed" and job.transcript is not None
+            phrases = svc.shown_phrases(job, job.transcript) if done and job.transcript else []
             for name in _names(job):
                 yield (
                     job,
@@ -123,7 +125,14 @@ def stream_csv(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
     for _, rec in _result_records(settings, req.batch_id):
         for p in rec["phrases"]:
             writer.writerow(
-                [rec["name"], rec["job_id"], p.get("channel", 0), p["start_time"], p["end_time"], p["text"]]
+                [
+                    rec["name"],
+                    rec["job_id"],
+                    p.get("channel", 0),
+                    p["start_time"],
+                    p["end_time"],
+                    phrase_text(p),
+                ]
             )
         yield buf.getvalue().encode()
         buf.seek(0)

@@ -34,12 +34,14 @@ from api.uploads import StoredAudio, audio_file_path, remove_quietly, save_strea
 from shared.asr.errors import ToneError
 from shared.asr.formats import MEDIA_TYPES, render
 from shared.asr.types import Phrase, Word
-from shared.db.models import FINAL_STATUSES, Batch, Job, Transcript, WebhookDelivery
+from shared.db.models import FINAL_STATUSES, Batch, Job, TenantVocabulary, Transcript, WebhookDelivery
 from shared.db.session import rowcount
 from shared.platform import logs, metrics
 from shared.platform.batch_state import BATCH_EVENTS, finish_batch
 from shared.platform.settings import Settings, get_settings
 from shared.queue import enqueue_transcription, enqueue_webhook
+from shared.text.display import display_text, phrase_text, with_display
+from shared.text.options import TextOptions
 
 log = logging.getLogger("api.jobs")
 
@@ -200,6 +202,7 @@ def create_job(db: Session, caller: Caller, new: NewJob, settings: Settings) -> 
             db.commit()
             return existing, False
         job = job_row(caller, new, digest, settings)
+        with_tenant_vocabulary(db, caller, [job])
         db.add(job)
         try:
             db.commit()
@@ -221,6 +224,29 @@ def with_request_id(options: dict[str, Any]) -> dict[str, Any]:
     return {**options, "request_id": rid} if rid else options
 
 
+def with_tenant_vocabulary(db: Session, caller: Caller, jobs: Sequence[Job]) -> None:
+    """Add the tenant's default vocabulary and replacements (``/v1/vocabulary``) to new jobs: its
+    words first, then the job's own; the job's replacements win."""
+    row = db.get(TenantVocabulary, caller.tenant_id)
+    if row is None or not (row.words or row.replacements):
+        return
+    for job in jobs:
+        job.options = merged_with_tenant(job.options or {}, row)
+
+
+def merged_with_tenant(options: dict[str, Any], row: TenantVocabulary) -> dict[str, Any]:
+    """``options`` (a job's or live session's text options) with the tenant's words first and its
+    replacements under the job's own."""
+    out = dict(options)
+    words = list(row.words) + [w for w in options.get("vocabulary") or [] if w not in row.words]
+    if words:
+        out["vocabulary"] = words
+    replacements = {**row.replacements, **(options.get("replacements") or {})}
+    if replacements:
+        out["replacements"] = replacements
+    return out
+
+
 def job_row(caller: Caller, new: NewJob, digest: str, settings: Settings) -> Job:
     opts = new.options
     stored = new.stored
@@ -231,7 +257,9 @@ def job_row(caller: Caller, new: NewJob, digest: str, settings: Settings) -> Job
         status="queued",
         priority=SYNC_PRIORITY if new.kind == "sync" else opts.priority,
         queue=settings.worker_queue,
-        options=with_request_id({"channels": opts.channels, "decoder": opts.decoder}),
+        options=with_request_id(
+            {"channels": opts.channels, "decoder": opts.decoder, **opts.text_options().to_dict()}
+        ),
         source="upload" if stored else "url",
         filename=new.filename,
         content_type=new.content_type,
@@ -435,31 +463,42 @@ def finished_transcript(job: Job) -> Transcript:
 # -- transcripts ------------------------------------------------------------------------------------
 
 
-def phrase_of(d: dict[str, Any]) -> Phrase:
-    words = tuple(Word(w["text"], w["start"], w["end"]) for w in d.get("words") or ())
-    return Phrase(d["text"], d["start_time"], d["end_time"], d.get("channel", 0), words)
+def phrase_of(d: dict[str, Any], text: str = "raw") -> Phrase:
+    """A stored phrase as the engine's Phrase: its spoken words, or (``text="display"``) its
+    written form and spans (the spoken ones where the phrase has none)."""
+    key = "display_words" if text == "display" and "display_words" in d else "words"
+    words = tuple(Word(w["text"], w["start"], w["end"]) for w in d.get(key) or ())
+    return Phrase(phrase_text(d, text), d["start_time"], d["end_time"], d.get("channel", 0), words)
+
+
+def shown_phrases(job: Job, transcript: Transcript) -> list[dict[str, Any]]:
+    """The stored phrases with their written form (computed with the job's options when absent)."""
+    return with_display(transcript.phrases, TextOptions.from_stored(job.options))
 
 
 def transcript_document(job: Job, transcript: Transcript) -> dict[str, Any]:
+    phrases = shown_phrases(job, transcript)
     return {
         "job_id": str(job.id),
-        "phrases": transcript.phrases,
+        "phrases": phrases,
         "full_text": transcript.full_text,
+        "display_text": display_text(phrases),
         "duration": transcript.duration,
         "processing_time": job.processing_seconds,
         "channels": transcript.channels,
     }
 
 
-def render_transcript(job: Job, fmt: str) -> tuple[str, str]:
-    """``(body, media type)`` of a completed job's transcript; 409 ``not_ready`` before that."""
+def render_transcript(job: Job, fmt: str, text: str = "display") -> tuple[str, str]:
+    """``(body, media type)`` of a completed job's transcript; 409 ``not_ready`` before that.
+    txt/srt/vtt/tsv show the written form (``display``) unless ``text="raw"``."""
     transcript = job.transcript
     if job.status != "completed" or transcript is None:
         raise ApiError(
             409, "not_ready", f"the job is {job.status}; its transcript exists once it is completed"
         )
     document = transcript_document(job, transcript) if fmt == "json" else None
-    phrases = [phrase_of(p) for p in transcript.phrases] if fmt != "json" else []
+    phrases = [phrase_of(p, text) for p in shown_phrases(job, transcript)] if fmt != "json" else []
     return render(fmt, phrases, document=document, channels=transcript.channels), MEDIA_TYPES[fmt]
 
 

@@ -34,11 +34,11 @@ def _init(lm_path: str | None) -> None:
     _decoders["greedy"] = GreedyDecoder()
 
 
-def _decode(name: str, raw: RawPhrase, channel: int) -> Phrase | None:
+def _decode(name: str, raw: RawPhrase, channel: int, hotwords: tuple[str, ...] = ()) -> Phrase | None:
     dec = _decoders.get(name)
     if dec is None:
         dec = _decoders[name] = BeamSearchDecoder(_lm_path)
-    return to_phrase(dec, raw, channel)
+    return to_phrase(dec, raw, channel, hotwords)
 
 
 def _warm(name: str) -> bool:
@@ -66,8 +66,11 @@ class DecoderPool:
         for f in [self._pool.submit(_warm, "beam") for _ in range(workers)]:
             f.result()
 
-    def submit(self, decoder: str, raw: RawPhrase, channel: int) -> Future[Phrase | None]:
-        return self._pool.submit(_decode, decoder, raw, channel)
+    def submit(
+        self, decoder: str, raw: RawPhrase, channel: int, hotwords: tuple[str, ...] = ()
+    ) -> Future[Phrase | None]:
+        """The phrase decoded in a pool process; ``hotwords``: the stream's vocabulary (beam only)."""
+        return self._pool.submit(_decode, decoder, raw, channel, hotwords)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

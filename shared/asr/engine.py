@@ -154,8 +154,11 @@ class Recognizer:
             raise ValueError(f"unknown decoder {name!r}: use 'greedy' or 'beam'")
         self._decoders[name] = decoder
 
-    def new_stream(self, *, channel: int = 0, decoder: str | None = None) -> StreamState:
-        return StreamState(channel=channel, decoder=self.decoder(decoder).name)
+    def new_stream(
+        self, *, channel: int = 0, decoder: str | None = None, hotwords: Sequence[str] = ()
+    ) -> StreamState:
+        """A new stream; ``hotwords`` are boosted in its beam search (ignored by greedy decoding)."""
+        return StreamState(channel=channel, decoder=self.decoder(decoder).name, hotwords=tuple(hotwords))
 
     def step(
         self, streams: Sequence[StreamState], chunks: Sequence[npt.NDArray[Any]], last: Sequence[bool]
@@ -187,10 +190,12 @@ class Recognizer:
             if not raws:
                 out.append([])
             elif self.pool is not None and s.decoder == "beam":
-                out.append([self.pool.submit(s.decoder, r, s.channel) for r in raws])
+                out.append([self.pool.submit(s.decoder, r, s.channel, s.hotwords) for r in raws])
             else:
                 dec = self.decoder(s.decoder)
-                out.append([p for p in (to_phrase(dec, r, s.channel) for r in raws) if p is not None])
+                out.append(
+                    [p for p in (to_phrase(dec, r, s.channel, s.hotwords) for r in raws) if p is not None]
+                )
         return out
 
     def advance(

@@ -11,7 +11,7 @@ from typing import Any
 
 from shared.asr.errors import ToneError
 from shared.asr.formats import FORMATS, render
-from shared.asr.types import SAMPLE_RATE
+from shared.asr.types import SAMPLE_RATE, Phrase, Word
 
 EXIT_USAGE = 2  # bad arguments (argparse's own code)
 EXIT_MODEL = 3  # no model, or one that breaks T-one's contract
@@ -50,14 +50,47 @@ def _progress(path: str) -> Any:
     return tqdm(total=round(total, 1), unit="s", desc=Path(path).name, file=sys.stderr, leave=False)
 
 
+def _text_options(args: argparse.Namespace) -> Any:
+    """The written-form options of the command line; a bad value ends the command with exit code 2."""
+    from shared.text.options import TextOptionError, parse_text_options
+
+    try:
+        return parse_text_options(
+            {"normalize": args.normalize, "redact": args.redact, "replacements": args.replacements}
+        )
+    except TextOptionError as exc:
+        print(f"tone-platform: {exc.message} [{exc.code}]", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _written(doc: dict[str, Any], options: Any) -> tuple[dict[str, Any], list[Phrase]]:
+    """The transcript with ``display``/``display_words``/``display_text``, and its phrases as the
+    written form for txt/srt/vtt/tsv."""
+    from shared.text.display import display_phrases, display_text
+
+    phrases, _ = display_phrases(doc["phrases"], options)
+    doc = {**doc, "phrases": phrases, "display_text": display_text(phrases)}
+    shown = [
+        Phrase(
+            p["display"],
+            p["start_time"],
+            p["end_time"],
+            p["channel"],
+            tuple(Word(w["text"], w["start"], w["end"]) for w in p["display_words"]),
+        )
+        for p in phrases
+    ]
+    return doc, shown
+
+
 def _emit(args: argparse.Namespace, name: str, transcript: Any, many: bool) -> None:
+    doc, shown = _written(transcript.to_dict(), args.text_options)
     if args.format == "json":
-        doc = {"file": name, **transcript.to_dict()} if many else transcript.to_dict()
-        print(render("json", transcript.phrases, document=doc))
+        print(render("json", shown, document={"file": name, **doc} if many else doc))
     else:
         if many:
             print(f"==> {name} <==")
-        sys.stdout.write(render(args.format, transcript.phrases, channels=transcript.channels))
+        sys.stdout.write(render(args.format, shown, channels=transcript.channels))
     sys.stdout.flush()
 
 
@@ -71,6 +104,7 @@ def _fail(name: str, exc: Exception, args: argparse.Namespace) -> None:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
+    args.text_options = _text_options(args)
     rec = _load(args)
     limits = {"max_duration": args.max_duration, "max_bytes": args.max_bytes}
     many = len(args.files) > 1
@@ -198,6 +232,12 @@ def register(sub: Any) -> None:
                    help="feed the audio through the streaming path in pieces of N ms")  # fmt: skip
     p.add_argument("--batch", type=int, default=16, metavar="N",
                    help="streams advanced together per model call when several files are given")  # fmt: skip
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
+                   help="digits in display (default); --no-normalize: the spoken words")  # fmt: skip
+    p.add_argument("--redact", metavar="LIST", default=None,
+                   help="mask in display: card,phone,passport,inn,snils,email,profanity")  # fmt: skip
+    p.add_argument("--replacements", metavar="JSON", default=None,
+                   help='spellings to rewrite in display, e.g. \'{"тинькоф": "Тинькофф"}\'')  # fmt: skip
     p.add_argument("--max-duration", type=float, default=None, metavar="SECONDS")
     p.add_argument("--max-bytes", type=int, default=None, metavar="BYTES")
     p.set_defaults(func=cmd_transcribe)

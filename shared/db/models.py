@@ -1,4 +1,5 @@
-"""Tenants, API keys, batches, jobs, transcripts and webhook deliveries (SQLAlchemy 2, typed).
+"""Tenants, API keys, batches, jobs, transcripts, webhook deliveries and tenants' vocabularies
+(SQLAlchemy 2, typed).
 
 Alembic's migrations are generated from these models and a test checks that they never drift.
 """
@@ -205,3 +206,19 @@ class WebhookDelivery(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     job: Mapped[Job | None] = relationship(back_populates="deliveries")
+
+
+class TenantVocabulary(Base):
+    """A tenant's default vocabulary (hot words) and replacements, managed over ``/v1/vocabulary``:
+    added to the lists of every job and batch the tenant submits."""
+
+    __tablename__ = "tenant_vocabularies"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    words: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    replacements: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )

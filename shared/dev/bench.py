@@ -540,6 +540,61 @@ def processes_rate(path: Path, processes: int, batch: int, seconds: float) -> fl
     return float(sum(rates))
 
 
+WORDS_PER_HOUR = 9000  # telephone speech: about 2.5 words a second, both sides together
+
+
+def hour_of_phrases(words_per_hour: int = WORDS_PER_HOUR) -> list[dict[str, Any]]:
+    """An hour of transcript as the engine writes it: the ITN test set's spoken phrases (number-heavy,
+    so pessimistic) repeated until ``words_per_hour`` words, each word 0.4 s."""
+    from shared.dev.itn_eval import load_cases
+
+    spoken = [s for _, s, _ in load_cases()]
+    phrases: list[dict[str, Any]] = []
+    words = 0
+    t = 0.0
+    while words < words_per_hour:
+        text = spoken[len(phrases) % len(spoken)]
+        spoken_words = text.split()
+        ws = [{"text": w, "start": t + 0.4 * i, "end": t + 0.4 * i + 0.3} for i, w in enumerate(spoken_words)]
+        end = t + 0.4 * (len(spoken_words) - 1) + 0.3
+        phrases.append({"text": text, "start_time": t, "end_time": end, "channel": 0, "words": ws})
+        words += len(ws)
+        t = end + 0.5
+    return phrases
+
+
+def text_seconds_per_hour(redact: bool, repeat: int = 3) -> float:
+    """Seconds of CPU the written form (ITN, and all redaction kinds with ``redact``) takes for an
+    hour of audio's transcript; the best of ``repeat`` runs."""
+    from shared.text.display import display_phrases
+    from shared.text.options import REDACT_KINDS, TextOptions
+
+    phrases = hour_of_phrases()
+    options = TextOptions(redact=REDACT_KINDS if redact else ())
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        display_phrases(phrases, options)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def report_text_cost(engine: dict[int, float]) -> None:
+    """ITN and redaction per hour of audio beside the engine's time for that hour (``engine``: audio
+    seconds per second by B)."""
+    itn = text_seconds_per_hour(redact=False)
+    both = text_seconds_per_hour(redact=True)
+    print(f"\nwritten form: an hour of transcript ({WORDS_PER_HOUR} words, the ITN test set's phrases)")
+    print(f"  ITN                   {itn:7.3f} s per audio hour")
+    print(f"  ITN + every redaction {both:7.3f} s per audio hour")
+    for b, rate in sorted(engine.items()):
+        per_hour = 3600 / rate
+        print(
+            f"  engine B={b:<3d} {per_hour:7.1f} s per audio hour: ITN {100 * itn / per_hour:.2f} %, "
+            f"with redaction {100 * both / per_hour:.2f} %"
+        )
+
+
 def run_bench(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
@@ -553,6 +608,11 @@ def run_bench(args: argparse.Namespace) -> int:
     threads = args.threads or os.cpu_count() or 1
     if args.batch_only:
         return run_batch_only(args, path, threads)
+    if args.text_only:
+        rec = Recognizer.load(path, providers=args.provider, threads=threads)
+        rates = {b: engine_rate(rec, b, args.min_seconds, args.max_steps)[0] for b in (1, 16)}
+        report_text_cost(rates)
+        return 0
     batches = [int(b) for b in args.batches.split(",")]
     flops, params = model_flops(path)
     print(f"model: {path} ({params / 1e6:.1f} M parameters, {flops / 1e9:.2f} GFLOP per 300 ms chunk)")
@@ -590,6 +650,7 @@ def run_bench(args: argparse.Namespace) -> int:
             f"{precision:<10} {b:>4} {rate:>10.1f} {rate / base.get(precision, float('nan')):>7.2f} "
             f"{100 * rate / ceiling:>9.1f}% {1 / rate:>8.4f}"
         )
+    report_text_cost({b: r for p, b, r, _ in rows if p == precisions[0] and b in (1, best_b)})
     if args.sherpa_batches:
         batches_peer = [int(b) for b in args.sherpa_batches.split(",")]
         run_sherpa_bench(path, batches_peer, threads, args.sherpa_seconds)

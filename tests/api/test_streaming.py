@@ -27,7 +27,7 @@ from shared.asr.audio import decode_raw
 from shared.asr.engine import Recognizer
 from shared.dev.models.tones import synthesize
 from shared.queue import all_queues
-from tests.conftest import Proc, start_api, start_worker
+from tests.conftest import Proc, start_api, start_worker, written
 
 QUEUE = "stream-tests"
 PHRASES = ["привет мир", "как дела", "до свидания"]
@@ -79,7 +79,7 @@ def audio() -> np.ndarray:
 @pytest.fixture(scope="module")
 def offline(tone_model: Path) -> Any:
     recognizer = Recognizer.load(tone_model, threads=1)
-    return lambda samples: recognizer.transcribe_file(samples).to_dict()["phrases"]
+    return lambda samples: written(recognizer.transcribe_file(samples).to_dict()["phrases"])
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -302,7 +302,7 @@ def stereo(
     path = tmp_path_factory.mktemp("stereo") / "call.wav"
     sf.write(path, samples, 8000, subtype="PCM_16")
     recognizer = Recognizer.load(tone_model, threads=1)
-    expected = [p.to_dict() for p in recognizer.transcribe_file(path, channels="split").phrases]
+    expected = written([p.to_dict() for p in recognizer.transcribe_file(path, channels="split").phrases])
     assert {p["channel"] for p in expected} == {0, 1} and len(expected) == 3, expected
     return samples, expected
 

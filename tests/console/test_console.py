@@ -658,3 +658,40 @@ def test_the_batches_list_shows_batches_and_takes_an_archive(
     expect(page.locator("main h1")).to_have_text("Batches")
     expect(page.locator(".batches-table tbody tr", has_text="May calls")).to_have_count(0)
     assert httpx.get(f"{base}/v1/batches/{may}", headers=auth(api_key)).status_code == 404
+
+
+def test_the_transcript_shows_the_written_form_with_a_toggle_and_upload_takes_the_text_options(
+    base: str, worker: Proc, api_key: str, page: Page, tmp_path: Path
+) -> None:
+    spoken = [
+        "оплата двадцать пять тысяч триста рублей",
+        "мой номер восемь девятьсот шестнадцать сто двадцать три сорок пять шестьдесят семь",
+    ]
+    audio, _ = synthesize(spoken)
+    path = tmp_path / "numbers.wav"
+    sf.write(path, audio, 8000, subtype="PCM_16")
+    sign_in(page, base, api_key)
+    page.click("nav a[data-nav=upload]")
+    expect(page.locator("#upload-normalize")).to_be_checked()
+    page.select_option("#upload-channels", "mix")
+    page.check("#upload-redact-phone")
+    page.fill("#upload-vocabulary", "Оплата")
+    page.set_input_files("#upload-files", str(path))
+    opened = page.locator("#upload-list a", has_text="Open transcript")
+    expect(opened).to_be_visible(timeout=SLOW)
+    opened.click()
+    texts = page.locator("#dialogue li.phrase .phrase-text")
+    expect(texts).to_have_text(["Оплата 25 300 рублей", "мой номер [телефон]"])
+    shot(page, "05c-transcript-display")
+    # a written span is one word that seeks to the first of the words it replaced
+    expect(page.locator("#dialogue li.phrase").first.locator(".word")).to_have_text(
+        ["Оплата", "25 300", "рублей"]
+    )
+    page.check("#spoken-words")
+    expect(texts).to_have_text(spoken)
+    page.uncheck("#spoken-words")
+    expect(texts.first).to_have_text("Оплата 25 300 рублей")
+    job_id = page.url.rsplit("/", 1)[-1]
+    job = httpx.get(f"{base}/v1/jobs/{job_id}", headers=auth(api_key)).json()
+    assert job["options"]["redact"] == ["phone"] and job["options"]["vocabulary"] == ["Оплата"]
+    assert "normalize" not in job["options"]  # the default

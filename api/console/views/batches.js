@@ -5,6 +5,7 @@
 // (DELETE /v1/batches/{id}).
 
 import { describe, download, query, request, upload } from "../api.js";
+import { textOptions } from "./textopts.js";
 import { badge, clear, confirmDialog, errorBox, h, keepFocus, poller, progressBar, showLoadError, span, titled, when, wirePager } from "../ui.js";
 
 const STATUSES = ["queued", "processing", "completed", "failed", "cancelled"];
@@ -53,6 +54,7 @@ function renderList(root, ctx) {
     h("option", { value: "split" }, "Split stereo: agent left, client right"),
     h("option", { value: "mix" }, "Mix to one channel"),
   );
+  const text = textOptions("batch");
   const name = h("input", { type: "text", id: "batch-name", placeholder: "the archive's name", autocomplete: "off" });
   const submit = h("button", { type: "submit", class: "primary" }, "Upload archive");
   const uploadStatus = h("div", { class: "form-status", "aria-live": "polite" });
@@ -69,6 +71,7 @@ function renderList(root, ctx) {
       h("div", { class: "field" }, h("label", { for: "batch-channels" }, "Channels"), channels),
       h("div", { class: "field end" }, submit),
     ),
+    text.element,
     uploadStatus,
   );
   const body = h("div", { "aria-busy": "true" }, h("p", { class: "muted" }, "Loading batches…"));
@@ -91,6 +94,7 @@ function renderList(root, ctx) {
     const data = new FormData();
     data.append("file", file, file.name);
     data.append("channels", channels.value);
+    for (const [k, v] of Object.entries(text.values())) data.append(k, v);
     data.append("name", name.value.trim() || file.name);
     submit.disabled = true;
     const bar = progressBar(0, "Upload progress");

@@ -8,6 +8,7 @@
 
 import { ApiProblem, getKey } from "../api.js";
 import { clear, clock, errorBox, h, titled } from "../ui.js";
+import { textOptions } from "./textopts.js";
 
 const CLOSE_WAIT_MS = 30_000;
 
@@ -25,6 +26,7 @@ function micProblem(error) {
 
 export function render(root, _params, ctx) {
   const keep = h("input", { type: "checkbox", id: "live-keep" });
+  const text = textOptions("live");
   const start = h("button", { type: "button", class: "primary", id: "live-start" }, "Start");
   const stop = h("button", { type: "button", class: "danger", id: "live-stop", disabled: true }, "Stop");
   const status = h("p", { class: "live-status", id: "live-status", role: "status" }, "Ready.");
@@ -43,6 +45,7 @@ export function render(root, _params, ctx) {
       h("p", { class: "muted" }, "Speak into your microphone: phrases appear as they are recognized. The audio goes to this server only, at 8 kHz."),
       h("div", { class: "inline" }, start, stop, h("label", { class: "check", for: "live-keep" }, keep, " Keep the session as a job when I stop")),
       h("div", { class: "inline meter-row" }, h("span", { class: "muted" }, "Level"), level, elapsed),
+      text.element,
       status,
       problems,
     ),
@@ -54,7 +57,7 @@ export function render(root, _params, ctx) {
 
   function addPhrase(phrase) {
     phraseList.append(
-      h("li", { class: "live-phrase" }, h("span", { class: "time" }, clock(phrase.start_time)), h("span", { class: "phrase-text", lang: "ru" }, phrase.text)),
+      h("li", { class: "live-phrase" }, h("span", { class: "time" }, clock(phrase.start_time)), h("span", { class: "phrase-text", lang: "ru" }, phrase.display ?? phrase.text)),
     );
   }
 
@@ -119,7 +122,7 @@ export function render(root, _params, ctx) {
       s.ws = ws;
       ws.binaryType = "arraybuffer";
       ws.onopen = () => {
-        ws.send(JSON.stringify({ api_key: getKey(), sample_rate: 8000, encoding: "pcm_s16le", channels: 1 }));
+        ws.send(JSON.stringify({ api_key: getKey(), sample_rate: 8000, encoding: "pcm_s16le", channels: 1, ...text.config() }));
         resolve();
       };
       ws.onmessage = (event) => {

@@ -174,6 +174,12 @@ export function render(root, params, ctx) {
     const prevHit = h("button", { type: "button", class: "secondary small", "aria-label": "Previous match", disabled: true }, "↑");
     const nextHit = h("button", { type: "button", class: "secondary small", "aria-label": "Next match", disabled: true }, "↓");
     const follow = h("input", { type: "checkbox", id: "follow", checked: true });
+    // the written form (numbers as digits, masks) by default; the toggle shows the words as spoken
+    const spoken = h("input", { type: "checkbox", id: "spoken-words" });
+    const spokenLabel = h("label", { class: "check", for: "spoken-words" }, spoken, " Spoken words");
+    let raw = false;
+    const shownText = (phrase) => (raw || phrase.display === undefined ? phrase.text : phrase.display);
+    const shownWords = (phrase) => (raw || !phrase.display_words ? phrase.words : phrase.display_words) || [];
     const followLabel = h("label", { class: "check", for: "follow" }, follow, " Follow playback");
     const downloads = h(
       "div",
@@ -190,7 +196,7 @@ export function render(root, params, ctx) {
             onclick: async () => {
               const stem = (job.filename || `job-${job.id}`).replace(/\.[^.]+$/, "") || `job-${job.id}`;
               try {
-                await download(`/v1/jobs/${id}/transcript?format=${fmt}`, `${stem}.${fmt}`);
+                await download(`/v1/jobs/${id}/transcript?format=${fmt}${raw ? "&text=raw" : ""}`, `${stem}.${fmt}`);
               } catch (error) {
                 ctx.showBanner(error);
               }
@@ -205,6 +211,7 @@ export function render(root, params, ctx) {
       { class: "toolbar" },
       h("div", { class: "search" }, h("label", { for: "transcript-search", class: "sr-only" }, "Search the transcript"), search, prevHit, nextHit, count),
       followLabel,
+      spokenLabel,
       downloads,
     );
 
@@ -235,19 +242,20 @@ export function render(root, params, ctx) {
       const { phrase, text } = item;
       clear(text);
       item.words = [];
-      const hits = hitsOf(phrase.text, needle);
-      const words = phrase.words || [];
-      if (words.length && words.map((w) => w.text).join(" ") === phrase.text) {
+      const shown = shownText(phrase);
+      const hits = hitsOf(shown, needle);
+      const words = shownWords(phrase);
+      if (words.length && words.map((w) => w.text).join(" ") === shown) {
         let offset = 0;
         words.forEach((word, i) => {
-          if (i) text.append(...marked(phrase.text, offset - 1, offset, hits));
-          const el = h("span", { class: "word", dataset: { seek: String(word.start), start: String(word.start), end: String(word.end) } }, ...marked(phrase.text, offset, offset + word.text.length, hits));
+          if (i) text.append(...marked(shown, offset - 1, offset, hits));
+          const el = h("span", { class: "word", dataset: { seek: String(word.start), start: String(word.start), end: String(word.end) } }, ...marked(shown, offset, offset + word.text.length, hits));
           item.words.push({ word, el });
           text.append(el);
           offset += word.text.length + 1;
         });
       } else {
-        text.append(...marked(phrase.text, 0, phrase.text.length, hits));
+        text.append(...marked(shown, 0, shown.length, hits));
       }
       item.li.classList.toggle("has-hit", hits.length > 0);
       return hits.length;
@@ -274,6 +282,10 @@ export function render(root, params, ctx) {
       count.textContent = `${hitIndex + 1} of ${marks.length}`;
     }
     search.addEventListener("input", runSearch);
+    spoken.addEventListener("change", () => {
+      raw = spoken.checked;
+      runSearch();
+    });
     search.addEventListener("keydown", (e) => {
       if (e.key === "Enter") {
         e.preventDefault();

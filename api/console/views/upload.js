@@ -3,6 +3,7 @@
 // second (GET /v1/jobs/{id}) until it ends; a completed one links to its transcript.
 
 import { ApiProblem, request, upload } from "../api.js";
+import { textOptions } from "./textopts.js";
 import { badge, bytes, clear, errorBox, h, isOpen, jobName, keepFocus, poller, progressBar, titled } from "../ui.js";
 
 // The uploads of this tab, kept across visits (an upload goes on while another page is shown).
@@ -30,6 +31,7 @@ export function render(root, _params, ctx) {
     h("option", { value: "greedy" }, "Greedy (fastest)"),
     h("option", { value: "beam" }, "Beam search"),
   );
+  const text = textOptions("upload");
   const drop = h(
     "div",
     { class: "dropzone", id: "dropzone" },
@@ -59,6 +61,7 @@ export function render(root, _params, ctx) {
         h("div", { class: "field" }, h("label", { for: "upload-channels" }, "Channels"), channels),
         h("div", { class: "field" }, h("label", { for: "upload-decoder" }, "Decoder"), decoder),
       ),
+      text.element,
       drop,
       urlForm,
     ),
@@ -75,7 +78,7 @@ export function render(root, _params, ctx) {
   };
 
   function options() {
-    return { channels: channels.value, decoder: decoder.value };
+    return { channels: channels.value, decoder: decoder.value, ...text.values() };
   }
 
   function addFiles(files) {
