@@ -7,7 +7,7 @@ import logging
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import batches, console, health, jobs, legacy, openai, streaming, websocket
+from api.routes import batches, console, health, jobs, legacy, openai, search, streaming, websocket
 from api.routes.health import NAME, version
 from api.uploads import BodyLimitMiddleware
 from shared.platform.settings import get_settings
@@ -26,7 +26,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title=NAME, version=version(), description=DESCRIPTION)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit=lambda: get_settings().max_upload_bytes)
-    for module in (jobs, batches, openai, legacy, streaming, websocket, health, console):
+    for module in (jobs, batches, search, openai, legacy, streaming, websocket, health, console):
         app.include_router(module.router)
     return app
 

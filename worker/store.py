@@ -25,6 +25,7 @@ from shared.asr.engine import Transcript as EngineTranscript
 from shared.db.models import Job, Transcript
 from shared.db.session import session_scope
 from shared.platform.batch_state import Finished, finish_batch
+from shared.platform.search import after_transcript_stored
 
 _NO_SYNC = {"synchronize_session": False}  # no ORM objects to refresh: plain UPDATE ... RETURNING
 MAX_ATTEMPTS = 3  # claims of one job; a job whose lease expired this often fails "worker_lost"
@@ -91,6 +92,8 @@ class JobStore:
         self.url = database_url
         self.owner = owner
         self.lease = timedelta(seconds=lease_seconds)
+        # rules each completed job matched (complete() fills it, the caller pops it to send job.flagged)
+        self.flagged: dict[str, list[str]] = {}
 
     def _claim_values(self) -> dict[str, Any]:
         return {
@@ -220,7 +223,9 @@ class JobStore:
     # -- final states -----------------------------------------------------------------------------
 
     def complete(self, job_id: str, transcript: EngineTranscript) -> bool:
-        """Store the transcript and mark the job completed in ONE transaction, if still ours."""
+        """Store the transcript and mark the job completed in ONE transaction, if still ours; the same
+        transaction indexes its phrases, stores its analytics and flags the rules it matches
+        (``shared.platform.search.after_transcript_stored``; their ids land in ``self.flagged``)."""
         result = transcript.to_dict()
         with session_scope(self.url) as session:
             stmt = (
@@ -236,12 +241,13 @@ class JobStore:
                     error_code=None,
                     error_message=None,
                 )
-                .returning(Job.id)
+                .returning(Job.id, Job.tenant_id)
             )
-            if session.execute(stmt, execution_options=_NO_SYNC).first() is None:
+            row = session.execute(stmt, execution_options=_NO_SYNC).first()
+            if row is None:
                 session.rollback()
                 return False
-            session.execute(
+            stored = session.execute(
                 insert(Transcript)
                 .values(
                     job_id=uuid.UUID(job_id),
@@ -251,7 +257,17 @@ class JobStore:
                     channels=transcript.channels,
                 )
                 .on_conflict_do_nothing(index_elements=[Transcript.job_id])
-            )
+                .returning(Transcript.job_id)
+            ).first()
+            if stored is not None:
+                self.flagged[job_id] = after_transcript_stored(
+                    session,
+                    row.id,
+                    row.tenant_id,
+                    result["phrases"],
+                    transcript.duration,
+                    transcript.channels,
+                )
         return True
 
     def finish_batch(self, batch_id: str | None) -> Finished | None:

@@ -35,10 +35,11 @@ from sqlalchemy import and_, exists, func, select
 from sqlalchemy.orm import Session, aliased
 from standardwebhooks import Webhook
 
-from shared.db.models import FINAL_STATUSES, Batch, Job, Tenant, WebhookDelivery
+from shared.db.models import FINAL_STATUSES, Batch, Job, JobFlag, Rule, Tenant, WebhookDelivery
 from shared.db.session import session_scope
 from shared.platform.batch_state import BATCH_EVENTS, load_view
 from shared.platform.netguard import UrlError, post_json
+from shared.platform.rules import FLAGGED_EVENT, flagged_rule
 from shared.platform.settings import get_settings
 from worker.celery_app import EVENTS_QUEUE, WEBHOOK_TASK, app, new_event_id
 
@@ -125,10 +126,31 @@ def is_batch_event(event_type: str) -> bool:
 
 
 def _subject(session: Session, subject_id: str, event_type: str) -> tuple[Any, str | None]:
-    """``(job or batch or None, its webhook_url)``."""
+    """``(job or batch or None, its webhook_url)``; a ``job.flagged`` event of a job without a URL
+    goes to its batch's."""
     key = uuid.UUID(str(subject_id))
     subject = session.get(Batch if is_batch_event(event_type) else Job, key)
-    return subject, subject.webhook_url if subject else None
+    if subject is None:
+        return None, None
+    url = subject.webhook_url
+    if url is None and flagged_rule(event_type) is not None and subject.batch_id is not None:
+        batch = session.get(Batch, subject.batch_id)
+        url = batch.webhook_url if batch else None
+    return subject, url
+
+
+def flag_event_body(session: Session, job: Job, rule_id: uuid.UUID) -> dict[str, Any] | None:
+    """``job.flagged``: the job's event data plus the rule and what matched; None once the rule or
+    its flag was deleted."""
+    flag = session.get(JobFlag, (job.id, rule_id))
+    rule = session.get(Rule, rule_id)
+    if flag is None or rule is None:
+        return None
+    body = event_body(job, FLAGGED_EVENT)
+    body["timestamp"] = _iso(flag.created_at)
+    body["data"]["rule"] = {"id": str(rule.id), "name": rule.name, "kind": rule.kind, "params": rule.params}
+    body["data"]["details"] = flag.details
+    return body
 
 
 def sign(secret: str, event_id: str, body: bytes, moment: datetime) -> dict[str, str]:
@@ -234,9 +256,15 @@ def deliver(
         tenant = session.get(Tenant, subject.tenant_id)
         assert tenant is not None
         secret = tenant.webhook_secret
-        document = (
-            batch_event_body(session, subject, event_type) if batch else event_body(subject, event_type)
-        )
+        rule_id = flagged_rule(event_type)
+        if batch:
+            document: dict[str, Any] | None = batch_event_body(session, subject, event_type)
+        elif rule_id is not None:
+            document = flag_event_body(session, subject, rule_id)
+            if document is None:
+                return "flag_missing"
+        else:
+            document = event_body(subject, event_type)
         body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
     sent_at = _now()

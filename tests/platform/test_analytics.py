@@ -119,3 +119,11 @@ def test_a_synthesized_call_transcribed_by_the_tone_model_gives_the_synthesizer_
         first_end = agent_expected[0].end
         assert a["reply_latency"]["1"] == round(client_expected[0].start - first_end, 3)
         assert a["reply_latency"]["0"] == round(agent_expected[1].start - client_expected[0].end, 3)
+
+
+def test_the_search_text_is_the_display_text_when_a_phrase_has_one() -> None:
+    from shared.platform.search import phrase_search_text
+
+    assert phrase_search_text({"text": "ваш договор"}) == "ваш договор"
+    assert phrase_search_text({"text": "ваш договор", "display": "Ваш договор."}) == "Ваш договор."
+    assert phrase_search_text({"text": "ваш договор", "display": ""}) == "ваш договор"

@@ -1,0 +1,250 @@
+"""``GET /v1/search``: full-text search over the caller's transcripts (PostgreSQL, ``russian``).
+
+The query is ``websearch_to_tsquery('russian', q)``: words are stemmed and ANDed, "quoted phrases"
+must appear in that order, ``-word`` excludes, ``or`` between words is an alternative. The tenant's
+lexeme is ANDed into it (``shared.platform.search.tenant_query``), so the GIN index scan reads only
+the caller's phrases. Hits are ranked with ``ts_rank`` and paged with a keyset cursor on (rank, job,
+phrase); ``group=job`` pages jobs by their best hit, with their hit count and best hits.
+Highlighting is ``ts_headline`` with private markers turned into ``<mark>`` around HTML-escaped
+text, and into ``[start, end)`` character offsets of the plain text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import html
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from api.deps import Caller
+from api.errors import ApiError
+from shared.platform.search import tenant_query
+
+OPEN, CLOSE = "\u27e6", "\u27e7"  # ts_headline's markers, replaced before anything is returned
+HEADLINE_OPTIONS = f"StartSel={OPEN}, StopSel={CLOSE}, HighlightAll=true"
+HITS_PER_JOB = 3
+MAX_QUERY = 500
+MAX_METADATA_FILTERS = 10
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    q: str
+    channel: int | None = None
+    batch_id: uuid.UUID | None = None
+    status: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    min_duration: float | None = None
+    max_duration: float | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    flags: tuple[uuid.UUID, ...] = ()
+    group: str | None = None
+    limit: int = 20
+    cursor: str | None = None
+
+
+def _encode(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str, size: int) -> list[Any]:
+    try:
+        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(values, list) or len(values) != size:
+            raise ValueError
+        float(values[0])
+        uuid.UUID(values[1])
+        return values
+    except (ValueError, TypeError, binascii.Error):
+        raise ApiError(400, "invalid_cursor", "the cursor is not one this search returned") from None
+
+
+def marks(headline: str) -> tuple[str, list[list[int]], str]:
+    """(plain text, [[start, end), ...] offsets of the matched words, HTML with ``<mark>``)."""
+    plain: list[str] = []
+    spans: list[list[int]] = []
+    out: list[str] = []
+    start: int | None = None
+    for ch in headline:
+        if ch == OPEN and start is None:
+            start = len(plain)
+            out.append("<mark>")
+        elif ch == CLOSE and start is not None:
+            spans.append([start, len(plain)])
+            out.append("</mark>")
+            start = None
+        elif ch not in (OPEN, CLOSE):
+            plain.append(ch)
+            out.append(html.escape(ch, quote=False))
+    if start is not None:
+        spans.append([start, len(plain)])
+        out.append("</mark>")
+    return "".join(plain), spans, "".join(out)
+
+
+def _where(caller: Caller, f: SearchFilter, params: dict[str, Any]) -> str:
+    """The WHERE clause over ``transcript_phrases p JOIN jobs j``; fills ``params``."""
+    params.update(q=f.q, tenant=caller.tenant_id, tq=tenant_query(caller.tenant_id))
+    clauses = [
+        "p.tsv @@ (websearch_to_tsquery('russian', :q) && CAST(:tq AS tsquery))",
+        "j.tenant_id = :tenant",
+    ]
+    if f.channel is not None:
+        clauses.append("p.channel = :channel")
+        params["channel"] = f.channel
+    if f.batch_id is not None:
+        clauses.append("j.batch_id = :batch_id")
+        params["batch_id"] = f.batch_id
+    if f.status is not None:
+        clauses.append("j.status = :status")
+        params["status"] = f.status
+    if f.created_after is not None:
+        clauses.append("j.created_at >= :created_after")
+        params["created_after"] = f.created_after
+    if f.created_before is not None:
+        clauses.append("j.created_at < :created_before")
+        params["created_before"] = f.created_before
+    if f.min_duration is not None:
+        clauses.append("j.duration >= :min_duration")
+        params["min_duration"] = f.min_duration
+    if f.max_duration is not None:
+        clauses.append("j.duration <= :max_duration")
+        params["max_duration"] = f.max_duration
+    for n, (key, value) in enumerate(sorted(f.metadata.items())):
+        clauses.append(f"j.client_metadata ->> :mk{n} = :mv{n}")
+        params[f"mk{n}"], params[f"mv{n}"] = key, value
+    if f.flags:
+        names = []
+        for n, rule in enumerate(f.flags):
+            params[f"flag{n}"] = rule
+            names.append(f":flag{n}")
+        listed = ", ".join(names)
+        clauses.append(
+            f"EXISTS (SELECT 1 FROM job_flags fl WHERE fl.job_id = j.id AND fl.rule_id IN ({listed}))"
+        )
+    return " AND ".join(clauses)
+
+
+def check_query(db: Session, q: str) -> None:
+    """400 for a query that finds nothing by itself: empty, only stop words, or only exclusions."""
+    q = q.strip()
+    if not q:
+        raise ApiError(400, "empty_query", "q is empty: give words to search for")
+    if len(q) > MAX_QUERY:
+        raise ApiError(400, "query_too_long", f"q may hold at most {MAX_QUERY} characters")
+    row = db.execute(
+        text("SELECT numnode(t) AS n, querytree(t) AS tree FROM websearch_to_tsquery('russian', :q) AS t"),
+        {"q": q},
+    ).one()
+    if row.n == 0:
+        raise ApiError(400, "empty_query", "q holds no searchable word (only stop words or punctuation)")
+    if row.tree == "T":
+        raise ApiError(
+            400, "query_needs_a_word", "q must hold at least one word to find, not only -exclusions"
+        )
+
+
+JOB_NAME = "COALESCE(j.options ->> 'batch_name', j.filename)"
+
+
+def _hit(row: Any) -> dict[str, Any]:
+    plain, spans, highlighted = marks(row.headline)
+    return {
+        "job_id": str(row.job_id),
+        "name": row.name,
+        "metadata": row.metadata,
+        "phrase_index": row.idx,
+        "channel": row.channel,
+        "start": row.start_time,
+        "end": row.end_time,
+        "text": plain,
+        "highlight": highlighted,
+        "marks": spans,
+        "rank": row.rank,
+    }
+
+
+def search(db: Session, caller: Caller, f: SearchFilter) -> dict[str, Any]:
+    check_query(db, f.q)
+    f = SearchFilter(**{**f.__dict__, "q": f.q.strip()})
+    return _grouped(db, caller, f) if f.group == "job" else _hits(db, caller, f)
+
+
+def _hits(db: Session, caller: Caller, f: SearchFilter) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": f.limit + 1, "opts": HEADLINE_OPTIONS}
+    where = _where(caller, f, params)
+    after = ""
+    if f.cursor:
+        rank, job, idx = _decode(f.cursor, 3)
+        params.update(c_rank=float(rank), c_job=uuid.UUID(job), c_idx=int(idx))
+        after = "WHERE (rank < :c_rank OR (rank = :c_rank AND (job_id, idx) > (:c_job, :c_idx)))"
+    sql = f"""
+        WITH m AS (
+            SELECT p.job_id, p.idx, p.channel, p.start_time, p.end_time, p.text,
+                   ts_rank(p.tsv, websearch_to_tsquery('russian', :q))::float8 AS rank,
+                   {JOB_NAME} AS name, j.client_metadata AS metadata
+            FROM transcript_phrases p JOIN jobs j ON j.id = p.job_id
+            WHERE {where}
+        ), page AS (
+            SELECT * FROM m {after} ORDER BY rank DESC, job_id, idx LIMIT :limit
+        )
+        SELECT page.*, ts_headline('russian', page.text, websearch_to_tsquery('russian', :q), :opts)
+               AS headline
+        FROM page ORDER BY rank DESC, job_id, idx
+    """  # every value is a bound parameter; the clauses are fixed strings
+    rows = db.execute(text(sql), params).all()
+    page = rows[: f.limit]
+    cursor = _encode([page[-1].rank, str(page[-1].job_id), page[-1].idx]) if len(rows) > f.limit else None
+    return {"data": [_hit(r) for r in page], "next_cursor": cursor}
+
+
+def _grouped(db: Session, caller: Caller, f: SearchFilter) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": f.limit + 1, "opts": HEADLINE_OPTIONS, "per_job": HITS_PER_JOB}
+    where = _where(caller, f, params)
+    after = ""
+    if f.cursor:
+        best, job = _decode(f.cursor, 2)
+        params.update(c_best=float(best), c_job=uuid.UUID(job))
+        after = "HAVING (max(rank) < :c_best OR (max(rank) = :c_best AND job_id > :c_job))"
+    sql = f"""
+        WITH m AS (
+            SELECT p.job_id, p.idx, p.channel, p.start_time, p.end_time, p.text,
+                   ts_rank(p.tsv, websearch_to_tsquery('russian', :q))::float8 AS rank
+            FROM transcript_phrases p JOIN jobs j ON j.id = p.job_id
+            WHERE {where}
+        ), jobs_page AS (
+            SELECT job_id, count(*) AS hits, max(rank) AS best FROM m
+            GROUP BY job_id {after} ORDER BY best DESC, job_id LIMIT :limit
+        ), top AS (
+            SELECT m.*, row_number() OVER (PARTITION BY m.job_id ORDER BY m.rank DESC, m.idx) AS n
+            FROM m JOIN jobs_page USING (job_id)
+        )
+        SELECT g.job_id, g.hits, g.best, {JOB_NAME} AS name, j.client_metadata AS metadata,
+               t.idx, t.channel, t.start_time, t.end_time, t.rank,
+               ts_headline('russian', t.text, websearch_to_tsquery('russian', :q), :opts) AS headline
+        FROM jobs_page g JOIN jobs j ON j.id = g.job_id
+        JOIN top t ON t.job_id = g.job_id AND t.n <= :per_job
+        ORDER BY g.best DESC, g.job_id, t.rank DESC, t.idx
+    """
+    rows = db.execute(text(sql), params).all()
+    groups: dict[uuid.UUID, dict[str, Any]] = {}
+    for r in rows:
+        group = groups.get(r.job_id)
+        if group is None:
+            group = groups[r.job_id] = {
+                "job_id": str(r.job_id), "name": r.name, "metadata": r.metadata, "count": r.hits,
+                "rank": r.best, "hits": [],
+            }  # fmt: skip
+        group["hits"].append(_hit(r))
+    ordered = list(groups.values())
+    page = ordered[: f.limit]
+    cursor = _encode([page[-1]["rank"], page[-1]["job_id"]]) if len(ordered) > f.limit else None
+    return {"data": page, "next_cursor": cursor}
