@@ -33,6 +33,9 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-run-seconds", type=float, default=30.0, help="length of each of those recordings")
     p.add_argument("--batch-only", action="store_true",
                    help="only the batch run (after the engine at B=16 and 32, for its ratio)")  # fmt: skip
+    p.add_argument("--search-only", action="store_true",
+                   help="only the search benchmark (phrases built in SQL, a PostgreSQL of its own)")  # fmt: skip
+    p.add_argument("--search-phrases", type=int, default=1_000_000, help="phrases of the searched tenant")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--provider", default="auto")
     p.set_defaults(func=cmd_bench)

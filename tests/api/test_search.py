@@ -270,3 +270,68 @@ def test_deleting_a_job_removes_its_index_rows_and_a_deleted_rule_its_flags(
     rule = corpus["rules"]["greeting"]
     assert httpx.delete(f"{api.url}/v1/rules/{rule}", headers=auth(key)).status_code == 204
     assert_error(httpx.get(f"{api.url}/v1/rules/{rule}", headers=auth(key)), 404, "not_found")
+
+
+def test_a_batch_aggregates_its_calls_analytics_per_agent_and_its_zip_has_analytics_csv(
+    api: Proc, worker: Proc, tenant: tuple[str, str], tmp_path: Path
+) -> None:
+    import csv
+    import io
+    import zipfile
+
+    from tests.api.test_batches import post_batch, wait_batch_done
+
+    key = tenant[0]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, (agent, client, lead, _) in CALLS.items():
+            zf.write(stereo(tmp_path / name, agent, client, lead), f"calls/{name}")
+        zf.writestr("metadata.csv", "path,agent,region\n" + "".join(
+            f"calls/{n},{m['agent']},{m['region']}\n" for n, (*_, m) in CALLS.items()
+        ))  # fmt: skip
+    r = post_batch(api.url, key, buf.getvalue(), channels="split")
+    assert r.status_code == 202, r.text
+    batch_id = r.json()["id"]
+    wait_batch_done(api.url, key, batch_id)
+    items = httpx.get(f"{api.url}/v1/batches/{batch_id}/items", headers=auth(key)).json()["items"]
+    measured = {}
+    for item in items:
+        job = httpx.get(f"{api.url}/v1/jobs/{item['job_id']}", headers=auth(key)).json()
+        measured[item["name"]] = analytics.flat(job["analytics"])
+    assert len(measured) == 3
+
+    body = httpx.get(f"{api.url}/v1/batches/{batch_id}/analytics", headers=auth(key)).json()
+    assert (
+        body["calls"] == 3
+        and body["group_by"] == "agent"
+        and body["metadata_columns"] == ["agent", "path", "region"]
+    )
+    talk = [m["talk_time_agent"] for m in measured.values()]
+    assert body["measures"]["talk_time_agent"]["sum"] == pytest.approx(sum(talk), abs=1e-3)
+    assert body["measures"]["talk_time_agent"]["p50"] == pytest.approx(float(np.median(talk)), abs=1e-3)
+    assert body["measures"]["overtalk_time"]["max"] == pytest.approx(
+        max(m["overtalk_time"] for m in measured.values()), abs=1e-3
+    )
+    groups = {g["value"]: g for g in body["groups"]}
+    assert {v: g["calls"] for v, g in groups.items()} == {"Иванов": 2, "Петров": 1}
+    ivanov = [measured[f"calls/{n}"]["words_agent"] for n in ("a.wav", "c.wav")]
+    assert groups["Иванов"]["measures"]["words_agent"]["mean"] == pytest.approx(np.mean(ivanov), abs=1e-3)
+    by_region = httpx.get(f"{api.url}/v1/batches/{batch_id}/analytics", params={"group_by": "region"},
+                          headers=auth(key)).json()  # fmt: skip
+    assert {g["value"]: g["calls"] for g in by_region["groups"]} == {"север": 2, "юг": 1}
+    assert_error(httpx.get(f"{api.url}/v1/batches/{batch_id}/analytics", params={"group_by": "nope"},
+                           headers=auth(key)), 422, "invalid_request")  # fmt: skip
+
+    zipped = httpx.get(
+        f"{api.url}/v1/batches/{batch_id}/results", params={"format": "zip"}, headers=auth(key)
+    )
+    raw = zipfile.ZipFile(io.BytesIO(zipped.content)).read("analytics.csv")
+    assert raw.startswith(b"\xef\xbb\xbf")  # UTF-8 with a BOM: Excel reads the Cyrillic right
+    rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig")), delimiter=";"))
+    assert sorted(r["name"] for r in rows) == sorted(measured)
+    for row in rows:
+        assert row["agent"] == CALLS[row["name"].removeprefix("calls/")][3]["agent"]
+        expected = measured[row["name"]]
+        for column in analytics.FLAT_COLUMNS:
+            value = expected[column]
+            assert row[column] == ("" if value is None else f"{value:g}".replace(".", ",")), column
