@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-only", action="store_true",
                    help="only the batch run (after the engine at B=16 and 32, for its ratio)")  # fmt: skip
     p.add_argument("--search-only", action="store_true",
-                   help="only the search benchmark (rows built in SQL in a PostgreSQL of its own)")  # fmt: skip
+                   help="only the search benchmark (rows built in SQL, own PostgreSQL)")  # fmt: skip
     p.add_argument("--search-phrases", type=int, default=1_000_000, help="phrases of the searched tenant")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--provider", default="auto")
