@@ -11,8 +11,9 @@ seconds unless named otherwise, rounded to milliseconds (3 decimals; shares and 
 - ``silence_time``: ``duration − speech_time`` (no one speaking, from 0 to the end of the recording);
 - ``longest_silence``: the longest stretch of it (the start and the end of the recording count);
 - ``overtalk_time``: the length of the intersection of the two channels' speech (both speaking);
-- ``interruptions[c]``: phrases of channel c whose first word starts while the other channel is
-  speaking (strictly inside one of its speech intervals);
+- ``interruptions[c]``: phrases of channel c that start while a phrase of the other channel is in
+  progress (strictly between its start and end: a pause between two of its words does not free the
+  turn);
 - ``reply_latency[c]``: the median, over channel c's replies, of the gap from the end of the other
   channel's phrase to the start of c's (a reply: c's phrase that, in start order, follows one of the
   other channel's and starts at or after its end; an overlapping start is an interruption instead);
@@ -95,11 +96,6 @@ def phrase_intervals(phrase: Mapping[str, Any]) -> list[Interval]:
     return [(float(phrase["start_time"]), float(phrase["end_time"]))]
 
 
-def _first_start(phrase: Mapping[str, Any]) -> float:
-    words = phrase.get("words") or ()
-    return float(words[0]["start"]) if words else float(phrase["start_time"])
-
-
 def _word_count(phrase: Mapping[str, Any]) -> int:
     words = phrase.get("words")
     return len(words) if words else len(str(phrase.get("text", "")).split())
@@ -148,7 +144,10 @@ def compute(phrases: Sequence[Mapping[str, Any]], duration: float, channels: int
     other = {"0": "1", "1": "0"}
     words = {c: sum(_word_count(p) for p in by[c]) for c in CHANNELS}
 
-    interruptions = {c: sum(1 for p in by[c] if _inside(_first_start(p), speech[other[c]])) for c in CHANNELS}
+    turns = {c: [(float(p["start_time"]), float(p["end_time"])) for p in by[c]] for c in CHANNELS}
+    interruptions = {
+        c: sum(1 for p in by[c] if _inside(float(p["start_time"]), turns[other[c]])) for c in CHANNELS
+    }
     latencies: dict[str, list[float]] = {c: [] for c in CHANNELS}
     monologue = dict.fromkeys(CHANNELS, 0.0)
     run_channel: str | None = None

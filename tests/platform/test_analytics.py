@@ -127,3 +127,11 @@ def test_the_search_text_is_the_display_text_when_a_phrase_has_one() -> None:
     assert phrase_search_text({"text": "ваш договор"}) == "ваш договор"
     assert phrase_search_text({"text": "ваш договор", "display": "Ваш договор."}) == "Ваш договор."
     assert phrase_search_text({"text": "ваш договор", "display": ""}) == "ваш договор"
+
+
+def test_starting_in_a_pause_between_the_other_side_s_words_is_an_interruption() -> None:
+    call = [_phrase(0, (1.0, 1.4), (1.6, 2.0)), _phrase(1, (1.5, 2.5))]
+    a = analytics.compute(call, duration=3.0, channels=2)
+    assert a["interruptions"] == {"0": 0, "1": 1}
+    assert a["overtalk_time"] == 0.4  # 1.6-2.0: the pause itself is no overtalk
+    assert a["reply_latency"] == {"0": None, "1": None}
