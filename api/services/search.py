@@ -91,12 +91,13 @@ def marks(headline: str) -> tuple[str, list[list[int]], str]:
 
 
 def _matching(caller: Caller, f: SearchFilter, params: dict[str, Any]) -> str:
-    """The matching phrases joined to their jobs, as SQL (``m``: the phrase columns, ``rank``, the
-    job's ``name`` and ``metadata``); fills ``params``.
+    """The matching phrases as SQL CTEs (``m``: the phrase columns and ``rank``); fills ``params``.
 
     The index scan is a MATERIALIZED CTE of its own: the GIN index is read once, and the job
     filters apply to what it found. (Left to itself, with a selective metadata filter the planner
-    loops over the jobs and repeats the index scan for each: seconds instead of milliseconds.)"""
+    loops over the jobs and repeats the index scan for each: seconds instead of milliseconds.)
+    Without job filters, ``m`` is the phrases alone: the jobs are joined for the page only (the
+    tenant's lexeme already confined the scan; the page's join checks the tenant again)."""
     params.update(q=f.q, tenant=caller.tenant_id, tq=tenant_query(caller.tenant_id))
     phrase = ["p.tsv @@ (websearch_to_tsquery('russian', :q) && CAST(:tq AS tsquery))"]
     if f.channel is not None:
@@ -133,14 +134,16 @@ def _matching(caller: Caller, f: SearchFilter, params: dict[str, Any]) -> str:
         clauses.append(
             f"EXISTS (SELECT 1 FROM job_flags fl WHERE fl.job_id = j.id AND fl.rule_id IN ({listed}))"
         )
-    return f"""
+    found = f"""
         found AS MATERIALIZED (
             SELECT p.job_id, p.idx, p.channel, p.start_time, p.end_time, p.text,
                    ts_rank(p.tsv, websearch_to_tsquery('russian', :q))::float8 AS rank
             FROM transcript_phrases p WHERE {" AND ".join(phrase)}
-        ), m AS (
-            SELECT found.*, {JOB_NAME} AS name, j.client_metadata AS metadata
-            FROM found JOIN jobs j ON j.id = found.job_id
+        )"""
+    if len(clauses) == 1:  # the tenant only
+        return found + ", m AS (SELECT * FROM found)"
+    return f"""{found}, m AS (
+            SELECT found.* FROM found JOIN jobs j ON j.id = found.job_id
             WHERE {" AND ".join(clauses)}
         )"""
 
@@ -203,9 +206,10 @@ def hits_query(caller: Caller, f: SearchFilter) -> tuple[str, dict[str, Any]]:
         WITH {matching}, page AS (
             SELECT * FROM m {after} ORDER BY rank DESC, job_id, idx LIMIT :limit
         )
-        SELECT page.*, ts_headline('russian', page.text, websearch_to_tsquery('russian', :q), :opts)
-               AS headline
-        FROM page ORDER BY rank DESC, job_id, idx
+        SELECT page.*, {JOB_NAME} AS name, j.client_metadata AS metadata,
+               ts_headline('russian', page.text, websearch_to_tsquery('russian', :q), :opts) AS headline
+        FROM page JOIN jobs j ON j.id = page.job_id AND j.tenant_id = :tenant
+        ORDER BY rank DESC, job_id, idx
     """  # every value is a bound parameter; the clauses are fixed strings
     return sql, params
 
@@ -234,10 +238,11 @@ def _grouped(db: Session, caller: Caller, f: SearchFilter) -> dict[str, Any]:
             SELECT m.*, row_number() OVER (PARTITION BY m.job_id ORDER BY m.rank DESC, m.idx) AS n
             FROM m JOIN jobs_page USING (job_id)
         )
-        SELECT g.job_id, g.hits, g.best, t.name, t.metadata,
+        SELECT g.job_id, g.hits, g.best, {JOB_NAME} AS name, j.client_metadata AS metadata,
                t.idx, t.channel, t.start_time, t.end_time, t.rank,
                ts_headline('russian', t.text, websearch_to_tsquery('russian', :q), :opts) AS headline
         FROM jobs_page g JOIN top t ON t.job_id = g.job_id AND t.n <= :per_job
+        JOIN jobs j ON j.id = g.job_id AND j.tenant_id = :tenant
         ORDER BY g.best DESC, g.job_id, t.rank DESC, t.idx
     """
     rows = db.execute(text(sql), params).all()
