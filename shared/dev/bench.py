@@ -704,6 +704,8 @@ def run_search_bench(phrases: int = 1_000_000, other: int = 250_000, rounds: int
                 text("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) " + sql), params
             ).scalars()
             plan_text = "\n".join(plan)
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"load average during the run: {load} ({os.cpu_count()} cores; other work skews p95)")
         print("matching phrases per query (all pages):", ", ".join(f"{q}: {n}" for q, n in counts.items()))
         result: dict[str, Any] = {"counts": counts, "plan": plan_text}
         for kind, values in timings.items():
