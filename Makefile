@@ -43,7 +43,7 @@ lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP) ## mypy on the engine
+typecheck: $(STAMP) ## mypy over api, worker and shared (pydantic plugin)
 	$(BIN)/mypy
 
 format: $(STAMP) ## apply ruff's formatting and safe fixes

@@ -1,7 +1,10 @@
 """One error shape everywhere: ``{"error": {"code", "message"}}``.
 
-Routes raise :class:`ApiError`; FastAPI's own HTTP errors, request validation errors and anything
-unexpected are rendered in the same shape (unexpected ones as a 500 without a stack trace).
+Routes and services raise any :class:`shared.errors.CodedError` (:class:`ApiError`, the engine's
+``ToneError``, the SSRF guard's ``UrlError``, live sessions' ``SessionError``): ONE handler renders
+them, with the error's own HTTP status or else its code's row in :data:`ERROR_STATUS`. FastAPI's own
+HTTP errors, request validation errors and anything unexpected are rendered in the same shape
+(unexpected ones as a 500 without a stack trace). :data:`ERRORS` documents the common ones in OpenAPI.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.schemas import ErrorResponse
+from shared.errors import CodedError
 
 log = logging.getLogger("api")
 
@@ -30,29 +36,47 @@ _STATUS_CODES = {
     429: "rate_limited",
     503: "unavailable",
 }
-# engine error codes -> HTTP status when a request is refused (or a sync job fails) because of its audio
-AUDIO_ERROR_STATUS = {
+# error code -> HTTP status, for coded errors that carry none (the engine's, the SSRF guard's): a
+# request refused (or a sync job failed) because of its audio or its URL; no model is a 503
+ERROR_STATUS = {
     "empty_audio": 400,
     "corrupt_audio": 400,
     "unsupported_format": 415,
     "file_too_large": 413,
     "audio_too_long": 413,
+    "audio_error": 400,
     "download_failed": 400,
     "url_not_allowed": 400,
+    "url_forbidden": 400,
+    "invalid_url": 400,
+    "request_failed": 400,
+    "model_not_found": 503,
+    "model_contract_mismatch": 503,
+    "bad_stream_state": 400,
+    "model_error": 503,
+}
+# OpenAPI: the errors every authenticated route may answer
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "missing, unknown or revoked API key"},
+    404: {"model": ErrorResponse, "description": "no such job for this tenant"},
+    429: {"model": ErrorResponse, "description": "over the per-key request limit"},
 }
 
 
-class ApiError(Exception):
+class ApiError(CodedError):
     """An error with an HTTP status, a machine-readable code and a message for people."""
+
+    status: int
 
     def __init__(
         self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
+        super().__init__(message, code=code, status=status, headers=headers)
+
+
+def status_of(exc: CodedError) -> int:
+    """The HTTP status a coded error is answered with."""
+    return exc.status or ERROR_STATUS.get(exc.code, 500)
 
 
 def not_found(what: str = "job") -> ApiError:
@@ -77,9 +101,12 @@ def _validation_message(errors: Sequence[Any]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-async def _api_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message, exc.headers)
+async def _coded_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CodedError)
+    status = status_of(exc)
+    if status >= 500:
+        log.warning("%s %s: %s (%s)", request.method, request.url.path, exc.code, exc.message)
+    return error_response(status, exc.code, exc.message, exc.headers)
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
@@ -100,7 +127,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(CodedError, _coded_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)

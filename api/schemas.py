@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shared.platform.statuses import BatchStatus, JobStatus
+
 Channels = Literal["mix", "split"]
 Decoder = Literal["auto", "greedy", "beam"]
-JobStatus = Literal["queued", "processing", "completed", "failed", "cancelled"]
-TranscriptFormat = Literal["json", "txt", "srt", "vtt", "tsv"]
 
 JOB_ID_EXAMPLE = "7b0c2f4e-8f0e-4a53-9d0b-0d6f3f0f2a11"
 
@@ -317,7 +317,6 @@ class OpenAIVerboseTranscription(BaseModel):
 # -- batches ---------------------------------------------------------------------------------------
 
 BATCH_ID_EXAMPLE = "3f9d7c1a-2b4e-4f6a-9c8d-1e2f3a4b5c6d"
-BatchStatus = Literal["queued", "processing", "completed", "cancelled"]
 
 
 class BatchOptions(BaseModel):

@@ -25,8 +25,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from shared.asr.engine import ChannelMode, Recognizer
+from shared.asr.engine import Recognizer
 from shared.asr.errors import ToneError
+from shared.asr.types import ChannelMode
 from shared.platform.batch_state import Finished
 from shared.platform.rules import FLAGGED_EVENT
 from shared.platform.settings import Settings
@@ -114,7 +115,7 @@ def error_of(
 
 def notify_batch_end(finished: Finished) -> None:
     """Log a batch's end and queue its one ``batch.completed`` / ``batch.cancelled`` event."""
-    from worker.celery_app import enqueue_webhook
+    from shared.queue import enqueue_webhook
 
     log.info("batch %s %s", finished.id, finished.status, job="-")
     if finished.webhook_url:
@@ -144,7 +145,7 @@ class BatchRun:
     def _notify(self, job: Claimed, event: str) -> None:
         """After the job's final state was committed: its own webhook (when it has a URL), then
         its batch's end, when it was the batch's last open job (exactly one caller finishes it)."""
-        from worker.celery_app import enqueue_webhook
+        from shared.queue import enqueue_webhook
 
         if job.webhook_url:
             try:
@@ -185,7 +186,7 @@ class BatchRun:
     def _notify_flags(self, job: Claimed, rule_ids: list[str]) -> None:
         """One ``job.flagged`` event per rule the transcript matched (to the job's webhook_url, else
         its batch's)."""
-        from worker.celery_app import enqueue_webhook
+        from shared.queue import enqueue_webhook
 
         if not (job.webhook_url or job.batch_id):
             return

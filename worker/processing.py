@@ -18,9 +18,9 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.asr.audio import AudioReader, open_audio
-from shared.asr.engine import ChannelMode, Recognizer, Transcript
+from shared.asr.engine import Recognizer, Transcript
 from shared.asr.stream import StreamState
-from shared.asr.types import SAMPLE_RATE, Phrase
+from shared.asr.types import SAMPLE_RATE, ChannelMode, Phrase
 
 BLOCK_SECONDS = 2.0  # audio read per recording per round
 

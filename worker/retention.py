@@ -17,20 +17,15 @@ from pathlib import Path
 from sqlalchemy import delete, exists, select, update
 
 from shared.db.models import FINAL_STATUSES, Batch, Job
-from shared.db.session import session_scope
+from shared.db.session import rowcount, session_scope
 from shared.platform.settings import Settings, get_settings
-from worker.celery_app import EVENTS_QUEUE, app
+from shared.queue import RETENTION_TASK
+from worker.celery_app import app
 
 log = logging.getLogger(__name__)
 
-RETENTION_TASK = "tone.retention"
-INTERVAL_SECONDS = 600.0
 CHUNK = 1000
 _NO_SYNC = {"synchronize_session": False}
-
-app.conf.beat_schedule.update(
-    {"retention": {"task": RETENTION_TASK, "schedule": INTERVAL_SECONDS, "options": {"queue": EVENTS_QUEUE}}}
-)
 
 
 def _remove(paths: list[str | None], settings: Settings) -> None:
@@ -62,9 +57,11 @@ def expire(settings: Settings | None = None) -> dict[str, int]:
             if len(rows) < CHUNK:
                 break
         with session_scope(s.database_url) as db:  # batches that ended and have no job left
-            done["batches"] = db.execute(
-                delete(Batch).where(Batch.finished_at < cutoff, ~exists().where(Job.batch_id == Batch.id))
-            ).rowcount
+            done["batches"] = rowcount(
+                db.execute(
+                    delete(Batch).where(Batch.finished_at < cutoff, ~exists().where(Job.batch_id == Batch.id))
+                )
+            )
     if s.audio_retention_days is not None:
         cutoff = _before(s.audio_retention_days)
         while True:

@@ -48,7 +48,8 @@ from shared.platform.sessions import (
     finished,
 )
 from shared.platform.settings import Settings, get_settings
-from worker.celery_app import STREAM_TASK, app, live_queue
+from shared.queue import STREAM_TASK, enqueue_stream
+from worker.celery_app import app
 from worker.jobs import get_recognizer
 
 log = logging.getLogger("tone.worker.stream")
@@ -81,10 +82,6 @@ def store_for(settings: Settings) -> SessionStore:
     if _store is None or _store[0] != os.getpid():
         _store = (os.getpid(), SessionStore(redis.Redis.from_url(settings.redis_url)))
     return _store[1]
-
-
-def send_stream_task(queue: str) -> None:
-    app.send_task(STREAM_TASK, args=[queue], queue=live_queue(queue), priority=0)
 
 
 def stream_count(options: Options) -> int:
@@ -147,7 +144,7 @@ def run(queue: str, settings: Settings | None = None) -> int:
         if later and not done:
             time.sleep(IDLE_SLEEP)
     if store.r.llen(f"tone:stream:pending:{queue}"):
-        send_stream_task(queue)
+        enqueue_stream(queue)
     return handled
 
 

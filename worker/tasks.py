@@ -19,7 +19,8 @@ from celery.signals import worker_process_init
 from shared.db.session import engine_for, session_scope, sessionmaker_for
 from shared.platform.batch_state import finish_done_batches
 from shared.platform.settings import get_settings
-from worker.celery_app import REQUEUE_TASK, TRANSCRIBE_TASK, app, enqueue_transcription, enqueue_webhook
+from shared.queue import REQUEUE_TASK, TRANSCRIBE_TASK, enqueue_transcription, enqueue_webhook
+from worker.celery_app import app
 from worker.jobs import TRANSIENT_ERRORS, BatchRun, current_job, get_recognizer, log, notify_batch_end
 from worker.store import JobStore, Stuck, fail_lost, find_stuck, mark_sent, new_owner
 

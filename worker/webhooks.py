@@ -27,6 +27,7 @@ import logging
 import random
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -40,12 +41,19 @@ from shared.db.session import session_scope
 from shared.platform.batch_state import BATCH_EVENTS, load_view
 from shared.platform.netguard import UrlError, post_json
 from shared.platform.rules import FLAGGED_EVENT, flagged_rule
-from shared.platform.settings import get_settings
-from worker.celery_app import EVENTS_QUEUE, WEBHOOK_TASK, app, new_event_id
+from shared.platform.settings import Settings, get_settings
+from shared.queue import (
+    EVENTS_QUEUE,
+    WEBHOOK_DUE_TASK,
+    WEBHOOK_TASK,
+    enqueue_webhook,
+    enqueue_webhook_attempt,
+    new_event_id,
+)
+from worker.celery_app import app
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_DUE_TASK = "tone.webhook_due"
 USER_AGENT = "tone-platform-webhooks/1"
 
 # Standard Webhooks' schedule: attempt n (1-based) is sent SCHEDULE[n-1] seconds after attempt n-1
@@ -55,7 +63,6 @@ MAX_ATTEMPTS = len(SCHEDULE)
 JITTER = 0.10
 COUNTDOWN_MAX_SECONDS = 45 * 60  # under Redis' visibility timeout (3600 s) with margin
 RETRY_AFTER_MAX_SECONDS = 24 * 3600
-DUE_INTERVAL_SECONDS = 30.0
 CLAIM_GRACE_SECONDS = 15 * 60  # a dispatched attempt not recorded by then is sent again
 DUE_BATCH = 500
 # a final event with no delivery row this long after the job or batch ended lost its first message
@@ -65,16 +72,6 @@ MISSING_WINDOW = timedelta(hours=24)
 _EVENT_NAMESPACE = uuid.UUID("8f6c2d0e-5b1a-4f3e-9d7c-2a4b6e8f0a1c")
 
 EVENT_TYPES = {status: f"job.{status}" for status in FINAL_STATUSES}
-
-app.conf.beat_schedule.update(
-    {
-        "webhook-due": {
-            "task": WEBHOOK_DUE_TASK,
-            "schedule": DUE_INTERVAL_SECONDS,
-            "options": {"queue": EVENTS_QUEUE},
-        }
-    }
-)
 
 
 def _now() -> datetime:
@@ -125,15 +122,17 @@ def is_batch_event(event_type: str) -> bool:
     return event_type.startswith("batch.")
 
 
-def _subject(session: Session, subject_id: str, event_type: str) -> tuple[Any, str | None]:
+def _subject(session: Session, subject_id: str, event_type: str) -> tuple[Job | Batch | None, str | None]:
     """``(job or batch or None, its webhook_url)``; a ``job.flagged`` event of a job without a URL
     goes to its batch's."""
     key = uuid.UUID(str(subject_id))
-    subject = session.get(Batch if is_batch_event(event_type) else Job, key)
+    subject: Job | Batch | None = (
+        session.get(Batch, key) if is_batch_event(event_type) else session.get(Job, key)
+    )
     if subject is None:
         return None, None
     url = subject.webhook_url
-    if url is None and flagged_rule(event_type) is not None and subject.batch_id is not None:
+    if url is None and isinstance(subject, Job) and flagged_rule(event_type) and subject.batch_id is not None:
         batch = session.get(Batch, subject.batch_id)
         url = batch.webhook_url if batch else None
     return subject, url
@@ -214,13 +213,138 @@ def _claim(event_id: str, attempt: int, ttl_seconds: float) -> bool:
 def _send_attempt(
     subject_id: str, event_type: str, attempt: int, event_id: str, queue: str, countdown: float
 ) -> None:
-    app.send_task(
-        WEBHOOK_TASK,
-        args=[subject_id, event_type, attempt, event_id],
-        queue=queue,
-        countdown=countdown or None,
-        priority=0,
+    enqueue_webhook_attempt(subject_id, event_type, attempt, event_id, queue=queue, countdown=countdown)
+
+
+@dataclass
+class Event:
+    """One attempt of one event, ready to send: where, what, signed with which secret."""
+
+    subject_id: str
+    event_type: str
+    event_id: str
+    attempt: int
+    url: str
+    secret: str
+    body: bytes
+
+    @property
+    def what(self) -> str:
+        return "batch" if is_batch_event(self.event_type) else "job"
+
+
+@dataclass
+class Outcome:
+    """What the receiver answered (or why nothing was answered)."""
+
+    sent_at: datetime
+    status_code: int | None = None
+    headers: Mapping[str, str] | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    final: bool = False  # no further attempts, whatever the schedule says
+
+    @property
+    def success(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def _prepare(session: Session, subject_id: str, event_type: str, event_id: str, attempt: int) -> Event | str:
+    """The attempt to send, or why there is none (``job_missing``, ``no_webhook_url``, ``duplicate``)."""
+    subject, url = _subject(session, subject_id, event_type)
+    what = "batch" if is_batch_event(event_type) else "job"
+    if subject is None:
+        log.info("webhook %s: %s %s no longer exists", event_id, what, subject_id)
+        return f"{what}_missing"
+    if not url:
+        return "no_webhook_url"
+    done = session.scalar(
+        select(WebhookDelivery.id).where(
+            WebhookDelivery.event_id == event_id, WebhookDelivery.attempt == attempt
+        )
     )
+    if done is not None:
+        log.info("webhook %s attempt %d for %s %s is already recorded", event_id, attempt, what, subject_id)
+        return "duplicate"
+    tenant = session.get(Tenant, subject.tenant_id)
+    assert tenant is not None
+    rule_id = flagged_rule(event_type)
+    if isinstance(subject, Batch):
+        document: dict[str, Any] | None = batch_event_body(session, subject, event_type)
+    elif rule_id is not None:
+        document = flag_event_body(session, subject, rule_id)
+        if document is None:
+            return "flag_missing"
+    else:
+        document = event_body(subject, event_type)
+    body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+    return Event(subject_id, event_type, event_id, attempt, url, tenant.webhook_secret, body)
+
+
+def _post(event: Event, settings: Settings) -> Outcome:
+    """Send the attempt; every failure becomes an :class:`Outcome` with its reason."""
+    out = Outcome(sent_at=_now())
+    headers = sign(event.secret, event.event_id, event.body, out.sent_at)
+    try:
+        out.status_code, out.headers, out.latency_ms = post_json(
+            event.url,
+            event.body,
+            headers,
+            timeout=settings.webhook_timeout_seconds,
+            allow_private=settings.allow_private_urls,
+        )
+    except UrlError as exc:
+        out.error = f"{exc.code}: {exc.message}"
+        out.final = exc.code in ("url_forbidden", "invalid_url")
+    except Exception as exc:  # anything unexpected is a failed attempt, recorded and retried
+        log.exception(
+            "webhook %s attempt %d for %s %s failed unexpectedly",
+            event.event_id, event.attempt, event.what, event.subject_id,
+        )  # fmt: skip
+        out.error = f"request_failed: {type(exc).__name__}: {exc}"
+    if out.latency_ms is None:
+        out.latency_ms = (_now() - out.sent_at).total_seconds() * 1000.0
+    if out.status_code is not None and not out.success:
+        out.error, out.final = _refusal(out.status_code, out.headers or {})
+    return out
+
+
+def _refusal(status_code: int, headers: Mapping[str, str]) -> tuple[str, bool]:
+    """``(error, final)`` for a non-2xx answer: redirects are not followed, 410 stops deliveries."""
+    if 300 <= status_code < 400:
+        location = headers.get("Location") or headers.get("location")
+        return f"HTTP {status_code}: redirects are not followed" + (
+            f" (Location: {location})" if location else ""
+        ), False
+    if status_code == 410:
+        return "HTTP 410 Gone: the receiver asked for no more deliveries", True
+    return f"HTTP {status_code}", False
+
+
+def _record(event: Event, out: Outcome, next_at: datetime | None, settings: Settings) -> bool:
+    """Write the attempt's row; False when the subject was deleted meanwhile."""
+    batch = is_batch_event(event.event_type)
+    subject_key = uuid.UUID(str(event.subject_id))
+    with session_scope(settings.database_url) as session:
+        if session.get(Batch if batch else Job, subject_key) is None:
+            return False
+        session.add(
+            WebhookDelivery(
+                job_id=None if batch else subject_key,
+                batch_id=subject_key if batch else None,
+                event_id=event.event_id,
+                event_type=event.event_type,
+                url=event.url,
+                attempt=event.attempt,
+                created_at=out.sent_at,
+                status_code=out.status_code,
+                latency_ms=out.latency_ms,
+                error=out.error,
+                success=out.success,
+                next_attempt_at=next_at,
+            )
+        )
+    return True
 
 
 @app.task(name=WEBHOOK_TASK, bind=True, ignore_result=True, soft_time_limit=120, time_limit=180)
@@ -234,104 +358,28 @@ def deliver(
         if not _claim(event_id, attempt, MISSING_WINDOW.total_seconds()):
             log.info("webhook %s attempt %d is already being sent", event_id, attempt)
             return "duplicate"
-    batch = is_batch_event(event_type)
-    what = "batch" if batch else "job"
     with session_scope(settings.database_url) as session:
-        subject, url = _subject(session, subject_id, event_type)
-        if subject is None:
-            log.info("webhook %s: %s %s no longer exists", event_id, what, subject_id)
-            return f"{what}_missing"
-        if not url:
-            return "no_webhook_url"
-        done = session.scalar(
-            select(WebhookDelivery.id).where(
-                WebhookDelivery.event_id == event_id, WebhookDelivery.attempt == attempt
-            )
-        )
-        if done is not None:
-            log.info(
-                "webhook %s attempt %d for %s %s is already recorded", event_id, attempt, what, subject_id
-            )
-            return "duplicate"
-        tenant = session.get(Tenant, subject.tenant_id)
-        assert tenant is not None
-        secret = tenant.webhook_secret
-        rule_id = flagged_rule(event_type)
-        if batch:
-            document: dict[str, Any] | None = batch_event_body(session, subject, event_type)
-        elif rule_id is not None:
-            document = flag_event_body(session, subject, rule_id)
-            if document is None:
-                return "flag_missing"
-        else:
-            document = event_body(subject, event_type)
-        body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+        event = _prepare(session, subject_id, event_type, event_id, attempt)
+    if isinstance(event, str):
+        return event
 
-    sent_at = _now()
-    headers = sign(secret, event_id, body, sent_at)
-    status_code: int | None = None
-    response_headers: Mapping[str, str] | None = None
-    latency_ms: float | None = None
-    error: str | None = None
-    final = False
-    try:
-        status_code, response_headers, latency_ms = post_json(
-            url,
-            body,
-            headers,
-            timeout=settings.webhook_timeout_seconds,
-            allow_private=settings.allow_private_urls,
-        )
-    except UrlError as exc:
-        error = f"{exc.code}: {exc.message}"
-        final = exc.code in ("url_forbidden", "invalid_url")
-        latency_ms = (_now() - sent_at).total_seconds() * 1000.0
-    except Exception as exc:  # anything unexpected is a failed attempt, recorded and retried
-        log.exception(
-            "webhook %s attempt %d for %s %s failed unexpectedly", event_id, attempt, what, subject_id
-        )
-        error = f"request_failed: {type(exc).__name__}: {exc}"
-        latency_ms = (_now() - sent_at).total_seconds() * 1000.0
-    success = status_code is not None and 200 <= status_code < 300
-    if status_code is not None and not success:
-        if 300 <= status_code < 400:
-            location = (response_headers or {}).get("Location") or (response_headers or {}).get("location")
-            error = f"HTTP {status_code}: redirects are not followed"
-            if location:
-                error += f" (Location: {location})"
-        elif status_code == 410:
-            error = "HTTP 410 Gone: the receiver asked for no more deliveries"
-            final = True
-        else:
-            error = f"HTTP {status_code}"
-
-    delay = None if success or final else next_delay(attempt, status_code, response_headers)
+    out = _post(event, settings)
+    delay = None if out.success or out.final else next_delay(attempt, out.status_code, out.headers)
+    if delay is None and not out.success and not out.final:
+        out.error = f"{out.error}; gave up after {attempt} attempts"
     next_at = _now() + timedelta(seconds=delay) if delay is not None else None
-    if delay is None and not success and not final:
-        error = f"{error}; gave up after {attempt} attempts"
-
-    subject_key = uuid.UUID(str(subject_id))
-    with session_scope(settings.database_url) as session:
-        if session.get(Batch if batch else Job, subject_key) is None:  # deleted meanwhile
-            return f"{what}_missing"
-        session.add(
-            WebhookDelivery(
-                job_id=None if batch else subject_key,
-                batch_id=subject_key if batch else None,
-                event_id=event_id,
-                event_type=event_type,
-                url=url,
-                attempt=attempt,
-                created_at=sent_at,
-                status_code=status_code,
-                latency_ms=latency_ms,
-                error=error,
-                success=success,
-                next_attempt_at=next_at,
-            )
-        )
-    outcome = "delivered" if success else (error or "failed")
-    log.info("webhook %s attempt %d for %s %s to %s: %s", event_id, attempt, what, subject_id, url, outcome)
+    if not _record(event, out, next_at, settings):
+        return f"{event.what}_missing"
+    outcome = "delivered" if out.success else (out.error or "failed")
+    log.info(
+        "webhook %s attempt %d for %s %s to %s: %s",
+        event_id,
+        attempt,
+        event.what,
+        subject_id,
+        event.url,
+        outcome,
+    )
 
     if delay is not None and delay <= COUNTDOWN_MAX_SECONDS:
         # back to the queue this attempt came from: its workers are known to deliver
@@ -339,7 +387,7 @@ def deliver(
         # the claim stops the beat from sending this attempt too, unless the message is lost
         _claim(event_id, attempt + 1, delay + CLAIM_GRACE_SECONDS)
         _send_attempt(str(subject_id), event_type, attempt + 1, event_id, queue, delay)
-    return "delivered" if success else "failed"
+    return "delivered" if out.success else "failed"
 
 
 @app.task(name=WEBHOOK_DUE_TASK, ignore_result=True, soft_time_limit=60, time_limit=90)
@@ -373,9 +421,9 @@ def send_due() -> int:
         if _claim(event_id, attempt + 1, CLAIM_GRACE_SECONDS):
             _send_attempt(str(subject_id), event_type, attempt + 1, event_id, EVENTS_QUEUE, 0)
             sent += 1
-    for subject_id, event_type in missing:
-        log.warning("webhook %s for %s was never attempted: sending it now", event_type, subject_id)
-        app.send_task(WEBHOOK_TASK, args=[subject_id, event_type], queue=EVENTS_QUEUE, priority=0)
+    for missing_id, missing_type in missing:
+        log.warning("webhook %s for %s was never attempted: sending it now", missing_type, missing_id)
+        enqueue_webhook(str(missing_id), missing_type)
         sent += 1
     if sent:
         log.info("sent %d due webhook attempts", sent)

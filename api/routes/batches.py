@@ -17,8 +17,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
 from api.deps import Caller, CallerDep, DbDep, SettingsDep
-from api.errors import ApiError
-from api.routes.jobs import ERRORS
+from api.errors import ERRORS, ApiError
 from api.schemas import (
     BatchCancelOut,
     BatchItems,

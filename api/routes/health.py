@@ -24,8 +24,7 @@ from api.schemas import HealthOut, ServiceInfo
 from shared.db.models import JOB_STATUSES, Job
 from shared.db.session import engine_for, sessionmaker_for
 from shared.platform.settings import Settings, get_settings
-from worker.celery_app import EVENTS_QUEUE, QUEUES, live_queue
-from worker.celery_app import app as celery_app
+from shared.queue import EVENTS_QUEUE, QUEUES, client, live_queue
 
 log = logging.getLogger("api.health")
 router = APIRouter(tags=["service"])
@@ -94,7 +93,7 @@ class _Workers:
     @staticmethod
     def _ask() -> tuple[int, dict[str, int]]:
         try:
-            replies = celery_app.control.inspect(timeout=1.0).active_queues() or {}
+            replies = client().control.inspect(timeout=1.0).active_queues() or {}
         except Exception as exc:
             log.warning("health: workers: %s", exc)
             return 0, {}
@@ -175,16 +174,16 @@ class PlatformCollector(Collector):
             jobs.add_metric([status], float(by_status.get(status, 0)))
         yield jobs
         yield GaugeMetricFamily(
-            "tone_audio_seconds_processed", "Audio seconds of completed jobs", value=float(audio)
+            "tone_audio_seconds_processed", "Audio seconds of completed jobs", value=float(audio or 0)
         )
         yield GaugeMetricFamily(
-            "tone_processing_seconds", "Worker seconds spent on completed jobs", value=float(busy)
+            "tone_processing_seconds", "Worker seconds spent on completed jobs", value=float(busy or 0)
         )
         yield GaugeMetricFamily("tone_jobs_completed", "Completed jobs (still stored)", value=float(done))
         yield GaugeMetricFamily(
             "tone_real_time_factor",
             "Processing seconds per audio second over completed jobs (lower is faster)",
-            value=float(busy) / float(audio) if audio else 0.0,
+            value=float(busy or 0) / float(audio) if audio else 0.0,
         )
 
     def _queues(self, settings: Settings) -> Iterator[Metric]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,28 +16,24 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, UploadFile
 
 from api.deps import CallerDep, DbDep, SettingsDep
-from api.errors import AUDIO_ERROR_STATUS, ApiError
+from api.errors import ERRORS, ApiError
 from api.schemas import (
     DeliveryList,
     ErrorResponse,
     JobList,
     JobOptions,
     JobOut,
-    JobStatus,
     RedeliverOut,
-    TranscriptFormat,
     TranscriptOut,
 )
 from api.services import jobs as svc
+from api.services import playback
+from shared.asr.formats import TranscriptFormat
+from shared.platform.statuses import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JSON_LIMIT = 1024 * 1024
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "missing, unknown or revoked API key"},
-    404: {"model": ErrorResponse, "description": "no such job for this tenant"},
-    429: {"model": ErrorResponse, "description": "over the per-key request limit"},
-}
 _UPLOAD_FIELDS = {
     "channels": {"type": "string", "enum": ["mix", "split"], "default": "mix"},
     "decoder": {"type": "string", "enum": ["auto", "greedy", "beam"], "default": "auto"},
@@ -211,45 +205,6 @@ def get_transcript(job_id: str, caller: CallerDep, db: DbDep, format: Transcript
     return Response(body, media_type=media_type)
 
 
-PLAYBACK_RATE = 8000
-
-
-def playback_wav(source: Path, shown: str) -> Path:
-    """The recording decoded by the engine's reader and written as 16-bit PCM WAV at 8 kHz, each
-    channel kept, into a temporary file (the caller removes it): whatever the stored format
-    (µ-law, GSM, MP3, AMR, ...), every browser can play and draw it. Decoded block by block."""
-    try:
-        import soundfile as sf
-
-        from shared.asr.audio import open_audio
-        from shared.asr.errors import ToneError
-    except ImportError:  # an API image without the decoding libraries
-        raise ApiError(
-            501, "audio_not_available", "this server cannot decode recordings for playback"
-        ) from None
-    fd, name = tempfile.mkstemp(prefix="tone-playback-", suffix=".wav")
-    os.close(fd)
-    out = Path(name)
-    try:
-        with (
-            open_audio(source, channels="split") as reader,
-            sf.SoundFile(
-                out, "w", samplerate=PLAYBACK_RATE, channels=reader.channels, format="WAV", subtype="PCM_16"
-            ) as wav,
-        ):
-            for block in reader:
-                wav.write(block)
-    except ToneError as exc:
-        out.unlink(missing_ok=True)
-        raise ApiError(
-            AUDIO_ERROR_STATUS.get(exc.code, 400), exc.code, exc.public_message(source, shown)
-        ) from exc
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
-    return out
-
-
 @router.get(
     "/{job_id}/audio",
     summary="The job's recording as 16-bit PCM WAV at 8 kHz, channels kept (for playback)",
@@ -269,7 +224,7 @@ async def get_audio(job_id: str, caller: CallerDep, db: DbDep) -> FileResponse:
     path = Path(job.audio_path) if job.audio_path else None
     if path is None or not path.is_file():
         raise ApiError(404, "audio_not_available", "this job has no stored recording to play")
-    wav = await run_in_threadpool(playback_wav, path, job.filename or "the recording")
+    wav = await run_in_threadpool(playback.playback_wav, path, job.filename or "the recording")
     stem = Path(job.filename or f"job-{job.id}").stem or f"job-{job.id}"
     return FileResponse(
         wav,

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from api.deps import CallerDep, DbDep, SettingsDep
-from api.routes.jobs import ERRORS
+from api.errors import ERRORS
 from api.schemas import ErrorResponse, JobOptions, LegacyPhrase, LegacyTranscription
 from api.services import jobs as svc
 

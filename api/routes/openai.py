@@ -12,7 +12,7 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.responses import JSONResponse
 
 from api.deps import CallerDep, DbDep, SettingsDep
-from api.routes.jobs import ERRORS
+from api.errors import ERRORS
 from api.schemas import ErrorResponse, JobOptions, OpenAITranscription, OpenAIVerboseTranscription
 from api.services import jobs as svc
 from shared.asr.formats import MEDIA_TYPES, render
@@ -94,7 +94,7 @@ async def create_transcription(
     if response_format == "json":
         return JSONResponse({"text": transcript.full_text})
     if response_format == "verbose_json":
-        return JSONResponse(_verbose(job, transcript, timestamp_granularities or ["segment"]))
+        return JSONResponse(_verbose(job, transcript, list(timestamp_granularities or ["segment"])))
     fmt = {"text": "txt", "srt": "srt", "vtt": "vtt"}[response_format]
     phrases = [svc.phrase_of(p) for p in transcript.phrases]
     if fmt == "txt":

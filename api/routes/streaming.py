@@ -18,11 +18,11 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from pydantic import BaseModel, Field
 
 from api.deps import CallerDep, RedisDep, SettingsDep
-from api.errors import ApiError
-from api.routes.jobs import ERRORS
+from api.errors import ERRORS, ApiError
 from api.schemas import ErrorResponse
 from api.services import live
-from shared.platform.sessions import Options, SessionError
+from shared.asr.types import SAMPLE_RATE
+from shared.platform.sessions import Options
 
 router = APIRouter(tags=["streaming"])
 
@@ -42,10 +42,6 @@ class StreamAnswer(BaseModel):
     is_final: bool
     seq: int | None = None
     job_id: str | None = Field(None, description="finalize of a session opened with store=true: its job")
-
-
-def _api_error(exc: SessionError) -> ApiError:
-    return ApiError(exc.status, exc.code, exc.message)
 
 
 def _job_options(raw: dict[str, Any]) -> dict[str, Any] | None:
@@ -97,13 +93,11 @@ async def start(request: Request, caller: CallerDep, settings: SettingsDep, clie
         ttl = int(raw.pop("ttl_seconds", settings.stream_ttl_seconds))
         job = _job_options(raw)
         options = Options(
-            sample_rate=int(raw.get("sample_rate", 8000)),
+            sample_rate=int(raw.get("sample_rate", SAMPLE_RATE)),
             encoding=str(raw.get("encoding", "pcm_s16le")),
             channels=int(raw.get("channels", 1)),
             decoder=str(raw.get("decoder", "auto")),
         )
-    except SessionError as exc:
-        raise _api_error(exc) from exc
     except (ValueError, TypeError) as exc:
         raise ApiError(422, "invalid_request", f"invalid streaming options: {exc}") from exc
     if not 1 <= ttl <= settings.stream_ttl_seconds:
@@ -133,11 +127,8 @@ async def chunk(
     audio = await file.read(MAX_CHUNK_BYTES + 1)
     if len(audio) > MAX_CHUNK_BYTES:
         raise ApiError(413, "file_too_large", f"a chunk may hold at most {MAX_CHUNK_BYTES} bytes")
-    try:
-        store = live.session_store(client)
-        body = await live.send_chunk(store, settings, state_id, str(caller.tenant_id), audio, seq)
-    except SessionError as exc:
-        raise _api_error(exc) from exc
+    store = live.session_store(client)
+    body = await live.send_chunk(store, settings, state_id, str(caller.tenant_id), audio, seq)
     return StreamAnswer.model_validate(body)
 
 
@@ -156,11 +147,8 @@ async def finalize(
 ) -> StreamAnswer:
     """Pads the stream's end as the offline run does and answers all its phrases; calling it
     again returns the same answer."""
-    try:
-        store = live.session_store(client)
-        body = await live.finalize(store, settings, state_id, str(caller.tenant_id))
-    except SessionError as exc:
-        raise _api_error(exc) from exc
+    store = live.session_store(client)
+    body = await live.finalize(store, settings, state_id, str(caller.tenant_id))
     job_id = await live.keep_as_job(store, settings, state_id, caller.tenant_id, body["phrases"])
     if job_id is not None:
         body = {**body, "job_id": job_id}

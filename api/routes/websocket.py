@@ -31,10 +31,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from api.deps import Caller, presented_key, redis_for, resolve_caller
-from api.errors import ApiError
+from api.errors import status_of
 from api.ratelimit import check_rate
 from api.services import live
+from shared.asr.types import SAMPLE_RATE
 from shared.db.session import sessionmaker_for
+from shared.errors import CodedError
 from shared.platform.sessions import Options, SessionError
 from shared.platform.settings import Settings, get_settings
 
@@ -49,28 +51,28 @@ CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_BAD_DATA, CLOSE_POLICY, CLOSE_INTERNAL = 1
 CLOSE_IDLE = 4408
 
 
-class CloseError(Exception):
+class CloseError(CodedError):
     """End the connection with an error message and a close code."""
 
     def __init__(self, code: str, message: str, close_code: int) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(message, code=code)
         self.close_code = close_code
+
+
+def close_code_of(exc: CodedError) -> int:
+    """The close code a coded error ends a connection with (its HTTP status decides, as on HTTP)."""
+    if isinstance(exc, CloseError):
+        return exc.close_code
+    status = status_of(exc)
+    if status in (401, 403, 429):
+        return CLOSE_POLICY
+    if status == 410:
+        return CLOSE_GOING_AWAY
+    return CLOSE_INTERNAL if status >= 500 else CLOSE_BAD_DATA
 
 
 class ClientGoneError(Exception):
     """The client went away."""
-
-
-def _from_session_error(exc: SessionError) -> CloseError:
-    if exc.status >= 500:
-        close = CLOSE_INTERNAL
-    elif exc.status == 410:
-        close = CLOSE_GOING_AWAY
-    else:
-        close = CLOSE_BAD_DATA
-    return CloseError(exc.code, exc.message, close)
 
 
 def _authenticate(settings: Settings, key: str | None) -> Caller:
@@ -84,10 +86,7 @@ def _authenticate(settings: Settings, key: str | None) -> Caller:
 
 
 async def authenticate(settings: Settings, key: str | None) -> Caller:
-    try:
-        return await run_in_threadpool(_authenticate, settings, key)
-    except ApiError as exc:
-        raise CloseError(exc.code, exc.message, CLOSE_POLICY) from exc
+    return await run_in_threadpool(_authenticate, settings, key)
 
 
 class Receiver:
@@ -150,20 +149,14 @@ class LiveStream:
         self.rest = data[whole:]
         if not whole:
             return None
-        try:
-            body = await live.send_chunk(self.store, self.settings, self.sid, self.tenant, data[:whole])
-        except SessionError as exc:
-            raise _from_session_error(exc) from exc
+        body = await live.send_chunk(self.store, self.settings, self.sid, self.tenant, data[:whole])
         self.sent += len(body["phrases"])
         self.frames += whole // self.frame_bytes
         return body
 
     async def end(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Finalize: (the phrases not sent yet, every phrase of the session)."""
-        try:
-            body = await live.finalize(self.store, self.settings, self.sid, self.tenant)
-        except SessionError as exc:
-            raise _from_session_error(exc) from exc
+        body = await live.finalize(self.store, self.settings, self.sid, self.tenant)
         phrases: list[dict[str, Any]] = body["phrases"]
         new = phrases[self.sent :]
         self.sent = len(phrases)
@@ -202,9 +195,9 @@ async def _serve(ws: WebSocket, protocol: str, body: Any) -> None:
     try:
         await body
         return
-    except CloseError as exc:
+    except CodedError as exc:
         log.info("%s: closing (%s): %s", protocol, exc.code, exc.message)
-        code, message, close = exc.code, exc.message, exc.close_code
+        code, message, close = exc.code, exc.message, close_code_of(exc)
     except ClientGoneError:
         log.info("%s: the client went away", protocol)
         return
@@ -221,7 +214,7 @@ async def _serve(ws: WebSocket, protocol: str, body: Any) -> None:
 def _options(raw: dict[str, Any]) -> Options:
     try:
         return Options(
-            sample_rate=int(raw.get("sample_rate", 8000)),
+            sample_rate=int(raw.get("sample_rate", SAMPLE_RATE)),
             encoding=str(raw.get("encoding", "pcm_s16le")),
             channels=int(raw.get("channels", 1)),
             decoder=str(raw.get("decoder", "auto")),
@@ -394,7 +387,7 @@ async def _vosk(ws: WebSocket, settings: Settings) -> None:
                 if stream is not None:
                     raise CloseError("invalid_message", "the config comes before the audio", 1003)
                 config = request["config"] if isinstance(request["config"], dict) else {}
-                options = _options({"sample_rate": config.get("sample_rate", 8000)})
+                options = _options({"sample_rate": config.get("sample_rate", SAMPLE_RATE)})
                 continue
             if request.get("eof"):
                 break

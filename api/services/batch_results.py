@@ -24,6 +24,7 @@ from shared.asr.formats import FORMATS
 from shared.db.models import Job
 from shared.db.session import sessionmaker_for
 from shared.platform.settings import Settings
+from shared.platform.statuses import OPEN_STATUSES
 
 
 def job_error(code: str | None, message: str | None) -> dict[str, str] | None:
@@ -179,7 +180,7 @@ def stream_zip(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
             if rec["status"] != "completed" or job.transcript is None:
                 error = rec["error"] or {}
                 message = error.get("message") or (
-                    "not finished yet" if rec["status"] in ("queued", "processing") else ""
+                    "not finished yet" if rec["status"] in OPEN_STATUSES else ""
                 )
                 writer.writerow([rec["name"], rec["job_id"], rec["status"], error.get("code", ""), message])
                 continue

@@ -22,6 +22,7 @@ import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
@@ -30,15 +31,12 @@ from api.errors import ApiError
 from api.schemas import BatchRequest
 from api.services import jobs as svc
 from api.uploads import PIECE, StoredAudio, audio_file_path, remove_quietly, save_stream
+from shared.asr.formats import AUDIO_SUFFIXES
 from shared.platform.settings import Settings
 
 MAX_RATIO = 200
 METADATA_CSV = "metadata.csv"
 METADATA_LIMIT = 64 * 1024 * 1024
-AUDIO_SUFFIXES = {
-    ".wav", ".wave", ".mp3", ".ogg", ".oga", ".opus", ".flac", ".m4a", ".aac", ".mp4", ".gsm",
-    ".au", ".snd", ".aif", ".aiff", ".amr", ".webm", ".wma", ".raw", ".vox",
-}  # fmt: skip
 
 
 @dataclass
@@ -84,7 +82,7 @@ def _zip_entries(zf: zipfile.ZipFile) -> list[Entry]:
             kind = "device"
         else:
             kind = "file"
-        out.append(Entry(zip_name(info), info.file_size, info.compress_size, kind, lambda i=info: zf.open(i)))
+        out.append(Entry(zip_name(info), info.file_size, info.compress_size, kind, partial(zf.open, info)))
     return out
 
 
@@ -104,15 +102,22 @@ def zip_name(info: zipfile.ZipInfo) -> str:
         return raw.decode("cp866")
 
 
+def _tar_member(tf: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    f = tf.extractfile(member)
+    if f is None:
+        raise OSError(f"{member.name}: not a regular file")
+    return f
+
+
 def _tar_entries(tf: tarfile.TarFile, limit: int) -> list[Entry]:
-    out = []
+    out: list[Entry] = []
     for m in tf:
         if len(out) > limit:  # enough to refuse: read no further
             break
         kind = (
             "dir" if m.isdir() else "link" if (m.issym() or m.islnk()) else "file" if m.isfile() else "device"
         )
-        out.append(Entry(m.name, m.size, None, kind, lambda m=m: tf.extractfile(m)))  # type: ignore[misc]
+        out.append(Entry(m.name, m.size, None, kind, partial(_tar_member, tf, m)))
     return out
 
 
@@ -434,7 +439,7 @@ def check_manifest(body: BatchRequest, settings: Settings) -> list[tuple[str, st
         try:
             url = svc.validate_audio_url(item.audio_url)
         except ApiError as exc:
-            raise ApiError(exc.status, exc.code, f"{where}.audio_url: {exc.message}") from None
+            raise exc.at(f"{where}.audio_url") from None
         parts = urlsplit(url)
         try:
             host = (parts.scheme, parts.hostname or "", parts.port)

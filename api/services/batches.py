@@ -38,7 +38,7 @@ from api.uploads import remove_quietly
 from shared.db.models import Batch, Job
 from shared.platform.batch_state import batch_stats, batch_view, load_view
 from shared.platform.settings import Settings
-from worker.celery_app import enqueue_webhook
+from shared.queue import enqueue_webhook
 
 # -- create ------------------------------------------------------------------------------------------
 

@@ -28,16 +28,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import Caller
-from api.errors import AUDIO_ERROR_STATUS, ApiError, not_found
+from api.errors import ERROR_STATUS, ApiError, not_found
 from api.schemas import ErrorInfo, FlagOut, JobLinks, JobOptions, JobOut
 from api.uploads import StoredAudio, audio_file_path, remove_quietly, save_stream
 from shared.asr.errors import ToneError
 from shared.asr.formats import MEDIA_TYPES, render
 from shared.asr.types import Phrase, Word
 from shared.db.models import FINAL_STATUSES, Batch, Job, JobFlag, Transcript, WebhookDelivery
+from shared.db.session import rowcount
 from shared.platform.batch_state import BATCH_EVENTS, finish_batch
 from shared.platform.settings import Settings
-from worker.celery_app import enqueue_transcription, enqueue_webhook
+from shared.queue import enqueue_transcription, enqueue_webhook
 
 log = logging.getLogger("api.jobs")
 
@@ -64,7 +65,7 @@ def job_view(job: Job) -> JobOut:
     error = ErrorInfo(code=job.error_code, message=job.error_message or "") if job.error_code else None
     return JobOut(
         id=str(job.id),
-        status=job.status,  # type: ignore[arg-type]
+        status=job.status,
         kind=job.kind,
         priority=job.priority,
         progress=job.progress or 0.0,
@@ -105,8 +106,7 @@ def _probe(path: Path, settings: Settings, filename: str | None) -> None:
     try:
         info = probe(path)
     except ToneError as exc:
-        message = exc.public_message(path, filename or "the upload")
-        raise ApiError(AUDIO_ERROR_STATUS.get(exc.code, 400), exc.code, message) from exc
+        raise exc.hiding(path, filename or "the upload") from None
     except Exception:  # anything unexpected: let the worker give the job its proper error
         log.warning("probe failed unexpectedly for %s", path, exc_info=True)
         return
@@ -287,17 +287,21 @@ def load_job(db: Session, caller: Caller, job_id: str) -> Job:
 
 def request_cancel(db: Session, job: Job) -> bool:
     """Cancel a queued job at once, or ask the worker to stop a processing one; False if final."""
-    cancelled_now = db.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status == "queued")
-        .values(status="cancelled", cancel_requested=True, finished_at=_now())
-    ).rowcount
-    if not cancelled_now:
-        asked = db.execute(
+    cancelled_now = rowcount(
+        db.execute(
             update(Job)
-            .where(Job.id == job.id, Job.status.not_in(FINAL_STATUSES))
-            .values(cancel_requested=True)
-        ).rowcount
+            .where(Job.id == job.id, Job.status == "queued")
+            .values(status="cancelled", cancel_requested=True, finished_at=_now())
+        )
+    )
+    if not cancelled_now:
+        asked = rowcount(
+            db.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status.not_in(FINAL_STATUSES))
+                .values(cancel_requested=True)
+            )
+        )
         db.commit()
         db.refresh(job)
         return bool(asked)
@@ -421,7 +425,7 @@ def finished_transcript(job: Job) -> Transcript:
     if job.status == "cancelled":
         raise ApiError(409, "cancelled", "the job was cancelled")
     code = job.error_code or "transcription_failed"
-    raise ApiError(AUDIO_ERROR_STATUS.get(code, 500), code, job.error_message or "the transcription failed")
+    raise ApiError(ERROR_STATUS.get(code, 500), code, job.error_message or "the transcription failed")
 
 
 # -- transcripts ------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from shared.platform.sessions import Accepted, Options, SessionError, SessionStore
 from shared.platform.settings import Settings
+from shared.queue import enqueue_stream
 
 
 @lru_cache
@@ -31,13 +32,6 @@ def session_store(client: redis.Redis) -> SessionStore:
 @lru_cache
 def async_redis(url: str) -> aioredis.Redis:
     return aioredis.Redis.from_url(url, socket_connect_timeout=2)
-
-
-def send_task(queue: str) -> None:
-    from worker.celery_app import STREAM_TASK, app, live_queue
-
-    # the live queue: a worker busy with a long batch never holds up a session's pieces
-    app.send_task(STREAM_TASK, args=[queue], queue=live_queue(queue), priority=0)
 
 
 def reply_body(reply: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +63,7 @@ async def through_worker(
             keep = max(store.ttl_of(sid), int(settings.stream_chunk_timeout_seconds) + 60)
             store.store_chunk(sid, seq, audio, keep)
         key = store.enqueue(settings.worker_queue, sid, seq, kind)
-        send_task(settings.worker_queue)
+        enqueue_stream(settings.worker_queue)
         return key
 
     def requeue() -> dict[str, Any] | None:
@@ -81,7 +75,7 @@ async def through_worker(
             if stored is not None:
                 return stored
         store.enqueue(settings.worker_queue, sid, seq, kind, nonce=key.rsplit(":", 1)[1])
-        send_task(settings.worker_queue)
+        enqueue_stream(settings.worker_queue)
         return None
 
     key = await run_in_threadpool(enqueue)
@@ -154,7 +148,7 @@ def store_job(settings: Settings, tenant_id: uuid.UUID, options: Options, durati
         flagged = after_transcript_stored(db, job.id, tenant_id, phrases, duration, 2 if split else 1)
         job_id = str(job.id)
     if webhook_url:
-        from worker.celery_app import enqueue_webhook
+        from shared.queue import enqueue_webhook
 
         enqueue_webhook(job_id, "job.completed")
         for rule_id in flagged:

@@ -34,9 +34,9 @@ from shared.asr.errors import (
     EmptyAudioError,
     UnsupportedFormatError,
 )
+from shared.asr.types import SAMPLE_RATE, ChannelMode
 
-TARGET_RATE = 8000
-ChannelMode = Literal["mix", "split"]
+TARGET_RATE = SAMPLE_RATE
 RawEncoding = Literal["pcm_s16le", "mulaw", "alaw"]
 Source: TypeAlias = "str | os.PathLike[str] | BinaryIO"
 
@@ -88,7 +88,7 @@ def _to_int16(block: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(block * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def _rechunk(blocks: Iterator[np.ndarray], size: int) -> Generator[np.ndarray, None, None]:
+def rechunk(blocks: Iterator[np.ndarray], size: int) -> Generator[np.ndarray, None, None]:
     """Regroup blocks into blocks of exactly ``size`` rows (the last one shorter)."""
     pending: list[np.ndarray] = []
     count = 0
@@ -328,7 +328,7 @@ class _FFmpegDecoder:
         # what is still held at the end is padding
 
     def blocks(self, frames: int) -> Iterator[np.ndarray]:
-        return _rechunk(self._trimmed(), frames)
+        return rechunk(self._trimmed(), frames)
 
     def close(self) -> None:
         self._container.close()
@@ -379,7 +379,7 @@ class AudioReader:
         self.info = decoder.info
         self.channels = 1 if mode == "mix" else self.info.channels
         self._inp, self._decoder = inp, decoder
-        self._blocks = _rechunk(
+        self._blocks = rechunk(
             self._converted(max_duration, block_seconds), max(1, math.floor(block_seconds * TARGET_RATE))
         )
 

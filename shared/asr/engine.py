@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -23,9 +23,8 @@ from .decoder import BeamSearchDecoder, Decoder, DecoderName, GreedyDecoder, ken
 from .errors import ModelError, StreamStateError
 from .model import AcousticModel, locate_model
 from .stream import StreamState
-from .types import CHUNK_SAMPLES, PADDING_SAMPLES, SAMPLE_RATE, STATE_SIZE, Phrase
+from .types import CHUNK_SAMPLES, PADDING_SAMPLES, SAMPLE_RATE, STATE_SIZE, ChannelMode, Phrase
 
-ChannelMode = Literal["mix", "split"]
 AudioSource = str | os.PathLike[str] | BinaryIO
 Progress = Callable[[float], None]  # seconds of audio done
 
@@ -211,7 +210,9 @@ class Recognizer:
         progress: Progress | None,
     ) -> Iterator[Phrase]:
         if stream_chunk_samples:
-            blocks = _rechunk(blocks, stream_chunk_samples)
+            from .audio import rechunk
+
+            blocks = rechunk(blocks, stream_chunk_samples)
         streams = [self.new_stream(channel=c, decoder=decoder) for c in range(n_channels)]
         merger = _TimeOrder(streams)
         for block in blocks:
@@ -362,17 +363,4 @@ class _TimeOrder:
             yield heapq.heappop(self.heap)[2]
 
 
-def _rechunk(blocks: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
-    """Re-cut a block stream into pieces of ``size`` samples, as a live client would send them."""
-    carry: np.ndarray | None = None
-    for block in blocks:
-        buf = block if carry is None else np.concatenate((carry, block))
-        whole = len(buf) // size * size
-        for i in range(0, whole, size):
-            yield buf[i : i + size]
-        carry = buf[whole:]
-    if carry is not None and len(carry):
-        yield carry
-
-
-__all__ = ["STATE_SIZE", "ChannelMode", "Recognizer", "StreamState", "Transcript"]
+__all__ = ["STATE_SIZE", "Recognizer", "StreamState", "Transcript"]

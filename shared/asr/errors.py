@@ -6,19 +6,16 @@ engine itself knows nothing of either.
 
 from __future__ import annotations
 
+from shared.errors import CodedError
 
-class ToneError(Exception):
-    """Base of every error the engine raises on purpose."""
+
+class ToneError(CodedError):
+    """Base of every error the engine raises on purpose (its ``code`` is the class's)."""
 
     code = "engine_error"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.message = message
-
-    def public_message(self, path: object, shown: str) -> str:
-        """The message with a server-side file path replaced by what the client knows it as."""
-        return self.message.replace(str(path), shown) if path else self.message
 
 
 class AudioError(ToneError):

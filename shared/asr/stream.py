@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import StreamStateError
-from .types import PADDING_SAMPLES, STATE_SIZE, VOCAB_SIZE
+from .types import PADDING_SAMPLES, SAMPLE_RATE, STATE_SIZE, VOCAB_SIZE
 
 MAGIC = b"T1ST"
 VERSION = 1
@@ -62,7 +62,7 @@ class StreamState:
 
     @property
     def seconds_in(self) -> float:
-        return self.samples_in / 8000
+        return self.samples_in / SAMPLE_RATE
 
     def to_bytes(self) -> bytes:
         flags = (_FINISHED if self.finished else 0) | (_BEAM if self.decoder == "beam" else 0)

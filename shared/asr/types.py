@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-SAMPLE_RATE = 8000
+SAMPLE_RATE = 8000  # the model's rate: every other 8000 in the project is this one
+ChannelMode = Literal["mix", "split"]  # mix to mono, or each channel its own stream
 CHUNK_SAMPLES = 2400  # 300 ms of 8 kHz audio: one model call per stream
 PADDING_SAMPLES = 2400  # the reference pads 300 ms of zeros before and after the audio
 FRAMES_PER_CHUNK = 10

@@ -32,16 +32,12 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     import httpx  # imported when a Client is made: `tone-platform transcribe` works without it
 
+from shared.asr.formats import AUDIO_SUFFIXES, FORMATS
+
 STATE_NAME = ".tone-batch.json"
 TMP_PREFIX = ".tone-batch-"
 METADATA_CSV = "metadata.csv"
-# the server's list (api.services.batch_sources.AUDIO_SUFFIXES, kept equal by a test): only these are packed
-AUDIO_SUFFIXES = {
-    ".wav", ".wave", ".mp3", ".ogg", ".oga", ".opus", ".flac", ".m4a", ".aac", ".mp4", ".gsm",
-    ".au", ".snd", ".aif", ".aiff", ".amr", ".webm", ".wma", ".raw", ".vox",
-}  # fmt: skip
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
-FORMATS = ("json", "txt", "srt", "vtt", "tsv")
 # skipped entries that are not a recording's failure (the server lists them, nothing was lost)
 HARMLESS_SKIPS = ("not_audio", "duplicate_name", "link", "device")
 PIECE = 1024 * 1024

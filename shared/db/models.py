@@ -28,11 +28,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from shared.platform.statuses import BATCH_STATUSES, FINAL_STATUSES, JOB_STATUSES
+
+__all__ = ["BATCH_STATUSES", "FINAL_STATUSES", "JOB_STATUSES"]
+
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
-JOB_STATUSES = ("queued", "processing", "completed", "failed", "cancelled")
-FINAL_STATUSES = ("completed", "failed", "cancelled")
-BATCH_STATUSES = ("queued", "processing", "completed", "cancelled")
 BATCH_SOURCES = ("archive", "manifest", "directory")
 
 

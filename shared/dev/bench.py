@@ -632,7 +632,7 @@ def _build_search_rows(conn: Any, tenant: str, jobs: int, per_job: int, vocab: i
 def run_search_bench(phrases: int = 1_000_000, other: int = 250_000, rounds: int = 12) -> dict[str, Any]:
     """``tone-platform bench --search-only``: a PostgreSQL of its own, the schema at head, ``phrases``
     phrases of one tenant and ``other`` of another built in SQL; then every query of SEARCH_QUERIES
-    ``rounds`` times through the API's own search code (``api.services.search``), plain and with a
+    ``rounds`` times through the API's own search code (``shared.platform.search_query``), plain and with a
     metadata filter, interleaved; p50/p95 and the plan of one query."""
     import shutil
     import tempfile
@@ -641,10 +641,9 @@ def run_search_bench(phrases: int = 1_000_000, other: int = 250_000, rounds: int
     from sqlalchemy import create_engine, text
     from sqlalchemy.orm import Session
 
-    from api.deps import Caller
-    from api.services.search import SearchFilter, hits_query, search
     from shared.db.migrate import alembic_upgrade
     from shared.localstack import servers
+    from shared.platform.search_query import SearchFilter, hits_query, search
 
     root = Path(tempfile.mkdtemp(prefix="tone-search-bench-"))
     root.chmod(0o755)
@@ -672,7 +671,7 @@ def run_search_bench(phrases: int = 1_000_000, other: int = 250_000, rounds: int
                 text("SELECT pg_size_pretty(pg_total_relation_size('transcript_phrases'))")
             ).scalar()
         print(f"search: {phrases} + {other} phrases built in {time.perf_counter() - started:.0f} s ({size})")
-        caller = Caller(tenant_id=tenant, tenant_name="bench", key_prefix="bench")
+        caller = tenant  # the searched tenant, as GET /v1/search passes its caller's
         timings: dict[str, list[float]] = {"two words": [], "two words + metadata.agent": []}
         hits: dict[str, list[int]] = {k: [] for k in timings}
         with Session(engine) as db:

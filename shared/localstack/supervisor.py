@@ -405,6 +405,136 @@ def _say(msg: str = "") -> None:
     print(msg, flush=True)
 
 
+@dataclass(frozen=True)
+class Planned:
+    """One process of the stack: its name (and log file), its command line and its environment."""
+
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+
+
+def process_plan(
+    env: dict[str, str],
+    *,
+    queue: str,
+    host: str,
+    port: int,
+    flower_port: int,
+    workers: int,
+    data_dir: Path,
+    flower_auth: str,
+) -> list[Planned]:
+    """The processes ``up`` starts, in order: the API, one Celery worker per role (a long batch never
+    holds up live pieces or webhooks), beat and Flower. Pure: nothing is started here."""
+    from shared.queue import EVENTS_QUEUE, live_queue
+
+    py = sys.executable
+    celery = [py, "-m", "celery", "-A", CELERY_APP]
+    log = ["--loglevel", "INFO"]
+    worker = [*celery, "worker", "-Q", queue, "-c", str(workers), "-n", f"{queue}-{port}@%h"]
+    live = [*celery, "worker", "-Q", live_queue(queue), "-c", "1", "-n", f"{queue}-live-{port}@%h"]
+    # no model: threads, no process per task
+    events = [*celery, "worker", "-Q", EVENTS_QUEUE, "-P", "threads", "-c", "4", "-n", f"events-{port}@%h"]
+    beat = [*celery, "beat", "-s", str(data_dir / "celerybeat-schedule")]
+    flower = [*celery, "flower", f"--address={host}", f"--port={flower_port}"]
+    return [
+        Planned("api", [py, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port)], env),
+        Planned("worker", [*worker, *log], env),
+        Planned("worker-live", [*live, *log], env),
+        Planned("events", [*events, *log], env),
+        Planned("beat", [*beat, *log], env),
+        # the password travels in FLOWER_BASIC_AUTH, never in argv
+        Planned("flower", flower, dict(env, FLOWER_BASIC_AUTH=flower_auth)),
+    ]
+
+
+def _refuse_if_up(data_dir: Path) -> None:
+    """An error when this data dir's stack is running; a stale record is cleaned up."""
+    previous = _read_up(data_dir)
+    if previous is None:
+        return
+    alive = _recorded_alive(previous)
+    if alive:
+        raise UpError(
+            f"the stack of {data_dir} is already up ({', '.join(alive)}; {data_dir / UP_FILE}): "
+            f"run `tone-platform down` first"
+        )
+    _down_from(data_dir, previous, quiet=True)  # a stale record: stop its servers, forget it
+
+
+def _start_servers(current: Stack, data_dir: Path) -> tuple[str, str, bool]:
+    """``(DATABASE_URL, REDIS_URL, wrote_env)``: the environment's servers, else local ones started
+    (and recorded, so that a failure stops them); their URLs go to ``<data_dir>/env``."""
+    from shared.localstack import servers as stack
+
+    env_lines: list[str] = []
+    db_url = os.environ.get("DATABASE_URL") or os.environ.get("TONE_DATABASE_URL")
+    if db_url:
+        _say("PostgreSQL: DATABASE_URL from the environment")
+    else:
+        _say(f"PostgreSQL: starting the local server in {data_dir / 'postgres'} ...")
+        current.servers["postgres"] = str(data_dir / "postgres")
+        current.save()
+        db_url = stack.start_postgres(data_dir / "postgres").url
+        env_lines.append(f"export DATABASE_URL={shlex.quote(db_url)}")
+    redis_url = os.environ.get("REDIS_URL") or os.environ.get("TONE_REDIS_URL")
+    if redis_url:
+        _say("Redis: REDIS_URL from the environment")
+    else:
+        _say(f"Redis: starting the local server in {data_dir / 'redis'} ...")
+        current.servers["redis"] = str(data_dir / "redis")
+        current.save()
+        redis_url = stack.start_redis(data_dir / "redis", password=_redis_password(data_dir / "redis")).url
+        env_lines.append(f"export REDIS_URL={shlex.quote(redis_url)}")
+    env_file = data_dir / ENV_FILE
+    if env_lines:
+        header = "# written by `tone-platform up`: the servers it started (read by `tone-platform keys`)"
+        _write_private(env_file, "\n".join([header, *env_lines]) + "\n")
+    else:
+        env_file.unlink(missing_ok=True)
+    return db_url, redis_url, bool(env_lines)
+
+
+def _migrate(env: dict[str, str], logs: Path) -> None:
+    _say("Database: alembic upgrade head ...")
+    migrate_log = logs / "migrate.log"
+    with open(migrate_log, "ab") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "shared.cli.main", "db", "upgrade", "head"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+            check=False,
+        )
+    if done.returncode != 0:
+        raise UpError(
+            f"alembic upgrade head failed (exit status {done.returncode}):\n"
+            f"--- last lines of {migrate_log} ---\n{_tail(migrate_log)}"
+        )
+
+
+def _banner(current: Stack, settings: Any, host: str, password: str, key_hint: str) -> None:
+    api_url, flower_url = current.urls["api"], current.urls["flower"]
+    logs = current.data_dir / "logs"
+    _say()
+    _say(f"  API      {api_url}  (docs: {api_url}/docs, health: {api_url}/health)")
+    _say(f"  console  {api_url}/console  (sign in with an API key)")
+    if host in ("0.0.0.0", "::"):
+        _say(f"           listening on all interfaces ({host})")
+    _say(f"  Flower   {flower_url}  (user {settings.flower_user!r}, password {password!r})")
+    _say(f"  logs     {logs}/{{api,worker,worker-live,events,beat,flower,migrate}}.log")
+    _say(f"  state    {current.up_file}")
+    if not settings.model_path:
+        _say(f"  note     {NO_MODEL_HINT}")
+    else:
+        _say(f"  model    {settings.model_path}")
+    _say(key_hint)
+    _say()
+
+
 def up(
     *,
     detach: bool = False,
@@ -414,6 +544,8 @@ def up(
     workers: int = 1,
     health_timeout: float = HEALTH_TIMEOUT,
 ) -> int:
+    """Start the servers (or use the environment's), migrate, start every process of
+    :func:`process_plan`; foreground: supervise until Ctrl-C, detached: return once healthy."""
     from shared.localstack import servers as stack
     from shared.platform.settings import get_settings
 
@@ -422,17 +554,7 @@ def up(
     data_dir.mkdir(parents=True, exist_ok=True)
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
-
-    previous = _read_up(data_dir)
-    if previous is not None:
-        alive = _recorded_alive(previous)
-        if alive:
-            raise UpError(
-                f"the stack of {data_dir} is already up ({', '.join(alive)}; {data_dir / UP_FILE}): "
-                f"run `tone-platform down` first"
-            )
-        _down_from(data_dir, previous, quiet=True)  # a stale record: stop its servers, forget it
-
+    _refuse_if_up(data_dir)
     _check_port(host, port, "the API (--port)")
     _check_port(host, flower_port, "Flower (--flower-port)")
     if workers < 1:
@@ -440,7 +562,6 @@ def up(
     password = flower_password(data_dir, settings.flower_password)
 
     current = Stack(data_dir, host, port, flower_port, detach)
-    handler_installed = False
     previous_term: Any = None
     if not detach:
 
@@ -448,115 +569,37 @@ def up(
             raise KeyboardInterrupt
 
         previous_term = signal.signal(signal.SIGTERM, on_term)
-        handler_installed = True
     ok = False
     try:
-        env = dict(os.environ)
-        env_lines: list[str] = []
-        # -- servers
-        db_url = os.environ.get("DATABASE_URL") or os.environ.get("TONE_DATABASE_URL")
-        if db_url:
-            _say("PostgreSQL: DATABASE_URL from the environment")
-        else:
-            _say(f"PostgreSQL: starting the local server in {data_dir / 'postgres'} ...")
-            current.servers["postgres"] = str(data_dir / "postgres")
-            current.save()
-            pg = stack.start_postgres(data_dir / "postgres")
-            db_url = pg.url
-            env_lines.append(f"export DATABASE_URL={shlex.quote(db_url)}")
-        redis_url = os.environ.get("REDIS_URL") or os.environ.get("TONE_REDIS_URL")
-        if redis_url:
-            _say("Redis: REDIS_URL from the environment")
-        else:
-            _say(f"Redis: starting the local server in {data_dir / 'redis'} ...")
-            current.servers["redis"] = str(data_dir / "redis")
-            current.save()
-            rd = stack.start_redis(data_dir / "redis", password=_redis_password(data_dir / "redis"))
-            redis_url = rd.url
-            env_lines.append(f"export REDIS_URL={shlex.quote(redis_url)}")
-        env_file = data_dir / ENV_FILE
-        if env_lines:
-            header = "# written by `tone-platform up`: the servers it started (read by `tone-platform keys`)"
-            _write_private(env_file, "\n".join([header, *env_lines]) + "\n")
-        else:
-            env_file.unlink(missing_ok=True)
-        env.update(
-            DATABASE_URL=db_url,
-            REDIS_URL=redis_url,
-            TONE_DATA_DIR=str(data_dir),
-            PYTHONUNBUFFERED="1",
-        )
+        db_url, redis_url, wrote_env = _start_servers(current, data_dir)
+        env = dict(os.environ, DATABASE_URL=db_url, REDIS_URL=redis_url, TONE_DATA_DIR=str(data_dir))
+        env["PYTHONUNBUFFERED"] = "1"
         env.pop("TONE_DATABASE_URL", None)
         env.pop("TONE_REDIS_URL", None)
+        _migrate(env, logs)
 
-        # -- schema
-        _say("Database: alembic upgrade head ...")
-        migrate_log = logs / "migrate.log"
-        with open(migrate_log, "ab") as out:
-            done = subprocess.run(
-                [sys.executable, "-m", "shared.cli.main", "db", "upgrade", "head"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                timeout=300,
-                check=False,
-            )
-        if done.returncode != 0:
-            raise UpError(
-                f"alembic upgrade head failed (exit status {done.returncode}):\n"
-                f"--- last lines of {migrate_log} ---\n{_tail(migrate_log)}"
-            )
-
-        # -- processes
-        py = sys.executable
-        queue = settings.worker_queue
         api_url = f"http://{_display_host(host)}:{port}"
         health_url = f"http://{stack._url_host(host)}:{port}/health"
-        flower_url = f"http://{_display_host(host)}:{flower_port}"
         current.urls = {
             "api": api_url,
             "docs": f"{api_url}/docs",
             "health": health_url,
-            "flower": flower_url,
+            "flower": f"http://{_display_host(host)}:{flower_port}",
         }
-        flower_env = dict(env, FLOWER_BASIC_AUTH=f"{settings.flower_user}:{password}")
-        celery = [py, "-m", "celery", "-A", CELERY_APP]
-        # one worker per role (worker/celery_app.py): a long batch never holds up live pieces or webhooks
-        from worker.celery_app import EVENTS_QUEUE, live_queue
-
-        worker_cmd = [*celery, "worker", "-Q", queue, "-c", str(workers), "-n", f"{queue}-{port}@%h"]
-        live_cmd = [*celery, "worker", "-Q", live_queue(queue), "-c", "1", "-n", f"{queue}-live-{port}@%h"]
-        events_cmd = [*celery, "worker", "-Q", EVENTS_QUEUE, "-P", "threads", "-c", "4"]
-        events_cmd += ["-n", f"events-{port}@%h"]  # no model: threads, no process per task
-        beat_cmd = [*celery, "beat", "-s", str(data_dir / "celerybeat-schedule")]
-        flower_cmd = [*celery, "flower", f"--address={host}", f"--port={flower_port}"]
-        plan = [
-            ("api", [py, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port)], env),
-            ("worker", [*worker_cmd, "--loglevel", "INFO"], env),
-            ("worker-live", [*live_cmd, "--loglevel", "INFO"], env),
-            ("events", [*events_cmd, "--loglevel", "INFO"], env),
-            ("beat", [*beat_cmd, "--loglevel", "INFO"], env),
-            ("flower", flower_cmd, flower_env),  # the password travels in FLOWER_BASIC_AUTH, not argv
-        ]
-        for name, cmd, child_env in plan:
-            current.children.append(spawn(name, cmd, child_env, logs))
+        plan = process_plan(
+            env,
+            queue=settings.worker_queue,
+            host=host,
+            port=port,
+            flower_port=flower_port,
+            workers=workers,
+            data_dir=data_dir,
+            flower_auth=f"{settings.flower_user}:{password}",
+        )
+        for planned in plan:
+            current.children.append(spawn(planned.name, planned.cmd, planned.env, logs))
             current.save()
-
-        _say()
-        _say(f"  API      {api_url}  (docs: {api_url}/docs, health: {api_url}/health)")
-        _say(f"  console  {api_url}/console  (sign in with an API key)")
-        if host in ("0.0.0.0", "::"):
-            _say(f"           listening on all interfaces ({host})")
-        _say(f"  Flower   {flower_url}  (user {settings.flower_user!r}, password {password!r})")
-        _say(f"  logs     {logs}/{{api,worker,worker-live,events,beat,flower,migrate}}.log")
-        _say(f"  state    {current.up_file}")
-        if not settings.model_path:
-            _say(f"  note     {NO_MODEL_HINT}")
-        else:
-            _say(f"  model    {settings.model_path}")
-        _say(_key_hint(data_dir, bool(env_lines), db_url))
-        _say()
+        _banner(current, settings, host, password, _key_hint(data_dir, wrote_env, db_url))
 
         if detach:
             _wait_healthy(current, health_url, health_timeout)
@@ -576,7 +619,7 @@ def up(
                         _say("stopped everything `tone-platform up` started.")
                 except UpError as exc:
                     print(f"tone-platform: {exc}", file=sys.stderr)
-        if handler_installed:
+        if not detach:
             signal.signal(signal.SIGTERM, previous_term)
 
 

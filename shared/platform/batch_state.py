@@ -22,9 +22,9 @@ from typing import Any
 from sqlalchemy import and_, case, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from shared.db.models import FINAL_STATUSES, Batch, Job
+from shared.db.models import FINAL_STATUSES, JOB_STATUSES, Batch, Job
+from shared.platform.statuses import OPEN_STATUSES
 
-OPEN_STATUSES = ("queued", "processing")
 BATCH_EVENTS = {"completed": "batch.completed", "cancelled": "batch.cancelled"}
 _NO_SYNC = {"synchronize_session": False}
 
@@ -54,7 +54,7 @@ class Stats:
 
 
 def _empty() -> Stats:
-    return Stats(dict.fromkeys(("queued", "processing", *FINAL_STATUSES), 0), {}, {}, None)
+    return Stats(dict.fromkeys(JOB_STATUSES, 0), {}, {}, None)
 
 
 def batch_stats(session: Session, batch_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Stats]:

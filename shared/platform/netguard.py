@@ -30,6 +30,8 @@ from pathlib import Path
 
 import httpx
 
+from shared.errors import CodedError
+
 MAX_REDIRECTS = 3
 CHUNK_BYTES = 1024 * 1024
 USER_AGENT = "tone-platform/1 (+https://github.com/t-tech/T-one)"
@@ -40,17 +42,12 @@ _NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:
 _CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
 
 
-class UrlError(Exception):
+class UrlError(CodedError):
     """A refused URL or a failed request. ``code``: invalid_url, url_forbidden, request_failed
     (webhooks: the network failed, worth retrying), download_failed, file_too_large."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
+        super().__init__(message, code=code)
 
 
 class _ResolveError(Exception):

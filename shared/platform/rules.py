@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from shared.db.models import JobFlag, Rule, TranscriptPhrase
+from shared.errors import CodedError
 
 MAX_WORDS = 50
 # a match's webhook event; queued as "job.flagged:<rule id>" (the rule travels in the event type, so
@@ -43,8 +44,11 @@ def flagged_rule(event_type: str) -> uuid.UUID | None:
         return None
 
 
-class RuleError(ValueError):
-    """Bad rule parameters; the message says which."""
+class RuleError(CodedError):
+    """Bad rule parameters; the message says which (HTTP 422 ``invalid_rule``)."""
+
+    code = "invalid_rule"
+    status = 422
 
 
 def _words(params: Mapping[str, Any]) -> list[str]:
@@ -60,7 +64,7 @@ def _channel(params: Mapping[str, Any]) -> int | None:
     channel = params.get("channel")
     if channel is not None and (isinstance(channel, bool) or channel not in (0, 1)):
         raise RuleError("channel must be 0 (agent), 1 (client) or null (any)")
-    return channel  # type: ignore[no-any-return]
+    return channel
 
 
 def _number(params: Mapping[str, Any], name: str, low: float, high: float | None = None) -> float:
@@ -97,7 +101,7 @@ def validate(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
 def _said(
     session: Session, job_id: uuid.UUID, params: Mapping[str, Any], before: float | None
 ) -> list[dict[str, Any]]:
-    query = None
+    query: Any = None
     for word in params["words"]:
         one = func.phraseto_tsquery("russian", word)
         query = one if query is None else query.op("||")(one)

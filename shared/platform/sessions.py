@@ -61,6 +61,9 @@ from typing import Any, cast
 
 import redis
 
+from shared.asr.types import SAMPLE_RATE
+from shared.errors import CodedError
+
 PREFIX = "tone:stream:"
 KEEP_ANSWERS = 16  # answers kept per session for client retries
 KNOWN_SECONDS = 7 * 24 * 3600
@@ -95,14 +98,13 @@ def pending_key(queue: str) -> str:
     return f"{PREFIX}pending:{queue}"
 
 
-class SessionError(Exception):
+class SessionError(CodedError):
     """A refused session call: an HTTP status, a machine-readable code and a message."""
 
+    status: int
+
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+        super().__init__(message, code=code, status=status)
 
     def to_reply(self) -> dict[str, Any]:
         return {"status": self.status, "error": {"code": self.code, "message": self.message}}
@@ -126,7 +128,7 @@ def finished(sid: str) -> SessionError:
 
 @dataclass(frozen=True)
 class Options:
-    sample_rate: int = 8000
+    sample_rate: int = SAMPLE_RATE
     encoding: str = "pcm_s16le"
     channels: int = 1
     decoder: str = "auto"

@@ -30,9 +30,9 @@ from shared.db.session import session_scope
 from shared.dev.models.tones import synthesize
 from shared.platform.batch_state import finish_batch, finish_done_batches
 from shared.platform.keys import get_or_create_tenant
-from tests.conftest import Proc, make_key, serving, start_api
 from tests.api.test_api import assert_error, auth, serve_directory
 from tests.api.test_batches import archive_bytes
+from tests.conftest import Proc, make_key, serving, start_api
 from tests.worker.test_webhooks import Receiver
 
 PARKED_QUEUE = "batch-parked"  # no worker consumes it: jobs sent there stay queued

@@ -26,8 +26,8 @@ import soundfile as sf
 from shared.asr.audio import decode_raw
 from shared.asr.engine import Recognizer
 from shared.dev.models.tones import synthesize
+from shared.queue import all_queues
 from tests.conftest import Proc, start_api, start_worker
-from worker.celery_app import all_queues
 
 QUEUE = "stream-tests"
 PHRASES = ["привет мир", "как дела", "до свидания"]

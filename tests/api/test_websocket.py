@@ -20,8 +20,8 @@ from websockets.sync.client import ClientConnection, connect
 
 from shared.asr.engine import Recognizer
 from shared.dev.models.tones import synthesize
+from shared.queue import all_queues
 from tests.conftest import Proc, start_api, start_worker
-from worker.celery_app import all_queues
 
 QUEUE = "ws-tests"
 PHRASES = ["привет мир", "как дела", "до свидания"]

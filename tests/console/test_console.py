@@ -26,8 +26,8 @@ import soxr
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
 from shared.dev.models.tones import synthesize
-from tests.conftest import KIT_AUDIO, ROOT, Proc, make_key, start_api
 from tests.api.test_batches import wait_batch_done
+from tests.conftest import KIT_AUDIO, ROOT, Proc, make_key, start_api
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [

@@ -15,7 +15,6 @@ import soxr
 
 from shared.asr.types import STATE_SIZE, VOCAB_SIZE
 from shared.dev.models.tones import ExpectedPhrase, synthesize
-
 from tests.conftest import KIT_AUDIO
 
 CLI = Path(sys.executable).parent / "tone-platform"

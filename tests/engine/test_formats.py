@@ -14,7 +14,6 @@ import soxr
 from shared.asr.engine import Recognizer
 from shared.asr.errors import AudioError
 from shared.dev.models.tones import synthesize
-
 from tests.conftest import KIT_AUDIO
 
 PHRASES = ["алло слушаю вас", "номер договора семь восемь девять"]

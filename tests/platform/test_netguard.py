@@ -18,7 +18,6 @@ import pytest
 
 from shared.platform import netguard
 from shared.platform.netguard import UrlError, check_url, download, post_json
-
 from tests.conftest import free_port, serving
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB

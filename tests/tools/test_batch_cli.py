@@ -19,7 +19,6 @@ import httpx
 import pytest
 
 from shared.cli.batch import (
-    AUDIO_SUFFIXES,
     STATE_NAME,
     BatchError,
     Progress,
@@ -29,9 +28,9 @@ from shared.cli.batch import (
     scan_dir,
 )
 from shared.dev.bench import batch_archive, batch_run
-from tests.conftest import KIT_AUDIO, Proc, make_key, start_api, start_worker, wait_for
 from tests.api.test_api import auth
 from tests.api.test_batches import stereo_wav
+from tests.conftest import KIT_AUDIO, Proc, make_key, start_api, start_worker, wait_for
 
 CLI = Path(sys.executable).parent / "tone-platform"
 QUEUE = "batch-cli"  # the interruption test's own queue: no worker until it starts one
@@ -134,12 +133,6 @@ def test_help_lists_batch_and_the_bench_batch_run() -> None:
 
 
 # -- units: packing and extracting ----------------------------------------------------------------------
-
-
-def test_packed_suffixes_are_the_servers_audio_suffixes() -> None:
-    from api.services.batch_sources import AUDIO_SUFFIXES as SERVER
-
-    assert AUDIO_SUFFIXES == SERVER
 
 
 def test_packing_keeps_relative_paths_skips_hidden_and_non_audio_and_is_repeatable(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
+from shared.queue import all_queues
 from tests.conftest import ROOT
-from worker.celery_app import all_queues
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]

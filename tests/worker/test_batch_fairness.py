@@ -23,8 +23,8 @@ from sqlalchemy import select
 from shared.db.models import Job
 from shared.db.session import session_scope
 from shared.dev.models.tones import synthesize
-from tests.conftest import Proc, make_key, start_api, start_worker
 from tests.api.test_api import auth, wait_final
+from tests.conftest import Proc, make_key, start_api, start_worker
 
 QUEUE = "batch-fairness"
 PHRASES = (["привет мир"], ["как дела"], ["до свидания"], ["спасибо"])

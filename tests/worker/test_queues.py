@@ -19,11 +19,11 @@ import pytest
 import soundfile as sf
 
 from shared.dev.models.tones import synthesize
-from tests.conftest import Proc, make_key, serving, start_api, start_worker, wait_for
+from shared.queue import EVENTS_QUEUE, live_queue
 from tests.api.test_api import auth
+from tests.conftest import Proc, make_key, serving, start_api, start_worker, wait_for
 from tests.worker.test_batch_fairness import archive, submit_batch
 from tests.worker.test_webhooks import Receiver
-from worker.celery_app import EVENTS_QUEUE, live_queue
 
 QUEUE = "roles"
 

@@ -176,7 +176,7 @@ def _delay(row: Any) -> float:
 
 
 def test_event_is_signed_and_recorded(platform: str, worker: Any, receiver: Receiver) -> None:
-    from worker.celery_app import enqueue_webhook
+    from shared.queue import enqueue_webhook
 
     url = receiver.script((200, {}))
     job_id, secret = make_job(platform, url)
@@ -213,7 +213,7 @@ def test_event_is_signed_and_recorded(platform: str, worker: Any, receiver: Rece
 
 
 def test_failed_job_event_and_redeliver(platform: str, worker: Any, receiver: Receiver) -> None:
-    from worker.celery_app import enqueue_webhook
+    from shared.queue import enqueue_webhook
     from worker.webhooks import redeliver
 
     url = receiver.script((200, {}))
@@ -240,7 +240,7 @@ def test_failed_job_event_and_redeliver(platform: str, worker: Any, receiver: Re
 
 
 def test_retried_after_a_500_with_the_same_id(platform: str, worker: Any, receiver: Receiver) -> None:
-    from worker.celery_app import enqueue_webhook
+    from shared.queue import enqueue_webhook
 
     url = receiver.script((500, {}), (200, {}))
     job_id, secret = make_job(platform, url)
@@ -264,7 +264,7 @@ def test_retried_after_a_500_with_the_same_id(platform: str, worker: Any, receiv
 def test_gone_redirect_and_retry_after(platform: str, worker: Any, receiver: Receiver) -> None:
     """410 stops; a 302 is a failure that is not followed (and is retried); Retry-After (seconds
     on a 503, an HTTP date on a 429) sets the next attempt when it is longer than the schedule."""
-    from worker.celery_app import enqueue_webhook
+    from shared.queue import enqueue_webhook
 
     gone = receiver.script((410, {}))
     elsewhere = receiver.script((200, {}))
@@ -305,7 +305,7 @@ def test_gone_redirect_and_retry_after(platform: str, worker: Any, receiver: Rec
 def test_due_retries_are_sent_by_the_beat_task(platform: str, worker: Any, receiver: Receiver) -> None:
     """A retry hours away is only stored; ``tone.webhook_due`` sends it once it is due, once."""
 
-    from worker.celery_app import enqueue_webhook
+    from shared.queue import enqueue_webhook
     from worker.webhooks import send_due
 
     later = datetime.now(timezone.utc) + timedelta(hours=5)
@@ -332,7 +332,7 @@ def test_due_retries_are_sent_by_the_beat_task(platform: str, worker: Any, recei
 def test_loopback_refused_without_the_setting(
     platform: str, platform_env: dict[str, str], logs: Any, receiver: Receiver
 ) -> None:
-    from worker.celery_app import enqueue_webhook
+    from shared.queue import enqueue_webhook
 
     env = {k: v for k, v in platform_env.items() if k != "TONE_ALLOW_PRIVATE_URLS"}
     proc = start_worker(env, logs, name="hooks2", queues="hooks2")
@@ -379,7 +379,7 @@ def test_a_batch_event_is_signed_recorded_on_the_batch_and_retried_by_the_beat(
     """batch.* events go through the same signing, recording and retries as job events; a retry
     stored for later is sent by ``tone.webhook_due`` (whose query joins jobs only optionally)."""
 
-    from worker.celery_app import enqueue_webhook
+    from shared.queue import enqueue_webhook
     from worker.webhooks import send_due
 
     later = datetime.now(timezone.utc) + timedelta(hours=5)
@@ -455,7 +455,7 @@ def test_event_body_shape() -> None:
 def test_a_final_event_asked_twice_is_sent_once_and_a_redelivery_is_a_new_event(
     platform: str, worker: Any, api: Any, servers: dict[str, str], receiver: Receiver
 ) -> None:
-    from worker.celery_app import enqueue_webhook
+    from shared.queue import enqueue_webhook
     from worker.webhooks import first_event_id
 
     url = receiver.script((200, {}), (200, {}))
@@ -502,7 +502,7 @@ def test_a_lost_first_message_is_sent_by_beat_once(platform: str, worker: Any, r
 def test_a_batch_lists_its_deliveries_and_sends_its_event_again_on_request(
     platform: str, worker: Any, api: Any, servers: dict[str, str], receiver: Receiver
 ) -> None:
-    from worker.celery_app import enqueue_webhook
+    from shared.queue import enqueue_webhook
 
     url = receiver.script((200, {}), (200, {}))
     batch_id, secret = make_batch(platform, url)

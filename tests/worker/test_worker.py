@@ -27,8 +27,8 @@ from shared.db.models import Job, Transcript
 from shared.db.session import session_scope
 from shared.dev.models.tones import synthesize
 from shared.platform.keys import get_or_create_tenant
+from shared.queue import EVENTS_QUEUE
 from tests.conftest import KIT_AUDIO, Proc, start_beat, start_worker, wait_for
-from worker.celery_app import EVENTS_QUEUE
 
 QUEUE = "worker-tests"  # the module's worker
 KILL_QUEUE = "worker-kill-tests"  # the workers that get killed, and the beat's recoveries
@@ -63,7 +63,7 @@ def new_job(
 
 
 def send(job_id: str, queue: str = QUEUE, priority: int = 5) -> None:
-    from worker.celery_app import enqueue_transcription
+    from shared.queue import enqueue_transcription
 
     enqueue_transcription(job_id, queue=queue, priority=priority)
 

@@ -79,6 +79,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from shared.asr.types import SAMPLE_RATE
+
 __all__ = ["STATE_SIZE", "build_cost_model", "count_parameters"]
 
 # --- contract --------------------------------------------------------------------------------
@@ -89,7 +91,7 @@ OPSET = 17
 IR_VERSION = 8
 
 # --- frontend --------------------------------------------------------------------------------
-SAMPLE_RATE = 8000
+
 N_FFT = 160
 HOP = 80
 N_BINS = N_FFT // 2 + 1  # 81

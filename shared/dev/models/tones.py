@@ -8,7 +8,7 @@ a DFT (a MatMul), turns it into logits (a fixed logit for the blank), and delays
 letters, as a real stream would.
 
 Parameters (documented, used by the synthesizer and the tests):
-- symbol k (index into LABELS, 0..33) sounds at ``(FIRST_BIN + 2 k) * 8000 / 240`` Hz: 200..2400 Hz,
+- symbol k (index into LABELS, 0..33) sounds at ``(FIRST_BIN + 2 k) * SAMPLE_RATE / 240`` Hz: 200..2400 Hz,
   two DFT bins apart, so that tones are orthogonal over a frame;
 - logit of symbol k = amplitude of its tone / 100; blank logit = 10 (an amplitude of 1000);
 - each character sounds for CHAR_FRAMES frames, followed by GAP_FRAMES frames of silence, so that
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from shared.asr.types import LABELS, STATE_SIZE, VOCAB_SIZE
+from shared.asr.types import LABELS, SAMPLE_RATE, STATE_SIZE, VOCAB_SIZE
 
-RATE = 8000
+RATE = SAMPLE_RATE
 FRAME = 240
 FIRST_BIN = 6
 N_SYMBOLS = len(LABELS)  # 34: letters and the space

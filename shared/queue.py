@@ -1,0 +1,144 @@
+"""The task contract between the API and the workers: task names, queue names, how work is sent.
+
+Tasks take ids, never payloads; JSON only. The API, ``tone-platform up`` and the workers import this
+module; only the workers import :mod:`worker.celery_app`, which adds the task modules and the beat
+schedule to the same Celery configuration. So the arrows run API -> shared <- worker.
+
+Queues. A transcription task holds its worker process for as long as it keeps a batch of
+recordings going (a big archive: hours), so nothing that must answer quickly shares its queue:
+
+- ``cpu`` / ``gpu``: ``tone.transcribe`` (the model, batched);
+- ``cpu.live`` / ``gpu.live``: ``tone.stream``, live sessions' pieces (the model, low latency);
+- ``events``: webhooks and beat's sweeps (no model).
+
+``tone-platform up`` and docker-compose run one worker per role; a single worker may also consume
+all three (``-Q cpu,cpu.live,events``), as the tests do, at the price of live pieces and webhooks
+waiting behind a long batch.
+"""
+
+from __future__ import annotations
+
+import uuid
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from shared.platform.settings import get_settings
+
+TRANSCRIBE_TASK = "tone.transcribe"
+STREAM_TASK = "tone.stream"
+WEBHOOK_TASK = "tone.webhook"
+WEBHOOK_DUE_TASK = "tone.webhook_due"
+REQUEUE_TASK = "tone.requeue_stuck"
+RETENTION_TASK = "tone.retention"
+
+QUEUES = ("cpu", "gpu")
+EVENTS_QUEUE = "events"
+
+
+def live_queue(queue: str) -> str:
+    """The Celery queue of ``queue``'s live sessions (``cpu`` -> ``cpu.live``)."""
+    return f"{queue}.live"
+
+
+def all_queues(queue: str) -> str:
+    """Every Celery queue of a single all-in-one worker for ``queue`` (a ``-Q`` value)."""
+    return f"{queue},{live_queue(queue)},{EVENTS_QUEUE}"
+
+
+def celery_config() -> dict[str, Any]:
+    """Every reliability setting in one place, for senders and workers alike.
+
+    ``acks_late`` + ``task_reject_on_worker_lost`` put a message back when a worker dies mid-task;
+    ``worker_prefetch_multiplier=1`` keeps queued work where other workers can take it; the job row
+    (not the message) decides who may write a result, so a job is never transcribed into two results.
+    """
+    settings = get_settings()
+    return {
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": settings.task_time_limit_seconds + 60,
+        "task_soft_time_limit": settings.task_time_limit_seconds,
+        "task_default_queue": settings.worker_queue,
+        "task_default_priority": 5,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": 3600,
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(10)),
+            "sep": ":",
+        },
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": True,  # for Flower
+        "task_send_sent_event": True,
+        "timezone": "UTC",
+    }
+
+
+def make_app(include: list[str] | None = None) -> Celery:
+    """A Celery app on the configured broker; senders need no ``include``."""
+    app = Celery("tone", broker=get_settings().redis_url, include=include or [])
+    app.conf.update(celery_config())
+    return app
+
+
+@lru_cache(maxsize=1)
+def client() -> Celery:
+    """The sender's Celery app (the API, ``up``): the broker and the serializers, no task modules.
+    In a worker process it is the worker's own app, so one connection pool serves both."""
+    import sys
+
+    worker_app = sys.modules.get("worker.celery_app")
+    if worker_app is not None:
+        app: Celery = worker_app.app
+        return app
+    return make_app()
+
+
+def send(
+    task: str, args: list[Any], *, queue: str, priority: int = 0, countdown: float | None = None
+) -> None:
+    client().send_task(task, args=args, queue=queue, priority=priority, countdown=countdown or None)
+
+
+def enqueue_transcription(job_id: str, *, queue: str, priority: int) -> None:
+    """Send ``tone.transcribe`` for a committed job. Job priority 9 is the most urgent; on Redis,
+    Celery's priority 0 is served first, so it is inverted here, in one place."""
+    send(TRANSCRIBE_TASK, [job_id], queue=queue, priority=9 - max(0, min(9, priority)))
+
+
+def enqueue_stream(queue: str) -> None:
+    """Wake a live worker of ``queue``'s role: a session has a piece waiting (``tone.stream``)."""
+    send(STREAM_TASK, [queue], queue=live_queue(queue), priority=0)
+
+
+def new_event_id() -> str:
+    """A fresh ``webhook-id``: a new event, as a user's redelivery is."""
+    return f"evt_{uuid.uuid4().hex}"
+
+
+def enqueue_webhook(job_id: str, event_type: str, *, queue: str = EVENTS_QUEUE, again: bool = False) -> None:
+    """Send ``tone.webhook`` for a job's or a batch's final event (job.completed, batch.completed, ...).
+    By default it is the event's first delivery (its id derived from the subject: sent once however
+    many tasks ask); ``again``: a new event with a new id (a redelivery asked for by a user)."""
+    args: list[Any] = [job_id, event_type] + ([1, new_event_id()] if again else [])
+    send(WEBHOOK_TASK, args, queue=queue, priority=0)
+
+
+def enqueue_webhook_attempt(
+    subject_id: str,
+    event_type: str,
+    attempt: int,
+    event_id: str,
+    *,
+    queue: str = EVENTS_QUEUE,
+    countdown: float = 0,
+) -> None:
+    """Send attempt ``attempt`` of an event already made (retries, beat's due sweep)."""
+    send(WEBHOOK_TASK, [subject_id, event_type, attempt, event_id], queue=queue, countdown=countdown)

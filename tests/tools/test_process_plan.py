@@ -1,0 +1,48 @@
+"""``up``'s process plan, without starting anything: a reader for every queue, secrets off argv."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.localstack.supervisor import process_plan
+from shared.queue import EVENTS_QUEUE, all_queues
+
+
+def plan(tmp_path: Path, workers: int = 3) -> dict[str, list[str]]:
+    planned = process_plan(
+        {"PATH": "/usr/bin"},
+        queue="cpu",
+        host="127.0.0.1",
+        port=8123,
+        flower_port=5566,
+        workers=workers,
+        data_dir=tmp_path,
+        flower_auth="admin:s3cret",
+    )
+    assert [p.name for p in planned] == ["api", "worker", "worker-live", "events", "beat", "flower"]
+    assert all("s3cret" not in " ".join(p.cmd) for p in planned)
+    flower = next(p for p in planned if p.name == "flower")
+    assert flower.env["FLOWER_BASIC_AUTH"] == "admin:s3cret"
+    assert all("FLOWER_BASIC_AUTH" not in p.env for p in planned if p.name != "flower")
+    return {p.name: p.cmd for p in planned}
+
+
+def queues_read(cmd: list[str]) -> set[str]:
+    return set(cmd[cmd.index("-Q") + 1].split(",")) if "-Q" in cmd else set()
+
+
+def test_every_queue_of_the_role_has_exactly_one_reader(tmp_path: Path) -> None:
+    cmds = plan(tmp_path)
+    readers = [q for cmd in cmds.values() for q in queues_read(cmd)]
+    assert sorted(readers) == sorted(all_queues("cpu").split(","))
+    assert queues_read(cmds["events"]) == {EVENTS_QUEUE}
+    assert cmds["worker"][cmds["worker"].index("-c") + 1] == "3"
+    assert cmds["worker-live"][cmds["worker-live"].index("-c") + 1] == "1"
+
+
+def test_the_api_listens_where_asked_and_beat_keeps_its_schedule_in_the_data_dir(tmp_path: Path) -> None:
+    cmds = plan(tmp_path, workers=1)
+    api = cmds["api"]
+    assert api[api.index("--host") + 1] == "127.0.0.1" and api[api.index("--port") + 1] == "8123"
+    assert str(tmp_path / "celerybeat-schedule") in cmds["beat"]
+    assert "--port=5566" in cmds["flower"]
