@@ -32,7 +32,7 @@ from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import String, and_, cast, exists, func, literal, or_, select
 from sqlalchemy.orm import Session, aliased
 from standardwebhooks import Webhook
 
@@ -432,7 +432,8 @@ def send_due() -> int:
 
 def _missing_first_events(session: Session) -> list[tuple[str, str]]:
     """Final jobs and batches with a webhook_url that ended between a day and two minutes ago and
-    have no delivery row at all: their first message was lost."""
+    have no delivery row of their final event, and rule matches (``job.flagged``) of that age whose
+    job or batch has a webhook_url and that have no delivery row: their first message was lost."""
     since, until = _now() - MISSING_WINDOW, _now() - timedelta(seconds=MISSING_GRACE_SECONDS)
     found: list[tuple[str, str]] = []
     subjects: tuple[tuple[Any, Any, dict[str, str]], ...] = (
@@ -446,11 +447,26 @@ def _missing_first_events(session: Session) -> list[tuple[str, str]]:
                 model.status.in_(list(events)),
                 model.webhook_url.is_not(None),
                 model.finished_at.between(since, until),
-                ~exists().where(owner == model.id),
+                ~exists().where(owner == model.id, WebhookDelivery.event_type.in_(list(events.values()))),
             )
             .limit(DUE_BATCH)
         ).all()
         found += [(str(subject_id), events[status]) for subject_id, status in rows]
+    flag_type = literal(f"{FLAGGED_EVENT}:") + cast(JobFlag.rule_id, String)
+    flags = session.execute(
+        select(JobFlag.job_id, JobFlag.rule_id)
+        .join(Job, Job.id == JobFlag.job_id)
+        .outerjoin(Batch, Batch.id == Job.batch_id)
+        .where(
+            JobFlag.created_at.between(since, until),
+            or_(Job.webhook_url.is_not(None), Batch.webhook_url.is_not(None)),
+            ~exists().where(
+                WebhookDelivery.job_id == JobFlag.job_id, WebhookDelivery.event_type == flag_type
+            ),
+        )
+        .limit(DUE_BATCH)
+    ).all()
+    found += [(str(job_id), f"{FLAGGED_EVENT}:{rule_id}") for job_id, rule_id in flags]
     return found
 
 
