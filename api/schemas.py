@@ -522,6 +522,9 @@ class RuleIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     kind: Literal["phrase_contains", "missing_in_first", "silence_over", "overtalk_share_over"]
     params: dict[str, Any] = Field(default_factory=dict)
+    apply_to_existing: bool = Field(
+        False, description="also flag the tenant's already completed jobs it matches (no webhooks for those)"
+    )
 
 
 class RuleOut(BaseModel):

@@ -15,7 +15,7 @@ from api.routes.jobs import ERRORS
 from api.schemas import ErrorResponse, JobStatus, RuleIn, RuleList, RuleOut, SearchGroupPage, SearchPage
 from api.services import search as svc
 from shared.db.models import JobFlag, Rule
-from shared.platform.rules import validate
+from shared.platform.rules import apply_to_existing, validate
 
 router = APIRouter(tags=["search"])
 METADATA_PREFIX = "metadata."
@@ -95,16 +95,18 @@ def _rule_out(rule: Rule, matches: int = 0) -> RuleOut:
     "/v1/rules",
     status_code=201,
     response_model=RuleOut,
-    summary="Create a rule; jobs completed from now on are checked against it",
+    summary="Create a rule: jobs completed from now on are checked (apply_to_existing: the archive too)",
     responses={**ERRORS, 422: {"model": ErrorResponse, "description": "bad kind or params"}},
 )
 def create_rule(body: RuleIn, caller: CallerDep, db: DbDep) -> RuleOut:
     params = validate(body.kind, body.params)  # RuleError: 422 invalid_rule, naming what is wrong
     rule = Rule(tenant_id=caller.tenant_id, name=body.name, kind=body.kind, params=params)
     db.add(rule)
+    db.flush()
+    matches = apply_to_existing(db, rule) if body.apply_to_existing else 0
     db.commit()
     db.refresh(rule)
-    return _rule_out(rule)
+    return _rule_out(rule, matches)
 
 
 @router.get("/v1/rules", response_model=RuleList, summary="The tenant's rules", responses=ERRORS)

@@ -16,6 +16,7 @@ search does.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -177,3 +178,76 @@ def flag_filter(job_id_column: Any, rule_ids: Sequence[uuid.UUID]) -> Any:
             for r in rule_ids
         ]
     )
+
+
+def _tsquery_sql(words: Sequence[str], params: dict[str, Any]) -> str:
+    parts = []
+    for n, word in enumerate(words):
+        params[f"w{n}"] = word
+        parts.append(f"phraseto_tsquery('russian', :w{n})")
+    return "(" + " || ".join(parts) + ")"
+
+
+def apply_to_existing(session: Session, rule: Rule) -> int:
+    """Flag the tenant's already completed jobs that the rule matches, in bulk SQL (no ``job.flagged``
+    events: those are sent for matches found as a transcript is stored). Returns the new flags."""
+    from sqlalchemy import text
+
+    from shared.platform.search import tenant_query
+
+    p = rule.params or {}
+    params: dict[str, Any] = {"rule": rule.id, "tenant": rule.tenant_id, "tq": tenant_query(rule.tenant_id)}
+    jobs = (
+        "SELECT j.id FROM jobs j"
+        " WHERE j.tenant_id = :tenant AND j.status = 'completed' AND j.analytics IS NOT NULL"
+    )
+    if rule.kind in ("phrase_contains", "missing_in_first"):
+        query = _tsquery_sql(p["words"], params)
+        said = f"ph.tsv @@ ({query} && CAST(:tq AS tsquery))"
+        if p.get("channel") is not None:
+            said += " AND ph.channel = :channel"
+            params["channel"] = p["channel"]
+        if rule.kind == "phrase_contains":
+            select_sql = (
+                "SELECT ph.job_id, jsonb_build_object('phrases', jsonb_path_query_array("
+                "jsonb_agg(jsonb_build_object('idx', ph.idx, 'channel', ph.channel, 'start', ph.start_time,"
+                " 'end', ph.end_time, 'text', ph.text)"
+                f" ORDER BY ph.idx), '$[0 to 19]')) FROM transcript_phrases ph WHERE {said}"
+                f" AND ph.job_id IN ({jobs}) GROUP BY ph.job_id"
+            )
+        else:
+            params["seconds"] = float(p["seconds"])
+            select_sql = (
+                "SELECT j.id,"
+                " jsonb_build_object('seconds', CAST(:seconds AS float), 'words', CAST(:words AS jsonb))"
+                f" FROM ({jobs}) j WHERE NOT EXISTS (SELECT 1 FROM transcript_phrases ph"
+                f" WHERE ph.job_id = j.id AND ph.start_time < :seconds AND {said})"
+            )
+            params["words"] = json.dumps(p["words"], ensure_ascii=False)
+    elif rule.kind == "silence_over":
+        params["seconds"] = float(p["seconds"])
+        select_sql = (
+            "SELECT j.id, jsonb_build_object('longest_silence', (j.analytics->>'longest_silence')::float)"
+            " FROM jobs j WHERE j.id IN ("
+            + jobs
+            + ") AND (j.analytics->>'longest_silence')::float > :seconds"
+        )
+    else:  # overtalk_share_over
+        params["share"] = float(p["share"])
+        share = (
+            "round(((j.analytics->>'overtalk_time')::float"
+            " / NULLIF((j.analytics->>'speech_time')::float, 0))::numeric, 4)::float"
+        )
+        select_sql = (
+            f"SELECT j.id, jsonb_build_object('overtalk_share', {share}) FROM jobs j"
+            f" WHERE j.id IN ({jobs}) AND {share} > :share"
+        )
+    inserted = session.execute(
+        text(
+            "INSERT INTO job_flags (job_id, rule_id, details, created_at)"
+            f" SELECT m.job_id, :rule, m.details, now() FROM ({select_sql}) AS m(job_id, details)"
+            " ON CONFLICT DO NOTHING RETURNING job_id"
+        ),
+        params,
+    ).all()
+    return len(inserted)

@@ -253,6 +253,52 @@ def test_rules_are_validated_and_per_tenant(
     )
 
 
+def test_a_rule_applied_to_existing_calls_flags_what_it_would_have_flagged(
+    api: Proc, tenant: tuple[str, str], corpus: dict[str, Any]
+) -> None:
+    """``apply_to_existing`` (bulk SQL over the archive) flags exactly the jobs, with the same details,
+    as the same rule checked when each transcript was stored."""
+    key = tenant[0]
+    jobs = {v: k for k, v in corpus["jobs"].items()}
+
+    def flagged_by(rule_id: str) -> dict[str, Any]:
+        out = {}
+        for job_id in jobs:
+            job = httpx.get(f"{api.url}/v1/jobs/{job_id}", headers=auth(key)).json()
+            for f in job["flags"]:
+                if f["rule_id"] == rule_id:
+                    out[jobs[job_id]] = f["details"]
+        return out
+
+    bodies = {
+        "leave": {"kind": "phrase_contains", "params": {"words": ["расторгнуть договор"], "channel": 1}},
+        "greeting": {"kind": "missing_in_first",
+                     "params": {"words": ["здравствуйте", "добрый день"], "seconds": 5, "channel": 0}},
+        "silence": {"kind": "silence_over", "params": {"seconds": 2.5}},
+    }  # fmt: skip
+    for name, body in bodies.items():
+        archive = {"name": f"{name} (archive)", **body, "apply_to_existing": True}
+        r = httpx.post(f"{api.url}/v1/rules", json=archive, headers=auth(key))
+        assert r.status_code == 201, r.text
+        expected = flagged_by(corpus["rules"][name])
+        assert r.json()["matches"] == len(expected) > 0
+        assert flagged_by(r.json()["id"]) == expected, name
+    body = {
+        "name": "any overtalk",
+        "kind": "overtalk_share_over",
+        "params": {"share": 0},
+        "apply_to_existing": True,
+    }
+    r = httpx.post(f"{api.url}/v1/rules", headers=auth(key), json=body)
+    assert r.status_code == 201, r.text
+    overtalk = {}
+    for job_id, name in jobs.items():
+        a = httpx.get(f"{api.url}/v1/jobs/{job_id}", headers=auth(key)).json()["analytics"]
+        if a["overtalk_time"] / a["speech_time"] > 0:
+            overtalk[name] = {"overtalk_share": round(a["overtalk_time"] / a["speech_time"], 4)}
+    assert overtalk and flagged_by(r.json()["id"]) == overtalk and r.json()["matches"] == len(overtalk)
+
+
 def test_deleting_a_job_removes_its_index_rows_and_a_deleted_rule_its_flags(
     api: Proc, tenant: tuple[str, str], corpus: dict[str, Any], servers: dict[str, str]
 ) -> None:
