@@ -140,6 +140,9 @@ const BATCH_MEASURES = [
   ["speech_rate_agent", "Agent speech rate (words/min)", num],
 ];
 
+// a total means something for times and counts, not for shares, rates or latencies
+const SUMMABLE = /^(talk_time|silence_time|longest_silence|overtalk_time|interruptions|speech_time|words)/;
+
 /** A batch's aggregates: per measure the mean, median, p90 and sum; a table per value of group_by. */
 export function batchAnalyticsCard(body) {
   const card = h("section", { class: "card analytics", id: "batch-analytics", "aria-label": "Conversation analytics" }, h("h2", {}, "Conversation analytics"));
@@ -157,7 +160,7 @@ export function batchAnalyticsCard(body) {
         "tbody",
         {},
         BATCH_MEASURES.filter(([k]) => body.measures[k] && body.measures[k].count).map(([k, label, f]) =>
-          h("tr", { dataset: { measure: k } }, h("th", { scope: "row" }, label), h("td", { class: "num" }, f(body.measures[k].mean)), h("td", { class: "num" }, f(body.measures[k].p50)), h("td", { class: "num" }, f(body.measures[k].p90)), h("td", { class: "num" }, k.startsWith("talk_share") ? "" : f(body.measures[k].sum))),
+          h("tr", { dataset: { measure: k } }, h("th", { scope: "row" }, label), h("td", { class: "num" }, f(body.measures[k].mean)), h("td", { class: "num" }, f(body.measures[k].p50)), h("td", { class: "num" }, f(body.measures[k].p90)), h("td", { class: "num" }, SUMMABLE.test(k) ? f(body.measures[k].sum) : "")),
         ),
       ),
     ),
