@@ -141,7 +141,7 @@ const BATCH_MEASURES = [
 ];
 
 // a total means something for times and counts, not for shares, rates or latencies
-const SUMMABLE = /^(talk_time|silence_time|longest_silence|overtalk_time|interruptions|speech_time|words)/;
+const SUMMABLE = /^(talk_time|silence_time|overtalk_time|interruptions|speech_time|words)/;
 
 /** A batch's aggregates: per measure the mean, median, p90 and sum; a table per value of group_by. */
 export function batchAnalyticsCard(body) {
