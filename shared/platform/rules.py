@@ -145,14 +145,10 @@ def evaluate(
 
 
 def apply_rules(
-    session: Session,
-    job_id: uuid.UUID,
-    tenant_id: uuid.UUID,
-    phrases: Sequence[Mapping[str, Any]],
-    measures: Mapping[str, Any],
+    session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID, measures: Mapping[str, Any]
 ) -> list[str]:
-    """Flag the job with every rule of its tenant that fires; returns their ids (new flags only)."""
-    del phrases  # word rules read the index rows written just before, in the same transaction
+    """Flag the job with every rule of its tenant that fires; returns their ids (new flags only).
+    Word rules read the job's index rows, written just before in the same transaction."""
     rules = session.scalars(select(Rule).where(Rule.tenant_id == tenant_id).order_by(Rule.created_at)).all()
     fired: list[str] = []
     for rule in rules:

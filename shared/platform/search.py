@@ -82,4 +82,4 @@ def after_transcript_stored(
         session.execute(insert(TranscriptPhrase), rows)
     measures = analytics.compute(phrases, duration, channels)
     session.execute(update(Job).where(Job.id == job_id).values(analytics=measures))
-    return apply_rules(session, job_id, tenant_id, phrases, measures)
+    return apply_rules(session, job_id, tenant_id, measures)
