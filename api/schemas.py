@@ -93,6 +93,16 @@ class JobLinks(BaseModel):
     webhooks: str
 
 
+class FlagOut(BaseModel):
+    """A rule that matched the job's transcript (``/v1/rules``), with what matched."""
+
+    rule_id: str
+    name: str
+    kind: str
+    details: dict[str, Any]
+    created_at: datetime
+
+
 class JobOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -147,6 +157,10 @@ class JobOut(BaseModel):
     webhook_url: str | None
     error: ErrorInfo | None
     links: JobLinks
+    analytics: dict[str, Any] | None = Field(
+        None, description="conversation analytics of a completed job (README, Conversation analytics)"
+    )
+    flags: list[FlagOut] = Field(default_factory=list, description="rules its transcript matched")
 
 
 class JobList(BaseModel):
@@ -206,6 +220,7 @@ class TranscriptOut(BaseModel):
     duration: float
     processing_time: float | None
     channels: int
+    analytics: dict[str, Any] | None = None
 
 
 class DeliveryOut(BaseModel):
@@ -563,3 +578,74 @@ class VocabularyOut(BaseModel):
     words: list[str]
     replacements: dict[str, str]
     updated_at: datetime | None
+
+
+# -- search, rules, analytics -------------------------------------------------------------------------
+
+
+class SearchHit(BaseModel):
+    job_id: str
+    name: str | None = Field(
+        description="the recording's name: its path in the batch, or the upload's filename"
+    )
+    metadata: dict[str, Any] | None
+    phrase_index: int
+    channel: int = Field(description="0 agent (left), 1 client (right); 0 for mono")
+    start: float
+    end: float
+    text: str = Field(description="the phrase's text (its display text when it has one)")
+    highlight: str = Field(description="the text, HTML-escaped, with the matched words in <mark>")
+    marks: list[list[int]] = Field(description="[start, end) character offsets of the matched words in text")
+    rank: float
+
+
+class SearchPage(BaseModel):
+    data: list[SearchHit]
+    next_cursor: str | None
+
+
+class SearchJobGroup(BaseModel):
+    job_id: str
+    name: str | None
+    metadata: dict[str, Any] | None
+    count: int = Field(description="how many of the job's phrases match")
+    rank: float = Field(description="its best hit's rank")
+    hits: list[SearchHit] = Field(description="its best hits (up to 3)")
+
+
+class SearchGroupPage(BaseModel):
+    data: list[SearchJobGroup]
+    next_cursor: str | None
+
+
+class RuleIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"name": "threat to leave", "kind": "phrase_contains",
+                 "params": {"words": ["расторгнуть договор", "уйду"], "channel": 1}},
+                {"name": "no greeting", "kind": "missing_in_first",
+                 "params": {"words": ["здравствуйте"], "seconds": 10, "channel": 0}},
+            ]
+        }
+    )  # fmt: skip
+
+    name: str = Field(min_length=1, max_length=200)
+    kind: Literal["phrase_contains", "missing_in_first", "silence_over", "overtalk_share_over"]
+    params: dict[str, Any] = Field(default_factory=dict)
+    apply_to_existing: bool = Field(
+        False, description="also flag the tenant's already completed jobs it matches (no webhooks for those)"
+    )
+
+
+class RuleOut(BaseModel):
+    id: str
+    name: str
+    kind: str
+    params: dict[str, Any]
+    created_at: datetime
+    matches: int = Field(0, description="jobs it flagged")
+
+
+class RuleList(BaseModel):
+    data: list[RuleOut]

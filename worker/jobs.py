@@ -31,6 +31,7 @@ from shared.asr.errors import ToneError
 from shared.asr.types import LABELS, ChannelMode
 from shared.platform import logs
 from shared.platform.batch_state import Finished
+from shared.platform.rules import FLAGGED_EVENT
 from shared.platform.settings import Settings
 from shared.text.display import display_phrases
 from shared.text.options import TextOptions
@@ -205,6 +206,19 @@ class BatchRun:
         self.jobs.pop(job_id, None)
         log.warning("lease lost (taken over or deleted): dropping this job's work", job=job_id)
 
+    def _notify_flags(self, job: Claimed, rule_ids: list[str]) -> None:
+        """One ``job.flagged`` event per rule the transcript matched (to the job's webhook_url, else
+        its batch's)."""
+        from shared.queue import enqueue_webhook
+
+        if not (job.webhook_url or job.batch_id):
+            return
+        for rule_id in rule_ids:
+            try:
+                enqueue_webhook(job.id, f"{FLAGGED_EVENT}:{rule_id}")
+            except Exception:
+                log.exception("could not send the job.flagged webhook task of rule %s", rule_id, job=job.id)
+
     def _finish(self, outcome: Outcome) -> None:
         job = self.jobs.pop(outcome.job_id)
         if outcome.transcript is None:
@@ -234,6 +248,7 @@ class BatchRun:
                 job=job.id,
             )
             self._notify(job, "job.completed")
+            self._notify_flags(job, self.store.flagged.pop(job.id, []))
         else:
             log.warning("lease lost before the result was stored: result dropped", job=job.id)
 

@@ -26,6 +26,7 @@ from shared.db.models import Job, Transcript
 from shared.db.session import session_scope
 from shared.platform import logs, metrics
 from shared.platform.batch_state import Finished, finish_batch
+from shared.platform.search import after_transcript_stored
 
 _NO_SYNC = {"synchronize_session": False}  # no ORM objects to refresh: plain UPDATE ... RETURNING
 MAX_ATTEMPTS = 3  # claims of one job; a job whose lease expired this often fails "worker_lost"
@@ -123,6 +124,8 @@ class JobStore:
             getattr(row, "duration", None),
             getattr(row, "processing_seconds", None),
         )
+        # rules each completed job matched (complete() fills it, the caller pops it to send job.flagged)
+        self.flagged: dict[str, list[str]] = {}
 
     def _claim_values(self) -> dict[str, Any]:
         return {
@@ -263,7 +266,9 @@ class JobStore:
         """Store the transcript and mark the job completed in ONE transaction, if still ours.
 
         ``phrases`` are the phrases to store (with their written form, perhaps redacted) in place
-        of the engine's; ``audio_path`` a new stored recording (the redacted one)."""
+        of the engine's; ``audio_path`` a new stored recording (the redacted one). The same
+        transaction indexes its phrases, stores its analytics and flags the rules it matches
+        (``shared.platform.search.after_transcript_stored``; their ids land in ``self.flagged``)."""
         result = transcript.to_dict()
         if phrases is not None:
             result["phrases"] = phrases
@@ -284,13 +289,13 @@ class JobStore:
                     error_message=None,
                     **extra,
                 )
-                .returning(*_ENDED)
+                .returning(*_ENDED, Job.tenant_id)
             )
             ended = session.execute(stmt, execution_options=_NO_SYNC).first()
             if ended is None:
                 session.rollback()
                 return False
-            session.execute(
+            stored = session.execute(
                 insert(Transcript)
                 .values(
                     job_id=uuid.UUID(job_id),
@@ -300,7 +305,17 @@ class JobStore:
                     channels=transcript.channels,
                 )
                 .on_conflict_do_nothing(index_elements=[Transcript.job_id])
-            )
+                .returning(Transcript.job_id)
+            ).first()
+            if stored is not None:
+                self.flagged[job_id] = after_transcript_stored(
+                    session,
+                    ended.id,
+                    ended.tenant_id,
+                    result["phrases"],
+                    transcript.duration,
+                    transcript.channels,
+                )
         self._ended(ended, "completed")
         return True
 

@@ -32,15 +32,16 @@ from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import String, and_, cast, exists, func, literal, or_, select
 from sqlalchemy.orm import Session, aliased
 from standardwebhooks import Webhook
 
-from shared.db.models import FINAL_STATUSES, Batch, Job, Tenant, WebhookDelivery
+from shared.db.models import FINAL_STATUSES, Batch, Job, JobFlag, Rule, Tenant, WebhookDelivery
 from shared.db.session import session_scope
 from shared.platform.batch_state import BATCH_EVENTS, load_view
 from shared.platform.keys import signing_secrets
 from shared.platform.netguard import UrlError, post_json
+from shared.platform.rules import FLAGGED_EVENT, flagged_rule
 from shared.platform.settings import Settings, get_settings
 from shared.queue import (
     EVENTS_QUEUE,
@@ -124,12 +125,33 @@ def is_batch_event(event_type: str) -> bool:
 
 
 def _subject(session: Session, subject_id: str, event_type: str) -> tuple[Job | Batch | None, str | None]:
-    """``(job or batch or None, its webhook_url)``."""
+    """``(job or batch or None, its webhook_url)``; a ``job.flagged`` event of a job without a URL
+    goes to its batch's."""
     key = uuid.UUID(str(subject_id))
     subject: Job | Batch | None = (
         session.get(Batch, key) if is_batch_event(event_type) else session.get(Job, key)
     )
-    return subject, subject.webhook_url if subject else None
+    if subject is None:
+        return None, None
+    url = subject.webhook_url
+    if url is None and isinstance(subject, Job) and flagged_rule(event_type) and subject.batch_id is not None:
+        batch = session.get(Batch, subject.batch_id)
+        url = batch.webhook_url if batch else None
+    return subject, url
+
+
+def flag_event_body(session: Session, job: Job, rule_id: uuid.UUID) -> dict[str, Any] | None:
+    """``job.flagged``: the job's event data plus the rule and what matched; None once the rule or
+    its flag was deleted."""
+    flag = session.get(JobFlag, (job.id, rule_id))
+    rule = session.get(Rule, rule_id)
+    if flag is None or rule is None:
+        return None
+    body = event_body(job, FLAGGED_EVENT)
+    body["timestamp"] = _iso(flag.created_at)
+    body["data"]["rule"] = {"id": str(rule.id), "name": rule.name, "kind": rule.kind, "params": rule.params}
+    body["data"]["details"] = flag.details
+    return body
 
 
 def sign(secrets: Sequence[str], event_id: str, body: bytes, moment: datetime) -> dict[str, str]:
@@ -250,11 +272,15 @@ def _prepare(session: Session, subject_id: str, event_type: str, event_id: str, 
         return "duplicate"
     tenant = session.get(Tenant, subject.tenant_id)
     assert tenant is not None
-    document = (
-        batch_event_body(session, subject, event_type)
-        if isinstance(subject, Batch)
-        else event_body(subject, event_type)
-    )
+    rule_id = flagged_rule(event_type)
+    if isinstance(subject, Batch):
+        document: dict[str, Any] | None = batch_event_body(session, subject, event_type)
+    elif rule_id is not None:
+        document = flag_event_body(session, subject, rule_id)
+        if document is None:
+            return "flag_missing"
+    else:
+        document = event_body(subject, event_type)
     body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
     return Event(subject_id, event_type, event_id, attempt, url, signing_secrets(tenant), body)
 
@@ -410,7 +436,8 @@ def send_due() -> int:
 
 def _missing_first_events(session: Session) -> list[tuple[str, str]]:
     """Final jobs and batches with a webhook_url that ended between a day and two minutes ago and
-    have no delivery row at all: their first message was lost."""
+    have no delivery row of their final event, and rule matches (``job.flagged``) of that age whose
+    job or batch has a webhook_url and that have no delivery row: their first message was lost."""
     since, until = _now() - MISSING_WINDOW, _now() - timedelta(seconds=MISSING_GRACE_SECONDS)
     found: list[tuple[str, str]] = []
     subjects: tuple[tuple[Any, Any, dict[str, str]], ...] = (
@@ -424,11 +451,26 @@ def _missing_first_events(session: Session) -> list[tuple[str, str]]:
                 model.status.in_(list(events)),
                 model.webhook_url.is_not(None),
                 model.finished_at.between(since, until),
-                ~exists().where(owner == model.id),
+                ~exists().where(owner == model.id, WebhookDelivery.event_type.in_(list(events.values()))),
             )
             .limit(DUE_BATCH)
         ).all()
         found += [(str(subject_id), events[status]) for subject_id, status in rows]
+    flag_type = literal(f"{FLAGGED_EVENT}:") + cast(JobFlag.rule_id, String)
+    flags = session.execute(
+        select(JobFlag.job_id, JobFlag.rule_id)
+        .join(Job, Job.id == JobFlag.job_id)
+        .outerjoin(Batch, Batch.id == Job.batch_id)
+        .where(
+            JobFlag.created_at.between(since, until),
+            or_(Job.webhook_url.is_not(None), Batch.webhook_url.is_not(None)),
+            ~exists().where(
+                WebhookDelivery.job_id == JobFlag.job_id, WebhookDelivery.event_type == flag_type
+            ),
+        )
+        .limit(DUE_BATCH)
+    ).all()
+    found += [(str(job_id), f"{FLAGGED_EVENT}:{rule_id}") for job_id, rule_id in flags]
     return found
 
 

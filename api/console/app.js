@@ -10,6 +10,7 @@ import * as transcript from "./views/transcript.js";
 import * as uploadView from "./views/upload.js";
 import * as live from "./views/live.js";
 import * as batches from "./views/batches.js";
+import * as searchView from "./views/search.js";
 
 const ROUTES = [
   [/^\/jobs$/, jobs, "jobs"],
@@ -18,6 +19,7 @@ const ROUTES = [
   [/^\/live$/, live, "live"],
   [/^\/batches$/, batches, "batches", "list"],
   [/^\/batches\/([0-9a-fA-F-]{8,})$/, batches, "batches", "detail"],
+  [/^\/search$/, searchView, "search"],
 ];
 
 const main = document.getElementById("main");

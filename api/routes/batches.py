@@ -31,6 +31,7 @@ from api.schemas import (
     JobStatus,
     validated_options,
 )
+from api.services import batch_analytics as analytics_svc
 from api.services import batch_results as results_svc
 from api.services import batch_sources as sources
 from api.services import batches as svc
@@ -302,6 +303,23 @@ def cancel_batch(batch_id: str, caller: CallerDep, db: DbDep) -> dict[str, Any]:
 
 
 @router.get(
+    "/{batch_id}/analytics",
+    summary="Conversation analytics over the batch's calls: sums, means, percentiles, per metadata value",
+    responses={**ERRORS, 422: {"model": ErrorResponse, "description": "group_by names no metadata column"}},
+)
+def batch_analytics(
+    batch_id: str,
+    caller: CallerDep,
+    db: DbDep,
+    group_by: Annotated[
+        str | None, Query(description="a metadata column to aggregate per value of (default: agent, if any)")
+    ] = None,
+) -> dict[str, Any]:
+    batch = svc.load_batch(db, caller, batch_id)
+    return analytics_svc.batch_analytics(db, batch.id, group_by)
+
+
+@router.get(
     "/{batch_id}/results",
     summary="Results, streamed: jsonl, csv (a row per phrase) or zip (files per recording and format)",
     responses={
@@ -329,6 +347,11 @@ def results(
     ] = None,
 ) -> StreamingResponse:
     batch = svc.load_batch(db, caller, batch_id)
-    req = results_svc.ResultsRequest(batch.id, list(batch.skipped or []), results_svc.parse_formats(formats))
+    req = results_svc.ResultsRequest(
+        batch.id,
+        list(batch.skipped or []),
+        results_svc.parse_formats(formats),
+        tuple(analytics_svc.metadata_keys(db, batch.id)) if format == "zip" else (),
+    )
     headers = {"Content-Disposition": f'attachment; filename="batch-{batch.id}.{format}"'}
     return StreamingResponse(_STREAMS[format](settings, req), media_type=_MEDIA[format], headers=headers)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import selectinload
 
 from api.errors import ApiError
 from api.services import jobs as svc
+from api.services.batch_analytics import ANALYTICS_CSV, AnalyticsCsv
 from shared.asr.formats import FORMATS
 from shared.db.models import Job
 from shared.db.session import sessionmaker_for
@@ -105,6 +106,7 @@ class ResultsRequest:
     batch_id: uuid.UUID
     skipped: list[dict[str, Any]]
     formats: tuple[str, ...] = ZIP_FORMATS
+    metadata_columns: tuple[str, ...] = ()  # analytics.csv's metadata columns (every key of the batch)
 
 
 def stream_jsonl(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
@@ -184,10 +186,12 @@ RESULTS_JSONL = "results.jsonl"
 
 def stream_zip(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
     """Per completed recording one file per format (as GET /v1/jobs/{id}/transcript renders it),
-    named after its path; then ``results.jsonl`` (the jsonl results) and ``errors.csv`` (every
-    item without a transcript, with its reason, and the skipped entries). Written as it is read."""
+    named after its path; then ``results.jsonl`` (the jsonl results), ``errors.csv`` (every
+    item without a transcript, with its reason, and the skipped entries) and ``analytics.csv`` (a
+    row per completed recording: its metadata and every measure). Written as it is read."""
     sink = _Sink()
-    used = {ERRORS_CSV, RESULTS_JSONL}
+    used = {ERRORS_CSV, RESULTS_JSONL, ANALYTICS_CSV}
+    table = AnalyticsCsv(req.metadata_columns)
     errors = io.StringIO()
     errors.write(BOM)
     writer = csv.writer(errors)
@@ -201,6 +205,7 @@ def stream_zip(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
                 )
                 writer.writerow([rec["name"], rec["job_id"], rec["status"], error.get("code", ""), message])
                 continue
+            table.add(rec["name"], job)
             for fmt in req.formats:
                 body, _ = svc.render_transcript(job, fmt)
                 zf.writestr(output_name(rec["name"], fmt, used), body)
@@ -212,4 +217,5 @@ def stream_zip(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
         for entry in req.skipped:
             writer.writerow([entry.get("name", ""), "", "skipped", entry.get("reason", ""), ""])
         zf.writestr(ERRORS_CSV, errors.getvalue())
+        zf.writestr(ANALYTICS_CSV, table.body())
     yield sink.take()

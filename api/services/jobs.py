@@ -29,12 +29,20 @@ from sqlalchemy.orm import Session
 
 from api.deps import Caller
 from api.errors import ERROR_STATUS, ApiError, not_found
-from api.schemas import ErrorInfo, JobLinks, JobOptions, JobOut
+from api.schemas import ErrorInfo, FlagOut, JobLinks, JobOptions, JobOut
 from api.uploads import StoredAudio, audio_file_path, remove_quietly, save_stream
 from shared.asr.errors import ToneError
 from shared.asr.formats import MEDIA_TYPES, render
 from shared.asr.types import Phrase, Word
-from shared.db.models import FINAL_STATUSES, Batch, Job, TenantVocabulary, Transcript, WebhookDelivery
+from shared.db.models import (
+    FINAL_STATUSES,
+    Batch,
+    Job,
+    JobFlag,
+    TenantVocabulary,
+    Transcript,
+    WebhookDelivery,
+)
 from shared.db.session import rowcount
 from shared.platform import logs, metrics
 from shared.platform.batch_state import BATCH_EVENTS, finish_batch
@@ -87,6 +95,14 @@ def job_view(job: Job) -> JobOut:
         webhook_url=job.webhook_url,
         error=error,
         links=job_links(str(job.id)),
+        analytics=job.analytics,
+        flags=[flag_view(f) for f in job.flags],
+    )
+
+
+def flag_view(f: JobFlag) -> FlagOut:
+    return FlagOut(
+        rule_id=str(f.rule_id), name=f.rule.name, kind=f.rule.kind, details=f.details, created_at=f.created_at
     )
 
 
@@ -486,6 +502,7 @@ def transcript_document(job: Job, transcript: Transcript) -> dict[str, Any]:
         "duration": transcript.duration,
         "processing_time": job.processing_seconds,
         "channels": transcript.channels,
+        "analytics": job.analytics,
     }
 
 

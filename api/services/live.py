@@ -201,6 +201,8 @@ def store_job(settings: Settings, tenant_id: uuid.UUID, options: Options, durati
     ``POST /transcribe/streaming``)."""
     from shared.db.models import Job, Transcript
     from shared.db.session import session_scope
+    from shared.platform.rules import FLAGGED_EVENT
+    from shared.platform.search import after_transcript_stored
 
     duration = round(duration, 3)
     split = options.channels == 2
@@ -217,11 +219,15 @@ def store_job(settings: Settings, tenant_id: uuid.UUID, options: Options, durati
         db.flush()
         db.add(Transcript(job_id=job.id, phrases=phrases, full_text=" ".join(p["text"] for p in phrases),
                           duration=duration, channels=2 if split else 1))  # fmt: skip
+        db.flush()
+        flagged = after_transcript_stored(db, job.id, tenant_id, phrases, duration, 2 if split else 1)
         job_id = str(job.id)
     if webhook_url:
         from shared.queue import enqueue_webhook
 
         enqueue_webhook(job_id, "job.completed")
+        for rule_id in flagged:
+            enqueue_webhook(job_id, f"{FLAGGED_EVENT}:{rule_id}")
     return job_id
 
 

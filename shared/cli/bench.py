@@ -47,6 +47,9 @@ def register(sub: Any) -> None:
     p.add_argument("--sherpa-seconds", type=float, default=6.0, help="audio per stream for that comparison")
     p.add_argument("--text-only", action="store_true",
                    help="only ITN and redaction per audio hour, beside the engine at B=1 and 16")  # fmt: skip
+    p.add_argument("--search-only", action="store_true",
+                   help="only the search benchmark (rows built in SQL, own PostgreSQL)")  # fmt: skip
+    p.add_argument("--search-phrases", type=int, default=1_000_000, help="phrases of the searched tenant")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--provider", default="auto")
     p.set_defaults(func=cmd_bench)

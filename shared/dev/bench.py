@@ -596,6 +596,9 @@ def report_text_cost(engine: dict[int, float]) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "search_only", False):
+        run_search_bench(args.search_phrases)
+        return 0
     import onnxruntime as ort
 
     from shared.asr.engine import Recognizer
@@ -1109,3 +1112,169 @@ def _stream_table(
             if p95 < 300:
                 best = max(best, n)
     print(f"  largest N with p95 under 300 ms: {best}")
+
+
+# -- search: 1 000 000 phrases in one tenant, built in SQL ----------------------------------------------
+
+# real words the queries use, spread over the frequency ranks of a synthetic vocabulary
+SEARCH_WORDS = (
+    "договор", "расторгнуть", "оператор", "тариф", "перезвонить", "жалоба", "возврат", "подключить",
+    "интернет", "счет", "оплата", "менеджер", "претензия", "скидка", "отказаться", "заявка",
+)  # fmt: skip
+SEARCH_QUERIES = ("расторгнуть договор", "тариф скидка", "возврат оплата", "жалоба оператор",
+                  "подключить интернет", "перезвонить менеджер", "отказаться заявка",
+                  "счет претензия")  # fmt: skip
+SYLLABLES = ("ба", "ве", "го", "ду", "жи", "зо", "ка", "ли", "му", "но", "пе", "ро", "су", "ти", "фа",
+             "хо", "це", "чу", "ша", "ям")  # fmt: skip
+
+
+def search_vocabulary(size: int) -> list[str]:
+    """``size`` words by frequency rank: the query words at ranks 8, 16, ..., 128, syllable words between."""
+    words = []
+    for r in range(1, size + 1):
+        if r % 8 == 0 and r // 8 <= len(SEARCH_WORDS):
+            words.append(SEARCH_WORDS[r // 8 - 1])
+        else:
+            words.append(SYLLABLES[r % 20] + SYLLABLES[(r // 20) % 20] + SYLLABLES[(r // 400) % 20])
+    return words
+
+
+def _build_search_rows(conn: Any, tenant: str, jobs: int, per_job: int, vocab: int, offset: int) -> None:
+    """``jobs`` completed jobs of ``per_job`` 8-word phrases each, words drawn log-uniformly by rank
+    (Zipf-like) from ``search_vocabulary(vocab)``, with metadata ``agent`` (50 agents) and ``region``
+    (4). The phrases are written with COPY; their tsvector is PostgreSQL's generated column."""
+    import uuid
+
+    from sqlalchemy import text
+
+    conn.execute(
+        text(
+            "INSERT INTO jobs (id, tenant_id, kind, status, priority, queue, options, source, progress,"
+            " attempts, cancel_requested, duration, filename, client_metadata, created_at)"
+            " SELECT md5(:tenant || g)::uuid, CAST(:tenant AS uuid), 'job', 'completed', 2, 'cpu',"
+            " jsonb_build_object('channels', 'split', 'batch_name', 'calls/' || g || '.wav'), 'upload', 1,"
+            " 1, false, :per_job * 6.0, g || '.wav',"
+            " jsonb_build_object('agent', 'agent' || (g % 50), 'region', 'region' || (g % 4)),"
+            " now() - make_interval(secs => g + :offset)"
+            " FROM generate_series(1, :jobs) g"
+        ),
+        {"tenant": tenant, "jobs": jobs, "per_job": per_job, "offset": offset},
+    )
+    ids = [
+        str(r[0])
+        for r in conn.execute(
+            text("SELECT md5(:tenant || g)::uuid FROM generate_series(1, :jobs) g"),
+            {"tenant": tenant, "jobs": jobs},
+        )
+    ]
+    words = np.array(search_vocabulary(vocab), dtype=object)
+    rng = np.random.default_rng(offset)
+    ranks = np.minimum(vocab, np.floor(np.exp(rng.random((jobs * per_job, 8)) * np.log(vocab))).astype(int))
+    drawn = words[ranks - 1]
+    raw = conn.connection.dbapi_connection
+    with (
+        raw.cursor() as cur,
+        cur.copy(
+            "COPY transcript_phrases (job_id, idx, tenant_id, channel, start_time, end_time, text) FROM STDIN"
+        ) as copy,
+    ):
+        n = 0
+        for job in ids:
+            for p in range(per_job):
+                copy.write_row(
+                    (uuid.UUID(job), p, uuid.UUID(tenant), p % 2, p * 6.0, p * 6.0 + 5.0, " ".join(drawn[n]))
+                )
+                n += 1
+
+
+def run_search_bench(phrases: int = 1_000_000, other: int = 250_000, rounds: int = 12) -> dict[str, Any]:
+    """``tone-platform bench --search-only``: a PostgreSQL of its own, the schema at head, ``phrases``
+    phrases of one tenant and ``other`` of another built in SQL; then every query of SEARCH_QUERIES
+    ``rounds`` times through the API's own search code (``shared.platform.search_query``), plain and with a
+    metadata filter, interleaved; p50/p95 and the plan of one query."""
+    import shutil
+    import tempfile
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.orm import Session
+
+    from shared.db.migrate import alembic_upgrade
+    from shared.localstack import servers
+    from shared.platform.search_query import SearchFilter, hits_query, search
+
+    root = Path(tempfile.mkdtemp(prefix="tone-search-bench-"))
+    root.chmod(0o755)
+    pg = servers.start_postgres(root / "postgres")
+    try:
+        alembic_upgrade(pg.url)
+        engine = create_engine(pg.url)
+        tenant, neighbour = uuid.uuid4(), uuid.uuid4()
+        per_job = 50
+        started = time.perf_counter()
+        with engine.begin() as conn:
+            for t, name in ((tenant, "bench"), (neighbour, "neighbour")):
+                conn.execute(
+                    text("INSERT INTO tenants (id, name, webhook_secret) VALUES (:t, :n, 'whsec_x')"),
+                    {"t": t, "n": name},
+                )
+            conn.execute(text("DROP INDEX ix_transcript_phrases_tsv"))  # built once, after the rows
+            _build_search_rows(conn, str(tenant), phrases // per_job, per_job, 5000, 0)
+            _build_search_rows(conn, str(neighbour), other // per_job, per_job, 5000, 10**6)
+            conn.execute(text("CREATE INDEX ix_transcript_phrases_tsv ON transcript_phrases USING gin (tsv)"))
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE transcript_phrases"))
+            conn.execute(text("VACUUM ANALYZE jobs"))
+            size = conn.execute(
+                text("SELECT pg_size_pretty(pg_total_relation_size('transcript_phrases'))")
+            ).scalar()
+        print(f"search: {phrases} + {other} phrases built in {time.perf_counter() - started:.0f} s ({size})")
+        caller = tenant  # the searched tenant, as GET /v1/search passes its caller's
+        timings: dict[str, list[float]] = {"two words": [], "two words + metadata.agent": []}
+        hits: dict[str, list[int]] = {k: [] for k in timings}
+        with Session(engine) as db:
+            for q in SEARCH_QUERIES:  # warm the cache once
+                search(db, caller, SearchFilter(q=q))
+            for r in range(rounds):
+                for q in SEARCH_QUERIES:
+                    for kind, meta in (
+                        ("two words", {}),
+                        ("two words + metadata.agent", {"agent": f"agent{r % 50}"}),
+                    ):
+                        t0 = time.perf_counter()
+                        page = search(db, caller, SearchFilter(q=q, metadata=meta))
+                        timings[kind].append((time.perf_counter() - t0) * 1000)
+                        hits[kind].append(len(page["data"]))
+                db.rollback()
+            counts = {
+                q: db.execute(
+                    text(
+                        "SELECT count(*) FROM transcript_phrases"
+                        " WHERE tsv @@ (websearch_to_tsquery('russian', :q) && CAST(:tq AS tsquery))"
+                    ),
+                    {"q": q, "tq": f"'@{tenant.hex}'"},
+                ).scalar()
+                for q in SEARCH_QUERIES
+            }
+            sql, params = hits_query(caller, SearchFilter(q=SEARCH_QUERIES[0], metadata={"agent": "agent7"}))
+            plan = db.execute(
+                text("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) " + sql), params
+            ).scalars()
+            plan_text = "\n".join(plan)
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"load average during the run: {load} ({os.cpu_count()} cores; other work skews p95)")
+        print("matching phrases per query (all pages):", ", ".join(f"{q}: {n}" for q, n in counts.items()))
+        result: dict[str, Any] = {"counts": counts, "plan": plan_text}
+        for kind, values in timings.items():
+            p50, p95 = float(np.percentile(values, 50)), _p95(values)
+            result[kind] = (p50, p95)
+            print(f"  {kind:<28} p50 {p50:6.1f} ms   p95 {p95:6.1f} ms   ({len(values)} queries, first page)")
+            n = len(SEARCH_QUERIES)
+            per_query = {q: _p95(values[i::n]) for i, q in enumerate(SEARCH_QUERIES)}
+            print("    p95 per query: " + ", ".join(f"{q} {ms:.1f}" for q, ms in per_query.items()))
+        print("plan (EXPLAIN ANALYZE) of the first query with metadata.agent=agent7:\n" + plan_text)
+        engine.dispose()
+        return result
+    finally:
+        servers.stop(pg)
+        shutil.rmtree(root, ignore_errors=True)

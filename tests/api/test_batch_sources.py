@@ -378,7 +378,7 @@ def test_a_manifest_batch_transcribes_urls_zips_every_format_and_sends_one_signe
     with zipfile.ZipFile(io.BytesIO(res.content)) as zf:
         stems = {a: "127.0.0.1/a", b: "calls/b"}
         expected = [f"{s}.{f}" for s in stems.values() for f in ("srt", "vtt", "txt", "json")]
-        assert sorted(zf.namelist()) == sorted([*expected, "results.jsonl", "errors.csv"])
+        assert sorted(zf.namelist()) == sorted([*expected, "results.jsonl", "errors.csv", "analytics.csv"])
         for name, stem in stems.items():
             job = by_name[name]["job_id"]
             for fmt in ("srt", "vtt", "txt", "json"):

@@ -134,7 +134,7 @@ def test_batch_end_to_end(api, worker, api_key, other_key, wavs, tone_model, ser
     with zipfile.ZipFile(io.BytesIO(res.content)) as zf:
         stems = [n.removesuffix(".wav") for n in expected]
         files = [f"{s}.{fmt}" for s in stems for fmt in ("json", "txt", "srt", "vtt")]
-        assert sorted(zf.namelist()) == sorted([*files, "results.jsonl", "errors.csv"])
+        assert sorted(zf.namelist()) == sorted([*files, "results.jsonl", "errors.csv", "analytics.csv"])
         assert json.loads(zf.read("calls/b.json"))["phrases"] == expected["calls/b.wav"]
         assert [json.loads(line) for line in zf.read("results.jsonl").decode().splitlines()] == lines
         assert zf.read("errors.csv").startswith("\ufeff".encode())

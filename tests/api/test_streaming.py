@@ -350,6 +350,13 @@ def test_store_true_on_the_http_create_call_keeps_a_completed_job(
     assert client.get(f"/v1/jobs/{job_id}/transcript").json()["phrases"] == body["phrases"]
     assert job_id in [j["id"] for j in client.get("/v1/jobs").json()["data"]]
     assert "job_id" not in finalize(client, open_session(client)).json()
+    # kept as a job, it is measured and indexed like any transcript (shared.platform.search)
+    from shared.platform.analytics import compute
+
+    assert job["analytics"] == compute(body["phrases"], job["duration"], 1)
+    word = body["phrases"][0]["text"].split()[0]
+    hits = client.get("/v1/search", params={"q": word}).json()["data"]
+    assert job_id in {h["job_id"] for h in hits}
 
 
 def finish_after_in_flight(

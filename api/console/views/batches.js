@@ -2,9 +2,11 @@
 // one batch (GET /v1/batches/{id}): progress, ETA, per-status counts, audio done and left; its items
 // (GET /v1/batches/{id}/items, paginated) with the failed ones' reasons; results downloaded as
 // JSONL, CSV or ZIP (GET /v1/batches/{id}/results); cancel (POST /v1/batches/{id}/cancel); delete
-// (DELETE /v1/batches/{id}).
+// (DELETE /v1/batches/{id}); its conversation analytics (GET /v1/batches/{id}/analytics: the
+// aggregates and a table per agent when the metadata has an agent column), refreshed with the batch.
 
 import { describe, download, query, request, upload } from "../api.js";
+import { batchAnalyticsCard } from "../analytics.js";
 import { textOptions } from "./textopts.js";
 import { badge, clear, confirmDialog, errorBox, h, keepFocus, poller, progressBar, showLoadError, span, titled, when, wirePager } from "../ui.js";
 
@@ -183,6 +185,8 @@ function renderDetail(root, id, ctx) {
   const summary = h("div", { class: "batch-summary", "aria-live": "polite" });
   const onlyFailed = h("input", { type: "checkbox", id: "only-failed" });
   const itemsBody = h("div", { class: "items-body" });
+  const analyticsHolder = h("div", { class: "analytics-holder" });
+  let analyticsPolls = 0;
   const more = h("button", { type: "button", class: "secondary", hidden: true }, "Load more items");
   const downloads = h(
     "div",
@@ -210,6 +214,7 @@ function renderDetail(root, id, ctx) {
     h("p", { class: "back" }, h("a", { href: "#/batches" }, "← All batches")),
     h("div", { class: "page-head" }, heading, actions),
     h("section", { class: "card" }, summary, downloads),
+    analyticsHolder,
     h(
       "section",
       { class: "card", "aria-labelledby": "items-title" },
@@ -361,6 +366,12 @@ function renderDetail(root, id, ctx) {
       batch = await request(`/v1/batches/${id}`);
       drawSummary();
       await loadItems();
+      // the aggregates: every 5th poll while the batch runs (they read every call), then once at the end
+      if (!isOpenBatch(batch) || analyticsPolls++ % 5 === 0) {
+        const measured = await request(`/v1/batches/${id}/analytics`);
+        clear(analyticsHolder);
+        analyticsHolder.append(batchAnalyticsCard(measured));
+      }
       return isOpenBatch(batch) ? undefined : false;
     },
     2000,

@@ -5,11 +5,15 @@
 //
 // Calls: GET /v1/jobs/{id}, GET /v1/jobs/{id}/transcript (json, txt, srt, vtt), GET
 // /v1/jobs/{id}/audio (16-bit PCM WAV at 8 kHz, fetched with the key and played from a blob URL),
-// POST /v1/jobs/{id}/cancel, DELETE /v1/jobs/{id}.
+// POST /v1/jobs/{id}/cancel, DELETE /v1/jobs/{id}. The job's metadata and its conversation analytics
+// (talk share bar, figures per side, flags; silences and overtalk marked on the waveform's lanes)
+// come from GET /v1/jobs/{id}. #/jobs/<id>?t=<seconds> (a search hit) opens the call at that moment
+// and plays from there.
 
 import { describe, download, request } from "../api.js";
 import { badge, clear, clock, confirmDialog, errorBox, h, isOpen, jobName, poller, progressBar, span, titled, when } from "../ui.js";
 import { decode, waveform } from "../waveform.js";
+import { analyticsCard, markWaveform, stretches } from "../analytics.js";
 
 const SPEAKERS = ["Agent", "Client"];
 const DOWNLOADS = [
@@ -52,8 +56,17 @@ function hitsOf(text, needle) {
   return out;
 }
 
+/** The moment asked for in the address (#/jobs/<id>?t=12.3), or null. */
+function startAt() {
+  const hash = location.hash || "";
+  const at = hash.indexOf("?");
+  const t = Number(new URLSearchParams(at === -1 ? "" : hash.slice(at + 1)).get("t"));
+  return at !== -1 && Number.isFinite(t) && t >= 0 ? t : null;
+}
+
 export function render(root, params, ctx) {
   const id = params.id;
+  const from = startAt();
   const disposers = [];
   const heading = h("h1", {}, "Job");
   const headActions = h("div", { class: "head-actions" });
@@ -86,6 +99,12 @@ export function render(root, params, ctx) {
       job.kind === "stream" ? ["Source", "Live session"] : job.audio_url ? ["Source", job.audio_url] : null,
     ].filter(Boolean);
     for (const [k, v] of rows) meta.append(h("div", {}, h("dt", {}, k), h("dd", {}, v)));
+    if (job.metadata && typeof job.metadata === "object") {
+      for (const [k, v] of Object.entries(job.metadata)) {
+        const value = v !== null && typeof v === "object" ? JSON.stringify(v) : String(v);
+        meta.append(h("div", { class: "metadata", dataset: { key: k } }, h("dt", {}, k), h("dd", { lang: "ru" }, value)));
+      }
+    }
     clear(headActions);
     if (isOpen(job.status)) {
       headActions.append(h("button", { type: "button", class: "secondary", onclick: cancel }, "Cancel job"));
@@ -304,7 +323,18 @@ export function render(root, params, ctx) {
     if (split) body.append(h("div", { class: "dialogue-head", "aria-hidden": "true" }, h("span", {}, "Agent"), h("span", {}, "Client")));
     if (!phrases.length) body.append(h("p", { class: "empty" }, "No speech was recognized in this recording."));
     else body.append(list);
-    content.append(player, body);
+    content.append(player);
+    if (job.analytics) content.append(analyticsCard(job.analytics, job.flags || []));
+    content.append(body);
+    const marks = stretches(phrases, doc.duration, split);
+    let target = null;
+    if (from !== null) {
+      target = items.find((it) => it.phrase.start_time <= from + 0.001 && from < it.phrase.end_time) || items.find((it) => it.phrase.start_time >= from);
+      if (target) {
+        target.li.classList.add("from-search");
+        target.li.scrollIntoView({ block: "center" });
+      }
+    }
 
     // -- playback: seeking and highlighting --
     let hasAudio = false;
@@ -376,12 +406,18 @@ export function render(root, params, ctx) {
       audio.src = url;
       hasAudio = true;
       list.classList.add("seekable");
+      if (from !== null) {
+        // a search hit: play from the phrase's start (or the moment asked for)
+        const at = target ? target.phrase.start_time : from;
+        audio.addEventListener("loadedmetadata", () => seek(at), { once: true });
+      }
       clear(waveHolder);
       try {
         const buffer = await decode(await blob.arrayBuffer());
         const labels = buffer.numberOfChannels === 2 && split ? SPEAKERS : [];
         wave = waveform(buffer, labels, seek);
         disposers.push(() => wave.destroy());
+        if (doc.duration > 0) markWaveform(wave.element, doc.duration, marks);
         waveHolder.append(wave.element);
       } catch {
         waveHolder.append(h("p", { class: "muted" }, "The waveform could not be drawn in this browser; the recording plays above."));
