@@ -100,6 +100,8 @@ class JobStore:
         self.owner = owner
         self.lease = timedelta(seconds=lease_seconds)
         self.metrics = metrics.client_for(redis_url) if redis_url else None  # where the counters go
+        # rules each completed job matched (complete() fills it, the caller pops it to send job.flagged)
+        self.flagged: dict[str, list[str]] = {}
 
     def _started(self, claimed: Sequence[Any]) -> list[Claimed]:
         """The claimed rows as :class:`Claimed`; a job's first start adds its queue wait."""
@@ -124,8 +126,6 @@ class JobStore:
             getattr(row, "duration", None),
             getattr(row, "processing_seconds", None),
         )
-        # rules each completed job matched (complete() fills it, the caller pops it to send job.flagged)
-        self.flagged: dict[str, list[str]] = {}
 
     def _claim_values(self) -> dict[str, Any]:
         return {
