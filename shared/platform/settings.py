@@ -12,7 +12,6 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 CUDA_WORKER_BATCH = 256
 
 
