@@ -40,6 +40,9 @@ def register(sub: Any) -> None:
     p.add_argument("--lm-words", type=int, default=20000,
                    help="beam search vs greedy with an ARPA LM of this many words (0 skips)")  # fmt: skip
     p.add_argument("--decoder-workers", type=int, default=2, help="decoder processes for the pooled beam run")
+    p.add_argument("--lm-seconds", type=float, default=30.0, help="each of the 16 tones-model recordings")
+    p.add_argument("--lm-cost-seconds", type=float, default=10.0,
+                   help="each of the 4 cost-model recordings (flat frames: slow beam search)")  # fmt: skip
     p.add_argument("--sherpa-batches", default="1,16",
                    help="our engine beside sherpa-onnx (the bench extra) at these B ('' skips)")  # fmt: skip
     p.add_argument("--sherpa-seconds", type=float, default=6.0, help="audio per stream for that comparison")

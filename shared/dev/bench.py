@@ -608,7 +608,8 @@ def run_bench(args: argparse.Namespace) -> int:
             from shared.dev.models.tones import build_tone_model
 
             tones = build_tone_model(tones)
-        for kind, model, n, secs, rounds in (("tones", tones, 16, 30.0, 2), ("cost", path, 4, 10.0, 1)):
+        plan = (("tones", tones, 16, args.lm_seconds, 2), ("cost", path, 4, args.lm_cost_seconds, 1))
+        for kind, model, n, secs, rounds in plan:
             run_lm_bench(model, kind, args.lm_words, n, secs, args.decoder_workers, threads, rounds)
     if args.platform_recordings:
         first = precisions[0]
