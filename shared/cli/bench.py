@@ -46,6 +46,8 @@ def register(sub: Any) -> None:
     p.add_argument("--sherpa-batches", default="1,16",
                    help="our engine beside sherpa-onnx (the bench extra) at these B ('' skips)")  # fmt: skip
     p.add_argument("--sherpa-seconds", type=float, default=6.0, help="audio per stream for that comparison")
+    p.add_argument("--skip-processes", action="store_true",
+                   help="skip the CPU's processes-per-core comparison (e.g. on a GPU run)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--provider", default="auto")
     p.set_defaults(func=cmd_bench)
