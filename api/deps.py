@@ -76,8 +76,14 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def authenticate(request: Request, settings: SettingsDep, db: DbDep) -> Caller:
-    return resolve_caller(db, settings, presented_key(request))
+def authenticate(request: Request, settings: SettingsDep) -> Caller:
+    """The caller, from a database session of its own that is closed at once: a call that waits
+    long afterwards (a live piece waiting for its answer) holds no pooled connection meanwhile."""
+    db = sessionmaker_for(settings.database_url)()
+    try:
+        return resolve_caller(db, settings, presented_key(request))
+    finally:
+        db.close()
 
 
 def resolve_caller(db: Session, settings: Settings, key: str | None) -> Caller:

@@ -631,7 +631,10 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.stream_counts:
         step_ms = {b: per_step * 1000 for p, b, _, per_step in rows if p == precisions[0]}
         counts = [int(n) for n in args.stream_counts.split(",")]
-        run_stream_bench(path, counts=counts, seconds=args.stream_seconds, step_ms=step_ms)
+        protocols = tuple(args.stream_protocols.split(","))
+        run_stream_bench(
+            path, counts=counts, seconds=args.stream_seconds, step_ms=step_ms, protocols=protocols
+        )
     if args.batch_run:
         best_rate, best_at = max((r, b) for p, b, r, _ in rows if p == precisions[0])
         run_batch_bench(
@@ -962,11 +965,74 @@ def _live_streams(url: str, key: str, n: int, pieces: int) -> tuple[list[float],
     return latencies, errors
 
 
-def run_stream_bench(path: Path, *, counts: list[int], seconds: float, step_ms: dict[int, float]) -> None:
-    """N simulated live streams (300 ms pieces at real-time pace over the HTTP streaming calls)
-    against a stack on the model: latency from a piece's sending to its answer, for rising N."""
+def _ws_streams(url: str, key: str, n: int, pieces: int) -> tuple[list[float], list[str]]:
+    """``n`` live streams over ``/v1/stream`` in one event loop, each sending a 300 ms frame every
+    300 ms with ``"acks": true``; a piece's latency is from its frame's sending to its ack."""
+    import asyncio
+    import json
+
+    from websockets.asyncio.client import connect
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    ws_url = url.replace("http://", "ws://") + "/v1/stream"
+
+    async def stream(i: int, start_at: float) -> None:
+        rng = np.random.default_rng(i)
+        try:
+            async with connect(ws_url, additional_headers={"Authorization": f"Bearer {key}"},
+                               open_timeout=60, max_queue=None) as ws:  # fmt: skip
+                await ws.send(json.dumps({"sample_rate": SAMPLE_RATE, "acks": True}))
+                for k in range(pieces):
+                    await asyncio.sleep(max(0.0, start_at + k * CHUNK_SECONDS - time.time()))
+                    audio = rng.normal(0, 2000, CHUNK_SAMPLES).astype(np.int16).tobytes()
+                    t = time.perf_counter()
+                    await ws.send(audio)
+                    while True:
+                        message = json.loads(await asyncio.wait_for(ws.recv(), 60))
+                        if message["type"] == "error":
+                            errors.append(str(message)[:200])
+                            return
+                        if message["type"] == "ack":
+                            break
+                    latencies.append((time.perf_counter() - t) * 1000)
+                await ws.send(json.dumps({"type": "end"}))
+                while json.loads(await asyncio.wait_for(ws.recv(), 60))["type"] != "final":
+                    pass
+        except Exception as exc:  # a refused or broken connection is an error of the run
+            errors.append(f"{type(exc).__name__}: {exc}"[:200])
+
+    async def main() -> None:
+        start_at = time.time() + 2.0 + n * 0.01  # every connection is open before the first piece
+        await asyncio.gather(*(stream(i, start_at) for i in range(n)))
+
+    asyncio.run(main())
+    return latencies, errors
+
+
+def run_stream_bench(
+    path: Path,
+    *,
+    counts: list[int],
+    seconds: float,
+    step_ms: dict[int, float],
+    protocols: tuple[str, ...] = ("http", "ws"),
+) -> None:
+    """N simulated live streams (300 ms pieces at real-time pace, over the HTTP streaming calls and
+    over ``/v1/stream``) against a stack on the model: latency from a piece's sending to its
+    answer, for rising N."""
+    for protocol in protocols:
+        _stream_table(path, protocol, counts, seconds, step_ms)
+
+
+def _stream_table(
+    path: Path, protocol: str, counts: list[int], seconds: float, step_ms: dict[int, float]
+) -> None:
     pieces = int(seconds / CHUNK_SECONDS)
-    print(f"\nstreaming: N live streams, 300 ms pieces at real-time pace for {seconds:.0f} s each")
+    over = "the HTTP streaming calls" if protocol == "http" else "/v1/stream (WebSocket)"
+    print(
+        f"\nstreaming over {over}: N live streams, 300 ms pieces at real-time pace for {seconds:.0f} s each"
+    )
     print(
         f"{'N':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'outside model':>14} {'Redis KiB/s/stream':>19}"
     )
@@ -974,7 +1040,8 @@ def run_stream_bench(path: Path, *, counts: list[int], seconds: float, step_ms: 
     with bench_stack(path, max(counts)) as (url, key, env):
         for n in counts:
             before = _redis_input_bytes(env["REDIS_URL"])
-            latencies, errors = _live_streams(url, key, n, pieces)
+            run = _live_streams if protocol == "http" else _ws_streams
+            latencies, errors = run(url, key, n, pieces)
             redis_rate = (_redis_input_bytes(env["REDIS_URL"]) - before) / n / seconds / 1024
             if errors:
                 print(f"{n:>4} errors: {len(errors)} (first: {errors[0]})")

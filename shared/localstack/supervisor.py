@@ -41,7 +41,10 @@ ENV_FILE = "env"
 FLOWER_PASSWORD_FILE = "flower-password"
 HEALTH_TIMEOUT = 120.0
 TERM_TIMEOUT = 20.0  # seconds a process group gets between SIGTERM and SIGKILL
-NO_MODEL_HINT = "no TONE_MODEL_PATH: the worker will try to download t-tech/T-one from Hugging Face"
+NO_MODEL_HINT = (
+    "no TONE_MODEL_PATH: the worker will try to download t-tech/T-one from Hugging Face (offline: "
+    "`make models`, then TONE_MODEL_PATH=.cache/test-models/tones for the tones test model)"
+)
 CELERY_APP = "worker.celery_app:app"
 # the order of shutdown: the API stops taking work first, the worker finishes (warm shutdown) last
 STOP_ORDER = ("api", "flower", "beat", "events", "worker-live", "worker")
@@ -388,6 +391,13 @@ def _read_up(data_dir: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def stack_api_url(data_dir: Path | None = None) -> str | None:
+    """The API URL of the ``up`` stack recorded in ``<data_dir>/up.json`` (TONE_DATA_DIR by default)."""
+    doc = _read_up(data_dir or data_dir_from_env())
+    url = ((doc or {}).get("urls") or {}).get("api")
+    return url if isinstance(url, str) and url else None
+
+
 def _recorded_alive(doc: dict[str, Any]) -> list[str]:
     """Names of the recorded processes (and a foreground supervisor) still running."""
     alive = []
@@ -603,7 +613,7 @@ def up(
 
         if detach:
             _wait_healthy(current, health_url, health_timeout)
-            _say(f"ready: {health_url} answers 200. `tone-platform down` stops the stack.")
+            _say_ready(health_url, "`tone-platform down` stops the stack.")
             ok = True
             return 0
         return _supervise(current, health_url, health_timeout)
@@ -667,6 +677,26 @@ def _workers_in(body: str) -> int | None:
     return workers if isinstance(workers, int) else None
 
 
+def _model_warning(body: str) -> str | None:
+    """A warning line when a /health answer says the model is missing or failed to load."""
+    try:
+        health = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(health, dict) or health.get("model_status", "ok") == "ok":
+        return None
+    return f"warning: {health.get('status', 'degraded')}: every job will fail: {health.get('model_error')}"
+
+
+def _say_ready(health_url: str, then: str) -> None:
+    status, body = http_status(health_url, timeout=2.0)
+    warning = _model_warning(body) if status == 200 else None
+    state = "degraded (no model)" if warning else "ready"
+    _say(f"{state}: {health_url} answers 200. {then}")
+    if warning:
+        _say(warning)
+
+
 def _wait_healthy(current: Stack, health_url: str, timeout: float) -> None:
     """Wait for /health 200 (or raise with the logs' tails), then, within the same time, for a worker.
 
@@ -722,7 +752,7 @@ def _supervise(current: Stack, health_url: str, timeout: float) -> int:
             status, body = http_status(health_url, timeout=2.0)
             if status == 200:
                 ready = True
-                _say(f"ready: {health_url} answers 200. Ctrl-C stops everything.")
+                _say_ready(health_url, "Ctrl-C stops everything.")
             else:
                 last = f"{status} {body.strip()[:300]}" if status is not None else body
                 if time.monotonic() > deadline:

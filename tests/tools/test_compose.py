@@ -64,3 +64,12 @@ def test_the_stack_has_its_parts_and_runs_the_real_entry_points() -> None:
     cmd = re.search(r"^CMD (.+)$", worker, re.M)
     assert cmd and "worker.celery_app:app" in cmd.group(1)
     assert "${TONE_WORKER_QUEUES:-$TONE_WORKER_QUEUE,$TONE_WORKER_QUEUE.live,events}" in cmd.group(1)
+
+
+def test_health_checks_use_readyz_celery_ping_and_beats_schedule() -> None:
+    assert "/readyz" in " ".join(SERVICES["api"]["healthcheck"]["test"])
+    for name in ("worker", "worker-live", "events", "worker-gpu", "worker-gpu-live"):
+        check = " ".join(SERVICES[name]["healthcheck"]["test"])
+        assert "celery -A worker.celery_app:app inspect ping" in check, name
+    beat = " ".join(SERVICES["beat"]["healthcheck"]["test"])
+    assert "celerybeat-schedule" in beat and "-s" in SERVICES["beat"]["command"]
