@@ -183,14 +183,19 @@ def host_rate(rec: Any, batch: int, audio: np.ndarray, min_seconds: float, max_s
     return HostRate(batch, steps, wall, spent[0], phrases)
 
 
-def run_host_bench(null_path: Path, batches: list[int], threads: int, min_seconds: float) -> list[HostRate]:
+def run_host_bench(
+    null_path: Path, batches: list[int], threads: int, min_seconds: float, provider: str = "cpu"
+) -> list[HostRate]:
     """The engine with the model taken out (the null model): host time per stream-chunk and the
     audio seconds per second one process could feed to an accelerator."""
     from shared.asr.engine import Recognizer
 
-    rec = Recognizer.load(null_path, providers="cpu", threads=threads)
+    rec = Recognizer.load(null_path, providers=provider, threads=threads)
     audio = speech_audio(60.0)
-    print(f"\n[the engine alone: null model {null_path}, speech with pauses, {threads} threads]")
+    print(
+        f"\n[the engine alone: null model {null_path}, speech with pauses, {threads} threads, "
+        f"{rec.model.providers[0]}]"
+    )
     print(
         f"{'B':>5} {'us/stream-chunk':>16} {'host us':>8} {'in ORT us':>10} {'audio s/s':>10} "
         f"{'host-only s/s':>14}"
@@ -636,14 +641,14 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"  B={b:<3d} {rate:8.1f} s audio/s   {per_step * 1000:8.1f} ms per step", flush=True)
     best_b = max(batches)
     cores = os.cpu_count() or 1
-    if cores > 1:
+    if cores > 1 and not args.skip_processes:
         print(f"\n[{cores} processes x 1 thread, float16]", flush=True)
         for b in (1, best_b):
             rate = processes_rate(path, cores, b, args.min_seconds)
             rows.append((f"{cores}proc x1", b, rate, 0.0))
             print(f"  B={b:<3d} {rate:8.1f} s audio/s in total", flush=True)
     peak = matmul_rate(threads, rows=best_b * 10)
-    ceiling = peak / (flops / CHUNK_SECONDS)
+    ceiling = peak / (flops / CHUNK_SECONDS) if flops else float("inf")  # the null model: no FLOPs
     print(f"\nceiling: float32 MatMul on the model's shapes at {best_b * 10} rows: {peak / 1e9:.1f} GFLOP/s")
     print(f"         = {ceiling:.1f} s of audio per second if the model were nothing but those MatMuls\n")
     print(f"{'run':<10} {'B':>4} {'audio s/s':>10} {'x B=1':>7} {'% ceiling':>10} {'s per s':>8}")
@@ -663,16 +668,16 @@ def run_bench(args: argparse.Namespace) -> int:
             from shared.dev.models.null import build_null_model
 
             null = build_null_model(null)
-        run_host_bench(
-            null, [int(b) for b in args.host_batches.split(",")], threads, min(args.min_seconds, 3.0)
-        )
+        host_batches = [int(b) for b in args.host_batches.split(",")]
+        run_host_bench(null, host_batches, threads, min(args.min_seconds, 3.0), args.provider)
     if args.lm_words:
         tones = Path(args.tones_model)
         if not tones.exists():
             from shared.dev.models.tones import build_tone_model
 
             tones = build_tone_model(tones)
-        for kind, model, n, secs, rounds in (("tones", tones, 16, 30.0, 2), ("cost", path, 4, 10.0, 1)):
+        plan = (("tones", tones, 16, args.lm_seconds, 2), ("cost", path, 4, args.lm_cost_seconds, 1))
+        for kind, model, n, secs, rounds in plan:
             run_lm_bench(model, kind, args.lm_words, n, secs, args.decoder_workers, threads, rounds)
     if args.platform_recordings:
         first = precisions[0]

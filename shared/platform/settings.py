@@ -10,12 +10,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CUDA_WORKER_BATCH = 256
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TONE_", extra="ignore")
+
+    @model_validator(mode="after")
+    def _batch_for_the_device(self) -> Settings:
+        """A GPU wants many streams per model call: with TONE_PROVIDER=cuda and no
+        TONE_WORKER_BATCH, a worker batches 256 recordings (the CPU's 16 saturate two cores)."""
+        if "worker_batch" not in self.model_fields_set and self.provider == "cuda":
+            self.worker_batch = CUDA_WORKER_BATCH
+        return self
 
     # servers
     database_url: str = Field(
@@ -55,7 +65,7 @@ class Settings(BaseSettings):
 
     # workers
     worker_queue: str = "cpu"  # cpu or gpu: which queue this worker consumes and new jobs go to
-    worker_batch: int = 16  # recordings advanced together per model call
+    worker_batch: int = 16  # recordings advanced together per model call (unset with provider cuda: 256)
     job_lease_seconds: float = 300.0  # a processing job whose lease expires is re-enqueued
     queued_grace_seconds: float = 120.0  # a queued job older than this with no worker is re-sent
     task_time_limit_seconds: float = 4 * 3600.0
