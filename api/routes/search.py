@@ -111,6 +111,7 @@ def create_rule(body: RuleIn, caller: CallerDep, db: DbDep) -> RuleOut:
 
 @router.get("/v1/rules", response_model=RuleList, summary="The tenant's rules", responses=ERRORS)
 def list_rules(caller: CallerDep, db: DbDep) -> RuleList:
+    """Every rule of the caller's tenant, oldest first, each with how many jobs it flagged."""
     counts = select(JobFlag.rule_id, func.count().label("n")).group_by(JobFlag.rule_id).subquery("counts")
     rows = db.execute(
         select(Rule, func.coalesce(counts.c.n, 0))
@@ -134,6 +135,7 @@ def _load_rule(db: DbDep, caller: CallerDep, rule_id: str) -> Rule:
 
 @router.get("/v1/rules/{rule_id}", response_model=RuleOut, summary="One rule", responses=ERRORS)
 def get_rule(rule_id: str, caller: CallerDep, db: DbDep) -> RuleOut:
+    """One rule of the caller's tenant with how many jobs it flagged; another tenant's is a 404."""
     rule = _load_rule(db, caller, rule_id)
     n = db.scalar(select(func.count()).select_from(JobFlag).where(JobFlag.rule_id == rule.id)) or 0
     return _rule_out(rule, n)

@@ -123,7 +123,11 @@ def test_openai_route_answers_the_written_form(
             f"{api.url}/v1/audio/transcriptions",
             headers=auth(api_key),
             files={"file": ("numbers.wav", f, "audio/wav")},
-            data={"model": "t-one", "response_format": "verbose_json", "timestamp_granularities[]": "word"},
+            data={
+                "model": "t-one",
+                "response_format": "verbose_json",
+                "timestamp_granularities[]": ["segment", "word"],
+            },
             timeout=60,
         )
     assert r.status_code == 200, r.text
