@@ -7,9 +7,31 @@ from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from api.jsonbody import check_metadata
 from shared.platform.statuses import BatchStatus, JobStatus
+
+MAX_URL_LENGTH = 2048
+
+
+def http_url(value: str | None, field: str) -> str | None:
+    """An absolute http(s) URL of at most ``MAX_URL_LENGTH`` characters (``file:``, ``javascript:``
+    and the like are refused at the door); the SSRF guard checks its address separately."""
+    if value is None:
+        return None
+    value = value.strip()
+    if len(value) > MAX_URL_LENGTH:
+        raise ValueError(f"{field} may hold at most {MAX_URL_LENGTH} characters")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (a bad port raises)
+    except ValueError:
+        raise ValueError(f"{field} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{field} must be an absolute http or https URL")
+    return value
+
 
 Channels = Literal["mix", "split"]
 Decoder = Literal["auto", "greedy", "beam"]
@@ -41,8 +63,20 @@ class JobOptions(BaseModel):
     channels: Channels = Field("mix", description="mix: average the channels; split: one stream per channel")
     decoder: Decoder = Field("auto", description="greedy, beam, or auto (beam with an LM when present)")
     webhook_url: str | None = Field(None, description="POSTed a signed event when the job ends")
-    metadata: dict[str, Any] | None = Field(None, description="any JSON object, returned as is")
+    metadata: dict[str, Any] | None = Field(
+        None, description="any JSON object, returned as is (at most 16 KiB as JSON, 32 levels deep)"
+    )
     priority: int = Field(5, ge=0, le=9, description="0 (lowest) .. 9 (highest)")
+
+    @field_validator("audio_url", "webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return http_url(value, str(info.field_name))
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_metadata(value)
 
 
 class ErrorInfo(BaseModel):
@@ -325,12 +359,7 @@ class BatchOptions(BaseModel):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         """A plain format check here; the SSRF guard checks the address on every delivery."""
-        if value is None:
-            return None
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("webhook_url must be an absolute http or https URL")
-        return value.strip()
+        return http_url(value, "webhook_url")
 
 
 class BatchItemIn(BaseModel):
@@ -341,6 +370,11 @@ class BatchItemIn(BaseModel):
     name: str | None = Field(
         None, max_length=500, description="the item's name (a relative path); default: from the URL"
     )
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_metadata(value)
 
 
 class BatchRequest(BatchOptions):
