@@ -181,6 +181,43 @@ class JobStore:
         with session_scope(self.url) as session:
             return [Claimed.from_row(r) for r in session.execute(stmt, execution_options=_NO_SYNC).all()]
 
+    def holder_of(self, job_id: str) -> tuple[str, float] | None:
+        """``(lease owner, seconds since it last renewed the lease)`` of a processing job, else None."""
+        since = func.extract("epoch", func.now() + self.lease - Job.lease_expires_at)
+        stmt = select(Job.lease_owner, since).where(
+            Job.id == job_id, Job.status == "processing", Job.lease_owner.is_not(None)
+        )
+        with session_scope(self.url) as session:
+            row = session.execute(stmt).first()
+        return (str(row[0]), float(row[1])) if row else None
+
+    def adopt(self, dead_owner: str, limit: int) -> list[Claimed]:
+        """Take up to ``limit`` jobs a dead holder left with their lease expired, except those that
+        would be on their last claim (they run alone, through their own messages)."""
+        if limit <= 0:
+            return []
+        left = (
+            select(Job.id)
+            .where(
+                Job.status == "processing",
+                Job.lease_owner == dead_owner,
+                Job.lease_expires_at <= func.now(),
+                Job.attempts < MAX_ATTEMPTS - 1,
+            )
+            .order_by(Job.priority.desc(), Job.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        stmt = (
+            update(Job)
+            .where(Job.id.in_(left), Job.lease_owner == dead_owner)
+            .values(self._claim_values())
+            .returning(*_RETURNING)
+        )
+        with session_scope(self.url) as session:
+            return [Claimed.from_row(r) for r in session.execute(stmt, execution_options=_NO_SYNC).all()]
+
     # -- while processing -------------------------------------------------------------------------
 
     def _mine(self, job_id: str) -> Any:
@@ -311,6 +348,42 @@ def fail_lost(session: Session) -> list[Stuck]:
             lease_expires_at=None,
             error_message=f"the worker processing this job stopped {MAX_ATTEMPTS} times; giving up",
         )
+        .returning(Job.id, Job.queue, Job.priority, Job.status, Job.webhook_url, Job.batch_id)
+    )
+    return [
+        Stuck(
+            str(r.id), r.queue, r.priority, r.status, r.webhook_url, str(r.batch_id) if r.batch_id else None
+        )
+        for r in session.execute(stmt, execution_options=_NO_SYNC)
+    ]
+
+
+def stale_holders(session: Session, lease_seconds: float, stale_seconds: float) -> list[str]:
+    """Lease owners of processing jobs none of which was renewed for ``stale_seconds``."""
+    renewed = func.max(Job.lease_expires_at)
+    stmt = (
+        select(Job.lease_owner)
+        .where(Job.status == "processing", Job.lease_owner.is_not(None), Job.lease_expires_at > func.now())
+        .group_by(Job.lease_owner)
+        .having(renewed < func.now() + timedelta(seconds=lease_seconds - stale_seconds))
+    )
+    return [str(owner) for owner in session.scalars(stmt)]
+
+
+def expire_dead_holder(
+    session: Session, owner: str, lease_seconds: float, stale_seconds: float
+) -> list[Stuck]:
+    """Expire now the leases of ``owner`` (whose holder key is gone) that it did not renew for
+    ``stale_seconds``; the jobs whose lease was expired. Rows it renewed since are left alone."""
+    stmt = (
+        update(Job)
+        .where(
+            Job.status == "processing",
+            Job.lease_owner == owner,
+            Job.lease_expires_at > func.now(),
+            Job.lease_expires_at < func.now() + timedelta(seconds=lease_seconds - stale_seconds),
+        )
+        .values(lease_expires_at=func.now())
         .returning(Job.id, Job.queue, Job.priority, Job.status, Job.webhook_url, Job.batch_id)
     )
     return [
