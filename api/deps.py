@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from starlette.requests import HTTPConnection
 
 from api.errors import ApiError
-from api.ratelimit import check_rate
+from api.ratelimit import check_auth_failures, check_rate, count_auth_failure
 from shared.db.session import sessionmaker_for
 from shared.platform.keys import get_or_create_tenant, verify_key
 from shared.platform.settings import Settings, get_settings
@@ -76,8 +76,23 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def authenticate(request: Request, settings: SettingsDep, db: DbDep) -> Caller:
-    return resolve_caller(db, settings, presented_key(request))
+def client_address(connection: HTTPConnection) -> str:
+    """The caller's address (uvicorn's, or the proxy's X-Forwarded-For with --proxy-headers)."""
+    return connection.client.host if connection.client else "unknown"
+
+
+def authenticate(request: Request, settings: SettingsDep, db: DbDep, client: RedisDep) -> Caller:
+    """The caller; an address that failed to authenticate too often this minute gets 429 first."""
+    key = presented_key(request)
+    address = client_address(request)
+    if key is not None and not settings.auth_disabled:
+        check_auth_failures(client, address, settings.auth_failures_per_minute)
+    try:
+        return resolve_caller(db, settings, key)
+    except ApiError as exc:
+        if exc.status == 401 and key is not None:
+            count_auth_failure(client, address)
+        raise
 
 
 def resolve_caller(db: Session, settings: Settings, key: str | None) -> Caller:

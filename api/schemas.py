@@ -280,7 +280,7 @@ class HealthOut(BaseModel):
             "examples": [
                 {
                     "status": "ok",
-                    "model": "/models/t-one",
+                    "model": "t-one",
                     "database": "ok",
                     "broker": "ok",
                     "workers": 3,
@@ -290,13 +290,15 @@ class HealthOut(BaseModel):
         }
     )
 
+    """Anonymous callers get ``status`` alone; the rest needs an API key or the scrape token."""
+
     status: Literal["ok", "degraded", "unavailable"]
-    model: str
-    database: str
-    broker: str
-    workers: int
-    queues: dict[str, int] = Field(
-        default_factory=dict,
+    model: str | None = Field(None, description="the model's name (never its path)")
+    database: str | None = None
+    broker: str | None = None
+    workers: int | None = None
+    queues: dict[str, int] | None = Field(
+        None,
         description="workers reading each queue this API sends to: transcription, live, events "
         "(status is degraded while one has none)",
     )

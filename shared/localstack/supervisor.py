@@ -437,7 +437,17 @@ def process_plan(
     # no model: threads, no process per task
     events = [*celery, "worker", "-Q", EVENTS_QUEUE, "-P", "threads", "-c", "4", "-n", f"events-{port}@%h"]
     beat = [*celery, "beat", "-s", str(data_dir / "celerybeat-schedule")]
-    flower = [*celery, "flower", f"--address={host}", f"--port={flower_port}"]
+    # Flower with its /metrics and /healthcheck behind its basic auth too (shared/localstack/flower.py)
+    flower = [
+        py,
+        "-m",
+        "shared.localstack.flower",
+        "-A",
+        CELERY_APP,
+        "flower",
+        f"--address={host}",
+        f"--port={flower_port}",
+    ]
     return [
         Planned("api", [py, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port)], env),
         Planned("worker", [*worker, *log], env),
@@ -659,11 +669,15 @@ def _signals_ignored() -> Iterator[None]:
 
 
 def _workers_in(body: str) -> int | None:
-    """The ``workers`` count of a /health answer (None when it has none)."""
+    """The ``workers`` count of a /health answer (None when it has none). An anonymous /health
+    shows only its status: "ok" means every role has a worker reading its queue (at least one)."""
     try:
-        workers = json.loads(body).get("workers")
+        answer = json.loads(body)
+        workers = answer.get("workers")
     except (ValueError, AttributeError):
         return None
+    if workers is None and answer.get("status") in ("ok", "degraded"):
+        return 1 if answer["status"] == "ok" else 0
     return workers if isinstance(workers, int) else None
 
 

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 1024 * 1024 * 1024  # 1 GiB
     max_audio_seconds: float = 4 * 3600.0
     rate_limit_per_minute: int = 600  # requests per API key per minute (Redis counters)
+    auth_failures_per_minute: int = 30  # wrong API keys per client address per minute, then 429
+    scrape_token: str | None = None  # shows /health's details to monitoring without an API key
     batch_max_entries: int = 10000  # entries in one batch archive
     batch_max_total_bytes: int = 20 * 1024**3  # uncompressed bytes of one batch archive
     batch_root: Path | None = None  # TONE_BATCH_ROOT: server folder whose subfolders batches may read
