@@ -64,3 +64,16 @@ def test_the_stack_has_its_parts_and_runs_the_real_entry_points() -> None:
     cmd = re.search(r"^CMD (.+)$", worker, re.M)
     assert cmd and "worker.celery_app:app" in cmd.group(1)
     assert "${TONE_WORKER_QUEUES:-$TONE_WORKER_QUEUE,$TONE_WORKER_QUEUE.live,events}" in cmd.group(1)
+
+
+def test_every_long_running_service_restarts_and_has_a_health_check() -> None:
+    for name, service in SERVICES.items():
+        if name == "migrate":  # a one-shot
+            assert service.get("restart") == "no"
+            continue
+        assert service.get("restart") == "unless-stopped", name
+        check = service.get("healthcheck") or {}
+        assert check.get("test"), f"{name} has no health check"
+    flower_check = " ".join(SERVICES["flower"]["healthcheck"]["test"])
+    assert "/healthcheck" in flower_check and "Authorization" in flower_check  # Flower's is behind auth
+    assert "shared.localstack.flower" in " ".join(SERVICES["flower"]["command"])
