@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     allow_private_urls: bool = False  # allow webhook/audio_url targets on private/loopback addresses
     webhook_timeout_seconds: float = 10.0
     url_download_timeout_seconds: float = 60.0
+    url_download_deadline_seconds: float = 1800.0  # a whole audio_url download
+    url_download_min_bytes_per_second: float = 16384.0  # on average, after the first 10 s (0: any)
     idempotency_hours: float = 24.0
     retention_days: float | None = None  # jobs, transcripts and batches ended longer ago are deleted
     audio_retention_days: float | None = None  # stored audio of ended jobs is deleted (transcripts stay)
