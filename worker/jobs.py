@@ -314,7 +314,10 @@ class BatchRun:
         room = self.settings.worker_batch - len(self.runner) - len(self.downloads)
         if room <= 0:
             return 0
-        claimed = self.store.claim_waiting(self.queue, room)
+        claimed = self.store.claim_orphans(self.queue, room)  # a dead worker's jobs first
+        if claimed:
+            log.info("took over %d jobs of a dead worker into the running batch", len(claimed))
+        claimed += self.store.claim_waiting(self.queue, room - len(claimed))
         for job in claimed:
             self._start(job)
         return len(claimed)
@@ -348,7 +351,8 @@ class BatchRun:
         self.runner = BatchRunner(recognizer, max_duration=s.max_audio_seconds, max_bytes=s.max_upload_bytes)
         self.queue = claimed[0].queue
         try:
-            if self.batching:
+            if self.batching:  # a dead worker's jobs first: they have waited longest
+                claimed = claimed + self.store.claim_orphans(self.queue, s.worker_batch - len(claimed))
                 claimed = claimed + self.store.claim_waiting(self.queue, s.worker_batch - len(claimed))
             log.info("batch of %d jobs: %s", len(claimed), " ".join(j.id for j in claimed))
             for job in claimed:

@@ -170,6 +170,29 @@ class JobStore:
         with session_scope(self.url) as session:
             return [Claimed.from_row(r) for r in session.execute(stmt, execution_options=_NO_SYNC).all()]
 
+    def claim_orphans(self, queue: str, limit: int) -> list[Claimed]:
+        """Take up to ``limit`` jobs of ``queue`` whose holder died (lease expired, expired early
+        by the dead-holder rule) into a running batch, so that they resume at once on a busy
+        worker instead of waiting for a free one; jobs on their last claim are left to run alone."""
+        if limit <= 0:
+            return []
+        orphans = (  # a CTE, evaluated once (an IN subquery may be rescanned and take more)
+            select(Job.id.label("id"))
+            .where(Job.queue == queue, _lease_expired(), Job.attempts < MAX_ATTEMPTS - 1)
+            .order_by(Job.priority.desc(), Job.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("orphans")
+        )
+        stmt = (
+            update(Job)
+            .where(Job.id == orphans.c.id, _lease_expired())
+            .values(self._claim_values())
+            .returning(*_RETURNING)
+        )
+        with session_scope(self.url) as session:
+            return [Claimed.from_row(r) for r in session.execute(stmt, execution_options=_NO_SYNC).all()]
+
     def claim_resumed(self, resume_owner: str) -> list[Claimed]:
         """Jobs an earlier run of this task held when it hit a transient error: take them back."""
         stmt = (
@@ -196,8 +219,8 @@ class JobStore:
         would be on their last claim (they run alone, through their own messages)."""
         if limit <= 0:
             return []
-        left = (
-            select(Job.id)
+        left = (  # a CTE, evaluated once (see claim_waiting: an IN subquery may take more than limit)
+            select(Job.id.label("id"))
             .where(
                 Job.status == "processing",
                 Job.lease_owner == dead_owner,
@@ -207,11 +230,11 @@ class JobStore:
             .order_by(Job.priority.desc(), Job.created_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
-            .scalar_subquery()
+            .cte("left_behind")
         )
         stmt = (
             update(Job)
-            .where(Job.id.in_(left), Job.lease_owner == dead_owner)
+            .where(Job.id == left.c.id, Job.lease_owner == dead_owner)
             .values(self._claim_values())
             .returning(*_RETURNING)
         )
