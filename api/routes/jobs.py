@@ -24,14 +24,14 @@ from api.schemas import (
     JobList,
     JobOptions,
     JobOut,
-    JobStatus,
     RedeliverOut,
-    TranscriptFormat,
     TranscriptOut,
 )
 from api.services import jobs as svc
 from api.services import playback
+from shared.asr.formats import TranscriptFormat
 from shared.errors import CodedError
+from shared.platform.statuses import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
