@@ -6,7 +6,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,lm,stack,platform
+# The ONNX Runtime: exactly one of cpu and gpu (they install the same module); a GPU machine uses
+# make install EXTRAS=gpu,dev,lm,stack,platform
+EXTRAS ?= cpu,dev,lm,stack,platform
 MODELS := .cache/test-models
 COMPOSE ?= docker compose
 
@@ -16,6 +18,8 @@ help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
+	@case ",$(EXTRAS)," in *,cpu,*,gpu,*|*,gpu,*,cpu,*) \
+	  echo "EXTRAS=$(EXTRAS): choose one of cpu and gpu (both install the module onnxruntime)"; exit 2;; esac
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
 	  echo "python3 -m venv failed: installing Debian's python3-venv"; \
 	  apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -23,7 +27,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the project with its dev, lm, stack and platform extras
+install: $(STAMP) ## create .venv and install the project with its cpu (ONNX Runtime), dev, lm, stack and platform extras
 
 # The console's browser tests drive Debian's chromium and firefox-esr (never a browser downloaded by
 # a test tool); Firefox plays Web Audio only with an audio server: pulseaudio (a null sink, per test run).
@@ -35,8 +39,9 @@ browser: ## install Debian's chromium, firefox-esr and pulseaudio for the consol
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends chromium firefox-esr pulseaudio; fi
 
-models: $(STAMP) ## build the test models (recognizing tones model, cost-faithful model) into .cache/
+models: $(STAMP) ## build the test models (recognizing tones model, null model, cost-faithful model) into .cache/
 	$(BIN)/tone-platform dev make-model --kind tones --out $(MODELS)/tones >/dev/null
+	$(BIN)/tone-platform dev make-model --kind null --out $(MODELS)/null >/dev/null
 	@test -f $(MODELS)/cost/model.onnx || $(BIN)/tone-platform dev make-model --kind cost --out $(MODELS)/cost >/dev/null
 
 lint: $(STAMP) ## ruff lint and format check
@@ -65,7 +70,7 @@ down: $(STAMP) ## stop what `tone-platform up --detach` started
 demo: $(STAMP) ## transcribe a demo recording (T-one from TONE_MODEL_PATH or Hugging Face; else the tone test model)
 	$(BIN)/tone-platform demo $(FILE)
 
-bench: $(STAMP) models ## cost-faithful model: engine B=1 vs batched vs this CPU's matmul ceiling, then the platform
+bench: $(STAMP) models ## cost-faithful model: engine B=1 vs batched vs this CPU's matmul ceiling; the engine alone (null model); beam vs greedy with an LM; then the platform
 	$(BIN)/tone-platform bench --model $(MODELS)/cost/model.onnx
 
 docker-build: ## build the API and worker images (needs a Docker engine)

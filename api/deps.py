@@ -81,18 +81,23 @@ def client_address(connection: HTTPConnection) -> str:
     return connection.client.host if connection.client else "unknown"
 
 
-def authenticate(request: Request, settings: SettingsDep, db: DbDep, client: RedisDep) -> Caller:
-    """The caller; an address that failed to authenticate too often this minute gets 429 first."""
+def authenticate(request: Request, settings: SettingsDep, client: RedisDep) -> Caller:
+    """The caller, from a database session of its own that is closed at once: a call that waits
+    long afterwards (a live piece waiting for its answer) holds no pooled connection meanwhile. An
+    address that failed to authenticate too often this minute gets 429 first."""
     key = presented_key(request)
     address = client_address(request)
     if key is not None and not settings.auth_disabled:
         check_auth_failures(client, address, settings.auth_failures_per_minute)
+    db = sessionmaker_for(settings.database_url)()
     try:
         return resolve_caller(db, settings, key)
     except ApiError as exc:
         if exc.status == 401 and key is not None:
             count_auth_failure(client, address)
         raise
+    finally:
+        db.close()
 
 
 def resolve_caller(db: Session, settings: Settings, key: str | None) -> Caller:

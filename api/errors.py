@@ -64,6 +64,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# paths whose errors are rendered in OpenAI's shape (their clients parse that one)
+OPENAI_PATHS = ("/v1/audio/", "/v1/models")
+
+
 class ApiError(CodedError):
     """An error with an HTTP status, a machine-readable code and a message for people."""
 
@@ -73,6 +77,22 @@ class ApiError(CodedError):
         self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
     ) -> None:
         super().__init__(message, code=code, status=status, headers=headers)
+
+
+class OpenAIError(ApiError):
+    """An error of OpenAI's calls, naming the request field at fault (``param``)."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(status, code, message)
+        self.param = param
+
+
+def openai_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "invalid_request_error" if status < 500 else "server_error"
 
 
 def status_of(exc: CodedError) -> int:
@@ -89,15 +109,28 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 
 
 def error_response(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    request: Request | None = None,
+    param: str | None = None,
 ) -> JSONResponse:
-    return JSONResponse(error_body(code, message), status_code=status, headers=dict(headers or {}))
+    """The error's answer: ``{"error": {"code", "message"}}``, or on OpenAI's paths its superset
+    ``{"error": {"message", "type", "param", "code"}}``."""
+    body = error_body(code, message)
+    if request is not None and request.url.path.startswith(OPENAI_PATHS):
+        body["error"].update(type=openai_type(status), param=param)
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+_LOCATIONS = ("body", "query", "path", "header")
 
 
 def _validation_message(errors: Sequence[Any]) -> str:
     parts = []
     for err in errors[:5]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header"))
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in _LOCATIONS)
         parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
     return "; ".join(parts) or "invalid request"
 
@@ -107,19 +140,21 @@ async def _coded_error(request: Request, exc: Exception) -> JSONResponse:
     status = status_of(exc)
     if status >= 500:
         log.warning("%s %s: %s (%s)", request.method, request.url.path, exc.code, exc.message)
-    return error_response(status, exc.code, exc.message, exc.headers)
+    return error_response(status, exc.code, exc.message, exc.headers, request, getattr(exc, "param", None))
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _STATUS_CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-    return error_response(exc.status_code, code, message, exc.headers)
+    return error_response(exc.status_code, code, message, exc.headers, request)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return error_response(422, "invalid_request", _validation_message(exc.errors()))
+    errors = exc.errors()
+    param = next((str(p) for p in (errors[0].get("loc", ()) if errors else ()) if p not in _LOCATIONS), None)
+    return error_response(422, "invalid_request", _validation_message(errors), request=request, param=param)
 
 
 DB_RETRY_AFTER_SECONDS = 5
@@ -142,7 +177,7 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal_error", "internal server error")
+    return error_response(500, "internal_error", "internal server error", request=request)
 
 
 def install_error_handlers(app: FastAPI) -> None:

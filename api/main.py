@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import FastAPI
 
+from api import openapi as openapi_doc
 from api.errors import install_error_handlers
-from api.routes import batches, console, health, jobs, legacy, openai, streaming, websocket
+from api.request_id import RequestIdMiddleware
+from api.routes import (
+    batches,
+    console,
+    docs,
+    health,
+    jobs,
+    legacy,
+    metrics,
+    openai,
+    streaming,
+    webhooks,
+    websocket,
+)
 from api.routes.health import NAME, version
+from api.routes.metrics import HttpMetricsMiddleware
 from api.uploads import BodyLimitMiddleware
+from shared.platform import logs
 from shared.platform.settings import get_settings
 
 DESCRIPTION = """\
@@ -22,11 +36,27 @@ Errors always look like `{"error": {"code": "...", "message": "..."}}`.
 
 
 def create_app() -> FastAPI:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = FastAPI(title=NAME, version=version(), description=DESCRIPTION)
+    logs.configure(get_settings().log_format)
+    # /docs and /redoc come from api.routes.docs (no CDN: they work on a machine with no internet)
+    app = FastAPI(title=NAME, version=version(), description=DESCRIPTION, docs_url=None, redoc_url=None)
     install_error_handlers(app)
+    openapi_doc.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=lambda: get_settings().max_upload_bytes)
-    for module in (jobs, batches, openai, legacy, streaming, websocket, health, console):
+    app.add_middleware(HttpMetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer, errors too, carries the id
+    for module in (
+        jobs,
+        batches,
+        webhooks,
+        openai,
+        legacy,
+        streaming,
+        websocket,
+        health,
+        metrics,
+        console,
+        docs,
+    ):
         app.include_router(module.router)
     return app
 

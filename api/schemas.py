@@ -139,6 +139,7 @@ class JobOut(BaseModel):
     duration: float | None = Field(description="audio seconds, once known")
     processing_seconds: float | None
     options: dict[str, Any]
+    request_id: str | None = Field(None, description="the X-Request-ID of the request that made the job")
     metadata: dict[str, Any] | None
     source: str
     filename: str | None
@@ -230,6 +231,30 @@ class RedeliverOut(BaseModel):
     status: Literal["queued"] = "queued"
 
 
+class WebhookSecretOut(BaseModel):
+    """The tenant's Standard Webhooks signing secret (``whsec_`` + base64 key)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                    "created_at": "2026-12-02T18:00:00Z",
+                    "previous_secret_expires_at": "2026-12-03T18:00:00Z",
+                }
+            ]
+        }
+    )
+
+    secret: str
+    created_at: datetime | None = Field(None, description="when this secret was made")
+    previous_secret_expires_at: datetime | None = Field(
+        None,
+        description="after a rotation: until then deliveries carry a second signature made with the "
+        "previous secret (Standard Webhooks allows several, space-separated); null when none",
+    )
+
+
 class BatchRedeliverOut(BaseModel):
     batch_id: str
     event_type: str
@@ -280,6 +305,8 @@ class HealthOut(BaseModel):
                 {
                     "status": "ok",
                     "model": "t-one",
+                    "model_status": "ok",
+                    "model_error": None,
                     "database": "ok",
                     "broker": "ok",
                     "workers": 3,
@@ -293,6 +320,10 @@ class HealthOut(BaseModel):
 
     status: Literal["ok", "degraded", "unavailable"]
     model: str | None = Field(None, description="the model's name (never its path)")
+    model_status: Literal["ok", "missing", "error"] | None = Field(
+        None, description="missing: no model files; error: a worker could not load it (status is degraded)"
+    )
+    model_error: str | None = Field(None, description="why, and how to get a model")
     database: str | None = None
     broker: str | None = None
     workers: int | None = None
@@ -303,8 +334,26 @@ class HealthOut(BaseModel):
     )
 
 
+class OpenAIUsage(BaseModel):
+    type: Literal["duration"] = "duration"
+    seconds: float = Field(examples=[17.7], description="the audio's duration")
+
+
 class OpenAITranscription(BaseModel):
     text: str = Field(examples=["чем я могу вам помочь"])
+    usage: OpenAIUsage | None = None
+
+
+class OpenAIModel(BaseModel):
+    id: str = Field(examples=["t-one"])
+    object: Literal["model"] = "model"
+    created: int = Field(examples=[1750000000])
+    owned_by: str = Field(examples=["t-tech"])
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]
 
 
 class OpenAISegment(BaseModel):
@@ -331,8 +380,9 @@ class OpenAIVerboseTranscription(BaseModel):
     language: str
     duration: float
     text: str
-    segments: list[OpenAISegment]
+    segments: list[OpenAISegment] | None = None  # absent when only word timestamps were asked
     words: list[OpenAIWord] | None = None
+    usage: OpenAIUsage | None = None
 
 
 # -- batches ---------------------------------------------------------------------------------------

@@ -104,7 +104,17 @@ def client() -> Celery:
 def send(
     task: str, args: list[Any], *, queue: str, priority: int = 0, countdown: float | None = None
 ) -> None:
-    client().send_task(task, args=args, queue=queue, priority=priority, countdown=countdown or None)
+    from shared.platform.logs import request_id
+
+    rid = request_id.get()  # the API request (or task) that sends this: the worker's lines name it
+    client().send_task(
+        task,
+        args=args,
+        queue=queue,
+        priority=priority,
+        countdown=countdown or None,
+        headers={"request_id": rid} if rid else None,
+    )
 
 
 def enqueue_transcription(job_id: str, *, queue: str, priority: int) -> None:

@@ -32,6 +32,12 @@ def beat_schedule() -> dict[str, dict[str, object]]:
 
 
 def make_worker_app() -> Celery:
+    # `celery -A worker.celery_app inspect ...` by hand finds the `tone-platform up` stack's broker
+    # the way `keys` does: <TONE_DATA_DIR>/env, when DATABASE_URL is unset (the stack's own processes
+    # have it set, so for them this is a no-op)
+    from shared.localstack.supervisor import load_data_dir_env
+
+    load_data_dir_env()
     app = make_app(include=TASK_MODULES)
     app.conf.beat_schedule = beat_schedule()
     return app

@@ -27,6 +27,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from shared.asr.engine import Recognizer
 from shared.asr.errors import ToneError
 from shared.asr.types import ChannelMode
+from shared.platform import logs
 from shared.platform.batch_state import Finished
 from shared.platform.settings import Settings
 from worker.processing import BatchRunner, Outcome, Work
@@ -48,11 +49,14 @@ current_job: ContextVar[str] = ContextVar("current_job", default="-")
 
 
 class JobLog(logging.LoggerAdapter):  # type: ignore[type-arg,unused-ignore]
-    """Every line names its job: ``job=<id> message`` (``job=`` keyword, else the task's job)."""
+    """Every line names its job and the request that made it: ``job=<id> request_id=<id> message``
+    (``job=`` keyword, else the task's job; JSON lines get ``job_id`` and ``request_id`` fields)."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         job = kwargs.pop("job", None) or current_job.get()
-        return f"job={job} {msg}", kwargs
+        rid = logs.job_request_id(job) or logs.request_id.get()
+        kwargs["extra"] = {**kwargs.get("extra", {}), "job_id": job, "request_id": rid}
+        return (f"job={job} request_id={rid} {msg}" if rid else f"job={job} {msg}"), kwargs
 
 
 log = JobLog(logging.getLogger("tone.worker"), {})
@@ -82,11 +86,14 @@ def get_recognizer(settings: Settings) -> Recognizer:
                     threads=settings.threads,
                     decoder=settings.decoder,
                     precision=settings.precision,
+                    decoder_workers=settings.decoder_workers,
                 )
             except Exception as exc:
                 _load_failure = (time.monotonic(), exc)
+                _report_model(settings, exc)
                 raise
             _load_failure = None
+            _report_model(settings, None)
             log.info(
                 "model loaded from %s in %.2f s",
                 settings.model_path or "Hugging Face",
@@ -94,6 +101,19 @@ def get_recognizer(settings: Settings) -> Recognizer:
                 job="-",
             )
         return _recognizer
+
+
+def _report_model(settings: Settings, error: BaseException | None) -> None:
+    """Tell /health (through Redis) how this worker's model load went."""
+    import redis
+
+    from shared.platform import model_status
+
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        model_status.report(client, settings.worker_queue, error)
+    finally:
+        client.close()
 
 
 # -- errors -> job error codes ----------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from shared.asr.engine import Transcript as EngineTranscript
 from shared.db.models import Job, Transcript
 from shared.db.session import session_scope
+from shared.platform import logs, metrics
 from shared.platform.batch_state import Finished, finish_batch
 
 _NO_SYNC = {"synchronize_session": False}  # no ORM objects to refresh: plain UPDATE ... RETURNING
@@ -77,7 +78,11 @@ _RETURNING = (
     Job.cancel_requested,
     Job.webhook_url,
     Job.batch_id,
+    Job.created_at,
+    Job.started_at,
 )
+# what an ended job's UPDATE returns for the metrics
+_ENDED = (Job.id, Job.created_at, Job.finished_at, Job.duration, Job.processing_seconds)
 
 
 def _lease_expired() -> Any:
@@ -87,10 +92,37 @@ def _lease_expired() -> Any:
 class JobStore:
     """The jobs one task run holds, written only while it still owns their lease."""
 
-    def __init__(self, database_url: str, owner: str, lease_seconds: float) -> None:
+    def __init__(
+        self, database_url: str, owner: str, lease_seconds: float, redis_url: str | None = None
+    ) -> None:
         self.url = database_url
         self.owner = owner
         self.lease = timedelta(seconds=lease_seconds)
+        self.metrics = metrics.client_for(redis_url) if redis_url else None  # where the counters go
+
+    def _started(self, claimed: Sequence[Any]) -> list[Claimed]:
+        """The claimed rows as :class:`Claimed`; a job's first start adds its queue wait."""
+        recorder = metrics.Recorder(self.metrics)
+        for row in claimed:
+            if row.attempts == 1 and row.started_at is not None and row.created_at is not None:
+                recorder.observe("tone_queue_wait_seconds", (row.started_at - row.created_at).total_seconds())
+        recorder.flush()
+        out = [Claimed.from_row(r) for r in claimed]
+        for job in out:
+            logs.remember_job(job.id, job.options.get("request_id"))
+        return out
+
+    def _ended(self, row: Any, status: str) -> None:
+        latency = (
+            (row.finished_at - row.created_at).total_seconds() if row.created_at and row.finished_at else None
+        )
+        metrics.job_finished(
+            self.metrics,
+            status,
+            latency,
+            getattr(row, "duration", None),
+            getattr(row, "processing_seconds", None),
+        )
 
     def _claim_values(self) -> dict[str, Any]:
         return {
@@ -112,7 +144,7 @@ class JobStore:
         stmt = update(Job).where(Job.id == job_id, free).values(self._claim_values()).returning(*_RETURNING)
         with session_scope(self.url) as session:
             row = session.execute(stmt, execution_options=_NO_SYNC).first()
-        return Claimed.from_row(row) if row else None
+        return self._started([row])[0] if row else None
 
     def claim_waiting(self, queue: str, limit: int) -> list[Claimed]:
         """Take up to ``limit`` more queued jobs of ``queue`` to batch with, skipping rows other
@@ -168,7 +200,8 @@ class JobStore:
             .returning(*_RETURNING)
         )
         with session_scope(self.url) as session:
-            return [Claimed.from_row(r) for r in session.execute(stmt, execution_options=_NO_SYNC).all()]
+            rows = session.execute(stmt, execution_options=_NO_SYNC).all()
+        return self._started(rows)
 
     def claim_orphans(self, queue: str, limit: int) -> list[Claimed]:
         """Take up to ``limit`` jobs of ``queue`` whose holder died (lease expired, expired early
@@ -202,7 +235,8 @@ class JobStore:
             .returning(*_RETURNING)
         )
         with session_scope(self.url) as session:
-            return [Claimed.from_row(r) for r in session.execute(stmt, execution_options=_NO_SYNC).all()]
+            rows = session.execute(stmt, execution_options=_NO_SYNC).all()
+        return self._started(rows)
 
     def holder_of(self, job_id: str) -> tuple[str, float] | None:
         """``(lease owner, seconds since it last renewed the lease)`` of a processing job, else None."""
@@ -296,9 +330,10 @@ class JobStore:
                     error_code=None,
                     error_message=None,
                 )
-                .returning(Job.id)
+                .returning(*_ENDED)
             )
-            if session.execute(stmt, execution_options=_NO_SYNC).first() is None:
+            ended = session.execute(stmt, execution_options=_NO_SYNC).first()
+            if ended is None:
                 session.rollback()
                 return False
             session.execute(
@@ -312,6 +347,7 @@ class JobStore:
                 )
                 .on_conflict_do_nothing(index_elements=[Transcript.job_id])
             )
+        self._ended(ended, "completed")
         return True
 
     def finish_batch(self, batch_id: str | None) -> Finished | None:
@@ -339,10 +375,13 @@ class JobStore:
                 finished_at=func.now(),
                 lease_expires_at=None,
             )
-            .returning(Job.id)
+            .returning(*_ENDED)
         )
         with session_scope(self.url) as session:
-            return session.execute(stmt, execution_options=_NO_SYNC).first() is not None
+            ended = session.execute(stmt, execution_options=_NO_SYNC).first()
+        if ended is not None:
+            self._ended(ended, status)
+        return ended is not None
 
 
 # -- the beat's sweep -----------------------------------------------------------------------------

@@ -1,20 +1,30 @@
 """``tone.stream``: advance live streaming sessions, many together in one batched model call.
 
-The API stores a chunk's audio in Redis, pushes a work item onto ``tone:stream:pending:<queue>``
-and sends this task. A run pops every pending item (the first item of up to MAX_SESSIONS distinct
-sessions per round; a session's later items wait for the next round), locks each session, loads its
-state (``shared.platform.sessions`` documents the layout), decodes the audio, advances all of them in ONE
+The API journals a chunk's audio in Redis, pushes a work item onto ``tone:stream:pending:<queue>``
+and sends this task only when no worker is draining that list (its ``awake`` flag). A run pops
+every pending item (the first item of up to MAX_SESSIONS distinct sessions per round; a session's
+later items wait for the next round), locks each session, loads its state
+(``shared.platform.sessions`` documents the layout), decodes the audio, advances all of them in ONE
 ``Recognizer.advance`` call, saves each state, answer and phrase list, pushes each reply and
-releases the locks. It keeps going while items arrive (up to RUN_SECONDS), then leaves the rest to
-a fresh task. A bad chunk gets an error answer for its session only; it consumes its seq.
-A chunk's answer also carries ``partial``: the open phrase's text so far (the splitter's buffer,
-greedy-decoded), which the WebSocket protocols send as partial results.
+releases the locks. It keeps going while items arrive (waiting up to IDLE_SECONDS for the next one,
+up to RUN_SECONDS in all), then leaves the rest to a fresh task. A bad chunk gets an error answer
+for its session only; it consumes its seq. A chunk's answer also carries ``partial``: the open
+phrase's text so far (the splitter's buffer, greedy-decoded), which the WebSocket protocols send as
+partial results.
 
 State affinity: Redis holds every session's state and stays the one source of truth, but a worker
 process also keeps the states it saved last (up to CACHED_SESSIONS), under the random ``rev`` each
 save writes. When the session's ``rev`` in Redis is still the one it saved, the worker uses its own
 copy and reads only the session's small fields; any other writer changes ``rev`` and the state is
 read from Redis again. A live session's pieces thus skip reading hundreds of KiB per piece.
+
+Checkpoints and the journal: the states (hundreds of KiB) are written to Redis only every
+``TONE_STREAM_CHECKPOINT_SECONDS`` (or CHECKPOINT_PIECES pieces), not every piece; the audio of the
+chunks since (a few KB each, as sent) stays in the session's journal. A worker without the states
+(the one that had them died, or another worker took a piece) loads the checkpoint and replays the
+journal in one batched call before the piece: since streaming equals offline for any chunking, the
+states it reaches are exactly the ones lost, and the phrases it closes again are dropped (they were
+answered and saved already).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -38,14 +49,18 @@ from shared.asr.errors import EmptyAudioError, StreamStateError, ToneError
 from shared.asr.stream import StreamState
 from shared.asr.types import SAMPLE_RATE, Phrase
 from shared.platform.sessions import (
+    AWAKE_MS,
     KEEP_ANSWERS,
     LAYOUT,
     Item,
     Options,
     SessionError,
     SessionStore,
+    awake_key,
     expired,
     finished,
+    journal_key,
+    pending_key,
 )
 from shared.platform.settings import Settings, get_settings
 from shared.queue import STREAM_TASK, enqueue_stream
@@ -58,7 +73,9 @@ MAX_SESSIONS = 64  # sessions per model call
 POP = 256  # items popped per round
 RUN_SECONDS = 5.0  # a run keeps draining the pending list this long, then hands over
 CACHED_SESSIONS = 256  # states a worker process keeps after saving them (see the docstring)
-SMALL_FIELDS = ["ttl", "next_seq", "final", "finished", "options", "held", "rev"]
+SMALL_FIELDS = ["ttl", "next_seq", "final", "finished", "options", "held", "rev", "ckpt", "ckpt_t", "phrases"]
+CHECKPOINT_PIECES = 32  # at most this many pieces between two checkpoints (bounds a replay)
+IDLE_SECONDS = 1.0  # a run waits this long for the next item before it ends
 # sid -> (rev, states): an optimisation only; Redis is the truth (a stale rev means "read it")
 _states: OrderedDict[str, tuple[bytes, list[StreamState]]] = OrderedDict()
 
@@ -78,10 +95,14 @@ _store: tuple[int, SessionStore] | None = None
 
 def store_for(settings: Settings) -> SessionStore:
     """One Redis client per process (after a fork, a new one)."""
-    global _store
+    global _store, WORKER_ID
     if _store is None or _store[0] != os.getpid():
         _store = (os.getpid(), SessionStore(redis.Redis.from_url(settings.redis_url)))
+        WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
     return _store[1]
+
+
+WORKER_ID = ""  # this process's name in its locks and heartbeat (set with its store)
 
 
 def stream_count(options: Options) -> int:
@@ -126,6 +147,33 @@ class Work:
     samples: np.ndarray | None  # (n, channels)
     held: list[list[Any]] = field(default_factory=list)  # [start_frame, channel, end_frame, phrase]
     cached: bool = False  # the states came from this worker's cache, not from Redis
+    ckpt: int = 0  # the session's checkpoint (next_seq when its states were last written)
+    ckpt_t: float = 0.0
+    replay: list[np.ndarray] = field(default_factory=list)  # journaled chunks to apply first
+    phrases: list[dict[str, Any]] = field(default_factory=list)  # the session's phrases so far
+
+
+class Prefetched:
+    """The store, with a round's small fields and chunks already read (one round trip for all
+    sessions of the round); anything else goes to the store itself."""
+
+    def __init__(
+        self, store: SessionStore, fields: dict[str, dict[str, bytes]], chunks: dict[str, bytes | None]
+    ) -> None:
+        self.store = store
+        self.fields = fields
+        self.chunks = chunks
+
+    def load_fields(self, sid: str, names: list[str]) -> dict[str, bytes]:
+        if sid in self.fields and names == [*SMALL_FIELDS, *names[len(SMALL_FIELDS) :]]:
+            return self.fields[sid]
+        return self.store.load_fields(sid, names)
+
+    def chunk(self, sid: str, seq: int) -> bytes | None:
+        return self.chunks[sid] if sid in self.chunks else self.store.chunk(sid, seq)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
 
 
 def run(queue: str, settings: Settings | None = None) -> int:
@@ -134,16 +182,29 @@ def run(queue: str, settings: Settings | None = None) -> int:
     store = store_for(settings)
     deadline = time.monotonic() + RUN_SECONDS
     handled = 0
+    awake = awake_key(queue)
+    idle_until = time.monotonic() + IDLE_SECONDS
     while time.monotonic() < deadline:
+        store.r.set(awake, str(os.getpid()), px=AWAKE_MS)
+        store.heartbeat(WORKER_ID)
         items = store.pop_pending(queue, POP)
         if not items:
-            return handled
+            wait = min(idle_until, deadline) - time.monotonic()
+            if wait <= 0:
+                break
+            items = store.wait_pending(queue, POP, max(0.01, min(wait, 0.5)))
+            if not items:
+                continue
+        idle_until = time.monotonic() + IDLE_SECONDS
         done, later = run_round(store, settings, items)
         handled += done
         store.push_back(queue, later)
         if later and not done:
             time.sleep(IDLE_SLEEP)
-    if store.r.llen(f"tone:stream:pending:{queue}"):
+    # the API wakes a worker only while no flag is set: after the flag is gone, nothing is left
+    # unseen (a piece queued before the DEL is seen by LLEN, one after it sends a wake-up)
+    store.r.delete(awake)
+    if store.r.llen(pending_key(queue)):
         enqueue_stream(queue)
     return handled
 
@@ -160,13 +221,23 @@ def run_round(store: SessionStore, settings: Settings, items: list[Item]) -> tup
             taken[item.id] = item
     work: list[Work] = []
     done = 0
-    for item in taken.values():
-        token = store.lock(item.id)
-        if token is None:  # another worker is on this session: next round
-            later.append(item)
-            continue
+    tokens = store.lock_many(list(taken), WORKER_ID)
+    locked = [(item, token) for item, token in zip(taken.values(), tokens) if token is not None]
+    later += [item for item, token in zip(taken.values(), tokens) if token is None]  # another worker's
+    wanted = [
+        (i.id, [*SMALL_FIELDS, f"answer:{i.seq}"], i.seq if i.kind == "chunk" else None) for i, _ in locked
+    ]
+    got = store.prefetch(wanted)
+    fetched = Prefetched(
+        store,
+        {i.id: f for (i, _), (f, _) in zip(locked, got)},
+        {i.id: c for (i, _), (_, c) in zip(locked, got)},
+    )
+    unlocks: list[tuple[str, str]] = []
+    replies: list[tuple[Item, dict[str, Any]]] = []
+    for item, token in locked:
         try:
-            outcome = prepare(store, settings, item, token)
+            outcome = prepare(fetched, settings, item, token)  # type: ignore[arg-type]
         except ToneError as exc:  # the model cannot be loaded (or a state is unreadable)
             log.error("stream %s: seq %d: %s", item.id, item.seq, exc)
             outcome = {"status": 503, "error": {"code": exc.code, "message": exc.message}}
@@ -176,20 +247,65 @@ def run_round(store: SessionStore, settings: Settings, items: list[Item]) -> tup
         if isinstance(outcome, Work):
             work.append(outcome)
             continue
-        store.unlock(item.id, token)
+        unlocks.append((item.id, token))
         if isinstance(outcome, str):  # "defer"
             later.append(item)
         else:
-            store.reply(item, outcome)
+            replies.append((item, outcome))
             done += 1
+    if unlocks or replies:
+        store.finish_many(unlocks, replies)
     if work:
-        advance(store, settings, work)
+        store.heartbeat(WORKER_ID)  # the states may have taken a while to load
+        work = replay(store, settings, work)
+        if work:
+            advance(store, settings, work)
         done += len(work)
     return done, later
 
 
+def replay(store: SessionStore, settings: Settings, work: list[Work]) -> list[Work]:
+    """Bring the sessions read from a checkpoint up to date: their journaled chunks in one batched
+    call (phrases closed again are dropped: they were released already). Returns the work that can
+    go on (a session whose replay failed is answered with the error)."""
+    todo = [w for w in work if w.replay]
+    if not todo:
+        return work
+    recognizer = get_recognizer(settings)
+    started = time.perf_counter()
+    try:
+        flat = recognizer.advance(
+            [
+                (state, np.concatenate([r[:, c] for r in w.replay]), False)
+                for w in todo
+                for c, state in enumerate(w.states)
+            ],
+            max_batch=MAX_SESSIONS,
+        )
+    except (StreamStateError, ValueError) as exc:
+        log.exception("stream replay failed")
+        for w in todo:
+            store.unlock(w.item.id, w.token)
+            store.reply(w.item, {"status": 500, "error": {"code": "internal_error", "message": str(exc)}})
+        return [w for w in work if not w.replay]
+    at = 0
+    for w in todo:
+        results, at = flat[at : at + len(w.states)], at + len(w.states)
+        release(w, results)  # recomputes ``held``; the released phrases are in ``phrases`` already
+    log.info(
+        "stream replay of %d sessions (%d journaled chunks) from their checkpoints in %.3f s",
+        len(todo),
+        sum(len(w.replay) for w in todo),
+        time.perf_counter() - started,
+    )
+    return work
+
+
 def prepare(store: SessionStore, settings: Settings, item: Item, token: str) -> Work | dict[str, Any] | str:
     """Under the session's lock: the Work to advance, an answer, or "defer"."""
+    # no model, no piece can advance: every item (a finalize waiting for an unapplied chunk too) is
+    # answered the model's error at once (a ToneError: 503) instead of being deferred until it times out
+    get_recognizer(settings)
     s = store.load_fields(item.id, [*SMALL_FIELDS, f"answer:{item.seq}"])
     if "ttl" not in s:
         return expired(item.id).to_reply()
@@ -213,10 +329,23 @@ def prepare(store: SessionStore, settings: Settings, item: Item, token: str) -> 
             ).to_reply()
         return "defer"
     options = Options.from_json(s["options"])
+    ckpt = int(s.get("ckpt", next_seq))  # layout 2: the state was written every piece
+    ckpt_t = float(s.get("ckpt_t", time.time()))
     cached = _states.pop(item.id, None)  # taken out: put back only once this round saved it
     hit = cached is not None and cached[0] == s.get("rev")
-    states = cached[1] if cached is not None and hit else load_states(store, settings, item.id, options)
-    held = cast("list[list[Any]]", json.loads(s.get("held", b"[]")))
+    replayed: list[np.ndarray] = []
+    if cached is not None and hit:
+        states = cached[1]
+        held = cast("list[list[Any]]", json.loads(s.get("held", b"[]")))
+    else:
+        states, at_ckpt = load_states(store, settings, item.id, options, ckpt < next_seq)
+        held = at_ckpt if at_ckpt is not None else cast("list[list[Any]]", json.loads(s.get("held", b"[]")))
+        for seq, data in zip(range(ckpt, next_seq), store.journal(item.id, ckpt, next_seq)):
+            if data is None:
+                message = f"chunk seq {seq} since the session's last checkpoint is gone: start a new session"
+                return SessionError(410, "session_expired", message).to_reply()
+            if data:  # b"": a refused chunk, consumed without audio
+                replayed.append(decode_chunk(data, options))
     samples = None
     if item.kind == "chunk":
         data = store.chunk(item.id, item.seq)
@@ -232,15 +361,25 @@ def prepare(store: SessionStore, settings: Settings, item: Item, token: str) -> 
             status = 415 if code == "unsupported_format" else 400
             answer = {"status": status, "error": {"code": code, "message": str(exc)}}
             consumed = {"next_seq": str(item.seq + 1), f"answer:{item.seq}": json.dumps(answer)}
-            commit(store, item, token, ttl, consumed)  # type: ignore[arg-type]
+            store.r.hset(journal_key(item.id), str(item.seq), b"")  # a replay skips it
+            commit(store, settings, item, token, ttl, consumed)  # type: ignore[arg-type]
+            if cached is not None and hit:  # the states are unchanged (and so is rev)
+                _remember(item.id, cached[0], cached[1])
             return answer
-    return Work(item, token, ttl, states, samples, held, cached=hit)
+    phrases = cast("list[dict[str, Any]]", json.loads(s.get("phrases", b"[]")))
+    return Work(
+        item, token, ttl, states, samples, held, cached=hit, ckpt=ckpt, ckpt_t=ckpt_t, replay=replayed,
+        phrases=phrases,
+    )  # fmt: skip
 
 
-def load_states(store: SessionStore, settings: Settings, sid: str, options: Options) -> list[StreamState]:
-    """The session's stream states from Redis (new streams before its first piece)."""
+def load_states(
+    store: SessionStore, settings: Settings, sid: str, options: Options, journaled: bool = False
+) -> tuple[list[StreamState], list[list[Any]] | None]:
+    """The session's stream states at its checkpoint (new streams before its first one), and
+    ``held`` at the checkpoint when chunks were journaled since (else None: ``held`` is current)."""
     channels = stream_count(options)
-    s = store.load_fields(sid, [*(f"state:{c}" for c in range(channels)), "state"])
+    s = store.load_fields(sid, [*(f"state:{c}" for c in range(channels)), "state", "ckpt_held"])
     states = []
     for c in range(channels):
         raw = s.get(f"state:{c}", s.get("state") if c == 0 else None)  # "state": layout 1
@@ -249,7 +388,8 @@ def load_states(store: SessionStore, settings: Settings, sid: str, options: Opti
         else:
             decoder = None if options.decoder == "auto" else options.decoder
             states.append(get_recognizer(settings).new_stream(channel=c, decoder=decoder))
-    return states
+    held = cast("list[list[Any]]", json.loads(s.get("ckpt_held", b"[]"))) if journaled else None
+    return states, held
 
 
 def open_phrase(state: StreamState) -> str:
@@ -272,12 +412,21 @@ def release(w: Work, results: list[list[Phrase]]) -> list[dict[str, Any]]:
     return [h[3] for h in out]
 
 
-def commit(store: SessionStore, item: Item, token: str, ttl: int, fields: dict[str, str | bytes]) -> bool:
+def commit(
+    store: SessionStore,
+    settings: Settings,
+    item: Item,
+    token: str,
+    ttl: int,
+    fields: dict[str, str | bytes],
+    journal: tuple[int, int] = (0, 0),
+) -> bool:
+    """Save the fields under the lock, drop the ``journal`` entries (from, to) a checkpoint made
+    needless (to < 0: all) and extend the others."""
     fields["updated"] = str(time.time())
     drop = f"answer:{item.seq - KEEP_ANSWERS}" if item.seq >= KEEP_ANSWERS else None
-    saved = store.save(item.id, token, ttl, fields, drop)
-    store.drop_chunk(item.id, item.seq)
-    return saved
+    keep = max(settings.stream_ttl_seconds, int(settings.stream_chunk_timeout_seconds) + 60)
+    return store.save(item.id, token, ttl, fields, drop, journal, keep)
 
 
 def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
@@ -307,21 +456,34 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
         time.perf_counter() - started,
     )
     at = 0
+    keep = max(settings.stream_ttl_seconds, int(settings.stream_chunk_timeout_seconds) + 60)
+    saves: list[tuple[str, str, int, dict[str, str | bytes], str | None, tuple[int, int], int]] = []
+    pending: list[tuple[Work, dict[str, Any], str]] = []  # (work, its answer, its new rev)
+    replies: list[tuple[Item, dict[str, Any]]] = []
     for w in work:
         results, at = flat[at : at + len(w.states)], at + len(w.states)
         item = w.item
         try:
             new = release(w, results)
-            all_phrases = json.loads(store.r.hget(f"tone:stream:{item.id}", "phrases") or "[]") + new
+            all_phrases = w.phrases + new
             fields: dict[str, str | bytes] = {
                 "layout": str(LAYOUT),
                 "next_seq": str(item.seq + 1),
                 "phrases": json.dumps(all_phrases, ensure_ascii=False),
                 "held": json.dumps(w.held, ensure_ascii=False),
             }
-            for c, state in enumerate(w.states):
-                state.seq = item.seq
-                fields[f"state:{c}"] = state.to_bytes()
+            now = time.time()
+            checkpoint = item.kind != "finalize" and (
+                item.seq + 1 - w.ckpt >= CHECKPOINT_PIECES
+                or now - w.ckpt_t >= settings.stream_checkpoint_seconds
+            )
+            journal = (0, -1) if item.kind == "finalize" else (0, 0)  # a finished session needs none
+            if checkpoint:
+                for c, state in enumerate(w.states):
+                    state.seq = item.seq
+                    fields[f"state:{c}"] = state.to_bytes()
+                fields.update(ckpt=str(item.seq + 1), ckpt_t=str(now), ckpt_held=fields["held"])
+                journal = (w.ckpt, item.seq + 1)
             rev = secrets.token_hex(8)
             fields["rev"] = rev
             if item.kind == "finalize":
@@ -333,17 +495,30 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
                 partial = " ".join(t for t in (open_phrase(st) for st in w.states) if t)
                 answer = ok({**body, "partial": partial})
             fields[f"answer:{item.seq}"] = json.dumps(answer, ensure_ascii=False)
-            if not commit(store, item, w.token, w.ttl, fields):
-                log.warning("stream %s: lock lost or expired before seq %d was saved", item.id, item.seq)
-                answer = expired(item.id).to_reply()
-            elif item.kind != "finalize":
-                _remember(item.id, rev.encode(), w.states)
+            fields["updated"] = str(now)
+            drop = f"answer:{item.seq - KEEP_ANSWERS}" if item.seq >= KEEP_ANSWERS else None
+            saves.append((item.id, w.token, w.ttl, fields, drop, journal, keep))
+            pending.append((w, answer, rev))
         except Exception as exc:
             log.exception("stream %s: cannot save seq %d", item.id, item.seq)
-            answer = {"status": 500, "error": {"code": "internal_error", "message": str(exc)}}
-        finally:
-            store.unlock(item.id, w.token)
-        store.reply(item, answer)
+            replies.append((item, {"status": 500, "error": {"code": "internal_error", "message": str(exc)}}))
+    try:
+        saved = store.save_many(saves)
+    except Exception as exc:
+        log.exception("stream: cannot save a round of %d sessions", len(saves))
+        saved = [False] * len(saves)
+        pending = [
+            (w, {"status": 500, "error": {"code": "internal_error", "message": str(exc)}}, "")
+            for w, _, _ in pending
+        ]
+    for (w, answer, rev), ok_ in zip(pending, saved):
+        if not ok_ and rev:
+            log.warning("stream %s: lock lost or expired before seq %d was saved", w.item.id, w.item.seq)
+            answer = expired(w.item.id).to_reply()
+        elif ok_ and w.item.kind != "finalize":
+            _remember(w.item.id, rev.encode(), w.states)
+        replies.append((w.item, answer))
+    store.finish_many([(w.item.id, w.token) for w in work], replies)
 
 
 @app.task(name=STREAM_TASK)

@@ -15,9 +15,10 @@ import uuid
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init
+from celery.signals import after_setup_logger, task_prerun, worker_process_init
 
 from shared.db.session import engine_for, session_scope, sessionmaker_for
+from shared.platform import logs, metrics
 from shared.platform.batch_state import finish_done_batches
 from shared.platform.settings import Settings, get_settings
 from shared.queue import REQUEUE_TASK, TRANSCRIBE_TASK, enqueue_transcription, enqueue_webhook
@@ -45,6 +46,19 @@ from worker.store import (
 )
 
 MAX_RETRIES = 5
+
+
+@after_setup_logger.connect
+def _setup_logs(**_: Any) -> None:
+    """Celery set its handlers up: give them the request id, and TONE_LOG_FORMAT=json's formatter."""
+    logs.configure(get_settings().log_format)
+
+
+@task_prerun.connect
+def _task_request_id(task: Any = None, **_: Any) -> None:
+    """The request id the sender put in the message's headers (None when it had none)."""
+    rid = task.request.get("request_id") if task is not None else None
+    logs.request_id.set(rid if isinstance(rid, str) else None)
 
 
 @worker_process_init.connect
@@ -91,7 +105,7 @@ def transcribe(self: Task, job_id: str, resume_owner: str | None = None) -> None
 
 def run_job(job_id: str, owner: str, resume_owner: str | None = None) -> None:
     settings = get_settings()
-    store = JobStore(settings.database_url, owner, settings.job_lease_seconds)
+    store = JobStore(settings.database_url, owner, settings.job_lease_seconds, settings.redis_url)
     with Liveness(settings.redis_url, owner):
         previous = store.holder_of(job_id)
         first = store.claim(job_id, resume_owner)
@@ -170,6 +184,7 @@ def requeue_stuck() -> dict[str, int]:
         mark_sent(session, (s.id for s in resend))
     for job in lost:
         log.warning("failed: worker_lost", job=job.id)
+        metrics.job_finished(metrics.client_for(settings.redis_url), "failed", None)
         if job.webhook_url:
             enqueue_webhook(job.id, "job.failed")
     for job in resend:

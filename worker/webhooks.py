@@ -34,7 +34,7 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
@@ -47,6 +47,7 @@ from standardwebhooks import Webhook
 from shared.db.models import FINAL_STATUSES, Batch, Job, Tenant, WebhookDelivery
 from shared.db.session import session_scope
 from shared.platform.batch_state import BATCH_EVENTS, load_view
+from shared.platform.keys import signing_secrets
 from shared.platform.netguard import UrlError, post_json
 from shared.platform.settings import Settings, get_settings
 from shared.queue import (
@@ -113,6 +114,7 @@ def event_body(job: Job, event_type: str) -> dict[str, Any]:
             "duration": job.duration,
             "error": error,
             "metadata": job.client_metadata,
+            "request_id": (job.options or {}).get("request_id"),  # X-Request-ID of the job's request
             "links": {"self": f"/v1/jobs/{job.id}", "transcript": f"/v1/jobs/{job.id}/transcript"},
         },
     }
@@ -140,9 +142,11 @@ def _subject(session: Session, subject_id: str, event_type: str) -> tuple[Job | 
     return subject, subject.webhook_url if subject else None
 
 
-def sign(secret: str, event_id: str, body: bytes, moment: datetime) -> dict[str, str]:
-    """The Standard Webhooks headers for one attempt (the signature covers id.timestamp.body)."""
-    signature = Webhook(secret).sign(event_id, moment, body.decode("utf-8"))
+def sign(secrets: Sequence[str], event_id: str, body: bytes, moment: datetime) -> dict[str, str]:
+    """The Standard Webhooks headers for one attempt (the signature covers id.timestamp.body): one
+    ``v1,<sig>`` per secret, space-separated, as the spec allows during a secret's rotation."""
+    text = body.decode("utf-8")
+    signature = " ".join(Webhook(secret).sign(event_id, moment, text) for secret in secrets)
     return {
         "webhook-id": event_id,
         "webhook-timestamp": str(int(moment.timestamp())),
@@ -254,7 +258,7 @@ class Event:
     event_id: str
     attempt: int
     url: str
-    secret: str
+    secrets: list[str]  # the tenant's current secret, and its previous one during a rotation's grace
     body: bytes
 
     @property
@@ -303,13 +307,13 @@ def _prepare(session: Session, subject_id: str, event_type: str, event_id: str, 
         else event_body(subject, event_type)
     )
     body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
-    return Event(subject_id, event_type, event_id, attempt, url, tenant.webhook_secret, body)
+    return Event(subject_id, event_type, event_id, attempt, url, signing_secrets(tenant), body)
 
 
 def _post(event: Event, settings: Settings) -> Outcome:
     """Send the attempt; every failure becomes an :class:`Outcome` with its reason."""
     out = Outcome(sent_at=_now())
-    headers = sign(event.secret, event.event_id, event.body, out.sent_at)
+    headers = sign(event.secrets, event.event_id, event.body, out.sent_at)
     try:
         out.status_code, out.headers, out.latency_ms = post_json(
             event.url,

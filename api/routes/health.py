@@ -1,4 +1,4 @@
-"""Service info (``GET /``), readiness (``GET /health``) and Prometheus metrics (``GET /metrics``).
+"""Service info (``GET /``) and readiness (``GET /health``); ``/metrics`` is :mod:`api.routes.metrics`.
 
 These need no API key: load balancers, orchestrators and Prometheus call them. An anonymous
 ``/health`` says only ``status`` (ok | degraded | unavailable, and 503 when unavailable); the
@@ -12,25 +12,21 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import redis
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
-from api.deps import RedisDep, SettingsDep, presented_key, redis_for
+from api.deps import RedisDep, SettingsDep, presented_key
 from api.schemas import HealthOut, ServiceInfo
-from shared.db.models import JOB_STATUSES, Job
 from shared.db.session import engine_for, sessionmaker_for
 from shared.platform.keys import verify_key
-from shared.platform.settings import Settings, get_settings
-from shared.queue import EVENTS_QUEUE, QUEUES, client, live_queue
+from shared.platform.model_status import model_health
+from shared.platform.settings import Settings
+from shared.queue import EVENTS_QUEUE, client, live_queue
 
 log = logging.getLogger("api.health")
 router = APIRouter(tags=["service"])
@@ -134,6 +130,56 @@ workers_seen = _Workers()
 
 
 @router.get(
+    "/livez",
+    summary="Liveness: the process answers",
+    description='200 `{"status": "ok"}` whenever this API process can answer at all; it checks '
+    "nothing else (an orchestrator restarts the process when this fails).",
+    responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+)
+def livez() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def readiness(settings: Settings, client: redis.Redis) -> tuple[bool, dict[str, Any]]:
+    """``(ready, checks)``: the database, Redis, the model and a reader on each queue this API sends to."""
+    db_ok, broker_ok = _database_ok(settings), _broker_ok(client)
+    _, readers = workers_seen() if broker_ok else (0, {})
+    roles = {
+        q: readers.get(q, 0) for q in (settings.worker_queue, live_queue(settings.worker_queue), EVENTS_QUEUE)
+    }
+    model_state, model_error = model_health(settings, client if broker_ok else None)
+    checks: dict[str, Any] = {
+        "database": "ok" if db_ok else "down",
+        "redis": "ok" if broker_ok else "down",
+        "model": model_state if model_error is None else f"{model_state}: {model_error}",
+        "queues": {q: ("ok" if n else "no reader") for q, n in roles.items()},
+    }
+    ready = db_ok and broker_ok and model_state == "ok" and all(roles.values())
+    return ready, checks
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: database, Redis, model, a reader on every queue",
+    description="200 when this API can take work that will be done: the database and Redis answer, "
+    "the model is there, and each queue it sends to (transcription, live, events) has a worker "
+    "reading it; else 503. `checks` says which part is missing. Load balancers and compose use it.",
+    responses={
+        200: {
+            "content": {"application/json": {"example": {"status": "ready", "checks": {"database": "ok"}}}}
+        },
+        503: {
+            "content": {"application/json": {"example": {"status": "not_ready", "checks": {"redis": "down"}}}}
+        },
+    },
+)
+def readyz(settings: SettingsDep, client: RedisDep) -> JSONResponse:
+    ready, checks = readiness(settings, client)
+    body = {"status": "ready" if ready else "not_ready", "checks": checks}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get(
     "/health",
     response_model=HealthOut,
     summary="Readiness: database, broker, workers",
@@ -146,90 +192,21 @@ def health(request: Request, settings: SettingsDep, client: RedisDep) -> JSONRes
     roles = {
         q: readers.get(q, 0) for q in (settings.worker_queue, live_queue(settings.worker_queue), EVENTS_QUEUE)
     }
+    model_state, model_error = model_health(settings, client if broker_ok else None)
     if not (db_ok and broker_ok):
         status, code = "unavailable", 503
     else:
-        status, code = ("ok" if all(roles.values()) else "degraded"), 200
+        status, code = ("ok" if all(roles.values()) and model_state == "ok" else "degraded"), 200
     if not sees_details(request, settings):
         return JSONResponse({"status": status}, status_code=code)
     body = HealthOut(
         status=status,
         model=model_name(settings),
+        model_status=model_state,
+        model_error=model_error,
         database="ok" if db_ok else "down",
         broker="ok" if broker_ok else "down",
         workers=workers,
         queues=roles,
     )
     return JSONResponse(body.model_dump(), status_code=code)
-
-
-# -- metrics ----------------------------------------------------------------------------------------
-
-
-def queue_depth(client: redis.Redis, queue: str) -> int:
-    """Messages waiting in a Celery queue on Redis (one list per priority step)."""
-    names = [queue if p == 0 else f"{queue}:{p}" for p in PRIORITY_STEPS]
-    pipe = client.pipeline()
-    for name in names:
-        pipe.llen(name)
-    return sum(int(n) for n in pipe.execute())
-
-
-class PlatformCollector(Collector):
-    """Read at each scrape from Postgres and Redis, so every API replica reports the same numbers."""
-
-    def collect(self) -> Iterator[Metric]:
-        settings = get_settings()
-        yield from self._jobs(settings)
-        yield from self._queues(settings)
-
-    def _jobs(self, settings: Settings) -> Iterator[Metric]:
-        try:
-            with sessionmaker_for(settings.database_url)() as db:
-                by_status = dict(db.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-                audio, busy, done = db.execute(
-                    select(
-                        func.coalesce(func.sum(Job.duration), 0.0),
-                        func.coalesce(func.sum(Job.processing_seconds), 0.0),
-                        func.count(),
-                    ).where(Job.status == "completed")
-                ).one()
-        except Exception as exc:
-            log.warning("metrics: database: %s", exc)
-            return
-        jobs = GaugeMetricFamily("tone_jobs", "Jobs by status", labels=["status"])
-        for status in JOB_STATUSES:
-            jobs.add_metric([status], float(by_status.get(status, 0)))
-        yield jobs
-        yield GaugeMetricFamily(
-            "tone_audio_seconds_processed", "Audio seconds of completed jobs", value=float(audio or 0)
-        )
-        yield GaugeMetricFamily(
-            "tone_processing_seconds", "Worker seconds spent on completed jobs", value=float(busy or 0)
-        )
-        yield GaugeMetricFamily("tone_jobs_completed", "Completed jobs (still stored)", value=float(done))
-        yield GaugeMetricFamily(
-            "tone_real_time_factor",
-            "Processing seconds per audio second over completed jobs (lower is faster)",
-            value=float(busy or 0) / float(audio) if audio else 0.0,
-        )
-
-    def _queues(self, settings: Settings) -> Iterator[Metric]:
-        depth = GaugeMetricFamily("tone_queue_depth", "Messages waiting per queue", labels=["queue"])
-        try:
-            client = redis_for(settings.redis_url)
-            for queue in (*QUEUES, *(live_queue(q) for q in QUEUES), EVENTS_QUEUE):
-                depth.add_metric([queue], float(queue_depth(client, queue)))
-        except redis.RedisError as exc:
-            log.warning("metrics: broker: %s", exc)
-            return
-        yield depth
-
-
-REGISTRY = CollectorRegistry()
-REGISTRY.register(PlatformCollector())
-
-
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-def metrics(_: Request) -> Any:
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

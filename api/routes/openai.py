@@ -1,7 +1,10 @@
-"""``POST /v1/audio/transcriptions``: OpenAI's call, answered synchronously through the queue.
+"""OpenAI's calls: ``POST /v1/audio/transcriptions`` (answered synchronously through the queue),
+``GET /v1/models`` and ``GET /v1/models/{id}`` (which SDKs, Open WebUI and LiteLLM probe).
 
-``prompt`` and ``temperature`` are accepted and ignored; ``model`` may be anything (one model
-serves); the language is Russian.
+``prompt`` and ``temperature`` are accepted and ignored. ``model`` is ``t-one`` or one of
+:data:`MODEL_ALIASES`; the language is Russian (``ru``, ``rus``, ``russian`` or none); anything else
+is refused, like every error of these paths, in OpenAI's shape
+``{"error": {"message", "type", "param", "code"}}`` (:class:`api.errors.OpenAIError`).
 """
 
 from __future__ import annotations
@@ -12,16 +15,61 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.responses import JSONResponse
 
 from api.deps import CallerDep, DbDep, SettingsDep
-from api.errors import ERRORS
-from api.schemas import ErrorResponse, JobOptions, OpenAITranscription, OpenAIVerboseTranscription
+from api.errors import ERRORS, OpenAIError
+from api.schemas import (
+    ErrorResponse,
+    JobOptions,
+    OpenAIModel,
+    OpenAIModelList,
+    OpenAITranscription,
+    OpenAIVerboseTranscription,
+)
 from api.services import jobs as svc
 from shared.asr.formats import MEDIA_TYPES, render
 from shared.db.models import Job, Transcript
 
-router = APIRouter(prefix="/v1/audio", tags=["openai"])
+router = APIRouter(tags=["openai"])
 
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
-LANGUAGE = "ru"
+LANGUAGE = "russian"  # what whisper-1 answers in verbose_json
+LANGUAGES = {"ru", "rus", "russian"}  # accepted for `language` (ISO 639-1, 639-2, the name)
+MODEL_ID = "t-one"
+# accepted for `model`: T-one's names, and whisper-1 so clients that send OpenAI's default work as is
+MODEL_ALIASES = ("t-tech/T-one", "tone", "whisper-1")
+MODEL_CREATED = 1_750_000_000  # the model list's "created" (June 2025, T-one's release)
+
+
+def _model() -> OpenAIModel:
+    return OpenAIModel(id=MODEL_ID, created=MODEL_CREATED, owned_by="t-tech")
+
+
+def _check_request(model: str, language: str | None, response_format: str, granularities: list[str]) -> None:
+    """OpenAI's refusals (400, its error shape) of a model, language or granularity we don't serve."""
+    if model != MODEL_ID and model not in MODEL_ALIASES:
+        raise OpenAIError(
+            400,
+            "invalid_model",
+            f"The model `{model}` does not exist; use `{MODEL_ID}` (or {', '.join(MODEL_ALIASES)})",
+            param="model",
+        )
+    if language is not None and language.strip().lower() not in LANGUAGES:
+        raise OpenAIError(
+            400,
+            "unsupported_language",
+            f"Language `{language}` is not supported: this service transcribes Russian only (`ru`)",
+            param="language",
+        )
+    if granularities and response_format != "verbose_json":
+        raise OpenAIError(
+            400,
+            "invalid_value",
+            "timestamp_granularities is only supported with response_format=verbose_json",
+            param="timestamp_granularities",
+        )
+
+
+def _usage(seconds: float) -> dict[str, Any]:
+    return {"type": "duration", "seconds": round(seconds, 3)}
 
 
 def _segments(transcript: Transcript) -> list[dict[str, Any]]:
@@ -50,21 +98,56 @@ def _words(transcript: Transcript) -> list[dict[str, Any]]:
     ]
 
 
+def _duration(job: Job, transcript: Transcript) -> float:
+    return job.duration if job.duration is not None else transcript.duration
+
+
 def _verbose(job: Job, transcript: Transcript, granularities: list[str]) -> dict[str, Any]:
+    """OpenAI's verbose_json: ``segments`` unless only ``word`` was asked, ``words`` when asked."""
+    duration = _duration(job, transcript)
     body: dict[str, Any] = {
         "task": "transcribe",
         "language": LANGUAGE,
-        "duration": job.duration if job.duration is not None else transcript.duration,
+        "duration": duration,
         "text": transcript.full_text,
-        "segments": _segments(transcript),
     }
+    if "segment" in granularities:
+        body["segments"] = _segments(transcript)
     if "word" in granularities:
         body["words"] = _words(transcript)
+    body["usage"] = _usage(duration)
     return body
 
 
+@router.get(
+    "/v1/models",
+    response_model=OpenAIModelList,
+    summary="The models (OpenAI-compatible)",
+    description=f"One model, `{MODEL_ID}`; `model` in a transcription may also be "
+    + ", ".join(f"`{a}`" for a in MODEL_ALIASES)
+    + ".",
+    responses={k: v for k, v in ERRORS.items() if k != 404},
+)
+def list_models(caller: CallerDep) -> OpenAIModelList:
+    return OpenAIModelList(data=[_model()])
+
+
+@router.get(
+    "/v1/models/{model_id:path}",
+    response_model=OpenAIModel,
+    summary="One model (OpenAI-compatible)",
+    description="`t-one` (or an alias, answered as `t-one`); any other id is 404 `model_not_found` in "
+    "OpenAI's error shape.",
+    responses={**ERRORS, 404: {"model": ErrorResponse, "description": "no such model"}},
+)
+def get_model(model_id: str, caller: CallerDep) -> OpenAIModel:
+    if model_id != MODEL_ID and model_id not in MODEL_ALIASES:
+        raise OpenAIError(404, "model_not_found", f"The model `{model_id}` does not exist", param="model")
+    return _model()
+
+
 @router.post(
-    "/transcriptions",
+    "/v1/audio/transcriptions",
     summary="Transcribe a file (OpenAI-compatible)",
     response_model=OpenAITranscription | OpenAIVerboseTranscription,
     responses={
@@ -81,8 +164,12 @@ async def create_transcription(
     db: DbDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="the recording")],
-    model: Annotated[str, Form(examples=["t-one"])] = "t-one",
-    language: Annotated[str | None, Form(examples=["ru"])] = None,
+    model: Annotated[
+        str, Form(examples=["t-one"], description="t-one, t-tech/T-one, tone or whisper-1")
+    ] = "t-one",
+    language: Annotated[
+        str | None, Form(examples=["ru"], description="ru (or none); others are refused")
+    ] = None,
     prompt: Annotated[str | None, Form(description="accepted and ignored")] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
     temperature: Annotated[float | None, Form(description="accepted and ignored")] = None,
@@ -90,11 +177,13 @@ async def create_transcription(
         list[Literal["word", "segment"]] | None, Form(alias="timestamp_granularities[]")
     ] = None,
 ) -> Response:
+    granularities: list[str] = list(timestamp_granularities or [])
+    _check_request(model, language, response_format, granularities)
     job, transcript = await svc.transcribe_sync(db, caller, settings, file.file, file.filename, JobOptions())
     if response_format == "json":
-        return JSONResponse({"text": transcript.full_text})
+        return JSONResponse({"text": transcript.full_text, "usage": _usage(_duration(job, transcript))})
     if response_format == "verbose_json":
-        return JSONResponse(_verbose(job, transcript, list(timestamp_granularities or ["segment"])))
+        return JSONResponse(_verbose(job, transcript, granularities or ["segment"]))
     fmt = {"text": "txt", "srt": "srt", "vtt": "vtt"}[response_format]
     phrases = [svc.phrase_of(p) for p in transcript.phrases]
     if fmt == "txt":

@@ -45,7 +45,7 @@ log = logging.getLogger("api.websocket")
 
 PIECE_SECONDS = 0.3  # frames are gathered into pieces of at least this much audio
 PARTIAL_EVERY = 1.0  # a partial at least this often while audio flows
-CONFIG_FIELDS = {"sample_rate", "encoding", "channels", "decoder", "api_key", "store", "webhook_url"}
+CONFIG_FIELDS = {"sample_rate", "encoding", "channels", "decoder", "api_key", "store", "webhook_url", "acks"}
 
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_BAD_DATA, CLOSE_POLICY, CLOSE_INTERNAL = 1000, 1001, 1003, 1008, 1011
 CLOSE_IDLE = 4408
@@ -87,6 +87,22 @@ def _authenticate(settings: Settings, key: str | None) -> Caller:
 
 async def authenticate(settings: Settings, key: str | None) -> Caller:
     return await run_in_threadpool(_authenticate, settings, key)
+
+
+def connection_key(ws: WebSocket, settings: Settings) -> str | None:
+    """The key of a header, else of ``?api_key=`` when the deployment allows keys in the query
+    string (``TONE_WS_QUERY_KEYS``: for Vosk's and T-one's clients, which cannot send headers)."""
+    key = presented_key(ws)
+    if key:
+        return key
+    query = ws.query_params.get("api_key")
+    if query is None:
+        return None
+    if not settings.ws_query_keys:
+        message = ("API keys in the query string are off on this server (TONE_WS_QUERY_KEYS): "
+                   "send the key in a header or in the first message")  # fmt: skip
+        raise CloseError("query_key_disabled", message, CLOSE_POLICY)
+    return query or None
 
 
 class Receiver:
@@ -246,7 +262,7 @@ async def v1_stream(ws: WebSocket) -> None:
 
 async def _v1(ws: WebSocket, settings: Settings) -> None:
     receiver = Receiver(ws, settings.stream_idle_timeout_seconds)
-    header_key = presented_key(ws)
+    header_key = connection_key(ws, settings)
     caller = await authenticate(settings, header_key) if header_key or settings.auth_disabled else None
     config = _json_object(await receiver.receive(), "the first message (the stream's config)")
     key = config.pop("api_key", None)
@@ -257,6 +273,9 @@ async def _v1(ws: WebSocket, settings: Settings) -> None:
         fields = ", ".join(sorted(unknown))
         raise CloseError("invalid_config", f"unknown config field(s): {fields}", CLOSE_BAD_DATA)
     keep = config.pop("store", False)
+    acks = config.pop("acks", False)
+    if not isinstance(acks, bool):
+        raise CloseError("invalid_config", "acks must be true or false", CLOSE_BAD_DATA)
     webhook_url = config.pop("webhook_url", None)
     if not isinstance(keep, bool):
         raise CloseError("invalid_config", "store must be true or false", CLOSE_BAD_DATA)
@@ -287,6 +306,8 @@ async def _v1(ws: WebSocket, settings: Settings) -> None:
         if text != partial or now - partial_at >= PARTIAL_EVERY:
             await _send(ws, {"type": "partial", "text": text, "channel": 0})
             partial, partial_at = text, now
+        if acks:  # the piece was applied: its seq and the audio seconds applied so far
+            await _send(ws, {"type": "ack", "seq": body["seq"], "audio_seconds": round(stream.duration, 3)})
 
     while True:
         message = await receiver.receive_until(flush_at)
@@ -337,7 +358,7 @@ async def tone_ws(ws: WebSocket) -> None:
 
 
 async def _tone(ws: WebSocket, settings: Settings) -> None:
-    caller = await authenticate(settings, presented_key(ws))
+    caller = await authenticate(settings, connection_key(ws, settings))
     receiver = Receiver(ws, settings.stream_idle_timeout_seconds)
     stream = LiveStream(settings, caller, Options())
     await stream.open()
@@ -363,9 +384,15 @@ async def _tone(ws: WebSocket, settings: Settings) -> None:
 # -- the Vosk server protocol: /vosk --------------------------------------------------------------
 
 
-def _vosk_result(phrase: dict[str, Any]) -> dict[str, Any]:
-    words = [{"word": w["text"], "start": w["start"], "end": w["end"], "conf": 1.0} for w in phrase["words"]]
-    return {"result": words, "text": phrase["text"]}
+def _vosk_result(phrases: list[dict[str, Any]]) -> dict[str, Any]:
+    """One Vosk result for the phrases a frame closed (several are joined: Vosk's clients read
+    exactly one reply per frame)."""
+    words = [
+        {"word": w["text"], "start": w["start"], "end": w["end"], "conf": 1.0}
+        for phrase in phrases
+        for w in phrase["words"]
+    ]
+    return {"result": words, "text": " ".join(p["text"] for p in phrases)}
 
 
 @router.websocket("/vosk")
@@ -374,7 +401,11 @@ async def vosk_ws(ws: WebSocket) -> None:
 
 
 async def _vosk(ws: WebSocket, settings: Settings) -> None:
-    caller = await authenticate(settings, presented_key(ws))
+    """Exactly one reply per received message, as Vosk's server does: a frame gets ``{"partial"}``
+    or one ``{"result", "text"}``; ``{"eof": 1}`` gets the last result (or ``{"text": ""}``). The key:
+    a header, ``?api_key=`` (``TONE_WS_QUERY_KEYS``), or ``api_key`` in the config message."""
+    key = connection_key(ws, settings)
+    caller = await authenticate(settings, key) if key or settings.auth_disabled else None
     receiver = Receiver(ws, settings.stream_idle_timeout_seconds)
     options = Options()
     stream: LiveStream | None = None
@@ -388,10 +419,15 @@ async def _vosk(ws: WebSocket, settings: Settings) -> None:
                     raise CloseError("invalid_message", "the config comes before the audio", 1003)
                 config = request["config"] if isinstance(request["config"], dict) else {}
                 options = _options({"sample_rate": config.get("sample_rate", SAMPLE_RATE)})
+                if caller is None:
+                    given = config.get("api_key")
+                    caller = await authenticate(settings, given if isinstance(given, str) and given else None)
                 continue
             if request.get("eof"):
                 break
             raise CloseError("invalid_message", 'text messages are {"config": ...} or {"eof": 1}', 1003)
+        if caller is None:  # audio before any key
+            caller = await authenticate(settings, None)
         if stream is None:
             stream = LiveStream(settings, caller, options)
             await stream.open()
@@ -399,15 +435,11 @@ async def _vosk(ws: WebSocket, settings: Settings) -> None:
         if body is not None:
             partial = str(body.get("partial", ""))
         if body and body["phrases"]:
-            for phrase in body["phrases"]:
-                await _send(ws, _vosk_result(phrase))
+            await _send(ws, _vosk_result(body["phrases"]))
         else:
             await _send(ws, {"partial": partial})
     new: list[dict[str, Any]] = []
     if stream is not None:
         new, _ = await stream.end()
-    for phrase in new:
-        await _send(ws, _vosk_result(phrase))
-    if not new:
-        await _send(ws, {"text": ""})
+    await _send(ws, _vosk_result(new) if new else {"text": ""})
     await _close(ws, CLOSE_NORMAL)

@@ -12,7 +12,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import selectinload
@@ -110,8 +110,14 @@ def stream_jsonl(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
         yield (json.dumps(rec, ensure_ascii=False) + "\n").encode()
 
 
+# CSVs start with a UTF-8 BOM: Excel (on a Russian Windows above all) reads them as UTF-8 then, not
+# as the ANSI code page (mojibake); Python's csv and every other reader skip it ("utf-8-sig")
+BOM = "\ufeff"
+
+
 def stream_csv(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
     buf = io.StringIO()
+    buf.write(BOM)
     writer = csv.writer(buf)
     writer.writerow(["name", "job_id", "channel", "start", "end", "text"])
     for _, rec in _result_records(settings, req.batch_id):
@@ -158,6 +164,11 @@ def output_name(name: str, fmt: str, used: set[str]) -> str:
     return candidate
 
 
+def open_member(zf: zipfile.ZipFile, name: str) -> IO[bytes]:
+    """A member written as a stream, of unknown size: ZIP64 allowed (else zipfile refuses past 2 GiB)."""
+    return zf.open(name, "w", force_zip64=True)
+
+
 ERRORS_CSV = "errors.csv"
 RESULTS_JSONL = "results.jsonl"
 
@@ -169,6 +180,7 @@ def stream_zip(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
     sink = _Sink()
     used = {ERRORS_CSV, RESULTS_JSONL}
     errors = io.StringIO()
+    errors.write(BOM)
     writer = csv.writer(errors)
     writer.writerow(["name", "job_id", "status", "code", "message"])
     with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED) as zf:  # type: ignore[call-overload]
@@ -184,7 +196,7 @@ def stream_zip(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
                 body, _ = svc.render_transcript(job, fmt)
                 zf.writestr(output_name(rec["name"], fmt, used), body)
             yield sink.take()
-        with zf.open(RESULTS_JSONL, "w") as out:
+        with open_member(zf, RESULTS_JSONL) as out:
             for piece in stream_jsonl(settings, req):
                 out.write(piece)
                 yield sink.take()

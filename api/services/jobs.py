@@ -36,8 +36,9 @@ from shared.asr.formats import MEDIA_TYPES, render
 from shared.asr.types import Phrase, Word
 from shared.db.models import FINAL_STATUSES, Batch, Job, Transcript, WebhookDelivery
 from shared.db.session import rowcount
+from shared.platform import logs, metrics
 from shared.platform.batch_state import BATCH_EVENTS, finish_batch
-from shared.platform.settings import Settings
+from shared.platform.settings import Settings, get_settings
 from shared.queue import enqueue_transcription, enqueue_webhook
 
 log = logging.getLogger("api.jobs")
@@ -74,7 +75,8 @@ def job_view(job: Job) -> JobOut:
         finished_at=job.finished_at,
         duration=job.duration,
         processing_seconds=job.processing_seconds,
-        options=job.options or {},
+        options={k: v for k, v in (job.options or {}).items() if k != "request_id"},
+        request_id=(job.options or {}).get("request_id"),
         metadata=job.client_metadata,
         source=job.source,
         filename=job.filename,
@@ -226,6 +228,12 @@ def create_job(db: Session, caller: Caller, new: NewJob, settings: Settings) -> 
     )
 
 
+def with_request_id(options: dict[str, Any]) -> dict[str, Any]:
+    """A job's options with the id of the request that made it (for its logs and its webhook)."""
+    rid = logs.request_id.get()
+    return {**options, "request_id": rid} if rid else options
+
+
 def job_row(caller: Caller, new: NewJob, digest: str, settings: Settings) -> Job:
     opts = new.options
     stored = new.stored
@@ -236,7 +244,7 @@ def job_row(caller: Caller, new: NewJob, digest: str, settings: Settings) -> Job
         status="queued",
         priority=SYNC_PRIORITY if new.kind == "sync" else opts.priority,
         queue=settings.worker_queue,
-        options={"channels": opts.channels, "decoder": opts.decoder},
+        options=with_request_id({"channels": opts.channels, "decoder": opts.decoder}),
         source="upload" if stored else "url",
         filename=new.filename,
         content_type=new.content_type,
@@ -312,6 +320,10 @@ def request_cancel(db: Session, job: Job) -> bool:
         return bool(asked)
     db.commit()
     db.refresh(job)
+    latency = (
+        (job.finished_at - job.created_at).total_seconds() if job.finished_at and job.created_at else None
+    )
+    metrics.job_finished(metrics.client_for(get_settings().redis_url), "cancelled", latency)
     if job.webhook_url:
         try:
             send_final_event(job)

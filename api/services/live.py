@@ -8,9 +8,11 @@ for ``tone.stream`` on a worker and waits for the answer with BLPOP on the event
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, cast
@@ -19,7 +21,8 @@ import redis
 import redis.asyncio as aioredis
 from starlette.concurrency import run_in_threadpool
 
-from shared.platform.sessions import Accepted, Options, SessionError, SessionStore
+from shared.platform import metrics
+from shared.platform.sessions import Accepted, AsyncSessionStore, Options, SessionError, SessionStore
 from shared.platform.settings import Settings
 from shared.queue import enqueue_stream
 
@@ -31,7 +34,19 @@ def session_store(client: redis.Redis) -> SessionStore:
 
 @lru_cache
 def async_redis(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, socket_connect_timeout=2)
+    """The event loop's client for the answers' BLPOP. No socket timeout: a BLPOP's own timeout
+    bounds each read (redis-py's default of 5 s would cut a 5 s BLPOP short and answer 500); the
+    wait below adds its own margin in case Redis itself stops answering."""
+    return aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
+
+
+@lru_cache
+def async_store(url: str) -> AsyncSessionStore:
+    """The per-piece calls (accept, submit) on the event loop, with a socket timeout of their own."""
+    return AsyncSessionStore(aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5))
+
+
+BLPOP_MARGIN = 2.0  # seconds past a BLPOP's timeout before its read is given up
 
 
 def reply_body(reply: dict[str, Any]) -> dict[str, Any]:
@@ -49,8 +64,8 @@ async def create(
     return await run_in_threadpool(store.create, tenant, options, ttl, job)
 
 
-async def accept(store: SessionStore, sid: str, tenant: str, kind: str, seq: int | None) -> Accepted:
-    return await run_in_threadpool(store.accept, sid, tenant, kind, seq)
+async def accept(settings: Settings, sid: str, tenant: str, kind: str, seq: int | None) -> Accepted:
+    return await async_store(settings.redis_url).accept(sid, tenant, kind, seq)
 
 
 async def through_worker(
@@ -58,12 +73,14 @@ async def through_worker(
 ) -> dict[str, Any]:
     """Queue the work item (and its audio), wake a worker, and wait for the answer's body."""
 
-    def enqueue() -> str:
-        if audio is not None:
-            keep = max(store.ttl_of(sid), int(settings.stream_chunk_timeout_seconds) + 60)
-            store.store_chunk(sid, seq, audio, keep)
-        key = store.enqueue(settings.worker_queue, sid, seq, kind)
-        enqueue_stream(settings.worker_queue)
+    async def enqueue() -> str:
+        # the journal outlives any session (whose TTL is at most stream_ttl_seconds) and any wait
+        keep = max(settings.stream_ttl_seconds, int(settings.stream_chunk_timeout_seconds) + 60)
+        key, awake = await async_store(settings.redis_url).submit(
+            settings.worker_queue, sid, seq, kind, audio, keep
+        )
+        if not awake:  # no worker is draining the queue: wake one (else no Celery message per piece)
+            await run_in_threadpool(enqueue_stream, settings.worker_queue)
         return key
 
     def requeue() -> dict[str, Any] | None:
@@ -78,15 +95,30 @@ async def through_worker(
         enqueue_stream(settings.worker_queue)
         return None
 
-    key = await run_in_threadpool(enqueue)
+    arrived = time.monotonic()
+    key = await enqueue()
+    try:
+        return await _answer(settings, key, requeue)
+    finally:
+        if kind == "chunk":
+            piece = metrics.Recorder(metrics.client_for(settings.redis_url))
+            await run_in_threadpool(
+                piece.observe("tone_live_piece_latency_seconds", time.monotonic() - arrived).flush
+            )
+
+
+async def _answer(
+    settings: Settings, key: str, requeue: Callable[[], dict[str, Any] | None]
+) -> dict[str, Any]:
+    """Wait for the worker's reply on ``key``, queueing the item again every requeue interval."""
     timeout = settings.stream_chunk_timeout_seconds
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
         wait = min(left, settings.stream_requeue_seconds)
-        got = await async_redis(settings.redis_url).blpop([key], timeout=max(wait, 0.01))
+        got = await _blpop(settings.redis_url, key, max(wait, 0.01))
         if got is not None:
-            return reply_body(json.loads(got[1]))
+            return reply_body(json.loads(got))
         if left <= wait:
             message = f"no worker answered within {timeout:g} s; send the chunk again (same seq)"
             raise SessionError(504, "timeout", message)
@@ -95,12 +127,22 @@ async def through_worker(
             return reply_body(stored)
 
 
+async def _blpop(url: str, key: str, timeout: float) -> bytes | None:
+    """The answer from the reply list, or None when none came within ``timeout`` (or Redis did
+    not answer the read in time: the caller then queues the piece again, as for a silent worker)."""
+    try:
+        got = await asyncio.wait_for(async_redis(url).blpop([key], timeout=timeout), timeout + BLPOP_MARGIN)
+    except (asyncio.TimeoutError, redis.TimeoutError):
+        return None
+    return None if got is None else cast("bytes", got[1])
+
+
 async def send_chunk(
     store: SessionStore, settings: Settings, sid: str, tenant: str, audio: bytes, seq: int | None = None
 ) -> dict[str, Any]:
     """Apply a piece of audio to the session (a retried ``seq`` gets its first answer); the answer's
     body: ``phrases`` completed by it, ``seq``, ``partial`` (the open phrase's text)."""
-    accepted = await accept(store, sid, tenant, "chunk", seq)
+    accepted = await accept(settings, sid, tenant, "chunk", seq)
     if accepted.action == "done":
         stored = await run_in_threadpool(store.stored_answer, sid, accepted.seq)
         if stored is None:
@@ -111,7 +153,7 @@ async def send_chunk(
 
 async def finalize(store: SessionStore, settings: Settings, sid: str, tenant: str) -> dict[str, Any]:
     """End the session; the answer's body holds every phrase of it (the same when called again)."""
-    accepted = await accept(store, sid, tenant, "finalize", None)
+    accepted = await accept(settings, sid, tenant, "finalize", None)
     if accepted.action == "final":
         stored = await run_in_threadpool(store.stored_final, sid)
         if stored is not None:

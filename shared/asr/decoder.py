@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from itertools import groupby
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -33,22 +32,31 @@ class GreedyDecoder:
     name = "greedy"
 
     def decode(self, logprobs: np.ndarray) -> tuple[str, list[WordSpan]]:
-        ids = logprobs.argmax(axis=-1).tolist()
-        runs: list[tuple[int, int, int]] = []  # token, first frame, one past the last frame
-        pos = 0
-        for token, group in groupby(ids):
-            length = sum(1 for _ in group)
-            runs.append((token, pos, pos + length))
-            pos += length
-        text = "".join(LABELS[t] for t, _, _ in runs if t != BLANK_ID).strip()
+        ids = logprobs.argmax(axis=-1)
+        n = len(ids)
+        if not n:
+            return "", []
+        # runs of equal tokens, found with numpy rather than a Python pass over every frame
+        bounds = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+        starts = np.concatenate(([0], bounds)).tolist()
+        ends = [*starts[1:], n]
+        tokens = ids[starts].tolist()
+        text = "".join([LABELS[t] for t in tokens if t != BLANK_ID]).strip()
         words: list[WordSpan] = []
-        letters: list[tuple[int, int, int]] = []
-        for run in [*runs, (SPACE_ID, pos, pos)]:
-            if run[0] == SPACE_ID and letters:
-                words.append(("".join(LABELS[t] for t, _, _ in letters), letters[0][1], letters[-1][2]))
-                letters = []
-            elif run[0] not in (SPACE_ID, BLANK_ID):
-                letters.append(run)
+        letters: list[int] = []
+        first = last = 0
+        for k, token in enumerate(tokens):
+            if token == SPACE_ID:
+                if letters:
+                    words.append(("".join([LABELS[t] for t in letters]), first, last))
+                    letters = []
+            elif token != BLANK_ID:
+                if not letters:
+                    first = starts[k]
+                letters.append(token)
+                last = ends[k]
+        if letters:
+            words.append(("".join([LABELS[t] for t in letters]), first, last))
         return text, words
 
 

@@ -11,6 +11,7 @@ import heapq
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -20,6 +21,7 @@ import numpy.typing as npt
 
 from . import splitter
 from .decoder import BeamSearchDecoder, Decoder, DecoderName, GreedyDecoder, kenlm_available, to_phrase
+from .decoder_pool import DecoderPool
 from .errors import ModelError, StreamStateError
 from .model import AcousticModel, locate_model
 from .stream import StreamState
@@ -66,8 +68,17 @@ class _Job:
 class Recognizer:
     """T-one loaded once; cheap calls after that. Thread-compatible, not thread-safe."""
 
-    def __init__(self, model: AcousticModel, lm_path: Path | None = None, default_decoder: str = "auto"):
+    def __init__(
+        self,
+        model: AcousticModel,
+        lm_path: Path | None = None,
+        default_decoder: str = "auto",
+        decoder_workers: int = 0,
+    ):
         self.model = model
+        self.bank = model.new_bank()  # the streams' state rows, kept on the model's device
+        self.pool: DecoderPool | None = None  # beam search in processes, off the model's path
+        self.pool_wait_s = 0.0  # seconds spent waiting for the pool's phrases
         self.lm_path = lm_path if lm_path and kenlm_available() else None
         self._decoders: dict[str, Decoder] = {"greedy": GreedyDecoder()}
         self.default_decoder: DecoderName = (
@@ -78,6 +89,31 @@ class Recognizer:
                 self._decoders["beam"] = BeamSearchDecoder(self.lm_path)
             except (OSError, RuntimeError) as exc:
                 raise ModelError(f"the language model {self.lm_path} cannot be read: {exc}") from exc
+        if decoder_workers > 0:
+            self.pool = DecoderPool(decoder_workers, self.lm_path)
+
+    def _resolved(self, items: list[_Pending]) -> list[Phrase]:
+        """The phrases in order, waiting for the pool's where needed (the wait is counted in
+        ``pool_wait_s``: time the model could not go on); empty ones dropped."""
+        out: list[Phrase] = []
+        for item in items:
+            if isinstance(item, Future):
+                if not item.done():
+                    started = time.perf_counter()
+                    item = item.result()
+                    self.pool_wait_s += time.perf_counter() - started
+                else:
+                    item = item.result()
+                if item is None:
+                    continue
+            out.append(item)
+        return out
+
+    def close(self) -> None:
+        """Stop the decoder pool's processes (a Recognizer without a pool holds nothing to stop)."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
     @classmethod
     def load(
@@ -89,11 +125,15 @@ class Recognizer:
         decoder: str = "auto",
         download: bool = True,
         precision: str = "auto",
+        decoder_workers: int = 0,
     ) -> Recognizer:
-        """Load model.onnx (and kenlm.bin beside it) from ``path``, else from Hugging Face."""
+        """Load model.onnx (and kenlm.bin beside it) from ``path``, else from Hugging Face.
+
+        ``decoder_workers`` > 0 decodes beam-search phrases in that many processes while the model
+        goes on (``advance`` collects them at its end, in order; the phrases are the same)."""
         files = locate_model(path, download=download)
         model = AcousticModel(files.model, providers=providers, threads=threads, precision=precision)
-        return cls(model, files.lm, decoder)
+        return cls(model, files.lm, decoder, decoder_workers)
 
     # -- decoders ---------------------------------------------------------------------------------
 
@@ -107,6 +147,13 @@ class Recognizer:
 
     # -- streams ----------------------------------------------------------------------------------
 
+    def set_decoder(self, name: str, decoder: Decoder) -> None:
+        """Decode ``name`` ("greedy" or "beam") phrases with ``decoder`` in this process, e.g. a
+        ``flashlight_decoder.FlashlightBeamDecoder`` (a decoder pool keeps pyctcdecode)."""
+        if name not in ("greedy", "beam"):
+            raise ValueError(f"unknown decoder {name!r}: use 'greedy' or 'beam'")
+        self._decoders[name] = decoder
+
     def new_stream(self, *, channel: int = 0, decoder: str | None = None) -> StreamState:
         return StreamState(channel=channel, decoder=self.decoder(decoder).name)
 
@@ -117,22 +164,33 @@ class Recognizer:
 
         Streams may come from different files or live sessions, each at its own position.
         """
+        return [self._resolved(p) for p in self._step(streams, chunks, last)]
+
+    def _step(
+        self, streams: Sequence[StreamState], chunks: Sequence[npt.NDArray[Any]], last: Sequence[bool]
+    ) -> list[list[_Pending]]:
+        """``step``, with beam-search phrases as Futures of the decoder pool when there is one."""
         if not streams:
             return []
         for s in streams:
             if s.finished:
                 raise StreamStateError("the stream is already finished")
-        signal = np.stack([np.asarray(c, dtype=np.int32).reshape(CHUNK_SAMPLES) for c in chunks])[..., None]
-        state = np.stack([s.model_state for s in streams])
-        logprobs, state_next = self.model.run(signal, state)
-        out: list[list[Phrase]] = []
-        for i, s in enumerate(streams):
-            s.model_state = state_next[i]
+        signal = self.bank.signal_buffer(len(streams))
+        for i, c in enumerate(chunks):
+            signal[i, :, 0] = np.asarray(c).reshape(CHUNK_SAMPLES)
+        logprobs = self.model.step(self.bank, list(streams), signal)
+        raws_per_stream = splitter.split_batch(streams, logprobs, last)
+        out: list[list[_Pending]] = []
+        for s, raws, is_last in zip(streams, raws_per_stream, last):
             s.chunks += 1
-            raws, s.buffer, s.offset = splitter.split(s.buffer, s.offset, logprobs[i], is_last=last[i])
-            s.finished = bool(last[i])
-            dec = self.decoder(s.decoder)
-            out.append([p for p in (to_phrase(dec, r, s.channel) for r in raws) if p is not None])
+            s.finished = bool(is_last)
+            if not raws:
+                out.append([])
+            elif self.pool is not None and s.decoder == "beam":
+                out.append([self.pool.submit(s.decoder, r, s.channel) for r in raws])
+            else:
+                dec = self.decoder(s.decoder)
+                out.append([p for p in (to_phrase(dec, r, s.channel) for r in raws) if p is not None])
         return out
 
     def advance(
@@ -144,7 +202,7 @@ class Recognizer:
         reference's 300 ms tail padding, its last chunk is marked last, and it is finished.
         Returns the phrases each stream completed, in order.
         """
-        results: list[list[Phrase]] = [[] for _ in items]
+        results: list[list[_Pending]] = [[] for _ in items]
         finishing: set[int] = set()
         for i, (s, samples, finish) in enumerate(items):
             if s.finished:
@@ -162,13 +220,13 @@ class Recognizer:
         while True:
             ready = [i for i, (s, _, _) in enumerate(items) if len(s.pending) >= CHUNK_SAMPLES]
             if not ready:
-                return results
+                return [self._resolved(r) for r in results]
             for start in range(0, len(ready), max_batch):
                 batch = ready[start : start + max_batch]
                 streams = [items[i][0] for i in batch]
                 chunks = [s.pending[:CHUNK_SAMPLES] for s in streams]
                 last = [i in finishing and len(items[i][0].pending) == CHUNK_SAMPLES for i in batch]
-                for i, phrases in zip(batch, self.step(streams, chunks, last)):
+                for i, phrases in zip(batch, self._step(streams, chunks, last)):
                     items[i][0].pending = items[i][0].pending[CHUNK_SAMPLES:]
                     results[i].extend(phrases)
 
@@ -334,6 +392,9 @@ class Recognizer:
             block_seconds=block_seconds,
         )  # fmt: skip
         return iter(reader), reader.channels
+
+
+_Pending = Phrase | Future  # a phrase, or the decoder pool's Future of one (None when empty)
 
 
 def _order(p: Phrase) -> tuple[int, int, int]:

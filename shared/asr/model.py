@@ -15,12 +15,17 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from .errors import ModelContractError, ModelNotFoundError
+from .state_bank import StateBank
 from .types import CHUNK_SAMPLES, FRAMES_PER_CHUNK, STATE_SIZE, VOCAB_SIZE
+
+if TYPE_CHECKING:
+    from .stream import StreamState
 
 HF_REPO = "t-tech/T-one"
 MODEL_FILE = "model.onnx"
@@ -198,6 +203,25 @@ def float16_to_float32(model: object) -> bool:
     return changed
 
 
+def runtime_clash() -> str | None:
+    """Why CUDA may be missing although onnxruntime-gpu is installed: both runtimes are, and they
+    ship the same module (the one installed last wins). None when only one is installed."""
+    from importlib import metadata
+
+    found = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            found.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    if len(found) < 2:
+        return None
+    return (
+        f"both {found[0]} and {found[1]} are installed; they ship the same module and the one "
+        "installed last wins: uninstall both, then install only the 'gpu' extra (or only 'cpu')"
+    )
+
+
 def available_providers() -> list[str]:
     import onnxruntime as ort
 
@@ -214,9 +238,10 @@ def resolve_providers(providers: str | Sequence[str] | None) -> list[str]:
         providers = [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]
     missing = [p for p in providers if p not in have]
     if missing:
+        clash = runtime_clash()
         raise ModelNotFoundError(
             f"execution provider(s) {missing} are not available in this onnxruntime (it offers {have}); "
-            "install the 'gpu' extra (onnxruntime-gpu) on a machine with CUDA for CUDAExecutionProvider"
+            + (clash or "install the 'gpu' extra (onnxruntime-gpu, not with 'cpu') on a machine with CUDA")
         )
     return list(providers)
 
@@ -261,6 +286,27 @@ class AcousticModel:
         except Exception as exc:
             raise ModelContractError(f"onnxruntime cannot run {self.path}: {exc}") from exc
         self.threads = threads
+
+    @property
+    def device(self) -> str:
+        """ORT's device type of the state rows: "cuda" when the CUDA provider runs the model."""
+        return "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+    @property
+    def preferred_batch(self) -> int:
+        """Streams per model call worth gathering: a GPU wants many, two CPU cores saturate at ~16."""
+        return 256 if self.device == "cuda" else 16
+
+    def new_bank(self) -> StateBank:
+        """A StateBank on this model's device: state rows stay there between steps."""
+        return StateBank(self.session, self.device)
+
+    def step(
+        self, bank: StateBank, streams: list[StreamState], signal: npt.NDArray[np.int32]
+    ) -> npt.NDArray[np.float32]:
+        """One model call over ``streams`` whose state rows ``bank`` keeps (I/O binding): returns the
+        logprobs (a buffer that the next step reuses); the states advance in the bank."""
+        return bank.step(streams, signal)
 
     def run(
         self, signal: npt.NDArray[np.int32], state: npt.NDArray[np.float16]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +60,28 @@ class StreamState:
     samples_in: int = 0
     chunks: int = 0
     finished: bool = False
+
+    def __post_init__(self) -> None:
+        # the splitter's cache of facts about ``buffer`` (valid while ``buffer is _buf_view``)
+        self._buf_store: npt.NDArray[np.float32] | None = None
+        self._buf_view: npt.NDArray[np.float32] | None = None
+        self._has_speech = False
+        self._lead = 0  # silent frames at the buffer's start
+        self._trail = 0  # silent frames after its last speech frame
+
+    # ``model_state`` is a property (installed below the class): the row may live in a StateBank.
+    def _host_state(self) -> npt.NDArray[np.float16]:
+        """The state as a host array, without releasing a bank row (a copy when it lives on a
+        device)."""
+        slot = self._slot
+        if slot is not None:
+            view = slot[0].host_view(slot[1])
+            return view if view is not None else slot[0].download([slot[1]])[0]
+        return self._model
+
+    def _set_host_state(self, value: npt.NDArray[np.float16]) -> None:
+        self._model: npt.NDArray[np.float16] = value
+        self._slot: tuple[Any, int] | None = None  # (StateBank, row) while the row lives there
 
     @property
     def seconds_in(self) -> float:
@@ -116,3 +139,24 @@ class StreamState:
             chunks=chunks,
             finished=bool(flags & _FINISHED),
         )
+
+
+def _get_model_state(self: StreamState) -> npt.NDArray[np.float16]:
+    """The model state row: on the CPU a view of its row in the recognizer's StateBank (writes reach
+    the next step); on a device, reading it brings the row home (a host array from then on)."""
+    slot: Any = self._slot
+    if slot is None:
+        return self._model
+    view = slot[0].host_view(slot[1])
+    if view is not None:
+        return view
+    slot[0].release(self)
+    return self._model
+
+
+def _set_model_state(self: StreamState, value: npt.NDArray[np.float16]) -> None:
+    self._model = value
+    self._slot = None
+
+
+StreamState.model_state = property(_get_model_state, _set_model_state)  # type: ignore[assignment]

@@ -684,7 +684,20 @@ def execute(run: Run) -> int:
     return _summary(run, items, skipped, fetched)
 
 
+def default_server() -> str | None:
+    """``TONE_SERVER_URL``, else the API of the ``tone-platform up`` stack of TONE_DATA_DIR (its up.json)."""
+    if os.environ.get("TONE_SERVER_URL"):
+        return os.environ["TONE_SERVER_URL"]
+    from shared.localstack.supervisor import stack_api_url
+
+    return stack_api_url()
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
+    args.server = args.server or default_server()
+    if not args.server:
+        _say("no server: give --server URL, set TONE_SERVER_URL, or start one with `tone-platform up`")
+        return EXIT_ERROR
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
@@ -733,7 +746,8 @@ def register(sub: Any) -> None:
         "1 some failed, 2 usage or server error, 130 interrupted.",
     )
     p.add_argument("source", metavar="DIR|ARCHIVE")
-    p.add_argument("--server", required=True, metavar="URL", help="the API, e.g. http://localhost:8000")
+    p.add_argument("--server", metavar="URL",
+                   help="the API (default: TONE_SERVER_URL, else the `up` stack's URL)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="where the transcripts go (created)")
     p.add_argument("--format", default="json,txt", metavar="LIST",
                    help=f"comma-separated, of {', '.join(FORMATS)} (default json,txt)")  # fmt: skip

@@ -28,11 +28,23 @@ def register(sub: Any) -> None:
         "--stream-counts", default="1,4,8,16,32", help="live streams to simulate, rising ('' skips)"
     )
     p.add_argument("--stream-seconds", type=float, default=6.0, help="how long each simulated stream talks")
+    p.add_argument("--stream-protocols", default="http,ws",
+                   help="live streams over the HTTP calls (http), over /v1/stream (ws), or both")  # fmt: skip
     p.add_argument("--batch-run", type=int, default=32, metavar="N",
                    help="then one archive of N recordings as one batch to a new stack (0: skip)")  # fmt: skip
     p.add_argument("--batch-run-seconds", type=float, default=30.0, help="length of each of those recordings")
     p.add_argument("--batch-only", action="store_true",
                    help="only the batch run (after the engine at B=16 and 32, for its ratio)")  # fmt: skip
+    p.add_argument("--host-batches", default="1,16,64,256,1024",
+                   help="the engine alone on the null model at these B ('' skips)")  # fmt: skip
+    p.add_argument("--null-model", default=".cache/test-models/null/model.onnx")
+    p.add_argument("--tones-model", default=".cache/test-models/tones/model.onnx")
+    p.add_argument("--lm-words", type=int, default=20000,
+                   help="beam search vs greedy with an ARPA LM of this many words (0 skips)")  # fmt: skip
+    p.add_argument("--decoder-workers", type=int, default=2, help="decoder processes for the pooled beam run")
+    p.add_argument("--sherpa-batches", default="1,16",
+                   help="our engine beside sherpa-onnx (the bench extra) at these B ('' skips)")  # fmt: skip
+    p.add_argument("--sherpa-seconds", type=float, default=6.0, help="audio per stream for that comparison")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--provider", default="auto")
     p.set_defaults(func=cmd_bench)

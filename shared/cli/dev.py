@@ -17,6 +17,10 @@ def cmd_make_model(args: argparse.Namespace) -> int:
         from shared.dev.models.tones import build_tone_model
 
         path = build_tone_model(args.out)
+    elif args.kind == "null":
+        from shared.dev.models.null import build_null_model
+
+        path = build_null_model(args.out)
     else:
         from shared.dev.models.cost import build_cost_model
 
@@ -48,8 +52,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("dev", help="developer tools: test models and test audio")
     dsub = p.add_subparsers(dest="dev_command", required=True, metavar="SUBCOMMAND")
     p = dsub.add_parser("make-model", help="build a model of T-one's contract")
-    p.add_argument("--kind", choices=["tones", "cost"], required=True,
-                   help="tones: hears synthesized tones; cost: T-one's compute, random weights")  # fmt: skip
+    p.add_argument("--kind", choices=["tones", "null", "cost"], required=True,
+                   help="tones: hears synthesized tones; null: the model taken out (state passes through); "
+                        "cost: T-one's compute, random weights")  # fmt: skip
     p.add_argument("--out", required=True, help="directory (model.onnx is written inside) or .onnx path")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_model)

@@ -65,6 +65,32 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_secret(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from shared.platform.keys import find_tenant, rotate_webhook_secret, signing_secrets
+    from shared.platform.settings import get_settings
+
+    with _session() as session:
+        tenant = find_tenant(session, args.tenant)
+        if tenant is None:
+            print(f"tone-platform: no tenant {args.tenant!r}", file=sys.stderr)
+            return 1
+        if args.rotate:
+            hours = (
+                get_settings().webhook_secret_grace_hours if args.grace_hours is None else args.grace_hours
+            )
+            rotate_webhook_secret(session, tenant, timedelta(hours=hours))
+        secret, both = tenant.webhook_secret, len(signing_secrets(tenant)) > 1
+        until = tenant.previous_webhook_secret_expires_at
+    print(secret)
+    if args.rotate:
+        print(f"rotated the webhook secret of tenant {args.tenant}", file=sys.stderr)
+    if both and until is not None:
+        print(f"the previous secret also signs deliveries until {until.isoformat()}", file=sys.stderr)
+    return 0
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from shared.db.migrate import alembic_upgrade
 
@@ -88,6 +114,17 @@ def register(sub: Any) -> None:
     q = ks.add_parser("revoke", help="revoke a key by its prefix (tone_xxxxxxxx)")
     q.add_argument("prefix")
     q.set_defaults(func=cmd_keys_revoke)
+    q = ks.add_parser(
+        "secret", help="print the tenant's webhook signing secret (whsec_...); --rotate makes a new one"
+    )
+    q.add_argument("--tenant", required=True)
+    q.add_argument(
+        "--rotate", action="store_true", help="a new secret; the old one also signs for the grace period"
+    )
+    q.add_argument(
+        "--grace-hours", type=float, help="grace period (default TONE_WEBHOOK_SECRET_GRACE_HOURS, 24)"
+    )
+    q.set_defaults(func=cmd_keys_secret)
 
     p = sub.add_parser("db", help="database schema")
     ds = p.add_subparsers(dest="db_command", required=True, metavar="SUBCOMMAND")

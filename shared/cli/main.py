@@ -14,8 +14,23 @@ from shared.cli import batch, bench, dev, keys, transcribe, up
 GROUPS = (transcribe, batch, keys, up, bench, dev)
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("tone-platform")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tone-platform", description="T-one transcription platform")
+    parser = argparse.ArgumentParser(
+        prog="tone-platform",
+        description="T-one transcription platform. Exit codes: 0 done, 1 some input failed, "
+        "2 usage (or a server error in batch), 3 model error, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"tone-platform {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         group.register(sub)

@@ -13,11 +13,13 @@ from shared.asr.errors import ToneError
 from shared.asr.formats import FORMATS, render
 from shared.asr.types import SAMPLE_RATE
 
+EXIT_USAGE = 2  # bad arguments (argparse's own code)
+EXIT_MODEL = 3  # no model, or one that breaks T-one's contract
 DEFAULT_CACHE = Path(os.environ.get("TONE_CACHE_DIR", Path.home() / ".cache" / "tone-platform"))
 
 
 def _load(args: argparse.Namespace) -> Any:
-    """The Recognizer the options ask for; a model problem ends the command with exit code 2."""
+    """The Recognizer the options ask for; a model problem ends the command with exit code 3."""
     from shared.asr.engine import Recognizer
 
     path = args.model or os.environ.get("TONE_MODEL_PATH") or None
@@ -28,7 +30,7 @@ def _load(args: argparse.Namespace) -> Any:
         )
     except ToneError as exc:
         print(f"tone-platform: {exc.message} [{exc.code}]", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_MODEL) from None
 
 
 def _progress(path: str) -> Any:
@@ -76,7 +78,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     chunk = int(args.stream_chunk_ms * SAMPLE_RATE / 1000) if args.stream_chunk_ms else None
     if chunk is not None and chunk < 1:
         print("tone-platform: --stream-chunk-ms must be at least 0.125 (one sample)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.batch > 1 and many and not chunk:
         results: dict[int, Any] = {}
         errors: dict[int, Exception] = {}
@@ -146,7 +148,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         recording = args.file or (str(kit) if kit.is_file() else None)
         if recording is None:
             print("tone-platform: give a recording to transcribe: make run FILE=path", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         print(f"T-one model: {rec.model.path}\nrecording: {recording}", file=sys.stderr)
     except ToneError as exc:
         print(f"tone-platform: {exc.message} [{exc.code}]", file=sys.stderr)

@@ -49,6 +49,10 @@ class Tenant(Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     webhook_secret: Mapped[str] = mapped_column(String(200))  # "whsec_..." (Standard Webhooks)
+    webhook_secret_created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # after a rotation, deliveries are signed with both secrets until the previous one expires
+    previous_webhook_secret: Mapped[str | None] = mapped_column(String(200))
+    previous_webhook_secret_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     keys: Mapped[list[ApiKey]] = relationship(back_populates="tenant", cascade="all, delete-orphan")

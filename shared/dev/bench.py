@@ -101,6 +101,416 @@ def engine_rate(rec: Any, batch: int, min_seconds: float, max_steps: int) -> tup
     return batch * steps * CHUNK_SECONDS / elapsed, elapsed / steps
 
 
+def speech_audio(seconds: float = 60.0, seed: int = 0) -> np.ndarray:
+    """Tone-synthesized speech with pauses (phrases of 1-4 words): the splitter and decoders see
+    phrases open and close as in a call, on the tones and the null model alike."""
+    import random
+
+    from shared.asr.types import LABELS
+    from shared.dev.models.tones import synthesize
+
+    rnd = random.Random(seed)
+    letters = LABELS[:-1]
+    pieces: list[np.ndarray] = []
+    total = 0
+    while total < seconds * SAMPLE_RATE:
+        words = [
+            "".join(rnd.choice(letters) for _ in range(rnd.randint(2, 8))) for _ in range(rnd.randint(1, 4))
+        ]
+        audio, _ = synthesize([" ".join(words)], lead=rnd.choice([0.3, 0.6, 0.9]), tail=0.3)
+        pieces.append(audio)
+        total += len(audio)
+    return np.concatenate(pieces)[: int(seconds * SAMPLE_RATE)]
+
+
+@dataclass
+class HostRate:
+    """One stepping run: wall time and the part spent inside ONNX Runtime's run."""
+
+    batch: int
+    steps: int
+    wall_s: float
+    model_s: float
+    phrases: int
+
+    @property
+    def audio_rate(self) -> float:
+        return self.batch * self.steps * CHUNK_SECONDS / self.wall_s
+
+    @property
+    def us_per_stream_chunk(self) -> float:
+        return 1e6 * self.wall_s / (self.batch * self.steps)
+
+    @property
+    def host_us_per_stream_chunk(self) -> float:
+        """The engine's own time per stream and chunk: everything but the model's run."""
+        return 1e6 * (self.wall_s - self.model_s) / (self.batch * self.steps)
+
+
+def host_rate(rec: Any, batch: int, audio: np.ndarray, min_seconds: float, max_steps: int) -> HostRate:
+    """Recognizer.step over B streams of speech (each at its own place in ``audio``, wrapping
+    around), timing the model's run apart: with the null model the rest is the engine's own cost."""
+    model = rec.model
+    name = "step" if hasattr(model, "step") else "run"  # "run": engines before the StateBank
+    run = getattr(model, name)
+    spent = [0.0]
+
+    def timed(*a: Any, **k: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return run(*a, **k)
+        finally:
+            spent[0] += time.perf_counter() - t
+
+    chunks_in = len(audio) // CHUNK_SAMPLES
+    frames = audio[: chunks_in * CHUNK_SAMPLES].reshape(chunks_in, CHUNK_SAMPLES)
+    rng = np.random.default_rng(batch)
+    starts = rng.integers(0, chunks_in, batch)
+    streams = [rec.new_stream() for _ in range(batch)]
+    last = [False] * batch
+    setattr(model, name, timed)
+    try:
+        rec.step(streams, list(frames[starts % chunks_in]), last)  # warm-up
+        spent[0] = 0.0
+        steps, phrases, started = 0, 0, time.perf_counter()
+        while steps < max_steps and (steps < 3 or time.perf_counter() - started < min_seconds):
+            steps += 1
+            out = rec.step(streams, list(frames[(starts + steps) % chunks_in]), last)
+            phrases += sum(len(p) for p in out)
+        wall = time.perf_counter() - started
+    finally:
+        delattr(model, name)
+    return HostRate(batch, steps, wall, spent[0], phrases)
+
+
+def run_host_bench(null_path: Path, batches: list[int], threads: int, min_seconds: float) -> list[HostRate]:
+    """The engine with the model taken out (the null model): host time per stream-chunk and the
+    audio seconds per second one process could feed to an accelerator."""
+    from shared.asr.engine import Recognizer
+
+    rec = Recognizer.load(null_path, providers="cpu", threads=threads)
+    audio = speech_audio(60.0)
+    print(f"\n[the engine alone: null model {null_path}, speech with pauses, {threads} threads]")
+    print(
+        f"{'B':>5} {'us/stream-chunk':>16} {'host us':>8} {'in ORT us':>10} {'audio s/s':>10} "
+        f"{'host-only s/s':>14}"
+    )
+    out = []
+    for b in batches:
+        r = host_rate(rec, b, audio, min_seconds, 100_000)
+        host = r.host_us_per_stream_chunk
+        print(
+            f"{b:>5} {r.us_per_stream_chunk:>16.1f} {host:>8.1f} {r.us_per_stream_chunk - host:>10.1f} "
+            f"{r.audio_rate:>10.0f} {CHUNK_SECONDS * 1e6 / host:>14.0f}",
+            flush=True,
+        )
+        out.append(r)
+    print("  host: everything but ORT's run (state rows, signal, splitter, decoding, Python per stream);")
+    print("  host-only s/s: the audio one process could feed per second if the model cost nothing")
+    print(f"  state-row gathers (joins, leaves, reorders): {rec.bank.gathers}")
+    return out
+
+
+# -- the peer: sherpa-onnx (C++, runs T-one natively), the same model, threads and audio -------------
+
+
+def sherpa_model(path: Path, dest: Path) -> tuple[Path, Path]:
+    """A copy of ``path`` with the metadata sherpa-onnx's T-one loader reads (frame_length_ms,
+    state_dim, sample_rate; T-one's own export carries them), and its tokens.txt."""
+    import onnx
+
+    from shared.asr.types import BLANK_ID, LABELS, STATE_SIZE
+
+    model = onnx.load(str(path))
+    meta = {"frame_length_ms": "300", "state_dim": str(STATE_SIZE), "sample_rate": "8000"}
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    dest.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dest / "model.onnx"))
+    tokens = [f"{'▁' if c == ' ' else c} {i}" for i, c in enumerate(LABELS)] + [f"<blk> {BLANK_ID}"]
+    (dest / "tokens.txt").write_text("\n".join(tokens) + "\n")
+    return dest / "model.onnx", dest / "tokens.txt"
+
+
+def _ours_rate(rec: Any, batch: int, audio: np.ndarray) -> float:
+    """Audio s/s of B streams fed the whole recording and finished (model, splitter, greedy)."""
+    streams = [rec.new_stream() for _ in range(batch)]
+    started = time.perf_counter()
+    rec.advance([(s, audio, True) for s in streams], max_batch=batch)
+    return batch * len(audio) / SAMPLE_RATE / (time.perf_counter() - started)
+
+
+def _sherpa_rate(recognizer: Any, batch: int, audio: np.ndarray) -> float:
+    """The same with sherpa-onnx's OnlineRecognizer: B streams decoded together (decode_streams)."""
+    samples = (audio / 32768.0).astype(np.float32)
+    started = time.perf_counter()
+    streams = []
+    for _ in range(batch):
+        s = recognizer.create_stream()
+        s.accept_waveform(SAMPLE_RATE, samples)
+        s.input_finished()
+        streams.append(s)
+    while True:
+        ready = [s for s in streams if recognizer.is_ready(s)]
+        if not ready:
+            break
+        recognizer.decode_streams(ready)
+    for s in streams:
+        recognizer.get_result(s)
+    return batch * len(audio) / SAMPLE_RATE / (time.perf_counter() - started)
+
+
+def run_sherpa_bench(
+    path: Path, batches: list[int], threads: int, seconds: float, rounds: int = 2
+) -> list[tuple[int, float, float]] | None:
+    """Our engine beside sherpa-onnx on the same model file, threads and audio, interleaved runs
+    (each keeps its best); sherpa-onnx comes from the `bench` extra and only the bench uses it."""
+    import shutil
+    import tempfile
+
+    try:
+        import sherpa_onnx
+    except ImportError:
+        print("\n[sherpa-onnx: not installed (pip install -e '.[bench]'); skipped]")
+        return None
+    from shared.asr.engine import Recognizer
+
+    root = Path(tempfile.mkdtemp(prefix="tone-sherpa-"))
+    try:
+        model, tokens = sherpa_model(path, root)
+        peer = sherpa_onnx.OnlineRecognizer.from_t_one_ctc(
+            tokens=str(tokens), model=str(model), num_threads=threads, sample_rate=SAMPLE_RATE
+        )
+        ours = Recognizer.load(path, providers="cpu", threads=threads)
+        audio = speech_audio(seconds, seed=7)
+        version = getattr(sherpa_onnx, "__version__", "?")
+        print(
+            f"\n[ours vs sherpa-onnx {version}: {path.name}, {threads} threads, {seconds:.0f} s per stream]"
+        )
+        out = []
+        for b in batches:
+            _ours_rate(ours, b, audio[: 2 * SAMPLE_RATE])  # warm-up, both
+            _sherpa_rate(peer, b, audio[: 2 * SAMPLE_RATE])
+            mine, theirs = [], []
+            for _ in range(rounds):
+                mine.append(_ours_rate(ours, b, audio))
+                theirs.append(_sherpa_rate(peer, b, audio))
+            line = " ".join(f"{a:.1f}/{t:.1f}" for a, t in zip(mine, theirs))
+            print(
+                f"  B={b:<3d} ours {max(mine):6.1f}  sherpa-onnx {max(theirs):6.1f} s audio/s  "
+                f"(runs ours/peer: {line})"
+            )
+            out.append((b, max(mine), max(theirs)))
+        return out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# -- beam search with a language model of realistic size ----------------------------------------------
+
+
+def lm_words(n: int, seed: int = 0) -> list[str]:
+    """``n`` distinct pseudo-Russian words of 2-9 letters."""
+    import random
+
+    from shared.asr.types import LABELS
+
+    rnd = random.Random(seed)
+    letters = LABELS[:-1]
+    words: set[str] = set()
+    while len(words) < n:
+        words.add("".join(rnd.choice(letters) for _ in range(rnd.randint(2, 9))))
+    return sorted(words)
+
+
+def build_arpa(path: Path, words: list[str], bigrams_per_word: int = 2, seed: int = 0) -> Path:
+    """An ARPA bigram model over ``words`` (Zipf-like unigram probabilities, random bigrams):
+    KenLM reads ARPA as well as its binary format, so it can stand in for T-one's kenlm.bin."""
+    rng = np.random.default_rng(seed)
+    ranks = np.arange(1, len(words) + 1)
+    uni = np.log10(1.0 / ranks / np.sum(1.0 / ranks))
+    pairs = {
+        (int(a), int(b))
+        for a, b in zip(
+            rng.integers(0, len(words), bigrams_per_word * len(words)),
+            rng.zipf(1.3, bigrams_per_word * len(words)) % len(words),
+        )
+    }
+    lines = [
+        "\\data\\",
+        f"ngram 1={len(words) + 3}",
+        f"ngram 2={len(pairs) + len(words)}",
+        "",
+        "\\1-grams:",
+        "-2.0\t<unk>\t0",
+        "0\t<s>\t-0.5",
+        "-1.5\t</s>",
+    ]
+    lines += [f"{lp:.4f}\t{w}\t-0.3" for w, lp in zip(words, uni)]
+    lines += ["", "\\2-grams:"]
+    lines += [f"{lp - 0.2:.4f}\t<s> {w}" for w, lp in zip(words, uni)]
+    lines += [f"{-rng.uniform(0.2, 1.5):.4f}\t{words[a]} {words[b]}" for a, b in sorted(pairs)]
+    lines += ["", "\\end\\", ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+class _Timed:
+    """A decoder that counts its calls and the time they took."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.name, self.calls, self.seconds = inner, inner.name, 0, 0.0
+
+    def decode(self, logprobs: np.ndarray) -> Any:
+        started = time.perf_counter()
+        try:
+            return self.inner.decode(logprobs)
+        finally:
+            self.seconds += time.perf_counter() - started
+            self.calls += 1
+
+
+def compare_flashlight(rec: Any, lm: Path, vocab: list[str], audios: list[np.ndarray], batch: int) -> None:
+    """flashlight-text's C++ beam search beside pyctcdecode on the same logits (the same phrases):
+    ms per phrase of each decoder itself, and how many phrases come out equal."""
+    from shared.asr.decoder import BeamSearchDecoder
+    from shared.asr.flashlight_decoder import FlashlightBeamDecoder, flashlight_available
+
+    if not flashlight_available():
+        print("  flashlight-text: not installed (the lm extra on cp311 x86-64); skipped")
+        return
+    results = {}
+    for label, dec in (
+        ("pyctcdecode", BeamSearchDecoder(lm)),
+        ("flashlight", FlashlightBeamDecoder(lm, vocab)),
+    ):
+        timed = _Timed(dec)
+        rec.set_decoder("beam", timed)
+        done = dict(rec.transcribe_many(audios, batch=batch, decoder="beam"))
+        results[label] = (
+            timed,
+            {(i, p.channel, p.start_frame): p.text for i, t in done.items() for p in t.phrases},
+        )
+    rec.set_decoder("beam", BeamSearchDecoder(lm))
+    (py_t, py), (fl_t, fl) = results["pyctcdecode"], results["flashlight"]
+    same = sum(fl.get(k) == v for k, v in py.items())
+    print(
+        "  decoders alone, same logits: "
+        f"pyctcdecode {1000 * py_t.seconds / max(1, py_t.calls):.2f} ms/phrase, "
+        f"flashlight-text {1000 * fl_t.seconds / max(1, fl_t.calls):.2f} ms/phrase; "
+        f"{same} of {len(py)} phrases equal"
+    )
+
+
+@dataclass
+class DecodeRun:
+    label: str
+    audio_s: float
+    wall_s: float
+    phrases: int
+    texts: list[str]
+    pool_wait_s: float = 0.0  # of wall_s, the time the model waited for the decoder pool
+
+    @property
+    def rate(self) -> float:
+        return self.audio_s / self.wall_s
+
+
+def _decode_run(rec: Any, label: str, audios: list[np.ndarray], decoder: str, batch: int) -> DecodeRun:
+    waited = rec.pool_wait_s
+    started = time.perf_counter()
+    done = dict(rec.transcribe_many(audios, batch=batch, decoder=decoder))
+    wall = time.perf_counter() - started
+    texts = [p.text for i in range(len(audios)) for p in done[i].phrases]
+    audio_s = sum(len(a) for a in audios) / SAMPLE_RATE
+    return DecodeRun(label, audio_s, wall, len(texts), texts, rec.pool_wait_s - waited)
+
+
+def run_lm_bench(
+    model: Path,
+    kind: str,
+    words: int,
+    recordings: int,
+    seconds: float,
+    workers: int,
+    threads: int,
+    rounds: int = 2,
+) -> list[DecodeRun]:
+    """Greedy against beam search (pyctcdecode, beam 200, KenLM over ``words`` words), inline and
+    with ``workers`` decoder processes, in one run: audio s/s and ms per phrase."""
+    import shutil
+    import tempfile
+
+    from shared.asr.engine import Recognizer
+    from shared.dev.models.tones import synthesize
+
+    vocab = lm_words(words)
+    root = Path(tempfile.mkdtemp(prefix="tone-lm-"))
+    try:
+        shutil.copy(model, root / "model.onnx")
+        started = time.perf_counter()
+        build_arpa(root / "kenlm.bin", vocab)
+        size = (root / "kenlm.bin").stat().st_size
+        rng = np.random.default_rng(1)
+        audios = []
+        for _ in range(recordings):
+            if kind == "tones":  # phrases of LM words, as the tones model hears them
+                pieces, total = [], 0
+                while total < seconds * SAMPLE_RATE:
+                    phrase = " ".join(
+                        vocab[int(rng.zipf(1.3)) % len(vocab)] for _ in range(rng.integers(2, 6))
+                    )
+                    a, _ = synthesize([phrase], lead=0.6, tail=0.3)
+                    pieces.append(a)
+                    total += len(a)
+                audios.append(np.concatenate(pieces)[: int(seconds * SAMPLE_RATE)])
+            else:
+                audios.append(speech_audio(seconds, seed=int(rng.integers(1 << 30))))
+        inline = Recognizer.load(root, providers="cpu", threads=threads)
+        print(
+            f"\n[beam search vs greedy: {kind} model, LM of {len(vocab)} words ({size / 1e6:.1f} MB ARPA, "
+            f"built and loaded in {time.perf_counter() - started:.1f} s); {recordings} recordings of "
+            f"{seconds:.0f} s, batch {recordings}, {threads} threads]"
+        )
+        _decode_run(inline, "warm-up", [a[: 5 * SAMPLE_RATE] for a in audios], "greedy", recordings)
+        pooled = None
+        if workers:
+            pooled = Recognizer.load(root, providers="cpu", threads=threads, decoder_workers=workers)
+        plan = [("greedy", inline, "greedy"), ("beam, inline", inline, "beam")]
+        if pooled is not None:
+            plan.append((f"beam, {workers} decoder processes", pooled, "beam"))
+        best: dict[str, DecodeRun] = {}
+        try:
+            for _ in range(rounds):  # interleaved: the machine drifts, each label keeps its best
+                for label, rec, decoder in plan:
+                    r = _decode_run(rec, label, audios, decoder, recordings)
+                    if label not in best or r.rate > best[label].rate:
+                        best[label] = r
+        finally:
+            if pooled is not None:
+                pooled.close()
+        runs = [best[label] for label, _, _ in plan]
+        compare_flashlight(inline, root / "kenlm.bin", vocab, audios, recordings)
+        greedy, beam = runs[0], runs[1]
+        extra = 1000 * (beam.wall_s - greedy.wall_s) / max(1, beam.phrases)
+        print(f"  beam search costs {extra:.1f} ms per phrase more than greedy, inline (one core)")
+        for r in runs:
+            same = sum(a == b for a, b in zip(r.texts, beam.texts))
+            waited = (
+                f", the model waited {r.pool_wait_s:.2f} s for the pool"
+                if r is not beam and r is not greedy
+                else ""
+            )
+            print(
+                f"  {r.label:<28} {r.rate:8.1f} s audio/s {100 * r.rate / greedy.rate:5.0f} % of greedy, "
+                f"{r.phrases} phrases in {r.wall_s:.1f} s, {same} as inline beam{waited}"
+            )
+        return runs
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _process_rate(path: str, batch: int, start_at: float, seconds: float, out: Any) -> None:
     """One single-threaded engine process, for the processes-per-core comparison."""
     from shared.asr.engine import Recognizer
@@ -180,6 +590,26 @@ def run_bench(args: argparse.Namespace) -> int:
             f"{precision:<10} {b:>4} {rate:>10.1f} {rate / base.get(precision, float('nan')):>7.2f} "
             f"{100 * rate / ceiling:>9.1f}% {1 / rate:>8.4f}"
         )
+    if args.sherpa_batches:
+        batches_peer = [int(b) for b in args.sherpa_batches.split(",")]
+        run_sherpa_bench(path, batches_peer, threads, args.sherpa_seconds)
+    if args.host_batches:
+        null = Path(args.null_model)
+        if not null.exists():
+            from shared.dev.models.null import build_null_model
+
+            null = build_null_model(null)
+        run_host_bench(
+            null, [int(b) for b in args.host_batches.split(",")], threads, min(args.min_seconds, 3.0)
+        )
+    if args.lm_words:
+        tones = Path(args.tones_model)
+        if not tones.exists():
+            from shared.dev.models.tones import build_tone_model
+
+            tones = build_tone_model(tones)
+        for kind, model, n, secs, rounds in (("tones", tones, 16, 30.0, 2), ("cost", path, 4, 10.0, 1)):
+            run_lm_bench(model, kind, args.lm_words, n, secs, args.decoder_workers, threads, rounds)
     if args.platform_recordings:
         first = precisions[0]
         engine_b = next((r for p, b, r, _ in rows if p == first and b == args.platform_batch), None)
@@ -196,7 +626,10 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.stream_counts:
         step_ms = {b: per_step * 1000 for p, b, _, per_step in rows if p == precisions[0]}
         counts = [int(n) for n in args.stream_counts.split(",")]
-        run_stream_bench(path, counts=counts, seconds=args.stream_seconds, step_ms=step_ms)
+        protocols = tuple(args.stream_protocols.split(","))
+        run_stream_bench(
+            path, counts=counts, seconds=args.stream_seconds, step_ms=step_ms, protocols=protocols
+        )
     if args.batch_run:
         best_rate, best_at = max((r, b) for p, b, r, _ in rows if p == precisions[0])
         run_batch_bench(
@@ -527,11 +960,74 @@ def _live_streams(url: str, key: str, n: int, pieces: int) -> tuple[list[float],
     return latencies, errors
 
 
-def run_stream_bench(path: Path, *, counts: list[int], seconds: float, step_ms: dict[int, float]) -> None:
-    """N simulated live streams (300 ms pieces at real-time pace over the HTTP streaming calls)
-    against a stack on the model: latency from a piece's sending to its answer, for rising N."""
+def _ws_streams(url: str, key: str, n: int, pieces: int) -> tuple[list[float], list[str]]:
+    """``n`` live streams over ``/v1/stream`` in one event loop, each sending a 300 ms frame every
+    300 ms with ``"acks": true``; a piece's latency is from its frame's sending to its ack."""
+    import asyncio
+    import json
+
+    from websockets.asyncio.client import connect
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    ws_url = url.replace("http://", "ws://") + "/v1/stream"
+
+    async def stream(i: int, start_at: float) -> None:
+        rng = np.random.default_rng(i)
+        try:
+            async with connect(ws_url, additional_headers={"Authorization": f"Bearer {key}"},
+                               open_timeout=60, max_queue=None) as ws:  # fmt: skip
+                await ws.send(json.dumps({"sample_rate": SAMPLE_RATE, "acks": True}))
+                for k in range(pieces):
+                    await asyncio.sleep(max(0.0, start_at + k * CHUNK_SECONDS - time.time()))
+                    audio = rng.normal(0, 2000, CHUNK_SAMPLES).astype(np.int16).tobytes()
+                    t = time.perf_counter()
+                    await ws.send(audio)
+                    while True:
+                        message = json.loads(await asyncio.wait_for(ws.recv(), 60))
+                        if message["type"] == "error":
+                            errors.append(str(message)[:200])
+                            return
+                        if message["type"] == "ack":
+                            break
+                    latencies.append((time.perf_counter() - t) * 1000)
+                await ws.send(json.dumps({"type": "end"}))
+                while json.loads(await asyncio.wait_for(ws.recv(), 60))["type"] != "final":
+                    pass
+        except Exception as exc:  # a refused or broken connection is an error of the run
+            errors.append(f"{type(exc).__name__}: {exc}"[:200])
+
+    async def main() -> None:
+        start_at = time.time() + 2.0 + n * 0.01  # every connection is open before the first piece
+        await asyncio.gather(*(stream(i, start_at) for i in range(n)))
+
+    asyncio.run(main())
+    return latencies, errors
+
+
+def run_stream_bench(
+    path: Path,
+    *,
+    counts: list[int],
+    seconds: float,
+    step_ms: dict[int, float],
+    protocols: tuple[str, ...] = ("http", "ws"),
+) -> None:
+    """N simulated live streams (300 ms pieces at real-time pace, over the HTTP streaming calls and
+    over ``/v1/stream``) against a stack on the model: latency from a piece's sending to its
+    answer, for rising N."""
+    for protocol in protocols:
+        _stream_table(path, protocol, counts, seconds, step_ms)
+
+
+def _stream_table(
+    path: Path, protocol: str, counts: list[int], seconds: float, step_ms: dict[int, float]
+) -> None:
     pieces = int(seconds / CHUNK_SECONDS)
-    print(f"\nstreaming: N live streams, 300 ms pieces at real-time pace for {seconds:.0f} s each")
+    over = "the HTTP streaming calls" if protocol == "http" else "/v1/stream (WebSocket)"
+    print(
+        f"\nstreaming over {over}: N live streams, 300 ms pieces at real-time pace for {seconds:.0f} s each"
+    )
     print(
         f"{'N':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'outside model':>14} {'Redis KiB/s/stream':>19}"
     )
@@ -539,7 +1035,8 @@ def run_stream_bench(path: Path, *, counts: list[int], seconds: float, step_ms: 
     with bench_stack(path, max(counts)) as (url, key, env):
         for n in counts:
             before = _redis_input_bytes(env["REDIS_URL"])
-            latencies, errors = _live_streams(url, key, n, pieces)
+            run = _live_streams if protocol == "http" else _ws_streams
+            latencies, errors = run(url, key, n, pieces)
             redis_rate = (_redis_input_bytes(env["REDIS_URL"]) - before) / n / seconds / 1024
             if errors:
                 print(f"{n:>4} errors: {len(errors)} (first: {errors[0]})")

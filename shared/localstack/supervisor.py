@@ -46,7 +46,10 @@ ENV_FILE = "env"
 FLOWER_PASSWORD_FILE = "flower-password"
 HEALTH_TIMEOUT = 120.0
 TERM_TIMEOUT = 20.0  # seconds a process group gets between SIGTERM and SIGKILL
-NO_MODEL_HINT = "no TONE_MODEL_PATH: the worker will try to download t-tech/T-one from Hugging Face"
+NO_MODEL_HINT = (
+    "no TONE_MODEL_PATH: the worker will try to download t-tech/T-one from Hugging Face (offline: "
+    "`make models`, then TONE_MODEL_PATH=.cache/test-models/tones for the tones test model)"
+)
 CELERY_APP = "worker.celery_app:app"
 RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # seconds before the n-th restart in a row
 STABLE_SECONDS = 60.0  # a process that ran this long is restarted after the first delay again
@@ -396,6 +399,13 @@ def _read_up(data_dir: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def stack_api_url(data_dir: Path | None = None) -> str | None:
+    """The API URL of the ``up`` stack recorded in ``<data_dir>/up.json`` (TONE_DATA_DIR by default)."""
+    doc = _read_up(data_dir or data_dir_from_env())
+    url = ((doc or {}).get("urls") or {}).get("api")
+    return url if isinstance(url, str) and url else None
+
+
 def _recorded_alive(doc: dict[str, Any]) -> list[str]:
     """Names of the recorded processes (and a foreground supervisor) still running."""
     alive = []
@@ -696,6 +706,26 @@ def _workers_in(body: str) -> int | None:
     return workers if isinstance(workers, int) else None
 
 
+def _model_warning(body: str) -> str | None:
+    """A warning line when a /health answer says the model is missing or failed to load."""
+    try:
+        health = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(health, dict) or health.get("model_status", "ok") == "ok":
+        return None
+    return f"warning: {health.get('status', 'degraded')}: every job will fail: {health.get('model_error')}"
+
+
+def _say_ready(health_url: str, then: str) -> None:
+    status, body = http_status(health_url, timeout=2.0)
+    warning = _model_warning(body) if status == 200 else None
+    state = "degraded (no model)" if warning else "ready"
+    _say(f"{state}: {health_url} answers 200. {then}")
+    if warning:
+        _say(warning)
+
+
 def _up_in_background(
     data_dir: Path, host: str, port: int, flower_port: int, workers: int, timeout: float
 ) -> int:
@@ -784,7 +814,7 @@ def _supervise(current: Stack, health_url: str, timeout: float, plan: dict[str, 
             status, body = http_status(health_url, timeout=2.0)
             if status == 200:
                 ready = True
-                _say(f"ready: {health_url} answers 200. Ctrl-C stops everything.")
+                _say_ready(health_url, "Ctrl-C stops everything.")
             else:
                 last = f"{status} {body.strip()[:300]}" if status is not None else body
                 if time.monotonic() > deadline:

@@ -10,7 +10,7 @@ import base64
 import hashlib
 import hmac
 import secrets
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -38,10 +38,38 @@ def key_prefix(key: str) -> str | None:
 def get_or_create_tenant(session: Session, name: str) -> Tenant:
     tenant = session.scalar(select(Tenant).where(Tenant.name == name))
     if tenant is None:
-        tenant = Tenant(name=name, webhook_secret=new_webhook_secret())
+        now = datetime.now(timezone.utc)
+        tenant = Tenant(name=name, webhook_secret=new_webhook_secret(), webhook_secret_created_at=now)
         session.add(tenant)
         session.flush()
     return tenant
+
+
+def signing_secrets(tenant: Tenant, now: datetime | None = None) -> list[str]:
+    """The secrets a delivery is signed with now: the current one, and the previous one while its
+    grace period after a rotation lasts (the ``webhook-signature`` header then carries both)."""
+    now = now or datetime.now(timezone.utc)
+    out = [tenant.webhook_secret]
+    expires = tenant.previous_webhook_secret_expires_at
+    if tenant.previous_webhook_secret and expires is not None and expires > now:
+        out.append(tenant.previous_webhook_secret)
+    return out
+
+
+def rotate_webhook_secret(session: Session, tenant: Tenant, grace: timedelta) -> Tenant:
+    """A new current secret; the old one keeps signing deliveries (beside the new) for ``grace``.
+    Rotating again within a grace period drops the older previous secret: two at most."""
+    now = datetime.now(timezone.utc)
+    tenant.previous_webhook_secret = tenant.webhook_secret if grace > timedelta(0) else None
+    tenant.previous_webhook_secret_expires_at = now + grace if grace > timedelta(0) else None
+    tenant.webhook_secret = new_webhook_secret()
+    tenant.webhook_secret_created_at = now
+    session.flush()
+    return tenant
+
+
+def find_tenant(session: Session, name: str) -> Tenant | None:
+    return session.scalar(select(Tenant).where(Tenant.name == name))
 
 
 def create_key(session: Session, tenant_name: str, name: str | None = None) -> tuple[ApiKey, str]:

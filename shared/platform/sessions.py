@@ -3,20 +3,28 @@
 Only Redis lives here (no Celery, no FastAPI): the API accepts chunks and waits for answers, the
 workers (``worker.streaming``) load, advance and save sessions. Layout, every key with the
 session's TTL (``stream_ttl_seconds``, or a shorter ``ttl_seconds`` option), extended on every
-chunk and every save, never fixed from creation. Layout version 2 (``LAYOUT``; version 1 kept
-one ``state`` field, which a worker still reads as ``state:0``)::
+chunk and every save, never fixed from creation. Layout version 3 (``LAYOUT``; version 2 wrote the
+state every piece and had no ``ckpt``: a worker reads it as checkpointed at ``next_seq``; version 1
+kept one ``state`` field, which a worker still reads as ``state:0``)::
 
     tone:stream:<id>                 hash, the session:
         tenant                       the owning tenant's id
-        layout                       the layout version, "2"
+        layout                       the layout version, "3"
         options                      JSON {"sample_rate", "encoding", "channels", "decoder"}
         ttl                          seconds the session lives after its last activity
         state:<c>                    channel c's engine StreamState.to_bytes() (versioned,
-                                     checksummed; never pickle); absent until the first chunk is
-                                     processed. One stream (state:0) unless ``channels`` is 2: then
-                                     state:0 (agent) and state:1 (client), split, not averaged
+                                     checksummed; never pickle) at the checkpoint: after the chunks
+                                     before ``ckpt``; absent until the first checkpoint. One stream
+                                     (state:0) unless ``channels`` is 2: then state:0 (agent) and
+                                     state:1 (client), split, not averaged
+        ckpt                         the next_seq the states were saved at (the checkpoint); the
+                                     chunks from it to next_seq are in the journal
+        ckpt_t                       unix time of the checkpoint
+        ckpt_held                    ``held`` at the checkpoint
         held                         JSON [[start_frame, channel, end_frame, phrase], ...]: a stereo
                                      session's closed phrases not yet released in time order
+        rev                          random, written by every save: a worker holding the states it
+                                     saved uses them while ``rev`` is still its own
         duration                     seconds of audio, once finalized
         job                          JSON {"webhook_url", "metadata", "started"} when the session is
                                      kept as a job at finalize (``store``); job_id once it was
@@ -32,15 +40,21 @@ one ``state`` field, which a worker still reads as ``state:0``)::
         created, updated             unix times
     tone:stream:<id>:known           the tenant, kept KNOWN_SECONDS: tells an expired session
                                      (410 session_expired) from one that never was (404)
-    tone:stream:<id>:lock            SET NX PX (LOCK_MS) with a random token; released only by its
-                                     owner (Lua): two chunks of a session never run at the same
-                                     time; a dead worker's lock expires
-    tone:stream:<id>:chunk:<seq>     a chunk's audio bytes, until a worker applied it
+    tone:stream:<id>:lock            "<worker>|<random>", PX LOCK_MS; released only by its owner
+                                     (Lua): two chunks of a session never run at the same time;
+                                     a lock whose worker's heartbeat is gone is taken over (Lua)
+    tone:stream:worker:<worker>      a live worker's heartbeat (PX HEARTBEAT_MS, every round)
+    tone:stream:<id>:journal         hash seq -> a chunk's audio bytes as sent: queued chunks and
+                                     the applied ones since the checkpoint (b"" for a refused one),
+                                     so that a worker without the states replays them exactly from
+                                     the checkpoint; a checkpoint drops the entries before it
     tone:stream:<id>:reply:<nonce>   a list; the worker RPUSHes the answer, the API BLPOPs it
     tone:stream:pending:<queue>      a list of JSON work items {"id", "seq", "kind", "reply", "t"};
                                      the API queues an unanswered item again after
                                      ``stream_requeue_seconds`` (a worker may have died holding it):
                                      at-least-once, made idempotent by the seq check under the lock
+    tone:stream:awake:<queue>        set (PX AWAKE_MS) while a worker drains the queue's pending
+                                     list: the API sends the Celery wake-up only when it is absent
 
 Sequence rules (checked atomically in Lua when the API accepts a chunk, and again by the worker
 under the lock): ``seq == accepted`` is new work; ``next_seq <= seq < accepted`` is a retry of a
@@ -60,6 +74,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
+import redis.asyncio as aioredis
 
 from shared.asr.types import SAMPLE_RATE
 from shared.errors import CodedError
@@ -67,8 +82,10 @@ from shared.errors import CodedError
 PREFIX = "tone:stream:"
 KEEP_ANSWERS = 16  # answers kept per session for client retries
 KNOWN_SECONDS = 7 * 24 * 3600
-LAYOUT = 2  # the session hash's layout version
-LOCK_MS = 15_000  # a session lock held by a dead worker expires after this
+LAYOUT = 3  # the session hash's layout version
+AWAKE_MS = 3000  # a draining worker's awake flag lives this long unless refreshed
+LOCK_MS = 15_000  # a session lock expires after this (sooner when its holder's heartbeat is gone)
+HEARTBEAT_MS = 4_000  # a live worker's heartbeat lives this long unless refreshed (every round)
 REPLY_SECONDS = 120  # an unread reply list disappears after this
 ENCODINGS = ("pcm_s16le", "mulaw", "alaw")
 DECODERS = ("auto", "greedy", "beam")
@@ -82,12 +99,20 @@ def known_key(sid: str) -> str:
     return f"{PREFIX}{sid}:known"
 
 
+def heartbeat_key(worker: str) -> str:
+    return f"{PREFIX}worker:{worker}"
+
+
 def lock_key(sid: str) -> str:
     return f"{PREFIX}{sid}:lock"
 
 
-def chunk_key(sid: str, seq: int) -> str:
-    return f"{PREFIX}{sid}:chunk:{seq}"
+def journal_key(sid: str) -> str:
+    return f"{PREFIX}{sid}:journal"
+
+
+def awake_key(queue: str) -> str:
+    return f"{PREFIX}awake:{queue}"
 
 
 def reply_key(sid: str, nonce: str) -> str:
@@ -217,21 +242,93 @@ end
 return {'gap', seq, acc}
 """
 
+# KEYS: lock. ARGV: token ("<worker>|<random>"), px, the heartbeat keys' prefix. A lock whose
+# holder's heartbeat is gone (the worker died or is stopped) is taken over at once.
+_LOCK = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local owner = string.match(cur, '^([^|]+)|')
+  if (not owner) or redis.call('EXISTS', ARGV[3] .. owner) == 1 then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+return 1
+"""
+
 # KEYS: lock. ARGV: token
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-# KEYS: session, lock. ARGV: token, ttl, field-to-delete ("" = none), then field/value pairs
+# KEYS: session, lock, journal. ARGV: token, ttl, field-to-delete ("" = none), the journal's TTL,
+# the journal entries to drop: from, to (excluded; from >= to: none, to < 0: the whole journal),
+# then field/value pairs
 _SAVE = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if ARGV[3] ~= '' then redis.call('HDEL', KEYS[1], ARGV[3]) end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+local from, to = tonumber(ARGV[5]), tonumber(ARGV[6])
+if to < 0 then
+  redis.call('DEL', KEYS[3])
+else
+  for seq = from, to - 1 do redis.call('HDEL', KEYS[3], tostring(seq)) end
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4]))
+end
 return 1
 """
+
+
+def _accept_args(tenant: str, kind: str, seq: int | None) -> list[str | int]:
+    if seq is not None and seq < 0:
+        raise SessionError(422, "invalid_request", "seq must be 0 or more")
+    return [tenant, "" if seq is None else str(seq), kind, str(time.time()), KNOWN_SECONDS]
+
+
+def _accepted(sid: str, out: list[Any]) -> Accepted:
+    """The accept script's answer: what to do, or the SessionError it means."""
+    action = out[0].decode() if isinstance(out[0], bytes) else str(out[0])
+
+    if action == "not_found":
+        raise not_found(sid)
+    if action == "expired":
+        raise expired(sid)
+    if action == "finished":
+        raise finished(sid)
+    if action == "gap":
+        raise SessionError(
+            409,
+            "sequence_gap",
+            f"chunk seq {out[1]} is out of order: the session expects seq {out[2]} next",
+        )
+    return Accepted(action, int(out[1]))
+
+
+class AsyncSessionStore:
+    """The API's per-piece calls (accept, submit) on the event loop's Redis client: no threadpool
+    hop per piece."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.r = client
+        self._accept = client.register_script(_ACCEPT)
+
+    async def accept(self, sid: str, tenant: str, kind: str, seq: int | None) -> Accepted:
+        args = _accept_args(tenant, kind, seq)
+        return _accepted(sid, await self._accept(keys=[session_key(sid), known_key(sid)], args=args))
+
+    async def submit(
+        self, queue: str, sid: str, seq: int, kind: str, audio: bytes | None, keep: int
+    ) -> tuple[str, bool]:
+        """As ``SessionStore.submit``."""
+        nonce = secrets.token_hex(8)
+        pipe = self.r.pipeline(transaction=False)
+        if audio is not None:
+            pipe.hset(journal_key(sid), str(seq), audio)
+            pipe.expire(journal_key(sid), keep)
+        pipe.rpush(pending_key(queue), Item(sid, seq, kind, nonce, time.time()).to_json())
+        pipe.exists(awake_key(queue))
+        return reply_key(sid, nonce), bool((await pipe.execute())[-1])
 
 
 class SessionStore:
@@ -241,6 +338,7 @@ class SessionStore:
         self.r = client
         self._accept = client.register_script(_ACCEPT)
         self._unlock = client.register_script(_UNLOCK)
+        self._lock = client.register_script(_LOCK)
         self._save = client.register_script(_SAVE)
 
     # -- the API's side ---------------------------------------------------------------------------
@@ -252,6 +350,7 @@ class SessionStore:
         fields = {
             "layout": str(LAYOUT), "tenant": tenant, "options": options.to_json(), "ttl": str(ttl),
             "next_seq": "0", "accepted": "0", "phrases": "[]", "created": now, "updated": now,
+            "ckpt": "0", "ckpt_t": now,
         }  # fmt: skip
         if job is not None:
             fields["job"] = json.dumps(job, ensure_ascii=False)
@@ -265,26 +364,8 @@ class SessionStore:
     def accept(self, sid: str, tenant: str, kind: str, seq: int | None) -> Accepted:
         """Check the call against the session and the sequence rules, atomically (raises
         SessionError), extending the session's TTL."""
-        if seq is not None and seq < 0:
-            raise SessionError(422, "invalid_request", "seq must be 0 or more")
-        out = self._accept(
-            keys=[session_key(sid), known_key(sid)],
-            args=[tenant, "" if seq is None else str(seq), kind, str(time.time()), KNOWN_SECONDS],
-        )
-        action = out[0].decode() if isinstance(out[0], bytes) else str(out[0])
-        if action == "not_found":
-            raise not_found(sid)
-        if action == "expired":
-            raise expired(sid)
-        if action == "finished":
-            raise finished(sid)
-        if action == "gap":
-            raise SessionError(
-                409,
-                "sequence_gap",
-                f"chunk seq {out[1]} is out of order: the session expects seq {out[2]} next",
-            )
-        return Accepted(action, int(out[1]))
+        out = self._accept(keys=[session_key(sid), known_key(sid)], args=_accept_args(tenant, kind, seq))
+        return _accepted(sid, out)
 
     def next_seq(self, sid: str) -> int | None:
         value = self.r.hget(session_key(sid), "next_seq")
@@ -294,8 +375,19 @@ class SessionStore:
         value = self.r.hget(session_key(sid), "ttl")
         return int(value) if value else 60
 
-    def store_chunk(self, sid: str, seq: int, data: bytes, ttl: int) -> None:
-        self.r.set(chunk_key(sid, seq), data, ex=ttl)
+    def submit(
+        self, queue: str, sid: str, seq: int, kind: str, audio: bytes | None, keep: int
+    ) -> tuple[str, bool]:
+        """Journal the chunk's audio (kept ``keep`` s), queue the work item: one round trip. Returns
+        the reply list's key to BLPOP and whether a worker is draining the queue (else wake one)."""
+        nonce = secrets.token_hex(8)
+        pipe = self.r.pipeline(transaction=False)
+        if audio is not None:
+            pipe.hset(journal_key(sid), str(seq), audio)
+            pipe.expire(journal_key(sid), keep)
+        pipe.rpush(pending_key(queue), Item(sid, seq, kind, nonce, time.time()).to_json())
+        pipe.exists(awake_key(queue))
+        return reply_key(sid, nonce), bool(pipe.execute()[-1])
 
     def stored_answer(self, sid: str, seq: int) -> dict[str, Any] | None:
         value = self.r.hget(session_key(sid), f"answer:{seq}")
@@ -328,12 +420,70 @@ class SessionStore:
         if items:
             self.r.lpush(pending_key(queue), *[i.to_json() for i in reversed(items)])
 
-    def lock(self, sid: str) -> str | None:
-        token = secrets.token_hex(16)
-        return token if self.r.set(lock_key(sid), token, nx=True, px=LOCK_MS) else None
+    def heartbeat(self, worker: str) -> None:
+        """This worker is alive (and so are its locks) for HEARTBEAT_MS more."""
+        self.r.set(heartbeat_key(worker), "1", px=HEARTBEAT_MS)
+
+    def lock(self, sid: str, worker: str = "") -> str | None:
+        """The session's lock for ``worker`` (its token), or None while another live worker holds
+        it; one held by a worker without a heartbeat is taken over."""
+        token = f"{worker}|{secrets.token_hex(12)}" if worker else secrets.token_hex(16)
+        taken = self._lock(keys=[lock_key(sid)], args=[token, LOCK_MS, heartbeat_key("")])
+        return token if int(taken) == 1 else None
 
     def unlock(self, sid: str, token: str) -> None:
         self._unlock(keys=[lock_key(sid)], args=[token])
+
+    # -- a round's calls, one round trip each (a round serves up to 64 sessions) -------------------
+
+    def lock_many(self, sids: list[str], worker: str) -> list[str | None]:
+        """``lock`` for each session, pipelined."""
+        pipe = self.r.pipeline(transaction=False)
+        tokens = [f"{worker}|{secrets.token_hex(12)}" for _ in sids]
+        for sid, token in zip(sids, tokens):
+            self._lock(keys=[lock_key(sid)], args=[token, LOCK_MS, heartbeat_key("")], client=pipe)
+        return [t if int(ok) == 1 else None for t, ok in zip(tokens, pipe.execute())]
+
+    def prefetch(
+        self, wanted: list[tuple[str, list[str], int | None]]
+    ) -> list[tuple[dict[str, bytes], bytes | None]]:
+        """For each (session, field names, journaled seq or None): its fields (those it has) and
+        that chunk's audio, pipelined."""
+        pipe = self.r.pipeline(transaction=False)
+        for sid, names, seq in wanted:
+            pipe.hmget(session_key(sid), names)
+            pipe.hget(journal_key(sid), str(seq if seq is not None else -1))
+        values = pipe.execute()
+        out = []
+        for i, (_, names, _) in enumerate(wanted):
+            fields = {n: v for n, v in zip(names, values[2 * i]) if v is not None}
+            out.append((fields, values[2 * i + 1]))
+        return out
+
+    def save_many(
+        self, saves: list[tuple[str, str, int, dict[str, str | bytes], str | None, tuple[int, int], int]]
+    ) -> list[bool]:
+        """``save`` for each (session, token, ttl, fields, drop, journal, journal_ttl), pipelined."""
+        pipe = self.r.pipeline(transaction=False)
+        for sid, token, ttl, fields, drop, journal, journal_ttl in saves:
+            args: list[str | bytes | int] = [token, ttl, drop or "", journal_ttl, *journal]
+            for k, v in fields.items():
+                args += [k, v]
+            keys = [session_key(sid), lock_key(sid), journal_key(sid)]
+            self._save(keys=keys, args=args, client=pipe)
+        return [int(v) == 1 for v in pipe.execute()] if saves else []
+
+    def finish_many(self, unlocks: list[tuple[str, str]], replies: list[tuple[Item, dict[str, Any]]]) -> None:
+        """``unlock`` and ``reply`` for many, pipelined."""
+        pipe = self.r.pipeline(transaction=False)
+        for sid, token in unlocks:
+            self._unlock(keys=[lock_key(sid)], args=[token], client=pipe)
+        for item, payload in replies:
+            key = reply_key(item.id, item.reply)
+            pipe.rpush(key, json.dumps(payload))
+            pipe.expire(key, REPLY_SECONDS)
+            pipe.expire(known_key(item.id), KNOWN_SECONDS)
+        pipe.execute()
 
     def load(self, sid: str) -> dict[str, bytes]:
         data = cast("dict[bytes, bytes]", self.r.hgetall(session_key(sid)))
@@ -345,17 +495,48 @@ class SessionStore:
         values = cast("list[bytes | None]", self.r.hmget(session_key(sid), names))
         return {n: v for n, v in zip(names, values) if v is not None}
 
+    def wait_pending(self, queue: str, count: int, timeout: float) -> list[Item]:
+        """Like pop_pending, but waits up to ``timeout`` s for the first item."""
+        got = self.r.blpop([pending_key(queue)], timeout=timeout)
+        if got is None:
+            return []
+        first = cast("tuple[bytes, bytes]", got)[1]
+        rest = cast("list[bytes] | None", self.r.lpop(pending_key(queue), count - 1)) or []
+        items = []
+        for value in [first, *rest]:
+            try:
+                items.append(Item.from_json(value))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return items
+
     def chunk(self, sid: str, seq: int) -> bytes | None:
-        return self.r.get(chunk_key(sid, seq))  # type: ignore[return-value]
+        return self.r.hget(journal_key(sid), str(seq))  # type: ignore[return-value]
+
+    def journal(self, sid: str, start: int, stop: int) -> list[bytes | None]:
+        """The journaled chunks ``start`` .. ``stop - 1`` (None where one is missing)."""
+        if start >= stop:
+            return []
+        names = [str(seq) for seq in range(start, stop)]
+        return cast("list[bytes | None]", self.r.hmget(journal_key(sid), names))
 
     def save(
-        self, sid: str, token: str, ttl: int, fields: dict[str, str | bytes], drop: str | None = None
+        self,
+        sid: str,
+        token: str,
+        ttl: int,
+        fields: dict[str, str | bytes],
+        drop: str | None = None,
+        journal: tuple[int, int] = (0, 0),
+        journal_ttl: int | None = None,
     ) -> bool:
-        """Write ``fields`` if this worker still holds the lock (and the session exists)."""
-        args: list[str | bytes | int] = [token, ttl, drop or ""]
+        """Write ``fields`` if this worker still holds the lock (and the session exists); drop the
+        journal entries ``journal`` = (from, to) (to < 0: the whole journal), extend the rest."""
+        args: list[str | bytes | int] = [token, ttl, drop or "", journal_ttl or ttl, *journal]
         for k, v in fields.items():
             args += [k, v]
-        return int(self._save(keys=[session_key(sid), lock_key(sid)], args=args)) == 1
+        keys = [session_key(sid), lock_key(sid), journal_key(sid)]
+        return int(self._save(keys=keys, args=args)) == 1
 
     def reply(self, item: Item, payload: dict[str, Any]) -> None:
         key = reply_key(item.id, item.reply)
@@ -364,6 +545,3 @@ class SessionStore:
         pipe.expire(key, REPLY_SECONDS)
         pipe.expire(known_key(item.id), KNOWN_SECONDS)
         pipe.execute()
-
-    def drop_chunk(self, sid: str, seq: int) -> None:
-        self.r.delete(chunk_key(sid, seq))

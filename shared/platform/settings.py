@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,7 @@ class Settings(BaseSettings):
     threads: int | None = None
     precision: str = "auto"
     decoder: str = "auto"
+    decoder_workers: int = 0  # TONE_DECODER_WORKERS: beam-search processes beside the model (0: inline)
 
     # limits
     max_upload_bytes: int = 1024 * 1024 * 1024  # 1 GiB
@@ -45,8 +47,13 @@ class Settings(BaseSettings):
     batch_root: Path | None = None  # TONE_BATCH_ROOT: server folder whose subfolders batches may read
     sync_timeout_seconds: float = 600.0  # /transcribe and /v1/audio/transcriptions wait this long
 
+    # logs
+    log_format: Literal["text", "json"] = "text"  # TONE_LOG_FORMAT=json: one JSON object per line
+
     # auth
     auth_disabled: bool = False  # only for local use: every request acts as the tenant "local"
+    ws_query_keys: bool = False  # /vosk, /api/ws, /v1/stream also take ?api_key= (clients without headers)
+    metrics_token: str | None = None  # /metrics wants `Authorization: Bearer <it>`; unset: loopback only
 
     # workers
     worker_queue: str = "cpu"  # cpu or gpu: which queue this worker consumes and new jobs go to
@@ -60,10 +67,12 @@ class Settings(BaseSettings):
     stream_chunk_timeout_seconds: float = 30.0  # how long a chunk call waits for its answer (then 504)
     stream_requeue_seconds: float = 5.0  # an unanswered piece is queued again after this (dead worker)
     stream_idle_timeout_seconds: float = 15.0  # a WebSocket stream that sends nothing this long is closed
+    stream_checkpoint_seconds: float = 3.0  # a live state is written to Redis this often (0: every piece)
 
     # webhooks and audio_url
     allow_private_urls: bool = False  # allow webhook/audio_url targets on private/loopback addresses
     webhook_timeout_seconds: float = 10.0
+    webhook_secret_grace_hours: float = 24.0  # after a rotation, the old secret also signs this long
     url_download_timeout_seconds: float = 60.0
     url_download_deadline_seconds: float = 1800.0  # a whole audio_url download
     url_download_min_bytes_per_second: float = 16384.0  # on average, after the first 10 s (0: any)

@@ -170,7 +170,7 @@ def test_the_openai_client_gets_json_text_srt_and_verbose_json_with_words(
         verbose = client.audio.transcriptions.create(
             model="t-one", file=f, response_format="verbose_json", timestamp_granularities=["word", "segment"]
         )
-    assert verbose.text == full_text and verbose.language == "ru"
+    assert verbose.text == full_text and verbose.language == "russian"  # as whisper-1 answers
     assert verbose.duration == pytest.approx(sf.info(wav).duration, abs=0.01)
     assert [(s.text, s.start, s.end) for s in verbose.segments] == [
         (p["text"], p["start_time"], p["end_time"]) for p in engine_phrases
@@ -178,6 +178,58 @@ def test_the_openai_client_gets_json_text_srt_and_verbose_json_with_words(
     assert [(w.word, w.start, w.end) for w in verbose.words] == [
         (w["text"], w["start"], w["end"]) for p in engine_phrases for w in p["words"]
     ]
+
+
+def test_the_openai_client_lists_models_gets_usage_and_openai_errors(
+    api: Proc, worker: Proc, api_key: str, wav: Path
+) -> None:
+    """models.list/retrieve (Open WebUI and LiteLLM probe them), usage, the granularity rules, and
+    refusals of another language, model or granularity in OpenAI's error shape (parsed by the SDK)."""
+    import openai
+
+    client = openai.OpenAI(base_url=api.url + "/v1", api_key=api_key, timeout=60, max_retries=0)
+    assert [(m.id, m.object, m.owned_by) for m in client.models.list()] == [("t-one", "model", "t-tech")]
+    assert client.models.retrieve("t-one").id == "t-one"
+    assert client.models.retrieve("whisper-1").id == "t-one"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("gpt-4o-transcribe")
+    assert missing.value.code == "model_not_found" and missing.value.param == "model"
+    assert missing.value.type == "invalid_request_error"
+
+    duration = sf.info(wav).duration
+    with wav.open("rb") as f:
+        plain = client.audio.transcriptions.create(model="whisper-1", file=f, language="ru")
+    assert plain.text == " ".join(PHRASES)
+    assert plain.usage is not None and plain.usage.type == "duration"
+    assert plain.usage.seconds == pytest.approx(duration, abs=0.01)
+    with wav.open("rb") as f:
+        words = client.audio.transcriptions.create(
+            model="t-one", file=f, response_format="verbose_json", timestamp_granularities=["word"]
+        )
+    assert words.words and words.segments is None  # `word` alone: no segments
+    assert words.language == "russian" and words.usage is not None
+
+    refusals = [
+        ({"language": "en"}, "language", "unsupported_language"),
+        ({"model": "gpt-4o-transcribe"}, "model", "invalid_model"),
+        (
+            {"response_format": "json", "timestamp_granularities": ["word"]},
+            "timestamp_granularities",
+            "invalid_value",
+        ),
+    ]
+    for fields, param, code in refusals:
+        with wav.open("rb") as f, pytest.raises(openai.BadRequestError) as refused:
+            client.audio.transcriptions.create(file=f, **{"model": "t-one", **fields})  # type: ignore[call-overload]
+        assert (refused.value.status_code, refused.value.code, refused.value.param) == (400, code, param)
+        body = refused.value.body
+        assert isinstance(body, dict) and set(body) == {"message", "type", "param", "code"}, body
+    with pytest.raises(openai.AuthenticationError) as unauthorized:
+        openai.OpenAI(base_url=api.url + "/v1", api_key="tone_00000000_bad", max_retries=0).models.list()
+    assert unauthorized.value.type == "authentication_error"
+    # the rest of the API keeps its own shape
+    other = httpx.get(f"{api.url}/v1/jobs/{uuid.uuid4()}", headers=auth(api_key))
+    assert_error(other, 404, "not_found")
 
 
 def test_legacy_transcribe_answers_the_original_shape_with_the_audio_duration(
@@ -251,6 +303,11 @@ def test_health_reports_database_broker_and_workers_and_root_describes_the_servi
     assert body["status"] == "ok" and body["database"] == "ok" and body["broker"] == "ok"
     assert body["workers"] >= 1 and body["model"] and "/" not in body["model"]  # a name, not a path
     assert set(body["queues"]) == {"cpu", "cpu.live", "events"} and min(body["queues"].values()) >= 1
+    assert httpx.get(f"{api.url}/livez").json() == {"status": "ok"}
+    ready = httpx.get(f"{api.url}/readyz", timeout=5)
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["status"] == "ready" and ready.json()["checks"]["model"] == "ok"
+    assert set(ready.json()["checks"]["queues"].values()) == {"ok"}
     root = httpx.get(f"{api.url}/").json()
     assert root["name"] == "tone-platform" and root["docs"] == "/docs" and root["version"]
     assert httpx.get(f"{api.url}/docs").status_code == 200
@@ -261,16 +318,72 @@ def test_health_reports_database_broker_and_workers_and_root_describes_the_servi
     )
 
 
-def test_metrics_count_jobs_by_status_and_queue_depth(
-    api: Proc, parked_api: Proc, api_key: str, wav: Path
+def _sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of a Prometheus text exposition (0 when absent)."""
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    for line in text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_metrics_are_counted_when_things_happen_and_shown_to_this_machine_only(
+    api: Proc,
+    worker: Proc,
+    parked_api: Proc,
+    api_key: str,
+    wav: Path,
+    platform_env: dict[str, str],
+    logs: Path,
 ) -> None:
-    assert submit(parked_api.url, api_key, wav).status_code == 202
-    text = httpx.get(f"{api.url}/metrics").text
-    assert 'tone_jobs{status="queued"}' in text
-    depth = next(line for line in text.splitlines() if line.startswith('tone_queue_depth{queue="gpu"}'))
-    assert float(depth.split()[-1]) >= 1
-    for name in ("tone_audio_seconds_processed", "tone_processing_seconds", "tone_real_time_factor"):
-        assert f"\n{name} " in text
+    """Counters grow when a job ends (not a scan of the jobs table), histograms of queue wait, job
+    latency and live piece latency, HTTP requests per route template, queue depth; with
+    TONE_METRICS_TOKEN set, a scrape without the token is refused."""
+    before = httpx.get(f"{api.url}/metrics").text
+    assert submit(parked_api.url, api_key, wav).status_code == 202  # stays queued: no gpu worker
+    job = submit(api.url, api_key, wav).json()
+    assert wait_final(api.url, api_key, job["id"])["status"] == "completed"
+    with httpx.Client(base_url=api.url or "", headers=auth(api_key), timeout=60) as client:
+        sid = client.post("/transcribe/streaming").json()["state_id"]
+        piece = sf.read(wav, dtype="int16")[0][:4000].tobytes()
+        assert (
+            client.post(
+                "/transcribe/streaming/chunk", data={"state_id": sid}, files={"file": ("p.raw", piece)}
+            ).status_code
+            == 200
+        )
+    after = httpx.get(f"{api.url}/metrics").text
+
+    def grew(name: str, **labels: str) -> float:
+        return _sample(after, name, **labels) - _sample(before, name, **labels)
+
+    assert grew("tone_jobs_finished_total", status="completed") >= 1
+    assert grew("tone_audio_seconds_processed_total") >= sf.info(wav).duration - 0.01
+    assert grew("tone_processing_seconds_total") > 0
+    for histogram in (
+        "tone_queue_wait_seconds",
+        "tone_job_latency_seconds",
+        "tone_live_piece_latency_seconds",
+    ):
+        assert grew(f"{histogram}_count") >= 1, histogram
+        assert _sample(after, f"{histogram}_bucket", le="+Inf") == _sample(after, f"{histogram}_count")
+    assert _sample(after, "tone_queue_depth", queue="gpu") >= 1
+    assert (
+        _sample(after, "tone_http_requests_total", method="GET", route="/v1/jobs/{job_id}", status="200") >= 1
+    )
+    assert "/v1/jobs/" + job["id"] not in after  # the template, never the id
+    assert "tone_jobs{" not in after  # no per-status scan of the jobs table
+
+    guarded = start_api({**platform_env, "TONE_METRICS_TOKEN": "scrape-secret"}, logs, "api-metrics-token")
+    try:
+        refused = httpx.get(f"{guarded.url}/metrics")
+        assert_error(refused, 401, "unauthorized")
+        wrong = httpx.get(f"{guarded.url}/metrics", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        scraped = httpx.get(f"{guarded.url}/metrics", headers={"Authorization": "Bearer scrape-secret"})
+        assert scraped.status_code == 200 and "tone_jobs_finished_total" in scraped.text
+    finally:
+        guarded.stop()
 
 
 # -- what needs no worker: jobs parked in the "gpu" queue ------------------------------------------
@@ -488,3 +601,15 @@ def test_with_auth_disabled_requests_without_a_key_act_as_the_local_tenant(
         assert created.json()["id"] in {j["id"] for j in listed}
     finally:
         proc.stop()
+
+
+def test_json_logs_every_line_an_object_with_the_request_id(platform_env: dict[str, str], logs: Path) -> None:
+    proc = start_api({**platform_env, "TONE_LOG_FORMAT": "json"}, logs, "api-json-logs")
+    try:
+        assert httpx.get(f"{proc.url}/v1/jobs", headers={"X-Request-ID": "json-1"}).status_code == 401
+    finally:
+        proc.stop()
+    lines = [line for line in proc.log.read_text().splitlines() if line.strip()]
+    parsed = [json.loads(line) for line in lines]  # raises on a line that is not JSON
+    assert any(p["logger"].startswith("uvicorn") for p in parsed)
+    assert all({"time", "level", "logger", "message"} <= set(p) for p in parsed)

@@ -384,7 +384,9 @@ def test_a_manifest_batch_transcribes_urls_zips_every_format_and_sends_one_signe
                     f"{api.url}/v1/jobs/{job}/transcript", params={"format": fmt}, headers=auth(api_key)
                 )
                 assert zf.read(f"{stem}.{fmt}").decode() == want.text, (name, fmt)
-        errors = list(csv.DictReader(io.StringIO(zf.read("errors.csv").decode())))
+        raw_errors = zf.read("errors.csv")
+        assert raw_errors.startswith("\ufeff".encode())  # a BOM: Excel on a Russian Windows reads UTF-8
+        errors = list(csv.DictReader(io.StringIO(raw_errors.decode("utf-8-sig"))))
         assert [(e["name"], e["status"], e["code"]) for e in errors] == [
             (missing, "failed", "download_failed")
         ]

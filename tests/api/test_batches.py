@@ -120,7 +120,8 @@ def test_batch_end_to_end(api, worker, api_key, other_key, wavs, tone_model, ser
     assert {p["channel"] for p in by_name["calls/b.wav"]["phrases"]} == {0, 1}
 
     res = httpx.get(f"{api.url}/v1/batches/{batch}/results?format=csv", headers=auth(api_key))
-    rows = list(csv.DictReader(io.StringIO(res.text)))
+    assert res.content.startswith("\ufeff".encode())  # a UTF-8 BOM: Excel reads it as UTF-8
+    rows = list(csv.DictReader(io.StringIO(res.content.decode("utf-8-sig"))))
     assert len(rows) == sum(len(v) for v in expected.values())
     assert {r["text"] for r in rows if r["name"] == "calls/b.wav"} == {
         p["text"] for p in expected["calls/b.wav"]
@@ -133,7 +134,8 @@ def test_batch_end_to_end(api, worker, api_key, other_key, wavs, tone_model, ser
         assert sorted(zf.namelist()) == sorted([*files, "results.jsonl", "errors.csv"])
         assert json.loads(zf.read("calls/b.json"))["phrases"] == expected["calls/b.wav"]
         assert [json.loads(line) for line in zf.read("results.jsonl").decode().splitlines()] == lines
-        errors = list(csv.DictReader(io.StringIO(zf.read("errors.csv").decode())))
+        assert zf.read("errors.csv").startswith("\ufeff".encode())
+        errors = list(csv.DictReader(io.StringIO(zf.read("errors.csv").decode("utf-8-sig"))))
         assert [(e["name"], e["status"]) for e in errors] == [("notes.txt", "skipped")]
 
     assert httpx.post(f"{api.url}/v1/batches/{batch}/cancel", headers=auth(api_key)).json()["cancelled"] == 0

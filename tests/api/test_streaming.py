@@ -45,7 +45,8 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
 
 @pytest.fixture(scope="module")
 def stream_env(platform_env: dict[str, str]) -> dict[str, str]:
-    return {**platform_env, "TONE_WORKER_QUEUE": QUEUE, "TONE_STREAM_CHUNK_TIMEOUT_SECONDS": "20"}
+    return {**platform_env, "TONE_WORKER_QUEUE": QUEUE, "TONE_STREAM_CHUNK_TIMEOUT_SECONDS": "20",
+            "TONE_STREAM_CHECKPOINT_SECONDS": "0.5"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -375,8 +376,13 @@ def test_a_piece_in_flight_when_its_worker_is_killed_is_answered_by_the_next_wor
     stream_env: dict[str, str], logs: Path, api_key: str, audio: np.ndarray, offline: Any
 ) -> None:
     queue = "stream-kill-tests"
-    env = {**stream_env, "TONE_WORKER_QUEUE": queue, "TONE_STREAM_REQUEUE_SECONDS": "1",
-           "TONE_STREAM_CHUNK_TIMEOUT_SECONDS": "60"}  # fmt: skip
+    env = {
+        **stream_env,
+        "TONE_WORKER_QUEUE": queue,
+        "TONE_STREAM_REQUEUE_SECONDS": "1",
+        "TONE_STREAM_CHUNK_TIMEOUT_SECONDS": "60",
+        "TONE_STREAM_CHECKPOINT_SECONDS": "600",
+    }  # fmt: skip  (no checkpoint: all is replayed)
     api = start_api(env, logs, "stream-kill-api")
     procs = [start_worker(env, logs, "stream-kill-worker", queues=all_queues(queue))]
     try:
@@ -392,6 +398,10 @@ def test_a_piece_in_flight_when_its_worker_is_killed_is_answered_by_the_next_wor
                 procs.append(start_worker(env, logs, "stream-kill-worker-2", queues=all_queues(queue)))
                 r = future.result()
             finish_after_in_flight(c, sid, r, 3, pieces, streamed, offline(audio))
+        replays = re.findall(r"stream replay of .*", procs[1].log.read_text())
+        # no checkpoint was taken: the new worker replayed seq 0..2 (or 0..3, had the old worker
+        # applied the piece in flight before it died) from the session's start
+        assert replays and re.search(r"\((3|4) journaled chunks\)", replays[0]), replays
     finally:
         for proc in procs[1:]:
             proc.stop()
@@ -431,6 +441,151 @@ def test_a_piece_taken_by_a_worker_that_died_unanswered_is_requeued_and_answered
                 procs.append(start_worker(env, logs, "stream-lost-worker-2", queues=all_queues(queue)))
                 r = future.result()
             finish_after_in_flight(c, sid, r, 2, pieces, streamed, offline(audio))
+    finally:
+        for proc in procs:
+            proc.stop()
+        api.stop()
+        broker.close()
+
+
+# -- a stalled live worker ------------------------------------------------------------------------
+
+
+def stalled(proc: Proc, seconds: float) -> Any:
+    """SIGSTOP the worker's process group now, SIGCONT it after ``seconds`` (in a thread)."""
+    import threading
+
+    os.killpg(proc.popen.pid, signal.SIGSTOP)
+    timer = threading.Timer(seconds, os.killpg, (proc.popen.pid, signal.SIGCONT))
+    timer.start()
+    return timer
+
+
+def test_a_piece_waits_for_a_worker_stalled_for_8_s_instead_of_failing(
+    client: httpx.Client, workers: list[Proc], audio: np.ndarray, offline: Any
+) -> None:
+    """A live worker stopped for longer than the requeue interval (a model load, a GPU start): the
+    piece is queued again and answered once a worker runs, within TONE_STREAM_CHUNK_TIMEOUT_SECONDS
+    (20 s here), never a 500."""
+    pieces = [pcm(p) for p in np.array_split(audio, 5)]
+    sid = open_session(client)
+    streamed = stream(client, sid, pieces[:2])
+    timer = stalled(workers[-1], 8.0)
+    try:
+        started = time.monotonic()
+        r = send(client, sid, pieces[2], 2)
+        waited = time.monotonic() - started
+    finally:
+        timer.join()
+        os.killpg(workers[-1].popen.pid, signal.SIGCONT)
+    assert r.status_code == 200, r.text
+    assert waited >= 7.5, waited  # it was answered by the worker after it went on, not before
+    streamed += r.json()["phrases"]
+    for seq, data in enumerate(pieces[3:], 3):
+        answer = send(client, sid, data, seq)
+        assert answer.status_code == 200, answer.text
+        streamed += answer.json()["phrases"]
+    check_final(client, sid, streamed, offline(audio))
+
+
+def test_pieces_waiting_for_a_worker_hold_no_database_connection(
+    client: httpx.Client, workers: list[Proc], audio: np.ndarray
+) -> None:
+    """32 sessions (more than the API's pool of 10 + 10 connections) each with a piece waiting for a
+    stalled worker: the API still answers calls that need the database, and every piece gets its
+    answer once the worker runs again."""
+    sids = [open_session(client) for _ in range(32)]
+    piece = pcm(audio[:2400])
+    timer = stalled(workers[-1], 8.0)
+    try:
+        with ThreadPoolExecutor(32) as pool:
+            futures = [pool.submit(send, client, sid, piece, 0) for sid in sids]
+            time.sleep(3.0)  # every piece is waiting now
+            assert not any(f.done() for f in futures)
+            listed = client.get("/v1/jobs", timeout=5)  # before the fix: waits for the pool, then 500
+            assert listed.status_code == 200, listed.text
+            answers = [f.result() for f in futures]
+    finally:
+        timer.join()
+        os.killpg(workers[-1].popen.pid, signal.SIGCONT)
+    for r in answers:
+        assert r.status_code == 200, r.text
+        assert r.json()["seq"] == 0
+
+
+def test_eight_sessions_move_to_the_other_worker_when_theirs_is_killed(
+    stream_env: dict[str, str], logs: Path, api_key: str, offline: Any
+) -> None:
+    """Two live workers; 8 sessions streaming 300 ms pieces; after their first 4 pieces, 4 send the
+    rest back to back (a piece always in flight) and 4 at 0.3 s intervals (mostly between pieces);
+    0.1 s later the worker draining the queue is SIGKILLed, every session mid-way.
+    Every session finishes on the other worker with exactly the offline phrases; the takeover time
+    (kill -> the next answer of each session) is printed."""
+    import threading
+
+    import redis
+
+    from shared.platform.sessions import awake_key
+
+    queue = "stream-takeover-tests"
+    env = {**stream_env, "TONE_WORKER_QUEUE": queue, "TONE_STREAM_REQUEUE_SECONDS": "1",
+           "TONE_STREAM_CHUNK_TIMEOUT_SECONDS": "60", "TONE_STREAM_CHECKPOINT_SECONDS": "1"}  # fmt: skip
+    broker = redis.Redis.from_url(env["REDIS_URL"])
+    api = start_api(env, logs, "takeover-api")
+    procs = [start_worker(env, logs, f"takeover-worker-{i}", queues=all_queues(queue)) for i in range(2)]
+    recordings = [synthesize(PHRASES[i % 3 :] + PHRASES[: i % 3], pause=0.8 + 0.2 * i)[0] for i in range(8)]
+    go = threading.Event()
+    killed_at = [0.0]
+    sent = [0] * 8
+    answers: list[list[tuple[float, float]]] = [[] for _ in range(8)]  # (sent, answered) per piece
+
+    def one(c: httpx.Client, i: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        sid = open_session(c)
+        pieces = [pcm(recordings[i][a : a + 2400]) for a in range(0, len(recordings[i]), 2400)]
+        streamed: list[dict[str, Any]] = []
+        for seq, data in enumerate(pieces):
+            if seq == 4:
+                go.wait(60)
+            if i >= 4 and seq >= 4:
+                time.sleep(0.3)
+            t = time.monotonic()
+            sent[i] = seq + 1
+            r = send(c, sid, data, seq)
+            assert r.status_code == 200, r.text
+            answers[i].append((t, time.monotonic()))
+            streamed += r.json()["phrases"]
+        r = finalize(c, sid)
+        assert r.status_code == 200, r.text
+        return streamed, r.json()["phrases"]
+
+    try:
+        with (
+            httpx.Client(base_url=api.url or "", headers=auth(api_key), timeout=90) as c,
+            ThreadPoolExecutor(8) as pool,
+        ):
+            futures = [pool.submit(one, c, i) for i in range(8)]
+            deadline = time.monotonic() + 60
+            while min(sent) < 4 and time.monotonic() < deadline:  # every session is under way
+                time.sleep(0.01)
+            time.sleep(0.2)  # the 4th answers came
+            go.set()
+            time.sleep(0.1)
+            pid = int(broker.get(awake_key(queue)) or 0)  # the pool process draining the queue
+            victim = next(p for p in procs if os.getpgid(pid) == p.popen.pid)
+            killed_at[0] = time.monotonic()
+            os.killpg(victim.popen.pid, signal.SIGKILL)
+            victim.popen.wait(10)
+            results = [f.result() for f in futures]
+        for recording, (streamed, final) in zip(recordings, results):
+            assert final == offline(recording)
+            assert final[: len(streamed)] == streamed
+        in_flight = sum(any(s < killed_at[0] < a for s, a in answers[i]) for i in range(8))
+        assert in_flight >= 1, "a piece was in flight when the worker was killed"
+        takeover = [min(a for _, a in answers[i] if a > killed_at[0]) - killed_at[0] for i in range(8)]
+        print(f"\ntakeover (kill -> next answer): first {min(takeover):.2f} s, last {max(takeover):.2f} s, "
+              f"{in_flight} sessions with a piece in flight")  # fmt: skip
+        survivor = next(p for p in procs if p is not victim)
+        assert re.findall(r"stream replay of \d+ sessions", survivor.log.read_text())
     finally:
         for proc in procs:
             proc.stop()

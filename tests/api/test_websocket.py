@@ -133,6 +133,27 @@ def test_v1_stream_browser_key_in_the_first_message_and_mulaw(
     assert [p["text"] for p in got[-1]["phrases"]] == PHRASES
 
 
+def test_v1_stream_acks_each_piece_when_asked(ws_api: str, api_key: str, audio: np.ndarray) -> None:
+    """``"acks": true``: one ``{"type": "ack", "seq", "audio_seconds"}`` per piece, after its
+    phrases and partial (a client's flow control, and the benchmark's latency)."""
+    pcm = audio.astype("<i2").tobytes()
+    with connect(f"{ws_api}/v1/stream", additional_headers=auth(api_key)) as ws:
+        ws.send(json.dumps({"acks": True}))
+        acks = []
+        for k in range(3):
+            ws.send(pcm[k * 4800 : (k + 1) * 4800])  # 300 ms: a piece of its own
+            while (message := json.loads(ws.recv(timeout=30)))["type"] != "ack":
+                assert message["type"] in ("partial", "phrase")
+            acks.append(message)
+        ws.send(json.dumps({"type": "end"}))
+        assert list(messages(ws))[-1]["type"] == "final"
+    assert acks == [{"type": "ack", "seq": k, "audio_seconds": round(0.3 * (k + 1), 3)} for k in range(3)]
+    with connect(f"{ws_api}/v1/stream", additional_headers=auth(api_key)) as ws:
+        ws.send(json.dumps({"acks": "yes"}))
+        reply = list(messages(ws))
+        assert reply[-1]["code"] == "invalid_config" and close_code(ws) == 1003
+
+
 def test_v1_stream_errors_bad_key_and_bad_config(ws_api: str, api_key: str) -> None:
     with connect(f"{ws_api}/v1/stream", additional_headers=auth("tone_nope_bad")) as ws:
         got = list(messages(ws))
@@ -201,31 +222,90 @@ def test_tone_demo_protocol(
         assert got[-1]["event"] == "error" and close_code(ws) == 1008
 
 
+def vosk_session(ws: ClientConnection, frames: list[bytes], config: dict[str, Any]) -> list[dict[str, Any]]:
+    """As Vosk's own ``websocket/test.py`` does: the config, then per frame exactly one reply read,
+    then ``{"eof": 1}`` and one last reply. Nothing else may arrive (a stale reply would be read
+    as the next frame's)."""
+    ws.send(json.dumps({"config": config}))
+    got = []
+    for frame in frames:
+        ws.send(frame)
+        got.append(json.loads(ws.recv(timeout=30)))
+    ws.send('{"eof" : 1}')
+    got.append(json.loads(ws.recv(timeout=30)))
+    assert list(messages(ws)) == []  # then the close, nothing more
+    assert close_code(ws) == 1000
+    return got
+
+
+def vosk_words(phrases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {"word": w["text"], "start": w["start"], "end": w["end"], "conf": 1.0}
+        for p in phrases
+        for w in p["words"]
+    ]
+
+
 def test_vosk_protocol(ws_api: str, api_key: str, audio: np.ndarray, expected: list[dict[str, Any]]) -> None:
     pcm = audio.astype("<i2").tobytes()
-    got = []
+    frames = odd_frames(pcm, 21)
     with connect(f"{ws_api}/vosk", additional_headers=auth(api_key)) as ws:
-        ws.send(json.dumps({"config": {"sample_rate": 8000}}))
-        for frame in odd_frames(pcm, 21):
-            ws.send(frame)
-            got.append(json.loads(ws.recv(timeout=30)))  # at least one answer per frame
-            try:
-                while True:
-                    got.append(json.loads(ws.recv(timeout=0.05)))
-            except TimeoutError:
-                pass
-        ws.send('{"eof" : 1}')
-        got += list(messages(ws))
-        assert close_code(ws) == 1000
+        got = vosk_session(ws, frames, {"sample_rate": 8000})
+    assert len(got) == len(frames) + 1
     results = [m for m in got if "result" in m]
-    assert [m["text"] for m in results] == PHRASES
-    for m, phrase in zip(results, expected):
-        words = [
-            {"word": w["text"], "start": w["start"], "end": w["end"], "conf": 1.0} for w in phrase["words"]
-        ]
-        assert m["result"] == words
+    assert " ".join(m["text"] for m in results) == " ".join(PHRASES)
+    assert [w for m in results for w in m["result"]] == vosk_words(expected)
     partials = [m["partial"] for m in got if "partial" in m]
     assert any(partials) and all(isinstance(p, str) for p in partials)
+
+    # one frame of the whole call closes several phrases at once: still one reply, joined
+    with connect(f"{ws_api}/vosk", additional_headers=auth(api_key)) as ws:
+        got = vosk_session(ws, [pcm], {"sample_rate": 8000})
+    assert len(got) == 2 and "result" in got[0] and len(got[0]["text"].split()) > 2, got
+    assert [w for m in got if "result" in m for w in m["result"]] == vosk_words(expected)
+
+
+def test_vosk_key_in_the_config_and_query_keys_only_where_allowed(
+    ws_api: str, ws_env: dict[str, str], logs: Path, api_key: str, audio: np.ndarray,
+    expected: list[dict[str, Any]]
+) -> None:  # fmt: skip
+    pcm = audio.astype("<i2").tobytes()
+    frames = [pcm[i : i + 8000] for i in range(0, len(pcm), 8000)]
+    with connect(f"{ws_api}/vosk") as ws:  # no header: the key in the config message
+        got = vosk_session(ws, frames, {"sample_rate": 8000, "api_key": api_key})
+    assert [w for m in got if "result" in m for w in m["result"]] == vosk_words(expected)
+    with connect(f"{ws_api}/vosk") as ws:  # no key at all
+        ws.send(json.dumps({"config": {"sample_rate": 8000}}))
+        reply = list(messages(ws))
+        assert reply[-1]["error"]["code"] == "unauthorized" and close_code(ws) == 1008
+    for path in ("/vosk", "/api/ws"):  # this server takes no keys in the query string
+        with connect(f"{ws_api}{path}?api_key={api_key}") as ws:
+            reply = list(messages(ws))
+            assert "query_key_disabled" in json.dumps(reply[-1]) and close_code(ws) == 1008, reply
+
+    proc = start_api({**ws_env, "TONE_WS_QUERY_KEYS": "1"}, logs, "ws-query-api")
+    try:
+        url = (proc.url or "").replace("http://", "ws://")
+        with connect(f"{url}/vosk?api_key={api_key}") as ws:
+            got = vosk_session(ws, frames, {"sample_rate": 8000})
+        assert [w for m in got if "result" in m for w in m["result"]] == vosk_words(expected)
+        with connect(f"{url}/api/ws?api_key={api_key}") as ws:
+            assert json.loads(ws.recv(timeout=30)) == {"event": "ready"}
+            ws.send(pcm)
+            transcripts = []
+            while True:
+                message = json.loads(ws.recv(timeout=30))
+                if message["event"] == "ready":
+                    break
+                transcripts.append(message)
+            ws.send(b"")
+            transcripts += list(messages(ws))
+        assert [m["phrase"]["text"] for m in transcripts] == PHRASES
+        with connect(f"{url}/api/ws?api_key=wrong") as ws:
+            reply = list(messages(ws))
+            assert reply[-1]["event"] == "error" and close_code(ws) == 1008
+    finally:
+        proc.stop()
 
 
 def test_v1_stream_store_true_keeps_a_completed_job(

@@ -17,6 +17,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -117,6 +118,15 @@ def open_page(browser: Browser, width: int = 1280, height: int = 900) -> tuple[P
     page = context.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(f"uncaught: {e}"))
+    page.on(  # nothing may come from outside the server (the console works with no internet)
+        "request",
+        lambda r: (
+            problems.append(f"left the server: {r.url}")
+            if urlsplit(r.url).scheme in ("http", "https", "ws", "wss")
+            and urlsplit(r.url).hostname not in ("127.0.0.1", "localhost")
+            else None
+        ),
+    )
     page.on(
         "console",
         lambda m: (

@@ -357,19 +357,19 @@ def test_bad_files_among_good_ones_do_not_stop_the_good_ones(
 # --- model problems -------------------------------------------------------------------------------
 
 
-def test_nonexistent_model_exits_2_and_says_how_to_give_one(speech: tuple) -> None:
+def test_nonexistent_model_exits_3_and_says_how_to_give_one(speech: tuple) -> None:
     result = run_cli("transcribe", speech[0], "--model", "/nonexistent")
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert result.stdout == ""
     assert "/nonexistent" in result.stderr
     assert "TONE_MODEL_PATH" in result.stderr
     assert result.stderr.rstrip().endswith("[model_not_found]")
 
 
-def test_no_model_and_no_hugging_face_exits_2_quickly_with_how_to(tmp_path: Path, speech: tuple) -> None:
+def test_no_model_and_no_hugging_face_exits_3_quickly_with_how_to(tmp_path: Path, speech: tuple) -> None:
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TONE_MODEL_PATH": None}
     result = run_cli("transcribe", speech[0], env=env, timeout=60)
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert result.stdout == ""
     assert "from Hugging Face failed" in result.stderr
     assert "TONE_MODEL_PATH" in result.stderr
@@ -411,13 +411,13 @@ def _wrong_model(path: Path, *, signal: str = "signal", state_type: int | None =
         ({"state_type": 1}, "input 'state' is float32, expected float16"),  # 1 = TensorProto.FLOAT
     ],
 )
-def test_model_with_wrong_contract_exits_2_naming_the_difference(
+def test_model_with_wrong_contract_exits_3_naming_the_difference(
     tmp_path: Path, speech: tuple, kwargs: dict, difference: str
 ) -> None:
     model = _wrong_model(tmp_path / "wrong.onnx", **kwargs)
     for args in (["transcribe", speech[0]], ["model", "check"]):
         result = run_cli(*args, "--model", model)
-        assert result.returncode == 2
+        assert result.returncode == 3
         assert result.stdout == ""
         (line,) = result.stderr.splitlines()
         assert difference in line
@@ -494,3 +494,12 @@ def test_kit_m4a_and_stereo_ulaw_call_transcribe_with_split_channels(tone_model:
     for doc in docs:
         assert set(doc) == {"file", "phrases", "full_text", "duration", "processing_time"}
         assert {p["channel"] for p in doc["phrases"]} <= {0, 1}
+
+
+def test_version_and_usage_exit_codes() -> None:
+    """--version names the package's version; bad usage is 2 (model errors are 3, above)."""
+    from shared.cli.main import version
+
+    result = run_cli("--version")
+    assert (result.returncode, result.stdout.strip()) == (0, f"tone-platform {version()}")
+    assert run_cli("transcribe", "--no-such-flag").returncode == 2

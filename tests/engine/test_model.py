@@ -142,3 +142,26 @@ def test_model_in_the_hugging_face_cache_loads_without_network(
     files = locate_model(None)
     assert files.model == repo / "snapshots" / revision / "model.onnx"
     assert files.lm is None
+
+
+def test_cuda_asked_for_with_both_runtimes_installed_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime and onnxruntime-gpu ship one module: the error names the clash, not just CUDA."""
+    from importlib import metadata
+
+    from shared.asr import model as model_module
+    from shared.asr.errors import ModelNotFoundError
+
+    monkeypatch.setattr(metadata, "version", lambda dist: "1.32.0")
+    monkeypatch.setattr(model_module, "available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ModelNotFoundError, match=r"both onnxruntime 1\.32\.0 and onnxruntime-gpu 1\.32\.0"):
+        model_module.resolve_providers("cuda")
+
+    def only_cpu(dist: str) -> str:
+        if dist == "onnxruntime-gpu":
+            raise metadata.PackageNotFoundError(dist)
+        return "1.32.0"
+
+    monkeypatch.setattr(metadata, "version", only_cpu)
+    assert model_module.runtime_clash() is None
+    with pytest.raises(ModelNotFoundError, match="install the 'gpu' extra"):
+        model_module.resolve_providers("cuda")

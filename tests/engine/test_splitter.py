@@ -65,3 +65,42 @@ def test_silent_buffer_keeps_only_three_frames() -> None:
         np.zeros((0, 35), np.float32), 0, frames([(SILENT, 50)]), is_last=False
     )
     assert (phrases, len(buf), off) == ([], 3, 47)
+
+
+def test_split_batch_equals_split_per_stream() -> None:
+    """The batched splitter (fast paths for silence, open speech and a closing pause) gives exactly
+    the phrases, buffers and offsets of ``split`` per stream, for random speech/pause patterns."""
+    from shared.asr.stream import StreamState
+
+    rng = np.random.default_rng(5)
+    batch, steps = 12, 700
+    patterns = []
+    for _ in range(batch):
+        runs: list[tuple[bool, int]] = []
+        while sum(n for _, n in runs) < steps * 10:
+            runs.append((True, int(rng.choice([1, 3, 15, 60, 400, 2500]))))
+            runs.append((False, int(rng.choice([1, 5, 18, 19, 20, 21, 22, 23, 40, 80]))))
+        lp = frames(runs)[: steps * 10]
+        lp += rng.normal(0, 0.01, lp.shape).astype(np.float32)  # not all frames alike
+        patterns.append(lp)
+    streams = [StreamState() for _ in range(batch)]
+    refs = [(np.zeros((0, 35), np.float32), 0) for _ in range(batch)]
+    got_all: list[list[tuple[int, int, int, bytes]]] = [[] for _ in range(batch)]
+    want_all: list[list[tuple[int, int, int, bytes]]] = [[] for _ in range(batch)]
+    for k in range(steps):
+        last = [k == steps - 1 or (i == 3 and k == steps // 2) for i in range(batch)]
+        active = [i for i in range(batch) if not (i == 3 and k > steps // 2)]
+        chunk = np.stack([patterns[i][k * 10 : k * 10 + 10] for i in active])
+        for i, raws in zip(
+            active, splitter.split_batch([streams[i] for i in active], chunk, [last[i] for i in active])
+        ):
+            got_all[i] += [(r.start_frame, r.end_frame, r.first_frame, r.logprobs.tobytes()) for r in raws]
+        for i in active:
+            buf, off = refs[i]
+            raws, buf, off = splitter.split(buf, off, patterns[i][k * 10 : k * 10 + 10], is_last=last[i])
+            refs[i] = (buf, off)
+            want_all[i] += [(r.start_frame, r.end_frame, r.first_frame, r.logprobs.tobytes()) for r in raws]
+            s = streams[i]
+            assert s.offset == off and np.array_equal(s.buffer, buf), (i, k)
+    assert got_all == want_all
+    assert sum(len(w) for w in want_all) > 50

@@ -77,3 +77,12 @@ def test_every_long_running_service_restarts_and_has_a_health_check() -> None:
     flower_check = " ".join(SERVICES["flower"]["healthcheck"]["test"])
     assert "/healthcheck" in flower_check and "Authorization" in flower_check  # Flower's is behind auth
     assert "shared.localstack.flower" in " ".join(SERVICES["flower"]["command"])
+
+
+def test_health_checks_use_readyz_celery_ping_and_beats_schedule() -> None:
+    assert "/readyz" in " ".join(SERVICES["api"]["healthcheck"]["test"])
+    for name in ("worker", "worker-live", "events", "worker-gpu", "worker-gpu-live"):
+        check = " ".join(SERVICES[name]["healthcheck"]["test"])
+        assert "celery -A worker.celery_app:app inspect ping" in check, name
+    beat = " ".join(SERVICES["beat"]["healthcheck"]["test"])
+    assert "celerybeat-schedule" in beat and "-s" in SERVICES["beat"]["command"]

@@ -46,3 +46,20 @@ def test_the_api_listens_where_asked_and_beat_keeps_its_schedule_in_the_data_dir
     assert api[api.index("--host") + 1] == "127.0.0.1" and api[api.index("--port") + 1] == "8123"
     assert str(tmp_path / "celerybeat-schedule") in cmds["beat"]
     assert "--port=5566" in cmds["flower"]
+
+
+def test_up_warns_when_health_says_the_model_is_missing() -> None:
+    """`up` says "degraded (no model)" and why, from /health's model_status and model_error."""
+    import json
+
+    from shared.localstack.supervisor import _model_warning
+
+    missing = {
+        "status": "degraded",
+        "model_status": "missing",
+        "model_error": "no model at /x; run `make models`",
+    }
+    warning = _model_warning(json.dumps(missing))
+    assert warning is not None and "every job will fail" in warning and "make models" in warning
+    assert _model_warning(json.dumps({"status": "ok", "model_status": "ok"})) is None
+    assert _model_warning("not json") is None

@@ -1,6 +1,7 @@
 """The live worker's state cache (worker/streaming.py), unit-tested with a fake session store: the
 worker uses its own copy of a session's state only while the session's ``rev`` in Redis is the one
-it saved; any other ``rev`` (another worker advanced it) means the state is read again."""
+it saved; any other ``rev`` (another worker advanced it) means the state is read again, from the
+last checkpoint, and the journaled chunks since are replayed to the exact state that was lost."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class FakeStore:
     def __init__(self, fields: dict[str, bytes]) -> None:
         self.fields = fields
         self.state_reads = 0
+        self.journaled: dict[int, bytes] = {}
 
     def load_fields(self, sid: str, names: list[str]) -> dict[str, bytes]:
         if any(n.startswith("state") for n in names):
@@ -28,7 +30,10 @@ class FakeStore:
         return {n: self.fields[n] for n in names if n in self.fields}
 
     def chunk(self, sid: str, seq: int) -> bytes:
-        return b"\x00\x00" * 800
+        return self.journaled.get(seq, b"\x00\x00" * 800)
+
+    def journal(self, sid: str, start: int, stop: int) -> list[bytes | None]:
+        return [self.journaled.get(seq) for seq in range(start, stop)]
 
 
 @pytest.fixture
@@ -73,3 +78,45 @@ def test_the_cache_keeps_the_most_recent_sessions_only(recognizer: Any) -> None:
         streaming._remember(f"s{i}", b"r", [])
     assert len(streaming._states) == streaming.CACHED_SESSIONS
     assert "s0" not in streaming._states and f"s{streaming.CACHED_SESSIONS + 4}" in streaming._states
+
+
+def test_a_worker_without_the_states_replays_the_journal_from_the_checkpoint(
+    settings: Settings, recognizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from shared.dev.models.tones import synthesize
+
+    monkeypatch.setattr(streaming, "get_recognizer", lambda _: recognizer)
+    audio = synthesize(["привет мир", "как дела"])[0]
+    pieces = np.array_split(audio, 7)  # odd sizes, not whole 300 ms chunks
+    lost = recognizer.new_stream()  # what the dead worker had after pieces 0..5
+    closed = [p for piece in pieces[:6] for p in recognizer.feed(lost, piece)]
+    at_ckpt = recognizer.new_stream()  # the checkpoint after piece 0..1
+    recognizer.feed(at_ckpt, pieces[0])
+    recognizer.feed(at_ckpt, pieces[1])
+    fields = {
+        "ttl": b"300",
+        "next_seq": b"6",
+        "ckpt": b"2",
+        "ckpt_t": str(time.time()).encode(),
+        "ckpt_held": b"[]",
+        "options": Options().to_json().encode(),
+        "rev": b"theirs",
+        "state:0": at_ckpt.to_bytes(),
+    }
+    store = FakeStore(fields)
+    store.journaled = {seq: np.asarray(pieces[seq], "<i2").tobytes() for seq in range(2, 7)}
+    streaming._states.clear()
+    item = Item("sid-1", 6, "chunk", "nonce", time.time())
+    work = streaming.prepare(store, settings, item, "token")  # type: ignore[arg-type]
+    assert isinstance(work, streaming.Work) and not work.cached and len(work.replay) == 4
+    assert work.ckpt == 2
+    assert streaming.replay(store, settings, [work]) == [work]  # type: ignore[arg-type]
+    assert work.states[0].to_bytes() == lost.to_bytes()
+    assert closed, "the replayed pieces closed a phrase (dropped: it was answered already)"
+
+    del store.journaled[3]  # a chunk since the checkpoint is gone: the session cannot go on
+    streaming._states.clear()
+    answer = streaming.prepare(store, settings, item, "token")  # type: ignore[arg-type]
+    assert isinstance(answer, dict) and answer["error"]["code"] == "session_expired"

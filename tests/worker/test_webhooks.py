@@ -14,13 +14,14 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
+from functools import partial
 from typing import Any
 
 import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from tests.conftest import make_key, serving, start_worker, wait_for
+from tests.conftest import ROOT, make_key, serving, start_worker, wait_for
 
 Response = tuple[int, dict[str, str]]
 
@@ -108,14 +109,16 @@ def platform(servers: dict[str, str]) -> Iterator[str]:
         get_settings.cache_clear()
 
 
-def make_job(db: str, webhook_url: str, status: str = "completed", **fields: Any) -> tuple[str, str]:
-    """A finished job of tenant "webhook-tests" written straight into the DB: (job id, secret)."""
+def make_job(
+    db: str, webhook_url: str, status: str = "completed", tenant_name: str = "webhook-tests", **fields: Any
+) -> tuple[str, str]:
+    """A finished job of tenant ``tenant_name`` written straight into the DB: (job id, secret)."""
     from shared.db.models import Job
     from shared.db.session import session_scope
     from shared.platform.keys import get_or_create_tenant
 
     with session_scope(db) as session:
-        tenant = get_or_create_tenant(session, "webhook-tests")
+        tenant = get_or_create_tenant(session, tenant_name)
         job = Job(
             tenant_id=tenant.id,
             status=status,
@@ -198,6 +201,7 @@ def test_event_is_signed_and_recorded(platform: str, worker: Any, receiver: Rece
         "duration": 12.5,
         "error": None,
         "metadata": {"order": 7, "name": "звонок"},
+        "request_id": None,  # written straight into the DB: no request made it
         "links": {"self": f"/v1/jobs/{job_id}", "transcript": f"/v1/jobs/{job_id}/transcript"},
     }
     with pytest.raises(Exception, match="signature"):
@@ -524,3 +528,102 @@ def test_a_batch_lists_its_deliveries_and_sends_its_event_again_on_request(
         f"{base}/redeliver", headers={"Authorization": f"Bearer {make_key(servers, 'hooks-other')}"}
     )
     assert other.status_code == 404
+
+
+def test_the_secret_over_the_api_and_the_cli_and_its_rotation_signs_with_both_during_the_grace(
+    platform: str, servers: dict[str, str], api: Any, worker: Any, receiver: Receiver
+) -> None:
+    """GET /v1/webhooks/secret is the secret deliveries are signed with; after a rotation deliveries
+    carry both signatures (each verifies with the standardwebhooks library) until the grace ends;
+    ``tone-platform keys secret`` prints and rotates the same secret."""
+    import subprocess
+    import sys
+
+    from shared.queue import enqueue_webhook
+
+    tenant = f"rotation-{uuid.uuid4().hex[:6]}"
+    headers = {"Authorization": f"Bearer {make_key(servers, tenant)}"}
+    assert httpx.get(f"{api.url}/v1/webhooks/secret", timeout=10).status_code == 401
+
+    def deliver() -> dict[str, Any]:
+        url = receiver.script((200, {}))
+        job_id, _ = make_job(platform, url, tenant_name=tenant)
+        enqueue_webhook(job_id, "job.completed")
+        return wait_requests(receiver, url, 1)[0]
+
+    first = httpx.get(f"{api.url}/v1/webhooks/secret", headers=headers, timeout=10).json()
+    s0 = first["secret"]
+    assert s0.startswith("whsec_") and first["previous_secret_expires_at"] is None
+    got = deliver()
+    assert Webhook(s0).verify(got["body"], got["headers"])["type"] == "job.completed"
+    assert len(got["headers"]["webhook-signature"].split()) == 1
+
+    rotated = httpx.post(f"{api.url}/v1/webhooks/secret/rotate", headers=headers, timeout=10).json()
+    s1 = rotated["secret"]
+    assert s1.startswith("whsec_") and s1 != s0
+    until = datetime.fromisoformat(rotated["previous_secret_expires_at"].replace("Z", "+00:00"))
+    assert abs((until - datetime.now(timezone.utc)).total_seconds() - 24 * 3600) < 120
+    assert httpx.get(f"{api.url}/v1/webhooks/secret", headers=headers, timeout=10).json()["secret"] == s1
+    got = deliver()
+    assert len(got["headers"]["webhook-signature"].split()) == 2
+    for secret in (s0, s1):  # a receiver still on the old secret and one on the new both verify
+        assert Webhook(secret).verify(got["body"], got["headers"])["data"]["status"] == "completed"
+
+    again = httpx.post(
+        f"{api.url}/v1/webhooks/secret/rotate", params={"grace_hours": 0}, headers=headers, timeout=10
+    ).json()
+    s2 = again["secret"]
+    assert again["previous_secret_expires_at"] is None
+    got = deliver()
+    assert Webhook(s2).verify(got["body"], got["headers"])
+    for old in (s0, s1):
+        with pytest.raises(Exception, match="signature"):
+            Webhook(old).verify(got["body"], got["headers"])
+    bad = httpx.post(
+        f"{api.url}/v1/webhooks/secret/rotate", params={"grace_hours": -1}, headers=headers, timeout=10
+    )
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
+
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TONE_") and k != "DATABASE_URL"}
+    env.update(DATABASE_URL=servers["DATABASE_URL"], TONE_DATA_DIR=servers["root"])
+    cli = [sys.executable, "-m", "shared.cli.main", "keys", "secret", "--tenant"]
+    run = partial(subprocess.run, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = run([*cli, tenant])
+    assert (out.returncode, out.stdout.strip()) == (0, s2), out.stderr
+    out = run([*cli, tenant, "--rotate"])
+    assert out.returncode == 0 and out.stdout.strip().startswith("whsec_"), out.stderr
+    assert out.stdout.strip() != s2 and "previous secret also signs" in out.stderr
+    assert httpx.get(f"{api.url}/v1/webhooks/secret", headers=headers, timeout=10).json()["secret"] == (
+        out.stdout.strip()
+    )
+    out = run([*cli, "no-such-tenant"])
+    assert out.returncode == 1 and "no tenant" in out.stderr
+
+
+def test_a_request_id_goes_from_the_api_into_the_workers_lines_and_the_webhook(
+    platform: str, servers: dict[str, str], api: Any, worker: Any, receiver: Receiver, tmp_path: Any
+) -> None:
+    import soundfile as sf
+
+    from shared.dev.models.tones import synthesize
+
+    wav = tmp_path / "hello.wav"
+    sf.write(wav, synthesize(["привет мир"])[0], 8000, subtype="PCM_16")
+    headers = {"Authorization": f"Bearer {make_key(servers, 'request-ids')}", "X-Request-ID": "call-4711.a"}
+    url = receiver.script((200, {}))
+    with wav.open("rb") as f:
+        got = httpx.post(
+            f"{api.url}/v1/jobs", headers=headers, files={"file": f}, data={"webhook_url": url}, timeout=30
+        )
+    assert got.status_code == 202 and got.headers["X-Request-ID"] == "call-4711.a"
+    job = got.json()
+    assert job["request_id"] == "call-4711.a" and "request_id" not in job["options"]
+    [request] = wait_requests(receiver, url, 1, timeout=60)
+    assert json.loads(request["body"])["data"]["request_id"] == "call-4711.a"
+    lines = [line for line in worker.log.read_text().splitlines() if f"job={job['id']}" in line]
+    assert lines and all("request_id=call-4711.a" in line for line in lines), lines
+
+    made = httpx.get(f"{api.url}/livez", headers={"X-Request-ID": "bad id with spaces"})
+    assert made.headers["X-Request-ID"].startswith("req_")  # refused as given: a new one is made

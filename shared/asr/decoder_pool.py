@@ -1,0 +1,73 @@
+"""Decoding off the model's critical path: closed phrases go to a pool of decoder processes.
+
+pyctcdecode's beam search (beam 200, with KenLM) takes 16 ms to seconds per phrase; run inside
+``Recognizer.step`` it stalls every stream of the batch. With a :class:`DecoderPool`, the
+recognizer hands each closed phrase's logprobs to a process of the pool and goes on with the next
+model step; ``Recognizer.advance`` collects the answers at its end, in the order the phrases
+closed, so transcripts are the same as decoding inline. Processes (not threads): beam search is
+Python and holds the GIL, and processes use every core. Each process builds its own decoders
+(the language model loaded once per process).
+
+The standard library's ``ProcessPoolExecutor`` does the work (queues, a dead process breaking the
+pool instead of hanging); processes are started with ``spawn`` so that a pool inside a process
+that holds ONNX Runtime's threads is safe.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+from .decoder import BeamSearchDecoder, Decoder, GreedyDecoder, to_phrase
+from .splitter import RawPhrase
+from .types import Phrase
+
+_decoders: dict[str, Decoder] = {}
+_lm_path: str | None = None
+
+
+def _init(lm_path: str | None) -> None:
+    global _lm_path
+    _lm_path = lm_path
+    _decoders.clear()
+    _decoders["greedy"] = GreedyDecoder()
+
+
+def _decode(name: str, raw: RawPhrase, channel: int) -> Phrase | None:
+    dec = _decoders.get(name)
+    if dec is None:
+        dec = _decoders[name] = BeamSearchDecoder(_lm_path)
+    return to_phrase(dec, raw, channel)
+
+
+def _warm(name: str) -> bool:
+    """Build the decoder (load the LM) in a pool process before the first phrase needs it."""
+    if name not in _decoders:
+        _decoders[name] = BeamSearchDecoder(_lm_path)
+    return True
+
+
+class DecoderPool:
+    """``workers`` decoder processes; ``submit`` returns a Future of the phrase (None when empty)."""
+
+    def __init__(self, workers: int, lm_path: str | Path | None = None) -> None:
+        if workers < 1:
+            raise ValueError("a decoder pool needs at least one worker")
+        self.workers = workers
+        self.lm_path = str(lm_path) if lm_path else None
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_init,
+            initargs=(self.lm_path,),
+        )
+        # the processes load the beam decoder now, not when the first phrase is waiting for it
+        for f in [self._pool.submit(_warm, "beam") for _ in range(workers)]:
+            f.result()
+
+    def submit(self, decoder: str, raw: RawPhrase, channel: int) -> Future[Phrase | None]:
+        return self._pool.submit(_decode, decoder, raw, channel)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,81 @@
+"""The StateBank: state rows kept in preallocated buffers between steps (ORT I/O binding).
+
+Every step is checked against the plain way (stack the rows, ``session.run``, take ``state_next``)
+while streams join, leave, change order and are read or overwritten from outside, with numpy views
+of the rows (the CPU) and without them (the device path, as on CUDA, run here on the CPU).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from shared.asr.engine import Recognizer
+from shared.asr.state_bank import StateBank
+from shared.asr.stream import StreamState
+from shared.asr.types import CHUNK_SAMPLES, STATE_SIZE
+from shared.dev.models.tones import synthesize
+
+
+@pytest.mark.parametrize("host_views", [True, False], ids=["cpu-views", "device-path"])
+def test_bank_steps_equal_plain_session_runs(recognizer: Recognizer, host_views: bool) -> None:
+    session = recognizer.model.session
+    bank = StateBank(session, "cpu", host_views=host_views)
+    rnd = random.Random(3)
+    audio, _ = synthesize(["абв где ёжз", "ийк лмн", "опр сту фхц"])
+    streams = [StreamState() for _ in range(7)]
+    plain = {id(s): np.zeros(STATE_SIZE, np.float16) for s in streams}
+    pos = {id(s): rnd.randrange(0, 40) for s in streams}
+    for step in range(60):
+        batch = rnd.sample(streams, rnd.randint(1, len(streams)))
+        if step % 7 == 3:  # the same set again, in the same order: the in-place path
+            batch = list(bank.rows) or batch
+        chunks = []
+        for s in batch:
+            k = pos[id(s)] % (len(audio) // CHUNK_SAMPLES)
+            chunks.append(audio[k * CHUNK_SAMPLES : (k + 1) * CHUNK_SAMPLES])
+            pos[id(s)] += 1
+        signal = np.stack(chunks).astype(np.int32)[..., None]
+        want_lp, want_state = session.run(
+            ["logprobs", "state_next"], {"signal": signal, "state": np.stack([plain[id(s)] for s in batch])}
+        )
+        got_lp = bank.step(batch, signal.copy())
+        assert np.array_equal(got_lp, want_lp)
+        for s, row in zip(batch, want_state):
+            plain[id(s)] = row
+        probe = rnd.choice(streams)
+        if step % 5 == 0:  # read from outside: equal to the plain state (on a device: brought home)
+            assert np.array_equal(probe.model_state, plain[id(probe)])
+        if step % 11 == 0:  # overwritten from outside: the next step must use the new row
+            probe.model_state = np.full(STATE_SIZE, 0.5, np.float16)
+            plain[id(probe)] = probe.model_state.copy()
+    for s in streams:
+        assert np.array_equal(s.model_state, plain[id(s)])
+    assert bank.gathers < 60  # the in-place path was taken at times
+
+
+def test_model_state_views_write_through_on_the_cpu(recognizer: Recognizer) -> None:
+    bank = StateBank(recognizer.model.session, "cpu")
+    s = StreamState()
+    signal = np.zeros((1, CHUNK_SAMPLES, 1), np.int32)
+    bank.step([s], signal)
+    assert s._slot is not None
+    s.model_state[:5] = 7  # a view of its row in the bank
+    assert np.all(bank.host_view(0)[:5] == 7)
+    blob = s.to_bytes()
+    assert np.array_equal(StreamState.from_bytes(blob).model_state, s.model_state)
+
+
+def test_bank_grows_and_keeps_rows(recognizer: Recognizer) -> None:
+    bank = StateBank(recognizer.model.session, "cpu", host_views=False)
+    streams = [StreamState() for _ in range(20)]
+    for i, s in enumerate(streams):
+        s.model_state = np.full(STATE_SIZE, i, np.float16)
+    signal = np.zeros((20, CHUNK_SAMPLES, 1), np.int32)
+    bank.step(streams[:3], signal[:3])
+    before = [s.model_state[-1] for s in streams[:3]]  # the tone model passes the tail through
+    bank.step(streams, signal)  # 20 > 8 rows: the bank grows
+    assert bank.capacity >= 20
+    assert [s.model_state[-1] for s in streams] == [*before, *range(3, 20)]
