@@ -7,10 +7,32 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from api.jsonbody import check_metadata
 from shared.platform.statuses import BatchStatus, JobStatus
 from shared.text.options import OPTION_NAMES, TextOptionError, TextOptions, parse_text_options
+
+MAX_URL_LENGTH = 2048
+
+
+def http_url(value: str | None, field: str) -> str | None:
+    """An absolute http(s) URL of at most ``MAX_URL_LENGTH`` characters (``file:``, ``javascript:``
+    and the like are refused at the door); the SSRF guard checks its address separately."""
+    if value is None:
+        return None
+    value = value.strip()
+    if len(value) > MAX_URL_LENGTH:
+        raise ValueError(f"{field} may hold at most {MAX_URL_LENGTH} characters")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (a bad port raises)
+    except ValueError:
+        raise ValueError(f"{field} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{field} must be an absolute http or https URL")
+    return value
+
 
 Channels = Literal["mix", "split"]
 Decoder = Literal["auto", "greedy", "beam"]
@@ -62,8 +84,20 @@ class JobOptions(TextFields):
     channels: Channels = Field("mix", description="mix: average the channels; split: one stream per channel")
     decoder: Decoder = Field("auto", description="greedy, beam, or auto (beam with an LM when present)")
     webhook_url: str | None = Field(None, description="POSTed a signed event when the job ends")
-    metadata: dict[str, Any] | None = Field(None, description="any JSON object, returned as is")
+    metadata: dict[str, Any] | None = Field(
+        None, description="any JSON object, returned as is (at most 16 KiB as JSON, 32 levels deep)"
+    )
     priority: int = Field(5, ge=0, le=9, description="0 (lowest) .. 9 (highest)")
+
+    @field_validator("audio_url", "webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return http_url(value, str(info.field_name))
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_metadata(value)
 
 
 def validated_options(model: type[_M], fields: dict[str, Any]) -> _M:
@@ -326,7 +360,7 @@ class HealthOut(BaseModel):
             "examples": [
                 {
                     "status": "ok",
-                    "model": "/models/t-one",
+                    "model": "t-one",
                     "model_status": "ok",
                     "model_error": None,
                     "database": "ok",
@@ -338,17 +372,19 @@ class HealthOut(BaseModel):
         }
     )
 
+    """Anonymous callers get ``status`` alone; the rest needs an API key or the scrape token."""
+
     status: Literal["ok", "degraded", "unavailable"]
-    model: str
-    model_status: Literal["ok", "missing", "error"] = Field(
-        "ok", description="missing: no model files; error: a worker could not load it (status is degraded)"
+    model: str | None = Field(None, description="the model's name (never its path)")
+    model_status: Literal["ok", "missing", "error"] | None = Field(
+        None, description="missing: no model files; error: a worker could not load it (status is degraded)"
     )
     model_error: str | None = Field(None, description="why, and how to get a model")
-    database: str
-    broker: str
-    workers: int
-    queues: dict[str, int] = Field(
-        default_factory=dict,
+    database: str | None = None
+    broker: str | None = None
+    workers: int | None = None
+    queues: dict[str, int] | None = Field(
+        None,
         description="workers reading each queue this API sends to: transcription, live, events "
         "(status is degraded while one has none)",
     )
@@ -430,12 +466,7 @@ class BatchOptions(TextFields):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         """A plain format check here; the SSRF guard checks the address on every delivery."""
-        if value is None:
-            return None
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("webhook_url must be an absolute http or https URL")
-        return value.strip()
+        return http_url(value, "webhook_url")
 
 
 class BatchItemIn(BaseModel):
@@ -446,6 +477,11 @@ class BatchItemIn(BaseModel):
     name: str | None = Field(
         None, max_length=500, description="the item's name (a relative path); default: from the URL"
     )
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_metadata(value)
 
 
 class BatchRequest(BatchOptions):

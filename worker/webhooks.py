@@ -12,8 +12,15 @@ receiver's ``Retry-After`` (429/503) when that is longer:
   unacked messages after its visibility timeout of an hour, so longer countdowns would run twice);
 - longer ones are only stored as the row's ``next_attempt_at``; the beat task
   ``tone.webhook_due`` sends the attempts that are due (and those whose countdown message was
-  lost). A short-lived Redis claim per (event, attempt) keeps it from sending one twice, and the
-  task skips an attempt that is already recorded.
+  lost). A Redis claim per scheduled (event, attempt) keeps beat from dispatching it again while
+  its countdown message is pending (until it is due plus ``CLAIM_GRACE_SECONDS``): an attempt
+  whose message died with its worker goes out at most that plus beat's sweep interval late.
+
+Whoever sends an attempt (the worker's task, beat's resend, a redelivered message) first takes its
+*send lock*: a Redis key of ``SEND_LOCK_SECONDS`` renewed every few seconds while the attempt runs,
+so it expires with its holder; a killed holder's attempt is sent again by the next task within
+seconds. Under the lock the task skips an attempt that is already recorded, so one is never sent
+twice.
 
 Only 2xx is success; a 3xx is not followed (a failure, retried); 410 Gone stops; a URL that the
 guard refuses (url_forbidden, invalid_url) stops at once. All attempts of one event share its
@@ -25,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -64,7 +72,9 @@ MAX_ATTEMPTS = len(SCHEDULE)
 JITTER = 0.10
 COUNTDOWN_MAX_SECONDS = 45 * 60  # under Redis' visibility timeout (3600 s) with margin
 RETRY_AFTER_MAX_SECONDS = 24 * 3600
-CLAIM_GRACE_SECONDS = 15 * 60  # a dispatched attempt not recorded by then is sent again
+CLAIM_GRACE_SECONDS = 30  # a dispatched attempt not started this long after it was due is sent again
+SEND_LOCK_SECONDS = 20  # an attempt's send lock outlives its holder by at most this
+SEND_LOCK_RENEW_SECONDS = 5
 DUE_BATCH = 500
 # a final event with no delivery row this long after the job or batch ended lost its first message
 # (the broker restarted, or was down when the job ended): beat sends it, for a day
@@ -214,6 +224,47 @@ def _claim(event_id: str, attempt: int, ttl_seconds: float) -> bool:
         return True
 
 
+class SendLock:
+    """The lock on sending one attempt of one event: ``SEND_LOCK_SECONDS`` in Redis, renewed by a
+    thread every ``SEND_LOCK_RENEW_SECONDS`` until released, so it dies with its holder. Redis
+    trouble: taken (sending twice under one webhook-id beats never sending)."""
+
+    def __init__(self, event_id: str, attempt: int) -> None:
+        self.key = f"tone:webhook:sending:{event_id}:{attempt}"
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        try:
+            if not _redis().set(self.key, self.token, nx=True, ex=SEND_LOCK_SECONDS):
+                return False
+        except Exception:
+            log.warning("webhook send lock %s: Redis failed, sending anyway", self.key, exc_info=True)
+            return True
+        self._thread = threading.Thread(target=self._renew, name="webhook-lock", daemon=True)
+        self._thread.start()
+        return True
+
+    def _renew(self) -> None:
+        while not self._stop.wait(SEND_LOCK_RENEW_SECONDS):
+            try:
+                _redis().set(self.key, self.token, xx=True, ex=SEND_LOCK_SECONDS)
+            except Exception:
+                log.warning("webhook send lock %s: renewal failed", self.key, exc_info=True)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(SEND_LOCK_RENEW_SECONDS + 1)
+            try:
+                client = _redis()
+                if client.get(self.key) == self.token.encode():
+                    client.delete(self.key)
+            except Exception:
+                log.warning("webhook send lock %s: release failed (it expires)", self.key, exc_info=True)
+
+
 def _send_attempt(
     subject_id: str, event_type: str, attempt: int, event_id: str, queue: str, countdown: float
 ) -> None:
@@ -359,21 +410,25 @@ def deliver(
     settings = get_settings()
     if event_id is None:  # the final event's first attempt: one per subject, whoever sent the task
         event_id = first_event_id(subject_id, event_type)
-        if not _claim(event_id, attempt, MISSING_WINDOW.total_seconds()):
-            log.info("webhook %s attempt %d is already being sent", event_id, attempt)
-            return "duplicate"
-    with session_scope(settings.database_url) as session:
-        event = _prepare(session, subject_id, event_type, event_id, attempt)
-    if isinstance(event, str):
-        return event
+    lock = SendLock(event_id, attempt)
+    if not lock.acquire():
+        log.info("webhook %s attempt %d is being sent by another task", event_id, attempt)
+        return "duplicate"
+    try:
+        with session_scope(settings.database_url) as session:
+            event = _prepare(session, subject_id, event_type, event_id, attempt)
+        if isinstance(event, str):
+            return event
 
-    out = _post(event, settings)
-    delay = None if out.success or out.final else next_delay(attempt, out.status_code, out.headers)
-    if delay is None and not out.success and not out.final:
-        out.error = f"{out.error}; gave up after {attempt} attempts"
-    next_at = _now() + timedelta(seconds=delay) if delay is not None else None
-    if not _record(event, out, next_at, settings):
-        return f"{event.what}_missing"
+        out = _post(event, settings)
+        delay = None if out.success or out.final else next_delay(attempt, out.status_code, out.headers)
+        if delay is None and not out.success and not out.final:
+            out.error = f"{out.error}; gave up after {attempt} attempts"
+        next_at = _now() + timedelta(seconds=delay) if delay is not None else None
+        if not _record(event, out, next_at, settings):
+            return f"{event.what}_missing"
+    finally:
+        lock.release()
     outcome = "delivered" if out.success else (out.error or "failed")
     log.info(
         "webhook %s attempt %d for %s %s to %s: %s",

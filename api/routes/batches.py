@@ -3,7 +3,6 @@ list batches, watch one, list its items, cancel it, get its results (jsonl, csv 
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
@@ -18,6 +17,8 @@ from starlette.datastructures import UploadFile
 
 from api.deps import Caller, CallerDep, DbDep, SettingsDep
 from api.errors import ERRORS, ApiError
+from api.jsonbody import MANIFEST_LIMIT
+from api.jsonbody import loads as json_loads
 from api.schemas import (
     BatchCancelOut,
     BatchItems,
@@ -43,7 +44,6 @@ from shared.platform.settings import Settings
 from shared.text.options import OPTION_NAMES
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
-MANIFEST_LIMIT = 32 * 1024 * 1024  # a JSON body: 10 000 items with metadata fit easily
 _FORM_FIELDS = ("name", "webhook_url", "channels", "decoder", "priority", "item_webhooks", *OPTION_NAMES)
 _MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8", "zip": "application/zip"}
 _STREAMS = {"jsonl": results_svc.stream_jsonl, "csv": results_svc.stream_csv, "zip": results_svc.stream_zip}
@@ -98,10 +98,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
         raw += chunk
         if len(raw) > MANIFEST_LIMIT:
             raise ApiError(413, "body_too_large", f"a JSON body may hold at most {MANIFEST_LIMIT} bytes")
-    try:
-        body = json.loads(bytes(raw))
-    except ValueError:
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    body = json_loads(bytes(raw))
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_request", "the JSON body must be an object")
     return body

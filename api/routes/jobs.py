@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +16,8 @@ from starlette.datastructures import FormData, UploadFile
 
 from api.deps import CallerDep, DbDep, SettingsDep
 from api.errors import ERRORS, ApiError
+from api.jsonbody import JSON_LIMIT
+from api.jsonbody import loads as json_loads
 from api.schemas import (
     DeliveryList,
     ErrorResponse,
@@ -31,10 +32,10 @@ from api.schemas import (
 from api.services import jobs as svc
 from api.services import playback
 from shared.asr.formats import TranscriptFormat
+from shared.errors import CodedError
 from shared.platform.statuses import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-JSON_LIMIT = 1024 * 1024
 
 _UPLOAD_FIELDS = {
     "channels": {"type": "string", "enum": ["mix", "split"], "default": "mix"},
@@ -84,8 +85,10 @@ def _form_fields(form: FormData) -> dict[str, Any]:
     fields: dict[str, Any] = {k: v for k, v in form.multi_items() if k != "file" and isinstance(v, str)}
     if "metadata" in fields:
         try:
-            fields["metadata"] = json.loads(fields["metadata"])
-        except json.JSONDecodeError:
+            fields["metadata"] = json_loads(fields["metadata"])
+        except CodedError as exc:
+            if exc.code != "invalid_json":
+                raise
             raise ApiError(422, "invalid_request", "metadata must be a JSON object (as a string)") from None
     return fields
 
@@ -103,10 +106,7 @@ async def _small_body(request: Request) -> bytes:
 async def _read_request(request: Request) -> tuple[dict[str, Any], UploadFile | None]:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
-        try:
-            body = json.loads(await _small_body(request))
-        except ValueError:
-            raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        body = json_loads(await _small_body(request))
         if not isinstance(body, dict):
             raise ApiError(422, "invalid_request", "the JSON body must be an object")
         return body, None
@@ -148,7 +148,9 @@ async def submit_job(
         if (upload is None) == (options.audio_url is None):
             raise ApiError(422, "invalid_request", "send exactly one of file and audio_url")
         if options.audio_url is not None:
-            options = options.model_copy(update={"audio_url": svc.validate_audio_url(options.audio_url)})
+            url = svc.validate_audio_url(options.audio_url)
+            await run_in_threadpool(svc.check_audio_url_address, url, settings)
+            options = options.model_copy(update={"audio_url": url})
             new = svc.NewJob(options, idempotency_key=idempotency_key)
         else:
             assert upload is not None

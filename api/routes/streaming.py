@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import CallerDep, RedisDep, SettingsDep
 from api.errors import ERRORS, ApiError
+from api.jsonbody import loads as json_loads
 from api.schemas import ErrorResponse
 from api.services import live
 from shared.asr.types import SAMPLE_RATE
@@ -59,7 +60,7 @@ def _job_options(raw: dict[str, Any]) -> dict[str, Any] | None:
     ):
         raise ValueError("webhook_url must be an http(s) URL")
     if isinstance(metadata, str):
-        metadata = json.loads(metadata) if metadata.strip() else None
+        metadata = json_loads(metadata) if metadata.strip() else None
     if metadata is not None and not isinstance(metadata, dict):
         raise ValueError("metadata must be a JSON object")
     if not keep:
@@ -86,7 +87,7 @@ async def start(request: Request, caller: CallerDep, settings: SettingsDep, clie
     try:
         if content_type.startswith("application/json"):
             body = await request.body()
-            raw = json.loads(body) if body.strip() else {}
+            raw = json_loads(body) if body.strip() else {}
             if not isinstance(raw, dict):
                 raise ValueError("a JSON object is expected")
         elif content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):

@@ -156,6 +156,19 @@ def validate_audio_url(url: str) -> str:
     return url.strip()
 
 
+def check_audio_url_address(url: str, settings: Settings) -> None:
+    """400 ``url_not_allowed`` for an ``audio_url`` whose host is a non-public address (unless
+    TONE_ALLOW_PRIVATE_URLS), as manifests are checked; a host that does not resolve now is left to
+    the worker (DNS may be back by then), which checks again on the address it connects to."""
+    from shared.platform.netguard import UrlError, check_url
+
+    try:
+        check_url(url, allow_private=settings.allow_private_urls)
+    except UrlError as exc:
+        if exc.code == "url_forbidden":  # the manifests' code for it (400)
+            raise UrlError("url_not_allowed", f"audio_url: {exc.message}") from None
+
+
 # -- create -----------------------------------------------------------------------------------------
 
 

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 1024 * 1024 * 1024  # 1 GiB
     max_audio_seconds: float = 4 * 3600.0
     rate_limit_per_minute: int = 600  # requests per API key per minute (Redis counters)
+    auth_failures_per_minute: int = 30  # wrong API keys per client address per minute, then 429
+    scrape_token: str | None = None  # shows /health's details to monitoring without an API key
     batch_max_entries: int = 10000  # entries in one batch archive
     batch_max_total_bytes: int = 20 * 1024**3  # uncompressed bytes of one batch archive
     batch_root: Path | None = None  # TONE_BATCH_ROOT: server folder whose subfolders batches may read
@@ -82,6 +84,8 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = 10.0
     webhook_secret_grace_hours: float = 24.0  # after a rotation, the old secret also signs this long
     url_download_timeout_seconds: float = 60.0
+    url_download_deadline_seconds: float = 1800.0  # a whole audio_url download
+    url_download_min_bytes_per_second: float = 16384.0  # on average, after the first 10 s (0: any)
     idempotency_hours: float = 24.0
     retention_days: float | None = None  # jobs, transcripts and batches ended longer ago are deleted
     audio_retention_days: float | None = None  # stored audio of ended jobs is deleted (transcripts stay)

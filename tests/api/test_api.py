@@ -298,13 +298,13 @@ def test_every_bad_file_given_by_url_ends_as_a_failed_job_with_an_audio_error_co
 
 
 def test_health_reports_database_broker_and_workers_and_root_describes_the_service(
-    api: Proc, worker: Proc
+    api: Proc, worker: Proc, api_key: str
 ) -> None:
-    health = httpx.get(f"{api.url}/health", timeout=5)
+    health = httpx.get(f"{api.url}/health", headers=auth(api_key), timeout=5)
     assert health.status_code == 200
     body = health.json()
     assert body["status"] == "ok" and body["database"] == "ok" and body["broker"] == "ok"
-    assert body["workers"] >= 1 and body["model"]
+    assert body["workers"] >= 1 and body["model"] and "/" not in body["model"]  # a name, not a path
     assert set(body["queues"]) == {"cpu", "cpu.live", "events"} and min(body["queues"].values()) >= 1
     assert httpx.get(f"{api.url}/livez").json() == {"status": "ok"}
     ready = httpx.get(f"{api.url}/readyz", timeout=5)
