@@ -11,7 +11,7 @@ from typing import Any
 
 from shared.asr.errors import ToneError
 from shared.asr.formats import FORMATS, render
-from shared.asr.types import SAMPLE_RATE, Phrase, Word
+from shared.asr.types import LABELS, SAMPLE_RATE, Phrase, Word
 
 EXIT_USAGE = 2  # bad arguments (argparse's own code)
 EXIT_MODEL = 3  # no model, or one that breaks T-one's contract
@@ -56,7 +56,12 @@ def _text_options(args: argparse.Namespace) -> Any:
 
     try:
         return parse_text_options(
-            {"normalize": args.normalize, "redact": args.redact, "replacements": args.replacements}
+            {
+                "normalize": args.normalize,
+                "redact": args.redact,
+                "replacements": args.replacements,
+                "vocabulary": [w for w in (args.vocabulary or "").split(",") if w.strip()] or None,
+            }
         )
     except TextOptionError as exc:
         print(f"tone-platform: {exc.message} [{exc.code}]", file=sys.stderr)
@@ -105,6 +110,16 @@ def _fail(name: str, exc: Exception, args: argparse.Namespace) -> None:
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
     args.text_options = _text_options(args)
+    hotwords = args.text_options.hotwords(LABELS)
+    decoder = None
+    if hotwords:  # a vocabulary is boosted by beam search (with the LM when there is one, else alone)
+        if args.decoder == "greedy":
+            print(
+                "tone-platform: --vocabulary needs beam search: --decoder beam or auto [invalid_vocabulary]",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        decoder = "beam"
     rec = _load(args)
     limits = {"max_duration": args.max_duration, "max_bytes": args.max_bytes}
     many = len(args.files) > 1
@@ -118,7 +133,13 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         errors: dict[int, Exception] = {}
         next_out = 0
         for index, transcript in rec.transcribe_many(
-            args.files, batch=args.batch, channels=args.channels, on_error=errors.__setitem__, **limits
+            args.files,
+            batch=args.batch,
+            channels=args.channels,
+            decoder=decoder,
+            on_error=errors.__setitem__,
+            hotwords=hotwords,
+            **limits,
         ):
             results[index] = transcript
             while next_out in results or next_out in errors:  # print in the order given
@@ -141,6 +162,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             transcript = rec.transcribe_file(
                 name,
                 channels=args.channels,
+                decoder=decoder,
+                hotwords=hotwords,
                 stream_chunk_samples=chunk,
                 progress=(lambda s, b=bar: b.update(round(s, 1) - b.n)) if bar else None,
                 **limits,
@@ -236,6 +259,8 @@ def register(sub: Any) -> None:
                    help="digits in display (default); --no-normalize: the spoken words")  # fmt: skip
     p.add_argument("--redact", metavar="LIST", default=None,
                    help="mask in display: card,phone,passport,inn,snils,email,profanity")  # fmt: skip
+    p.add_argument("--vocabulary", metavar="LIST", default=None,
+                   help="comma-separated hot words for beam search, e.g. Тинькофф,ипотека")  # fmt: skip
     p.add_argument("--replacements", metavar="JSON", default=None,
                    help='spellings to rewrite in display, e.g. \'{"тинькоф": "Тинькофф"}\'')  # fmt: skip
     p.add_argument("--max-duration", type=float, default=None, metavar="SECONDS")

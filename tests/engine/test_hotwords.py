@@ -56,3 +56,29 @@ def test_greedy_streams_ignore_hot_words(tone_model: Path) -> None:
     stream_plain = rec.new_stream(decoder="greedy")
     a, b = rec.advance([(stream, ambiguous_audio(), True), (stream_plain, ambiguous_audio(), True)])
     assert [p.text for p in a] == [p.text for p in b]
+
+
+def test_the_cli_vocabulary_makes_a_listed_word_win_in_files_alone_and_together(
+    tone_model: Path, tmp_path: Path
+) -> None:
+    import json
+
+    import soundfile as sf
+
+    from tests.engine.test_cli import run_cli
+
+    path = tmp_path / "mir.wav"
+    sf.write(path, leaning_to_mir(), 8000, subtype="PCM_16")
+    other = tmp_path / "clear.wav"
+    sf.write(other, synthesize(["привет"])[0], 8000, subtype="PCM_16")
+
+    def texts(*args: object) -> list[str]:
+        out = run_cli("transcribe", path, other, "--model", tone_model, "--format", "json", *args)
+        assert out.returncode == 0, out.stderr
+        return [" ".join(p["text"] for p in json.loads(line)["phrases"]) for line in out.stdout.splitlines()]
+
+    assert texts("--decoder", "beam") == ["мир", "привет"]
+    assert texts("--vocabulary", "мар") == ["мар", "привет"]  # batched: transcribe_many
+    assert texts("--vocabulary", "мар", "--batch", "1") == ["мар", "привет"]  # one file at a time
+    bad = run_cli("transcribe", path, "--model", tone_model, "--vocabulary", "мар", "--decoder", "greedy")
+    assert bad.returncode == 2 and "[invalid_vocabulary]" in bad.stderr
