@@ -68,6 +68,7 @@ from shared.text.display import display_phrases
 from shared.text.options import TextOptions
 from worker.celery_app import app
 from worker.jobs import get_recognizer
+from worker.resampler import LiveResampler
 
 log = logging.getLogger("tone.worker.stream")
 
@@ -78,12 +79,14 @@ CACHED_SESSIONS = 256  # states a worker process keeps after saving them (see th
 SMALL_FIELDS = ["ttl", "next_seq", "final", "finished", "options", "held", "rev", "ckpt", "ckpt_t", "phrases"]
 CHECKPOINT_PIECES = 32  # at most this many pieces between two checkpoints (bounds a replay)
 IDLE_SECONDS = 1.0  # a run waits this long for the next item before it ends
-# sid -> (rev, states): an optimisation only; Redis is the truth (a stale rev means "read it")
-_states: OrderedDict[str, tuple[bytes, list[StreamState]]] = OrderedDict()
+# sid -> (rev, states, resampler): an optimisation only; Redis is the truth (a stale rev: read it)
+_states: OrderedDict[str, tuple[bytes, list[StreamState], LiveResampler | None]] = OrderedDict()
 
 
-def _remember(sid: str, rev: bytes, states: list[StreamState]) -> None:
-    _states[sid] = (rev, states)
+def _remember(
+    sid: str, rev: bytes, states: list[StreamState], resampler: LiveResampler | None = None
+) -> None:
+    _states[sid] = (rev, states, resampler)
     _states.move_to_end(sid)
     while len(_states) > CACHED_SESSIONS:
         _states.popitem(last=False)
@@ -113,10 +116,21 @@ def stream_count(options: Options) -> int:
     return 2 if options.channels == 2 else 1
 
 
-def decode_chunk(data: bytes, options: Options) -> np.ndarray:
+def new_resampler(options: Options) -> LiveResampler | None:
+    """The session's resampler: raw audio at another rate than 8 kHz is resampled with state."""
+    return (
+        None
+        if options.sample_rate == SAMPLE_RATE
+        else LiveResampler(options.sample_rate, stream_count(options))
+    )
+
+
+def decode_chunk(data: bytes, options: Options, resampler: LiveResampler | None = None) -> np.ndarray:
     """A chunk's audio as int16 at 8 kHz shaped (n, streams): a WAV (or FLAC/Ogg) piece, else raw
     (interleaved) samples in the session's encoding, channels and rate. A stereo session's two
-    channels are kept apart; other multi-channel audio is averaged."""
+    channels are kept apart; other multi-channel audio is averaged. Raw audio at another rate goes
+    through the session's ``resampler`` (its state carried from piece to piece; the output lags
+    the input by a few ms until the session's end)."""
     count = stream_count(options)
     if data[:4] in CONTAINER_MAGIC:
         try:
@@ -129,6 +143,8 @@ def decode_chunk(data: bytes, options: Options) -> np.ndarray:
     samples = decode_raw(data, encoding=options.encoding, channels=options.channels)  # type: ignore[arg-type]
     if samples.shape[1] > count:
         samples = np.round(samples.astype(np.float64).mean(axis=1, keepdims=True)).astype(np.int16)
+    if resampler is not None:
+        return resampler.feed(samples)
     if options.sample_rate != SAMPLE_RATE and len(samples):
         samples = resample(samples, options.sample_rate)
     return samples
@@ -154,6 +170,7 @@ class Work:
     replay: list[np.ndarray] = field(default_factory=list)  # journaled chunks to apply first
     phrases: list[dict[str, Any]] = field(default_factory=list)  # the session's phrases so far
     text: TextOptions = field(default_factory=TextOptions)  # the session's written-form options
+    resampler: LiveResampler | None = None  # raw audio at another rate: the resampler's state
 
 
 class Prefetched:
@@ -338,18 +355,18 @@ def prepare(store: SessionStore, settings: Settings, item: Item, token: str) -> 
     hit = cached is not None and cached[0] == s.get("rev")
     replayed: list[np.ndarray] = []
     if cached is not None and hit:
-        states = cached[1]
+        states, resampler = cached[1], cached[2]
         held = cast("list[list[Any]]", json.loads(s.get("held", b"[]")))
     else:
-        states, at_ckpt = load_states(store, settings, item.id, options, ckpt < next_seq)
+        states, at_ckpt, resampler = load_states(store, settings, item.id, options, ckpt < next_seq)
         held = at_ckpt if at_ckpt is not None else cast("list[list[Any]]", json.loads(s.get("held", b"[]")))
         for seq, data in zip(range(ckpt, next_seq), store.journal(item.id, ckpt, next_seq)):
             if data is None:
                 message = f"chunk seq {seq} since the session's last checkpoint is gone: start a new session"
                 return SessionError(410, "session_expired", message).to_reply()
             if data:  # b"": a refused chunk, consumed without audio
-                replayed.append(decode_chunk(data, options))
-    samples = None
+                replayed.append(decode_chunk(data, options, resampler))
+    samples = resampler.flush() if resampler is not None and item.kind == "finalize" else None
     if item.kind == "chunk":
         data = store.chunk(item.id, item.seq)
         if data is None:
@@ -358,7 +375,7 @@ def prepare(store: SessionStore, settings: Settings, item: Item, token: str) -> 
                 410, "chunk_expired", f"the audio of chunk seq {item.seq} is gone: send it again"
             ).to_reply()
         try:
-            samples = decode_chunk(data, options)
+            samples = decode_chunk(data, options, resampler)
         except (ToneError, ValueError) as exc:
             code = getattr(exc, "code", "corrupt_audio")
             status = 415 if code == "unsupported_format" else 400
@@ -367,7 +384,7 @@ def prepare(store: SessionStore, settings: Settings, item: Item, token: str) -> 
             store.r.hset(journal_key(item.id), str(item.seq), b"")  # a replay skips it
             commit(store, settings, item, token, ttl, consumed)  # type: ignore[arg-type]
             if cached is not None and hit:  # the states are unchanged (and so is rev)
-                _remember(item.id, cached[0], cached[1])
+                _remember(item.id, cached[0], cached[1], cached[2])
             return answer
     phrases = cast("list[dict[str, Any]]", json.loads(s.get("phrases", b"[]")))
     text = TextOptions.from_stored(options.text_options())
@@ -376,17 +393,18 @@ def prepare(store: SessionStore, settings: Settings, item: Item, token: str) -> 
         state.hotwords = hotwords
     return Work(
         item, token, ttl, states, samples, held, cached=hit, ckpt=ckpt, ckpt_t=ckpt_t, replay=replayed,
-        phrases=phrases, text=text,
+        phrases=phrases, text=text, resampler=resampler,
     )  # fmt: skip
 
 
 def load_states(
     store: SessionStore, settings: Settings, sid: str, options: Options, journaled: bool = False
-) -> tuple[list[StreamState], list[list[Any]] | None]:
-    """The session's stream states at its checkpoint (new streams before its first one), and
-    ``held`` at the checkpoint when chunks were journaled since (else None: ``held`` is current)."""
+) -> tuple[list[StreamState], list[list[Any]] | None, LiveResampler | None]:
+    """The session's stream states at its checkpoint (new streams before its first one), ``held``
+    at the checkpoint when chunks were journaled since (else None: ``held`` is current), and the
+    resampler's state at the checkpoint (raw audio at another rate)."""
     channels = stream_count(options)
-    s = store.load_fields(sid, [*(f"state:{c}" for c in range(channels)), "state", "ckpt_held"])
+    s = store.load_fields(sid, [*(f"state:{c}" for c in range(channels)), "state", "ckpt_held", "ckpt_rs"])
     states = []
     for c in range(channels):
         raw = s.get(f"state:{c}", s.get("state") if c == 0 else None)  # "state": layout 1
@@ -398,7 +416,8 @@ def load_states(
                 decoder = "beam"  # a vocabulary needs beam search
             states.append(get_recognizer(settings).new_stream(channel=c, decoder=decoder))
     held = cast("list[list[Any]]", json.loads(s.get("ckpt_held", b"[]"))) if journaled else None
-    return states, held
+    resampler = LiveResampler.from_bytes(s["ckpt_rs"]) if "ckpt_rs" in s else new_resampler(options)
+    return states, held, resampler
 
 
 def open_phrase(state: StreamState) -> str:
@@ -492,6 +511,8 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
                     state.seq = item.seq
                     fields[f"state:{c}"] = state.to_bytes()
                 fields.update(ckpt=str(item.seq + 1), ckpt_t=str(now), ckpt_held=fields["held"])
+                if w.resampler is not None:
+                    fields["ckpt_rs"] = w.resampler.to_bytes()
                 journal = (w.ckpt, item.seq + 1)
             rev = secrets.token_hex(8)
             fields["rev"] = rev
@@ -527,7 +548,7 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
             log.warning("stream %s: lock lost or expired before seq %d was saved", w.item.id, w.item.seq)
             answer = expired(w.item.id).to_reply()
         elif ok_ and w.item.kind != "finalize":
-            _remember(w.item.id, rev.encode(), w.states)
+            _remember(w.item.id, rev.encode(), w.states, w.resampler)
         replies.append((w.item, answer))
     store.finish_many([(w.item.id, w.token) for w in work], replies)
 

@@ -64,18 +64,27 @@ def session_store(client: redis.Redis) -> SessionStore:
     return SessionStore(client)
 
 
+WAITING_CONNECTIONS = 4096  # pieces waiting for their answers at once (one connection each)
+
+
 @lru_cache
 def async_redis(url: str) -> aioredis.Redis:
     """The event loop's client for the answers' BLPOP. No socket timeout: a BLPOP's own timeout
     bounds each read (redis-py's default of 5 s would cut a 5 s BLPOP short and answer 500); the
     wait below adds its own margin in case Redis itself stops answering."""
-    return aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=WAITING_CONNECTIONS, timeout=None, socket_connect_timeout=2, socket_timeout=None
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 @lru_cache
 def async_store(url: str) -> AsyncSessionStore:
     """The per-piece calls (accept, submit) on the event loop, with a socket timeout of their own."""
-    return AsyncSessionStore(aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5))
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=64, timeout=10, socket_connect_timeout=2, socket_timeout=5
+    )
+    return AsyncSessionStore(aioredis.Redis(connection_pool=pool))
 
 
 BLPOP_MARGIN = 2.0  # seconds past a BLPOP's timeout before its read is given up

@@ -598,3 +598,26 @@ def test_eight_sessions_move_to_the_other_worker_when_theirs_is_killed(
             proc.stop()
         api.stop()
         broker.close()
+
+
+def test_a_16_khz_session_in_20_ms_pieces_equals_the_offline_16_khz_file(
+    client: httpx.Client, audio: np.ndarray, tone_model: Path, tmp_path: Path
+) -> None:
+    """The session's resampler keeps its state between pieces (and through Redis): 16 kHz raw
+    pieces of 20 ms (and odd sizes) give exactly the phrases of the same 16 kHz file offline."""
+    from shared.asr.audio import resample
+
+    wide = resample(audio.reshape(-1, 1), 8000, 16000)[:, 0]
+    path = tmp_path / "call-16k.wav"
+    sf.write(path, wide, 16000, subtype="PCM_16")
+    recognizer = Recognizer.load(tone_model, threads=1)
+    expected = recognizer.transcribe_file(path).to_dict()["phrases"]
+    assert [p["text"] for p in expected] == PHRASES
+    sizes = [320] * 40 + [7, 5000, 1, 16001]  # 20 ms pieces, then odd ones, then 250 ms ones
+    pieces, at = [], 0
+    while at < len(wide):
+        size = sizes[len(pieces)] if len(pieces) < len(sizes) else 4000
+        pieces.append(pcm(wide[at : at + size]))
+        at += size
+    sid = open_session(client, sample_rate=16000)
+    check_final(client, sid, stream(client, sid, pieces), expected)
