@@ -45,11 +45,13 @@ export function clock(seconds, decimals = 1) {
   return hours ? `${sign}${hours}:${String(minutes).padStart(2, "0")}:${sec}` : `${sign}${minutes}:${sec}`;
 }
 
-/** A length for people: "45 s", "3 min 20 s", "1 h 05 min". */
+/** A length for people: "4.5 s", "17 s", "3 min 20 s", "1 h 05 min". Truncated, never rounded up,
+ * like the audio player's clock: a 17.7 s call is "17 s" beside the player's 0:17. */
 export function span(seconds) {
   if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return "–";
-  if (seconds < 60) return `${seconds < 10 ? seconds.toFixed(1) : Math.round(seconds)} s`;
-  const total = Math.round(seconds);
+  if (seconds < 10) return `${(Math.floor(seconds * 10) / 10).toFixed(1)} s`;
+  if (seconds < 60) return `${Math.floor(seconds)} s`;
+  const total = Math.floor(seconds);
   if (total < 3600) return `${Math.floor(total / 60)} min ${String(total % 60).padStart(2, "0")} s`;
   return `${Math.floor(total / 3600)} h ${String(Math.floor((total % 3600) / 60)).padStart(2, "0")} min`;
 }
@@ -242,4 +244,25 @@ export function poller(fn, ms, onError) {
       if (timer) clearTimeout(timer);
     },
   };
+}
+
+/** What the file is (from the worker's look at it), not what was asked: "Mono", "Stereo, split
+ * (agent left, client right)", "Stereo, mixed to mono"; before a worker opened it, the request. */
+export function channelsLabel(job, short = false) {
+  const split = job.options && job.options.channels === "split";
+  const n = job.audio ? job.audio.channels : null;
+  if (n === 1) return short ? "mono" : "Mono";
+  if (n === 2) {
+    if (short) return split ? "stereo, split" : "stereo, mixed";
+    return split ? "Stereo, split (agent left, client right)" : "Stereo, mixed to mono";
+  }
+  if (n) return short ? `${n} channels` : `${n} channels${split ? ", split" : ", mixed"}`;
+  if (job.kind === "stream") return short ? "" : "Live session";
+  return short ? "" : split ? "Split asked (the file is not read yet)" : "Mixed (the file is not read yet)";
+}
+
+/** A job's metadata as [key, text] pairs (nested values as JSON). */
+export function metadataPairs(metadata) {
+  if (!metadata || typeof metadata !== "object") return [];
+  return Object.entries(metadata).map(([k, v]) => [k, typeof v === "string" ? v : JSON.stringify(v)]);
 }

@@ -169,9 +169,12 @@ def list_jobs(
     created_before: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
+    ids: Annotated[
+        list[str] | None, Query(alias="id", max_length=100, description="only these jobs (?id=a&id=b)")
+    ] = None,
 ) -> JobList:
     page, next_cursor = svc.list_jobs(
-        db, caller, svc.JobFilter(status, created_after, created_before, limit, cursor)
+        db, caller, svc.JobFilter(status, created_after, created_before, limit, cursor, tuple(ids or ()))
     )
     return JobList(data=[svc.job_view(j) for j in page], next_cursor=next_cursor)
 

@@ -613,3 +613,16 @@ def test_json_logs_every_line_an_object_with_the_request_id(platform_env: dict[s
     parsed = [json.loads(line) for line in lines]  # raises on a line that is not JSON
     assert any(p["logger"].startswith("uvicorn") for p in parsed)
     assert all({"time", "level", "logger", "message"} <= set(p) for p in parsed)
+
+
+def test_the_list_takes_ids_and_a_job_says_what_its_file_is(
+    parked_api: Proc, api_key: str, wav: Path
+) -> None:
+    """?id=a&id=b lists only those jobs (the console follows its uploads in one request); a job not
+    yet opened by a worker has no `audio` yet."""
+    a, b, _ = (submit(parked_api.url, api_key, wav).json()["id"] for _ in range(3))
+    got = httpx.get(f"{parked_api.url}/v1/jobs", params=[("id", a), ("id", b)], headers=auth(api_key)).json()
+    assert sorted(j["id"] for j in got["data"]) == sorted([a, b])
+    assert all(j["audio"] is None for j in got["data"])
+    bad = httpx.get(f"{parked_api.url}/v1/jobs", params={"id": "nope"}, headers=auth(api_key))
+    assert_error(bad, 422, "invalid_request")

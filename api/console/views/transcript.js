@@ -8,7 +8,7 @@
 // POST /v1/jobs/{id}/cancel, DELETE /v1/jobs/{id}.
 
 import { describe, download, request } from "../api.js";
-import { badge, clear, clock, confirmDialog, errorBox, h, isOpen, jobName, poller, progressBar, span, titled, when } from "../ui.js";
+import { badge, channelsLabel, clear, clock, confirmDialog, errorBox, h, isOpen, jobName, metadataPairs, poller, progressBar, span, titled, when } from "../ui.js";
 import { decode, waveform } from "../waveform.js";
 
 const SPEAKERS = ["Agent", "Client"];
@@ -79,13 +79,19 @@ export function render(root, params, ctx) {
     const rows = [
       ["Status", badge(job.status)],
       ["Duration", span(job.duration)],
-      ["Channels", job.options && job.options.channels === "split" ? "Split stereo" : "Mono (mixed)"],
+      ["Channels", channelsLabel(job)],
       ["Created", when(job.created_at)],
       job.finished_at ? ["Finished", when(job.finished_at)] : null,
       job.processing_seconds ? ["Processing", span(job.processing_seconds)] : null,
       job.kind === "stream" ? ["Source", "Live session"] : job.audio_url ? ["Source", job.audio_url] : null,
     ].filter(Boolean);
     for (const [k, v] of rows) meta.append(h("div", {}, h("dt", {}, k), h("dd", {}, v)));
+    const pairs = metadataPairs(job.metadata);
+    if (pairs.length) {
+      const list = h("dl", { class: "metadata", id: "job-metadata" });
+      for (const [k, v] of pairs) list.append(h("div", {}, h("dt", {}, k), h("dd", {}, v)));
+      meta.append(h("div", { class: "meta-wide" }, h("dt", {}, "Metadata"), h("dd", {}, list)));
+    }
     clear(headActions);
     if (isOpen(job.status)) {
       headActions.append(h("button", { type: "button", class: "secondary", onclick: cancel }, "Cancel job"));
