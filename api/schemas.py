@@ -13,7 +13,6 @@ from shared.platform.statuses import BatchStatus, JobStatus
 
 Channels = Literal["mix", "split"]
 Decoder = Literal["auto", "greedy", "beam"]
-TranscriptFormat = Literal["json", "txt", "srt", "vtt", "tsv"]
 
 JOB_ID_EXAMPLE = "7b0c2f4e-8f0e-4a53-9d0b-0d6f3f0f2a11"
 

@@ -50,5 +50,11 @@ class CodedError(Exception):
         self.args = (self.message,)
         return self
 
+    def at(self: E, where: str) -> E:
+        """This error, its message naming where in the request it was found (``items[3].audio_url``)."""
+        self.message = f"{where}: {self.message}"
+        self.args = (self.message,)
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message}

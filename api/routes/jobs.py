@@ -23,13 +23,13 @@ from api.schemas import (
     JobList,
     JobOptions,
     JobOut,
-    JobStatus,
     RedeliverOut,
-    TranscriptFormat,
     TranscriptOut,
 )
 from api.services import jobs as svc
 from api.services import playback
+from shared.asr.formats import TranscriptFormat
+from shared.platform.statuses import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JSON_LIMIT = 1024 * 1024

@@ -439,7 +439,7 @@ def check_manifest(body: BatchRequest, settings: Settings) -> list[tuple[str, st
         try:
             url = svc.validate_audio_url(item.audio_url)
         except ApiError as exc:
-            raise ApiError(exc.status, exc.code, f"{where}.audio_url: {exc.message}") from None
+            raise exc.at(f"{where}.audio_url") from None
         parts = urlsplit(url)
         try:
             host = (parts.scheme, parts.hostname or "", parts.port)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .types import Phrase
 
-FORMATS = ("json", "txt", "srt", "vtt", "tsv")  # what a transcript is written as
+TranscriptFormat = Literal["json", "txt", "srt", "vtt", "tsv"]  # what a transcript is written as
+FORMATS: tuple[str, ...] = get_args(TranscriptFormat)
 # the file names taken as recordings in folders and archives (the engine reads more: these are the
 # names a call center's recorder writes); batches on the server and `tone-platform batch` both use it
 AUDIO_SUFFIXES = frozenset({
