@@ -9,7 +9,7 @@
 
 import { describe, download, request } from "../api.js";
 import { badge, channelsLabel, clear, clock, confirmDialog, errorBox, h, isOpen, jobName, metadataPairs, poller, progressBar, span, titled, when } from "../ui.js";
-import { decode, waveform } from "../waveform.js";
+import { decode, fromBuffer, fromPeaks, waveform } from "../waveform.js";
 
 const SPEAKERS = ["Agent", "Client"];
 const DOWNLOADS = [
@@ -363,7 +363,9 @@ export function render(root, params, ctx) {
     // -- the recording itself --
     let wave = null;
     try {
-      const response = await request(`/v1/jobs/${id}/audio`, { raw: true });
+      // a compressed copy the server made once (Ogg Opus, ~1/6 of a WAV), and its peaks for the
+      // waveform, so the recording is neither re-decoded nor downloaded as WAV on every view
+      const response = await request(`/v1/jobs/${id}/audio?format=opus`, { raw: true });
       const blob = await response.blob();
       const url = URL.createObjectURL(blob);
       disposers.push(() => URL.revokeObjectURL(url));
@@ -372,9 +374,14 @@ export function render(root, params, ctx) {
       list.classList.add("seekable");
       clear(waveHolder);
       try {
-        const buffer = await decode(await blob.arrayBuffer());
-        const labels = buffer.numberOfChannels === 2 && split ? SPEAKERS : [];
-        wave = waveform(buffer, labels, seek);
+        let source;
+        try {
+          source = fromPeaks(await request(`/v1/jobs/${id}/audio/peaks?columns=2000`));
+        } catch {
+          source = fromBuffer(await decode(await blob.arrayBuffer()));
+        }
+        const labels = source.numberOfChannels === 2 && split ? SPEAKERS : [];
+        wave = waveform(source, labels, seek);
         disposers.push(() => wave.destroy());
         waveHolder.append(wave.element);
       } catch {
