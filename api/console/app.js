@@ -4,6 +4,7 @@
 
 import { clearKey, describe, getKey, onUnauthorized, request } from "./api.js";
 import { clear, h } from "./ui.js";
+import { lang, setLang, t } from "./i18n.js";
 import * as signin from "./views/signin.js";
 import * as jobs from "./views/jobs.js";
 import * as transcript from "./views/transcript.js";
@@ -19,6 +20,18 @@ const ROUTES = [
   [/^\/batches$/, batches, "batches", "list"],
   [/^\/batches\/([0-9a-fA-F-]{8,})$/, batches, "batches", "detail"],
 ];
+
+// the page's fixed texts in the chosen language, and the switch to the other one
+document.documentElement.lang = lang();
+for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.textContent);
+for (const el of document.querySelectorAll("[data-i18n-label]")) el.setAttribute("aria-label", t(el.getAttribute("aria-label")));
+const langButton = document.getElementById("lang");
+langButton.textContent = lang() === "ru" ? "English" : "Русский";
+langButton.lang = lang() === "ru" ? "en" : "ru";
+langButton.addEventListener("click", () => {
+  setLang(lang() === "ru" ? "en" : "ru");
+  location.reload();
+});
 
 const main = document.getElementById("main");
 const banner = document.getElementById("banner");

@@ -721,3 +721,45 @@ def test_with_auth_disabled_the_console_asks_no_key_and_says_so(
         page.context.close()
         open_api.stop()
     assert not problems, problems
+
+
+def test_a_russian_browser_gets_the_russian_console_and_can_switch_to_english(
+    base: str, api_key: str, browser: Browser, mono_wav: Path, worker: Proc
+) -> None:
+    """Russian for a browser whose first language is Russian (dates, numbers and units too), English
+    a click away and kept; with an English browser nothing changes (every other test)."""
+    job = submit(base, api_key, mono_wav, metadata=json.dumps({"очередь": "входящие"}))
+    done = wait_final(base, api_key, job["id"])
+    context = browser.new_context(locale="ru-RU", viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"uncaught: {e}"))
+    try:
+        page.goto(f"{base}/console")
+        expect(page.locator("main h1")).to_have_text("Войти")
+        assert page.evaluate("() => document.documentElement.lang") == "ru"
+        expect(page.locator("footer")).to_contain_text("Справочник API")
+        page.fill("#api-key", "tone_nope_not-a-key")
+        page.click("form.signin button[type=submit]")
+        expect(page.locator(".error-box")).to_contain_text("Этот ключ API не принят")
+        expect(page.locator(".error-box")).to_contain_text("Код: unauthorized")
+        page.fill("#api-key", api_key)
+        page.click("form.signin button[type=submit]")
+        expect(page.locator("main h1")).to_have_text("Задания")
+        expect(page.locator("nav a[data-nav=upload]")).to_have_text("Загрузка")
+        expect(page.locator(".jobs-table thead")).to_contain_text("Длительность")
+        page.goto(f"{base}/console#/jobs/{job['id']}")
+        meta = page.locator("dl.meta")
+        expect(meta).to_contain_text("Моно")
+        expect(meta).to_contain_text(f"{int(done['duration'] * 10) / 10:.1f} с".replace(".", ","))
+        expect(page.locator("#job-metadata")).to_contain_text("входящие")
+        expect(page.locator(".badge-completed")).to_have_text("Готово")
+        shot(page, "23-russian-transcript")
+        page.click("#lang")
+        expect(page.locator("dl.meta")).to_contain_text("Mono")
+        assert page.evaluate("() => document.documentElement.lang") == "en"
+        page.reload()
+        expect(page.locator("nav a[data-nav=upload]")).to_have_text("Upload")  # the choice is kept
+    finally:
+        context.close()
+    assert not problems, problems

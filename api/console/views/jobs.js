@@ -23,6 +23,7 @@ import {
   when,
   wirePager,
 } from "../ui.js";
+import { t } from "../i18n.js";
 
 const PAGE_SIZES = [10, 20, 50, 100];
 // Kept across visits, so that coming back from a transcript shows the same page and filters.
@@ -127,7 +128,7 @@ export function render(root, _params, ctx) {
     if (!ok) return;
     try {
       await request(`/v1/jobs/${job.id}`, { method: "DELETE" });
-      announce.textContent = `Deleted ${jobName(job)}.`;
+      announce.textContent = t(`Deleted ${jobName(job)}.`);
       ctx.showBanner(`Deleted “${jobName(job)}”.`, "info");
     } catch (error) {
       ctx.showBanner(error);
@@ -221,7 +222,7 @@ export function render(root, _params, ctx) {
     restore();
     prev.disabled = state.page === 0;
     next.disabled = !nextCursor;
-    pageLabel.textContent = `Page ${state.page + 1}`;
+    pageLabel.textContent = t(`Page ${state.page + 1}`);
     pager.hidden = state.page === 0 && !nextCursor;
     loadedOnce = true;
     // Poll again only while something on this page is still moving.

@@ -9,6 +9,7 @@
 
 import { describe, download, request } from "../api.js";
 import { badge, channelsLabel, clear, clock, confirmDialog, errorBox, h, isOpen, jobName, metadataPairs, poller, progressBar, span, titled, when } from "../ui.js";
+import { t } from "../i18n.js";
 import { decode, fromBuffer, fromPeaks, waveform } from "../waveform.js";
 
 const SPEAKERS = ["Agent", "Client"];
@@ -73,7 +74,7 @@ export function render(root, params, ctx) {
   let shownTranscript = false;
 
   function drawHead() {
-    heading.textContent = jobName(job);
+    heading.textContent = t(jobName(job));
     document.title = `${jobName(job)} · tone-platform`;
     clear(meta);
     const rows = [
@@ -152,7 +153,7 @@ export function render(root, params, ctx) {
     1000,
     (error) => {
       if (!job) {
-        heading.textContent = error.code === "not_found" ? "Job not found" : "Job";
+        heading.textContent = t(error.code === "not_found" ? "Job not found" : "Job");
         clear(statusArea);
         statusArea.append(errorBox(error));
       } else {
@@ -267,7 +268,7 @@ export function render(root, params, ctx) {
       list.classList.toggle("searching", Boolean(needle));
       hitIndex = -1;
       prevHit.disabled = nextHit.disabled = total === 0;
-      count.textContent = needle ? (total ? `${total} match${total === 1 ? "" : "es"}` : "No matches") : "";
+      count.textContent = t(needle ? (total ? `${total} match${total === 1 ? "" : "es"}` : "No matches") : "");
     }
     function goHit(step) {
       const marks = [...list.querySelectorAll("mark")];
@@ -277,7 +278,7 @@ export function render(root, params, ctx) {
       const mark = marks[hitIndex];
       mark.classList.add("current");
       mark.scrollIntoView({ block: "center", behavior: "smooth" });
-      count.textContent = `${hitIndex + 1} of ${marks.length}`;
+      count.textContent = t(`${hitIndex + 1} of ${marks.length}`);
     }
     search.addEventListener("input", runSearch);
     search.addEventListener("keydown", (e) => {
