@@ -137,6 +137,15 @@ class FlagOut(BaseModel):
     created_at: datetime
 
 
+class AudioOut(BaseModel):
+    """What the recording is, as the worker found it (null until a worker opened it)."""
+
+    format: str | None = Field(None, examples=["WAV"])
+    codec: str | None = Field(None, examples=["ULAW"])
+    sample_rate: int | None = Field(None, examples=[8000])
+    channels: int = Field(examples=[2], description="the file's channels (whatever `channels` asked)")
+
+
 class JobOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -182,6 +191,7 @@ class JobOut(BaseModel):
     duration: float | None = Field(description="audio seconds, once known")
     processing_seconds: float | None
     options: dict[str, Any]
+    audio: AudioOut | None = None
     request_id: str | None = Field(None, description="the X-Request-ID of the request that made the job")
     metadata: dict[str, Any] | None
     source: str

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError, error_body
 from api.jsonbody import JSON_LIMIT, MANIFEST_LIMIT
+from shared.platform.playback_cache import remove_copies
 
 PIECE = 1024 * 1024
 FORM_SLACK = 1024 * 1024  # multipart boundaries and form fields beside the file
@@ -76,8 +77,10 @@ def save_stream(source: BinaryIO | Iterable[bytes], dest: Path, max_bytes: int) 
 
 
 def remove_quietly(path: str | Path | None) -> None:
+    """The stored recording and its playback copies."""
     if path:
         Path(path).unlink(missing_ok=True)
+        remove_copies(path)
 
 
 class _BodyTooLargeError(Exception):

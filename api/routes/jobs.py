@@ -11,7 +11,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
-from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, UploadFile
 
 from api.deps import CallerDep, DbDep, SettingsDep
@@ -179,9 +178,12 @@ def list_jobs(
     created_before: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
+    ids: Annotated[
+        list[str] | None, Query(alias="id", max_length=100, description="only these jobs (?id=a&id=b)")
+    ] = None,
 ) -> JobList:
     page, next_cursor = svc.list_jobs(
-        db, caller, svc.JobFilter(status, created_after, created_before, limit, cursor)
+        db, caller, svc.JobFilter(status, created_after, created_before, limit, cursor, tuple(ids or ()))
     )
     return JobList(data=[svc.job_view(j) for j in page], next_cursor=next_cursor)
 
@@ -224,34 +226,88 @@ def get_transcript(
     return Response(body, media_type=media_type)
 
 
-@router.get(
-    "/{job_id}/audio",
-    summary="The job's recording as 16-bit PCM WAV at 8 kHz, channels kept (for playback)",
-    response_class=FileResponse,
-    responses={
-        **ERRORS,
-        200: {"content": {"audio/wav": {}}, "description": "the recording, decoded and re-encoded"},
-        404: {
-            "model": ErrorResponse,
-            "description": "no such job for this tenant (`not_found`), or the job has no stored "
-            "recording (`audio_not_available`: a live session, a URL not downloaded yet, a deleted file)",
-        },
-    },
-)
-async def get_audio(job_id: str, caller: CallerDep, db: DbDep) -> FileResponse:
-    job = await run_in_threadpool(svc.load_job, db, caller, job_id)
+_NO_AUDIO = {
+    "model": ErrorResponse,
+    "description": "no such job for this tenant (`not_found`), or the job has no stored "
+    "recording (`audio_not_available`: a live session, a URL not downloaded yet, a deleted file)",
+}
+
+
+def _stored_audio(job: Any) -> Path:
     path = Path(job.audio_path) if job.audio_path else None
     if path is None or not path.is_file():
         raise ApiError(404, "audio_not_available", "this job has no stored recording to play")
-    wav = await run_in_threadpool(playback.playback_wav, path, job.filename or "the recording")
+    return path
+
+
+@router.get(
+    "/{job_id}/audio",
+    summary="The job's recording for playback: Ogg Opus, MP3 or 16-bit WAV at 8 kHz, channels kept",
+    description="Decoded by the engine whatever the stored format and re-encoded once (`format`: "
+    "`wav`, the default, lossless; `opus`, what the console plays, about 1/6 of the WAV; `mp3`), then "
+    "kept beside the recording until it is removed. Range requests are answered (206), so a player "
+    "can seek without downloading the whole file.",
+    response_class=FileResponse,
+    responses={
+        **ERRORS,
+        200: {
+            "content": {"audio/wav": {}, "audio/ogg": {}, "audio/mpeg": {}},
+            "description": "the recording, decoded and re-encoded",
+        },
+        206: {"description": "the part of it a Range header asked for"},
+        404: _NO_AUDIO,
+    },
+)
+async def get_audio(
+    job_id: str, caller: CallerDep, db: DbDep, format: playback.PlaybackFormat = "wav"
+) -> FileResponse:
+    job = await run_in_threadpool(svc.load_job, db, caller, job_id)
+    copy = await run_in_threadpool(
+        playback.playback_copy, _stored_audio(job), format, job.filename or "the recording"
+    )
     stem = Path(job.filename or f"job-{job.id}").stem or f"job-{job.id}"
     return FileResponse(
-        wav,
-        media_type="audio/wav",
-        filename=f"{stem}.wav",
+        copy,
+        media_type=playback.media_type(format),
+        filename=f"{stem}.{playback.extension(format)}",
         content_disposition_type="inline",
         headers={"Cache-Control": "private, max-age=3600"},
-        background=BackgroundTask(wav.unlink, missing_ok=True),
+    )
+
+
+@router.get(
+    "/{job_id}/audio/peaks",
+    summary="The recording's waveform: min/max per column and channel",
+    description="`columns` (default 1000, at most 4000) pairs of (min, max) per channel, samples "
+    "scaled to -1..1, computed once on the server and kept: the console draws its waveform from "
+    "these instead of decoding the whole recording.",
+    responses={
+        **ERRORS,
+        200: {
+            "content": {
+                "application/json": {
+                    "example": {
+                        "sample_rate": 8000,
+                        "channels": 1,
+                        "duration": 17.7,
+                        "columns": 2,
+                        "peaks": [[-0.31, 0.3, -0.12, 0.15]],
+                    }
+                }
+            }
+        },
+        404: _NO_AUDIO,
+    },
+)
+async def get_peaks(
+    job_id: str,
+    caller: CallerDep,
+    db: DbDep,
+    columns: Annotated[int, Query(ge=1, le=playback.MAX_COLUMNS)] = 1000,
+) -> dict[str, Any]:
+    job = await run_in_threadpool(svc.load_job, db, caller, job_id)
+    return await run_in_threadpool(
+        playback.peaks, _stored_audio(job), columns, job.filename or "the recording"
     )
 
 

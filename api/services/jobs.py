@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import Caller
 from api.errors import ERROR_STATUS, ApiError, not_found
-from api.schemas import ErrorInfo, FlagOut, JobLinks, JobOptions, JobOut
+from api.schemas import AudioOut, ErrorInfo, FlagOut, JobLinks, JobOptions, JobOut
 from api.uploads import StoredAudio, audio_file_path, remove_quietly, save_stream
 from shared.asr.errors import ToneError
 from shared.asr.formats import MEDIA_TYPES, render
@@ -72,6 +72,18 @@ def job_links(job_id: str) -> JobLinks:
     )
 
 
+def _audio_view(info: dict[str, Any] | None) -> AudioOut | None:
+    """What the recording is (set once a worker opened it)."""
+    if not info or "channels" not in info:
+        return None
+    return AudioOut(
+        format=info.get("format"),
+        codec=info.get("codec"),
+        sample_rate=info.get("sample_rate"),
+        channels=int(info["channels"]),
+    )
+
+
 def job_view(job: Job) -> JobOut:
     error = ErrorInfo(code=job.error_code, message=job.error_message or "") if job.error_code else None
     return JobOut(
@@ -87,6 +99,7 @@ def job_view(job: Job) -> JobOut:
         processing_seconds=job.processing_seconds,
         options={k: v for k, v in (job.options or {}).items() if k != "request_id"},
         request_id=(job.options or {}).get("request_id"),
+        audio=_audio_view(job.audio_info),
         metadata=job.client_metadata,
         source=job.source,
         filename=job.filename,
@@ -435,11 +448,18 @@ class JobFilter:
     created_before: datetime | None = None
     limit: int = 20
     cursor: str | None = None
+    ids: tuple[str, ...] = ()  # only these jobs (the console follows its uploads in one request)
 
 
 def list_jobs(db: Session, caller: Caller, f: JobFilter) -> tuple[list[Job], str | None]:
     """One page, newest first, keyed on (created_at, id); the cursor names the last row shown."""
     query = select(Job).where(Job.tenant_id == caller.tenant_id)
+    if f.ids:
+        try:
+            wanted = [uuid.UUID(i) for i in f.ids]
+        except ValueError:
+            raise ApiError(422, "invalid_request", "id: each must be a job id") from None
+        query = query.where(Job.id.in_(wanted))
     if f.status:
         query = query.where(Job.status == f.status)
     if f.created_after:

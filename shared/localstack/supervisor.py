@@ -565,6 +565,9 @@ def _banner(current: Stack, settings: Any, host: str, password: str, key_hint: s
     _say(f"  Flower   {flower_url}  (user {settings.flower_user!r}, password {password!r})")
     _say(f"  logs     {logs}/{{api,worker,worker-live,events,beat,flower,migrate}}.log")
     _say(f"  state    {current.up_file}")
+    if settings.auth_disabled:
+        _say("  WARNING  TONE_AUTH_DISABLED=1: no API key is checked, every caller acts as the tenant")
+        _say("           'local' (console included): never expose this stack beyond this machine")
     if not settings.model_path:
         _say(f"  note     {NO_MODEL_HINT}")
     else:

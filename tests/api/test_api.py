@@ -616,3 +616,53 @@ def test_json_logs_every_line_an_object_with_the_request_id(platform_env: dict[s
     parsed = [json.loads(line) for line in lines]  # raises on a line that is not JSON
     assert any(p["logger"].startswith("uvicorn") for p in parsed)
     assert all({"time", "level", "logger", "message"} <= set(p) for p in parsed)
+
+
+def test_the_list_takes_ids_and_a_job_says_what_its_file_is(
+    parked_api: Proc, api_key: str, wav: Path
+) -> None:
+    """?id=a&id=b lists only those jobs (the console follows its uploads in one request); a job not
+    yet opened by a worker has no `audio` yet."""
+    a, b, _ = (submit(parked_api.url, api_key, wav).json()["id"] for _ in range(3))
+    got = httpx.get(f"{parked_api.url}/v1/jobs", params=[("id", a), ("id", b)], headers=auth(api_key)).json()
+    assert sorted(j["id"] for j in got["data"]) == sorted([a, b])
+    assert all(j["audio"] is None for j in got["data"])
+    bad = httpx.get(f"{parked_api.url}/v1/jobs", params={"id": "nope"}, headers=auth(api_key))
+    assert_error(bad, 422, "invalid_request")
+
+
+def test_playback_is_a_cached_compressed_copy_with_range_requests_and_server_peaks(
+    parked_api: Proc, api_key: str, wav: Path, platform_env: dict[str, str]
+) -> None:
+    import io
+
+    job = submit(parked_api.url, api_key, wav).json()
+    base = f"{parked_api.url}/v1/jobs/{job['id']}/audio"
+    opus = httpx.get(base, params={"format": "opus"}, headers=auth(api_key), timeout=60)
+    assert opus.status_code == 200 and opus.headers["content-type"] == "audio/ogg"
+    assert opus.headers["accept-ranges"] == "bytes"
+    wav_copy = httpx.get(base, headers=auth(api_key), timeout=60)
+    assert wav_copy.headers["content-type"] == "audio/wav"
+    assert len(opus.content) < len(wav_copy.content) / 3  # compressed
+    decoded, rate = sf.read(io.BytesIO(opus.content))
+    assert rate == 8000 and abs(len(decoded) / rate - sf.info(wav).duration) < 0.1
+    part = httpx.get(base, params={"format": "opus"}, headers={**auth(api_key), "Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == opus.content[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(opus.content)}"
+    again = httpx.get(base, params={"format": "opus"}, headers=auth(api_key))
+    assert again.headers["etag"] == opus.headers["etag"]  # the kept copy, not a new encoding
+
+    peaks = httpx.get(f"{base}/peaks", params={"columns": 50}, headers=auth(api_key)).json()
+    assert (peaks["channels"], peaks["columns"], len(peaks["peaks"][0])) == (1, 50, 100)
+    samples = sf.read(wav, dtype="int16")[0] / 32768.0
+    assert max(peaks["peaks"][0][1::2]) == pytest.approx(samples.max(), abs=1e-3)
+    assert min(peaks["peaks"][0][0::2]) == pytest.approx(samples.min(), abs=1e-3)
+    assert httpx.get(f"{base}/peaks", params={"columns": 0}, headers=auth(api_key)).status_code == 422
+    assert httpx.get(base, params={"format": "flac"}, headers=auth(api_key)).status_code == 422
+
+    with session_scope(platform_env["DATABASE_URL"]) as session:
+        stored = Path(str(session.get(Job, uuid.UUID(job["id"])).audio_path))
+    copies = list((stored.parent / ".playback").glob(f"{stored.name}.*"))
+    assert len(copies) == 3  # opus, wav, peaks
+    assert httpx.delete(f"{parked_api.url}/v1/jobs/{job['id']}", headers=auth(api_key)).status_code == 204
+    assert not any(c.exists() for c in copies)

@@ -9,6 +9,7 @@ import { describe, download, query, request, upload } from "../api.js";
 import { batchAnalyticsCard } from "../analytics.js";
 import { textOptions } from "./textopts.js";
 import { badge, clear, confirmDialog, errorBox, h, keepFocus, poller, progressBar, showLoadError, span, titled, when, wirePager } from "../ui.js";
+import { t } from "../i18n.js";
 
 const STATUSES = ["queued", "processing", "completed", "failed", "cancelled"];
 const BATCH_STATUS = { queued: "Queued", processing: "Processing", completed: "Completed", cancelled: "Cancelled" };
@@ -104,7 +105,7 @@ function renderList(root, ctx) {
     try {
       const { promise } = upload("/v1/batches", data, (f) => {
         bar.querySelector("progress").value = Math.round(f * 100);
-        bar.querySelector(".progress-text").textContent = `${Math.round(f * 100)} %`;
+        bar.querySelector(".progress-text").textContent = t(`${Math.round(f * 100)} %`);
       });
       const created = await promise;
       clear(uploadStatus);
@@ -166,7 +167,7 @@ function renderList(root, ctx) {
     restore();
     prev.disabled = listState.page === 0;
     next.disabled = !nextCursor;
-    pageLabel.textContent = `Page ${listState.page + 1}`;
+    pageLabel.textContent = t(`Page ${listState.page + 1}`);
     pager.hidden = listState.page === 0 && !nextCursor;
     loadedOnce = true;
     return batches.some(isOpenBatch) ? undefined : false;
@@ -230,7 +231,7 @@ function renderDetail(root, id, ctx) {
   let itemsCursor = null;
 
   function drawSummary() {
-    heading.textContent = batchName(batch);
+    heading.textContent = t(batchName(batch));
     document.title = `${batchName(batch)} · tone-platform`;
     clear(summary);
     const done = (batch.counts.completed || 0) + (batch.counts.failed || 0) + (batch.counts.cancelled || 0);
@@ -377,7 +378,7 @@ function renderDetail(root, id, ctx) {
     2000,
     (error) => {
       if (!batch) {
-        heading.textContent = error.code === "not_found" ? "Batch not found" : "Batch";
+        heading.textContent = t(error.code === "not_found" ? "Batch not found" : "Batch");
         clear(summary);
         summary.append(errorBox(error));
       } else {

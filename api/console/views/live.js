@@ -9,6 +9,7 @@
 import { ApiProblem, getKey } from "../api.js";
 import { clear, clock, errorBox, h, titled } from "../ui.js";
 import { textOptions } from "./textopts.js";
+import { t } from "../i18n.js";
 
 const CLOSE_WAIT_MS = 30_000;
 
@@ -64,7 +65,7 @@ export function render(root, _params, ctx) {
   function fail(problem) {
     clear(problems);
     problems.append(errorBox(problem, { compact: true }));
-    status.textContent = "Stopped.";
+    status.textContent = t("Stopped.");
   }
 
   function setRunning(running) {
@@ -80,9 +81,9 @@ export function render(root, _params, ctx) {
     clear(problems);
     clear(phraseList);
     clear(outcome);
-    partial.textContent = "";
+    partial.textContent = t("");
     setRunning(true);
-    status.textContent = "Asking for the microphone…";
+    status.textContent = t("Asking for the microphone…");
     const s = { ws: null, media: null, context: null, node: null, ended: false, finalSeen: false, errorSeen: false, started: 0, timer: 0, flushed: null };
     session = s;
     // the audio context is made and started now, within the click: browsers (Firefox) keep a context
@@ -99,7 +100,7 @@ export function render(root, _params, ctx) {
       fail(micProblem(error));
       return;
     }
-    status.textContent = "Connecting…";
+    status.textContent = t("Connecting…");
     try {
       await connect(s);
       await startAudio(s);
@@ -111,9 +112,9 @@ export function render(root, _params, ctx) {
     if (session !== s || s.ended) return; // it failed or was stopped meanwhile: nothing to start
     s.started = performance.now();
     s.timer = setInterval(() => {
-      elapsed.textContent = clock((performance.now() - s.started) / 1000, 0);
+      elapsed.textContent = t(clock((performance.now() - s.started) / 1000, 0));
     }, 500);
-    status.textContent = "Listening… speak now.";
+    status.textContent = t("Listening… speak now.");
   }
 
   function connect(s) {
@@ -133,15 +134,15 @@ export function render(root, _params, ctx) {
           return;
         }
         if (message.type === "partial") {
-          partial.textContent = message.text ? `${message.text}…` : "";
+          partial.textContent = t(message.text ? `${message.text}…` : "");
         } else if (message.type === "phrase") {
           addPhrase(message);
-          partial.textContent = "";
+          partial.textContent = t("");
         } else if (message.type === "final") {
           s.finalSeen = true;
           clear(phraseList);
           for (const phrase of message.phrases) addPhrase(phrase);
-          partial.textContent = "";
+          partial.textContent = t("");
           const n = message.phrases.length;
           outcome.append(
             h("p", { class: "notice" }, `Session ended: ${n} phrase${n === 1 ? "" : "s"}.`, message.job_id ? " It was kept as a job: " : "", message.job_id ? h("a", { href: `#/jobs/${message.job_id}`, id: "live-job-link" }, "open the saved job") : null, message.job_id ? "." : ""),
@@ -158,7 +159,7 @@ export function render(root, _params, ctx) {
         const unexpected = !s.finalSeen && !s.errorSeen && !s.ended;
         teardown(s);
         if (unexpected) fail(new ApiProblem(0, "connection_lost", ""));
-        else if (s.finalSeen) status.textContent = "Stopped.";
+        else if (s.finalSeen) status.textContent = t("Stopped.");
         if (s.onclosed) s.onclosed();
       };
     });
@@ -195,7 +196,7 @@ export function render(root, _params, ctx) {
     const s = session;
     if (!s || s.ended) return;
     stop.disabled = true;
-    status.textContent = "Finishing…";
+    status.textContent = t("Finishing…");
     // the last buffered audio first, then the end message; then wait for the final answer
     if (s.node) {
       await Promise.race([new Promise((resolve) => { s.flushed = resolve; s.node.port.postMessage("flush"); }), new Promise((r) => setTimeout(r, 1000))]);

@@ -11,8 +11,9 @@
 // and plays from there.
 
 import { describe, download, request } from "../api.js";
-import { badge, clear, clock, confirmDialog, errorBox, h, isOpen, jobName, poller, progressBar, span, titled, when } from "../ui.js";
-import { decode, waveform } from "../waveform.js";
+import { badge, channelsLabel, clear, clock, confirmDialog, errorBox, h, isOpen, jobName, metadataPairs, poller, progressBar, span, titled, when } from "../ui.js";
+import { t } from "../i18n.js";
+import { decode, fromBuffer, fromPeaks, waveform } from "../waveform.js";
 import { analyticsCard, markWaveform, stretches } from "../analytics.js";
 
 const SPEAKERS = ["Agent", "Client"];
@@ -86,24 +87,24 @@ export function render(root, params, ctx) {
   let shownTranscript = false;
 
   function drawHead() {
-    heading.textContent = jobName(job);
+    heading.textContent = t(jobName(job));
     document.title = `${jobName(job)} · tone-platform`;
     clear(meta);
     const rows = [
       ["Status", badge(job.status)],
       ["Duration", span(job.duration)],
-      ["Channels", job.options && job.options.channels === "split" ? "Split stereo" : "Mono (mixed)"],
+      ["Channels", channelsLabel(job)],
       ["Created", when(job.created_at)],
       job.finished_at ? ["Finished", when(job.finished_at)] : null,
       job.processing_seconds ? ["Processing", span(job.processing_seconds)] : null,
       job.kind === "stream" ? ["Source", "Live session"] : job.audio_url ? ["Source", job.audio_url] : null,
     ].filter(Boolean);
     for (const [k, v] of rows) meta.append(h("div", {}, h("dt", {}, k), h("dd", {}, v)));
-    if (job.metadata && typeof job.metadata === "object") {
-      for (const [k, v] of Object.entries(job.metadata)) {
-        const value = v !== null && typeof v === "object" ? JSON.stringify(v) : String(v);
-        meta.append(h("div", { class: "metadata", dataset: { key: k } }, h("dt", {}, k), h("dd", { lang: "ru" }, value)));
-      }
+    const pairs = metadataPairs(job.metadata);
+    if (pairs.length) {
+      const list = h("dl", { class: "metadata", id: "job-metadata" });
+      for (const [k, v] of pairs) list.append(h("div", { class: "metadata", dataset: { key: k } }, h("dt", {}, k), h("dd", { lang: "ru" }, v)));
+      meta.append(h("div", { class: "meta-wide" }, h("dt", {}, "Metadata"), h("dd", {}, list)));
     }
     clear(headActions);
     if (isOpen(job.status)) {
@@ -165,7 +166,7 @@ export function render(root, params, ctx) {
     1000,
     (error) => {
       if (!job) {
-        heading.textContent = error.code === "not_found" ? "Job not found" : "Job";
+        heading.textContent = t(error.code === "not_found" ? "Job not found" : "Job");
         clear(statusArea);
         statusArea.append(errorBox(error));
       } else {
@@ -288,7 +289,7 @@ export function render(root, params, ctx) {
       list.classList.toggle("searching", Boolean(needle));
       hitIndex = -1;
       prevHit.disabled = nextHit.disabled = total === 0;
-      count.textContent = needle ? (total ? `${total} match${total === 1 ? "" : "es"}` : "No matches") : "";
+      count.textContent = t(needle ? (total ? `${total} match${total === 1 ? "" : "es"}` : "No matches") : "");
     }
     function goHit(step) {
       const marks = [...list.querySelectorAll("mark")];
@@ -298,7 +299,7 @@ export function render(root, params, ctx) {
       const mark = marks[hitIndex];
       mark.classList.add("current");
       mark.scrollIntoView({ block: "center", behavior: "smooth" });
-      count.textContent = `${hitIndex + 1} of ${marks.length}`;
+      count.textContent = t(`${hitIndex + 1} of ${marks.length}`);
     }
     search.addEventListener("input", runSearch);
     spoken.addEventListener("change", () => {
@@ -399,7 +400,9 @@ export function render(root, params, ctx) {
     // -- the recording itself --
     let wave = null;
     try {
-      const response = await request(`/v1/jobs/${id}/audio`, { raw: true });
+      // a compressed copy the server made once (Ogg Opus, ~1/6 of a WAV), and its peaks for the
+      // waveform, so the recording is neither re-decoded nor downloaded as WAV on every view
+      const response = await request(`/v1/jobs/${id}/audio?format=opus`, { raw: true });
       const blob = await response.blob();
       const url = URL.createObjectURL(blob);
       disposers.push(() => URL.revokeObjectURL(url));
@@ -413,9 +416,14 @@ export function render(root, params, ctx) {
       }
       clear(waveHolder);
       try {
-        const buffer = await decode(await blob.arrayBuffer());
-        const labels = buffer.numberOfChannels === 2 && split ? SPEAKERS : [];
-        wave = waveform(buffer, labels, seek);
+        let source;
+        try {
+          source = fromPeaks(await request(`/v1/jobs/${id}/audio/peaks?columns=2000`));
+        } catch {
+          source = fromBuffer(await decode(await blob.arrayBuffer()));
+        }
+        const labels = source.numberOfChannels === 2 && split ? SPEAKERS : [];
+        wave = waveform(source, labels, seek);
         disposers.push(() => wave.destroy());
         if (doc.duration > 0) markWaveform(wave.element, doc.duration, marks);
         waveHolder.append(wave.element);

@@ -167,15 +167,20 @@ export function render(root, _params, ctx) {
 
   const polls = poller(
     async () => {
+      // every open upload's job in ONE list request (?id=a&id=b…), not one request per job
       const open = items.filter((i) => i.job && isOpen(i.job.status));
-      for (const item of open) {
-        try {
-          item.job = await request(`/v1/jobs/${item.job.id}`);
-        } catch (error) {
-          if (error.code === "not_found") {
-            item.error = error;
+      for (let start = 0; start < open.length; start += 100) {
+        const some = open.slice(start, start + 100);
+        const ids = some.map((i) => `id=${encodeURIComponent(i.job.id)}`).join("&");
+        const page = await request(`/v1/jobs?limit=100&${ids}`);
+        const byId = new Map(page.data.map((job) => [job.id, job]));
+        for (const item of some) {
+          const job = byId.get(item.job.id);
+          if (job) item.job = job;
+          else {
+            item.error = new ApiProblem(404, "not_found", "the job is gone (deleted?)");
             item.phase = "error";
-          } else throw error;
+          }
         }
       }
       redraw();
