@@ -620,4 +620,4 @@ def test_a_16_khz_session_in_20_ms_pieces_equals_the_offline_16_khz_file(
         pieces.append(pcm(wide[at : at + size]))
         at += size
     sid = open_session(client, sample_rate=16000)
-    check_final(client, sid, stream(client, sid, pieces), expected)
+    check_final(client, sid, stream(client, sid, pieces), written(expected))

@@ -725,7 +725,7 @@ def test_uploads_are_followed_in_one_list_request_and_the_transcript_says_what_t
     done = wait_final(base, api_key, job["id"])
     assert done["audio"]["channels"] == 1
     page.goto(f"{base}/console#/jobs/{job['id']}")
-    meta = page.locator("dl.meta")
+    meta = page.locator("dl.meta").first
     expect(meta).to_contain_text("Mono")
     expect(meta).not_to_contain_text("Stereo")
     duration = done["duration"]
@@ -786,14 +786,14 @@ def test_a_russian_browser_gets_the_russian_console_and_can_switch_to_english(
         expect(page.locator("nav a[data-nav=upload]")).to_have_text("Загрузка")
         expect(page.locator(".jobs-table thead")).to_contain_text("Длительность")
         page.goto(f"{base}/console#/jobs/{job['id']}")
-        meta = page.locator("dl.meta")
+        meta = page.locator("dl.meta").first
         expect(meta).to_contain_text("Моно")
         expect(meta).to_contain_text(f"{int(done['duration'] * 10) / 10:.1f} с".replace(".", ","))
         expect(page.locator("#job-metadata")).to_contain_text("входящие")
         expect(page.locator(".badge-completed")).to_have_text("Готово")
         shot(page, "23-russian-transcript")
         page.click("#lang")
-        expect(page.locator("dl.meta")).to_contain_text("Mono")
+        expect(page.locator("dl.meta").first).to_contain_text("Mono")
         assert page.evaluate("() => document.documentElement.lang") == "en"
         page.reload()
         expect(page.locator("nav a[data-nav=upload]")).to_have_text("Upload")  # the choice is kept
