@@ -12,7 +12,7 @@ EXTRAS ?= cpu,dev,lm,stack,platform
 MODELS := .cache/test-models
 COMPOSE ?= docker compose
 
-.PHONY: help install browser test lint format typecheck models run demo down bench docker-build docker-up docker-down docker-logs clean
+.PHONY: help install browser test chaos lint format typecheck models run demo down bench docker-build docker-up docker-down docker-logs clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -55,8 +55,11 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: $(STAMP) browser models lint typecheck ## install everything (chromium too), build the test models, run ruff, mypy and the whole suite
-	$(BIN)/pytest
+test: $(STAMP) browser models lint typecheck ## install everything (chromium too), build the test models, run ruff, mypy and the whole suite (the fault run: make chaos)
+	$(BIN)/pytest -m "not chaos"
+
+chaos: $(STAMP) models ## the fault run alone: kills workers, restarts Redis and PostgreSQL; figures in test-output/chaos.json
+	$(BIN)/pytest -m chaos -s tests/chaos
 
 run: $(STAMP) ## the whole platform, no Docker: Postgres, Redis, API :8000, worker, beat, Flower :5555 (Ctrl-C stops)
 	$(BIN)/tone-platform up $(UP_ARGS)
@@ -68,6 +71,7 @@ demo: $(STAMP) ## transcribe a demo recording (T-one from TONE_MODEL_PATH or Hug
 	$(BIN)/tone-platform demo $(FILE)
 
 bench: $(STAMP) models ## cost-faithful model: engine B=1 vs batched vs this CPU's matmul ceiling; the engine alone (null model); beam vs greedy with an LM; then the platform
+	@$(BIN)/python -c "import sherpa_onnx" 2>/dev/null || $(BIN)/python -m pip install -q -e ".[$(EXTRAS),bench]"
 	$(BIN)/tone-platform bench --model $(MODELS)/cost/model.onnx
 
 docker-build: ## build the API and worker images (needs a Docker engine)

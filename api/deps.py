@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from starlette.requests import HTTPConnection
 
 from api.errors import ApiError
-from api.ratelimit import check_rate
+from api.ratelimit import check_auth_failures, check_rate, count_auth_failure
 from shared.db.session import sessionmaker_for
 from shared.platform.keys import get_or_create_tenant, verify_key
 from shared.platform.settings import Settings, get_settings
@@ -76,12 +76,26 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def authenticate(request: Request, settings: SettingsDep) -> Caller:
+def client_address(connection: HTTPConnection) -> str:
+    """The caller's address (uvicorn's, or the proxy's X-Forwarded-For with --proxy-headers)."""
+    return connection.client.host if connection.client else "unknown"
+
+
+def authenticate(request: Request, settings: SettingsDep, client: RedisDep) -> Caller:
     """The caller, from a database session of its own that is closed at once: a call that waits
-    long afterwards (a live piece waiting for its answer) holds no pooled connection meanwhile."""
+    long afterwards (a live piece waiting for its answer) holds no pooled connection meanwhile. An
+    address that failed to authenticate too often this minute gets 429 first."""
+    key = presented_key(request)
+    address = client_address(request)
+    if key is not None and not settings.auth_disabled:
+        check_auth_failures(client, address, settings.auth_failures_per_minute)
     db = sessionmaker_for(settings.database_url)()
     try:
-        return resolve_caller(db, settings, presented_key(request))
+        return resolve_caller(db, settings, key)
+    except ApiError as exc:
+        if exc.status == 401 and key is not None:
+            count_auth_failure(client, address)
+        raise
     finally:
         db.close()
 

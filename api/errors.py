@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.schemas import ErrorResponse
@@ -156,6 +157,24 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_request", _validation_message(errors), request=request, param=param)
 
 
+DB_RETRY_AFTER_SECONDS = 5
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """PostgreSQL unreachable (refused, restarting, a dropped connection): 503 with Retry-After, not
+    a 500. Other database errors (a bug, a constraint) stay unexpected errors."""
+    assert isinstance(exc, DBAPIError)
+    if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
+        return await _unexpected_error(request, exc)
+    log.warning("%s %s: the database is unavailable: %s", request.method, request.url.path, exc.orig)
+    return error_response(
+        503,
+        "database_unavailable",
+        "the database is unavailable; retry shortly",
+        {"Retry-After": str(DB_RETRY_AFTER_SECONDS)},
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal_error", "internal server error", request=request)
@@ -165,4 +184,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CodedError, _coded_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -16,7 +16,9 @@ from api.routes import (
     legacy,
     metrics,
     openai,
+    search,
     streaming,
+    vocabulary,
     webhooks,
     websocket,
 )
@@ -48,6 +50,8 @@ def create_app() -> FastAPI:
         jobs,
         batches,
         webhooks,
+        vocabulary,
+        search,
         openai,
         legacy,
         streaming,

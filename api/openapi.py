@@ -1,7 +1,7 @@
 """The OpenAPI document, finished after FastAPI made it: what the routes can't say by themselves.
 
-- the body schemas routes read by hand (``JobOptions``, ``BatchRequest``) are added to the components,
-  so that every ``$ref`` resolves;
+- the body schemas routes read by hand (``JobOptions``, ``BatchRequest``, ``VocabularyIn``) are
+  added to the components, so that every ``$ref`` resolves;
 - the security schemes (``Authorization: Bearer`` and ``X-API-Key``) and each authenticated
   operation's ``security``, so Swagger UI shows an Authorize button and "Try it out" works;
 - the one error shape everywhere: 422 is ``ErrorResponse`` (what the server answers), not FastAPI's
@@ -21,7 +21,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from api.schemas import BatchRequest, JobOptions
+from api.schemas import BatchRequest, JobOptions, VocabularyIn
 
 SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <key>`"},
@@ -181,7 +181,7 @@ def finish(doc: dict[str, Any]) -> dict[str, Any]:
     """The document FastAPI made, completed (see the module's docstring)."""
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
-    for model in (JobOptions, BatchRequest):
+    for model in (JobOptions, BatchRequest, VocabularyIn):
         _add_model(schemas, model)
     components["securitySchemes"] = SECURITY_SCHEMES
     for path, operations in doc.get("paths", {}).items():

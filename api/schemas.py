@@ -4,20 +4,64 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from api.jsonbody import check_metadata
 from shared.platform.statuses import BatchStatus, JobStatus
+from shared.text.options import OPTION_NAMES, TextOptionError, TextOptions, parse_text_options
+
+MAX_URL_LENGTH = 2048
+
+
+def http_url(value: str | None, field: str) -> str | None:
+    """An absolute http(s) URL of at most ``MAX_URL_LENGTH`` characters (``file:``, ``javascript:``
+    and the like are refused at the door); the SSRF guard checks its address separately."""
+    if value is None:
+        return None
+    value = value.strip()
+    if len(value) > MAX_URL_LENGTH:
+        raise ValueError(f"{field} may hold at most {MAX_URL_LENGTH} characters")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (a bad port raises)
+    except ValueError:
+        raise ValueError(f"{field} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{field} must be an absolute http or https URL")
+    return value
+
 
 Channels = Literal["mix", "split"]
 Decoder = Literal["auto", "greedy", "beam"]
+TranscriptText = Literal["display", "raw"]
+
+_M = TypeVar("_M", bound=BaseModel)
 
 JOB_ID_EXAMPLE = "7b0c2f4e-8f0e-4a53-9d0b-0d6f3f0f2a11"
 
 
-class JobOptions(BaseModel):
+class TextFields(BaseModel):
+    """The text options of a job, batch or live session (:mod:`shared.text.options`)."""
+
+    normalize: bool = Field(True, description="add the written form (`display`: numbers as digits)")
+    vocabulary: list[str] | None = Field(
+        None, description="words to boost in beam search (hot words; needs decoder beam or auto)"
+    )
+    replacements: dict[str, str] | None = Field(None, description="spellings to rewrite in `display`")
+    redact: list[str] | None = Field(
+        None, description="mask in `display`: card, phone, passport, inn, snils, email, profanity"
+    )
+    redact_raw: bool = Field(False, description="mask the spoken `text` and `words` too")
+    redact_audio: bool = Field(False, description="replace the redacted words with a 1 kHz tone in the audio")
+
+    def text_options(self) -> TextOptions:
+        return parse_text_options(self.model_dump())
+
+
+class JobOptions(TextFields):
     """Options of ``POST /v1/jobs`` (form fields with an upload, or a JSON body with ``audio_url``)."""
 
     model_config = ConfigDict(
@@ -40,8 +84,31 @@ class JobOptions(BaseModel):
     channels: Channels = Field("mix", description="mix: average the channels; split: one stream per channel")
     decoder: Decoder = Field("auto", description="greedy, beam, or auto (beam with an LM when present)")
     webhook_url: str | None = Field(None, description="POSTed a signed event when the job ends")
-    metadata: dict[str, Any] | None = Field(None, description="any JSON object, returned as is")
+    metadata: dict[str, Any] | None = Field(
+        None, description="any JSON object, returned as is (at most 16 KiB as JSON, 32 levels deep)"
+    )
     priority: int = Field(5, ge=0, le=9, description="0 (lowest) .. 9 (highest)")
+
+    @field_validator("audio_url", "webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return http_url(value, str(info.field_name))
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_metadata(value)
+
+
+def validated_options(model: type[_M], fields: dict[str, Any]) -> _M:
+    """``model`` from request fields, the text options checked first: a bad one raises
+    :class:`TextOptionError`, 422 ``invalid_<option>`` (other bad fields: 422 ``invalid_request``)."""
+    text = parse_text_options(fields)
+    if text.vocabulary and fields.get("decoder") == "greedy":
+        raise TextOptionError("vocabulary", "vocabulary needs beam search: decoder beam or auto, not greedy")
+    cleaned = {k: v for k, v in fields.items() if k not in OPTION_NAMES}
+    cleaned.update(text.to_dict())
+    return model.model_validate(cleaned)
 
 
 class ErrorInfo(BaseModel):
@@ -58,6 +125,25 @@ class JobLinks(BaseModel):
     transcript: str
     cancel: str
     webhooks: str
+
+
+class FlagOut(BaseModel):
+    """A rule that matched the job's transcript (``/v1/rules``), with what matched."""
+
+    rule_id: str
+    name: str
+    kind: str
+    details: dict[str, Any]
+    created_at: datetime
+
+
+class AudioOut(BaseModel):
+    """What the recording is, as the worker found it (null until a worker opened it)."""
+
+    format: str | None = Field(None, examples=["WAV"])
+    codec: str | None = Field(None, examples=["ULAW"])
+    sample_rate: int | None = Field(None, examples=[8000])
+    channels: int = Field(examples=[2], description="the file's channels (whatever `channels` asked)")
 
 
 class JobOut(BaseModel):
@@ -105,6 +191,7 @@ class JobOut(BaseModel):
     duration: float | None = Field(description="audio seconds, once known")
     processing_seconds: float | None
     options: dict[str, Any]
+    audio: AudioOut | None = None
     request_id: str | None = Field(None, description="the X-Request-ID of the request that made the job")
     metadata: dict[str, Any] | None
     source: str
@@ -114,6 +201,10 @@ class JobOut(BaseModel):
     webhook_url: str | None
     error: ErrorInfo | None
     links: JobLinks
+    analytics: dict[str, Any] | None = Field(
+        None, description="conversation analytics of a completed job (README, Conversation analytics)"
+    )
+    flags: list[FlagOut] = Field(default_factory=list, description="rules its transcript matched")
 
 
 class JobList(BaseModel):
@@ -133,6 +224,10 @@ class PhraseOut(BaseModel):
     end_time: float
     channel: int
     words: list[WordOut]
+    display: str | None = Field(None, description="the written form (numbers as digits, masks)")
+    display_words: list[WordOut] | None = Field(
+        None, description="its spans, each with the times of its words"
+    )
 
 
 class TranscriptOut(BaseModel):
@@ -148,9 +243,12 @@ class TranscriptOut(BaseModel):
                             "end_time": 5.49,
                             "channel": 0,
                             "words": [{"text": "чем", "start": 3.3, "end": 3.69}],
+                            "display": "чем я могу вам помочь",
+                            "display_words": [{"text": "чем", "start": 3.3, "end": 3.69}],
                         }
                     ],
                     "full_text": "чем я могу вам помочь",
+                    "display_text": "чем я могу вам помочь",
                     "duration": 10.5,
                     "processing_time": 0.4,
                     "channels": 1,
@@ -162,9 +260,11 @@ class TranscriptOut(BaseModel):
     job_id: str
     phrases: list[PhraseOut]
     full_text: str
+    display_text: str
     duration: float
     processing_time: float | None
     channels: int
+    analytics: dict[str, Any] | None = None
 
 
 class DeliveryOut(BaseModel):
@@ -270,7 +370,7 @@ class HealthOut(BaseModel):
             "examples": [
                 {
                     "status": "ok",
-                    "model": "/models/t-one",
+                    "model": "t-one",
                     "model_status": "ok",
                     "model_error": None,
                     "database": "ok",
@@ -282,17 +382,19 @@ class HealthOut(BaseModel):
         }
     )
 
+    """Anonymous callers get ``status`` alone; the rest needs an API key or the scrape token."""
+
     status: Literal["ok", "degraded", "unavailable"]
-    model: str
-    model_status: Literal["ok", "missing", "error"] = Field(
-        "ok", description="missing: no model files; error: a worker could not load it (status is degraded)"
+    model: str | None = Field(None, description="the model's name (never its path)")
+    model_status: Literal["ok", "missing", "error"] | None = Field(
+        None, description="missing: no model files; error: a worker could not load it (status is degraded)"
     )
     model_error: str | None = Field(None, description="why, and how to get a model")
-    database: str
-    broker: str
-    workers: int
-    queues: dict[str, int] = Field(
-        default_factory=dict,
+    database: str | None = None
+    broker: str | None = None
+    workers: int | None = None
+    queues: dict[str, int] | None = Field(
+        None,
         description="workers reading each queue this API sends to: transcription, live, events "
         "(status is degraded while one has none)",
     )
@@ -354,7 +456,7 @@ class OpenAIVerboseTranscription(BaseModel):
 BATCH_ID_EXAMPLE = "3f9d7c1a-2b4e-4f6a-9c8d-1e2f3a4b5c6d"
 
 
-class BatchOptions(BaseModel):
+class BatchOptions(TextFields):
     """Options of ``POST /v1/batches``: form fields beside an archive, or fields of the JSON body."""
 
     model_config = ConfigDict(extra="forbid")
@@ -374,12 +476,7 @@ class BatchOptions(BaseModel):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         """A plain format check here; the SSRF guard checks the address on every delivery."""
-        if value is None:
-            return None
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("webhook_url must be an absolute http or https URL")
-        return value.strip()
+        return http_url(value, "webhook_url")
 
 
 class BatchItemIn(BaseModel):
@@ -390,6 +487,11 @@ class BatchItemIn(BaseModel):
     name: str | None = Field(
         None, max_length=500, description="the item's name (a relative path); default: from the URL"
     )
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_metadata(value)
 
 
 class BatchRequest(BatchOptions):
@@ -502,3 +604,94 @@ class BatchItems(BaseModel):
 
 class BatchCancelOut(BatchOut):
     cancelled: int = Field(description="jobs cancelled or asked to stop by this call")
+
+
+class VocabularyIn(BaseModel):
+    """The body of ``PUT /v1/vocabulary``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"words": ["Тинькофф", "ипотека"], "replacements": {"тинькоф": "Тинькофф"}}]
+        },
+    )
+
+    words: list[str] = Field(default_factory=list, description="hot words for every job and batch")
+    replacements: dict[str, str] = Field(default_factory=dict, description="spellings to rewrite in display")
+
+
+class VocabularyOut(BaseModel):
+    words: list[str]
+    replacements: dict[str, str]
+    updated_at: datetime | None
+
+
+# -- search, rules, analytics -------------------------------------------------------------------------
+
+
+class SearchHit(BaseModel):
+    job_id: str
+    name: str | None = Field(
+        description="the recording's name: its path in the batch, or the upload's filename"
+    )
+    metadata: dict[str, Any] | None
+    phrase_index: int
+    channel: int = Field(description="0 agent (left), 1 client (right); 0 for mono")
+    start: float
+    end: float
+    text: str = Field(description="the phrase's text (its display text when it has one)")
+    highlight: str = Field(description="the text, HTML-escaped, with the matched words in <mark>")
+    marks: list[list[int]] = Field(description="[start, end) character offsets of the matched words in text")
+    rank: float
+
+
+class SearchPage(BaseModel):
+    data: list[SearchHit]
+    next_cursor: str | None
+
+
+class SearchJobGroup(BaseModel):
+    job_id: str
+    name: str | None
+    metadata: dict[str, Any] | None
+    count: int = Field(description="how many of the job's phrases match")
+    rank: float = Field(description="its best hit's rank")
+    hits: list[SearchHit] = Field(description="its best hits (up to 3)")
+
+
+class SearchGroupPage(BaseModel):
+    data: list[SearchJobGroup]
+    next_cursor: str | None
+
+
+class RuleIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"name": "threat to leave", "kind": "phrase_contains",
+                 "params": {"words": ["расторгнуть договор", "уйду"], "channel": 1}},
+                {"name": "no greeting", "kind": "missing_in_first",
+                 "params": {"words": ["здравствуйте"], "seconds": 10, "channel": 0}},
+            ]
+        }
+    )  # fmt: skip
+
+    name: str = Field(min_length=1, max_length=200)
+    kind: Literal["phrase_contains", "missing_in_first", "silence_over", "overtalk_share_over"]
+    params: dict[str, Any] = Field(default_factory=dict)
+    apply_to_existing: bool = Field(
+        False, description="also flag the tenant's already completed jobs it matches (no webhooks for those)"
+    )
+
+
+class RuleOut(BaseModel):
+    id: str
+    name: str
+    kind: str
+    params: dict[str, Any]
+    created_at: datetime
+    matches: int = Field(0, description="jobs it flagged")
+
+
+class RuleList(BaseModel):
+    data: list[RuleOut]

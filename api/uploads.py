@@ -1,10 +1,11 @@
 """Uploads to disk in pieces: never the whole file in memory, never over the limit.
 
 Two guards: :class:`BodyLimitMiddleware` refuses a request body larger than the upload limit (plus
-room for form fields) before FastAPI parses it — from ``Content-Length`` at once, or by counting the
-bytes of a chunked body as they arrive — and :func:`save_stream` copies a spooled upload (or any
-byte stream) to ``settings.audio_path`` in 1 MiB pieces, hashing and counting as it goes, removing
-the partial file on any failure.
+room for form fields; a JSON body: ``JSON_LIMIT``, a batch manifest ``MANIFEST_LIMIT``) before
+FastAPI parses it — from ``Content-Length`` at once, or by counting the bytes of a chunked body as
+they arrive —, and request headers over ``HEADER_LIMIT`` in all (431); and :func:`save_stream`
+copies a spooled upload (or any byte stream) to ``settings.audio_path`` in 1 MiB pieces, hashing
+and counting as it goes, removing the partial file on any failure.
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ from typing import BinaryIO
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError, error_body
+from api.jsonbody import JSON_LIMIT, MANIFEST_LIMIT
+from shared.platform.playback_cache import remove_copies
 
 PIECE = 1024 * 1024
 FORM_SLACK = 1024 * 1024  # multipart boundaries and form fields beside the file
+HEADER_LIMIT = 32 * 1024  # all request headers together (names and values)
+_MANIFEST_PATHS = ("/v1/batches",)
 _SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 
 
@@ -72,8 +77,10 @@ def save_stream(source: BinaryIO | Iterable[bytes], dest: Path, max_bytes: int) 
 
 
 def remove_quietly(path: str | Path | None) -> None:
+    """The stored recording and its playback copies."""
     if path:
         Path(path).unlink(missing_ok=True)
+        remove_copies(path)
 
 
 class _BodyTooLargeError(Exception):
@@ -92,15 +99,30 @@ class BodyLimitMiddleware:
         self.app = app
         self.limit = limit
 
+    def _limits(self, scope: Scope, headers: dict[bytes, bytes]) -> tuple[int, ApiError]:
+        """``(bytes allowed, the error past them)``: a JSON body is small, an upload is not."""
+        media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if media == b"application/json" or media.endswith(b"+json"):
+            cap = MANIFEST_LIMIT if scope["path"].rstrip("/") in _MANIFEST_PATHS else JSON_LIMIT
+            return cap, ApiError(413, "body_too_large", f"a JSON body may hold at most {cap} bytes")
+        file_limit = self.limit()
+        return file_limit + FORM_SLACK, too_large(file_limit)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = sum(len(k) + len(v) for k, v in scope["headers"])
+            if size > HEADER_LIMIT:
+                message = f"the request headers hold {size} bytes, over the limit of {HEADER_LIMIT}"
+                await _send_error(send, ApiError(431, "headers_too_large", message))
+                return
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        file_limit = self.limit()
-        limit = file_limit + FORM_SLACK
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        limit, refusal = self._limits(scope, headers)
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _send_413(send, file_limit)
+            await _send_error(send, refusal)
             return
         seen = 0
         overflow = False
@@ -131,16 +153,15 @@ class BodyLimitMiddleware:
             if not overflow:
                 raise
         if overflow and not started:
-            await _send_413(send, file_limit)
+            await _send_error(send, refusal)
 
 
-async def _send_413(send: Send, limit: int) -> None:
-    err = too_large(limit)
+async def _send_error(send: Send, err: ApiError) -> None:
     body = json.dumps(error_body(err.code, err.message)).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": err.status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

@@ -298,3 +298,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.platform)
         elif "servers" in getattr(item, "fixturenames", ()) or where in _OWN_SERVERS:
             item.add_marker(pytest.mark.platform)
+
+
+def written(phrases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The engine's phrases as the platform stores them by default: with ``display`` and
+    ``display_words`` (normalize on, nothing redacted)."""
+    from shared.text.display import display_phrases
+    from shared.text.options import TextOptions
+
+    return display_phrases(phrases, TextOptions())[0]

@@ -14,7 +14,7 @@ from shared.queue import EVENTS_QUEUE, REQUEUE_TASK, RETENTION_TASK, WEBHOOK_DUE
 TASK_MODULES = ["worker.tasks", "worker.webhooks", "worker.streaming", "worker.retention"]
 
 # seconds between runs of each periodic task; all of them run on the events queue
-REQUEUE_INTERVAL_SECONDS = 15.0
+REQUEUE_INTERVAL_SECONDS = 5.0  # also finds dead lease holders (worker.liveness)
 WEBHOOK_DUE_INTERVAL_SECONDS = 30.0
 RETENTION_INTERVAL_SECONDS = 600.0
 

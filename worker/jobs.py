@@ -15,9 +15,9 @@ import logging
 import threading
 import time
 from collections.abc import MutableMapping
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 import redis.exceptions
@@ -27,14 +27,19 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.asr.engine import Recognizer
 from shared.asr.errors import ToneError
-from shared.asr.types import ChannelMode
+from shared.asr.types import LABELS, ChannelMode
 from shared.platform import logs
 from shared.platform.batch_state import Finished
+from shared.platform.rules import FLAGGED_EVENT
 from shared.platform.settings import Settings
+from shared.text.display import display_phrases
+from shared.text.options import TextOptions
 from worker.processing import BatchRunner, Outcome, Work
 from worker.store import Claimed, JobStore
 
 HEARTBEAT_SECONDS = 1.0  # progress, lease renewal and cancel checks
+DOWNLOADS = 4  # audio_url downloads one run makes at once, beside its model batch
+IDLE_SECONDS = 0.2  # how often a run with only downloads in flight looks at them
 PROGRESS_CAP = 0.99  # until the transcript is stored
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OperationalError,
@@ -156,6 +161,9 @@ class BatchRun:
         self.batching = batching and settings.worker_batch > 1
         self.jobs: dict[str, Claimed] = {}
         self.runner: BatchRunner | None = None
+        # audio_url jobs being downloaded in the background: (the download, its stop flag)
+        self.downloads: dict[str, tuple[Future[tuple[int, str, str | None]], threading.Event]] = {}
+        self._pool: ThreadPoolExecutor | None = None
         self.queue = "cpu"
         self.refill_until = time.monotonic() + settings.task_time_limit_seconds / 2
 
@@ -189,7 +197,13 @@ class BatchRun:
         if self.store.fail(job.id, code, message):
             self._notify(job, "job.failed")
 
+    def _stop_download(self, job_id: str) -> None:
+        pending = self.downloads.pop(job_id, None)
+        if pending is not None:
+            pending[1].set()
+
     def _cancelled(self, job: Claimed) -> None:
+        self._stop_download(job.id)
         if self.runner is not None:
             self.runner.stop(job.id)
         if self.store.cancel(job.id):
@@ -197,10 +211,24 @@ class BatchRun:
             self._notify(job, "job.cancelled")
 
     def _lost(self, job_id: str) -> None:
+        self._stop_download(job_id)
         if self.runner is not None:
             self.runner.stop(job_id)
         self.jobs.pop(job_id, None)
         log.warning("lease lost (taken over or deleted): dropping this job's work", job=job_id)
+
+    def _notify_flags(self, job: Claimed, rule_ids: list[str]) -> None:
+        """One ``job.flagged`` event per rule the transcript matched (to the job's webhook_url, else
+        its batch's)."""
+        from shared.queue import enqueue_webhook
+
+        if not (job.webhook_url or job.batch_id):
+            return
+        for rule_id in rule_ids:
+            try:
+                enqueue_webhook(job.id, f"{FLAGGED_EVENT}:{rule_id}")
+            except Exception:
+                log.exception("could not send the job.flagged webhook task of rule %s", rule_id, job=job.id)
 
     def _finish(self, outcome: Outcome) -> None:
         job = self.jobs.pop(outcome.job_id)
@@ -208,7 +236,21 @@ class BatchRun:
             self._failed(job, outcome.error or RuntimeError("no transcript"))
             return
         t = outcome.transcript
-        if self.store.complete(job.id, t):
+        try:
+            phrases, audio_path = self._written(job, t)
+        except Exception as exc:  # a recording that cannot be redacted must not be kept unredacted
+            log.exception("redaction failed", job=job.id)
+            if job.options.get("redact_audio") and job.audio_path and job.source != "directory":
+                Path(job.audio_path).unlink(missing_ok=True)
+            self._failed(job, _RedactionError(exc))
+            return
+        stored = self.store.complete(job.id, t, phrases, audio_path)
+        if audio_path and job.audio_path:  # the redacted recording replaced the original, or is unused
+            if not stored:
+                Path(audio_path).unlink(missing_ok=True)
+            elif job.source != "directory":  # a server folder's files are never deleted
+                Path(job.audio_path).unlink(missing_ok=True)
+        if stored:
             log.info(
                 "completed: %.1f s of audio, %d phrases, in %.2f s",
                 t.duration,
@@ -217,61 +259,110 @@ class BatchRun:
                 job=job.id,
             )
             self._notify(job, "job.completed")
+            self._notify_flags(job, self.store.flagged.pop(job.id, []))
         else:
             log.warning("lease lost before the result was stored: result dropped", job=job.id)
 
+    def _written(self, job: Claimed, t: Any) -> tuple[list[dict[str, Any]], str | None]:
+        """The phrases with their written form (normalized, replaced, redacted as the job asked)
+        and, with ``redact_audio``, the path of the redacted recording that replaces the upload."""
+        options = TextOptions.from_stored(job.options)
+        phrases, redactions = display_phrases([p.to_dict() for p in t.phrases], options)
+        audio_path = None
+        if options.redact_audio and job.audio_path:
+            from worker.redaction import redact_recording
+
+            split = job.options.get("channels") == "split"
+            dest = self.settings.audio_path / f"{job.id}.redacted.wav"
+            audio_path = str(redact_recording(Path(job.audio_path), redactions, split=split, dest=dest))
+        return phrases, audio_path
+
     # inputs
 
-    def _download(self, job: Claimed) -> str | None:
-        """Fetch ``audio_url`` to the audio directory (renewing the lease meanwhile); the path, or
-        None when the lease was lost."""
-        from shared.platform.netguard import download
+    def _fetch(self, job: Claimed, stop: threading.Event) -> tuple[int, str, str | None]:
+        """Download ``audio_url`` to the audio directory (a pool thread): bounded by the read
+        timeout, the whole deadline, the minimum rate and the job's stop flag (a cancel)."""
+        from shared.platform.netguard import DownloadBounds, download
 
         s = self.settings
         dest = s.audio_path / f"{job.id}.audio"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with ThreadPoolExecutor(1, thread_name_prefix="download") as pool:
-            future = pool.submit(
-                download,
-                job.audio_url or "",
-                dest,
-                max_bytes=s.max_upload_bytes,
-                timeout=s.url_download_timeout_seconds,
-                allow_private=s.allow_private_urls,
-            )
-            while True:
-                try:
-                    size, sha256, content_type = future.result(timeout=HEARTBEAT_SECONDS)
-                    break
-                except FutureTimeout:
-                    self.store.renew(job.id)  # renew the lease
-        values: dict[str, Any] = {"audio_path": str(dest), "size_bytes": size, "sha256": sha256}
-        if content_type:
-            values["content_type"] = content_type
-        log.info("downloaded %d bytes from the job's audio_url", size, job=job.id)
-        return str(dest) if self.store.renew(job.id, **values) else None
+        bounds = DownloadBounds(
+            deadline=s.url_download_deadline_seconds or None,
+            min_rate=s.url_download_min_bytes_per_second,
+            should_stop=stop.is_set,
+        )
+        return download(
+            job.audio_url or "",
+            dest,
+            max_bytes=s.max_upload_bytes,
+            timeout=s.url_download_timeout_seconds,
+            allow_private=s.allow_private_urls,
+            bounds=bounds,
+        )
+
+    def _begin_download(self, job: Claimed) -> None:
+        """Start fetching a URL job's audio beside the model batch; it joins the batch once here
+        (the job's lease is renewed and its cancel flag read meanwhile, by the heartbeat)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(DOWNLOADS, thread_name_prefix="download")
+        stop = threading.Event()
+        self.downloads[job.id] = (self._pool.submit(self._fetch, job, stop), stop)
+        log.info("downloading the job's audio_url in the background", job=job.id)
+
+    def _collect_downloads(self) -> None:
+        """Downloads that ended: their job joins the batch, or fails with the download's error."""
+        for job_id, (future, _) in list(self.downloads.items()):
+            if not future.done():
+                continue
+            del self.downloads[job_id]
+            job = self.jobs.get(job_id)
+            if job is None:
+                continue
+            exc = future.exception()
+            if exc is not None:
+                if isinstance(exc, TRANSIENT_ERRORS):
+                    raise exc
+                self.jobs.pop(job_id)
+                self._failed(job, exc)
+                continue
+            size, sha256, content_type = future.result()
+            dest = str(self.settings.audio_path / f"{job.id}.audio")
+            values: dict[str, Any] = {"audio_path": dest, "size_bytes": size, "sha256": sha256}
+            if content_type:
+                values["content_type"] = content_type
+            log.info("downloaded %d bytes from the job's audio_url", size, job=job_id)
+            if not self.store.renew(job_id, **values):
+                self._lost(job_id)
+                continue
+            job = self.jobs[job_id] = dataclasses.replace(job, audio_path=dest)
+            self._open(job, dest)
 
     def _start(self, job: Claimed) -> None:
-        """Open a claimed job's audio and add it to the batch (or end it right away)."""
+        """Open a claimed job's audio and add it to the batch (or end it right away); a URL job
+        is downloaded first, in the background."""
         assert self.runner is not None
         self.jobs[job.id] = job
         if job.cancel_requested:
             self.jobs.pop(job.id)
             self._cancelled(job)
             return
+        if job.source == "url" and not job.audio_path:
+            self._begin_download(job)
+            return
+        self._open(job, job.audio_path)
+
+    def _open(self, job: Claimed, path: str | None) -> None:
+        assert self.runner is not None
         try:
-            path = job.audio_path
-            if job.source == "url" and not path:
-                path = self._download(job)
-                if path is None:
-                    self._lost(job.id)
-                    return
-                job = self.jobs[job.id] = dataclasses.replace(job, audio_path=path)
             if not path:
                 raise FileNotFoundError("no audio_path")
             channels: ChannelMode = "split" if job.options.get("channels") == "split" else "mix"
             decoder = job.options.get("decoder")
-            work = Work(job.id, path, channels, None if decoder in (None, "auto") else decoder)
+            hotwords = TextOptions.from_stored(job.options).hotwords(LABELS)
+            if decoder in (None, "auto"):  # a vocabulary needs beam search, with or without the LM
+                decoder = "beam" if hotwords else None
+            work = Work(job.id, path, channels, decoder, hotwords)
             info = self.runner.add(work)
         except TRANSIENT_ERRORS:
             raise
@@ -289,10 +380,13 @@ class BatchRun:
         """Claim waiting jobs of this queue while there is room; how many were added."""
         if not self.batching or self.runner is None or time.monotonic() > self.refill_until:
             return 0
-        room = self.settings.worker_batch - len(self.runner)
+        room = self.settings.worker_batch - len(self.runner) - len(self.downloads)
         if room <= 0:
             return 0
-        claimed = self.store.claim_waiting(self.queue, room)
+        claimed = self.store.claim_orphans(self.queue, room)  # a dead worker's jobs first
+        if claimed:
+            log.info("took over %d jobs of a dead worker into the running batch", len(claimed))
+        claimed += self.store.claim_waiting(self.queue, room - len(claimed))
         for job in claimed:
             self._start(job)
         return len(claimed)
@@ -305,6 +399,7 @@ class BatchRun:
             job_id: min(PROGRESS_CAP, done / duration) if duration > 0 else 0.0
             for job_id, (done, duration) in self.runner.progress().items()
         }
+        progress.update(dict.fromkeys(self.downloads, 0.0))
         alive, cancel = self.store.heartbeat(progress)
         for job_id in progress:
             if job_id not in alive:
@@ -325,7 +420,8 @@ class BatchRun:
         self.runner = BatchRunner(recognizer, max_duration=s.max_audio_seconds, max_bytes=s.max_upload_bytes)
         self.queue = claimed[0].queue
         try:
-            if self.batching:
+            if self.batching:  # a dead worker's jobs first: they have waited longest
+                claimed = claimed + self.store.claim_orphans(self.queue, s.worker_batch - len(claimed))
                 claimed = claimed + self.store.claim_waiting(self.queue, s.worker_batch - len(claimed))
             log.info("batch of %d jobs: %s", len(claimed), " ".join(j.id for j in claimed))
             for job in claimed:
@@ -341,20 +437,37 @@ class BatchRun:
             for job_id in list(self.jobs):
                 self._failed(self.jobs.pop(job_id), exc)
         finally:
+            for _, stop in self.downloads.values():
+                stop.set()
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
             self.runner.close()
 
     def _loop(self) -> None:
         assert self.runner is not None
         last = time.monotonic()
-        while len(self.runner):
-            for outcome in self.runner.round():
-                self._finish(outcome)
+        while len(self.runner) or self.downloads:
+            if self.downloads:
+                self._collect_downloads()
+            if len(self.runner):
+                for outcome in self.runner.round():
+                    self._finish(outcome)
+            else:
+                time.sleep(IDLE_SECONDS)
             if time.monotonic() - last >= HEARTBEAT_SECONDS:
                 last = time.monotonic()
                 self._heartbeat()
                 added = self._refill()
                 if added:
                     log.info("%d jobs joined the batch, now %d", added, len(self.runner))
+
+
+class _RedactionError(Exception):
+    code = "redaction_failed"
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(f"the recording could not be redacted: {type(exc).__name__}")
+        self.message = str(self)
 
 
 class _TimeLimitError(Exception):

@@ -33,6 +33,7 @@ class Work:
     path: str
     channels: ChannelMode = "mix"
     decoder: str | None = None
+    hotwords: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ class BatchRunner:
             block_seconds=self.block_seconds,
         )
         streams = [
-            self.recognizer.new_stream(channel=c, decoder=work.decoder) for c in range(reader.channels)
+            self.recognizer.new_stream(channel=c, decoder=work.decoder, hotwords=work.hotwords)
+            for c in range(reader.channels)
         ]
         i = reader.info
         info = {

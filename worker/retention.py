@@ -18,6 +18,7 @@ from sqlalchemy import delete, exists, select, update
 
 from shared.db.models import FINAL_STATUSES, Batch, Job
 from shared.db.session import rowcount, session_scope
+from shared.platform.playback_cache import remove_copies
 from shared.platform.settings import Settings, get_settings
 from shared.queue import RETENTION_TASK
 from worker.celery_app import app
@@ -33,6 +34,7 @@ def _remove(paths: list[str | None], settings: Settings) -> None:
     for path in paths:
         if path and Path(path).resolve().is_relative_to(root):
             Path(path).unlink(missing_ok=True)
+            remove_copies(path)
 
 
 def _before(days: float) -> datetime:

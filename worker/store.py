@@ -26,6 +26,7 @@ from shared.db.models import Job, Transcript
 from shared.db.session import session_scope
 from shared.platform import logs, metrics
 from shared.platform.batch_state import Finished, finish_batch
+from shared.platform.search import after_transcript_stored
 
 _NO_SYNC = {"synchronize_session": False}  # no ORM objects to refresh: plain UPDATE ... RETURNING
 MAX_ATTEMPTS = 3  # claims of one job; a job whose lease expired this often fails "worker_lost"
@@ -99,6 +100,8 @@ class JobStore:
         self.owner = owner
         self.lease = timedelta(seconds=lease_seconds)
         self.metrics = metrics.client_for(redis_url) if redis_url else None  # where the counters go
+        # rules each completed job matched (complete() fills it, the caller pops it to send job.flagged)
+        self.flagged: dict[str, list[str]] = {}
 
     def _started(self, claimed: Sequence[Any]) -> list[Claimed]:
         """The claimed rows as :class:`Claimed`; a job's first start adds its queue wait."""
@@ -203,6 +206,29 @@ class JobStore:
             rows = session.execute(stmt, execution_options=_NO_SYNC).all()
         return self._started(rows)
 
+    def claim_orphans(self, queue: str, limit: int) -> list[Claimed]:
+        """Take up to ``limit`` jobs of ``queue`` whose holder died (lease expired, expired early
+        by the dead-holder rule) into a running batch, so that they resume at once on a busy
+        worker instead of waiting for a free one; jobs on their last claim are left to run alone."""
+        if limit <= 0:
+            return []
+        orphans = (  # a CTE, evaluated once (an IN subquery may be rescanned and take more)
+            select(Job.id.label("id"))
+            .where(Job.queue == queue, _lease_expired(), Job.attempts < MAX_ATTEMPTS - 1)
+            .order_by(Job.priority.desc(), Job.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("orphans")
+        )
+        stmt = (
+            update(Job)
+            .where(Job.id == orphans.c.id, _lease_expired())
+            .values(self._claim_values())
+            .returning(*_RETURNING)
+        )
+        with session_scope(self.url) as session:
+            return [Claimed.from_row(r) for r in session.execute(stmt, execution_options=_NO_SYNC).all()]
+
     def claim_resumed(self, resume_owner: str) -> list[Claimed]:
         """Jobs an earlier run of this task held when it hit a transient error: take them back."""
         stmt = (
@@ -214,6 +240,43 @@ class JobStore:
         with session_scope(self.url) as session:
             rows = session.execute(stmt, execution_options=_NO_SYNC).all()
         return self._started(rows)
+
+    def holder_of(self, job_id: str) -> tuple[str, float] | None:
+        """``(lease owner, seconds since it last renewed the lease)`` of a processing job, else None."""
+        since = func.extract("epoch", func.now() + self.lease - Job.lease_expires_at)
+        stmt = select(Job.lease_owner, since).where(
+            Job.id == job_id, Job.status == "processing", Job.lease_owner.is_not(None)
+        )
+        with session_scope(self.url) as session:
+            row = session.execute(stmt).first()
+        return (str(row[0]), float(row[1])) if row else None
+
+    def adopt(self, dead_owner: str, limit: int) -> list[Claimed]:
+        """Take up to ``limit`` jobs a dead holder left with their lease expired, except those that
+        would be on their last claim (they run alone, through their own messages)."""
+        if limit <= 0:
+            return []
+        left = (  # a CTE, evaluated once (see claim_waiting: an IN subquery may take more than limit)
+            select(Job.id.label("id"))
+            .where(
+                Job.status == "processing",
+                Job.lease_owner == dead_owner,
+                Job.lease_expires_at <= func.now(),
+                Job.attempts < MAX_ATTEMPTS - 1,
+            )
+            .order_by(Job.priority.desc(), Job.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("left_behind")
+        )
+        stmt = (
+            update(Job)
+            .where(Job.id == left.c.id, Job.lease_owner == dead_owner)
+            .values(self._claim_values())
+            .returning(*_RETURNING)
+        )
+        with session_scope(self.url) as session:
+            return [Claimed.from_row(r) for r in session.execute(stmt, execution_options=_NO_SYNC).all()]
 
     # -- while processing -------------------------------------------------------------------------
 
@@ -253,9 +316,24 @@ class JobStore:
 
     # -- final states -----------------------------------------------------------------------------
 
-    def complete(self, job_id: str, transcript: EngineTranscript) -> bool:
-        """Store the transcript and mark the job completed in ONE transaction, if still ours."""
+    def complete(
+        self,
+        job_id: str,
+        transcript: EngineTranscript,
+        phrases: list[dict[str, Any]] | None = None,
+        audio_path: str | None = None,
+    ) -> bool:
+        """Store the transcript and mark the job completed in ONE transaction, if still ours.
+
+        ``phrases`` are the phrases to store (with their written form, perhaps redacted) in place
+        of the engine's; ``audio_path`` a new stored recording (the redacted one). The same
+        transaction indexes its phrases, stores its analytics and flags the rules it matches
+        (``shared.platform.search.after_transcript_stored``; their ids land in ``self.flagged``)."""
         result = transcript.to_dict()
+        if phrases is not None:
+            result["phrases"] = phrases
+            result["full_text"] = " ".join(p["text"] for p in phrases)
+        extra: dict[str, Any] = {"audio_path": audio_path} if audio_path else {}
         with session_scope(self.url) as session:
             stmt = (
                 update(Job)
@@ -269,14 +347,15 @@ class JobStore:
                     lease_expires_at=None,
                     error_code=None,
                     error_message=None,
+                    **extra,
                 )
-                .returning(*_ENDED)
+                .returning(*_ENDED, Job.tenant_id)
             )
             ended = session.execute(stmt, execution_options=_NO_SYNC).first()
             if ended is None:
                 session.rollback()
                 return False
-            session.execute(
+            stored = session.execute(
                 insert(Transcript)
                 .values(
                     job_id=uuid.UUID(job_id),
@@ -286,7 +365,17 @@ class JobStore:
                     channels=transcript.channels,
                 )
                 .on_conflict_do_nothing(index_elements=[Transcript.job_id])
-            )
+                .returning(Transcript.job_id)
+            ).first()
+            if stored is not None:
+                self.flagged[job_id] = after_transcript_stored(
+                    session,
+                    ended.id,
+                    ended.tenant_id,
+                    result["phrases"],
+                    transcript.duration,
+                    transcript.channels,
+                )
         self._ended(ended, "completed")
         return True
 
@@ -350,6 +439,42 @@ def fail_lost(session: Session) -> list[Stuck]:
             lease_expires_at=None,
             error_message=f"the worker processing this job stopped {MAX_ATTEMPTS} times; giving up",
         )
+        .returning(Job.id, Job.queue, Job.priority, Job.status, Job.webhook_url, Job.batch_id)
+    )
+    return [
+        Stuck(
+            str(r.id), r.queue, r.priority, r.status, r.webhook_url, str(r.batch_id) if r.batch_id else None
+        )
+        for r in session.execute(stmt, execution_options=_NO_SYNC)
+    ]
+
+
+def stale_holders(session: Session, lease_seconds: float, stale_seconds: float) -> list[str]:
+    """Lease owners of processing jobs none of which was renewed for ``stale_seconds``."""
+    renewed = func.max(Job.lease_expires_at)
+    stmt = (
+        select(Job.lease_owner)
+        .where(Job.status == "processing", Job.lease_owner.is_not(None), Job.lease_expires_at > func.now())
+        .group_by(Job.lease_owner)
+        .having(renewed < func.now() + timedelta(seconds=lease_seconds - stale_seconds))
+    )
+    return [str(owner) for owner in session.scalars(stmt)]
+
+
+def expire_dead_holder(
+    session: Session, owner: str, lease_seconds: float, stale_seconds: float
+) -> list[Stuck]:
+    """Expire now the leases of ``owner`` (whose holder key is gone) that it did not renew for
+    ``stale_seconds``; the jobs whose lease was expired. Rows it renewed since are left alone."""
+    stmt = (
+        update(Job)
+        .where(
+            Job.status == "processing",
+            Job.lease_owner == owner,
+            Job.lease_expires_at > func.now(),
+            Job.lease_expires_at < func.now() + timedelta(seconds=lease_seconds - stale_seconds),
+        )
+        .values(lease_expires_at=func.now())
         .returning(Job.id, Job.queue, Job.priority, Job.status, Job.webhook_url, Job.batch_id)
     )
     return [

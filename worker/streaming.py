@@ -47,7 +47,7 @@ from shared.asr.audio import decode_raw, read_audio, resample
 from shared.asr.decoder import GreedyDecoder
 from shared.asr.errors import EmptyAudioError, StreamStateError, ToneError
 from shared.asr.stream import StreamState
-from shared.asr.types import SAMPLE_RATE, Phrase
+from shared.asr.types import LABELS, SAMPLE_RATE, Phrase
 from shared.platform.sessions import (
     AWAKE_MS,
     KEEP_ANSWERS,
@@ -64,6 +64,8 @@ from shared.platform.sessions import (
 )
 from shared.platform.settings import Settings, get_settings
 from shared.queue import STREAM_TASK, enqueue_stream
+from shared.text.display import display_phrases
+from shared.text.options import TextOptions
 from worker.celery_app import app
 from worker.jobs import get_recognizer
 from worker.resampler import LiveResampler
@@ -167,6 +169,7 @@ class Work:
     ckpt_t: float = 0.0
     replay: list[np.ndarray] = field(default_factory=list)  # journaled chunks to apply first
     phrases: list[dict[str, Any]] = field(default_factory=list)  # the session's phrases so far
+    text: TextOptions = field(default_factory=TextOptions)  # the session's written-form options
     resampler: LiveResampler | None = None  # raw audio at another rate: the resampler's state
 
 
@@ -384,9 +387,13 @@ def prepare(store: SessionStore, settings: Settings, item: Item, token: str) -> 
                 _remember(item.id, cached[0], cached[1], cached[2])
             return answer
     phrases = cast("list[dict[str, Any]]", json.loads(s.get("phrases", b"[]")))
+    text = TextOptions.from_stored(options.text_options())
+    hotwords = text.hotwords(LABELS)
+    for state in states:  # not in the binary layout: the session's options say them each round
+        state.hotwords = hotwords
     return Work(
         item, token, ttl, states, samples, held, cached=hit, ckpt=ckpt, ckpt_t=ckpt_t, replay=replayed,
-        phrases=phrases, resampler=resampler,
+        phrases=phrases, text=text, resampler=resampler,
     )  # fmt: skip
 
 
@@ -405,6 +412,8 @@ def load_states(
             states.append(StreamState.from_bytes(raw))
         else:
             decoder = None if options.decoder == "auto" else options.decoder
+            if decoder is None and TextOptions.from_stored(options.text_options()).hotwords(LABELS):
+                decoder = "beam"  # a vocabulary needs beam search
             states.append(get_recognizer(settings).new_stream(channel=c, decoder=decoder))
     held = cast("list[list[Any]]", json.loads(s.get("ckpt_held", b"[]"))) if journaled else None
     resampler = LiveResampler.from_bytes(s["ckpt_rs"]) if "ckpt_rs" in s else new_resampler(options)
@@ -483,7 +492,7 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
         results, at = flat[at : at + len(w.states)], at + len(w.states)
         item = w.item
         try:
-            new = release(w, results)
+            new = display_phrases(release(w, results), w.text)[0]
             all_phrases = w.phrases + new
             fields: dict[str, str | bytes] = {
                 "layout": str(LAYOUT),
@@ -514,6 +523,8 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
             else:
                 body = {"phrases": new, "state_id": item.id, "is_final": False, "seq": item.seq}
                 partial = " ".join(t for t in (open_phrase(st) for st in w.states) if t)
+                if w.text.redact:  # an open phrase cannot be redacted reliably: none is sent
+                    partial = ""
                 answer = ok({**body, "partial": partial})
             fields[f"answer:{item.seq}"] = json.dumps(answer, ensure_ascii=False)
             fields["updated"] = str(now)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -19,11 +20,30 @@ from celery.signals import after_setup_logger, task_prerun, worker_process_init
 from shared.db.session import engine_for, session_scope, sessionmaker_for
 from shared.platform import logs, metrics
 from shared.platform.batch_state import finish_done_batches
-from shared.platform.settings import get_settings
+from shared.platform.settings import Settings, get_settings
 from shared.queue import REQUEUE_TASK, TRANSCRIBE_TASK, enqueue_transcription, enqueue_webhook
 from worker.celery_app import app
-from worker.jobs import TRANSIENT_ERRORS, BatchRun, current_job, get_recognizer, log, notify_batch_end
-from worker.store import JobStore, Stuck, fail_lost, find_stuck, mark_sent, new_owner
+from worker.jobs import (
+    HEARTBEAT_SECONDS,
+    TRANSIENT_ERRORS,
+    BatchRun,
+    current_job,
+    get_recognizer,
+    log,
+    notify_batch_end,
+)
+from worker.liveness import ALIVE_TTL_SECONDS, STALE_SECONDS, Liveness, is_alive
+from worker.store import (
+    MAX_ATTEMPTS,
+    JobStore,
+    Stuck,
+    expire_dead_holder,
+    fail_lost,
+    find_stuck,
+    mark_sent,
+    new_owner,
+    stale_holders,
+)
 
 MAX_RETRIES = 5
 
@@ -70,7 +90,9 @@ def transcribe(self: Task, job_id: str, resume_owner: str | None = None) -> None
         log.error("not a job id: %r", job_id, job="-")
         return
     token = current_job.set(job_id)
-    owner = new_owner()
+    # a retry runs as the owner that holds the jobs: a retry that fails before its claim (the
+    # database still down) passes on the same owner, not a new one holding nothing
+    owner = resume_owner or new_owner()
     try:
         run_job(job_id, owner, resume_owner)
     except TRANSIENT_ERRORS as exc:
@@ -84,19 +106,57 @@ def transcribe(self: Task, job_id: str, resume_owner: str | None = None) -> None
 def run_job(job_id: str, owner: str, resume_owner: str | None = None) -> None:
     settings = get_settings()
     store = JobStore(settings.database_url, owner, settings.job_lease_seconds, settings.redis_url)
-    first = store.claim(job_id, resume_owner)
-    claimed = [first] if first else []
-    if resume_owner:
-        claimed += [c for c in store.claim_resumed(resume_owner) if c.id != job_id]
-    if not claimed:
-        log.info("nothing to do: the job is taken, final or gone")
-        return
-    # a job claimed again after a lost worker runs alone, so that a file that kills workers
-    # takes no other job down with it
-    retried = first is not None and first.attempts > 1
-    if retried:
-        log.info("claimed again after a lost worker: running it alone")
-    BatchRun(store, settings, batching=not retried).run(claimed)
+    with Liveness(settings.redis_url, owner):
+        previous = store.holder_of(job_id)
+        first = store.claim(job_id, resume_owner)
+        dead = first is None and previous is not None and previous[0] != owner
+        if dead and previous is not None and _holder_died(store, job_id, previous, settings):
+            first = store.claim(job_id)
+        claimed = [first] if first else []
+        if resume_owner:
+            claimed += [c for c in store.claim_resumed(resume_owner) if c.id != job_id]
+        if not claimed:
+            log.info("nothing to do: the job is taken, final or gone")
+            return
+        # a job on its last claim after lost workers runs alone, so that a file that kills
+        # workers takes no other job down with it; before that, a dead holder's other jobs
+        # resume together here (its whole batch, not one job per lease expiry)
+        last_chance = first is not None and first.attempts >= MAX_ATTEMPTS
+        if last_chance:
+            log.info("claimed for the last time after lost workers: running it alone")
+        elif first is not None and first.attempts > 1 and previous is not None and previous[0] != owner:
+            adopted = store.adopt(previous[0], settings.worker_batch - len(claimed))
+            claimed += [c for c in adopted if c.id != job_id]
+            log.info("took over %d jobs of a dead worker (%s)", len(claimed), previous[0])
+        BatchRun(store, settings, batching=not last_chance).run(claimed)
+
+
+def _holder_died(store: JobStore, job_id: str, previous: tuple[str, float], settings: Settings) -> bool:
+    """Whether the job's holder is dead (its holder key gone and its rows not renewed for
+    STALE_SECONDS); its leases are then expired. A holder renewing its rows is alive at once (a
+    duplicate message); one that stopped renewing is watched until its key lapses."""
+    owner, since = previous
+    if since < 2 * HEARTBEAT_SECONDS + 0.5:
+        return False
+    deadline = time.monotonic() + ALIVE_TTL_SECONDS + STALE_SECONDS + 2
+    while True:
+        now = store.holder_of(job_id)
+        if now is None:  # final, or queued again: the plain claim decides
+            return True
+        if now[0] != owner or now[1] < 2 * HEARTBEAT_SECONDS + 0.5:
+            return False  # taken over by another, or its holder renews it: alive
+        if now[1] >= STALE_SECONDS and not is_alive(settings.redis_url, owner):
+            with session_scope(settings.database_url) as session:
+                expired = expire_dead_holder(session, owner, settings.job_lease_seconds, STALE_SECONDS)
+                mark_sent(session, (s.id for s in expired))
+            log.warning("the worker holding this job is dead (%s): %d leases expired", owner, len(expired))
+            for stuck in expired:  # each job gets a message: the ones not adopted here still run
+                if stuck.id != job_id:
+                    enqueue_transcription(stuck.id, queue=stuck.queue, priority=stuck.priority)
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1.0)
 
 
 @app.task(name=REQUEUE_TASK)
@@ -104,6 +164,19 @@ def requeue_stuck() -> dict[str, int]:
     """Beat: re-send jobs whose message was lost or whose worker's lease expired; fail jobs that
     lost their worker MAX_ATTEMPTS times (``worker_lost``); finish batches left with no open job."""
     settings = get_settings()
+    # holders that died (key gone, rows not renewed): their leases expire now, not in minutes
+    with session_scope(settings.database_url) as session:
+        dead = [
+            owner
+            for owner in stale_holders(session, settings.job_lease_seconds, STALE_SECONDS)
+            if not is_alive(settings.redis_url, owner)
+        ]
+        lease = settings.job_lease_seconds
+        orphans = [s for owner in dead for s in expire_dead_holder(session, owner, lease, STALE_SECONDS)]
+        mark_sent(session, (s.id for s in orphans))
+    for job in orphans:
+        log.warning("re-enqueued: its worker died", job=job.id)
+        enqueue_transcription(job.id, queue=job.queue, priority=job.priority)
     with session_scope(settings.database_url) as session:
         lost = fail_lost(session)
         stuck = find_stuck(session, settings.queued_grace_seconds)

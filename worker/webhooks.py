@@ -12,8 +12,15 @@ receiver's ``Retry-After`` (429/503) when that is longer:
   unacked messages after its visibility timeout of an hour, so longer countdowns would run twice);
 - longer ones are only stored as the row's ``next_attempt_at``; the beat task
   ``tone.webhook_due`` sends the attempts that are due (and those whose countdown message was
-  lost). A short-lived Redis claim per (event, attempt) keeps it from sending one twice, and the
-  task skips an attempt that is already recorded.
+  lost). A Redis claim per scheduled (event, attempt) keeps beat from dispatching it again while
+  its countdown message is pending (until it is due plus ``CLAIM_GRACE_SECONDS``): an attempt
+  whose message died with its worker goes out at most that plus beat's sweep interval late.
+
+Whoever sends an attempt (the worker's task, beat's resend, a redelivered message) first takes its
+*send lock*: a Redis key of ``SEND_LOCK_SECONDS`` renewed every few seconds while the attempt runs,
+so it expires with its holder; a killed holder's attempt is sent again by the next task within
+seconds. Under the lock the task skips an attempt that is already recorded, so one is never sent
+twice.
 
 Only 2xx is success; a 3xx is not followed (a failure, retried); 410 Gone stops; a URL that the
 guard refuses (url_forbidden, invalid_url) stops at once. All attempts of one event share its
@@ -25,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,15 +40,16 @@ from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import String, and_, cast, exists, func, literal, or_, select
 from sqlalchemy.orm import Session, aliased
 from standardwebhooks import Webhook
 
-from shared.db.models import FINAL_STATUSES, Batch, Job, Tenant, WebhookDelivery
+from shared.db.models import FINAL_STATUSES, Batch, Job, JobFlag, Rule, Tenant, WebhookDelivery
 from shared.db.session import session_scope
 from shared.platform.batch_state import BATCH_EVENTS, load_view
 from shared.platform.keys import signing_secrets
 from shared.platform.netguard import UrlError, post_json
+from shared.platform.rules import FLAGGED_EVENT, flagged_rule
 from shared.platform.settings import Settings, get_settings
 from shared.queue import (
     EVENTS_QUEUE,
@@ -63,7 +72,9 @@ MAX_ATTEMPTS = len(SCHEDULE)
 JITTER = 0.10
 COUNTDOWN_MAX_SECONDS = 45 * 60  # under Redis' visibility timeout (3600 s) with margin
 RETRY_AFTER_MAX_SECONDS = 24 * 3600
-CLAIM_GRACE_SECONDS = 15 * 60  # a dispatched attempt not recorded by then is sent again
+CLAIM_GRACE_SECONDS = 30  # a dispatched attempt not started this long after it was due is sent again
+SEND_LOCK_SECONDS = 20  # an attempt's send lock outlives its holder by at most this
+SEND_LOCK_RENEW_SECONDS = 5
 DUE_BATCH = 500
 # a final event with no delivery row this long after the job or batch ended lost its first message
 # (the broker restarted, or was down when the job ended): beat sends it, for a day
@@ -124,12 +135,33 @@ def is_batch_event(event_type: str) -> bool:
 
 
 def _subject(session: Session, subject_id: str, event_type: str) -> tuple[Job | Batch | None, str | None]:
-    """``(job or batch or None, its webhook_url)``."""
+    """``(job or batch or None, its webhook_url)``; a ``job.flagged`` event of a job without a URL
+    goes to its batch's."""
     key = uuid.UUID(str(subject_id))
     subject: Job | Batch | None = (
         session.get(Batch, key) if is_batch_event(event_type) else session.get(Job, key)
     )
-    return subject, subject.webhook_url if subject else None
+    if subject is None:
+        return None, None
+    url = subject.webhook_url
+    if url is None and isinstance(subject, Job) and flagged_rule(event_type) and subject.batch_id is not None:
+        batch = session.get(Batch, subject.batch_id)
+        url = batch.webhook_url if batch else None
+    return subject, url
+
+
+def flag_event_body(session: Session, job: Job, rule_id: uuid.UUID) -> dict[str, Any] | None:
+    """``job.flagged``: the job's event data plus the rule and what matched; None once the rule or
+    its flag was deleted."""
+    flag = session.get(JobFlag, (job.id, rule_id))
+    rule = session.get(Rule, rule_id)
+    if flag is None or rule is None:
+        return None
+    body = event_body(job, FLAGGED_EVENT)
+    body["timestamp"] = _iso(flag.created_at)
+    body["data"]["rule"] = {"id": str(rule.id), "name": rule.name, "kind": rule.kind, "params": rule.params}
+    body["data"]["details"] = flag.details
+    return body
 
 
 def sign(secrets: Sequence[str], event_id: str, body: bytes, moment: datetime) -> dict[str, str]:
@@ -192,6 +224,47 @@ def _claim(event_id: str, attempt: int, ttl_seconds: float) -> bool:
         return True
 
 
+class SendLock:
+    """The lock on sending one attempt of one event: ``SEND_LOCK_SECONDS`` in Redis, renewed by a
+    thread every ``SEND_LOCK_RENEW_SECONDS`` until released, so it dies with its holder. Redis
+    trouble: taken (sending twice under one webhook-id beats never sending)."""
+
+    def __init__(self, event_id: str, attempt: int) -> None:
+        self.key = f"tone:webhook:sending:{event_id}:{attempt}"
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        try:
+            if not _redis().set(self.key, self.token, nx=True, ex=SEND_LOCK_SECONDS):
+                return False
+        except Exception:
+            log.warning("webhook send lock %s: Redis failed, sending anyway", self.key, exc_info=True)
+            return True
+        self._thread = threading.Thread(target=self._renew, name="webhook-lock", daemon=True)
+        self._thread.start()
+        return True
+
+    def _renew(self) -> None:
+        while not self._stop.wait(SEND_LOCK_RENEW_SECONDS):
+            try:
+                _redis().set(self.key, self.token, xx=True, ex=SEND_LOCK_SECONDS)
+            except Exception:
+                log.warning("webhook send lock %s: renewal failed", self.key, exc_info=True)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(SEND_LOCK_RENEW_SECONDS + 1)
+            try:
+                client = _redis()
+                if client.get(self.key) == self.token.encode():
+                    client.delete(self.key)
+            except Exception:
+                log.warning("webhook send lock %s: release failed (it expires)", self.key, exc_info=True)
+
+
 def _send_attempt(
     subject_id: str, event_type: str, attempt: int, event_id: str, queue: str, countdown: float
 ) -> None:
@@ -250,11 +323,15 @@ def _prepare(session: Session, subject_id: str, event_type: str, event_id: str, 
         return "duplicate"
     tenant = session.get(Tenant, subject.tenant_id)
     assert tenant is not None
-    document = (
-        batch_event_body(session, subject, event_type)
-        if isinstance(subject, Batch)
-        else event_body(subject, event_type)
-    )
+    rule_id = flagged_rule(event_type)
+    if isinstance(subject, Batch):
+        document: dict[str, Any] | None = batch_event_body(session, subject, event_type)
+    elif rule_id is not None:
+        document = flag_event_body(session, subject, rule_id)
+        if document is None:
+            return "flag_missing"
+    else:
+        document = event_body(subject, event_type)
     body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
     return Event(subject_id, event_type, event_id, attempt, url, signing_secrets(tenant), body)
 
@@ -333,21 +410,25 @@ def deliver(
     settings = get_settings()
     if event_id is None:  # the final event's first attempt: one per subject, whoever sent the task
         event_id = first_event_id(subject_id, event_type)
-        if not _claim(event_id, attempt, MISSING_WINDOW.total_seconds()):
-            log.info("webhook %s attempt %d is already being sent", event_id, attempt)
-            return "duplicate"
-    with session_scope(settings.database_url) as session:
-        event = _prepare(session, subject_id, event_type, event_id, attempt)
-    if isinstance(event, str):
-        return event
+    lock = SendLock(event_id, attempt)
+    if not lock.acquire():
+        log.info("webhook %s attempt %d is being sent by another task", event_id, attempt)
+        return "duplicate"
+    try:
+        with session_scope(settings.database_url) as session:
+            event = _prepare(session, subject_id, event_type, event_id, attempt)
+        if isinstance(event, str):
+            return event
 
-    out = _post(event, settings)
-    delay = None if out.success or out.final else next_delay(attempt, out.status_code, out.headers)
-    if delay is None and not out.success and not out.final:
-        out.error = f"{out.error}; gave up after {attempt} attempts"
-    next_at = _now() + timedelta(seconds=delay) if delay is not None else None
-    if not _record(event, out, next_at, settings):
-        return f"{event.what}_missing"
+        out = _post(event, settings)
+        delay = None if out.success or out.final else next_delay(attempt, out.status_code, out.headers)
+        if delay is None and not out.success and not out.final:
+            out.error = f"{out.error}; gave up after {attempt} attempts"
+        next_at = _now() + timedelta(seconds=delay) if delay is not None else None
+        if not _record(event, out, next_at, settings):
+            return f"{event.what}_missing"
+    finally:
+        lock.release()
     outcome = "delivered" if out.success else (out.error or "failed")
     log.info(
         "webhook %s attempt %d for %s %s to %s: %s",
@@ -410,7 +491,8 @@ def send_due() -> int:
 
 def _missing_first_events(session: Session) -> list[tuple[str, str]]:
     """Final jobs and batches with a webhook_url that ended between a day and two minutes ago and
-    have no delivery row at all: their first message was lost."""
+    have no delivery row of their final event, and rule matches (``job.flagged``) of that age whose
+    job or batch has a webhook_url and that have no delivery row: their first message was lost."""
     since, until = _now() - MISSING_WINDOW, _now() - timedelta(seconds=MISSING_GRACE_SECONDS)
     found: list[tuple[str, str]] = []
     subjects: tuple[tuple[Any, Any, dict[str, str]], ...] = (
@@ -424,11 +506,26 @@ def _missing_first_events(session: Session) -> list[tuple[str, str]]:
                 model.status.in_(list(events)),
                 model.webhook_url.is_not(None),
                 model.finished_at.between(since, until),
-                ~exists().where(owner == model.id),
+                ~exists().where(owner == model.id, WebhookDelivery.event_type.in_(list(events.values()))),
             )
             .limit(DUE_BATCH)
         ).all()
         found += [(str(subject_id), events[status]) for subject_id, status in rows]
+    flag_type = literal(f"{FLAGGED_EVENT}:") + cast(JobFlag.rule_id, String)
+    flags = session.execute(
+        select(JobFlag.job_id, JobFlag.rule_id)
+        .join(Job, Job.id == JobFlag.job_id)
+        .outerjoin(Batch, Batch.id == Job.batch_id)
+        .where(
+            JobFlag.created_at.between(since, until),
+            or_(Job.webhook_url.is_not(None), Batch.webhook_url.is_not(None)),
+            ~exists().where(
+                WebhookDelivery.job_id == JobFlag.job_id, WebhookDelivery.event_type == flag_type
+            ),
+        )
+        .limit(DUE_BATCH)
+    ).all()
+    found += [(str(job_id), f"{FLAGGED_EVENT}:{rule_id}") for job_id, rule_id in flags]
     return found
 
 

@@ -219,6 +219,9 @@ export function describe(problem) {
     invalid_config: "The live session's settings were not accepted.",
     invalid_message: "The server did not understand a message of the live session.",
     connection_lost: "The connection to the server was lost during the live session.",
+    empty_query: "Type a word to search for (words like «и», «на» alone are not searched).",
+    query_needs_a_word: "Add a word to find: a search of only -excluded words finds nothing.",
+    query_too_long: "The search is too long.",
   };
   let title = table[code];
   if (!title) {

@@ -2,6 +2,9 @@
 // is always text. Formatting of times, sizes and statuses; the error box; the confirm dialog.
 
 import { describe } from "./api.js";
+import { locale, num, t } from "./i18n.js";
+
+const TRANSLATED = new Set(["aria-label", "placeholder", "title"]);
 
 /** h("a", {href: "#/jobs", class: "x", onclick: fn}, "text", child, [more]) */
 export function h(tag, attrs = {}, ...children) {
@@ -12,7 +15,7 @@ export function h(tag, attrs = {}, ...children) {
     else if (k === "class") el.className = v;
     else if (k === "dataset") Object.assign(el.dataset, v);
     else if (k in el && typeof v !== "string") el[k] = v;
-    else el.setAttribute(k, v === true ? "" : String(v));
+    else el.setAttribute(k, v === true ? "" : TRANSLATED.has(k) ? t(String(v)) : String(v));
   }
   append(el, children);
   return el;
@@ -22,7 +25,7 @@ function append(el, children) {
   for (const child of children) {
     if (child === undefined || child === null || child === false) continue;
     if (Array.isArray(child)) append(el, child);
-    else el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    else el.append(child instanceof Node ? child : document.createTextNode(typeof child === "string" ? t(child) : String(child)));
   }
 }
 
@@ -45,24 +48,26 @@ export function clock(seconds, decimals = 1) {
   return hours ? `${sign}${hours}:${String(minutes).padStart(2, "0")}:${sec}` : `${sign}${minutes}:${sec}`;
 }
 
-/** A length for people: "45 s", "3 min 20 s", "1 h 05 min". */
+/** A length for people: "4.5 s", "17 s", "3 min 20 s", "1 h 05 min". Truncated, never rounded up,
+ * like the audio player's clock: a 17.7 s call is "17 s" beside the player's 0:17. */
 export function span(seconds) {
   if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return "–";
-  if (seconds < 60) return `${seconds < 10 ? seconds.toFixed(1) : Math.round(seconds)} s`;
-  const total = Math.round(seconds);
-  if (total < 3600) return `${Math.floor(total / 60)} min ${String(total % 60).padStart(2, "0")} s`;
-  return `${Math.floor(total / 3600)} h ${String(Math.floor((total % 3600) / 60)).padStart(2, "0")} min`;
+  if (seconds < 10) return `${num(Math.floor(seconds * 10) / 10, 1)} ${t("s")}`;
+  if (seconds < 60) return `${Math.floor(seconds)} ${t("s")}`;
+  const total = Math.floor(seconds);
+  if (total < 3600) return `${Math.floor(total / 60)} ${t("min")} ${String(total % 60).padStart(2, "0")} ${t("s")}`;
+  return `${Math.floor(total / 3600)} ${t("h")} ${String(Math.floor((total % 3600) / 60)).padStart(2, "0")} ${t("min")}`;
 }
 
 export function bytes(n) {
   if (n === null || n === undefined) return "–";
-  if (n < 1000) return `${n} B`;
-  if (n < 1_000_000) return `${(n / 1000).toFixed(1)} kB`;
-  if (n < 1_000_000_000) return `${(n / 1_000_000).toFixed(1)} MB`;
-  return `${(n / 1_000_000_000).toFixed(2)} GB`;
+  if (n < 1000) return `${n} ${t("B")}`;
+  if (n < 1_000_000) return `${num(n / 1000, 1)} ${t("kB")}`;
+  if (n < 1_000_000_000) return `${num(n / 1_000_000, 1)} ${t("MB")}`;
+  return `${num(n / 1_000_000_000, 2)} ${t("GB")}`;
 }
 
-const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+const dateFormat = new Intl.DateTimeFormat(locale(), { dateStyle: "medium", timeStyle: "short" });
 export function when(iso) {
   if (!iso) return "–";
   const d = new Date(iso);
@@ -154,7 +159,7 @@ export function confirmDialog(question, confirmLabel = "Delete") {
 
 /** Set the page title and move focus to the view's heading (screen readers announce the new page). */
 export function titled(root, text) {
-  document.title = `${text} · tone-platform`;
+  document.title = `${t(text)} · tone-platform`;
   const heading = root.querySelector("h1");
   if (heading) {
     heading.tabIndex = -1;
@@ -242,4 +247,25 @@ export function poller(fn, ms, onError) {
       if (timer) clearTimeout(timer);
     },
   };
+}
+
+/** What the file is (from the worker's look at it), not what was asked: "Mono", "Stereo, split
+ * (agent left, client right)", "Stereo, mixed to mono"; before a worker opened it, the request. */
+export function channelsLabel(job, short = false) {
+  const split = job.options && job.options.channels === "split";
+  const n = job.audio ? job.audio.channels : null;
+  if (n === 1) return short ? "mono" : "Mono";
+  if (n === 2) {
+    if (short) return split ? "stereo, split" : "stereo, mixed";
+    return split ? "Stereo, split (agent left, client right)" : "Stereo, mixed to mono";
+  }
+  if (n) return short ? `${n} channels` : `${n} channels${split ? ", split" : ", mixed"}`;
+  if (job.kind === "stream") return short ? "" : "Live session";
+  return short ? "" : split ? "Split asked (the file is not read yet)" : "Mixed (the file is not read yet)";
+}
+
+/** A job's metadata as [key, text] pairs (nested values as JSON). */
+export function metadataPairs(metadata) {
+  if (!metadata || typeof metadata !== "object") return [];
+  return Object.entries(metadata).map(([k, v]) => [k, typeof v === "string" ? v : JSON.stringify(v)]);
 }

@@ -1,5 +1,6 @@
-// A waveform on a <canvas>, drawn from an AudioBuffer (decodeAudioData of GET /v1/jobs/{id}/audio):
-// one lane per channel (agent above, client below for split stereo), a min/max bar per pixel
+// A waveform on a <canvas>, drawn from the server's peaks (GET /v1/jobs/{id}/audio/peaks: min/max
+// per column, computed once on the server, so the browser never decodes the whole recording) or,
+// where those are missing, from an AudioBuffer (decodeAudioData of the recording): one lane per channel (agent above, client below for split stereo), a min/max bar per pixel
 // column. The played part and the playhead are two positioned elements over the canvas, moved as
 // the audio plays, so the canvas is drawn only when its size changes.
 
@@ -33,11 +34,56 @@ function peaks(data, columns) {
   return out;
 }
 
+/** Groups of `fine` (min, max) pairs reduced to `columns` pairs. */
+function regroup(fine, columns) {
+  const n = fine.length / 2;
+  const out = new Float32Array(columns * 2);
+  for (let c = 0; c < columns; c++) {
+    const start = Math.floor((c * n) / columns);
+    const end = Math.max(start + 1, Math.floor(((c + 1) * n) / columns));
+    let lo = 0;
+    let hi = 0;
+    for (let i = start; i < end && i < n; i++) {
+      if (fine[2 * i] < lo) lo = fine[2 * i];
+      if (fine[2 * i + 1] > hi) hi = fine[2 * i + 1];
+    }
+    out[2 * c] = lo;
+    out[2 * c + 1] = hi;
+  }
+  return out;
+}
+
+/** A waveform source from the server's peaks {channels, duration, peaks: [[min, max, ...], ...]}. */
+export function fromPeaks(body) {
+  const lanes = body.peaks.map((lane) => Float32Array.from(lane));
+  return {
+    numberOfChannels: lanes.length,
+    duration: body.duration,
+    loudest: Math.max(0, ...lanes.map((lane) => lane.reduce((m, v) => Math.max(m, Math.abs(v)), 0))),
+    lane: (c, columns) => regroup(lanes[c], columns),
+  };
+}
+
+/** A waveform source from a decoded AudioBuffer. */
+export function fromBuffer(buffer) {
+  const channels = [];
+  for (let c = 0; c < buffer.numberOfChannels; c++) channels.push(buffer.getChannelData(c));
+  let loudest = 0;
+  for (const data of channels) {
+    for (let i = 0; i < data.length; i++) {
+      const v = Math.abs(data[i]);
+      if (v > loudest) loudest = v;
+    }
+  }
+  return { numberOfChannels: channels.length, duration: buffer.duration, loudest, lane: (c, columns) => peaks(channels[c], columns) };
+}
+
 /**
- * The waveform element for `buffer`; `labels` name the lanes. onSeek(seconds) when clicked.
- * Returns {element, update(seconds), destroy()}.
+ * The waveform element for `source` (fromPeaks or fromBuffer); `labels` name the lanes.
+ * onSeek(seconds) when clicked. Returns {element, update(seconds), destroy()}.
  */
-export function waveform(buffer, labels, onSeek) {
+export function waveform(source, labels, onSeek) {
+  const buffer = source;
   const canvas = h("canvas", { class: "waveform-canvas", "aria-hidden": "true" });
   const played = h("div", { class: "waveform-played" });
   const head = h("div", { class: "waveform-head" });
@@ -58,17 +104,9 @@ export function waveform(buffer, labels, onSeek) {
     head,
     laneLabels,
   );
-  const channels = [];
-  for (let c = 0; c < buffer.numberOfChannels; c++) channels.push(buffer.getChannelData(c));
   // Scaled to the loudest sample of all channels (their levels stay comparable): quiet telephone
   // audio still shows its shape.
-  let peak = 0;
-  for (const data of channels) {
-    for (let i = 0; i < data.length; i++) {
-      const v = Math.abs(data[i]);
-      if (v > peak) peak = v;
-    }
-  }
+  const peak = source.loudest;
   const gain = peak > 0 ? 1 / peak : 1;
   let drawnWidth = 0;
 
@@ -82,12 +120,12 @@ export function waveform(buffer, labels, onSeek) {
     canvas.height = height;
     const g = canvas.getContext("2d");
     g.clearRect(0, 0, width, height);
-    const lanes = channels.length;
+    const lanes = source.numberOfChannels;
     const laneHeight = height / lanes;
     const columns = Math.max(1, Math.floor(width / ratio / 2)); // a bar every 2 CSS pixels
     const barWidth = Math.max(1, (width / columns) * 0.7);
-    channels.forEach((data, lane) => {
-      const p = peaks(data, columns);
+    for (let lane = 0; lane < lanes; lane++) {
+      const p = source.lane(lane, columns);
       const mid = laneHeight * lane + laneHeight / 2;
       const scale = laneHeight * 0.45 * gain;
       g.fillStyle = COLORS[lane % COLORS.length];
@@ -100,7 +138,7 @@ export function waveform(buffer, labels, onSeek) {
         g.fillStyle = "#d5dbe1";
         g.fillRect(0, laneHeight * lane, width, Math.max(1, ratio));
       }
-    });
+    }
   }
 
   const observer = new ResizeObserver(() => draw());

@@ -3,7 +3,6 @@ list batches, watch one, list its items, cancel it, get its results (jsonl, csv 
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
@@ -18,6 +17,8 @@ from starlette.datastructures import UploadFile
 
 from api.deps import Caller, CallerDep, DbDep, SettingsDep
 from api.errors import ERRORS, ApiError
+from api.jsonbody import MANIFEST_LIMIT
+from api.jsonbody import loads as json_loads
 from api.schemas import (
     BatchCancelOut,
     BatchItems,
@@ -29,7 +30,9 @@ from api.schemas import (
     DeliveryList,
     ErrorResponse,
     JobStatus,
+    validated_options,
 )
+from api.services import batch_analytics as analytics_svc
 from api.services import batch_results as results_svc
 from api.services import batch_sources as sources
 from api.services import batches as svc
@@ -38,10 +41,10 @@ from api.uploads import remove_quietly, save_stream
 from shared.db.models import Batch, Job
 from shared.platform.batch_state import load_view
 from shared.platform.settings import Settings
+from shared.text.options import OPTION_NAMES
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
-MANIFEST_LIMIT = 32 * 1024 * 1024  # a JSON body: 10 000 items with metadata fit easily
-_FORM_FIELDS = ("name", "webhook_url", "channels", "decoder", "priority", "item_webhooks")
+_FORM_FIELDS = ("name", "webhook_url", "channels", "decoder", "priority", "item_webhooks", *OPTION_NAMES)
 _MEDIA = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8", "zip": "application/zip"}
 _STREAMS = {"jsonl": results_svc.stream_jsonl, "csv": results_svc.stream_csv, "zip": results_svc.stream_zip}
 _SUBMIT_BODY = {
@@ -84,7 +87,7 @@ _SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
 
 def _validated(model: type[BaseModel], fields: dict[str, Any]) -> Any:
     try:
-        return model.model_validate(fields)
+        return validated_options(model, fields)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
 
@@ -95,10 +98,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
         raw += chunk
         if len(raw) > MANIFEST_LIMIT:
             raise ApiError(413, "body_too_large", f"a JSON body may hold at most {MANIFEST_LIMIT} bytes")
-    try:
-        body = json.loads(bytes(raw))
-    except ValueError:
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    body = json_loads(bytes(raw))
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_request", "the JSON body must be an object")
     return body
@@ -300,6 +300,23 @@ def cancel_batch(batch_id: str, caller: CallerDep, db: DbDep) -> dict[str, Any]:
 
 
 @router.get(
+    "/{batch_id}/analytics",
+    summary="Conversation analytics over the batch's calls: sums, means, percentiles, per metadata value",
+    responses={**ERRORS, 422: {"model": ErrorResponse, "description": "group_by names no metadata column"}},
+)
+def batch_analytics(
+    batch_id: str,
+    caller: CallerDep,
+    db: DbDep,
+    group_by: Annotated[
+        str | None, Query(description="a metadata column to aggregate per value of (default: agent, if any)")
+    ] = None,
+) -> dict[str, Any]:
+    batch = svc.load_batch(db, caller, batch_id)
+    return analytics_svc.batch_analytics(db, batch.id, group_by)
+
+
+@router.get(
     "/{batch_id}/results",
     summary="Results, streamed: jsonl, csv (a row per phrase) or zip (files per recording and format)",
     responses={
@@ -327,6 +344,11 @@ def results(
     ] = None,
 ) -> StreamingResponse:
     batch = svc.load_batch(db, caller, batch_id)
-    req = results_svc.ResultsRequest(batch.id, list(batch.skipped or []), results_svc.parse_formats(formats))
+    req = results_svc.ResultsRequest(
+        batch.id,
+        list(batch.skipped or []),
+        results_svc.parse_formats(formats),
+        tuple(analytics_svc.metadata_keys(db, batch.id)) if format == "zip" else (),
+    )
     headers = {"Content-Disposition": f'attachment; filename="batch-{batch.id}.{format}"'}
     return StreamingResponse(_STREAMS[format](settings, req), media_type=_MEDIA[format], headers=headers)

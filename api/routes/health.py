@@ -1,23 +1,29 @@
 """Service info (``GET /``) and readiness (``GET /health``); ``/metrics`` is :mod:`api.routes.metrics`.
 
-These need no API key: load balancers, orchestrators and Prometheus call them.
+These need no API key: load balancers, orchestrators and Prometheus call them. An anonymous
+``/health`` says only ``status`` (ok | degraded | unavailable, and 503 when unavailable); the
+details (database, broker, workers, readers per queue, the model's name — never its path) need a
+valid API key or ``TONE_SCRAPE_TOKEN`` (``Authorization: Bearer`` or ``X-API-Key``).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from api.deps import RedisDep, SettingsDep
+from api.deps import RedisDep, SettingsDep, presented_key
 from api.schemas import HealthOut, ServiceInfo
-from shared.db.session import engine_for
+from shared.db.session import engine_for, sessionmaker_for
+from shared.platform.keys import verify_key
 from shared.platform.model_status import model_health
 from shared.platform.settings import Settings
 from shared.queue import EVENTS_QUEUE, client, live_queue
@@ -41,7 +47,27 @@ def version() -> str:
 
 
 def model_name(settings: Settings) -> str:
-    return settings.model_path or "t-tech/T-one (Hugging Face)"
+    """The model as people know it: its folder or file name, never the server's path."""
+    if not settings.model_path:
+        return "t-tech/T-one (Hugging Face)"
+    path = Path(settings.model_path)
+    return path.parent.name if path.name == "model.onnx" and path.parent.name else path.name
+
+
+def sees_details(request: Request, settings: Settings) -> bool:
+    """Whether the caller may see /health's details: the scrape token or a valid API key."""
+    if settings.auth_disabled:
+        return True
+    key = presented_key(request)
+    if key is None:
+        return False
+    if settings.scrape_token and hmac.compare_digest(key.encode(), settings.scrape_token.encode()):
+        return True
+    try:
+        with sessionmaker_for(settings.database_url)() as db:
+            return verify_key(db, key) is not None
+    except Exception:
+        return False
 
 
 @router.get("/", response_model=ServiceInfo, summary="What this service is")
@@ -159,7 +185,7 @@ def readyz(settings: SettingsDep, client: RedisDep) -> JSONResponse:
     summary="Readiness: database, broker, workers",
     responses={503: {"model": HealthOut, "description": "the database or the broker is down"}},
 )
-def health(settings: SettingsDep, client: RedisDep) -> JSONResponse:
+def health(request: Request, settings: SettingsDep, client: RedisDep) -> JSONResponse:
     db_ok, broker_ok = _database_ok(settings), _broker_ok(client)
     workers, readers = workers_seen() if broker_ok else (0, {})
     # the roles this API sends work to (worker/celery_app.py), each with the workers reading it
@@ -171,6 +197,8 @@ def health(settings: SettingsDep, client: RedisDep) -> JSONResponse:
         status, code = "unavailable", 503
     else:
         status, code = ("ok" if all(roles.values()) and model_state == "ok" else "degraded"), 200
+    if not sees_details(request, settings):
+        return JSONResponse({"status": status}, status_code=code)
     body = HealthOut(
         status=status,
         model=model_name(settings),

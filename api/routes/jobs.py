@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,11 +11,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
-from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, UploadFile
 
 from api.deps import CallerDep, DbDep, SettingsDep
 from api.errors import ERRORS, ApiError
+from api.jsonbody import JSON_LIMIT
+from api.jsonbody import loads as json_loads
 from api.schemas import (
     DeliveryList,
     ErrorResponse,
@@ -25,14 +25,16 @@ from api.schemas import (
     JobOut,
     RedeliverOut,
     TranscriptOut,
+    TranscriptText,
+    validated_options,
 )
 from api.services import jobs as svc
 from api.services import playback
 from shared.asr.formats import TranscriptFormat
+from shared.errors import CodedError
 from shared.platform.statuses import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-JSON_LIMIT = 1024 * 1024
 
 _UPLOAD_FIELDS = {
     "channels": {"type": "string", "enum": ["mix", "split"], "default": "mix"},
@@ -40,6 +42,12 @@ _UPLOAD_FIELDS = {
     "webhook_url": {"type": "string"},
     "metadata": {"type": "string", "description": "a JSON object, as a string"},
     "priority": {"type": "integer", "minimum": 0, "maximum": 9, "default": 5},
+    "normalize": {"type": "boolean", "default": True},
+    "vocabulary": {"type": "string", "description": "words to boost: a JSON array or comma-separated"},
+    "replacements": {"type": "string", "description": "a JSON object {spoken: written}"},
+    "redact": {"type": "string", "description": "kinds to mask: a JSON array or comma-separated"},
+    "redact_raw": {"type": "boolean", "default": False},
+    "redact_audio": {"type": "boolean", "default": False},
 }
 _SUBMIT_BODY = {
     "requestBody": {
@@ -67,7 +75,7 @@ _SUBMIT_BODY = {
 
 def _options(fields: dict[str, Any]) -> JobOptions:
     try:
-        return JobOptions.model_validate(fields)
+        return validated_options(JobOptions, fields)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
 
@@ -76,8 +84,10 @@ def _form_fields(form: FormData) -> dict[str, Any]:
     fields: dict[str, Any] = {k: v for k, v in form.multi_items() if k != "file" and isinstance(v, str)}
     if "metadata" in fields:
         try:
-            fields["metadata"] = json.loads(fields["metadata"])
-        except json.JSONDecodeError:
+            fields["metadata"] = json_loads(fields["metadata"])
+        except CodedError as exc:
+            if exc.code != "invalid_json":
+                raise
             raise ApiError(422, "invalid_request", "metadata must be a JSON object (as a string)") from None
     return fields
 
@@ -95,10 +105,7 @@ async def _small_body(request: Request) -> bytes:
 async def _read_request(request: Request) -> tuple[dict[str, Any], UploadFile | None]:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
-        try:
-            body = json.loads(await _small_body(request))
-        except ValueError:
-            raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        body = json_loads(await _small_body(request))
         if not isinstance(body, dict):
             raise ApiError(422, "invalid_request", "the JSON body must be an object")
         return body, None
@@ -140,7 +147,9 @@ async def submit_job(
         if (upload is None) == (options.audio_url is None):
             raise ApiError(422, "invalid_request", "send exactly one of file and audio_url")
         if options.audio_url is not None:
-            options = options.model_copy(update={"audio_url": svc.validate_audio_url(options.audio_url)})
+            url = svc.validate_audio_url(options.audio_url)
+            await run_in_threadpool(svc.check_audio_url_address, url, settings)
+            options = options.model_copy(update={"audio_url": url})
             new = svc.NewJob(options, idempotency_key=idempotency_key)
         else:
             assert upload is not None
@@ -169,9 +178,12 @@ def list_jobs(
     created_before: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
+    ids: Annotated[
+        list[str] | None, Query(alias="id", max_length=100, description="only these jobs (?id=a&id=b)")
+    ] = None,
 ) -> JobList:
     page, next_cursor = svc.list_jobs(
-        db, caller, svc.JobFilter(status, created_after, created_before, limit, cursor)
+        db, caller, svc.JobFilter(status, created_after, created_before, limit, cursor, tuple(ids or ()))
     )
     return JobList(data=[svc.job_view(j) for j in page], next_cursor=next_cursor)
 
@@ -200,39 +212,102 @@ def get_job(job_id: str, caller: CallerDep, db: DbDep) -> JobOut:
         409: {"model": ErrorResponse, "description": "the job is not completed"},
     },
 )
-def get_transcript(job_id: str, caller: CallerDep, db: DbDep, format: TranscriptFormat = "json") -> Response:
-    body, media_type = svc.render_transcript(svc.load_job(db, caller, job_id), format)
+def get_transcript(
+    job_id: str,
+    caller: CallerDep,
+    db: DbDep,
+    format: TranscriptFormat = "json",
+    text: Annotated[
+        TranscriptText,
+        Query(description="txt/srt/vtt/tsv: the written form (display) or the spoken words (raw)"),
+    ] = "display",
+) -> Response:
+    body, media_type = svc.render_transcript(svc.load_job(db, caller, job_id), format, text)
     return Response(body, media_type=media_type)
+
+
+_NO_AUDIO = {
+    "model": ErrorResponse,
+    "description": "no such job for this tenant (`not_found`), or the job has no stored "
+    "recording (`audio_not_available`: a live session, a URL not downloaded yet, a deleted file)",
+}
+
+
+def _stored_audio(job: Any) -> Path:
+    path = Path(job.audio_path) if job.audio_path else None
+    if path is None or not path.is_file():
+        raise ApiError(404, "audio_not_available", "this job has no stored recording to play")
+    return path
 
 
 @router.get(
     "/{job_id}/audio",
-    summary="The job's recording as 16-bit PCM WAV at 8 kHz, channels kept (for playback)",
+    summary="The job's recording for playback: Ogg Opus, MP3 or 16-bit WAV at 8 kHz, channels kept",
+    description="Decoded by the engine whatever the stored format and re-encoded once (`format`: "
+    "`wav`, the default, lossless; `opus`, what the console plays, about 1/6 of the WAV; `mp3`), then "
+    "kept beside the recording until it is removed. Range requests are answered (206), so a player "
+    "can seek without downloading the whole file.",
     response_class=FileResponse,
     responses={
         **ERRORS,
-        200: {"content": {"audio/wav": {}}, "description": "the recording, decoded and re-encoded"},
-        404: {
-            "model": ErrorResponse,
-            "description": "no such job for this tenant (`not_found`), or the job has no stored "
-            "recording (`audio_not_available`: a live session, a URL not downloaded yet, a deleted file)",
+        200: {
+            "content": {"audio/wav": {}, "audio/ogg": {}, "audio/mpeg": {}},
+            "description": "the recording, decoded and re-encoded",
         },
+        206: {"description": "the part of it a Range header asked for"},
+        404: _NO_AUDIO,
     },
 )
-async def get_audio(job_id: str, caller: CallerDep, db: DbDep) -> FileResponse:
+async def get_audio(
+    job_id: str, caller: CallerDep, db: DbDep, format: playback.PlaybackFormat = "wav"
+) -> FileResponse:
     job = await run_in_threadpool(svc.load_job, db, caller, job_id)
-    path = Path(job.audio_path) if job.audio_path else None
-    if path is None or not path.is_file():
-        raise ApiError(404, "audio_not_available", "this job has no stored recording to play")
-    wav = await run_in_threadpool(playback.playback_wav, path, job.filename or "the recording")
+    copy = await run_in_threadpool(
+        playback.playback_copy, _stored_audio(job), format, job.filename or "the recording"
+    )
     stem = Path(job.filename or f"job-{job.id}").stem or f"job-{job.id}"
     return FileResponse(
-        wav,
-        media_type="audio/wav",
-        filename=f"{stem}.wav",
+        copy,
+        media_type=playback.media_type(format),
+        filename=f"{stem}.{playback.extension(format)}",
         content_disposition_type="inline",
         headers={"Cache-Control": "private, max-age=3600"},
-        background=BackgroundTask(wav.unlink, missing_ok=True),
+    )
+
+
+@router.get(
+    "/{job_id}/audio/peaks",
+    summary="The recording's waveform: min/max per column and channel",
+    description="`columns` (default 1000, at most 4000) pairs of (min, max) per channel, samples "
+    "scaled to -1..1, computed once on the server and kept: the console draws its waveform from "
+    "these instead of decoding the whole recording.",
+    responses={
+        **ERRORS,
+        200: {
+            "content": {
+                "application/json": {
+                    "example": {
+                        "sample_rate": 8000,
+                        "channels": 1,
+                        "duration": 17.7,
+                        "columns": 2,
+                        "peaks": [[-0.31, 0.3, -0.12, 0.15]],
+                    }
+                }
+            }
+        },
+        404: _NO_AUDIO,
+    },
+)
+async def get_peaks(
+    job_id: str,
+    caller: CallerDep,
+    db: DbDep,
+    columns: Annotated[int, Query(ge=1, le=playback.MAX_COLUMNS)] = 1000,
+) -> dict[str, Any]:
+    job = await run_in_threadpool(svc.load_job, db, caller, job_id)
+    return await run_in_threadpool(
+        playback.peaks, _stored_audio(job), columns, job.filename or "the recording"
     )
 
 

@@ -27,6 +27,7 @@ from api.schemas import (
 from api.services import jobs as svc
 from shared.asr.formats import MEDIA_TYPES, render
 from shared.db.models import Job, Transcript
+from shared.text.display import display_text, phrase_text
 
 router = APIRouter(tags=["openai"])
 
@@ -72,29 +73,29 @@ def _usage(seconds: float) -> dict[str, Any]:
     return {"type": "duration", "seconds": round(seconds, 3)}
 
 
-def _segments(transcript: Transcript) -> list[dict[str, Any]]:
+def _segments(phrases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
             "id": i,
             "seek": 0,
             "start": p["start_time"],
             "end": p["end_time"],
-            "text": p["text"],
+            "text": phrase_text(p),
             "tokens": [],
             "temperature": 0.0,
             "avg_logprob": 0.0,
             "compression_ratio": 1.0,
             "no_speech_prob": 0.0,
         }
-        for i, p in enumerate(transcript.phrases)
+        for i, p in enumerate(phrases)
     ]
 
 
-def _words(transcript: Transcript) -> list[dict[str, Any]]:
+def _words(phrases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {"word": w["text"], "start": w["start"], "end": w["end"]}
-        for p in transcript.phrases
-        for w in p.get("words") or ()
+        for p in phrases
+        for w in p.get("display_words", p.get("words")) or ()
     ]
 
 
@@ -104,17 +105,18 @@ def _duration(job: Job, transcript: Transcript) -> float:
 
 def _verbose(job: Job, transcript: Transcript, granularities: list[str]) -> dict[str, Any]:
     """OpenAI's verbose_json: ``segments`` unless only ``word`` was asked, ``words`` when asked."""
+    phrases = svc.shown_phrases(job, transcript)
     duration = _duration(job, transcript)
     body: dict[str, Any] = {
         "task": "transcribe",
         "language": LANGUAGE,
         "duration": duration,
-        "text": transcript.full_text,
+        "text": display_text(phrases),
     }
     if "segment" in granularities:
-        body["segments"] = _segments(transcript)
+        body["segments"] = _segments(phrases)
     if "word" in granularities:
-        body["words"] = _words(transcript)
+        body["words"] = _words(phrases)
     body["usage"] = _usage(duration)
     return body
 
@@ -180,12 +182,13 @@ async def create_transcription(
     granularities: list[str] = list(timestamp_granularities or [])
     _check_request(model, language, response_format, granularities)
     job, transcript = await svc.transcribe_sync(db, caller, settings, file.file, file.filename, JobOptions())
+    shown = svc.shown_phrases(job, transcript)
     if response_format == "json":
-        return JSONResponse({"text": transcript.full_text, "usage": _usage(_duration(job, transcript))})
+        return JSONResponse({"text": display_text(shown), "usage": _usage(_duration(job, transcript))})
     if response_format == "verbose_json":
         return JSONResponse(_verbose(job, transcript, granularities or ["segment"]))
     fmt = {"text": "txt", "srt": "srt", "vtt": "vtt"}[response_format]
-    phrases = [svc.phrase_of(p) for p in transcript.phrases]
+    phrases = [svc.phrase_of(p, "display") for p in shown]
     if fmt == "txt":
-        return Response(transcript.full_text + "\n", media_type=MEDIA_TYPES["txt"])
+        return Response(display_text(shown) + "\n", media_type=MEDIA_TYPES["txt"])
     return Response(render(fmt, phrases, channels=transcript.channels), media_type=MEDIA_TYPES[fmt])

@@ -19,10 +19,12 @@ from pydantic import BaseModel, Field
 
 from api.deps import CallerDep, RedisDep, SettingsDep
 from api.errors import ERRORS, ApiError
+from api.jsonbody import loads as json_loads
 from api.schemas import ErrorResponse
 from api.services import live
 from shared.asr.types import SAMPLE_RATE
 from shared.platform.sessions import Options
+from shared.text.options import TextOptionError
 
 router = APIRouter(tags=["streaming"])
 
@@ -58,7 +60,7 @@ def _job_options(raw: dict[str, Any]) -> dict[str, Any] | None:
     ):
         raise ValueError("webhook_url must be an http(s) URL")
     if isinstance(metadata, str):
-        metadata = json.loads(metadata) if metadata.strip() else None
+        metadata = json_loads(metadata) if metadata.strip() else None
     if metadata is not None and not isinstance(metadata, dict):
         raise ValueError("metadata must be a JSON object")
     if not keep:
@@ -85,7 +87,7 @@ async def start(request: Request, caller: CallerDep, settings: SettingsDep, clie
     try:
         if content_type.startswith("application/json"):
             body = await request.body()
-            raw = json.loads(body) if body.strip() else {}
+            raw = json_loads(body) if body.strip() else {}
             if not isinstance(raw, dict):
                 raise ValueError("a JSON object is expected")
         elif content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
@@ -97,12 +99,16 @@ async def start(request: Request, caller: CallerDep, settings: SettingsDep, clie
             encoding=str(raw.get("encoding", "pcm_s16le")),
             channels=int(raw.get("channels", 1)),
             decoder=str(raw.get("decoder", "auto")),
+            text=json.dumps(live.live_text_options(raw).to_dict(), ensure_ascii=False),
         )
+    except TextOptionError:
+        raise
     except (ValueError, TypeError) as exc:
         raise ApiError(422, "invalid_request", f"invalid streaming options: {exc}") from exc
     if not 1 <= ttl <= settings.stream_ttl_seconds:
         limit = settings.stream_ttl_seconds
         raise ApiError(422, "invalid_request", f"ttl_seconds must be between 1 and {limit}")
+    options = await live.with_tenant_vocabulary(settings, caller.tenant_id, options)
     sid = await live.create(live.session_store(client), str(caller.tenant_id), options, ttl, job)
     return StreamAnswer(phrases=[], state_id=sid, is_final=False)
 

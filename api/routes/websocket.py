@@ -39,13 +39,24 @@ from shared.db.session import sessionmaker_for
 from shared.errors import CodedError
 from shared.platform.sessions import Options, SessionError
 from shared.platform.settings import Settings, get_settings
+from shared.text.options import OPTION_NAMES, TextOptionError
 
 router = APIRouter(tags=["streaming"])
 log = logging.getLogger("api.websocket")
 
 PIECE_SECONDS = 0.3  # frames are gathered into pieces of at least this much audio
 PARTIAL_EVERY = 1.0  # a partial at least this often while audio flows
-CONFIG_FIELDS = {"sample_rate", "encoding", "channels", "decoder", "api_key", "store", "webhook_url", "acks"}
+CONFIG_FIELDS = {
+    "sample_rate",
+    "encoding",
+    "channels",
+    "decoder",
+    "api_key",
+    "store",
+    "webhook_url",
+    "acks",
+    *OPTION_NAMES,
+}
 
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_BAD_DATA, CLOSE_POLICY, CLOSE_INTERNAL = 1000, 1001, 1003, 1008, 1011
 CLOSE_IDLE = 4408
@@ -234,7 +245,10 @@ def _options(raw: dict[str, Any]) -> Options:
             encoding=str(raw.get("encoding", "pcm_s16le")),
             channels=int(raw.get("channels", 1)),
             decoder=str(raw.get("decoder", "auto")),
+            text=json.dumps(live.live_text_options(raw).to_dict(), ensure_ascii=False),
         )
+    except TextOptionError as exc:
+        raise CloseError(exc.code, exc.message, CLOSE_BAD_DATA) from exc
     except SessionError as exc:
         raise CloseError("invalid_config", exc.message, CLOSE_BAD_DATA) from exc
     except (ValueError, TypeError) as exc:
@@ -283,7 +297,9 @@ async def _v1(ws: WebSocket, settings: Settings) -> None:
         isinstance(webhook_url, str) and webhook_url.startswith(("http://", "https://"))
     ):
         raise CloseError("invalid_config", "webhook_url must be an http(s) URL", CLOSE_BAD_DATA)
-    stream = LiveStream(settings, caller, _options(config))
+    stream = LiveStream(
+        settings, caller, await live.with_tenant_vocabulary(settings, caller.tenant_id, _options(config))
+    )
     await stream.open()
     started = datetime.now(timezone.utc)
     buffer = bytearray()

@@ -19,11 +19,13 @@ from sqlalchemy.orm import selectinload
 
 from api.errors import ApiError
 from api.services import jobs as svc
+from api.services.batch_analytics import ANALYTICS_CSV, AnalyticsCsv
 from shared.asr.formats import FORMATS
 from shared.db.models import Job
 from shared.db.session import sessionmaker_for
 from shared.platform.settings import Settings
 from shared.platform.statuses import OPEN_STATUSES
+from shared.text.display import phrase_text
 
 
 def job_error(code: str | None, message: str | None) -> dict[str, str] | None:
@@ -80,7 +82,8 @@ def _result_records(settings: Settings, batch_id: uuid.UUID) -> Iterator[tuple[J
     """One record per item name, with its job."""
     for page in _pages(settings, batch_id):
         for job in page:
-            phrases = job.transcript.phrases if job.status == "completed" and job.transcript else []
+            done = job.status == "completed" and job.transcript is not None
+            phrases = svc.shown_phrases(job, job.transcript) if done and job.transcript else []
             for name in _names(job):
                 yield (
                     job,
@@ -103,6 +106,7 @@ class ResultsRequest:
     batch_id: uuid.UUID
     skipped: list[dict[str, Any]]
     formats: tuple[str, ...] = ZIP_FORMATS
+    metadata_columns: tuple[str, ...] = ()  # analytics.csv's metadata columns (every key of the batch)
 
 
 def stream_jsonl(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
@@ -123,7 +127,14 @@ def stream_csv(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
     for _, rec in _result_records(settings, req.batch_id):
         for p in rec["phrases"]:
             writer.writerow(
-                [rec["name"], rec["job_id"], p.get("channel", 0), p["start_time"], p["end_time"], p["text"]]
+                [
+                    rec["name"],
+                    rec["job_id"],
+                    p.get("channel", 0),
+                    p["start_time"],
+                    p["end_time"],
+                    phrase_text(p),
+                ]
             )
         yield buf.getvalue().encode()
         buf.seek(0)
@@ -175,10 +186,12 @@ RESULTS_JSONL = "results.jsonl"
 
 def stream_zip(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
     """Per completed recording one file per format (as GET /v1/jobs/{id}/transcript renders it),
-    named after its path; then ``results.jsonl`` (the jsonl results) and ``errors.csv`` (every
-    item without a transcript, with its reason, and the skipped entries). Written as it is read."""
+    named after its path; then ``results.jsonl`` (the jsonl results), ``errors.csv`` (every
+    item without a transcript, with its reason, and the skipped entries) and ``analytics.csv`` (a
+    row per completed recording: its metadata and every measure). Written as it is read."""
     sink = _Sink()
-    used = {ERRORS_CSV, RESULTS_JSONL}
+    used = {ERRORS_CSV, RESULTS_JSONL, ANALYTICS_CSV}
+    table = AnalyticsCsv(req.metadata_columns)
     errors = io.StringIO()
     errors.write(BOM)
     writer = csv.writer(errors)
@@ -192,6 +205,7 @@ def stream_zip(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
                 )
                 writer.writerow([rec["name"], rec["job_id"], rec["status"], error.get("code", ""), message])
                 continue
+            table.add(rec["name"], job)
             for fmt in req.formats:
                 body, _ = svc.render_transcript(job, fmt)
                 zf.writestr(output_name(rec["name"], fmt, used), body)
@@ -203,4 +217,5 @@ def stream_zip(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
         for entry in req.skipped:
             writer.writerow([entry.get("name", ""), "", "skipped", entry.get("reason", ""), ""])
         zf.writestr(ERRORS_CSV, errors.getvalue())
+        zf.writestr(ANALYTICS_CSV, table.body())
     yield sink.take()

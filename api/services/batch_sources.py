@@ -20,6 +20,7 @@ import stat
 import tarfile
 import uuid
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -109,16 +110,33 @@ def _tar_member(tf: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
     return f
 
 
-def _tar_entries(tf: tarfile.TarFile, limit: int) -> list[Entry]:
+def _tar_entries(tf: tarfile.TarFile, settings: Settings, archive_size: int) -> list[Entry]:
+    """The members, read one header at a time, stopping at the first limit the entries so far
+    cross (count, an entry's or the total size, the ratio): reaching the next header of a tar.gz
+    decompresses the member before it, so a bomb is refused after its first header, not after
+    gigabytes of zeros. :func:`check_entries` then refuses what was listed."""
     out: list[Entry] = []
-    for m in tf:
-        if len(out) > limit:  # enough to refuse: read no further
-            break
+    total = 0
+    while (m := tf.next()) is not None:
         kind = (
             "dir" if m.isdir() else "link" if (m.issym() or m.islnk()) else "file" if m.isfile() else "device"
         )
         out.append(Entry(m.name, m.size, None, kind, partial(_tar_member, tf, m)))
+        if kind == "file":
+            total += m.size
+        if (
+            len(out) > settings.batch_max_entries
+            or m.size > settings.max_upload_bytes
+            or total > settings.batch_max_total_bytes
+            or _bomb_ratio(total, archive_size)
+        ):
+            break  # enough to refuse: read no further
     return out
+
+
+def _bomb_ratio(expanded: int, packed: int) -> bool:
+    """More than ``MAX_RATIO`` times the packed size, once past 1 MiB (small files compress well)."""
+    return expanded > 1024 * 1024 and expanded > MAX_RATIO * max(packed, 1)
 
 
 def open_archive(path: Path, settings: Settings) -> tuple[Any, list[Entry]]:
@@ -131,8 +149,8 @@ def open_archive(path: Path, settings: Settings) -> tuple[Any, list[Entry]]:
             raise ApiError(415, "unsupported_archive", f"the ZIP archive cannot be read: {exc}") from None
     try:
         tf = tarfile.open(path, "r:*")  # noqa: SIM115 (closed by extract)
-        return tf, _tar_entries(tf, settings.batch_max_entries)
-    except (tarfile.TarError, OSError, EOFError) as exc:
+        return tf, _tar_entries(tf, settings, path.stat().st_size)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise ApiError(
             415, "unsupported_archive", f"the upload is not a ZIP or tar(.gz) archive ({exc})"
         ) from None
@@ -159,7 +177,7 @@ def check_entries(entries: list[Entry], archive_size: int | None, settings: Sett
                 "archive_too_large",
                 f"the entry {e.name!r} holds {e.size} bytes, over the limit of {settings.max_upload_bytes}",
             )
-        if e.compressed is not None and e.size > MAX_RATIO * max(e.compressed, 1) and e.size > 1024 * 1024:
+        if e.compressed is not None and _bomb_ratio(e.size, e.compressed):
             raise ApiError(
                 400, "archive_bomb", f"the entry {e.name!r} expands more than {MAX_RATIO} times: refused"
             )
@@ -170,20 +188,25 @@ def check_entries(entries: list[Entry], archive_size: int | None, settings: Sett
             "archive_too_large",
             f"the archive expands to {total} bytes, over the limit of {settings.batch_max_total_bytes}",
         )
-    tar_like = bool(entries) and entries[0].compressed is None
-    if (
-        tar_like
-        and archive_size is not None
-        and total > 1024 * 1024
-        and total > MAX_RATIO * max(archive_size, 1)
-    ):
+    # the whole archive too (ZIP and tar alike): many small entries each under the per-entry check
+    if archive_size is not None and _bomb_ratio(total, archive_size):
         raise ApiError(400, "archive_bomb", f"the archive expands more than {MAX_RATIO} times: refused")
 
 
 def _limited(source: IO[bytes], declared: int, name: str) -> Iterator[bytes]:
+    """An entry's bytes, never more than it declares. A ZIP entry whose headers understate it
+    ends at the declared size with a wrong CRC (``BadZipFile``): refused as a bomb, not a 500."""
     seen = 0
     with source:
-        while piece := source.read(PIECE):
+        while True:
+            try:
+                piece = source.read(PIECE)
+            except (zipfile.BadZipFile, zlib.error, EOFError, tarfile.TarError) as exc:
+                raise ApiError(
+                    400, "archive_bomb", f"the entry {name!r} does not match its headers ({exc}): refused"
+                ) from None
+            if not piece:
+                return
             seen += len(piece)
             if seen > declared:
                 raise ApiError(400, "archive_bomb", f"the entry {name!r} holds more than it declares")

@@ -87,6 +87,7 @@ def _job_options(options: BatchOptions, **extra: Any) -> JobOptions:
         decoder=options.decoder,
         priority=options.priority,
         webhook_url=options.webhook_url if options.item_webhooks else None,
+        **options.text_options().to_dict(),
         **extra,
     )
 
@@ -165,6 +166,7 @@ def create_batch(
             "decoder": sub.options.decoder,
             "priority": sub.options.priority,
             "item_webhooks": sub.options.item_webhooks,
+            **sub.options.text_options().to_dict(),
         },
         skipped=skipped,
         items=items,
@@ -175,6 +177,7 @@ def create_batch(
     try:
         db.add(batch)
         db.flush()  # the batch row first: the jobs' foreign key points at it
+        svc.with_tenant_vocabulary(db, caller, jobs)
         db.add_all(jobs)
         db.commit()
     except IntegrityError:

@@ -29,17 +29,27 @@ from sqlalchemy.orm import Session
 
 from api.deps import Caller
 from api.errors import ERROR_STATUS, ApiError, not_found
-from api.schemas import ErrorInfo, JobLinks, JobOptions, JobOut
+from api.schemas import AudioOut, ErrorInfo, FlagOut, JobLinks, JobOptions, JobOut
 from api.uploads import StoredAudio, audio_file_path, remove_quietly, save_stream
 from shared.asr.errors import ToneError
 from shared.asr.formats import MEDIA_TYPES, render
 from shared.asr.types import Phrase, Word
-from shared.db.models import FINAL_STATUSES, Batch, Job, Transcript, WebhookDelivery
+from shared.db.models import (
+    FINAL_STATUSES,
+    Batch,
+    Job,
+    JobFlag,
+    TenantVocabulary,
+    Transcript,
+    WebhookDelivery,
+)
 from shared.db.session import rowcount
 from shared.platform import logs, metrics
 from shared.platform.batch_state import BATCH_EVENTS, finish_batch
 from shared.platform.settings import Settings, get_settings
 from shared.queue import enqueue_transcription, enqueue_webhook
+from shared.text.display import display_text, phrase_text, with_display
+from shared.text.options import TextOptions
 
 log = logging.getLogger("api.jobs")
 
@@ -62,6 +72,18 @@ def job_links(job_id: str) -> JobLinks:
     )
 
 
+def _audio_view(info: dict[str, Any] | None) -> AudioOut | None:
+    """What the recording is (set once a worker opened it)."""
+    if not info or "channels" not in info:
+        return None
+    return AudioOut(
+        format=info.get("format"),
+        codec=info.get("codec"),
+        sample_rate=info.get("sample_rate"),
+        channels=int(info["channels"]),
+    )
+
+
 def job_view(job: Job) -> JobOut:
     error = ErrorInfo(code=job.error_code, message=job.error_message or "") if job.error_code else None
     return JobOut(
@@ -77,6 +99,7 @@ def job_view(job: Job) -> JobOut:
         processing_seconds=job.processing_seconds,
         options={k: v for k, v in (job.options or {}).items() if k != "request_id"},
         request_id=(job.options or {}).get("request_id"),
+        audio=_audio_view(job.audio_info),
         metadata=job.client_metadata,
         source=job.source,
         filename=job.filename,
@@ -85,6 +108,14 @@ def job_view(job: Job) -> JobOut:
         webhook_url=job.webhook_url,
         error=error,
         links=job_links(str(job.id)),
+        analytics=job.analytics,
+        flags=[flag_view(f) for f in job.flags],
+    )
+
+
+def flag_view(f: JobFlag) -> FlagOut:
+    return FlagOut(
+        rule_id=str(f.rule_id), name=f.rule.name, kind=f.rule.kind, details=f.details, created_at=f.created_at
     )
 
 
@@ -136,6 +167,19 @@ def validate_audio_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ApiError(422, "invalid_request", "audio_url must be an absolute http or https URL")
     return url.strip()
+
+
+def check_audio_url_address(url: str, settings: Settings) -> None:
+    """400 ``url_not_allowed`` for an ``audio_url`` whose host is a non-public address (unless
+    TONE_ALLOW_PRIVATE_URLS), as manifests are checked; a host that does not resolve now is left to
+    the worker (DNS may be back by then), which checks again on the address it connects to."""
+    from shared.platform.netguard import UrlError, check_url
+
+    try:
+        check_url(url, allow_private=settings.allow_private_urls)
+    except UrlError as exc:
+        if exc.code == "url_forbidden":  # the manifests' code for it (400)
+            raise UrlError("url_not_allowed", f"audio_url: {exc.message}") from None
 
 
 # -- create -----------------------------------------------------------------------------------------
@@ -200,6 +244,7 @@ def create_job(db: Session, caller: Caller, new: NewJob, settings: Settings) -> 
             db.commit()
             return existing, False
         job = job_row(caller, new, digest, settings)
+        with_tenant_vocabulary(db, caller, [job])
         db.add(job)
         try:
             db.commit()
@@ -221,6 +266,29 @@ def with_request_id(options: dict[str, Any]) -> dict[str, Any]:
     return {**options, "request_id": rid} if rid else options
 
 
+def with_tenant_vocabulary(db: Session, caller: Caller, jobs: Sequence[Job]) -> None:
+    """Add the tenant's default vocabulary and replacements (``/v1/vocabulary``) to new jobs: its
+    words first, then the job's own; the job's replacements win."""
+    row = db.get(TenantVocabulary, caller.tenant_id)
+    if row is None or not (row.words or row.replacements):
+        return
+    for job in jobs:
+        job.options = merged_with_tenant(job.options or {}, row)
+
+
+def merged_with_tenant(options: dict[str, Any], row: TenantVocabulary) -> dict[str, Any]:
+    """``options`` (a job's or live session's text options) with the tenant's words first and its
+    replacements under the job's own."""
+    out = dict(options)
+    words = list(row.words) + [w for w in options.get("vocabulary") or [] if w not in row.words]
+    if words:
+        out["vocabulary"] = words
+    replacements = {**row.replacements, **(options.get("replacements") or {})}
+    if replacements:
+        out["replacements"] = replacements
+    return out
+
+
 def job_row(caller: Caller, new: NewJob, digest: str, settings: Settings) -> Job:
     opts = new.options
     stored = new.stored
@@ -231,7 +299,9 @@ def job_row(caller: Caller, new: NewJob, digest: str, settings: Settings) -> Job
         status="queued",
         priority=SYNC_PRIORITY if new.kind == "sync" else opts.priority,
         queue=settings.worker_queue,
-        options=with_request_id({"channels": opts.channels, "decoder": opts.decoder}),
+        options=with_request_id(
+            {"channels": opts.channels, "decoder": opts.decoder, **opts.text_options().to_dict()}
+        ),
         source="upload" if stored else "url",
         filename=new.filename,
         content_type=new.content_type,
@@ -378,11 +448,18 @@ class JobFilter:
     created_before: datetime | None = None
     limit: int = 20
     cursor: str | None = None
+    ids: tuple[str, ...] = ()  # only these jobs (the console follows its uploads in one request)
 
 
 def list_jobs(db: Session, caller: Caller, f: JobFilter) -> tuple[list[Job], str | None]:
     """One page, newest first, keyed on (created_at, id); the cursor names the last row shown."""
     query = select(Job).where(Job.tenant_id == caller.tenant_id)
+    if f.ids:
+        try:
+            wanted = [uuid.UUID(i) for i in f.ids]
+        except ValueError:
+            raise ApiError(422, "invalid_request", "id: each must be a job id") from None
+        query = query.where(Job.id.in_(wanted))
     if f.status:
         query = query.where(Job.status == f.status)
     if f.created_after:
@@ -435,31 +512,43 @@ def finished_transcript(job: Job) -> Transcript:
 # -- transcripts ------------------------------------------------------------------------------------
 
 
-def phrase_of(d: dict[str, Any]) -> Phrase:
-    words = tuple(Word(w["text"], w["start"], w["end"]) for w in d.get("words") or ())
-    return Phrase(d["text"], d["start_time"], d["end_time"], d.get("channel", 0), words)
+def phrase_of(d: dict[str, Any], text: str = "raw") -> Phrase:
+    """A stored phrase as the engine's Phrase: its spoken words, or (``text="display"``) its
+    written form and spans (the spoken ones where the phrase has none)."""
+    key = "display_words" if text == "display" and "display_words" in d else "words"
+    words = tuple(Word(w["text"], w["start"], w["end"]) for w in d.get(key) or ())
+    return Phrase(phrase_text(d, text), d["start_time"], d["end_time"], d.get("channel", 0), words)
+
+
+def shown_phrases(job: Job, transcript: Transcript) -> list[dict[str, Any]]:
+    """The stored phrases with their written form (computed with the job's options when absent)."""
+    return with_display(transcript.phrases, TextOptions.from_stored(job.options))
 
 
 def transcript_document(job: Job, transcript: Transcript) -> dict[str, Any]:
+    phrases = shown_phrases(job, transcript)
     return {
         "job_id": str(job.id),
-        "phrases": transcript.phrases,
+        "phrases": phrases,
         "full_text": transcript.full_text,
+        "display_text": display_text(phrases),
         "duration": transcript.duration,
         "processing_time": job.processing_seconds,
         "channels": transcript.channels,
+        "analytics": job.analytics,
     }
 
 
-def render_transcript(job: Job, fmt: str) -> tuple[str, str]:
-    """``(body, media type)`` of a completed job's transcript; 409 ``not_ready`` before that."""
+def render_transcript(job: Job, fmt: str, text: str = "display") -> tuple[str, str]:
+    """``(body, media type)`` of a completed job's transcript; 409 ``not_ready`` before that.
+    txt/srt/vtt/tsv show the written form (``display``) unless ``text="raw"``."""
     transcript = job.transcript
     if job.status != "completed" or transcript is None:
         raise ApiError(
             409, "not_ready", f"the job is {job.status}; its transcript exists once it is completed"
         )
     document = transcript_document(job, transcript) if fmt == "json" else None
-    phrases = [phrase_of(p) for p in transcript.phrases] if fmt != "json" else []
+    phrases = [phrase_of(p, text) for p in shown_phrases(job, transcript)] if fmt != "json" else []
     return render(fmt, phrases, document=document, channels=transcript.channels), MEDIA_TYPES[fmt]
 
 

@@ -9,6 +9,7 @@ for ``tone.stream`` on a worker and waits for the answer with BLPOP on the event
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -25,6 +26,37 @@ from shared.platform import metrics
 from shared.platform.sessions import Accepted, AsyncSessionStore, Options, SessionError, SessionStore
 from shared.platform.settings import Settings
 from shared.queue import enqueue_stream
+from shared.text.options import TextOptionError, TextOptions, parse_text_options
+
+
+def live_text_options(raw: dict[str, Any]) -> TextOptions:
+    """A live session's written-form options from its config; TextOptionError (422
+    ``invalid_<option>``) on a bad one. ``redact_audio`` has no stored recording to act on."""
+    options = parse_text_options(raw)
+    if options.vocabulary and raw.get("decoder") == "greedy":
+        raise TextOptionError("vocabulary", "vocabulary needs beam search: decoder beam or auto, not greedy")
+    if options.redact_audio:
+        raise TextOptionError("redact_audio", "a live session keeps no recording: redact_audio is for jobs")
+    return options
+
+
+def _tenant_text(settings: Settings, tenant_id: uuid.UUID, options: Options) -> Options:
+    from shared.db.models import TenantVocabulary
+    from shared.db.session import session_scope
+
+    with session_scope(settings.database_url) as db:
+        row = db.get(TenantVocabulary, tenant_id)
+        if row is None or not (row.words or row.replacements):
+            return options
+        from api.services.jobs import merged_with_tenant
+
+        text = merged_with_tenant(options.text_options(), row)
+    return dataclasses.replace(options, text=json.dumps(text, ensure_ascii=False))
+
+
+async def with_tenant_vocabulary(settings: Settings, tenant_id: uuid.UUID, options: Options) -> Options:
+    """A live session's options with the tenant's default vocabulary and replacements added."""
+    return await run_in_threadpool(_tenant_text, settings, tenant_id, options)
 
 
 @lru_cache
@@ -178,11 +210,14 @@ def store_job(settings: Settings, tenant_id: uuid.UUID, options: Options, durati
     ``POST /transcribe/streaming``)."""
     from shared.db.models import Job, Transcript
     from shared.db.session import session_scope
+    from shared.platform.rules import FLAGGED_EVENT
+    from shared.platform.search import after_transcript_stored
 
     duration = round(duration, 3)
     split = options.channels == 2
     opts = {"channels": "split" if split else "mix", "decoder": options.decoder,
             "sample_rate": options.sample_rate, "encoding": options.encoding}  # fmt: skip
+    opts.update(options.text_options())
     with session_scope(settings.database_url) as db:
         job = Job(tenant_id=tenant_id, kind="stream", status="completed", progress=1.0,
                   queue=settings.worker_queue, options=opts, source="stream", duration=duration,
@@ -193,11 +228,15 @@ def store_job(settings: Settings, tenant_id: uuid.UUID, options: Options, durati
         db.flush()
         db.add(Transcript(job_id=job.id, phrases=phrases, full_text=" ".join(p["text"] for p in phrases),
                           duration=duration, channels=2 if split else 1))  # fmt: skip
+        db.flush()
+        flagged = after_transcript_stored(db, job.id, tenant_id, phrases, duration, 2 if split else 1)
         job_id = str(job.id)
     if webhook_url:
         from shared.queue import enqueue_webhook
 
         enqueue_webhook(job_id, "job.completed")
+        for rule_id in flagged:
+            enqueue_webhook(job_id, f"{FLAGGED_EVENT}:{rule_id}")
     return job_id
 
 

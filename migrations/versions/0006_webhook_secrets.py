@@ -1,7 +1,7 @@
 """webhook secrets: rotation with a grace period (the previous secret and when it expires)
 
 Revision ID: 0006
-Revises: 0002
+Revises: 0004
 Create Date: 2026-12-02 18:10:00.000000+00:00
 
 A rotated tenant keeps its previous ``whsec_`` secret until ``previous_webhook_secret_expires_at``;
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision: str = '0006'
-down_revision: Union[str, None] = '0002'
+down_revision: Union[str, None] = '0004'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

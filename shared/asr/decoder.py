@@ -16,6 +16,7 @@ DecoderName = Literal["greedy", "beam"]
 BEAM_WIDTH = 200
 LM_ALPHA = 0.4
 LM_BETA = 0.9
+HOTWORD_WEIGHT = 10.0  # pyctcdecode's default: the log-score bonus per matched hot-word character
 
 WordSpan = tuple[str, int, int]  # text, first frame, one past the last frame (relative to logprobs)
 
@@ -23,15 +24,15 @@ WordSpan = tuple[str, int, int]  # text, first frame, one past the last frame (r
 class Decoder(Protocol):
     name: str
 
-    def decode(self, logprobs: np.ndarray) -> tuple[str, list[WordSpan]]: ...
+    def decode(self, logprobs: np.ndarray, hotwords: Sequence[str] = ()) -> tuple[str, list[WordSpan]]: ...
 
 
 class GreedyDecoder:
-    """Argmax per frame, collapse repeats, drop blanks, strip spaces at the ends."""
+    """Argmax per frame, collapse repeats, drop blanks, strip spaces at the ends (no hot words)."""
 
     name = "greedy"
 
-    def decode(self, logprobs: np.ndarray) -> tuple[str, list[WordSpan]]:
+    def decode(self, logprobs: np.ndarray, hotwords: Sequence[str] = ()) -> tuple[str, list[WordSpan]]:
         ids = logprobs.argmax(axis=-1)
         n = len(ids)
         if not n:
@@ -74,9 +75,16 @@ class BeamSearchDecoder:
             labels=list(LABELS), kenlm_model_path=self.lm_path, alpha=LM_ALPHA, beta=LM_BETA
         )
 
-    def decode(self, logprobs: np.ndarray) -> tuple[str, list[WordSpan]]:
+    def decode(self, logprobs: np.ndarray, hotwords: Sequence[str] = ()) -> tuple[str, list[WordSpan]]:
+        """``hotwords`` (a stream's vocabulary) are boosted by pyctcdecode for this call only."""
         # decode() is decode_beams(prune_history=True)[0][0]: the same call, keeping the word frames
-        best = self._decoder.decode_beams(logprobs, beam_width=BEAM_WIDTH, prune_history=True)[0]
+        best = self._decoder.decode_beams(
+            logprobs,
+            beam_width=BEAM_WIDTH,
+            prune_history=True,
+            hotwords=list(hotwords) or None,
+            hotword_weight=HOTWORD_WEIGHT,
+        )[0]
         text, frames = best[0], best[2]
         return text, [(w, int(s), int(e)) for w, (s, e) in frames]
 
@@ -89,9 +97,9 @@ def kenlm_available() -> bool:
     return True
 
 
-def to_phrase(decoder: Decoder, raw: RawPhrase, channel: int) -> Phrase | None:
+def to_phrase(decoder: Decoder, raw: RawPhrase, channel: int, hotwords: Sequence[str] = ()) -> Phrase | None:
     """Decode one splitter phrase into a Phrase with the reference's timestamps; None when empty."""
-    text, spans = decoder.decode(raw.logprobs)
+    text, spans = decoder.decode(raw.logprobs, hotwords)
     if not text:
         return None
     start = max(0.0, frame_to_seconds(raw.start_frame))

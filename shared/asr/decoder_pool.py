@@ -16,6 +16,7 @@ that holds ONNX Runtime's threads is safe.
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.process as mp_process
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
@@ -34,11 +35,11 @@ def _init(lm_path: str | None) -> None:
     _decoders["greedy"] = GreedyDecoder()
 
 
-def _decode(name: str, raw: RawPhrase, channel: int) -> Phrase | None:
+def _decode(name: str, raw: RawPhrase, channel: int, hotwords: tuple[str, ...] = ()) -> Phrase | None:
     dec = _decoders.get(name)
     if dec is None:
         dec = _decoders[name] = BeamSearchDecoder(_lm_path)
-    return to_phrase(dec, raw, channel)
+    return to_phrase(dec, raw, channel, hotwords)
 
 
 def _warm(name: str) -> bool:
@@ -56,18 +57,41 @@ class DecoderPool:
             raise ValueError("a decoder pool needs at least one worker")
         self.workers = workers
         self.lm_path = str(lm_path) if lm_path else None
-        self._pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=mp.get_context("spawn"),
-            initializer=_init,
-            initargs=(self.lm_path,),
-        )
-        # the processes load the beam decoder now, not when the first phrase is waiting for it
-        for f in [self._pool.submit(_warm, "beam") for _ in range(workers)]:
-            f.result()
+        # A Celery prefork child is a daemonic process, and multiprocessing refuses children to
+        # those. Our decoder processes are ours to stop (close(), or the executor's exit hook; they
+        # also end when this process dies and their pipes close), so the flag is lifted while the
+        # pool starts them: all of them, now, by the warm-up tasks below. Billiard also gives its
+        # children an authkey of its own type, which the standard library's spawn won't pickle:
+        # the same key as the standard type, for as long.
+        me = mp.current_process()
+        daemonic = me._config.get("daemon")  # type: ignore[attr-defined]
+        authkey = me._config.get("authkey")  # type: ignore[attr-defined]
+        me._config["daemon"] = False  # type: ignore[attr-defined]
+        if authkey is not None:
+            me._config["authkey"] = mp_process.AuthenticationString(bytes(authkey))  # type: ignore[attr-defined]
+        try:
+            self._pool = ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=mp.get_context("spawn"),
+                initializer=_init,
+                initargs=(self.lm_path,),
+            )
+            # the processes load the beam decoder now, not when the first phrase is waiting for it
+            for f in [self._pool.submit(_warm, "beam") for _ in range(workers)]:
+                f.result()
+        finally:
+            if authkey is not None:
+                me._config["authkey"] = authkey  # type: ignore[attr-defined]
+            if daemonic is None:
+                me._config.pop("daemon", None)  # type: ignore[attr-defined]
+            else:
+                me._config["daemon"] = daemonic  # type: ignore[attr-defined]
 
-    def submit(self, decoder: str, raw: RawPhrase, channel: int) -> Future[Phrase | None]:
-        return self._pool.submit(_decode, decoder, raw, channel)
+    def submit(
+        self, decoder: str, raw: RawPhrase, channel: int, hotwords: tuple[str, ...] = ()
+    ) -> Future[Phrase | None]:
+        """The phrase decoded in a pool process; ``hotwords``: the stream's vocabulary (beam only)."""
+        return self._pool.submit(_decode, decoder, raw, channel, hotwords)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

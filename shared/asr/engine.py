@@ -154,8 +154,11 @@ class Recognizer:
             raise ValueError(f"unknown decoder {name!r}: use 'greedy' or 'beam'")
         self._decoders[name] = decoder
 
-    def new_stream(self, *, channel: int = 0, decoder: str | None = None) -> StreamState:
-        return StreamState(channel=channel, decoder=self.decoder(decoder).name)
+    def new_stream(
+        self, *, channel: int = 0, decoder: str | None = None, hotwords: Sequence[str] = ()
+    ) -> StreamState:
+        """A new stream; ``hotwords`` are boosted in its beam search (ignored by greedy decoding)."""
+        return StreamState(channel=channel, decoder=self.decoder(decoder).name, hotwords=tuple(hotwords))
 
     def step(
         self, streams: Sequence[StreamState], chunks: Sequence[npt.NDArray[Any]], last: Sequence[bool]
@@ -187,10 +190,12 @@ class Recognizer:
             if not raws:
                 out.append([])
             elif self.pool is not None and s.decoder == "beam":
-                out.append([self.pool.submit(s.decoder, r, s.channel) for r in raws])
+                out.append([self.pool.submit(s.decoder, r, s.channel, s.hotwords) for r in raws])
             else:
                 dec = self.decoder(s.decoder)
-                out.append([p for p in (to_phrase(dec, r, s.channel) for r in raws) if p is not None])
+                out.append(
+                    [p for p in (to_phrase(dec, r, s.channel, s.hotwords) for r in raws) if p is not None]
+                )
         return out
 
     def advance(
@@ -250,14 +255,16 @@ class Recognizer:
         max_duration: float | None = None,
         max_bytes: int | None = None,
         progress: Progress | None = None,
+        hotwords: Sequence[str] = (),
     ) -> Iterator[Phrase]:
         """Phrases of one recording in time order, as they are ready (a generator).
 
         ``source`` is a path, a binary file, or int16 samples at 8 kHz shaped (n,) or (n, channels).
-        ``stream_chunk_samples`` feeds the audio through the streaming path in pieces of that size.
+        ``stream_chunk_samples`` feeds the audio through the streaming path in pieces of that size;
+        ``hotwords`` are boosted in beam search (a custom vocabulary).
         """
         blocks, n_channels = self._blocks(source, channels, max_duration, max_bytes)
-        return self._run(blocks, n_channels, decoder, stream_chunk_samples, progress)
+        return self._run(blocks, n_channels, decoder, stream_chunk_samples, progress, hotwords)
 
     def _run(
         self,
@@ -266,12 +273,13 @@ class Recognizer:
         decoder: str | None,
         stream_chunk_samples: int | None,
         progress: Progress | None,
+        hotwords: Sequence[str] = (),
     ) -> Iterator[Phrase]:
         if stream_chunk_samples:
             from .audio import rechunk
 
             blocks = rechunk(blocks, stream_chunk_samples)
-        streams = [self.new_stream(channel=c, decoder=decoder) for c in range(n_channels)]
+        streams = [self.new_stream(channel=c, decoder=decoder, hotwords=hotwords) for c in range(n_channels)]
         merger = _TimeOrder(streams)
         for block in blocks:
             yield from merger.push(self.advance([(s, block[:, c], False) for c, s in enumerate(streams)]))
@@ -289,6 +297,7 @@ class Recognizer:
         max_duration: float | None = None,
         max_bytes: int | None = None,
         progress: Progress | None = None,
+        hotwords: Sequence[str] = (),
     ) -> Transcript:
         """The whole Transcript of one recording (``transcribe`` collected, with its duration)."""
         started = time.perf_counter()
@@ -300,7 +309,7 @@ class Recognizer:
             if progress:
                 progress(seconds)
 
-        phrases = tuple(self._run(blocks, n_channels, decoder, stream_chunk_samples, track))
+        phrases = tuple(self._run(blocks, n_channels, decoder, stream_chunk_samples, track, hotwords))
         return Transcript(phrases, done[0], time.perf_counter() - started, n_channels)
 
     def transcribe_many(
@@ -313,6 +322,7 @@ class Recognizer:
         max_duration: float | None = None,
         max_bytes: int | None = None,
         on_error: Callable[[int, Exception], None] | None = None,
+        hotwords: Sequence[str] = (),
     ) -> Iterator[tuple[int, Transcript]]:
         """Transcribe many recordings, advancing up to ``batch`` streams together per model call.
 
@@ -335,7 +345,9 @@ class Recognizer:
                         raise
                     on_error(index, exc)
                     continue
-                streams = [self.new_stream(channel=c, decoder=decoder) for c in range(n_channels)]
+                streams = [
+                    self.new_stream(channel=c, decoder=decoder, hotwords=hotwords) for c in range(n_channels)
+                ]
                 active.append(_Job(index, streams, blocks))
 
         refill()

@@ -15,7 +15,7 @@ insertion score 0.9, a beam threshold of 10 (pyctcdecode's ``beam_prune_logp``).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +78,8 @@ class FlashlightBeamDecoder:
         self._decoder = LexiconDecoder(options, trie, self.lm, SPACE_ID, BLANK_ID, unk, [], False)
         self._trie = trie  # the decoder holds it by reference
 
-    def decode(self, logprobs: np.ndarray) -> tuple[str, list[WordSpan]]:
+    def decode(self, logprobs: np.ndarray, hotwords: Sequence[str] = ()) -> tuple[str, list[WordSpan]]:
+        """``hotwords`` are not supported by this decoder (pyctcdecode's beam search has them)."""
         emissions = np.ascontiguousarray(logprobs, dtype=np.float32)
         t, n = emissions.shape
         if not t:

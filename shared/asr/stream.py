@@ -56,6 +56,7 @@ class StreamState:
     offset: int = 0
     channel: int = 0
     decoder: str = "greedy"
+    hotwords: tuple[str, ...] = ()  # boosted in beam search; not part of the binary layout
     seq: int = 0
     samples_in: int = 0
     chunks: int = 0

@@ -492,7 +492,14 @@ def _options(args: argparse.Namespace, source: Path) -> dict[str, Any]:
             if name.lower().endswith(suffix):
                 name = name[: -len(suffix)]
                 break
-    return {"channels": args.channels, "name": name}
+    options: dict[str, Any] = {"channels": args.channels, "name": name}
+    # the text options only when given, so that a state file written before they existed still resumes
+    if not args.normalize:
+        options["normalize"] = "false"
+    for key in ("vocabulary", "redact"):
+        if getattr(args, key):
+            options[key] = getattr(args, key)
+    return options
 
 
 def _inputs(run: Run) -> list[tuple[str, Path]] | None:
@@ -755,6 +762,10 @@ def register(sub: Any) -> None:
     p.add_argument("--name", help="the batch's name (default: the directory's or archive's name)")
     p.add_argument("--channels", choices=["split", "mix"], default="split",
                    help="split (default): each channel its own stream; mix: mono")  # fmt: skip
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
+                   help="digits in the transcripts (default); --no-normalize: spoken words")  # fmt: skip
+    p.add_argument("--vocabulary", metavar="LIST", help="words to boost, comma-separated (beam search)")
+    p.add_argument("--redact", metavar="LIST", help="mask: card,phone,passport,inn,snils,email,profanity")
     p.add_argument("--poll", type=float, default=2.0, metavar="SECONDS", help="status poll interval")
     p.add_argument("--new", action="store_true",
                    help="submit a new batch even if OUT holds the state of another one")  # fmt: skip

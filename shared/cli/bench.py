@@ -42,9 +42,19 @@ def register(sub: Any) -> None:
     p.add_argument("--lm-words", type=int, default=20000,
                    help="beam search vs greedy with an ARPA LM of this many words (0 skips)")  # fmt: skip
     p.add_argument("--decoder-workers", type=int, default=2, help="decoder processes for the pooled beam run")
+    p.add_argument("--lm-seconds", type=float, default=30.0, help="each of the 16 tones-model recordings")
+    p.add_argument("--lm-cost-seconds", type=float, default=10.0,
+                   help="each of the 4 cost-model recordings (flat frames: slow beam search)")  # fmt: skip
     p.add_argument("--sherpa-batches", default="1,16",
                    help="our engine beside sherpa-onnx (the bench extra) at these B ('' skips)")  # fmt: skip
     p.add_argument("--sherpa-seconds", type=float, default=6.0, help="audio per stream for that comparison")
+    p.add_argument("--text-only", action="store_true",
+                   help="only ITN and redaction per audio hour, beside the engine at B=1 and 16")  # fmt: skip
+    p.add_argument("--search-only", action="store_true",
+                   help="only the search benchmark (rows built in SQL, own PostgreSQL)")  # fmt: skip
+    p.add_argument("--search-phrases", type=int, default=1_000_000, help="phrases of the searched tenant")
+    p.add_argument("--skip-processes", action="store_true",
+                   help="skip the CPU's processes-per-core comparison (e.g. on a GPU run)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--provider", default="auto")
     p.set_defaults(func=cmd_bench)

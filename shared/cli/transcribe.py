@@ -11,7 +11,7 @@ from typing import Any
 
 from shared.asr.errors import ToneError
 from shared.asr.formats import FORMATS, render
-from shared.asr.types import SAMPLE_RATE
+from shared.asr.types import LABELS, SAMPLE_RATE, Phrase, Word
 
 EXIT_USAGE = 2  # bad arguments (argparse's own code)
 EXIT_MODEL = 3  # no model, or one that breaks T-one's contract
@@ -50,14 +50,52 @@ def _progress(path: str) -> Any:
     return tqdm(total=round(total, 1), unit="s", desc=Path(path).name, file=sys.stderr, leave=False)
 
 
+def _text_options(args: argparse.Namespace) -> Any:
+    """The written-form options of the command line; a bad value ends the command with exit code 2."""
+    from shared.text.options import TextOptionError, parse_text_options
+
+    try:
+        return parse_text_options(
+            {
+                "normalize": args.normalize,
+                "redact": args.redact,
+                "replacements": args.replacements,
+                "vocabulary": [w for w in (args.vocabulary or "").split(",") if w.strip()] or None,
+            }
+        )
+    except TextOptionError as exc:
+        print(f"tone-platform: {exc.message} [{exc.code}]", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _written(doc: dict[str, Any], options: Any) -> tuple[dict[str, Any], list[Phrase]]:
+    """The transcript with ``display``/``display_words``/``display_text``, and its phrases as the
+    written form for txt/srt/vtt/tsv."""
+    from shared.text.display import display_phrases, display_text
+
+    phrases, _ = display_phrases(doc["phrases"], options)
+    doc = {**doc, "phrases": phrases, "display_text": display_text(phrases)}
+    shown = [
+        Phrase(
+            p["display"],
+            p["start_time"],
+            p["end_time"],
+            p["channel"],
+            tuple(Word(w["text"], w["start"], w["end"]) for w in p["display_words"]),
+        )
+        for p in phrases
+    ]
+    return doc, shown
+
+
 def _emit(args: argparse.Namespace, name: str, transcript: Any, many: bool) -> None:
+    doc, shown = _written(transcript.to_dict(), args.text_options)
     if args.format == "json":
-        doc = {"file": name, **transcript.to_dict()} if many else transcript.to_dict()
-        print(render("json", transcript.phrases, document=doc))
+        print(render("json", shown, document={"file": name, **doc} if many else doc))
     else:
         if many:
             print(f"==> {name} <==")
-        sys.stdout.write(render(args.format, transcript.phrases, channels=transcript.channels))
+        sys.stdout.write(render(args.format, shown, channels=transcript.channels))
     sys.stdout.flush()
 
 
@@ -71,6 +109,17 @@ def _fail(name: str, exc: Exception, args: argparse.Namespace) -> None:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
+    args.text_options = _text_options(args)
+    hotwords = args.text_options.hotwords(LABELS)
+    decoder = None
+    if hotwords:  # a vocabulary is boosted by beam search (with the LM when there is one, else alone)
+        if args.decoder == "greedy":
+            print(
+                "tone-platform: --vocabulary needs beam search: --decoder beam or auto [invalid_vocabulary]",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        decoder = "beam"
     rec = _load(args)
     limits = {"max_duration": args.max_duration, "max_bytes": args.max_bytes}
     many = len(args.files) > 1
@@ -84,7 +133,13 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         errors: dict[int, Exception] = {}
         next_out = 0
         for index, transcript in rec.transcribe_many(
-            args.files, batch=args.batch, channels=args.channels, on_error=errors.__setitem__, **limits
+            args.files,
+            batch=args.batch,
+            channels=args.channels,
+            decoder=decoder,
+            on_error=errors.__setitem__,
+            hotwords=hotwords,
+            **limits,
         ):
             results[index] = transcript
             while next_out in results or next_out in errors:  # print in the order given
@@ -107,6 +162,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             transcript = rec.transcribe_file(
                 name,
                 channels=args.channels,
+                decoder=decoder,
+                hotwords=hotwords,
                 stream_chunk_samples=chunk,
                 progress=(lambda s, b=bar: b.update(round(s, 1) - b.n)) if bar else None,
                 **limits,
@@ -198,6 +255,14 @@ def register(sub: Any) -> None:
                    help="feed the audio through the streaming path in pieces of N ms")  # fmt: skip
     p.add_argument("--batch", type=int, default=16, metavar="N",
                    help="streams advanced together per model call when several files are given")  # fmt: skip
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
+                   help="digits in display (default); --no-normalize: the spoken words")  # fmt: skip
+    p.add_argument("--redact", metavar="LIST", default=None,
+                   help="mask in display: card,phone,passport,inn,snils,email,profanity")  # fmt: skip
+    p.add_argument("--vocabulary", metavar="LIST", default=None,
+                   help="comma-separated hot words for beam search, e.g. Тинькофф,ипотека")  # fmt: skip
+    p.add_argument("--replacements", metavar="JSON", default=None,
+                   help='spellings to rewrite in display, e.g. \'{"тинькоф": "Тинькофф"}\'')  # fmt: skip
     p.add_argument("--max-duration", type=float, default=None, metavar="SECONDS")
     p.add_argument("--max-bytes", type=int, default=None, metavar="BYTES")
     p.set_defaults(func=cmd_transcribe)

@@ -1,4 +1,5 @@
-"""Tenants, API keys, batches, jobs, transcripts and webhook deliveries (SQLAlchemy 2, typed).
+"""Tenants, API keys, batches, jobs, transcripts, webhook deliveries and tenants' vocabularies
+(SQLAlchemy 2, typed).
 
 Alembic's migrations are generated from these models and a test checks that they never drift.
 """
@@ -13,17 +14,19 @@ from sqlalchemy import (
     JSON,
     Boolean,
     CheckConstraint,
+    Computed,
     DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.platform.statuses import BATCH_STATUSES, FINAL_STATUSES, JOB_STATUSES
@@ -155,12 +158,17 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     client_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     webhook_url: Mapped[str | None] = mapped_column(Text)
+    # conversation analytics, computed when the transcript is stored (shared.platform.analytics)
+    analytics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
     transcript: Mapped[Transcript | None] = relationship(
         back_populates="job", cascade="all, delete-orphan", uselist=False
     )
     deliveries: Mapped[list[WebhookDelivery]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="WebhookDelivery.created_at"
+    )
+    flags: Mapped[list[JobFlag]] = relationship(
+        lazy="selectin", cascade="all, delete-orphan", passive_deletes=True, order_by="JobFlag.created_at"
     )
 
 
@@ -177,6 +185,65 @@ class Transcript(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     job: Mapped[Job] = relationship(back_populates="transcript")
+
+
+# The tenant as one more lexeme of every phrase's tsvector: a search ANDs it into its query, so the
+# GIN index itself never yields another tenant's rows (no btree_gin needed; '@' never starts a
+# lexeme the parser makes). shared.platform.search builds the same lexeme for the query.
+PHRASE_TSV = (
+    "to_tsvector('russian'::regconfig, text) || "
+    "array_to_tsvector(ARRAY['@' || replace(tenant_id::text, '-', '')])"
+)
+
+
+class TranscriptPhrase(Base):
+    """The search index: one row per phrase of a stored transcript, its text being the phrase's
+    display text when it has one, else its words (``shared.platform.search.phrase_search_text``).
+    Written with the transcript; removed with the job (cascade)."""
+
+    __tablename__ = "transcript_phrases"
+    __table_args__ = (Index("ix_transcript_phrases_tsv", "tsv", postgresql_using="gin"),)
+
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)  # the phrase's place in the transcript
+    tenant_id: Mapped[uuid.UUID] = mapped_column()
+    channel: Mapped[int] = mapped_column(SmallInteger, default=0)
+    start_time: Mapped[float] = mapped_column(Float)
+    end_time: Mapped[float] = mapped_column(Float)
+    text: Mapped[str] = mapped_column(Text)
+    tsv: Mapped[str] = mapped_column(TSVECTOR, Computed(PHRASE_TSV, persisted=True))
+
+
+RULE_KINDS = ("phrase_contains", "missing_in_first", "silence_over", "overtalk_share_over")
+
+
+class Rule(Base):
+    """A tenant's rule over finished transcripts (``shared.platform.rules``); a match flags the job."""
+
+    __tablename__ = "rules"
+    __table_args__ = (Index("ix_rules_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(40))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class JobFlag(Base):
+    """A rule that matched a job's transcript, with what matched."""
+
+    __tablename__ = "job_flags"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    rule_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("rules.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    rule: Mapped[Rule] = relationship(lazy="joined")
 
 
 class WebhookDelivery(Base):
@@ -205,3 +272,19 @@ class WebhookDelivery(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     job: Mapped[Job | None] = relationship(back_populates="deliveries")
+
+
+class TenantVocabulary(Base):
+    """A tenant's default vocabulary (hot words) and replacements, managed over ``/v1/vocabulary``:
+    added to the lists of every job and batch the tenant submits."""
+
+    __tablename__ = "tenant_vocabularies"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    words: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    replacements: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )

@@ -183,14 +183,19 @@ def host_rate(rec: Any, batch: int, audio: np.ndarray, min_seconds: float, max_s
     return HostRate(batch, steps, wall, spent[0], phrases)
 
 
-def run_host_bench(null_path: Path, batches: list[int], threads: int, min_seconds: float) -> list[HostRate]:
+def run_host_bench(
+    null_path: Path, batches: list[int], threads: int, min_seconds: float, provider: str = "cpu"
+) -> list[HostRate]:
     """The engine with the model taken out (the null model): host time per stream-chunk and the
     audio seconds per second one process could feed to an accelerator."""
     from shared.asr.engine import Recognizer
 
-    rec = Recognizer.load(null_path, providers="cpu", threads=threads)
+    rec = Recognizer.load(null_path, providers=provider, threads=threads)
     audio = speech_audio(60.0)
-    print(f"\n[the engine alone: null model {null_path}, speech with pauses, {threads} threads]")
+    print(
+        f"\n[the engine alone: null model {null_path}, speech with pauses, {threads} threads, "
+        f"{rec.model.providers[0]}]"
+    )
     print(
         f"{'B':>5} {'us/stream-chunk':>16} {'host us':>8} {'in ORT us':>10} {'audio s/s':>10} "
         f"{'host-only s/s':>14}"
@@ -540,7 +545,65 @@ def processes_rate(path: Path, processes: int, batch: int, seconds: float) -> fl
     return float(sum(rates))
 
 
+WORDS_PER_HOUR = 9000  # telephone speech: about 2.5 words a second, both sides together
+
+
+def hour_of_phrases(words_per_hour: int = WORDS_PER_HOUR) -> list[dict[str, Any]]:
+    """An hour of transcript as the engine writes it: the ITN test set's spoken phrases (number-heavy,
+    so pessimistic) repeated until ``words_per_hour`` words, each word 0.4 s."""
+    from shared.dev.itn_eval import load_cases
+
+    spoken = [s for _, s, _ in load_cases()]
+    phrases: list[dict[str, Any]] = []
+    words = 0
+    t = 0.0
+    while words < words_per_hour:
+        text = spoken[len(phrases) % len(spoken)]
+        spoken_words = text.split()
+        ws = [{"text": w, "start": t + 0.4 * i, "end": t + 0.4 * i + 0.3} for i, w in enumerate(spoken_words)]
+        end = t + 0.4 * (len(spoken_words) - 1) + 0.3
+        phrases.append({"text": text, "start_time": t, "end_time": end, "channel": 0, "words": ws})
+        words += len(ws)
+        t = end + 0.5
+    return phrases
+
+
+def text_seconds_per_hour(redact: bool, repeat: int = 3) -> float:
+    """Seconds of CPU the written form (ITN, and all redaction kinds with ``redact``) takes for an
+    hour of audio's transcript; the best of ``repeat`` runs."""
+    from shared.text.display import display_phrases
+    from shared.text.options import REDACT_KINDS, TextOptions
+
+    phrases = hour_of_phrases()
+    options = TextOptions(redact=REDACT_KINDS if redact else ())
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        display_phrases(phrases, options)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def report_text_cost(engine: dict[int, float]) -> None:
+    """ITN and redaction per hour of audio beside the engine's time for that hour (``engine``: audio
+    seconds per second by B)."""
+    itn = text_seconds_per_hour(redact=False)
+    both = text_seconds_per_hour(redact=True)
+    print(f"\nwritten form: an hour of transcript ({WORDS_PER_HOUR} words, the ITN test set's phrases)")
+    print(f"  ITN                   {itn:7.3f} s per audio hour")
+    print(f"  ITN + every redaction {both:7.3f} s per audio hour")
+    for b, rate in sorted(engine.items()):
+        per_hour = 3600 / rate
+        print(
+            f"  engine B={b:<3d} {per_hour:7.1f} s per audio hour: ITN {100 * itn / per_hour:.2f} %, "
+            f"with redaction {100 * both / per_hour:.2f} %"
+        )
+
+
 def run_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "search_only", False):
+        run_search_bench(args.search_phrases)
+        return 0
     import onnxruntime as ort
 
     from shared.asr.engine import Recognizer
@@ -553,6 +616,11 @@ def run_bench(args: argparse.Namespace) -> int:
     threads = args.threads or os.cpu_count() or 1
     if args.batch_only:
         return run_batch_only(args, path, threads)
+    if args.text_only:
+        rec = Recognizer.load(path, providers=args.provider, threads=threads)
+        rates = {b: engine_rate(rec, b, args.min_seconds, args.max_steps)[0] for b in (1, 16)}
+        report_text_cost(rates)
+        return 0
     batches = [int(b) for b in args.batches.split(",")]
     flops, params = model_flops(path)
     print(f"model: {path} ({params / 1e6:.1f} M parameters, {flops / 1e9:.2f} GFLOP per 300 ms chunk)")
@@ -573,14 +641,14 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"  B={b:<3d} {rate:8.1f} s audio/s   {per_step * 1000:8.1f} ms per step", flush=True)
     best_b = max(batches)
     cores = os.cpu_count() or 1
-    if cores > 1:
+    if cores > 1 and not args.skip_processes:
         print(f"\n[{cores} processes x 1 thread, float16]", flush=True)
         for b in (1, best_b):
             rate = processes_rate(path, cores, b, args.min_seconds)
             rows.append((f"{cores}proc x1", b, rate, 0.0))
             print(f"  B={b:<3d} {rate:8.1f} s audio/s in total", flush=True)
     peak = matmul_rate(threads, rows=best_b * 10)
-    ceiling = peak / (flops / CHUNK_SECONDS)
+    ceiling = peak / (flops / CHUNK_SECONDS) if flops else float("inf")  # the null model: no FLOPs
     print(f"\nceiling: float32 MatMul on the model's shapes at {best_b * 10} rows: {peak / 1e9:.1f} GFLOP/s")
     print(f"         = {ceiling:.1f} s of audio per second if the model were nothing but those MatMuls\n")
     print(f"{'run':<10} {'B':>4} {'audio s/s':>10} {'x B=1':>7} {'% ceiling':>10} {'s per s':>8}")
@@ -590,6 +658,7 @@ def run_bench(args: argparse.Namespace) -> int:
             f"{precision:<10} {b:>4} {rate:>10.1f} {rate / base.get(precision, float('nan')):>7.2f} "
             f"{100 * rate / ceiling:>9.1f}% {1 / rate:>8.4f}"
         )
+    report_text_cost({b: r for p, b, r, _ in rows if p == precisions[0] and b in (1, best_b)})
     if args.sherpa_batches:
         batches_peer = [int(b) for b in args.sherpa_batches.split(",")]
         run_sherpa_bench(path, batches_peer, threads, args.sherpa_seconds)
@@ -599,16 +668,16 @@ def run_bench(args: argparse.Namespace) -> int:
             from shared.dev.models.null import build_null_model
 
             null = build_null_model(null)
-        run_host_bench(
-            null, [int(b) for b in args.host_batches.split(",")], threads, min(args.min_seconds, 3.0)
-        )
+        host_batches = [int(b) for b in args.host_batches.split(",")]
+        run_host_bench(null, host_batches, threads, min(args.min_seconds, 3.0), args.provider)
     if args.lm_words:
         tones = Path(args.tones_model)
         if not tones.exists():
             from shared.dev.models.tones import build_tone_model
 
             tones = build_tone_model(tones)
-        for kind, model, n, secs, rounds in (("tones", tones, 16, 30.0, 2), ("cost", path, 4, 10.0, 1)):
+        plan = (("tones", tones, 16, args.lm_seconds, 2), ("cost", path, 4, args.lm_cost_seconds, 1))
+        for kind, model, n, secs, rounds in plan:
             run_lm_bench(model, kind, args.lm_words, n, secs, args.decoder_workers, threads, rounds)
     if args.platform_recordings:
         first = precisions[0]
@@ -1048,3 +1117,169 @@ def _stream_table(
             if p95 < 300:
                 best = max(best, n)
     print(f"  largest N with p95 under 300 ms: {best}")
+
+
+# -- search: 1 000 000 phrases in one tenant, built in SQL ----------------------------------------------
+
+# real words the queries use, spread over the frequency ranks of a synthetic vocabulary
+SEARCH_WORDS = (
+    "договор", "расторгнуть", "оператор", "тариф", "перезвонить", "жалоба", "возврат", "подключить",
+    "интернет", "счет", "оплата", "менеджер", "претензия", "скидка", "отказаться", "заявка",
+)  # fmt: skip
+SEARCH_QUERIES = ("расторгнуть договор", "тариф скидка", "возврат оплата", "жалоба оператор",
+                  "подключить интернет", "перезвонить менеджер", "отказаться заявка",
+                  "счет претензия")  # fmt: skip
+SYLLABLES = ("ба", "ве", "го", "ду", "жи", "зо", "ка", "ли", "му", "но", "пе", "ро", "су", "ти", "фа",
+             "хо", "це", "чу", "ша", "ям")  # fmt: skip
+
+
+def search_vocabulary(size: int) -> list[str]:
+    """``size`` words by frequency rank: the query words at ranks 8, 16, ..., 128, syllable words between."""
+    words = []
+    for r in range(1, size + 1):
+        if r % 8 == 0 and r // 8 <= len(SEARCH_WORDS):
+            words.append(SEARCH_WORDS[r // 8 - 1])
+        else:
+            words.append(SYLLABLES[r % 20] + SYLLABLES[(r // 20) % 20] + SYLLABLES[(r // 400) % 20])
+    return words
+
+
+def _build_search_rows(conn: Any, tenant: str, jobs: int, per_job: int, vocab: int, offset: int) -> None:
+    """``jobs`` completed jobs of ``per_job`` 8-word phrases each, words drawn log-uniformly by rank
+    (Zipf-like) from ``search_vocabulary(vocab)``, with metadata ``agent`` (50 agents) and ``region``
+    (4). The phrases are written with COPY; their tsvector is PostgreSQL's generated column."""
+    import uuid
+
+    from sqlalchemy import text
+
+    conn.execute(
+        text(
+            "INSERT INTO jobs (id, tenant_id, kind, status, priority, queue, options, source, progress,"
+            " attempts, cancel_requested, duration, filename, client_metadata, created_at)"
+            " SELECT md5(:tenant || g)::uuid, CAST(:tenant AS uuid), 'job', 'completed', 2, 'cpu',"
+            " jsonb_build_object('channels', 'split', 'batch_name', 'calls/' || g || '.wav'), 'upload', 1,"
+            " 1, false, :per_job * 6.0, g || '.wav',"
+            " jsonb_build_object('agent', 'agent' || (g % 50), 'region', 'region' || (g % 4)),"
+            " now() - make_interval(secs => g + :offset)"
+            " FROM generate_series(1, :jobs) g"
+        ),
+        {"tenant": tenant, "jobs": jobs, "per_job": per_job, "offset": offset},
+    )
+    ids = [
+        str(r[0])
+        for r in conn.execute(
+            text("SELECT md5(:tenant || g)::uuid FROM generate_series(1, :jobs) g"),
+            {"tenant": tenant, "jobs": jobs},
+        )
+    ]
+    words = np.array(search_vocabulary(vocab), dtype=object)
+    rng = np.random.default_rng(offset)
+    ranks = np.minimum(vocab, np.floor(np.exp(rng.random((jobs * per_job, 8)) * np.log(vocab))).astype(int))
+    drawn = words[ranks - 1]
+    raw = conn.connection.dbapi_connection
+    with (
+        raw.cursor() as cur,
+        cur.copy(
+            "COPY transcript_phrases (job_id, idx, tenant_id, channel, start_time, end_time, text) FROM STDIN"
+        ) as copy,
+    ):
+        n = 0
+        for job in ids:
+            for p in range(per_job):
+                copy.write_row(
+                    (uuid.UUID(job), p, uuid.UUID(tenant), p % 2, p * 6.0, p * 6.0 + 5.0, " ".join(drawn[n]))
+                )
+                n += 1
+
+
+def run_search_bench(phrases: int = 1_000_000, other: int = 250_000, rounds: int = 12) -> dict[str, Any]:
+    """``tone-platform bench --search-only``: a PostgreSQL of its own, the schema at head, ``phrases``
+    phrases of one tenant and ``other`` of another built in SQL; then every query of SEARCH_QUERIES
+    ``rounds`` times through the API's own search code (``shared.platform.search_query``), plain and with a
+    metadata filter, interleaved; p50/p95 and the plan of one query."""
+    import shutil
+    import tempfile
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.orm import Session
+
+    from shared.db.migrate import alembic_upgrade
+    from shared.localstack import servers
+    from shared.platform.search_query import SearchFilter, hits_query, search
+
+    root = Path(tempfile.mkdtemp(prefix="tone-search-bench-"))
+    root.chmod(0o755)
+    pg = servers.start_postgres(root / "postgres")
+    try:
+        alembic_upgrade(pg.url)
+        engine = create_engine(pg.url)
+        tenant, neighbour = uuid.uuid4(), uuid.uuid4()
+        per_job = 50
+        started = time.perf_counter()
+        with engine.begin() as conn:
+            for t, name in ((tenant, "bench"), (neighbour, "neighbour")):
+                conn.execute(
+                    text("INSERT INTO tenants (id, name, webhook_secret) VALUES (:t, :n, 'whsec_x')"),
+                    {"t": t, "n": name},
+                )
+            conn.execute(text("DROP INDEX ix_transcript_phrases_tsv"))  # built once, after the rows
+            _build_search_rows(conn, str(tenant), phrases // per_job, per_job, 5000, 0)
+            _build_search_rows(conn, str(neighbour), other // per_job, per_job, 5000, 10**6)
+            conn.execute(text("CREATE INDEX ix_transcript_phrases_tsv ON transcript_phrases USING gin (tsv)"))
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE transcript_phrases"))
+            conn.execute(text("VACUUM ANALYZE jobs"))
+            size = conn.execute(
+                text("SELECT pg_size_pretty(pg_total_relation_size('transcript_phrases'))")
+            ).scalar()
+        print(f"search: {phrases} + {other} phrases built in {time.perf_counter() - started:.0f} s ({size})")
+        caller = tenant  # the searched tenant, as GET /v1/search passes its caller's
+        timings: dict[str, list[float]] = {"two words": [], "two words + metadata.agent": []}
+        hits: dict[str, list[int]] = {k: [] for k in timings}
+        with Session(engine) as db:
+            for q in SEARCH_QUERIES:  # warm the cache once
+                search(db, caller, SearchFilter(q=q))
+            for r in range(rounds):
+                for q in SEARCH_QUERIES:
+                    for kind, meta in (
+                        ("two words", {}),
+                        ("two words + metadata.agent", {"agent": f"agent{r % 50}"}),
+                    ):
+                        t0 = time.perf_counter()
+                        page = search(db, caller, SearchFilter(q=q, metadata=meta))
+                        timings[kind].append((time.perf_counter() - t0) * 1000)
+                        hits[kind].append(len(page["data"]))
+                db.rollback()
+            counts = {
+                q: db.execute(
+                    text(
+                        "SELECT count(*) FROM transcript_phrases"
+                        " WHERE tsv @@ (websearch_to_tsquery('russian', :q) && CAST(:tq AS tsquery))"
+                    ),
+                    {"q": q, "tq": f"'@{tenant.hex}'"},
+                ).scalar()
+                for q in SEARCH_QUERIES
+            }
+            sql, params = hits_query(caller, SearchFilter(q=SEARCH_QUERIES[0], metadata={"agent": "agent7"}))
+            plan = db.execute(
+                text("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) " + sql), params
+            ).scalars()
+            plan_text = "\n".join(plan)
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"load average during the run: {load} ({os.cpu_count()} cores; other work skews p95)")
+        print("matching phrases per query (all pages):", ", ".join(f"{q}: {n}" for q, n in counts.items()))
+        result: dict[str, Any] = {"counts": counts, "plan": plan_text}
+        for kind, values in timings.items():
+            p50, p95 = float(np.percentile(values, 50)), _p95(values)
+            result[kind] = (p50, p95)
+            print(f"  {kind:<28} p50 {p50:6.1f} ms   p95 {p95:6.1f} ms   ({len(values)} queries, first page)")
+            n = len(SEARCH_QUERIES)
+            per_query = {q: _p95(values[i::n]) for i, q in enumerate(SEARCH_QUERIES)}
+            print("    p95 per query: " + ", ".join(f"{q} {ms:.1f}" for q, ms in per_query.items()))
+        print("plan (EXPLAIN ANALYZE) of the first query with metadata.agent=agent7:\n" + plan_text)
+        engine.dispose()
+        return result
+    finally:
+        servers.stop(pg)
+        shutil.rmtree(root, ignore_errors=True)

@@ -13,9 +13,14 @@ servers it started are stopped through their pidfiles. When ``up`` started its o
 writes ``<data_dir>/env`` (``export DATABASE_URL=...`` lines, mode 0600), which ``tone-platform keys``
 and ``db`` read when ``DATABASE_URL`` is not set.
 
-In the foreground (the default) ``up`` waits; Ctrl-C or SIGTERM stops everything it started. With
-``--detach`` it returns once ``GET /health`` answers 200, or fails (stopping what it started) with
-the logs' tails.
+In the foreground (the default) ``up`` supervises: a process that exits (crashed, killed) is
+started again after a backoff (``RESTART_BACKOFF``: 1 s, 2 s, 5 s, ... 60 s; back to 1 s once it has
+run ``STABLE_SECONDS``), with a log line; Ctrl-C or SIGTERM stops everything it started. With
+``--detach`` the same supervisor runs in the background (its own session, output in
+``<data_dir>/logs/up.log``), and ``up`` returns once ``GET /health`` answers 200 and the workers
+answer, or fails (stopping what it started) with the logs' tails. ``down`` asks the supervisor to
+stop its stack. A second ``up`` while a supervisor runs refuses ("already up"); when the supervisor
+itself is gone (killed), it stops what is left of the stack and brings all of it back.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ NO_MODEL_HINT = (
     "`make models`, then TONE_MODEL_PATH=.cache/test-models/tones for the tones test model)"
 )
 CELERY_APP = "worker.celery_app:app"
+RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # seconds before the n-th restart in a row
+STABLE_SECONDS = 60.0  # a process that ran this long is restarted after the first delay again
+UP_LOG = "up.log"
 # the order of shutdown: the API stops taking work first, the worker finishes (warm shutdown) last
 STOP_ORDER = ("api", "flower", "beat", "events", "worker-live", "worker")
 
@@ -447,7 +455,17 @@ def process_plan(
     # no model: threads, no process per task
     events = [*celery, "worker", "-Q", EVENTS_QUEUE, "-P", "threads", "-c", "4", "-n", f"events-{port}@%h"]
     beat = [*celery, "beat", "-s", str(data_dir / "celerybeat-schedule")]
-    flower = [*celery, "flower", f"--address={host}", f"--port={flower_port}"]
+    # Flower with its /metrics and /healthcheck behind its basic auth too (shared/localstack/flower.py)
+    flower = [
+        py,
+        "-m",
+        "shared.localstack.flower",
+        "-A",
+        CELERY_APP,
+        "flower",
+        f"--address={host}",
+        f"--port={flower_port}",
+    ]
     return [
         Planned("api", [py, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port)], env),
         Planned("worker", [*worker, *log], env),
@@ -460,17 +478,27 @@ def process_plan(
 
 
 def _refuse_if_up(data_dir: Path) -> None:
-    """An error when this data dir's stack is running; a stale record is cleaned up."""
+    """An error when this data dir's stack runs under its supervisor. A stack whose supervisor is
+    gone (killed) is stopped, what is left of it, so that this ``up`` brings all of it back; a
+    stale record is cleaned up."""
     previous = _read_up(data_dir)
     if previous is None:
         return
     alive = _recorded_alive(previous)
-    if alive:
+    sup = previous.get("supervisor_pid")
+    supervised = _alive_as_recorded(sup, previous.get("supervisor_start_time"))
+    if alive and (supervised or previous.get("detached")):
         raise UpError(
-            f"the stack of {data_dir} is already up ({', '.join(alive)}; {data_dir / UP_FILE}): "
-            f"run `tone-platform down` first"
+            f"the stack of {data_dir} is already up ({', '.join(alive)}; {data_dir / UP_FILE}); its "
+            f"supervisor restarts what crashes: run `tone-platform down` first to start it anew"
         )
-    _down_from(data_dir, previous, quiet=True)  # a stale record: stop its servers, forget it
+    if alive:
+        missing = sorted(set(previous.get("processes") or {}) - set(alive))
+        _say(
+            f"the supervisor of {data_dir}'s stack is gone; running: {', '.join(alive)}; missing: "
+            f"{', '.join(missing) or 'none'}: stopping the rest and bringing the whole stack back"
+        )
+    _down_from(data_dir, previous, quiet=True)  # stop what is left (servers too), forget it
 
 
 def _start_servers(current: Stack, data_dir: Path) -> tuple[str, str, bool]:
@@ -537,6 +565,9 @@ def _banner(current: Stack, settings: Any, host: str, password: str, key_hint: s
     _say(f"  Flower   {flower_url}  (user {settings.flower_user!r}, password {password!r})")
     _say(f"  logs     {logs}/{{api,worker,worker-live,events,beat,flower,migrate}}.log")
     _say(f"  state    {current.up_file}")
+    if settings.auth_disabled:
+        _say("  WARNING  TONE_AUTH_DISABLED=1: no API key is checked, every caller acts as the tenant")
+        _say("           'local' (console included): never expose this stack beyond this machine")
     if not settings.model_path:
         _say(f"  note     {NO_MODEL_HINT}")
     else:
@@ -569,6 +600,8 @@ def up(
     _check_port(host, flower_port, "Flower (--flower-port)")
     if workers < 1:
         raise UpError("--workers must be at least 1")
+    if detach:
+        return _up_in_background(data_dir, host, port, flower_port, workers, health_timeout)
     password = flower_password(data_dir, settings.flower_password)
 
     current = Stack(data_dir, host, port, flower_port, detach)
@@ -611,12 +644,7 @@ def up(
             current.save()
         _banner(current, settings, host, password, _key_hint(data_dir, wrote_env, db_url))
 
-        if detach:
-            _wait_healthy(current, health_url, health_timeout)
-            _say_ready(health_url, "`tone-platform down` stops the stack.")
-            ok = True
-            return 0
-        return _supervise(current, health_url, health_timeout)
+        return _supervise(current, health_url, health_timeout, {p.name: p for p in plan}, logs)
     except KeyboardInterrupt:
         _say("\nstopping ...")
         return 130
@@ -669,11 +697,15 @@ def _signals_ignored() -> Iterator[None]:
 
 
 def _workers_in(body: str) -> int | None:
-    """The ``workers`` count of a /health answer (None when it has none)."""
+    """The ``workers`` count of a /health answer (None when it has none). An anonymous /health
+    shows only its status: "ok" means every role has a worker reading its queue (at least one)."""
     try:
-        workers = json.loads(body).get("workers")
+        answer = json.loads(body)
+        workers = answer.get("workers")
     except (ValueError, AttributeError):
         return None
+    if workers is None and answer.get("status") in ("ok", "degraded"):
+        return 1 if answer["status"] == "ok" else 0
     return workers if isinstance(workers, int) else None
 
 
@@ -697,55 +729,88 @@ def _say_ready(health_url: str, then: str) -> None:
         _say(warning)
 
 
-def _wait_healthy(current: Stack, health_url: str, timeout: float) -> None:
-    """Wait for /health 200 (or raise with the logs' tails), then, within the same time, for a worker.
+def _up_in_background(
+    data_dir: Path, host: str, port: int, flower_port: int, workers: int, timeout: float
+) -> int:
+    """``up --detach``: the supervising ``up`` in a session of its own (output in logs/up.log);
+    return once its stack is healthy and its workers answer, else stop it and fail with the tails."""
+    from shared.localstack import servers as stack
 
-    /health answers 200 once the database and the broker are up ("degraded" while no worker answers a
-    ping). A worker that is still starting is waited for; one that never answers (it exited, or its
-    model cannot be had) is reported but does not fail ``up``: the API takes jobs, they wait queued.
-    """
+    log = data_dir / "logs" / UP_LOG
+    cmd = [sys.executable, "-m", "shared.cli.main", "up", "--host", host, "--port", str(port),
+           "--flower-port", str(flower_port), "--workers", str(workers),
+           "--timeout", str(timeout)]  # fmt: skip
+    start = log.stat().st_size if log.exists() else 0
+    with open(log, "ab") as out:
+        supervisor = subprocess.Popen(
+            cmd,
+            env=dict(os.environ),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    health_url = f"http://{stack._url_host(host)}:{port}/health"
     deadline = time.monotonic() + timeout
-    status: int | None = None
     body = ""
-    api = next(c for c in current.children if c.name == "api")
-    worker = next(c for c in current.children if c.name == "worker")
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and supervisor.poll() is None:
         status, body = http_status(health_url)
-        if status == 200:
-            break
-        if api.exited() is not None:
+        if status == 200 and (_workers_in(body) or 0) >= 1:
             break
         time.sleep(0.5)
-    if status != 200:
-        dead = [c for c in current.children if c.exited() is not None]
-        parts = [
-            f"{health_url} did not answer 200 within {timeout:.0f} s"
-            if api.exited() is None
-            else f"the API exited with status {api.exited()}",
-            f"last answer: {status if status is not None else 'none'} {body.strip()[:500]}",
-        ]
-        parts += [f"{child.name} exited with status {child.exited()}" for child in dead]
-        for child in current.children:
-            tail = _tail(child.log, 15)
-            if tail:
-                parts.append(f"--- last lines of {child.log} ---\n{tail}")
-        raise UpError("\n".join(parts))
-    while (_workers_in(body) or 0) < 1 and worker.exited() is None and time.monotonic() < deadline:
-        time.sleep(1.0)
-        status, body = http_status(health_url)
-    workers = _workers_in(body)
-    if workers is not None and workers < 1:
-        why = "it exited" if worker.exited() is not None else "it does not answer yet"
-        _say(f"warning: no worker is ready ({why}); jobs wait queued. See {worker.log}:")
-        _say(_tail(worker.log, 10))
+    said = _log_since(log, start)
+    print(said, end="" if said.endswith("\n") else "\n", flush=True)
+    if supervisor.poll() is not None:
+        raise UpError(f"the stack's supervisor exited with status {supervisor.returncode} (see {log})")
+    if (_workers_in(body) or 0) < 1:
+        healthy = http_status(health_url)[0] == 200
+        if not healthy:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(supervisor.pid, signal.SIGTERM)  # it stops everything it started
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                supervisor.wait(TERM_TIMEOUT + 40)
+            raise UpError(
+                f"{health_url} did not answer 200 within {timeout:.0f} s; see {log}:\n{_tail(log, 25)}"
+            )
+        _say(f"warning: no worker is ready yet; jobs wait queued. See {data_dir / 'logs'}")
+    _say(f"ready: {health_url} answers 200; supervised by pid {supervisor.pid} (crashed processes are")
+    _say("restarted). `tone-platform down` stops the stack.")
+    return 0
 
 
-def _supervise(current: Stack, health_url: str, timeout: float) -> int:
-    """Foreground: say when /health is ready, report processes that exit; return when the API exits."""
+def _log_since(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _restart(current: Stack, index: int, planned: Planned, logs: Path) -> Child:
+    """Start a crashed child again (what is left of its process group is killed first)."""
+    old = current.children[index]
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(old.pid, signal.SIGKILL)
+    if old.popen is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            old.popen.wait(1.0)
+    child = spawn(planned.name, planned.cmd, planned.env, logs)
+    current.children[index] = child
+    current.save()
+    return child
+
+
+def _supervise(current: Stack, health_url: str, timeout: float, plan: dict[str, Planned], logs: Path) -> int:
+    """Say when /health is ready; restart every process that exits, after a backoff, with a log
+    line (a crash loop waits up to a minute between tries). Runs until Ctrl-C or SIGTERM."""
     deadline = time.monotonic() + timeout
     ready = False
-    reported: set[str] = set()
     last = ""
+    failures: dict[str, int] = {}
+    started: dict[str, float] = {c.name: time.monotonic() for c in current.children}
+    due: dict[str, float] = {}
     _say("waiting for /health ... (Ctrl-C stops everything)")
     while True:
         if not ready:
@@ -758,20 +823,30 @@ def _supervise(current: Stack, health_url: str, timeout: float) -> int:
                 if time.monotonic() > deadline:
                     ready = True  # stop polling; keep running, the user can look at the logs
                     _say(f"warning: {health_url} is not ready after {timeout:.0f} s (last answer: {last})")
-        for child in current.children:
+        for index, child in enumerate(current.children):
+            name = child.name
             code = child.exited()
-            if code is not None and child.name not in reported:
-                reported.add(child.name)
+            if code is None:
+                if time.monotonic() - started.get(name, 0.0) > STABLE_SECONDS:
+                    failures.pop(name, None)
+                continue
+            if name not in due:
+                n = failures.get(name, 0)
+                delay = RESTART_BACKOFF[min(n, len(RESTART_BACKOFF) - 1)]
+                failures[name] = n + 1
+                due[name] = time.monotonic() + delay
                 print(
-                    f"tone-platform: {child.name} exited with status {code}; last lines of {child.log}:\n"
-                    f"{_tail(child.log, 15)}",
+                    f"tone-platform: {name} exited with status {code}; restarting it in {delay:.0f} s "
+                    f"(restart {n + 1} in a row); last lines of {child.log}:\n{_tail(child.log, 15)}",
                     file=sys.stderr,
                     flush=True,
                 )
-                if child.name == "api":
-                    print("tone-platform: the API is gone: stopping the stack", file=sys.stderr)
-                    return 1
-        time.sleep(1.0)
+            elif time.monotonic() >= due[name] and name in plan:
+                del due[name]
+                new = _restart(current, index, plan[name], logs)
+                started[name] = time.monotonic()
+                print(f"tone-platform: restarted {name} (pid {new.pid})", file=sys.stderr, flush=True)
+        time.sleep(0.5)
 
 
 # -------------------------------------------------------------------------------------------- down

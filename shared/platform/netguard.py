@@ -24,7 +24,7 @@ import hashlib
 import ipaddress
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,6 @@ import httpx
 from shared.errors import CodedError
 
 MAX_REDIRECTS = 3
-CHUNK_BYTES = 1024 * 1024
 USER_AGENT = "tone-platform/1 (+https://github.com/t-tech/T-one)"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -264,6 +263,20 @@ def post_json(
         raise UrlError("request_failed", _describe(exc)) from None
 
 
+@dataclass(frozen=True)
+class DownloadBounds:
+    """What a whole download may cost: ``deadline`` seconds in all (None: unbounded), at least
+    ``min_rate`` bytes per second on average once ``RATE_GRACE_SECONDS`` have passed (0: any), and
+    ``should_stop`` (a cancel) asked after every piece."""
+
+    deadline: float | None = None
+    min_rate: float = 0.0
+    should_stop: Callable[[], bool] | None = None
+
+
+RATE_GRACE_SECONDS = 10.0
+
+
 def download(
     url: str,
     dest: Path,
@@ -271,16 +284,19 @@ def download(
     max_bytes: int,
     timeout: float,
     allow_private: bool,
+    bounds: DownloadBounds | None = None,
 ) -> tuple[int, str, str | None]:
     """Stream ``url`` to ``dest`` in pieces (never whole in memory), following at most
     ``MAX_REDIRECTS`` redirects, each target checked like the first.
 
     Returns ``(size, sha256 hex, content type or None)``. ``timeout`` bounds connecting and each
-    read. Raises ``UrlError``: invalid_url, url_forbidden, file_too_large (over ``max_bytes``),
-    download_failed (network failure or an HTTP error status, named in the message). A partial
-    file is removed."""
+    read; ``bounds`` the whole download (checked as each piece arrives, so a stalled read still
+    waits out its ``timeout``). Raises ``UrlError``: invalid_url, url_forbidden, file_too_large
+    (over ``max_bytes``), download_failed (network failure, an HTTP error status, past the deadline
+    or under the minimum rate, named in the message), download_cancelled. A partial file is removed."""
     dest = Path(dest)
     current = url
+    started = time.monotonic()
     try:
         with _client(timeout) as client:
             for _hop in range(MAX_REDIRECTS + 1):
@@ -305,7 +321,7 @@ def download(
                             f"download of {current} failed: the server answered HTTP "
                             f"{response.status_code} {reason}".rstrip(),
                         )
-                    return _save(response, dest, max_bytes, current)
+                    return _save(response, dest, max_bytes, current, bounds or DownloadBounds(), started)
             raise UrlError(
                 "download_failed", f"download of {url} failed: more than {MAX_REDIRECTS} redirects"
             )
@@ -319,7 +335,26 @@ def download(
         raise
 
 
-def _save(response: httpx.Response, dest: Path, max_bytes: int, url: str) -> tuple[int, str, str | None]:
+def _check_bounds(bounds: DownloadBounds, url: str, size: int, started: float) -> None:
+    elapsed = time.monotonic() - started
+    if bounds.should_stop is not None and bounds.should_stop():
+        raise UrlError("download_cancelled", f"the download of {url} was stopped (the job was cancelled)")
+    if bounds.deadline is not None and elapsed > bounds.deadline:
+        raise UrlError(
+            "download_failed",
+            f"download of {url} failed: it took longer than {bounds.deadline:.0f} s ({size} bytes by then)",
+        )
+    if bounds.min_rate > 0 and elapsed > RATE_GRACE_SECONDS and size < bounds.min_rate * elapsed:
+        raise UrlError(
+            "download_failed",
+            f"download of {url} failed: {size / elapsed:.0f} bytes/s, slower than the minimum of "
+            f"{bounds.min_rate:.0f} bytes/s",
+        )
+
+
+def _save(
+    response: httpx.Response, dest: Path, max_bytes: int, url: str, bounds: DownloadBounds, started: float
+) -> tuple[int, str, str | None]:
     too_large = UrlError("file_too_large", f"the file at {url} is larger than the limit of {max_bytes} bytes")
     declared = response.headers.get("Content-Length")
     if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
@@ -328,11 +363,12 @@ def _save(response: httpx.Response, dest: Path, max_bytes: int, url: str) -> tup
     size = 0
     dest.parent.mkdir(parents=True, exist_ok=True)
     with dest.open("wb") as out:
-        for piece in response.iter_bytes(CHUNK_BYTES):
+        for piece in response.iter_bytes():  # as they arrive (a chunk size would wait for it)
             size += len(piece)
             if size > max_bytes:
                 raise too_large
             digest.update(piece)
             out.write(piece)
+            _check_bounds(bounds, url, size, started)
     content_type = response.headers.get("Content-Type")
     return size, digest.hexdigest(), (content_type.strip() or None) if content_type else None

@@ -10,7 +10,7 @@ kept one ``state`` field, which a worker still reads as ``state:0``)::
     tone:stream:<id>                 hash, the session:
         tenant                       the owning tenant's id
         layout                       the layout version, "3"
-        options                      JSON {"sample_rate", "encoding", "channels", "decoder"}
+        options                      JSON {"sample_rate", "encoding", "channels", "decoder", "text"}
         ttl                          seconds the session lives after its last activity
         state:<c>                    channel c's engine StreamState.to_bytes() (versioned,
                                      checksummed; never pickle) at the checkpoint: after the chunks
@@ -157,6 +157,10 @@ class Options:
     encoding: str = "pcm_s16le"
     channels: int = 1
     decoder: str = "auto"
+    text: str = "{}"  # the shared.text options (validated), as JSON
+
+    def text_options(self) -> dict[str, Any]:
+        return cast("dict[str, Any]", json.loads(self.text))
 
     def __post_init__(self) -> None:
         if not 4000 <= self.sample_rate <= 192_000:

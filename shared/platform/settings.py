@@ -10,12 +10,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CUDA_WORKER_BATCH = 256
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TONE_", extra="ignore")
+
+    @model_validator(mode="after")
+    def _batch_for_the_device(self) -> Settings:
+        """A GPU wants many streams per model call: with TONE_PROVIDER=cuda and no
+        TONE_WORKER_BATCH, a worker batches 256 recordings (the CPU's 16 saturate two cores)."""
+        if "worker_batch" not in self.model_fields_set and self.provider == "cuda":
+            self.worker_batch = CUDA_WORKER_BATCH
+        return self
 
     # servers
     database_url: str = Field(
@@ -40,6 +50,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 1024 * 1024 * 1024  # 1 GiB
     max_audio_seconds: float = 4 * 3600.0
     rate_limit_per_minute: int = 600  # requests per API key per minute (Redis counters)
+    auth_failures_per_minute: int = 30  # wrong API keys per client address per minute, then 429
+    scrape_token: str | None = None  # shows /health's details to monitoring without an API key
     batch_max_entries: int = 10000  # entries in one batch archive
     batch_max_total_bytes: int = 20 * 1024**3  # uncompressed bytes of one batch archive
     batch_root: Path | None = None  # TONE_BATCH_ROOT: server folder whose subfolders batches may read
@@ -55,7 +67,7 @@ class Settings(BaseSettings):
 
     # workers
     worker_queue: str = "cpu"  # cpu or gpu: which queue this worker consumes and new jobs go to
-    worker_batch: int = 16  # recordings advanced together per model call
+    worker_batch: int = 16  # recordings advanced together per model call (unset with provider cuda: 256)
     job_lease_seconds: float = 300.0  # a processing job whose lease expires is re-enqueued
     queued_grace_seconds: float = 120.0  # a queued job older than this with no worker is re-sent
     task_time_limit_seconds: float = 4 * 3600.0
@@ -72,6 +84,8 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = 10.0
     webhook_secret_grace_hours: float = 24.0  # after a rotation, the old secret also signs this long
     url_download_timeout_seconds: float = 60.0
+    url_download_deadline_seconds: float = 1800.0  # a whole audio_url download
+    url_download_min_bytes_per_second: float = 16384.0  # on average, after the first 10 s (0: any)
     idempotency_hours: float = 24.0
     retention_days: float | None = None  # jobs, transcripts and batches ended longer ago are deleted
     audio_retention_days: float | None = None  # stored audio of ended jobs is deleted (transcripts stay)

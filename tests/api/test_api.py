@@ -24,7 +24,7 @@ from shared.db.models import Job
 from shared.db.session import session_scope
 from shared.dev.models.tones import synthesize
 from shared.platform.keys import key_prefix, revoke_key
-from tests.conftest import KIT_AUDIO, Proc, make_key, serving, start_api
+from tests.conftest import KIT_AUDIO, Proc, make_key, serving, start_api, written
 
 PHRASES = ["привет мир", "как дела"]
 AUDIO_CODES = {"empty_audio", "unsupported_format", "corrupt_audio"}
@@ -52,7 +52,7 @@ def wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine_phrases(wav: Path, tone_model: Path) -> list[dict[str, Any]]:
-    return Recognizer.load(tone_model, threads=1).transcribe_file(wav).to_dict()["phrases"]
+    return written(Recognizer.load(tone_model, threads=1).transcribe_file(wav).to_dict()["phrases"])
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +240,10 @@ def test_legacy_transcribe_answers_the_original_shape_with_the_audio_duration(
     assert full.status_code == 200, full.text
     body = full.json()
     assert set(body) == {"phrases", "full_text", "duration", "processing_time"}
-    assert body["phrases"] == engine_phrases
+    # the original service's shape: the spoken words, no written form
+    assert body["phrases"] == [
+        {k: v for k, v in p.items() if not k.startswith("display")} for p in engine_phrases
+    ]
     assert body["full_text"] == " ".join(PHRASES)
     assert body["duration"] == pytest.approx(sf.info(wav).duration, abs=0.01)
     assert body["duration"] > engine_phrases[-1]["end_time"]
@@ -295,13 +298,13 @@ def test_every_bad_file_given_by_url_ends_as_a_failed_job_with_an_audio_error_co
 
 
 def test_health_reports_database_broker_and_workers_and_root_describes_the_service(
-    api: Proc, worker: Proc
+    api: Proc, worker: Proc, api_key: str
 ) -> None:
-    health = httpx.get(f"{api.url}/health", timeout=5)
+    health = httpx.get(f"{api.url}/health", headers=auth(api_key), timeout=5)
     assert health.status_code == 200
     body = health.json()
     assert body["status"] == "ok" and body["database"] == "ok" and body["broker"] == "ok"
-    assert body["workers"] >= 1 and body["model"]
+    assert body["workers"] >= 1 and body["model"] and "/" not in body["model"]  # a name, not a path
     assert set(body["queues"]) == {"cpu", "cpu.live", "events"} and min(body["queues"].values()) >= 1
     assert httpx.get(f"{api.url}/livez").json() == {"status": "ok"}
     ready = httpx.get(f"{api.url}/readyz", timeout=5)
@@ -613,3 +616,53 @@ def test_json_logs_every_line_an_object_with_the_request_id(platform_env: dict[s
     parsed = [json.loads(line) for line in lines]  # raises on a line that is not JSON
     assert any(p["logger"].startswith("uvicorn") for p in parsed)
     assert all({"time", "level", "logger", "message"} <= set(p) for p in parsed)
+
+
+def test_the_list_takes_ids_and_a_job_says_what_its_file_is(
+    parked_api: Proc, api_key: str, wav: Path
+) -> None:
+    """?id=a&id=b lists only those jobs (the console follows its uploads in one request); a job not
+    yet opened by a worker has no `audio` yet."""
+    a, b, _ = (submit(parked_api.url, api_key, wav).json()["id"] for _ in range(3))
+    got = httpx.get(f"{parked_api.url}/v1/jobs", params=[("id", a), ("id", b)], headers=auth(api_key)).json()
+    assert sorted(j["id"] for j in got["data"]) == sorted([a, b])
+    assert all(j["audio"] is None for j in got["data"])
+    bad = httpx.get(f"{parked_api.url}/v1/jobs", params={"id": "nope"}, headers=auth(api_key))
+    assert_error(bad, 422, "invalid_request")
+
+
+def test_playback_is_a_cached_compressed_copy_with_range_requests_and_server_peaks(
+    parked_api: Proc, api_key: str, wav: Path, platform_env: dict[str, str]
+) -> None:
+    import io
+
+    job = submit(parked_api.url, api_key, wav).json()
+    base = f"{parked_api.url}/v1/jobs/{job['id']}/audio"
+    opus = httpx.get(base, params={"format": "opus"}, headers=auth(api_key), timeout=60)
+    assert opus.status_code == 200 and opus.headers["content-type"] == "audio/ogg"
+    assert opus.headers["accept-ranges"] == "bytes"
+    wav_copy = httpx.get(base, headers=auth(api_key), timeout=60)
+    assert wav_copy.headers["content-type"] == "audio/wav"
+    assert len(opus.content) < len(wav_copy.content) / 3  # compressed
+    decoded, rate = sf.read(io.BytesIO(opus.content))
+    assert rate == 8000 and abs(len(decoded) / rate - sf.info(wav).duration) < 0.1
+    part = httpx.get(base, params={"format": "opus"}, headers={**auth(api_key), "Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == opus.content[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(opus.content)}"
+    again = httpx.get(base, params={"format": "opus"}, headers=auth(api_key))
+    assert again.headers["etag"] == opus.headers["etag"]  # the kept copy, not a new encoding
+
+    peaks = httpx.get(f"{base}/peaks", params={"columns": 50}, headers=auth(api_key)).json()
+    assert (peaks["channels"], peaks["columns"], len(peaks["peaks"][0])) == (1, 50, 100)
+    samples = sf.read(wav, dtype="int16")[0] / 32768.0
+    assert max(peaks["peaks"][0][1::2]) == pytest.approx(samples.max(), abs=1e-3)
+    assert min(peaks["peaks"][0][0::2]) == pytest.approx(samples.min(), abs=1e-3)
+    assert httpx.get(f"{base}/peaks", params={"columns": 0}, headers=auth(api_key)).status_code == 422
+    assert httpx.get(base, params={"format": "flac"}, headers=auth(api_key)).status_code == 422
+
+    with session_scope(platform_env["DATABASE_URL"]) as session:
+        stored = Path(str(session.get(Job, uuid.UUID(job["id"])).audio_path))
+    copies = list((stored.parent / ".playback").glob(f"{stored.name}.*"))
+    assert len(copies) == 3  # opus, wav, peaks
+    assert httpx.delete(f"{parked_api.url}/v1/jobs/{job['id']}", headers=auth(api_key)).status_code == 204
+    assert not any(c.exists() for c in copies)

@@ -32,7 +32,7 @@ from shared.platform.batch_state import finish_batch, finish_done_batches
 from shared.platform.keys import get_or_create_tenant
 from tests.api.test_api import assert_error, auth, serve_directory
 from tests.api.test_batches import archive_bytes
-from tests.conftest import Proc, make_key, serving, start_api
+from tests.conftest import Proc, make_key, serving, start_api, written
 from tests.worker.test_webhooks import Receiver
 
 PARKED_QUEUE = "batch-parked"  # no worker consumes it: jobs sent there stay queued
@@ -102,7 +102,9 @@ def audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def offline(audio: dict[str, Path], tone_model: Path) -> dict[str, list[dict[str, Any]]]:
     """The engine's own transcripts of the recordings (channels=split, the batch default)."""
     rec = Recognizer.load(tone_model, threads=1)
-    return {n: rec.transcribe_file(p, channels="split").to_dict()["phrases"] for n, p in audio.items()}
+    return {
+        n: written(rec.transcribe_file(p, channels="split").to_dict()["phrases"]) for n, p in audio.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -376,7 +378,7 @@ def test_a_manifest_batch_transcribes_urls_zips_every_format_and_sends_one_signe
     with zipfile.ZipFile(io.BytesIO(res.content)) as zf:
         stems = {a: "127.0.0.1/a", b: "calls/b"}
         expected = [f"{s}.{f}" for s in stems.values() for f in ("srt", "vtt", "txt", "json")]
-        assert sorted(zf.namelist()) == sorted([*expected, "results.jsonl", "errors.csv"])
+        assert sorted(zf.namelist()) == sorted([*expected, "results.jsonl", "errors.csv", "analytics.csv"])
         for name, stem in stems.items():
             job = by_name[name]["job_id"]
             for fmt in ("srt", "vtt", "txt", "json"):

@@ -25,6 +25,7 @@ from shared.db.session import session_scope
 from shared.dev.models.tones import synthesize
 from shared.platform.settings import Settings
 from tests.api.test_api import assert_error, auth
+from tests.conftest import written
 
 CALLS = {"calls/a.wav": (["привет мир"], ["да"]), "calls/b.wav": (["как дела"], ["хорошо"])}
 
@@ -106,7 +107,9 @@ def test_batch_end_to_end(api, worker, api_key, other_key, wavs, tone_model, ser
     assert [i["name"] for i in rest["items"]] == ["calls/copy-of-a.wav"] and rest["next_cursor"] is None
 
     rec = Recognizer.load(tone_model, threads=1)
-    expected = {n: rec.transcribe_file(p, channels="split").to_dict()["phrases"] for n, p in wavs.items()}
+    expected = {
+        n: written(rec.transcribe_file(p, channels="split").to_dict()["phrases"]) for n, p in wavs.items()
+    }
     expected["calls/copy-of-a.wav"] = expected["calls/a.wav"]
     res = httpx.get(f"{api.url}/v1/batches/{batch}/results?format=jsonl", headers=auth(api_key))
     lines = [json.loads(line) for line in res.text.splitlines()]
@@ -131,7 +134,7 @@ def test_batch_end_to_end(api, worker, api_key, other_key, wavs, tone_model, ser
     with zipfile.ZipFile(io.BytesIO(res.content)) as zf:
         stems = [n.removesuffix(".wav") for n in expected]
         files = [f"{s}.{fmt}" for s in stems for fmt in ("json", "txt", "srt", "vtt")]
-        assert sorted(zf.namelist()) == sorted([*files, "results.jsonl", "errors.csv"])
+        assert sorted(zf.namelist()) == sorted([*files, "results.jsonl", "errors.csv", "analytics.csv"])
         assert json.loads(zf.read("calls/b.json"))["phrases"] == expected["calls/b.wav"]
         assert [json.loads(line) for line in zf.read("results.jsonl").decode().splitlines()] == lines
         assert zf.read("errors.csv").startswith("\ufeff".encode())
@@ -234,7 +237,7 @@ def test_a_call_center_archive_of_telephony_formats_matches_the_engine_per_chann
     by_name = {r["name"]: r for r in map(json.loads, res.text.splitlines())}
     assert sorted(by_name) == sorted(calls)
     for i, (name, path) in enumerate(files.items()):
-        want = rec.transcribe_file(path, channels="split").to_dict()["phrases"]
+        want = written(rec.transcribe_file(path, channels="split").to_dict()["phrases"])
         assert want, f"{name}: the engine heard nothing, the comparison would prove nothing"
         assert by_name[name]["phrases"] == want, name
         assert by_name[name]["metadata"]["operator"] == f"op-{i}"

@@ -27,7 +27,7 @@ from shared.asr.audio import decode_raw
 from shared.asr.engine import Recognizer
 from shared.dev.models.tones import synthesize
 from shared.queue import all_queues
-from tests.conftest import Proc, start_api, start_worker
+from tests.conftest import Proc, start_api, start_worker, written
 
 QUEUE = "stream-tests"
 PHRASES = ["привет мир", "как дела", "до свидания"]
@@ -79,7 +79,7 @@ def audio() -> np.ndarray:
 @pytest.fixture(scope="module")
 def offline(tone_model: Path) -> Any:
     recognizer = Recognizer.load(tone_model, threads=1)
-    return lambda samples: recognizer.transcribe_file(samples).to_dict()["phrases"]
+    return lambda samples: written(recognizer.transcribe_file(samples).to_dict()["phrases"])
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -302,7 +302,7 @@ def stereo(
     path = tmp_path_factory.mktemp("stereo") / "call.wav"
     sf.write(path, samples, 8000, subtype="PCM_16")
     recognizer = Recognizer.load(tone_model, threads=1)
-    expected = [p.to_dict() for p in recognizer.transcribe_file(path, channels="split").phrases]
+    expected = written([p.to_dict() for p in recognizer.transcribe_file(path, channels="split").phrases])
     assert {p["channel"] for p in expected} == {0, 1} and len(expected) == 3, expected
     return samples, expected
 
@@ -350,6 +350,13 @@ def test_store_true_on_the_http_create_call_keeps_a_completed_job(
     assert client.get(f"/v1/jobs/{job_id}/transcript").json()["phrases"] == body["phrases"]
     assert job_id in [j["id"] for j in client.get("/v1/jobs").json()["data"]]
     assert "job_id" not in finalize(client, open_session(client)).json()
+    # kept as a job, it is measured and indexed like any transcript (shared.platform.search)
+    from shared.platform.analytics import compute
+
+    assert job["analytics"] == compute(body["phrases"], job["duration"], 1)
+    word = body["phrases"][0]["text"].split()[0]
+    hits = client.get("/v1/search", params={"q": word}).json()["data"]
+    assert job_id in {h["job_id"] for h in hits}
 
 
 def finish_after_in_flight(
@@ -613,4 +620,4 @@ def test_a_16_khz_session_in_20_ms_pieces_equals_the_offline_16_khz_file(
         pieces.append(pcm(wide[at : at + size]))
         at += size
     sid = open_session(client, sample_rate=16000)
-    check_final(client, sid, stream(client, sid, pieces), expected)
+    check_final(client, sid, stream(client, sid, pieces), written(expected))

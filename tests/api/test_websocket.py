@@ -21,7 +21,7 @@ from websockets.sync.client import ClientConnection, connect
 from shared.asr.engine import Recognizer
 from shared.dev.models.tones import synthesize
 from shared.queue import all_queues
-from tests.conftest import Proc, start_api, start_worker
+from tests.conftest import Proc, start_api, start_worker, written
 
 QUEUE = "ws-tests"
 PHRASES = ["привет мир", "как дела", "до свидания"]
@@ -55,7 +55,7 @@ def audio() -> np.ndarray:
 def expected(tone_model: Path, audio: np.ndarray) -> list[dict[str, Any]]:
     phrases = Recognizer.load(tone_model, threads=1).transcribe_file(audio).to_dict()["phrases"]
     assert [p["text"] for p in phrases] == PHRASES
-    return phrases  # type: ignore[no-any-return]
+    return written(phrases)
 
 
 def auth(key: str) -> dict[str, str]:
@@ -359,7 +359,7 @@ def test_v1_stream_stereo_gives_the_offline_split_phrases(
     path = tmp_path / "call.wav"
     sf.write(path, samples, 8000, subtype="PCM_16")
     split = Recognizer.load(tone_model, threads=1).transcribe_file(path, channels="split")
-    expected = [p.to_dict() for p in split.phrases]
+    expected = written([p.to_dict() for p in split.phrases])
     with connect(f"{ws_api}/v1/stream", additional_headers=auth(api_key)) as ws:
         ws.send(json.dumps({"channels": 2}))
         for frame in odd_frames(samples.astype("<i2").tobytes(), 17):  # split frames included
@@ -369,3 +369,42 @@ def test_v1_stream_stereo_gives_the_offline_split_phrases(
     phrases = [{k: v for k, v in m.items() if k != "type"} for m in got if m["type"] == "phrase"]
     assert phrases == expected and {p["channel"] for p in expected} == {0, 1}
     assert got[-1] == {"type": "final", "phrases": expected}
+
+
+def test_v1_stream_writes_the_display_form_and_redacts_with_the_sessions_options(
+    ws_api: str, api_key: str
+) -> None:
+    import httpx
+
+    spoken = ["оплата двадцать пять тысяч триста рублей", "да иди ты нахуй"]
+    audio, _ = synthesize(spoken)
+    config = {
+        "redact": ["profanity"],
+        "redact_raw": True,
+        "replacements": {"оплата": "Оплата"},
+        "store": True,
+    }
+    with connect(f"{ws_api}/v1/stream", additional_headers=auth(api_key)) as ws:
+        ws.send(json.dumps(config))
+        for frame in odd_frames(audio.astype("<i2").tobytes(), 7):
+            ws.send(frame)
+        ws.send(json.dumps({"type": "end"}))
+        got = list(messages(ws))
+    events = [m for m in got if m["type"] == "phrase"]
+    final = got[-1]
+    assert [p["display"] for p in final["phrases"]] == ["Оплата 25 300 рублей", "да иди ты [мат]"]
+    assert [p["text"] for p in final["phrases"]] == [spoken[0], "да иди ты [мат]"]
+    assert [e["display"] for e in events] == ["Оплата 25 300 рублей", "да иди ты [мат]"]
+    assert all(m.get("text") == "" for m in got if m["type"] == "partial")  # no partials under redaction
+    assert "нахуй" not in json.dumps(got, ensure_ascii=False)
+    base = ws_api.replace("ws://", "http://")
+    doc = httpx.get(f"{base}/v1/jobs/{final['job_id']}/transcript", headers=auth(api_key), timeout=30).json()
+    assert doc["display_text"] == "Оплата 25 300 рублей да иди ты [мат]"
+    for bad, code in (
+        ({"redact": ["dna"]}, "invalid_redact"),
+        ({"redact_audio": True}, "invalid_redact_audio"),
+    ):
+        with connect(f"{ws_api}/v1/stream", additional_headers=auth(api_key)) as ws:
+            ws.send(json.dumps(bad))
+            (error, *_) = list(messages(ws))
+            assert error["type"] == "error" and error["code"] == code and close_code(ws) == 1003

@@ -658,3 +658,145 @@ def test_the_batches_list_shows_batches_and_takes_an_archive(
     expect(page.locator("main h1")).to_have_text("Batches")
     expect(page.locator(".batches-table tbody tr", has_text="May calls")).to_have_count(0)
     assert httpx.get(f"{base}/v1/batches/{may}", headers=auth(api_key)).status_code == 404
+
+
+def test_the_transcript_shows_the_written_form_with_a_toggle_and_upload_takes_the_text_options(
+    base: str, worker: Proc, api_key: str, page: Page, tmp_path: Path
+) -> None:
+    spoken = [
+        "оплата двадцать пять тысяч триста рублей",
+        "мой номер восемь девятьсот шестнадцать сто двадцать три сорок пять шестьдесят семь",
+    ]
+    audio, _ = synthesize(spoken)
+    path = tmp_path / "numbers.wav"
+    sf.write(path, audio, 8000, subtype="PCM_16")
+    sign_in(page, base, api_key)
+    page.click("nav a[data-nav=upload]")
+    expect(page.locator("#upload-normalize")).to_be_checked()
+    page.select_option("#upload-channels", "mix")
+    page.check("#upload-redact-phone")
+    page.fill("#upload-vocabulary", "Оплата")
+    page.set_input_files("#upload-files", str(path))
+    opened = page.locator("#upload-list a", has_text="Open transcript")
+    expect(opened).to_be_visible(timeout=SLOW)
+    opened.click()
+    texts = page.locator("#dialogue li.phrase .phrase-text")
+    expect(texts).to_have_text(["Оплата 25 300 рублей", "мой номер [телефон]"])
+    shot(page, "05c-transcript-display")
+    # a written span is one word that seeks to the first of the words it replaced
+    expect(page.locator("#dialogue li.phrase").first.locator(".word")).to_have_text(
+        ["Оплата", "25 300", "рублей"]
+    )
+    page.check("#spoken-words")
+    expect(texts).to_have_text(spoken)
+    page.uncheck("#spoken-words")
+    expect(texts.first).to_have_text("Оплата 25 300 рублей")
+    job_id = page.url.rsplit("/", 1)[-1]
+    job = httpx.get(f"{base}/v1/jobs/{job_id}", headers=auth(api_key)).json()
+    assert job["options"]["redact"] == ["phone"] and job["options"]["vocabulary"] == ["Оплата"]
+    assert "normalize" not in job["options"]  # the default
+
+
+# -- what a supervisor tripped over (issue 15) ----------------------------------------------------------
+
+
+def test_uploads_are_followed_in_one_list_request_and_the_transcript_says_what_the_file_is(
+    base: str, worker: Proc, api_key: str, page: Page, mono_wav: Path, call_wav: Path
+) -> None:
+    """The upload page follows every open job with one GET /v1/jobs?id=…&id=… (never a request per
+    job); a mono file uploaded with "split" is shown as mono; the duration is truncated as the
+    player's clock is; the job's metadata is on its page and, ticked, a column of the list."""
+    per_job: list[str] = []
+    listed: list[str] = []
+    job_path = re.compile(r"/v1/jobs/[0-9a-f-]{36}$")
+    page.on("request", lambda r: per_job.append(r.url) if job_path.search(urlsplit(r.url).path) else None)
+    page.on("request", lambda r: listed.append(r.url) if "/v1/jobs?" in r.url and "id=" in r.url else None)
+    sign_in(page, base, api_key)
+    page.click("nav a[data-nav=upload]")
+    page.select_option("#upload-channels", "split")
+    page.set_input_files("#upload-files", [str(mono_wav), str(call_wav)])
+    expect(page.locator("#upload-list .badge-completed")).to_have_count(2, timeout=SLOW)
+    assert listed and per_job == [], per_job  # one list request per poll, none per job
+    assert any(u.count("id=") == 2 for u in listed)
+
+    job = submit(
+        base, api_key, mono_wav, channels="split", metadata=json.dumps({"operator": "Петрова", "queue": 3})
+    )
+    done = wait_final(base, api_key, job["id"])
+    assert done["audio"]["channels"] == 1
+    page.goto(f"{base}/console#/jobs/{job['id']}")
+    meta = page.locator("dl.meta").first
+    expect(meta).to_contain_text("Mono")
+    expect(meta).not_to_contain_text("Stereo")
+    duration = done["duration"]
+    shown = f"{int(duration * 10) / 10:.1f} s" if duration < 10 else f"{int(duration)} s"
+    expect(meta).to_contain_text(shown)
+    expect(page.locator("#job-metadata")).to_contain_text("operator")
+    expect(page.locator("#job-metadata")).to_contain_text("Петрова")
+    shot(page, "20-transcript-metadata")
+
+    page.goto(f"{base}/console#/jobs")
+    page.locator("#meta-columns summary").click()
+    page.check("#meta-col-operator")
+    expect(page.locator(".jobs-table thead")).to_contain_text("operator")
+    expect(page.locator(f'.jobs-table tr[data-id="{job["id"]}"]')).to_contain_text("Петрова")
+    shot(page, "21-jobs-metadata-column")
+
+
+def test_with_auth_disabled_the_console_asks_no_key_and_says_so(
+    platform_env: dict[str, str], logs: Path, browser: Browser
+) -> None:
+    open_api = start_api({**platform_env, "TONE_AUTH_DISABLED": "1"}, logs, "api-console-auth-off")
+    page, problems = open_page(browser)
+    try:
+        page.goto(f"{open_api.url}/console")
+        expect(page.locator("main h1")).to_have_text("Jobs")
+        expect(page.locator("#auth-off")).to_be_visible()
+        expect(page.locator("#signout")).to_be_hidden()
+        shot(page, "22-auth-disabled")
+    finally:
+        page.context.close()
+        open_api.stop()
+    assert not problems, problems
+
+
+def test_a_russian_browser_gets_the_russian_console_and_can_switch_to_english(
+    base: str, api_key: str, browser: Browser, mono_wav: Path, worker: Proc
+) -> None:
+    """Russian for a browser whose first language is Russian (dates, numbers and units too), English
+    a click away and kept; with an English browser nothing changes (every other test)."""
+    job = submit(base, api_key, mono_wav, metadata=json.dumps({"очередь": "входящие"}))
+    done = wait_final(base, api_key, job["id"])
+    context = browser.new_context(locale="ru-RU", viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"uncaught: {e}"))
+    try:
+        page.goto(f"{base}/console")
+        expect(page.locator("main h1")).to_have_text("Войти")
+        assert page.evaluate("() => document.documentElement.lang") == "ru"
+        expect(page.locator("footer")).to_contain_text("Справочник API")
+        page.fill("#api-key", "tone_nope_not-a-key")
+        page.click("form.signin button[type=submit]")
+        expect(page.locator(".error-box")).to_contain_text("Этот ключ API не принят")
+        expect(page.locator(".error-box")).to_contain_text("Код: unauthorized")
+        page.fill("#api-key", api_key)
+        page.click("form.signin button[type=submit]")
+        expect(page.locator("main h1")).to_have_text("Задания")
+        expect(page.locator("nav a[data-nav=upload]")).to_have_text("Загрузка")
+        expect(page.locator(".jobs-table thead")).to_contain_text("Длительность")
+        page.goto(f"{base}/console#/jobs/{job['id']}")
+        meta = page.locator("dl.meta").first
+        expect(meta).to_contain_text("Моно")
+        expect(meta).to_contain_text(f"{int(done['duration'] * 10) / 10:.1f} с".replace(".", ","))
+        expect(page.locator("#job-metadata")).to_contain_text("входящие")
+        expect(page.locator(".badge-completed")).to_have_text("Готово")
+        shot(page, "23-russian-transcript")
+        page.click("#lang")
+        expect(page.locator("dl.meta").first).to_contain_text("Mono")
+        assert page.evaluate("() => document.documentElement.lang") == "en"
+        page.reload()
+        expect(page.locator("nav a[data-nav=upload]")).to_have_text("Upload")  # the choice is kept
+    finally:
+        context.close()
+    assert not problems, problems

@@ -250,3 +250,42 @@ def test_firefox_streams_the_microphone_and_keeps_the_session(
     assert job["kind"] == "stream" and job["status"] == "completed", job
     assert job["duration"] and job["duration"] >= 2.0, job  # the audio really went over the WebSocket
     assert problems(m) == []
+
+
+def test_firefox_searches_the_archive_and_opens_the_call_at_the_hit(
+    firefox: Marionette, api: Proc, worker: Proc, servers: dict[str, str], call_wav: Path
+) -> None:
+    """The Search page in Firefox: a stemmed hit, its word marked, opening the call at that phrase."""
+    import uuid
+
+    from tests.conftest import make_key
+    from tests.console.test_console import submit, wait_final
+
+    m, base = firefox, str(api.url)
+    key = make_key(servers, f"firefox-search-{uuid.uuid4().hex[:6]}")  # its own archive: one call
+    job = submit(base, key, call_wav, channels="split")
+    assert wait_final(base, key, job["id"])["status"] == "completed"
+    open_console(m, base)
+    js(m, "sessionStorage.clear();")
+    sign_in(m, base, key)
+    m.find_element(By.CSS_SELECTOR, "nav a[data-nav=search]").click()
+    until(m, lambda: text(m, "main h1") == "Search", "the search page")
+    m.find_element(By.CSS_SELECTOR, "#search-q").send_keys("дело")  # «дела» by its stem
+    m.find_element(By.CSS_SELECTOR, "#search-form button[type=submit]").click()
+    hits = (
+        "return [...document.querySelectorAll('#hits > li.hit')]"
+        ".map(e => e.querySelector('.hit-text').textContent)"
+    )
+    until(m, lambda: js(m, hits) == [CALL_CLIENT[0]], "the hit")
+    assert js(m, "return [...document.querySelectorAll('#hits mark')].map(e => e.textContent)") == ["дела"]
+    shot(m, "05-search")
+    start = float(js(m, "return document.querySelector('#hits > li.hit').dataset.start"))
+    m.find_element(By.CSS_SELECTOR, "#hits a.hit-link").click()
+    until(m, lambda: text(m, "main h1") == call_wav.name, "the transcript page")
+    until(m, lambda: CALL_CLIENT[0] in text(m, "li.phrase.from-search"), "the hit's phrase marked")
+    until(m, lambda: js(m, "return document.getElementById('player').currentTime") >= start - 0.05,
+          "the player at the phrase")  # fmt: skip
+    until(m, lambda: js(m, "return document.querySelectorAll('#analytics .share-bar .share').length") == 2,
+          "the talk share bar")  # fmt: skip
+    shot(m, "06-transcript-from-search")
+    assert problems(m) == []

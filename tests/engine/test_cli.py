@@ -15,7 +15,7 @@ import soxr
 
 from shared.asr.types import STATE_SIZE, VOCAB_SIZE
 from shared.dev.models.tones import ExpectedPhrase, synthesize
-from tests.conftest import KIT_AUDIO
+from tests.conftest import KIT_AUDIO, written
 
 CLI = Path(sys.executable).parent / "tone-platform"
 PHRASES = ["здравствуйте вы позвонили в банк", "чем я могу вам помочь"]
@@ -44,17 +44,19 @@ def write_audio(path: Path, audio: np.ndarray, rate: int = 8000, subtype: str = 
 
 
 def expected_dicts(expected: list[ExpectedPhrase], channel: int = 0) -> list[dict]:
-    """What the JSON output must hold for synthesize()'s expectation."""
-    return [
-        {
-            "text": e.text,
-            "start_time": e.start,
-            "end_time": e.end,
-            "channel": channel,
-            "words": [{"text": w, "start": s, "end": t} for w, s, t in e.words],
-        }
-        for e in expected
-    ]
+    """What the JSON output must hold for synthesize()'s expectation, with its written form."""
+    return written(
+        [
+            {
+                "text": e.text,
+                "start_time": e.start,
+                "end_time": e.end,
+                "channel": channel,
+                "words": [{"text": w, "start": s, "end": t} for w, s, t in e.words],
+            }
+            for e in expected
+        ]
+    )
 
 
 def json_lines(stdout: str) -> list[dict]:
@@ -82,7 +84,7 @@ def test_transcribe_prints_one_json_document_with_exact_phrases_words_and_times(
     result = run_cli("transcribe", path, "--model", tone_model)
     assert result.returncode == 0, result.stderr
     (doc,) = json_lines(result.stdout)
-    assert set(doc) == {"phrases", "full_text", "duration", "processing_time"}
+    assert set(doc) == {"phrases", "full_text", "display_text", "duration", "processing_time"}
     assert doc["phrases"] == expected_dicts(expected)
     assert doc["full_text"] == " ".join(PHRASES)
     assert doc["duration"] == round(n / 8000, 3)
@@ -104,9 +106,11 @@ def test_several_files_give_one_json_line_each_with_file_in_the_given_order(
                 "file": files[-1],
                 "phrases": expected_dicts(expected),
                 "full_text": " ".join(phrases),
+                "display_text": " ".join(p["display"] for p in expected_dicts(expected)),
                 "duration": round(len(audio) / 8000, 3),
             }
         )
+    assert wanted[2]["display_text"] == "5678"
     result = run_cli("transcribe", *files, "--model", tone_model, "--batch", batch)
     assert result.returncode == 0, result.stderr
     docs = json_lines(result.stdout)
@@ -492,7 +496,7 @@ def test_kit_m4a_and_stereo_ulaw_call_transcribe_with_split_channels(tone_model:
     assert docs[0]["duration"] == pytest.approx(5.5, abs=0.05)
     assert docs[1]["duration"] == pytest.approx(13.02, abs=0.05)
     for doc in docs:
-        assert set(doc) == {"file", "phrases", "full_text", "duration", "processing_time"}
+        assert set(doc) == {"file", "phrases", "full_text", "display_text", "duration", "processing_time"}
         assert {p["channel"] for p in doc["phrases"]} <= {0, 1}
 
 
@@ -503,3 +507,23 @@ def test_version_and_usage_exit_codes() -> None:
     result = run_cli("--version")
     assert (result.returncode, result.stdout.strip()) == (0, f"tone-platform {version()}")
     assert run_cli("transcribe", "--no-such-flag").returncode == 2
+
+
+def test_numbers_are_written_as_digits_unless_no_normalize_and_redact_masks(
+    tmp_path: Path, tone_model: Path
+) -> None:
+    audio, _ = synthesize(["оплата двадцать пять тысяч триста рублей", "да иди ты нахуй"])
+    path = tmp_path / "numbers.wav"
+    sf.write(path, audio, 8000, subtype="PCM_16")
+    doc = json.loads(run_cli("transcribe", path, "--model", tone_model).stdout)
+    assert [p["display"] for p in doc["phrases"]] == ["оплата 25 300 рублей", "да иди ты нахуй"]
+    assert doc["display_text"] == "оплата 25 300 рублей да иди ты нахуй"
+    assert doc["full_text"] == "оплата двадцать пять тысяч триста рублей да иди ты нахуй"
+    txt = run_cli(
+        "transcribe", path, "--model", tone_model, "--format", "txt", "--redact", "profanity"
+    ).stdout
+    assert txt == "оплата 25 300 рублей\nда иди ты [мат]\n"
+    raw = run_cli("transcribe", path, "--model", tone_model, "--format", "txt", "--no-normalize").stdout
+    assert raw == "оплата двадцать пять тысяч триста рублей\nда иди ты нахуй\n"
+    bad = run_cli("transcribe", path, "--model", tone_model, "--redact", "dna")
+    assert bad.returncode == 2 and "[invalid_redact]" in bad.stderr

@@ -79,3 +79,19 @@ def test_bank_grows_and_keeps_rows(recognizer: Recognizer) -> None:
     bank.step(streams, signal)  # 20 > 8 rows: the bank grows
     assert bank.capacity >= 20
     assert [s.model_state[-1] for s in streams] == [*before, *range(3, 20)]
+
+
+@pytest.mark.parametrize("host_views", [True, False], ids=["cpu-views", "device-path"])
+def test_a_failed_model_call_gives_every_stream_its_state_back(
+    recognizer: Recognizer, host_views: bool
+) -> None:
+    bank = StateBank(recognizer.model.session, "cpu", host_views=host_views)
+    streams = [StreamState() for _ in range(3)]
+    signal = np.zeros((3, CHUNK_SAMPLES, 1), np.int32)
+    bank.step(streams, signal)
+    before = [s.model_state.copy() for s in streams]
+    with pytest.raises(Exception, match=r"(?i)signal|shape|dimension"):
+        bank.step(streams, np.zeros((3, 100, 1), np.int32))  # not T-one's chunk: ORT refuses it
+    assert all(s._slot is None for s in streams)
+    assert all(np.array_equal(s.model_state, b) for s, b in zip(streams, before))
+    bank.step(streams, signal)  # and the bank goes on

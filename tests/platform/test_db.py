@@ -126,3 +126,59 @@ def test_keys_are_stored_hashed_found_by_prefix_and_revocable(servers: dict[str,
         assert revoke_key(session, prefix)
     with session_scope(url) as session:
         assert verify_key(session, key) is None
+
+
+def test_0003_indexes_and_measures_transcripts_stored_before_it(empty_database: str) -> None:
+    """Upgrading to 0003 back-fills the search index (a phrase's display text when it has one, its
+    words otherwise) and every completed job's analytics; the index finds stemmed words."""
+    import json
+
+    from shared.platform.analytics import compute
+
+    alembic_upgrade(empty_database, "0002")
+    engine = create_engine(empty_database)
+    tenant, job = uuid.uuid4(), uuid.uuid4()
+    phrases = [
+        {"text": "ваш договор готов", "start_time": 0.5, "end_time": 2.0, "channel": 0,
+         "words": [{"text": "ваш", "start": 0.5, "end": 0.8}, {"text": "договор", "start": 0.9, "end": 1.5},
+                   {"text": "готов", "start": 1.6, "end": 2.0}]},
+        {"text": "хочу расторгнуть договора", "display": "Хочу расторгнуть договора!", "start_time": 2.5,
+         "end_time": 4.0, "channel": 1, "words": []},
+    ]  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO tenants (id, name, webhook_secret) VALUES (:t, 'old', 'whsec_x')"),
+            {"t": tenant},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, tenant_id, kind, status, priority, queue, options, source, progress, "
+                "attempts, cancel_requested) VALUES "
+                "(:id, :t, 'job', 'completed', 5, 'cpu', '{}', 'upload', 1, 1, false)"
+            ),
+            {"id": job, "t": tenant},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO transcripts (job_id, phrases, full_text, duration, channels) "
+                "VALUES (:j, CAST(:p AS jsonb), 'x', 5.0, 2)"
+            ),
+            {"j": job, "p": json.dumps(phrases)},
+        )
+    alembic_upgrade(empty_database)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT idx, channel, text FROM transcript_phrases WHERE job_id = :j ORDER BY idx"),
+            {"j": job},
+        ).all()
+        assert [tuple(r) for r in rows] == [(0, 0, "ваш договор готов"), (1, 1, "Хочу расторгнуть договора!")]
+        found = conn.execute(
+            text(
+                "SELECT idx FROM transcript_phrases "
+                "WHERE tsv @@ plainto_tsquery('russian', 'договором') ORDER BY idx"
+            )
+        ).scalars()
+        assert list(found) == [0, 1]
+        stored = conn.execute(text("SELECT analytics FROM jobs WHERE id = :j"), {"j": job}).scalar_one()
+        assert stored == compute(phrases, 5.0, 2)
+    engine.dispose()

@@ -43,6 +43,15 @@ def test_the_engine_imports_no_web_queue_database_or_settings_code() -> None:
     assert offenders("shared/asr", forbidden) == []
 
 
+def test_the_text_package_imports_no_web_queue_database_or_engine_code() -> None:
+    forbidden = (
+        "api", "worker", "fastapi", "starlette", "celery", "kombu", "redis", "sqlalchemy", "numpy",
+        "shared.asr", "shared.db", "shared.platform", "shared.queue", "shared.cli", "shared.localstack",
+    )  # fmt: skip
+    assert offenders("shared/text", forbidden) == []
+    assert imported_modules("shared/text")["shared/text/display.py"]  # the walk sees its imports
+
+
 def test_shared_code_never_imports_the_api() -> None:
     assert offenders("shared", ("api",)) == []
 

@@ -388,3 +388,22 @@ def test_batch_cancelled_on_the_server_ends_the_wait_with_exit_1(
     assert cli.returncode == 1, stderr
     assert f"batch {batch_id}: 0 of 2 recordings transcribed, 0 failed, 2 cancelled" in stdout
     assert "cancelled: gone/a.wav" in stdout and "cancelled: gone/b.wav" in stdout
+
+
+def test_text_options_reach_the_batch_and_its_files(
+    api: Proc, worker: Proc, key: str, tmp_path: Path
+) -> None:
+    folder = make_folder(
+        tmp_path / "in", {"call.wav": (["оплата двадцать пять тысяч триста рублей"], ["да иди ты нахуй"])}
+    )
+    done = run_batch(folder, tmp_path / "out", api.url or "", key, "--format", "txt", "--redact", "profanity")
+    assert done.returncode == 0, done.stderr
+    assert (
+        tmp_path / "out" / "call.txt"
+    ).read_text() == "[agent] оплата 25 300 рублей\n[client] да иди ты [мат]\n"
+    raw = run_batch(folder, tmp_path / "raw", api.url or "", key, "--format", "txt", "--no-normalize")
+    assert raw.returncode == 0, raw.stderr
+    text = (tmp_path / "raw" / "call.txt").read_text()
+    assert text == "[agent] оплата двадцать пять тысяч триста рублей\n[client] да иди ты нахуй\n"
+    bad = run_batch(folder, tmp_path / "bad", api.url or "", key, "--redact", "dna")
+    assert bad.returncode == 2 and "invalid_redact" in bad.stderr, bad.stderr

@@ -66,6 +66,19 @@ def test_the_stack_has_its_parts_and_runs_the_real_entry_points() -> None:
     assert "${TONE_WORKER_QUEUES:-$TONE_WORKER_QUEUE,$TONE_WORKER_QUEUE.live,events}" in cmd.group(1)
 
 
+def test_every_long_running_service_restarts_and_has_a_health_check() -> None:
+    for name, service in SERVICES.items():
+        if name == "migrate":  # a one-shot
+            assert service.get("restart") == "no"
+            continue
+        assert service.get("restart") == "unless-stopped", name
+        check = service.get("healthcheck") or {}
+        assert check.get("test"), f"{name} has no health check"
+    flower_check = " ".join(SERVICES["flower"]["healthcheck"]["test"])
+    assert "/healthcheck" in flower_check and "Authorization" in flower_check  # Flower's is behind auth
+    assert "shared.localstack.flower" in " ".join(SERVICES["flower"]["command"])
+
+
 def test_health_checks_use_readyz_celery_ping_and_beats_schedule() -> None:
     assert "/readyz" in " ".join(SERVICES["api"]["healthcheck"]["test"])
     for name in ("worker", "worker-live", "events", "worker-gpu", "worker-gpu-live"):

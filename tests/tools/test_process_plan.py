@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from shared.localstack.supervisor import process_plan
 from shared.queue import EVENTS_QUEUE, all_queues
 
@@ -63,3 +65,23 @@ def test_up_warns_when_health_says_the_model_is_missing() -> None:
     assert warning is not None and "every job will fail" in warning and "make models" in warning
     assert _model_warning(json.dumps({"status": "ok", "model_status": "ok"})) is None
     assert _model_warning("not json") is None
+
+
+def test_up_warns_in_its_banner_when_auth_is_off(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from shared.localstack.supervisor import Stack, _banner
+
+    stack = Stack(tmp_path, "127.0.0.1", 8000, 5555, False)
+    stack.urls = {"api": "http://127.0.0.1:8000", "flower": "http://127.0.0.1:5555"}
+    settings = SimpleNamespace(auth_disabled=True, model_path="/m", flower_user="admin")
+    _banner(stack, settings, "127.0.0.1", "pw", "")
+    assert "TONE_AUTH_DISABLED=1: no API key is checked" in capsys.readouterr().out
+    _banner(
+        stack,
+        SimpleNamespace(auth_disabled=False, model_path="/m", flower_user="admin"),
+        "127.0.0.1",
+        "pw",
+        "",
+    )
+    assert "TONE_AUTH_DISABLED" not in capsys.readouterr().out

@@ -84,16 +84,17 @@ def _wav(samples: np.ndarray) -> bytes:
 
 
 def test_health_names_each_role_and_is_degraded_while_one_has_no_worker(
-    role_stack: Proc, platform_env: dict[str, str], logs: Path
+    role_stack: Proc, platform_env: dict[str, str], logs: Path, api_key: str
 ) -> None:
-    served = httpx.get(f"{role_stack.url}/health", timeout=10).json()
+    served = httpx.get(f"{role_stack.url}/health", headers=auth(api_key), timeout=10).json()
     assert served["status"] == "ok", served
     assert served["queues"]["roles"] == 1 and served["queues"]["roles.live"] == 1, served
     assert served["queues"]["events"] >= 1
 
     lonely = start_api({**platform_env, "TONE_WORKER_QUEUE": "nobody-reads"}, logs, "api-lonely")
     try:
-        health = httpx.get(f"{lonely.url}/health", timeout=10)
+        assert httpx.get(f"{lonely.url}/health", timeout=10).json() == {"status": "degraded"}  # anonymous
+        health = httpx.get(f"{lonely.url}/health", headers=auth(api_key), timeout=10)
         assert health.status_code == 200  # the API itself works: jobs wait queued
         body = health.json()
         assert body["status"] == "degraded", body

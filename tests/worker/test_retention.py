@@ -9,9 +9,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from shared.db.models import Batch, Job, Transcript
+from shared.db.models import Batch, Job, Transcript, TranscriptPhrase
 from shared.db.session import session_scope
 from shared.platform.keys import get_or_create_tenant
+from shared.platform.search import after_transcript_stored
 from shared.platform.settings import Settings
 from worker.retention import expire
 
@@ -55,7 +56,10 @@ def test_retention_deletes_old_jobs_and_batches_and_old_audio_only(
             s.add(row)
             s.flush()
             if status == "completed":
-                s.add(Transcript(job_id=row.id, phrases=[], full_text=name, duration=1.0))
+                phrases = [{"text": "ваш договор", "start_time": 0.1, "end_time": 0.9, "channel": 0}]
+                s.add(Transcript(job_id=row.id, phrases=phrases, full_text=name, duration=1.0))
+                s.flush()
+                after_transcript_stored(s, row.id, tenant.id, phrases, 1.0, 1)  # indexed, as the worker does
             return row.id
 
         ids = {
@@ -65,7 +69,7 @@ def test_retention_deletes_old_jobs_and_batches_and_old_audio_only(
             "running": job("running", "processing", 40),
             "folder": job("folder", "completed", 10, source="directory"),
         }
-        batch_id = old_batch.id
+        batch_id, tenant_id = old_batch.id, tenant.id
 
     done = expire(settings)
     assert done["jobs"] >= 1 and done["batches"] >= 1 and done["audio"] >= 2
@@ -74,6 +78,10 @@ def test_retention_deletes_old_jobs_and_batches_and_old_audio_only(
         left = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(list(ids.values()))))}
         assert ids["old"] not in left and s.get(Batch, batch_id) is None
         assert s.get(Transcript, ids["old"]) is None
+        indexed = set(
+            s.scalars(select(TranscriptPhrase.job_id).where(TranscriptPhrase.tenant_id == tenant_id))
+        )
+        assert ids["old"] not in indexed and ids["week_old"] in indexed  # the search index goes with the job
         assert left[ids["week_old"]].audio_path is None and s.get(Transcript, ids["week_old"]) is not None
         assert left[ids["recent"]].audio_path == str(files["recent"])
         assert left[ids["running"]].audio_path == str(files["running"])  # not ended: left alone

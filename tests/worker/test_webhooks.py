@@ -503,6 +503,41 @@ def test_a_lost_first_message_is_sent_by_beat_once(platform: str, worker: Any, r
     assert deliveries(platform, just_now) == []
 
 
+def test_a_lost_job_flagged_message_is_sent_by_beat_once(
+    platform: str, worker: Any, receiver: Receiver
+) -> None:
+    """A rule match whose job.flagged task never reached a worker is sent by beat's sweep, once, with
+    the rule and what matched; the job's own job.completed (also never sent) goes too."""
+    from shared.db.models import Job, JobFlag, Rule
+    from shared.db.session import session_scope
+    from worker.webhooks import send_due
+
+    url = receiver.script((200, {}))
+    five_minutes_ago = datetime.now(timezone.utc) - timedelta(minutes=5)
+    job_id, secret = make_job(platform, url, finished_at=five_minutes_ago)
+    with session_scope(platform) as session:
+        job = session.get(Job, uuid.UUID(job_id))
+        assert job is not None
+        rule = Rule(tenant_id=job.tenant_id, name="threat to leave", kind="phrase_contains",
+                    params={"words": ["расторгнуть"], "channel": 1})  # fmt: skip
+        session.add(rule)
+        session.flush()
+        details = {"phrases": [{"idx": 0, "channel": 1, "start": 1.0, "end": 2.0, "text": "расторгнуть"}]}
+        session.add(JobFlag(job_id=job.id, rule_id=rule.id, details=details, created_at=five_minutes_ago))
+        rule_id = str(rule.id)
+    assert send_due() >= 2
+    requests = wait_requests(receiver, url, 2)
+    events = {e["type"]: e for e in (Webhook(secret).verify(r["body"], r["headers"]) for r in requests)}
+    assert set(events) == {"job.completed", "job.flagged"}
+    flagged = events["job.flagged"]["data"]
+    assert flagged["id"] == job_id and flagged["rule"]["id"] == rule_id and flagged["details"] == details
+    wait_rows(platform, job_id, 2)
+    assert {r.event_type for r in deliveries(platform, job_id)} == {"job.completed", f"job.flagged:{rule_id}"}
+    send_due()  # both recorded now: not sent again
+    time.sleep(1.5)
+    assert len(receiver.requests(url)) == 2
+
+
 def test_a_batch_lists_its_deliveries_and_sends_its_event_again_on_request(
     platform: str, worker: Any, api: Any, servers: dict[str, str], receiver: Receiver
 ) -> None:

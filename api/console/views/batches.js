@@ -2,10 +2,14 @@
 // one batch (GET /v1/batches/{id}): progress, ETA, per-status counts, audio done and left; its items
 // (GET /v1/batches/{id}/items, paginated) with the failed ones' reasons; results downloaded as
 // JSONL, CSV or ZIP (GET /v1/batches/{id}/results); cancel (POST /v1/batches/{id}/cancel); delete
-// (DELETE /v1/batches/{id}).
+// (DELETE /v1/batches/{id}); its conversation analytics (GET /v1/batches/{id}/analytics: the
+// aggregates and a table per agent when the metadata has an agent column), refreshed with the batch.
 
 import { describe, download, query, request, upload } from "../api.js";
+import { batchAnalyticsCard } from "../analytics.js";
+import { textOptions } from "./textopts.js";
 import { badge, clear, confirmDialog, errorBox, h, keepFocus, poller, progressBar, showLoadError, span, titled, when, wirePager } from "../ui.js";
+import { t } from "../i18n.js";
 
 const STATUSES = ["queued", "processing", "completed", "failed", "cancelled"];
 const BATCH_STATUS = { queued: "Queued", processing: "Processing", completed: "Completed", cancelled: "Cancelled" };
@@ -53,6 +57,7 @@ function renderList(root, ctx) {
     h("option", { value: "split" }, "Split stereo: agent left, client right"),
     h("option", { value: "mix" }, "Mix to one channel"),
   );
+  const text = textOptions("batch");
   const name = h("input", { type: "text", id: "batch-name", placeholder: "the archive's name", autocomplete: "off" });
   const submit = h("button", { type: "submit", class: "primary" }, "Upload archive");
   const uploadStatus = h("div", { class: "form-status", "aria-live": "polite" });
@@ -69,6 +74,7 @@ function renderList(root, ctx) {
       h("div", { class: "field" }, h("label", { for: "batch-channels" }, "Channels"), channels),
       h("div", { class: "field end" }, submit),
     ),
+    text.element,
     uploadStatus,
   );
   const body = h("div", { "aria-busy": "true" }, h("p", { class: "muted" }, "Loading batches…"));
@@ -91,6 +97,7 @@ function renderList(root, ctx) {
     const data = new FormData();
     data.append("file", file, file.name);
     data.append("channels", channels.value);
+    for (const [k, v] of Object.entries(text.values())) data.append(k, v);
     data.append("name", name.value.trim() || file.name);
     submit.disabled = true;
     const bar = progressBar(0, "Upload progress");
@@ -98,7 +105,7 @@ function renderList(root, ctx) {
     try {
       const { promise } = upload("/v1/batches", data, (f) => {
         bar.querySelector("progress").value = Math.round(f * 100);
-        bar.querySelector(".progress-text").textContent = `${Math.round(f * 100)} %`;
+        bar.querySelector(".progress-text").textContent = t(`${Math.round(f * 100)} %`);
       });
       const created = await promise;
       clear(uploadStatus);
@@ -160,7 +167,7 @@ function renderList(root, ctx) {
     restore();
     prev.disabled = listState.page === 0;
     next.disabled = !nextCursor;
-    pageLabel.textContent = `Page ${listState.page + 1}`;
+    pageLabel.textContent = t(`Page ${listState.page + 1}`);
     pager.hidden = listState.page === 0 && !nextCursor;
     loadedOnce = true;
     return batches.some(isOpenBatch) ? undefined : false;
@@ -179,6 +186,8 @@ function renderDetail(root, id, ctx) {
   const summary = h("div", { class: "batch-summary", "aria-live": "polite" });
   const onlyFailed = h("input", { type: "checkbox", id: "only-failed" });
   const itemsBody = h("div", { class: "items-body" });
+  const analyticsHolder = h("div", { class: "analytics-holder" });
+  let analyticsPolls = 0;
   const more = h("button", { type: "button", class: "secondary", hidden: true }, "Load more items");
   const downloads = h(
     "div",
@@ -206,6 +215,7 @@ function renderDetail(root, id, ctx) {
     h("p", { class: "back" }, h("a", { href: "#/batches" }, "← All batches")),
     h("div", { class: "page-head" }, heading, actions),
     h("section", { class: "card" }, summary, downloads),
+    analyticsHolder,
     h(
       "section",
       { class: "card", "aria-labelledby": "items-title" },
@@ -221,7 +231,7 @@ function renderDetail(root, id, ctx) {
   let itemsCursor = null;
 
   function drawSummary() {
-    heading.textContent = batchName(batch);
+    heading.textContent = t(batchName(batch));
     document.title = `${batchName(batch)} · tone-platform`;
     clear(summary);
     const done = (batch.counts.completed || 0) + (batch.counts.failed || 0) + (batch.counts.cancelled || 0);
@@ -357,12 +367,18 @@ function renderDetail(root, id, ctx) {
       batch = await request(`/v1/batches/${id}`);
       drawSummary();
       await loadItems();
+      // the aggregates: every 5th poll while the batch runs (they read every call), then once at the end
+      if (!isOpenBatch(batch) || analyticsPolls++ % 5 === 0) {
+        const measured = await request(`/v1/batches/${id}/analytics`);
+        clear(analyticsHolder);
+        analyticsHolder.append(batchAnalyticsCard(measured));
+      }
       return isOpenBatch(batch) ? undefined : false;
     },
     2000,
     (error) => {
       if (!batch) {
-        heading.textContent = error.code === "not_found" ? "Batch not found" : "Batch";
+        heading.textContent = t(error.code === "not_found" ? "Batch not found" : "Batch");
         clear(summary);
         summary.append(errorBox(error));
       } else {

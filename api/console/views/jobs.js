@@ -6,6 +6,7 @@ import { describe, query, request } from "../api.js";
 import {
   badge,
   bytes,
+  channelsLabel,
   clear,
   confirmDialog,
   errorBox,
@@ -13,6 +14,7 @@ import {
   isOpen,
   jobName,
   keepFocus,
+  metadataPairs,
   poller,
   progressBar,
   showLoadError,
@@ -21,6 +23,7 @@ import {
   when,
   wirePager,
 } from "../ui.js";
+import { t } from "../i18n.js";
 
 const PAGE_SIZES = [10, 20, 50, 100];
 // Kept across visits, so that coming back from a transcript shows the same page and filters.
@@ -80,6 +83,31 @@ export function render(root, _params, ctx) {
 
   let nextCursor = null;
   let loadedOnce = false;
+  // optional columns: metadata keys the person ticked (kept in this browser)
+  const COLUMNS_STORE = "tone-platform.metadata-columns";
+  let metaColumns = [];
+  try {
+    metaColumns = JSON.parse(localStorage.getItem(COLUMNS_STORE) || "[]").filter((k) => typeof k === "string");
+  } catch {
+    metaColumns = [];
+  }
+  const columnsBox = h("details", { class: "meta-columns", id: "meta-columns", hidden: true }, h("summary", {}, "Metadata columns"));
+  filters.after(columnsBox);
+
+  function drawColumnChoice(keys) {
+    while (columnsBox.children.length > 1) columnsBox.lastChild.remove();
+    columnsBox.hidden = !keys.length;
+    for (const key of keys) {
+      const id = `meta-col-${key.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+      const box = h("input", { type: "checkbox", id, checked: metaColumns.includes(key), dataset: { key } });
+      box.addEventListener("change", () => {
+        metaColumns = box.checked ? [...metaColumns, key] : metaColumns.filter((k) => k !== key);
+        localStorage.setItem(COLUMNS_STORE, JSON.stringify(metaColumns));
+        polls.now();
+      });
+      columnsBox.append(h("label", { class: "check", for: id }, box, ` ${key}`));
+    }
+  }
 
   function refilter() {
     state.status = statusSelect.value;
@@ -100,7 +128,7 @@ export function render(root, _params, ctx) {
     if (!ok) return;
     try {
       await request(`/v1/jobs/${job.id}`, { method: "DELETE" });
-      announce.textContent = `Deleted ${jobName(job)}.`;
+      announce.textContent = t(`Deleted ${jobName(job)}.`);
       ctx.showBanner(`Deleted “${jobName(job)}”.`, "info");
     } catch (error) {
       ctx.showBanner(error);
@@ -124,9 +152,13 @@ export function render(root, _params, ctx) {
         "td",
         { "data-label": "Recording", class: "name-cell" },
         h("a", { href: `#/jobs/${job.id}`, dataset: { focusKey: `open-${job.id}` } }, jobName(job)),
-        h("div", { class: "sub" }, [job.options && job.options.channels === "split" ? "stereo, split" : "mono", source].filter(Boolean).join(" · ")),
+        h("div", { class: "sub" }, [channelsLabel(job, true), source].filter(Boolean).join(" · ")),
       ),
       statusCell,
+      metaColumns.map((key) => {
+        const pair = metadataPairs(job.metadata).find(([k]) => k === key);
+        return h("td", { "data-label": key, class: "meta-cell" }, pair ? pair[1] : "");
+      }),
       h("td", { "data-label": "Duration", class: "num" }, span(job.duration)),
       h("td", { "data-label": "Created", class: "nowrap" }, h("time", { datetime: job.created_at }, when(job.created_at))),
       h(
@@ -157,6 +189,8 @@ export function render(root, _params, ctx) {
     };
     const page = await request(`/v1/jobs${query(params)}`);
     nextCursor = page.next_cursor;
+    const keys = [...new Set([...metaColumns, ...page.data.flatMap((j) => metadataPairs(j.metadata).map(([k]) => k))])].sort();
+    drawColumnChoice(keys);
     const restore = keepFocus(body);
     clear(body);
     body.removeAttribute("aria-busy");
@@ -179,7 +213,7 @@ export function render(root, _params, ctx) {
           h(
             "thead",
             {},
-            h("tr", {}, h("th", { scope: "col" }, "Recording"), h("th", { scope: "col" }, "Status"), h("th", { scope: "col", class: "num" }, "Duration"), h("th", { scope: "col" }, "Created"), h("th", { scope: "col" }, h("span", { class: "sr-only" }, "Actions"))),
+            h("tr", {}, h("th", { scope: "col" }, "Recording"), h("th", { scope: "col" }, "Status"), metaColumns.map((key) => h("th", { scope: "col" }, key)), h("th", { scope: "col", class: "num" }, "Duration"), h("th", { scope: "col" }, "Created"), h("th", { scope: "col" }, h("span", { class: "sr-only" }, "Actions"))),
           ),
           h("tbody", {}, page.data.map(row)),
         ),
@@ -188,7 +222,7 @@ export function render(root, _params, ctx) {
     restore();
     prev.disabled = state.page === 0;
     next.disabled = !nextCursor;
-    pageLabel.textContent = `Page ${state.page + 1}`;
+    pageLabel.textContent = t(`Page ${state.page + 1}`);
     pager.hidden = state.page === 0 && !nextCursor;
     loadedOnce = true;
     // Poll again only while something on this page is still moving.

@@ -8,6 +8,8 @@
 
 import { ApiProblem, getKey } from "../api.js";
 import { clear, clock, errorBox, h, titled } from "../ui.js";
+import { textOptions } from "./textopts.js";
+import { t } from "../i18n.js";
 
 const CLOSE_WAIT_MS = 30_000;
 
@@ -25,6 +27,7 @@ function micProblem(error) {
 
 export function render(root, _params, ctx) {
   const keep = h("input", { type: "checkbox", id: "live-keep" });
+  const text = textOptions("live");
   const start = h("button", { type: "button", class: "primary", id: "live-start" }, "Start");
   const stop = h("button", { type: "button", class: "danger", id: "live-stop", disabled: true }, "Stop");
   const status = h("p", { class: "live-status", id: "live-status", role: "status" }, "Ready.");
@@ -43,6 +46,7 @@ export function render(root, _params, ctx) {
       h("p", { class: "muted" }, "Speak into your microphone: phrases appear as they are recognized. The audio goes to this server only, at 8 kHz."),
       h("div", { class: "inline" }, start, stop, h("label", { class: "check", for: "live-keep" }, keep, " Keep the session as a job when I stop")),
       h("div", { class: "inline meter-row" }, h("span", { class: "muted" }, "Level"), level, elapsed),
+      text.element,
       status,
       problems,
     ),
@@ -54,14 +58,14 @@ export function render(root, _params, ctx) {
 
   function addPhrase(phrase) {
     phraseList.append(
-      h("li", { class: "live-phrase" }, h("span", { class: "time" }, clock(phrase.start_time)), h("span", { class: "phrase-text", lang: "ru" }, phrase.text)),
+      h("li", { class: "live-phrase" }, h("span", { class: "time" }, clock(phrase.start_time)), h("span", { class: "phrase-text", lang: "ru" }, phrase.display ?? phrase.text)),
     );
   }
 
   function fail(problem) {
     clear(problems);
     problems.append(errorBox(problem, { compact: true }));
-    status.textContent = "Stopped.";
+    status.textContent = t("Stopped.");
   }
 
   function setRunning(running) {
@@ -77,9 +81,9 @@ export function render(root, _params, ctx) {
     clear(problems);
     clear(phraseList);
     clear(outcome);
-    partial.textContent = "";
+    partial.textContent = t("");
     setRunning(true);
-    status.textContent = "Asking for the microphone…";
+    status.textContent = t("Asking for the microphone…");
     const s = { ws: null, media: null, context: null, node: null, ended: false, finalSeen: false, errorSeen: false, started: 0, timer: 0, flushed: null };
     session = s;
     // the audio context is made and started now, within the click: browsers (Firefox) keep a context
@@ -96,7 +100,7 @@ export function render(root, _params, ctx) {
       fail(micProblem(error));
       return;
     }
-    status.textContent = "Connecting…";
+    status.textContent = t("Connecting…");
     try {
       await connect(s);
       await startAudio(s);
@@ -108,9 +112,9 @@ export function render(root, _params, ctx) {
     if (session !== s || s.ended) return; // it failed or was stopped meanwhile: nothing to start
     s.started = performance.now();
     s.timer = setInterval(() => {
-      elapsed.textContent = clock((performance.now() - s.started) / 1000, 0);
+      elapsed.textContent = t(clock((performance.now() - s.started) / 1000, 0));
     }, 500);
-    status.textContent = "Listening… speak now.";
+    status.textContent = t("Listening… speak now.");
   }
 
   function connect(s) {
@@ -119,7 +123,7 @@ export function render(root, _params, ctx) {
       s.ws = ws;
       ws.binaryType = "arraybuffer";
       ws.onopen = () => {
-        ws.send(JSON.stringify({ api_key: getKey(), sample_rate: 8000, encoding: "pcm_s16le", channels: 1 }));
+        ws.send(JSON.stringify({ api_key: getKey(), sample_rate: 8000, encoding: "pcm_s16le", channels: 1, ...text.config() }));
         resolve();
       };
       ws.onmessage = (event) => {
@@ -130,15 +134,15 @@ export function render(root, _params, ctx) {
           return;
         }
         if (message.type === "partial") {
-          partial.textContent = message.text ? `${message.text}…` : "";
+          partial.textContent = t(message.text ? `${message.text}…` : "");
         } else if (message.type === "phrase") {
           addPhrase(message);
-          partial.textContent = "";
+          partial.textContent = t("");
         } else if (message.type === "final") {
           s.finalSeen = true;
           clear(phraseList);
           for (const phrase of message.phrases) addPhrase(phrase);
-          partial.textContent = "";
+          partial.textContent = t("");
           const n = message.phrases.length;
           outcome.append(
             h("p", { class: "notice" }, `Session ended: ${n} phrase${n === 1 ? "" : "s"}.`, message.job_id ? " It was kept as a job: " : "", message.job_id ? h("a", { href: `#/jobs/${message.job_id}`, id: "live-job-link" }, "open the saved job") : null, message.job_id ? "." : ""),
@@ -155,7 +159,7 @@ export function render(root, _params, ctx) {
         const unexpected = !s.finalSeen && !s.errorSeen && !s.ended;
         teardown(s);
         if (unexpected) fail(new ApiProblem(0, "connection_lost", ""));
-        else if (s.finalSeen) status.textContent = "Stopped.";
+        else if (s.finalSeen) status.textContent = t("Stopped.");
         if (s.onclosed) s.onclosed();
       };
     });
@@ -192,7 +196,7 @@ export function render(root, _params, ctx) {
     const s = session;
     if (!s || s.ended) return;
     stop.disabled = true;
-    status.textContent = "Finishing…";
+    status.textContent = t("Finishing…");
     // the last buffered audio first, then the end message; then wait for the final answer
     if (s.node) {
       await Promise.race([new Promise((resolve) => { s.flushed = resolve; s.node.port.postMessage("flush"); }), new Promise((r) => setTimeout(r, 1000))]);

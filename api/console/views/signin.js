@@ -3,6 +3,7 @@
 
 import { ApiProblem, clearKey, request, setKey } from "../api.js";
 import { clear, errorBox, h, titled } from "../ui.js";
+import { t } from "../i18n.js";
 
 export function render(root, params, ctx) {
   const input = h("input", {
@@ -45,7 +46,7 @@ export function render(root, params, ctx) {
       return;
     }
     submit.disabled = true;
-    submit.textContent = "Checking…";
+    submit.textContent = t("Checking…");
     setKey(key);
     try {
       await request("/v1/jobs?limit=1", { quiet401: true });
@@ -58,7 +59,7 @@ export function render(root, params, ctx) {
       return;
     } finally {
       submit.disabled = false;
-      submit.textContent = "Sign in";
+      submit.textContent = t("Sign in");
     }
     ctx.route();
   });

@@ -5,11 +5,16 @@
 //
 // Calls: GET /v1/jobs/{id}, GET /v1/jobs/{id}/transcript (json, txt, srt, vtt), GET
 // /v1/jobs/{id}/audio (16-bit PCM WAV at 8 kHz, fetched with the key and played from a blob URL),
-// POST /v1/jobs/{id}/cancel, DELETE /v1/jobs/{id}.
+// POST /v1/jobs/{id}/cancel, DELETE /v1/jobs/{id}. The job's metadata and its conversation analytics
+// (talk share bar, figures per side, flags; silences and overtalk marked on the waveform's lanes)
+// come from GET /v1/jobs/{id}. #/jobs/<id>?t=<seconds> (a search hit) opens the call at that moment
+// and plays from there.
 
 import { describe, download, request } from "../api.js";
-import { badge, clear, clock, confirmDialog, errorBox, h, isOpen, jobName, poller, progressBar, span, titled, when } from "../ui.js";
-import { decode, waveform } from "../waveform.js";
+import { badge, channelsLabel, clear, clock, confirmDialog, errorBox, h, isOpen, jobName, metadataPairs, poller, progressBar, span, titled, when } from "../ui.js";
+import { t } from "../i18n.js";
+import { decode, fromBuffer, fromPeaks, waveform } from "../waveform.js";
+import { analyticsCard, markWaveform, stretches } from "../analytics.js";
 
 const SPEAKERS = ["Agent", "Client"];
 const DOWNLOADS = [
@@ -52,8 +57,17 @@ function hitsOf(text, needle) {
   return out;
 }
 
+/** The moment asked for in the address (#/jobs/<id>?t=12.3), or null. */
+function startAt() {
+  const hash = location.hash || "";
+  const at = hash.indexOf("?");
+  const t = Number(new URLSearchParams(at === -1 ? "" : hash.slice(at + 1)).get("t"));
+  return at !== -1 && Number.isFinite(t) && t >= 0 ? t : null;
+}
+
 export function render(root, params, ctx) {
   const id = params.id;
+  const from = startAt();
   const disposers = [];
   const heading = h("h1", {}, "Job");
   const headActions = h("div", { class: "head-actions" });
@@ -73,19 +87,25 @@ export function render(root, params, ctx) {
   let shownTranscript = false;
 
   function drawHead() {
-    heading.textContent = jobName(job);
+    heading.textContent = t(jobName(job));
     document.title = `${jobName(job)} · tone-platform`;
     clear(meta);
     const rows = [
       ["Status", badge(job.status)],
       ["Duration", span(job.duration)],
-      ["Channels", job.options && job.options.channels === "split" ? "Split stereo" : "Mono (mixed)"],
+      ["Channels", channelsLabel(job)],
       ["Created", when(job.created_at)],
       job.finished_at ? ["Finished", when(job.finished_at)] : null,
       job.processing_seconds ? ["Processing", span(job.processing_seconds)] : null,
       job.kind === "stream" ? ["Source", "Live session"] : job.audio_url ? ["Source", job.audio_url] : null,
     ].filter(Boolean);
     for (const [k, v] of rows) meta.append(h("div", {}, h("dt", {}, k), h("dd", {}, v)));
+    const pairs = metadataPairs(job.metadata);
+    if (pairs.length) {
+      const list = h("dl", { class: "metadata", id: "job-metadata" });
+      for (const [k, v] of pairs) list.append(h("div", { class: "metadata", dataset: { key: k } }, h("dt", {}, k), h("dd", { lang: "ru" }, v)));
+      meta.append(h("div", { class: "meta-wide" }, h("dt", {}, "Metadata"), h("dd", {}, list)));
+    }
     clear(headActions);
     if (isOpen(job.status)) {
       headActions.append(h("button", { type: "button", class: "secondary", onclick: cancel }, "Cancel job"));
@@ -146,7 +166,7 @@ export function render(root, params, ctx) {
     1000,
     (error) => {
       if (!job) {
-        heading.textContent = error.code === "not_found" ? "Job not found" : "Job";
+        heading.textContent = t(error.code === "not_found" ? "Job not found" : "Job");
         clear(statusArea);
         statusArea.append(errorBox(error));
       } else {
@@ -174,6 +194,12 @@ export function render(root, params, ctx) {
     const prevHit = h("button", { type: "button", class: "secondary small", "aria-label": "Previous match", disabled: true }, "↑");
     const nextHit = h("button", { type: "button", class: "secondary small", "aria-label": "Next match", disabled: true }, "↓");
     const follow = h("input", { type: "checkbox", id: "follow", checked: true });
+    // the written form (numbers as digits, masks) by default; the toggle shows the words as spoken
+    const spoken = h("input", { type: "checkbox", id: "spoken-words" });
+    const spokenLabel = h("label", { class: "check", for: "spoken-words" }, spoken, " Spoken words");
+    let raw = false;
+    const shownText = (phrase) => (raw || phrase.display === undefined ? phrase.text : phrase.display);
+    const shownWords = (phrase) => (raw || !phrase.display_words ? phrase.words : phrase.display_words) || [];
     const followLabel = h("label", { class: "check", for: "follow" }, follow, " Follow playback");
     const downloads = h(
       "div",
@@ -190,7 +216,7 @@ export function render(root, params, ctx) {
             onclick: async () => {
               const stem = (job.filename || `job-${job.id}`).replace(/\.[^.]+$/, "") || `job-${job.id}`;
               try {
-                await download(`/v1/jobs/${id}/transcript?format=${fmt}`, `${stem}.${fmt}`);
+                await download(`/v1/jobs/${id}/transcript?format=${fmt}${raw ? "&text=raw" : ""}`, `${stem}.${fmt}`);
               } catch (error) {
                 ctx.showBanner(error);
               }
@@ -205,6 +231,7 @@ export function render(root, params, ctx) {
       { class: "toolbar" },
       h("div", { class: "search" }, h("label", { for: "transcript-search", class: "sr-only" }, "Search the transcript"), search, prevHit, nextHit, count),
       followLabel,
+      spokenLabel,
       downloads,
     );
 
@@ -235,19 +262,20 @@ export function render(root, params, ctx) {
       const { phrase, text } = item;
       clear(text);
       item.words = [];
-      const hits = hitsOf(phrase.text, needle);
-      const words = phrase.words || [];
-      if (words.length && words.map((w) => w.text).join(" ") === phrase.text) {
+      const shown = shownText(phrase);
+      const hits = hitsOf(shown, needle);
+      const words = shownWords(phrase);
+      if (words.length && words.map((w) => w.text).join(" ") === shown) {
         let offset = 0;
         words.forEach((word, i) => {
-          if (i) text.append(...marked(phrase.text, offset - 1, offset, hits));
-          const el = h("span", { class: "word", dataset: { seek: String(word.start), start: String(word.start), end: String(word.end) } }, ...marked(phrase.text, offset, offset + word.text.length, hits));
+          if (i) text.append(...marked(shown, offset - 1, offset, hits));
+          const el = h("span", { class: "word", dataset: { seek: String(word.start), start: String(word.start), end: String(word.end) } }, ...marked(shown, offset, offset + word.text.length, hits));
           item.words.push({ word, el });
           text.append(el);
           offset += word.text.length + 1;
         });
       } else {
-        text.append(...marked(phrase.text, 0, phrase.text.length, hits));
+        text.append(...marked(shown, 0, shown.length, hits));
       }
       item.li.classList.toggle("has-hit", hits.length > 0);
       return hits.length;
@@ -261,7 +289,7 @@ export function render(root, params, ctx) {
       list.classList.toggle("searching", Boolean(needle));
       hitIndex = -1;
       prevHit.disabled = nextHit.disabled = total === 0;
-      count.textContent = needle ? (total ? `${total} match${total === 1 ? "" : "es"}` : "No matches") : "";
+      count.textContent = t(needle ? (total ? `${total} match${total === 1 ? "" : "es"}` : "No matches") : "");
     }
     function goHit(step) {
       const marks = [...list.querySelectorAll("mark")];
@@ -271,9 +299,13 @@ export function render(root, params, ctx) {
       const mark = marks[hitIndex];
       mark.classList.add("current");
       mark.scrollIntoView({ block: "center", behavior: "smooth" });
-      count.textContent = `${hitIndex + 1} of ${marks.length}`;
+      count.textContent = t(`${hitIndex + 1} of ${marks.length}`);
     }
     search.addEventListener("input", runSearch);
+    spoken.addEventListener("change", () => {
+      raw = spoken.checked;
+      runSearch();
+    });
     search.addEventListener("keydown", (e) => {
       if (e.key === "Enter") {
         e.preventDefault();
@@ -292,7 +324,18 @@ export function render(root, params, ctx) {
     if (split) body.append(h("div", { class: "dialogue-head", "aria-hidden": "true" }, h("span", {}, "Agent"), h("span", {}, "Client")));
     if (!phrases.length) body.append(h("p", { class: "empty" }, "No speech was recognized in this recording."));
     else body.append(list);
-    content.append(player, body);
+    content.append(player);
+    if (job.analytics) content.append(analyticsCard(job.analytics, job.flags || []));
+    content.append(body);
+    const marks = stretches(phrases, doc.duration, split);
+    let target = null;
+    if (from !== null) {
+      target = items.find((it) => it.phrase.start_time <= from + 0.001 && from < it.phrase.end_time) || items.find((it) => it.phrase.start_time >= from);
+      if (target) {
+        target.li.classList.add("from-search");
+        target.li.scrollIntoView({ block: "center" });
+      }
+    }
 
     // -- playback: seeking and highlighting --
     let hasAudio = false;
@@ -357,19 +400,32 @@ export function render(root, params, ctx) {
     // -- the recording itself --
     let wave = null;
     try {
-      const response = await request(`/v1/jobs/${id}/audio`, { raw: true });
+      // a compressed copy the server made once (Ogg Opus, ~1/6 of a WAV), and its peaks for the
+      // waveform, so the recording is neither re-decoded nor downloaded as WAV on every view
+      const response = await request(`/v1/jobs/${id}/audio?format=opus`, { raw: true });
       const blob = await response.blob();
       const url = URL.createObjectURL(blob);
       disposers.push(() => URL.revokeObjectURL(url));
       audio.src = url;
       hasAudio = true;
       list.classList.add("seekable");
+      if (from !== null) {
+        // a search hit: play from the phrase's start (or the moment asked for)
+        const at = target ? target.phrase.start_time : from;
+        audio.addEventListener("loadedmetadata", () => seek(at), { once: true });
+      }
       clear(waveHolder);
       try {
-        const buffer = await decode(await blob.arrayBuffer());
-        const labels = buffer.numberOfChannels === 2 && split ? SPEAKERS : [];
-        wave = waveform(buffer, labels, seek);
+        let source;
+        try {
+          source = fromPeaks(await request(`/v1/jobs/${id}/audio/peaks?columns=2000`));
+        } catch {
+          source = fromBuffer(await decode(await blob.arrayBuffer()));
+        }
+        const labels = source.numberOfChannels === 2 && split ? SPEAKERS : [];
+        wave = waveform(source, labels, seek);
         disposers.push(() => wave.destroy());
+        if (doc.duration > 0) markWaveform(wave.element, doc.duration, marks);
         waveHolder.append(wave.element);
       } catch {
         waveHolder.append(h("p", { class: "muted" }, "The waveform could not be drawn in this browser; the recording plays above."));

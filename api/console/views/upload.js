@@ -3,6 +3,7 @@
 // second (GET /v1/jobs/{id}) until it ends; a completed one links to its transcript.
 
 import { ApiProblem, request, upload } from "../api.js";
+import { textOptions } from "./textopts.js";
 import { badge, bytes, clear, errorBox, h, isOpen, jobName, keepFocus, poller, progressBar, titled } from "../ui.js";
 
 // The uploads of this tab, kept across visits (an upload goes on while another page is shown).
@@ -30,6 +31,7 @@ export function render(root, _params, ctx) {
     h("option", { value: "greedy" }, "Greedy (fastest)"),
     h("option", { value: "beam" }, "Beam search"),
   );
+  const text = textOptions("upload");
   const drop = h(
     "div",
     { class: "dropzone", id: "dropzone" },
@@ -59,6 +61,7 @@ export function render(root, _params, ctx) {
         h("div", { class: "field" }, h("label", { for: "upload-channels" }, "Channels"), channels),
         h("div", { class: "field" }, h("label", { for: "upload-decoder" }, "Decoder"), decoder),
       ),
+      text.element,
       drop,
       urlForm,
     ),
@@ -75,7 +78,7 @@ export function render(root, _params, ctx) {
   };
 
   function options() {
-    return { channels: channels.value, decoder: decoder.value };
+    return { channels: channels.value, decoder: decoder.value, ...text.values() };
   }
 
   function addFiles(files) {
@@ -164,15 +167,20 @@ export function render(root, _params, ctx) {
 
   const polls = poller(
     async () => {
+      // every open upload's job in ONE list request (?id=a&id=b…), not one request per job
       const open = items.filter((i) => i.job && isOpen(i.job.status));
-      for (const item of open) {
-        try {
-          item.job = await request(`/v1/jobs/${item.job.id}`);
-        } catch (error) {
-          if (error.code === "not_found") {
-            item.error = error;
+      for (let start = 0; start < open.length; start += 100) {
+        const some = open.slice(start, start + 100);
+        const ids = some.map((i) => `id=${encodeURIComponent(i.job.id)}`).join("&");
+        const page = await request(`/v1/jobs?limit=100&${ids}`);
+        const byId = new Map(page.data.map((job) => [job.id, job]));
+        for (const item of some) {
+          const job = byId.get(item.job.id);
+          if (job) item.job = job;
+          else {
+            item.error = new ApiProblem(404, "not_found", "the job is gone (deleted?)");
             item.phase = "error";
-          } else throw error;
+          }
         }
       }
       redraw();

@@ -1,0 +1,82 @@
+"""A SIGKILLed worker's jobs resume on another worker within seconds, not after the lease (issue
+16, item 2): real workers and beat, the production lease of 300 s, 16 jobs in the killed worker's
+batch. The holder's Redis key lapses, beat's sweep (every 5 s) finds the holder dead, expires its
+leases and re-sends the jobs; the first task takes the whole batch over. Each job completes once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.db.models import Job
+from tests.conftest import Proc, start_beat, start_worker, wait_for
+from tests.worker.test_webhooks import platform  # noqa: F401 (fixture: this process's broker)
+from tests.worker.test_worker import job_row, new_job, send, transcripts, write_long
+
+QUEUE = "takeover-tests"
+JOBS = 16
+RESUME_WITHIN_SECONDS = 20.0
+
+
+@pytest.fixture(scope="module")
+def db(servers: dict[str, str]) -> str:
+    return servers["DATABASE_URL"]
+
+
+def test_a_killed_workers_batch_of_16_resumes_on_another_worker_within_20_s(
+    db: str,
+    platform: str,  # noqa: F811
+    platform_env: dict[str, str],
+    logs: Path,
+    tmp_path: Path,
+) -> None:
+    from shared.queue import EVENTS_QUEUE
+
+    env = {**platform_env, "TONE_JOB_LEASE_SECONDS": "300", "TONE_WORKER_BATCH": str(JOBS)}
+    audio = write_long(tmp_path / "long.wav", 40)
+    doomed = start_worker(env, logs, name="takeover-doomed", queues=QUEUE)
+    survivor: Proc | None = None
+    beat: Proc | None = None
+    try:
+        ids = [new_job(db, audio, queue=QUEUE) for _ in range(JOBS)]
+        for job_id in ids:
+            send(job_id, QUEUE)
+
+        def all_running() -> bool:
+            rows = [job_row(db, j) for j in ids]
+            return all(r.status == "processing" and r.progress > 0 for r in rows)
+
+        wait_for(all_running, "16 jobs in one running batch", doomed, 60)
+        owners = {job_row(db, j).lease_owner for j in ids}
+        assert len(owners) == 1, owners  # one batch of one task run
+        survivor = start_worker(env, logs, name="takeover-survivor", queues=f"{QUEUE},{EVENTS_QUEUE}")
+        beat = start_beat(env, logs, tmp_path)
+        os.killpg(doomed.popen.pid, signal.SIGKILL)
+        doomed.popen.wait(10)
+        killed_at = time.monotonic()
+        before = {j: job_row(db, j) for j in ids}
+        assert all(r.status == "processing" and r.progress < 1 for r in before.values())
+
+        def resumed(row: Job) -> bool:
+            return row.status == "completed" or (row.status == "processing" and row.lease_owner not in owners)
+
+        wait_for(lambda: all(resumed(job_row(db, j)) for j in ids), "all 16 resumed", survivor, 60)
+        stall = time.monotonic() - killed_at
+        print(f"longest stall after the kill: {stall:.1f} s")
+        assert stall < RESUME_WITHIN_SECONDS, stall
+        wait_for(
+            lambda: all(job_row(db, j).status == "completed" for j in ids), "all completed", survivor, 180
+        )
+        time.sleep(2)
+        for job_id in ids:
+            row = job_row(db, job_id)
+            assert row.status == "completed" and row.attempts == 2, (row.status, row.attempts)
+            assert len(transcripts(db, job_id)) == 1
+    finally:
+        for proc in (beat, survivor, doomed):
+            if proc is not None:
+                proc.stop()
