@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.asr.types import BLANK_ID, SPACE_ID, STATE_SIZE, VOCAB_SIZE
+from shared.asr.types import BLANK_ID, SPACE_ID, VOCAB_SIZE
+from shared.dev.models.contract import save_contract_model
 
 FRAME = 240
 LOUD = 500.0  # mean |sample| at which a frame turns from blank to speech
@@ -42,7 +43,6 @@ def null_logits_params() -> tuple[np.ndarray, np.ndarray]:
 
 def build_null_model(path: str | Path) -> Path:
     """Write the null model (a few kB) to ``path`` (a .onnx file or a directory)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     out = Path(path)
@@ -68,23 +68,10 @@ def build_null_model(path: str | Path) -> Path:
         node("LogSoftmax", ["logits"], ["logprobs"], axis=-1),
         node("Identity", ["state"], ["state_next"]),
     ]
-    graph = helper.make_graph(
+    return save_contract_model(
         nodes,
-        "tone_null_model",
-        [
-            helper.make_tensor_value_info("signal", TensorProto.INT32, ["batch", 2400, 1]),
-            helper.make_tensor_value_info("state", TensorProto.FLOAT16, ["batch", STATE_SIZE]),
-        ],
-        [
-            helper.make_tensor_value_info("logprobs", TensorProto.FLOAT, ["batch", 10, VOCAB_SIZE]),
-            helper.make_tensor_value_info("state_next", TensorProto.FLOAT16, ["batch", STATE_SIZE]),
-        ],
         inits,
+        "tone_null_model",
+        "T-one contract null model: state passes through, logprobs from frame loudness",
+        out,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    model.doc_string = "T-one contract null model: state passes through, logprobs from frame loudness"
-    onnx.checker.check_model(model)
-    tmp = out.with_suffix(".onnx.tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(out)
-    return out

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from shared.asr.types import LABELS, SAMPLE_RATE, STATE_SIZE, VOCAB_SIZE
+from shared.asr.types import LABELS, SAMPLE_RATE
+from shared.dev.models.contract import save_contract_model
 
 RATE = SAMPLE_RATE
 FRAME = 240
@@ -102,26 +103,13 @@ def build_tone_model(path: str | Path) -> Path:
         node("Slice", ["state", "held", "big", "one"], ["rest"]),
         node("Concat", ["keep16", "rest"], ["state_next"], axis=1),
     ]
-    graph = helper.make_graph(
+    return save_contract_model(
         nodes,
-        "tone_test_model",
-        [
-            helper.make_tensor_value_info("signal", TensorProto.INT32, ["batch", 2400, 1]),
-            helper.make_tensor_value_info("state", TensorProto.FLOAT16, ["batch", STATE_SIZE]),
-        ],
-        [
-            helper.make_tensor_value_info("logprobs", TensorProto.FLOAT, ["batch", 10, VOCAB_SIZE]),
-            helper.make_tensor_value_info("state_next", TensorProto.FLOAT16, ["batch", STATE_SIZE]),
-        ],
         inits,
+        "tone_test_model",
+        "T-one contract test model: symbols as pure tones, 0.33 s delay through state",
+        out,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    model.doc_string = "T-one contract test model: symbols as pure tones, 0.33 s delay through state"
-    onnx.checker.check_model(model)
-    tmp = out.with_suffix(".onnx.tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(out)
-    return out
 
 
 @dataclass(frozen=True)
