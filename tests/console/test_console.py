@@ -138,14 +138,6 @@ def open_page(browser: Browser, width: int = 1280, height: int = 900) -> tuple[P
     return page, problems
 
 
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    page, problems = open_page(browser)
-    yield page
-    page.context.close()
-    assert not problems, problems  # no uncaught error, no CSP violation
-
-
 def sign_in(page: Page, base: str, key: str) -> None:
     page.goto(f"{base}/console")
     page.fill("#api-key", key)

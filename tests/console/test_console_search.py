@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from tests.api.test_batches import wait_batch_done
 from tests.api.test_search import CALLS, stereo
 from tests.conftest import ROOT, Proc, make_key
-from tests.console.test_console import CHROMIUM, FLAGS, SLOW, auth, open_page, sign_in, submit, wait_final
+from tests.console.test_console import CHROMIUM, FLAGS, SLOW, auth, sign_in, submit, wait_final
 
 SHOTS = ROOT / "test-output" / "console-search"
 
@@ -34,14 +34,6 @@ def browser() -> Iterator[Browser]:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
         yield b
         b.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    page, problems = open_page(browser)
-    yield page
-    page.context.close()
-    assert not problems, problems  # no uncaught error, no CSP violation
 
 
 @pytest.fixture(scope="module")

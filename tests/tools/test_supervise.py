@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ import httpx
 import pytest
 
 from shared.localstack.servers import pid_alive
-from tests.conftest import free_port, wait_for
-from tests.tools.test_up import _run
+from tests.conftest import wait_for
+from tests.tools.test_up import _run, up_env
 
 pytestmark = pytest.mark.platform
 
@@ -35,14 +34,7 @@ def _pids(data: Path) -> dict[str, int]:
 def test_crashed_processes_are_restarted_and_a_second_up_brings_back_what_is_missing(
     tone_model: Path,
 ) -> None:
-    root = Path(tempfile.mkdtemp(prefix="tone-supervise-test-"))
-    root.chmod(0o755)
-    data = root / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TONE_", "FLOWER_"))}
-    env.pop("DATABASE_URL", None)
-    env.pop("REDIS_URL", None)
-    env.update(TONE_DATA_DIR=str(data), TONE_MODEL_PATH=str(tone_model), TONE_THREADS="1")
-    api_port, flower_port = free_port(), free_port()
+    root, data, env, api_port, flower_port = up_env(tone_model, "tone-supervise-test-")
     up_args = [
         "up",
         "--detach",

@@ -46,10 +46,11 @@ def _pidfile(path: Path) -> int | None:
         return None
 
 
-@pytest.mark.timeout(240)
-def test_up_detach_then_down(tone_model: Path) -> None:
+def up_env(tone_model: Path, prefix: str) -> tuple[Path, Path, dict[str, str], int, int]:
+    """``(root, data dir, env, API port, Flower port)`` for a `tone-platform up` of its own: no
+    TONE_/FLOWER_ settings or server URLs inherited, so it starts its own PostgreSQL and Redis."""
     # not pytest's tmp dirs: they are 0700, and as root the servers run as the user "tone"
-    root = Path(tempfile.mkdtemp(prefix="tone-up-test-"))
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     root.chmod(0o755)
     data = root / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TONE_", "FLOWER_"))}
@@ -59,6 +60,12 @@ def test_up_detach_then_down(tone_model: Path) -> None:
     api_port, flower_port = free_port(), free_port()
     while flower_port == api_port:
         flower_port = free_port()
+    return root, data, env, api_port, flower_port
+
+
+@pytest.mark.timeout(240)
+def test_up_detach_then_down(tone_model: Path) -> None:
+    root, data, env, api_port, flower_port = up_env(tone_model, "tone-up-test-")
     up_args = ["up", "--detach", "--port", str(api_port), "--flower-port", str(flower_port)]
     pids: dict[str, int] = {}
     ports: list[int] = [api_port, flower_port]
