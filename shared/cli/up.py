@@ -18,6 +18,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             flower_port=args.flower_port,
             workers=args.workers,
             health_timeout=args.timeout,
+            background=args.background,
         )
     except UpError as exc:
         print(f"tone-platform up: {exc}", file=sys.stderr)
@@ -59,6 +60,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--timeout", type=float, default=HEALTH_TIMEOUT, help="seconds to wait for /health (default 120)"
     )
+    p.add_argument("--background", action="store_true", help=argparse.SUPPRESS)  # the --detach supervisor
     p.set_defaults(func=cmd_up)
     p = sub.add_parser("down", help="stop everything `tone-platform up` started (from TONE_DATA_DIR/up.json)")
     p.set_defaults(func=cmd_down)

@@ -584,9 +584,11 @@ def up(
     flower_port: int = 5555,
     workers: int = 1,
     health_timeout: float = HEALTH_TIMEOUT,
+    background: bool = False,
 ) -> int:
     """Start the servers (or use the environment's), migrate, start every process of
-    :func:`process_plan`; foreground: supervise until Ctrl-C, detached: return once healthy."""
+    :func:`process_plan`; foreground: supervise until Ctrl-C, detached: return once healthy.
+    ``background``: this is the supervisor ``--detach`` started (no terminal: ``down`` stops it)."""
     from shared.localstack import servers as stack
     from shared.platform.settings import get_settings
 
@@ -644,7 +646,8 @@ def up(
             current.save()
         _banner(current, settings, host, password, _key_hint(data_dir, wrote_env, db_url))
 
-        return _supervise(current, health_url, health_timeout, {p.name: p for p in plan}, logs)
+        stop_hint = "`tone-platform down` stops everything" if background else "Ctrl-C stops everything"
+        return _supervise(current, health_url, health_timeout, {p.name: p for p in plan}, logs, stop_hint)
     except KeyboardInterrupt:
         _say("\nstopping ...")
         return 130
@@ -739,7 +742,7 @@ def _up_in_background(
     log = data_dir / "logs" / UP_LOG
     cmd = [sys.executable, "-m", "shared.cli.main", "up", "--host", host, "--port", str(port),
            "--flower-port", str(flower_port), "--workers", str(workers),
-           "--timeout", str(timeout)]  # fmt: skip
+           "--timeout", str(timeout), "--background"]  # fmt: skip
     start = log.stat().st_size if log.exists() else 0
     with open(log, "ab") as out:
         supervisor = subprocess.Popen(
@@ -802,7 +805,14 @@ def _restart(current: Stack, index: int, planned: Planned, logs: Path) -> Child:
     return child
 
 
-def _supervise(current: Stack, health_url: str, timeout: float, plan: dict[str, Planned], logs: Path) -> int:
+def _supervise(
+    current: Stack,
+    health_url: str,
+    timeout: float,
+    plan: dict[str, Planned],
+    logs: Path,
+    stop_hint: str = "Ctrl-C stops everything",
+) -> int:
     """Say when /health is ready; restart every process that exits, after a backoff, with a log
     line (a crash loop waits up to a minute between tries). Runs until Ctrl-C or SIGTERM."""
     deadline = time.monotonic() + timeout
@@ -811,13 +821,13 @@ def _supervise(current: Stack, health_url: str, timeout: float, plan: dict[str, 
     failures: dict[str, int] = {}
     started: dict[str, float] = {c.name: time.monotonic() for c in current.children}
     due: dict[str, float] = {}
-    _say("waiting for /health ... (Ctrl-C stops everything)")
+    _say(f"waiting for /health ... ({stop_hint})")
     while True:
         if not ready:
             status, body = http_status(health_url, timeout=2.0)
             if status == 200:
                 ready = True
-                _say_ready(health_url, "Ctrl-C stops everything.")
+                _say_ready(health_url, f"{stop_hint}.")
             else:
                 last = f"{status} {body.strip()[:300]}" if status is not None else body
                 if time.monotonic() > deadline:

@@ -79,6 +79,8 @@ def test_up_detach_then_down(tone_model: Path) -> None:
         assert password in out, "the Flower password is printed at start"
         assert "tone-platform keys create --tenant" in out
         assert str(data / "logs") in out
+        # detached, no terminal: the supervisor says how it stops, never "Ctrl-C"
+        assert "Ctrl-C" not in out and "`tone-platform down` stops" in out
 
         state = json.loads((data / "up.json").read_text())
         assert set(state["processes"]) == {"api", "worker", "worker-live", "events", "beat", "flower"}
