@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import multiprocessing.process as mp_process
+import os
+import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
@@ -28,11 +31,23 @@ _decoders: dict[str, Decoder] = {}
 _lm_path: str | None = None
 
 
+PARENT_CHECK_SECONDS = 1.0
+
+
+def _exit_with(parent: int) -> None:
+    """End this pool process once its parent is gone (a worker killed with SIGKILL, or a Celery
+    child replaced): a spawned process is reparented, never told, and would wait forever."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(0)
+
+
 def _init(lm_path: str | None) -> None:
     global _lm_path
     _lm_path = lm_path
     _decoders.clear()
     _decoders["greedy"] = GreedyDecoder()
+    threading.Thread(target=_exit_with, args=(os.getppid(),), name="exit-with-parent", daemon=True).start()
 
 
 def _decode(name: str, raw: RawPhrase, channel: int, hotwords: tuple[str, ...] = ()) -> Phrase | None:
