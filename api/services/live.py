@@ -141,11 +141,9 @@ async def through_worker(
     try:
         return await _answer(settings, key, requeue)
     finally:
-        if kind == "chunk":
-            piece = metrics.Recorder(metrics.client_for(settings.redis_url))
-            await run_in_threadpool(
-                piece.observe("tone_live_piece_latency_seconds", time.monotonic() - arrived).flush
-            )
+        if kind == "chunk":  # on the event loop's pooled client: no thread hop, no new connection
+            piece = metrics.Recorder(async_redis(settings.redis_url))
+            await piece.observe("tone_live_piece_latency_seconds", time.monotonic() - arrived).flush_async()
 
 
 async def _answer(

@@ -16,6 +16,7 @@ Recording never raises: metrics must not fail a job.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
@@ -112,6 +113,15 @@ class Recorder:
         try:
             self.pipe.execute()
         except Exception as exc:  # Redis trouble: lose these samples, never the job
+            log.warning("metrics not recorded: %s", exc)
+
+    async def flush_async(self, timeout: float = 2.0) -> None:
+        """``flush`` for a Recorder made on an asyncio Redis client (the API's event loop)."""
+        if self.pipe is None:
+            return
+        try:
+            await asyncio.wait_for(self.pipe.execute(), timeout)
+        except Exception as exc:  # Redis trouble: lose these samples, never the answer
             log.warning("metrics not recorded: %s", exc)
 
 
