@@ -36,18 +36,20 @@ PARENT_CHECK_SECONDS = 1.0
 
 def _exit_with(parent: int) -> None:
     """End this pool process once its parent is gone (a worker killed with SIGKILL, or a Celery
-    child replaced): a spawned process is reparented, never told, and would wait forever."""
+    child replaced): a spawned process is reparented, never told, and would wait forever.
+    ``parent`` is the pid of the process that made the pool, passed in, not read here: a process
+    still starting when its parent died is already reparented when its initializer runs."""
     while os.getppid() == parent:
         time.sleep(PARENT_CHECK_SECONDS)
     os._exit(0)
 
 
-def _init(lm_path: str | None) -> None:
+def _init(lm_path: str | None, parent: int) -> None:
     global _lm_path
     _lm_path = lm_path
     _decoders.clear()
     _decoders["greedy"] = GreedyDecoder()
-    threading.Thread(target=_exit_with, args=(os.getppid(),), name="exit-with-parent", daemon=True).start()
+    threading.Thread(target=_exit_with, args=(parent,), name="exit-with-parent", daemon=True).start()
 
 
 def _decode(name: str, raw: RawPhrase, channel: int, hotwords: tuple[str, ...] = ()) -> Phrase | None:
@@ -89,7 +91,7 @@ class DecoderPool:
                 max_workers=workers,
                 mp_context=mp.get_context("spawn"),
                 initializer=_init,
-                initargs=(self.lm_path,),
+                initargs=(self.lm_path, os.getpid()),
             )
             # the processes load the beam decoder now, not when the first phrase is waiting for it
             for f in [self._pool.submit(_warm, "beam") for _ in range(workers)]:
