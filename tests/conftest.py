@@ -140,12 +140,15 @@ def start_worker(
     name: str = "worker",
     queues: str = "cpu,cpu.live,events",
     concurrency: int = 1,
+    pool: str = "prefork",
 ) -> Proc:
     """A real Celery worker (prefork, model loaded once per process) consuming ``queues`` (by default
-    all of the ``cpu`` roles: transcription, live pieces, events)."""
+    all of the ``cpu`` roles: transcription, live pieces, events); ``pool="threads"`` as the stack's
+    events worker runs."""
     log = logs / f"{name}.log"
-    cmd = [str(BIN / "celery"), "-A", "worker.celery_app:app", "worker", "-Q", queues, "-c", str(concurrency),
-           "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]  # fmt: skip
+    cmd = [str(BIN / "celery"), "-A", "worker.celery_app:app", "worker", "-Q", queues, "-P", pool,
+           "-c", str(concurrency), "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip",
+           "--without-mingle"]  # fmt: skip
     proc = Proc(_spawn(cmd, env, log), log)
     wait_for(lambda: " ready." in log.read_text(errors="replace"), f"worker {name}", proc, timeout=90)
     return proc
