@@ -219,6 +219,8 @@ def run(queue: str, settings: Settings | None = None) -> int:
         done, later = run_round(store, settings, items)
         handled += done
         store.push_back(queue, later)
+        waiting = {id(i) for i in later}
+        store.round_done(queue, [i for i in items if id(i) not in waiting], time.time())
         if later and not done:
             time.sleep(IDLE_SLEEP)
     # the API wakes a worker only while no flag is set: after the flag is gone, nothing is left

@@ -73,7 +73,11 @@ def _job_options(raw: dict[str, Any]) -> dict[str, Any] | None:
     response_model=StreamAnswer,
     response_model_exclude_none=True,
     summary="Open a streaming session (the original service's call)",
-    responses={**ERRORS, 422: {"model": ErrorResponse, "description": "invalid options"}},
+    responses={
+        **ERRORS,
+        422: {"model": ErrorResponse, "description": "invalid options"},
+        503: {"model": ErrorResponse, "description": "over_capacity (with Retry-After): open it again later"},
+    },
 )
 async def start(request: Request, caller: CallerDep, settings: SettingsDep, client: RedisDep) -> StreamAnswer:
     """Options, as a form or a JSON body, all optional: ``sample_rate`` (8000), ``encoding``
@@ -109,7 +113,7 @@ async def start(request: Request, caller: CallerDep, settings: SettingsDep, clie
         limit = settings.stream_ttl_seconds
         raise ApiError(422, "invalid_request", f"ttl_seconds must be between 1 and {limit}")
     options = await live.with_tenant_vocabulary(settings, caller.tenant_id, options)
-    sid = await live.create(live.session_store(client), str(caller.tenant_id), options, ttl, job)
+    sid = await live.create(live.session_store(client), settings, str(caller.tenant_id), options, ttl, job)
     return StreamAnswer(phrases=[], state_id=sid, is_final=False)
 
 

@@ -8,7 +8,8 @@ protocol) and ``/vosk`` (the Vosk server protocol), all over the same Redis sess
 ``{"type": "phrase", ...}`` for each closed phrase, ``{"type": "partial", "text", "channel"}`` for
 the open phrase (when it changes, and at least once a second while audio flows), and after the end
 ``{"type": "final", "phrases"}``, then closes (1000). Errors: ``{"type": "error", "code",
-"message"}``, then a close: 1008 auth, 1003 bad data, 1011 internal, 4408 a stall.
+"message"}``, then a close: 1008 auth, 1003 bad data, 1011 internal, 1013 try again later (a new
+session refused with ``over_capacity``: the live workers are at capacity), 4408 a stall.
 
 Backpressure: frames are gathered into pieces of at least PIECE_SECONDS (or what arrived within
 PIECE_SECONDS) and the handler awaits each piece's answer before it reads the next frame, so a
@@ -59,6 +60,7 @@ CONFIG_FIELDS = {
 }
 
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_BAD_DATA, CLOSE_POLICY, CLOSE_INTERNAL = 1000, 1001, 1003, 1008, 1011
+CLOSE_TRY_AGAIN = 1013  # RFC 6455 "Try Again Later": over capacity, or a dependency is down
 CLOSE_IDLE = 4408
 
 
@@ -79,6 +81,8 @@ def close_code_of(exc: CodedError) -> int:
         return CLOSE_POLICY
     if status == 410:
         return CLOSE_GOING_AWAY
+    if status == 503:
+        return CLOSE_TRY_AGAIN
     return CLOSE_INTERNAL if status >= 500 else CLOSE_BAD_DATA
 
 
@@ -166,7 +170,9 @@ class LiveStream:
         self.frames = 0  # audio frames applied
 
     async def open(self) -> None:
-        self.sid = await live.create(self.store, self.tenant, self.options, self.settings.stream_ttl_seconds)
+        self.sid = await live.create(
+            self.store, self.settings, self.tenant, self.options, self.settings.stream_ttl_seconds
+        )
 
     async def feed(self, data: bytes) -> dict[str, Any] | None:
         """Apply the whole frames of (the rest +) ``data``; the answer's body, or None if no whole

@@ -100,9 +100,20 @@ def reply_body(reply: dict[str, Any]) -> dict[str, Any]:
 
 
 async def create(
-    store: SessionStore, tenant: str, options: Options, ttl: int, job: dict[str, Any] | None = None
+    store: SessionStore,
+    settings: Settings,
+    tenant: str,
+    options: Options,
+    ttl: int,
+    job: dict[str, Any] | None = None,
 ) -> str:
-    return await run_in_threadpool(store.create, tenant, options, ttl, job)
+    """A new session, once admission counted it in (503 ``over_capacity`` when the live workers
+    are behind or the deployment's cap is reached: ``shared.platform.sessions``, Admission)."""
+    sid = uuid.uuid4().hex
+    await async_store(settings.redis_url).admit(
+        settings.worker_queue, sid, settings.stream_max_sessions, settings.stream_admit_lag_seconds
+    )
+    return await run_in_threadpool(store.create, tenant, options, ttl, job, sid)
 
 
 async def accept(settings: Settings, sid: str, tenant: str, kind: str, seq: int | None) -> Accepted:

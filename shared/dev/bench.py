@@ -1004,7 +1004,12 @@ def _live_streams(url: str, key: str, n: int, pieces: int) -> tuple[list[float],
     def stream(i: int) -> None:
         rng = np.random.default_rng(i)
         with httpx.Client(timeout=60) as client:
-            state_id = client.post(f"{url}/transcribe/streaming", headers=headers).json()["state_id"]
+            opened = client.post(f"{url}/transcribe/streaming", headers=headers)
+            if opened.status_code != 200:  # e.g. 503 over_capacity: admission refused the session
+                with lock:
+                    errors.append(opened.text[:200])
+                return
+            state_id = opened.json()["state_id"]
             for k in range(pieces):
                 time.sleep(max(0.0, start_at + k * CHUNK_SECONDS - time.time()))
                 audio = rng.normal(0, 2000, CHUNK_SAMPLES).astype(np.int16).tobytes()

@@ -55,6 +55,17 @@ kept one ``state`` field, which a worker still reads as ``state:0``)::
                                      at-least-once, made idempotent by the seq check under the lock
     tone:stream:awake:<queue>        set (PX AWAKE_MS) while a worker drains the queue's pending
                                      list: the API sends the Celery wake-up only when it is absent
+    tone:stream:open:<queue>         sorted set, session id -> unix time of its last answered piece:
+                                     the sessions active in the last ACTIVE_SECONDS (admission's
+                                     count; a finalized session leaves it)
+    tone:stream:lag:<queue>          seconds the oldest piece of the last round waited from its
+                                     queueing to its answer (PX LAG_MS: gone when the queue idles)
+
+Admission (``AsyncSessionStore.admit``, one Lua call when a session is opened): a new session is
+refused with 503 ``over_capacity`` (close 1013 on the WebSockets) while live pieces wait longer than
+``stream_admit_lag_seconds`` (the last round's lag, or the age of the oldest piece still pending: a
+stalled worker shows too), or while ``stream_max_sessions`` sessions are active. Sessions already
+open are never refused: their latency is what the guard protects.
 
 Sequence rules (checked atomically in Lua when the API accepts a chunk, and again by the worker
 under the lock): ``seq == accepted`` is new work; ``next_seq <= seq < accepted`` is a retry of a
@@ -87,6 +98,8 @@ AWAKE_MS = 3000  # a draining worker's awake flag lives this long unless refresh
 LOCK_MS = 15_000  # a session lock expires after this (sooner when its holder's heartbeat is gone)
 HEARTBEAT_MS = 4_000  # a live worker's heartbeat lives this long unless refreshed (every round)
 REPLY_SECONDS = 120  # an unread reply list disappears after this
+ACTIVE_SECONDS = 30  # a session with no piece answered for this long no longer counts as active
+LAG_MS = 3_000  # the last round's lag counts this long (a later round replaces it)
 ENCODINGS = ("pcm_s16le", "mulaw", "alaw")
 DECODERS = ("auto", "greedy", "beam")
 
@@ -123,16 +136,29 @@ def pending_key(queue: str) -> str:
     return f"{PREFIX}pending:{queue}"
 
 
+def open_key(queue: str) -> str:
+    return f"{PREFIX}open:{queue}"
+
+
+def lag_key(queue: str) -> str:
+    return f"{PREFIX}lag:{queue}"
+
+
 class SessionError(CodedError):
     """A refused session call: an HTTP status, a machine-readable code and a message."""
 
     status: int
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message, code=code, status=status)
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, code=code, status=status, headers=headers)
 
     def to_reply(self) -> dict[str, Any]:
         return {"status": self.status, "error": {"code": self.code, "message": self.message}}
+
+
+def over_capacity(why: str, retry_after: int) -> SessionError:
+    message = f"the live workers are at capacity ({why}): open the session again later"
+    return SessionError(503, "over_capacity", message, {"Retry-After": str(retry_after)})
 
 
 def not_found(sid: str) -> SessionError:
@@ -209,6 +235,29 @@ class Item:
         d = json.loads(text)
         return cls(str(d["id"]), int(d["seq"]), str(d["kind"]), str(d["reply"]), float(d["t"]))
 
+
+# KEYS: open, lag, pending. ARGV: now, active_seconds, max_sessions, max_lag, sid
+_ADMIT = """
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+local max_lag = tonumber(ARGV[4])
+if max_lag > 0 then
+  local lag = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+  local head = redis.call('LINDEX', KEYS[3], 0)
+  if head then
+    local ok, item = pcall(cjson.decode, head)
+    if ok and type(item) == 'table' and tonumber(item.t) then
+      lag = math.max(lag, now - tonumber(item.t))
+    end
+  end
+  if lag > max_lag then return {'lagging', tostring(lag)} end
+end
+local max_sessions = tonumber(ARGV[3])
+local n = redis.call('ZCARD', KEYS[1])
+if max_sessions > 0 and n >= max_sessions then return {'full', tostring(n)} end
+redis.call('ZADD', KEYS[1], now, ARGV[5])
+return {'ok', tostring(n + 1)}
+"""
 
 # KEYS: session, known. ARGV: tenant, seq ("" = arrival order), kind, now, known_seconds
 _ACCEPT = """
@@ -316,6 +365,21 @@ class AsyncSessionStore:
     def __init__(self, client: aioredis.Redis) -> None:
         self.r = client
         self._accept = client.register_script(_ACCEPT)
+        self._admit = client.register_script(_ADMIT)
+
+    async def admit(self, queue: str, sid: str, max_sessions: int, max_lag: float) -> int:
+        """Count ``sid`` in as an active session of ``queue``, or raise 503 ``over_capacity`` (see
+        Admission above). Returns the number of active sessions, this one included."""
+        keys = [open_key(queue), lag_key(queue), pending_key(queue)]
+        args: list[str | float | int] = [time.time(), ACTIVE_SECONDS, max_sessions, max_lag, sid]
+        verdict, value = (
+            v.decode() if isinstance(v, bytes) else str(v) for v in await self._admit(keys=keys, args=args)
+        )
+        if verdict == "lagging":
+            raise over_capacity(f"live pieces wait {float(value):.1f} s, more than {max_lag:g} s", 2)
+        if verdict == "full":
+            raise over_capacity(f"{value} sessions active, the most this deployment takes", 5)
+        return int(value)
 
     async def accept(self, sid: str, tenant: str, kind: str, seq: int | None) -> Accepted:
         args = _accept_args(tenant, kind, seq)
@@ -347,9 +411,17 @@ class SessionStore:
 
     # -- the API's side ---------------------------------------------------------------------------
 
-    def create(self, tenant: str, options: Options, ttl: int, job: dict[str, Any] | None = None) -> str:
-        """A new session; ``job``: keep it as a job at finalize (see the ``job`` field)."""
-        sid = uuid.uuid4().hex
+    def create(
+        self,
+        tenant: str,
+        options: Options,
+        ttl: int,
+        job: dict[str, Any] | None = None,
+        sid: str | None = None,
+    ) -> str:
+        """A new session (``sid``: the id admission counted in); ``job``: keep it as a job at
+        finalize (see the ``job`` field)."""
+        sid = sid or uuid.uuid4().hex
         now = str(time.time())
         fields = {
             "layout": str(LAYOUT), "tenant": tenant, "options": options.to_json(), "ttl": str(ttl),
@@ -423,6 +495,21 @@ class SessionStore:
         """Return items to the head of the pending list, in their order."""
         if items:
             self.r.lpush(pending_key(queue), *[i.to_json() for i in reversed(items)])
+
+    def round_done(self, queue: str, answered: list[Item], now: float) -> None:
+        """After a round: its lag (the oldest answered piece's wait) for admission; its sessions
+        active now, the finalized ones no longer."""
+        if not answered:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(lag_key(queue), f"{max(0.0, now - min(i.t for i in answered)):.3f}", px=LAG_MS)
+        active = {i.id: now for i in answered if i.kind == "chunk"}
+        if active:
+            pipe.zadd(open_key(queue), active)
+        ended = [i.id for i in answered if i.kind == "finalize"]
+        if ended:
+            pipe.zrem(open_key(queue), *ended)
+        pipe.execute()
 
     def heartbeat(self, worker: str) -> None:
         """This worker is alive (and so are its locks) for HEARTBEAT_MS more."""

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     stream_requeue_seconds: float = 5.0  # an unanswered piece is queued again after this (dead worker)
     stream_idle_timeout_seconds: float = 15.0  # a WebSocket stream that sends nothing this long is closed
     stream_checkpoint_seconds: float = 3.0  # a live state is written to Redis this often (0: every piece)
+    # admission (503 over_capacity / close 1013 for NEW sessions; open ones are never dropped):
+    stream_max_sessions: int = 0  # live sessions active at once on the queue (0: no fixed cap)
+    stream_admit_lag_seconds: float = 1.0  # refuse new sessions while live pieces wait longer (0: never)
 
     # webhooks and audio_url
     allow_private_urls: bool = False  # allow webhook/audio_url targets on private/loopback addresses
