@@ -1,4 +1,7 @@
-"""Requests per API key per minute: a fixed-window counter in Redis (``INCR`` + ``EXPIRE``).
+"""Requests per API key per minute, counted in Redis: a window of ``WINDOW_SECONDS`` opens at the
+first request it counts (``SET NX EX``, then ``INCR``, which keeps the expiry), so a burst is never
+split across a clock-minute boundary (a fixed clock window let 2x the limit through at the boundary
+and made the count depend on where the minute fell).
 
 Every API process shares the counters, so the limit holds across replicas. Over the limit a request
 is answered 429 ``rate_limited`` with ``Retry-After`` (seconds until the window ends). Failed
@@ -10,7 +13,7 @@ before its key is even looked up, so keys cannot be guessed at full speed.
 from __future__ import annotations
 
 import logging
-import time
+import math
 
 import redis
 
@@ -20,23 +23,31 @@ WINDOW_SECONDS = 60
 log = logging.getLogger("api.ratelimit")
 
 
-def check_rate(client: redis.Redis, key: str, limit: int, now: float | None = None) -> None:
+def _count(client: redis.Redis, counter: str) -> tuple[int, int]:
+    """Count one event in ``counter``'s window (opened now if none is open): the window's count and
+    the seconds until it ends."""
+    pipe = client.pipeline()
+    pipe.set(counter, 0, ex=WINDOW_SECONDS, nx=True)
+    pipe.incr(counter)
+    pipe.pttl(counter)
+    _, count, ttl_ms = pipe.execute()
+    return int(count), _seconds_left(ttl_ms)
+
+
+def _seconds_left(ttl_ms: int | None) -> int:
+    return max(1, math.ceil((ttl_ms or 0) / 1000)) if ttl_ms and ttl_ms > 0 else WINDOW_SECONDS
+
+
+def check_rate(client: redis.Redis, key: str, limit: int) -> None:
     """Count one request for ``key``; raise 429 when the window's count passes ``limit`` (0: off)."""
     if limit <= 0:
         return
-    now = time.time() if now is None else now
-    window = int(now // WINDOW_SECONDS)
-    counter = f"tone:ratelimit:{key}:{window}"
-    pipe = client.pipeline()
-    pipe.incr(counter)
-    pipe.expire(counter, WINDOW_SECONDS * 2)
     try:
-        count = int(pipe.execute()[0])
+        count, retry_after = _count(client, f"tone:ratelimit:{key}")
     except redis.RedisError as exc:  # fail open: the limit must not take the API down with Redis
         log.warning("rate limit not counted (Redis: %s)", exc)
         return
     if count > limit:
-        retry_after = max(1, int((window + 1) * WINDOW_SECONDS - now + 0.999))
         raise ApiError(
             429,
             "rate_limited",
@@ -45,42 +56,35 @@ def check_rate(client: redis.Redis, key: str, limit: int, now: float | None = No
         )
 
 
-def _retry_after(now: float) -> int:
-    return max(1, int((int(now // WINDOW_SECONDS) + 1) * WINDOW_SECONDS - now + 0.999))
+def _auth_counter(address: str) -> str:
+    return f"tone:authfail:{address}"
 
 
-def _auth_counter(address: str, now: float) -> str:
-    return f"tone:authfail:{address}:{int(now // WINDOW_SECONDS)}"
-
-
-def check_auth_failures(client: redis.Redis, address: str, limit: int, now: float | None = None) -> None:
-    """429 ``rate_limited`` when ``address`` already failed to authenticate ``limit`` times this
-    minute (0: off); Redis trouble lets the request through."""
+def check_auth_failures(client: redis.Redis, address: str, limit: int) -> None:
+    """429 ``rate_limited`` when ``address`` already failed to authenticate ``limit`` times in its
+    current window (0: off); Redis trouble lets the request through."""
     if limit <= 0:
         return
-    now = time.time() if now is None else now
     try:
-        failures = int(client.get(_auth_counter(address, now)) or 0)
+        pipe = client.pipeline()
+        pipe.get(_auth_counter(address))
+        pipe.pttl(_auth_counter(address))
+        failures, ttl_ms = pipe.execute()
     except redis.RedisError as exc:
         log.warning("failed authentications not checked (Redis: %s)", exc)
         return
-    if failures >= limit:
-        retry_after = _retry_after(now)
+    if int(failures or 0) >= limit:
+        retry_after = _seconds_left(ttl_ms)
         raise ApiError(
             429,
             "rate_limited",
-            f"{limit} failed authentications this minute from this address; retry in {retry_after} s",
+            f"{limit} failed authentications within a minute from this address; retry in {retry_after} s",
             headers={"Retry-After": str(retry_after)},
         )
 
 
-def count_auth_failure(client: redis.Redis, address: str, now: float | None = None) -> None:
-    now = time.time() if now is None else now
-    counter = _auth_counter(address, now)
-    pipe = client.pipeline()
-    pipe.incr(counter)
-    pipe.expire(counter, WINDOW_SECONDS * 2)
+def count_auth_failure(client: redis.Redis, address: str) -> None:
     try:
-        pipe.execute()
+        _count(client, _auth_counter(address))
     except redis.RedisError as exc:
         log.warning("failed authentication not counted (Redis: %s)", exc)
