@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
+import signal
 import time
 import uuid
 import zipfile
@@ -706,10 +708,19 @@ def test_uploads_are_followed_in_one_list_request_and_the_transcript_says_what_t
     sign_in(page, base, api_key)
     page.click("nav a[data-nav=upload]")
     page.select_option("#upload-channels", "split")
-    page.set_input_files("#upload-files", [str(mono_wav), str(call_wav)])
+    # the worker holds still until a poll has seen both jobs open (else a fast first job can end
+    # before the second upload is answered, and no poll ever follows two)
+    os.killpg(worker.popen.pid, signal.SIGSTOP)
+    try:
+        page.set_input_files("#upload-files", [str(mono_wav), str(call_wav)])
+        deadline = time.monotonic() + 30
+        while not any(u.count("id=") == 2 for u in listed) and time.monotonic() < deadline:
+            page.wait_for_timeout(200)
+    finally:
+        os.killpg(worker.popen.pid, signal.SIGCONT)
     expect(page.locator("#upload-list .badge-completed")).to_have_count(2, timeout=SLOW)
     assert listed and per_job == [], per_job  # one list request per poll, none per job
-    assert any(u.count("id=") == 2 for u in listed)
+    assert any(u.count("id=") == 2 for u in listed), listed
 
     job = submit(
         base, api_key, mono_wav, channels="split", metadata=json.dumps({"operator": "Петрова", "queue": 3})

@@ -39,12 +39,22 @@ def test_a_killed_workers_batch_of_16_resumes_on_another_worker_within_20_s(
     from shared.queue import EVENTS_QUEUE
 
     env = {**platform_env, "TONE_JOB_LEASE_SECONDS": "300", "TONE_WORKER_BATCH": str(JOBS)}
-    audio = write_long(tmp_path / "long.wav", 40)
-    doomed = start_worker(env, logs, name="takeover-doomed", queues=QUEUE)
+    audio = write_long(tmp_path / "long.wav", 60)  # still running when the survivor is up
     survivor: Proc | None = None
-    events: Proc | None = None
-    beat: Proc | None = None
+    doomed: Proc | None = None
+    # beat and the events worker that runs its sweeps are up (and sweeping) before any job runs
+    events = start_worker(
+        env, logs, name="takeover-events", queues=EVENTS_QUEUE, concurrency=4, pool="threads"
+    )
+    beat = start_beat(env, logs, tmp_path)
     try:
+
+        def sweeps() -> list[str]:
+            lines = events.log.read_text(errors="replace").splitlines()
+            return [line for line in lines if "tone.requeue_stuck[" in line and "succeeded" in line]
+
+        wait_for(lambda: bool(sweeps()), "beat's first sweep run", beat, 60)
+        doomed = start_worker(env, logs, name="takeover-doomed", queues=QUEUE)
         ids = [new_job(db, audio, queue=QUEUE) for _ in range(JOBS)]
         for job_id in ids:
             send(job_id, QUEUE)
@@ -57,21 +67,14 @@ def test_a_killed_workers_batch_of_16_resumes_on_another_worker_within_20_s(
         owners = {job_row(db, j).lease_owner for j in ids}
         assert len(owners) == 1, owners  # one batch of one task run
         survivor = start_worker(env, logs, name="takeover-survivor", queues=QUEUE)
-        events = start_worker(
-            env, logs, name="takeover-events", queues=EVENTS_QUEUE, concurrency=4, pool="threads"
-        )
-        beat = start_beat(env, logs, tmp_path)
-
-        def sweeps() -> list[str]:
-            lines = events.log.read_text(errors="replace").splitlines()
-            return [line for line in lines if "tone.requeue_stuck[" in line and "succeeded" in line]
-
-        wait_for(lambda: bool(sweeps()), "beat's first sweep run", beat, 60)
         os.killpg(doomed.popen.pid, signal.SIGKILL)
         doomed.popen.wait(10)
         killed_at = time.monotonic()
         before = {j: job_row(db, j) for j in ids}
-        assert all(r.status == "processing" and r.progress < 1 for r in before.values())
+        progress = sorted(r.progress for r in before.values())
+        print(f"progress at the kill: {progress[0]:.2f}..{progress[-1]:.2f}")
+        states = [(r.status, round(r.progress, 3), r.lease_owner) for r in before.values()]
+        assert all(r.status == "processing" and r.progress < 1 for r in before.values()), states
 
         def resumed(row: Job) -> bool:
             return row.status == "completed" or (row.status == "processing" and row.lease_owner not in owners)
