@@ -16,16 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.asr.types import SAMPLE_RATE
 from shared.text.display import Redaction
 
 TONE_HZ = 1000.0
 TONE_LEVEL = 0.25
 PAD_SECONDS = 0.1
-RATE = 8000
 
 
 def tone_spans(
-    samples: np.ndarray, redactions: Sequence[Redaction], *, split: bool, rate: int = RATE
+    samples: np.ndarray, redactions: Sequence[Redaction], *, split: bool, rate: int = SAMPLE_RATE
 ) -> np.ndarray:
     """``samples`` (frames × channels, float) with each redaction's span set to the tone."""
     out = samples.copy()
@@ -57,6 +57,6 @@ def redact_recording(path: Path, redactions: Sequence[Redaction], *, split: bool
     redacted = tone_spans(samples.astype(np.float64) / 32768.0, redactions, split=split)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".tmp")
-    sf.write(tmp, redacted, RATE, format="WAV", subtype="PCM_16")
+    sf.write(tmp, redacted, SAMPLE_RATE, format="WAV", subtype="PCM_16")
     os.replace(tmp, dest)
     return dest

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import httpx  # imported when a Client is made: `tone-platform transcribe` works without it
 
 from shared.asr.formats import AUDIO_SUFFIXES, FORMATS
+from shared.platform.statuses import FINAL_STATUSES
 
 STATE_NAME = ".tone-batch.json"
 TMP_PREFIX = ".tone-batch-"
@@ -301,7 +302,7 @@ def describe(view: dict[str, Any]) -> str:
     """One line of a batch's status: bar, jobs done, failures, audio left, ETA."""
     counts = view.get("counts") or {}
     jobs = int(view.get("jobs") or 0)
-    finished = sum(int(counts.get(k, 0)) for k in ("completed", "failed", "cancelled"))
+    finished = sum(int(counts.get(k, 0)) for k in FINAL_STATUSES)
     parts = [_bar(float(view.get("progress") or 0.0)), f"{finished}/{jobs} jobs"]
     if counts.get("processing"):
         parts.append(f"{counts['processing']} running")

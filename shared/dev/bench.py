@@ -11,7 +11,7 @@ import contextlib
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from shared.asr.types import CHUNK_SAMPLES, SAMPLE_RATE
+from shared.platform.statuses import FINAL_STATUSES
 
 CHUNK_SECONDS = CHUNK_SAMPLES / SAMPLE_RATE
 
@@ -224,10 +225,10 @@ def sherpa_model(path: Path, dest: Path) -> tuple[Path, Path]:
     state_dim, sample_rate; T-one's own export carries them), and its tokens.txt."""
     import onnx
 
-    from shared.asr.types import BLANK_ID, LABELS, STATE_SIZE
+    from shared.asr.types import BLANK_ID, LABELS, SAMPLE_RATE, STATE_SIZE
 
     model = onnx.load(str(path))
-    meta = {"frame_length_ms": "300", "state_dim": str(STATE_SIZE), "sample_rate": "8000"}
+    meta = {"frame_length_ms": "300", "state_dim": str(STATE_SIZE), "sample_rate": str(SAMPLE_RATE)}
     for key, value in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
@@ -367,10 +368,10 @@ class _Timed:
     def __init__(self, inner: Any) -> None:
         self.inner, self.name, self.calls, self.seconds = inner, inner.name, 0, 0.0
 
-    def decode(self, logprobs: np.ndarray) -> Any:
+    def decode(self, logprobs: np.ndarray, hotwords: Sequence[str] = ()) -> Any:
         started = time.perf_counter()
         try:
-            return self.inner.decode(logprobs)
+            return self.inner.decode(logprobs, hotwords)
         finally:
             self.seconds += time.perf_counter() - started
             self.calls += 1
@@ -836,7 +837,7 @@ def run_platform_bench(
                     response.raise_for_status()
                     doc = response.json()
                     get_ms.append((time.perf_counter() - t) * 1000)
-                    if doc["status"] in ("completed", "failed", "cancelled"):
+                    if doc["status"] in FINAL_STATUSES:
                         if doc["status"] != "completed":
                             raise RuntimeError(f"job {job_id} ended {doc['status']}: {doc.get('error')}")
                         pending.discard(job_id)
