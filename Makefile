@@ -18,8 +18,8 @@ help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
-	@case ",$(EXTRAS)," in *,cpu,*,gpu,*|*,gpu,*,cpu,*) \
-	  echo "EXTRAS=$(EXTRAS): choose one of cpu and gpu (both install the module onnxruntime)"; exit 2;; esac
+	@case ",$(EXTRAS)," in *,cpu,*) case ",$(EXTRAS)," in *,gpu,*) \
+	  echo "EXTRAS=$(EXTRAS): choose one of cpu and gpu (both install the module onnxruntime)"; exit 2;; esac;; esac
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
 	  echo "python3 -m venv failed: installing Debian's python3-venv"; \
 	  apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }

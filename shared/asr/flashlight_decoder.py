@@ -1,7 +1,7 @@
 """An optional, faster beam search: flashlight-text's C++ CTC beam decoder with KenLM.
 
 pyctcdecode (the reference's decoder, our default) is pure Python. flashlight-text (the
-``flashlight`` extra, a cp311 x86-64 wheel) decodes in C++. Its word-LM decoder is lexicon-based:
+``lm`` extra, a cp311 x86-64 wheel) decodes in C++. Its word-LM decoder is lexicon-based:
 it only spells words of a given vocabulary (a trie of their letters, each word's unigram score
 smeared over its prefixes), where pyctcdecode also lets out-of-vocabulary words through with a
 penalty. So it is an option for measuring (``make bench`` reports how often its phrases equal

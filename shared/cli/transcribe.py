@@ -242,6 +242,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--decoder", choices=["auto", "greedy", "beam"], default="auto",
                    help="auto: beam search when kenlm.bin and kenlm are present, else greedy")  # fmt: skip
+    p.add_argument("--precision", choices=["auto", "float16", "float32"], default=None,
+                   help="auto/float16: the file as is; float32: rewritten (env TONE_PRECISION)")  # fmt: skip
 
 
 def register(sub: Any) -> None:
