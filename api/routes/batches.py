@@ -30,6 +30,7 @@ from api.schemas import (
     DeliveryList,
     ErrorResponse,
     JobStatus,
+    TranscriptText,
     validated_options,
 )
 from api.services import batch_analytics as analytics_svc
@@ -342,6 +343,13 @@ def results(
         str | None,
         Query(description="for zip: comma-separated json,txt,srt,vtt,tsv (default json,txt,srt,vtt)"),
     ] = None,
+    text: Annotated[
+        TranscriptText,
+        Query(
+            description="csv and the zip's txt/srt/vtt/tsv: the written form (display) or the spoken "
+            "words (raw); JSON carries both"
+        ),
+    ] = "display",
 ) -> StreamingResponse:
     batch = svc.load_batch(db, caller, batch_id)
     req = results_svc.ResultsRequest(
@@ -349,6 +357,7 @@ def results(
         list(batch.skipped or []),
         results_svc.parse_formats(formats),
         tuple(analytics_svc.metadata_keys(db, batch.id)) if format == "zip" else (),
+        text,
     )
     headers = {"Content-Disposition": f'attachment; filename="batch-{batch.id}.{format}"'}
     return StreamingResponse(_STREAMS[format](settings, req), media_type=_MEDIA[format], headers=headers)

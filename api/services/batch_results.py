@@ -1,6 +1,8 @@
 """A batch's results, streamed in SQL pages (never built in memory): JSONL (a line per recording),
 CSV (a row per phrase) or a ZIP with ``<path>.<format>`` per recording and format, ``results.jsonl``
-and ``errors.csv``."""
+and ``errors.csv``. The CSV's text and the zip's txt/srt/vtt/tsv files are the written form
+(``display``) unless ``text="raw"`` asks for the words as spoken; JSON (the jsonl records, the zip's
+``.json`` files) carries both, each phrase's ``text`` and ``display``, as the job's transcript does."""
 
 from __future__ import annotations
 
@@ -107,6 +109,7 @@ class ResultsRequest:
     skipped: list[dict[str, Any]]
     formats: tuple[str, ...] = ZIP_FORMATS
     metadata_columns: tuple[str, ...] = ()  # analytics.csv's metadata columns (every key of the batch)
+    text: str = "display"  # the CSV's text and the zip's txt/srt/vtt/tsv: "display" or "raw" (spoken)
 
 
 def stream_jsonl(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
@@ -133,7 +136,7 @@ def stream_csv(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
                     p.get("channel", 0),
                     p["start_time"],
                     p["end_time"],
-                    phrase_text(p),
+                    phrase_text(p, req.text),
                 ]
             )
         yield buf.getvalue().encode()
@@ -207,7 +210,7 @@ def stream_zip(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
                 continue
             table.add(rec["name"], job)
             for fmt in req.formats:
-                body, _ = svc.render_transcript(job, fmt)
+                body, _ = svc.render_transcript(job, fmt, req.text)
                 zf.writestr(output_name(rec["name"], fmt, used), body)
             yield sink.take()
         with open_member(zf, RESULTS_JSONL) as out:

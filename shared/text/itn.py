@@ -17,7 +17,15 @@ in ``shared/dev/itn_eval.py``; the table is in the README). The rules, in order:
   7 spoken as 3-2-2 (``123-45-67``) are written as phone numbers;
 * after в/к/до/с/после/около/на, an hour 0–23 and two-digit minutes are a time (``в 14:30``),
   as is «H часов M минут»;
-* «A и|целых B десятых|сотых|тысячных» is a decimal (``7,5``), «полтора» is 1,5;
+* «A и|целых B десятых|сотых|тысячных» is a decimal (``7,5``), «полтора» is 1,5, «A с половиной»
+  is A,5 (``2,5 %``, ``3500 рублей``; below ten without a unit it stays words like any number);
+  without the whole part «три десятых» is ``0,3`` and «пять сотых» ``0,05``;
+* a common fraction spoken with an ordinal denominator that agrees with its numerator (feminine
+  singular after «одна»/«одну»/«одной», plural after the others) is written ``N/D``: «одна вторая» →
+  ``1/2``, «две третьих процента» → ``2/3 %``, «три целых одна четвертая» → ``3 1/4``; masculine
+  «два»/«один» do not make one («два пятых класса»), and a compound ordinal wins («двадцать пятых»
+  is ``25-х``); the everyday nouns «половина», «треть», «четверть» stay words («три четверти часа»,
+  «две трети клиентов», «в первой четверти»);
 * «процент» in any case after a number becomes ``%`` (``7,5 %``);
 * an ordinal before a month is a date (``15 марта``), before «год» in the singular a year
   (``2024 года``); other ordinals ≥ 10 get the short case ending (``23-го``, ``45-м``, ``21-я``);
@@ -203,6 +211,15 @@ _DENOMINATORS = {
     **dict.fromkeys(("сотая", "сотых", "сотой", "сотую", "сотыми"), 2),
     **dict.fromkeys(("тысячная", "тысячных", "тысячной", "тысячную", "тысячными"), 3),
 }
+# a common fraction's denominator agrees with its numerator: «одна вторая», «одной второй», «одну
+# вторую» (feminine singular after «одна»), «две третьих», «двум третьим», «тремя пятыми» (plural)
+_ONE_ENDINGS = {
+    "одна": ("ая", "ья"),
+    "одну": ("ую", "ью"),
+    "одной": ("ой", "ей"),
+    "одною": ("ой", "ей", "ою", "ею"),
+}
+_PLURAL_ENDINGS = ("ых", "их", "ым", "им", "ыми", "ими")
 _HOURS = frozenset({"час", "часа", "часов"})
 _MINUTES = frozenset({"минута", "минуты", "минут", "минуту"})
 
@@ -246,6 +263,13 @@ def _parse(words: Sequence[str], i: int, *, ordinals: bool = True) -> _Number | 
     j = i
     while j < len(words):
         word = words[j]
+        if word == "с" and j > i and kinds and "half" not in kinds and j + 1 < len(words):
+            if words[j + 1] != "половиной":
+                break
+            seg += 5  # «два с половиной» is 2,5; only a scale may follow («… тысячи»)
+            kinds.add("half")
+            j += 2
+            continue
         if word in _CARDINALS:
             value, kind = _CARDINALS[word]
             written = None
@@ -306,6 +330,48 @@ def _phone(digits: str, sizes: list[int], plus: bool) -> str | None:
     return None
 
 
+def _fraction(words: Sequence[str], i: int) -> tuple[str, int, bool] | None:
+    """``(written, last word, decimal?)`` when ``words[i:]`` start with a fraction spoken with an
+    ordinal denominator: «три десятых» → ``0,3``, «пять сотых» → ``0,05``, «одна вторая» → ``1/2``,
+    «две третьих» → ``2/3``. The numerator must agree (feminine «одна»/«одну»/«одной» + a singular
+    denominator, else a plural one; «два» is masculine, so «два пятых класса» is not one), and a
+    compound ordinal wins («двадцать пятых» is the 25th, «две тысячи десятых» the 2010s)."""
+    numerator = _parse(words, i, ordinals=False)
+    if numerator is None or not numerator.whole or numerator.value < 1:
+        return None
+    k = numerator.last + 1
+    if k >= len(words):
+        return None
+    one = numerator.value % 10 == 1 and numerator.value % 100 != 11
+    last_numeral = words[numerator.last]
+    if one:
+        endings = _ONE_ENDINGS.get(last_numeral)
+        if endings is None:
+            return None
+    elif last_numeral == "два":
+        return None
+    else:
+        endings = _PLURAL_ENDINGS
+    ordinal = _parse(words, i)
+    if ordinal is not None and ordinal.last >= k and not words[k].startswith("тысячн"):
+        return None  # the numerator and the "denominator" are one compound ordinal
+    if words[k] in _DENOMINATORS:
+        if not words[k].endswith(endings):
+            return None
+        width = _DENOMINATORS[words[k]]
+        whole, part = divmod(numerator.value, 10**width)
+        return f"{_grouped(whole)},{str(part).zfill(width)}", k, True
+    denominator = _parse(words, k)
+    if (
+        denominator is None
+        or denominator.ordinal is None
+        or not 2 <= denominator.value <= 999
+        or not words[denominator.last].endswith(endings)
+    ):
+        return None
+    return f"{numerator.value}/{denominator.value}", denominator.last, False
+
+
 # -- the pass over a phrase -------------------------------------------------------------------------
 
 
@@ -328,7 +394,13 @@ def normalize_words(words: Sequence[str]) -> list[Span]:
         prev = word(i - 1)
         after = number.last + 1
 
-        # a decimal: A и|целых B десятых|сотых|тысячных
+        # a fraction without a whole part: «три десятых», «одна вторая», «две третьих»
+        fraction = _fraction(words, i)
+        if fraction is not None:
+            i = _emit_with_unit(out, words, fraction[0], i, fraction[1])
+            continue
+
+        # a decimal: A и|целых B десятых|сотых|тысячных; a mixed number: A целых B/C
         if number.ordinal is None and number.whole and word(after) in _DECIMAL_SEP:
             frac = _parse(words, after + 1, ordinals=False)
             if frac is not None and frac.whole and word(frac.last + 1) in _DENOMINATORS:
@@ -337,6 +409,10 @@ def normalize_words(words: Sequence[str]) -> list[Span]:
                     decimal = f"{_grouped(number.value)},{frac.digits.zfill(width)}"
                     i = _emit_with_unit(out, words, decimal, i, frac.last + 1)
                     continue
+            common = _fraction(words, after + 1)
+            if common is not None and not common[2]:
+                i = _emit_with_unit(out, words, f"{_grouped(number.value)} {common[0]}", i, common[1])
+                continue
 
         # a clock time spoken as «H часов M минут»
         if number.ordinal is None and number.whole and number.value <= 23 and word(after) in _HOURS:
@@ -355,7 +431,7 @@ def normalize_words(words: Sequence[str]) -> list[Span]:
         run = [number]
         while run[-1].ordinal is None and run[-1].whole:
             nxt = _parse(words, run[-1].last + 1)
-            if nxt is None or nxt.ordinal is not None or not nxt.whole:
+            if nxt is None or nxt.ordinal is not None or not nxt.whole or _fraction(words, nxt.first):
                 break
             run.append(nxt)
         if len(run) >= 2:

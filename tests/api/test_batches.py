@@ -301,3 +301,47 @@ def test_deleting_a_batch_removes_its_jobs_transcripts_and_stored_audio(
         assert httpx.get(f"{api.url}/v1/jobs/{item['job_id']}", headers=auth(api_key)).status_code == 404
     assert not any(p.exists() for p in paths)
     assert httpx.delete(f"{api.url}/v1/batches/{batch}", headers=auth(api_key)).status_code == 404
+
+
+NUMBERS = ["номер договора двадцать три сорок пять", "оплата двадцать пять тысяч триста рублей"]
+
+
+def test_results_show_the_written_form_unless_text_raw(api, worker, api_key, tmp_path: Path) -> None:
+    """csv and the zip's text files: ``display`` by default, the spoken words with ``?text=raw``, as
+    /v1/jobs/{id}/transcript; a bad value is 422 as there."""
+    path = tmp_path / "numbers.wav"
+    sf.write(path, synthesize(NUMBERS)[0], 8000, subtype="PCM_16")
+    got = post_batch(api.url, api_key, archive_bytes({"calls/n.wav": path.read_bytes()}))
+    assert got.status_code == 202, got.text
+    batch = got.json()["id"]
+    wait_batch_done(api.url, api_key, batch)
+    url = f"{api.url}/v1/batches/{batch}/results"
+
+    def get(**params: str) -> httpx.Response:
+        r = httpx.get(url, params=params, headers=auth(api_key), timeout=60)
+        assert r.status_code == 200, r.text
+        return r
+
+    def csv_texts(r: httpx.Response) -> list[str]:
+        return [row["text"] for row in csv.DictReader(io.StringIO(r.content.decode("utf-8-sig")))]
+
+    def zip_files(r: httpx.Response) -> dict[str, str]:
+        with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+            return {n: zf.read(n).decode() for n in zf.namelist() if n.startswith("calls/")}
+
+    written_form = ["номер договора 2345", "оплата 25 300 рублей"]
+    assert csv_texts(get(format="csv")) == csv_texts(get(format="csv", text="display")) == written_form
+    assert csv_texts(get(format="csv", text="raw")) == NUMBERS
+    shown = zip_files(get(format="zip", formats="txt,srt,json"))
+    spoken = zip_files(get(format="zip", formats="txt,srt,json", text="raw"))
+    assert shown["calls/n.txt"] == "\n".join(written_form) + "\n"
+    assert spoken["calls/n.txt"] == "\n".join(NUMBERS) + "\n"
+    assert "25 300" in shown["calls/n.srt"] and "двадцать" not in shown["calls/n.srt"]
+    assert "двадцать пять тысяч" in spoken["calls/n.srt"] and "25 300" not in spoken["calls/n.srt"]
+    assert shown["calls/n.json"] == spoken["calls/n.json"]  # JSON carries both forms either way
+    for fmt in ("jsonl", "csv", "zip"):
+        assert_error(
+            httpx.get(url, params={"format": fmt, "text": "fancy"}, headers=auth(api_key)),
+            422,
+            "invalid_request",
+        )

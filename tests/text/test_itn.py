@@ -62,6 +62,18 @@ def test_percent_replaces_its_word() -> None:
     ]
 
 
+def test_a_fraction_replaces_its_words() -> None:
+    assert normalize_words(["ставка", "две", "третьих", "процента"]) == [
+        Span("ставка", 0, 0),
+        Span("2/3", 1, 2),
+        Span("%", 3, 3),
+    ]
+    assert normalize_words(["три", "с", "половиной", "тысячи", "рублей"]) == [
+        Span("3500", 0, 3),
+        Span("рублей", 4, 4),
+    ]
+
+
 def test_plus_joins_the_phone_number() -> None:
     words = [
         "плюс",

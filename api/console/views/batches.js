@@ -189,6 +189,8 @@ function renderDetail(root, id, ctx) {
   const analyticsHolder = h("div", { class: "analytics-holder" });
   let analyticsPolls = 0;
   const more = h("button", { type: "button", class: "secondary", hidden: true }, "Load more items");
+  // the CSV's text and the ZIP's txt/srt/vtt: the written form by default, the words as spoken when ticked
+  const spokenResults = h("input", { type: "checkbox", id: "results-spoken-words" });
   const downloads = h(
     "div",
     { class: "downloads", role: "group", "aria-label": "Download the results" },
@@ -205,11 +207,15 @@ function renderDetail(root, id, ctx) {
           class: "secondary small",
           dataset: { format: fmt },
           "aria-label": `Download results as ${label}`,
-          onclick: () => download(`/v1/batches/${id}/results?format=${fmt}`, `batch-${id}.${fmt}`).catch((e) => ctx.showBanner(e)),
+          onclick: () =>
+            download(`/v1/batches/${id}/results?format=${fmt}${spokenResults.checked ? "&text=raw" : ""}`, `batch-${id}.${fmt}`).catch((e) =>
+              ctx.showBanner(e),
+            ),
         },
         label,
       ),
     ),
+    h("label", { class: "check", for: "results-spoken-words" }, spokenResults, " Spoken words"),
   );
   root.append(
     h("p", { class: "back" }, h("a", { href: "#/batches" }, "← All batches")),
