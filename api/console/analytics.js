@@ -3,11 +3,20 @@
 // and a batch's aggregates (GET /v1/batches/{id}/analytics) with a table per agent.
 
 import { clock, h, span } from "./ui.js";
+import { num as decimal, t } from "./i18n.js";
 
 const SIDES = [
   ["0", "Agent"],
   ["1", "Client"],
 ];
+
+// the kinds of rules, as a flag names them
+const FLAG_KINDS = {
+  phrase_contains: "phrase contains",
+  missing_in_first: "missing in first",
+  silence_over: "silence over",
+  overtalk_share_over: "overtalk share over",
+};
 
 function merge(intervals) {
   const sorted = intervals.filter(([a, b]) => b > a).sort((x, y) => x[0] - y[0]);
@@ -71,8 +80,11 @@ function pct(x) {
   return x === null || x === undefined ? "–" : `${Math.round(x * 100)} %`;
 }
 
+/** A count as is, a rate with one decimal in the language's locale ("17,5" in Russian), and its unit. */
 function num(x, unit = "") {
-  return x === null || x === undefined ? "–" : `${Number.isInteger(x) ? x : x.toFixed(1)}${unit}`;
+  if (x === null || x === undefined) return "–";
+  const value = Number.isInteger(x) ? String(x) : decimal(x, 1);
+  return unit ? `${value} ${t(unit)}` : value;
 }
 
 function sec(x) {
@@ -86,7 +98,7 @@ export function analyticsCard(a, flags = []) {
   if (stereo && a.talk_share && a.talk_share["0"] !== null) {
     const bar = h("div", { class: "share-bar", role: "img", "aria-label": `Talk share: agent ${pct(a.talk_share["0"])}, client ${pct(a.talk_share["1"])}` });
     for (const [c, label] of SIDES) {
-      const part = h("div", { class: `share share-${c}`, dataset: { share: String(a.talk_share[c]) } }, `${label} ${pct(a.talk_share[c])}`);
+      const part = h("div", { class: `share share-${c}`, dataset: { share: String(a.talk_share[c]) } }, `${t(label)} ${pct(a.talk_share[c])}`);
       part.style.flexGrow = String(Math.max(0.0001, a.talk_share[c]));
       bar.append(part);
     }
@@ -104,7 +116,7 @@ export function analyticsCard(a, flags = []) {
       ["Talk time", (c) => sec(a.talk_time[c])],
       ["Interruptions", (c) => num(a.interruptions[c])],
       ["Reply latency (median)", (c) => sec(a.reply_latency[c])],
-      ["Speech rate", (c) => num(a.speech_rate[c], " words/min")],
+      ["Speech rate", (c) => num(a.speech_rate[c], "words/min")],
       ["Longest monologue", (c) => sec(a.longest_monologue[c])],
     ];
     card.append(
@@ -116,12 +128,12 @@ export function analyticsCard(a, flags = []) {
       ),
     );
   } else {
-    card.append(h("p", { class: "muted" }, `Speech rate ${num(a.speech_rate ? a.speech_rate["0"] : null, " words/min")} · a mono recording has no per-side measures.`));
+    card.append(h("p", { class: "muted" }, `Speech rate ${num(a.speech_rate ? a.speech_rate["0"] : null, "words/min")} · a mono recording has no per-side measures.`));
   }
   if (flags.length) {
     card.append(
       h("h3", {}, "Flags"),
-      h("ul", { class: "flags", id: "flags" }, flags.map((f) => h("li", { class: "flag", dataset: { rule: f.rule_id } }, h("strong", {}, f.name), ` (${f.kind.replaceAll("_", " ")})`))),
+      h("ul", { class: "flags", id: "flags" }, flags.map((f) => h("li", { class: "flag", dataset: { rule: f.rule_id } }, h("strong", {}, f.name), " (", FLAG_KINDS[f.kind] || f.kind.replaceAll("_", " "), ")"))),
     );
   }
   return card;

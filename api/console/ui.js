@@ -4,7 +4,8 @@
 import { describe } from "./api.js";
 import { locale, num, t } from "./i18n.js";
 
-const TRANSLATED = new Set(["aria-label", "placeholder", "title"]);
+// data-label: a table cell's column name, shown before its value on a narrow screen (style.css)
+const TRANSLATED = new Set(["aria-label", "data-label", "placeholder", "title"]);
 
 /** h("a", {href: "#/jobs", class: "x", onclick: fn}, "text", child, [more]) */
 export function h(tag, attrs = {}, ...children) {

@@ -152,7 +152,7 @@ function renderList(root, ctx) {
               h(
                 "tr",
                 { dataset: { id: b.id } },
-                h("td", { "data-label": "Batch", class: "name-cell" }, h("a", { href: `#/batches/${b.id}`, dataset: { focusKey: `batch-${b.id}` } }, batchName(b)), h("div", { class: "sub" }, [`${b.items} item${b.items === 1 ? "" : "s"}`, b.source].filter(Boolean).join(" · "))),
+                h("td", { "data-label": "Batch", class: "name-cell" }, h("a", { href: `#/batches/${b.id}`, dataset: { focusKey: `batch-${b.id}` } }, batchName(b)), h("div", { class: "sub" }, [`${b.items} item${b.items === 1 ? "" : "s"}`, b.source].filter(Boolean).map((part) => t(part)).join(" · "))),
                 h("td", { "data-label": "Status" }, batchBadge(b.status)),
                 h("td", { "data-label": "Progress" }, progressBar(b.progress, `Progress of ${batchName(b)}`)),
                 h("td", { "data-label": "Jobs" }, counts(b)),
@@ -238,11 +238,11 @@ function renderDetail(root, id, ctx) {
 
   function drawSummary() {
     heading.textContent = t(batchName(batch));
-    document.title = `${batchName(batch)} · tone-platform`;
+    document.title = `${t(batchName(batch))} · tone-platform`;
     clear(summary);
     const done = (batch.counts.completed || 0) + (batch.counts.failed || 0) + (batch.counts.cancelled || 0);
     summary.append(
-      h("div", { class: "summary-row" }, batchBadge(batch.status), progressBar(batch.progress, "Batch progress"), h("span", { class: "muted" }, `${done} of ${batch.jobs} job${batch.jobs === 1 ? "" : "s"} finished · ${eta(batch)}`)),
+      h("div", { class: "summary-row" }, batchBadge(batch.status), progressBar(batch.progress, "Batch progress"), h("span", { class: "muted" }, `${done} of ${batch.jobs} job${batch.jobs === 1 ? "" : "s"} finished · ${t(eta(batch))}`)),
       counts(batch),
       h(
         "dl",

@@ -152,7 +152,7 @@ export function render(root, _params, ctx) {
         "td",
         { "data-label": "Recording", class: "name-cell" },
         h("a", { href: `#/jobs/${job.id}`, dataset: { focusKey: `open-${job.id}` } }, jobName(job)),
-        h("div", { class: "sub" }, [channelsLabel(job, true), source].filter(Boolean).join(" · ")),
+        h("div", { class: "sub" }, [channelsLabel(job, true), source].filter(Boolean).map((part) => t(part)).join(" · ")),
       ),
       statusCell,
       metaColumns.map((key) => {

@@ -7,6 +7,7 @@
 
 import { request, query } from "../api.js";
 import { clear, clock, errorBox, h, span, titled } from "../ui.js";
+import { t } from "../i18n.js";
 
 const SIDES = { 0: "Agent", 1: "Client" };
 const FIELDS = ["q", "channel", "status", "created_after", "created_before", "min_duration", "max_duration", "meta", "group"];
@@ -55,7 +56,7 @@ function hitItem(hit) {
     { class: "hit", dataset: { job: hit.job_id, start: String(hit.start), channel: String(hit.channel) } },
     h(
       "a",
-      { href, class: "hit-link", "aria-label": `Open ${hit.name || "the call"} at ${clock(hit.start)}` },
+      { href, class: "hit-link", "aria-label": hit.name ? `Open ${hit.name} at ${clock(hit.start)}` : `Open the call at ${clock(hit.start)}` },
       h("span", { class: "hit-time" }, clock(hit.start)),
       h("span", { class: `hit-side ch${hit.channel}` }, SIDES[hit.channel] || ""),
       h("span", { class: "hit-text", lang: "ru" }, ...highlighted(hit.text, hit.marks)),
@@ -144,7 +145,7 @@ export function render(root, params, ctx) {
       cursor = null;
       shown = 0;
       clear(results);
-      summary.textContent = "Searching…";
+      summary.textContent = t("Searching…");
       list = h("ol", { class: "hits", id: "hits" });
       results.append(list);
     }
@@ -170,7 +171,7 @@ export function render(root, params, ctx) {
       shown += page.data.length;
       cursor = page.next_cursor;
       more.hidden = !cursor;
-      summary.textContent = shown ? `${shown}${cursor ? "+" : ""} ${p.group === "job" ? "call" : "phrase"}${shown === 1 ? "" : "s"} found` : "Nothing found.";
+      summary.textContent = t(shown ? `${shown}${cursor ? "+" : ""} ${p.group === "job" ? "call" : "phrase"}${shown === 1 ? "" : "s"} found` : "Nothing found.");
     } catch (error) {
       if (!alive) return;
       summary.textContent = "";

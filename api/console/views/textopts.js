@@ -19,7 +19,7 @@ export function textOptions(prefix) {
   const vocabulary = h("input", { type: "text", id: `${prefix}-vocabulary`, placeholder: "Тинькофф, ипотека", autocomplete: "off" });
   const redact = REDACT_KINDS.map(([kind, label]) => {
     const box = h("input", { type: "checkbox", id: `${prefix}-redact-${kind}`, value: kind });
-    return { kind, box, label: h("label", { class: "check", for: box.id }, box, ` ${label}`) };
+    return { kind, box, label: h("label", { class: "check", for: box.id }, box, " ", label) };
   });
   const element = h(
     "div",

@@ -88,7 +88,7 @@ export function render(root, params, ctx) {
 
   function drawHead() {
     heading.textContent = t(jobName(job));
-    document.title = `${jobName(job)} · tone-platform`;
+    document.title = `${t(jobName(job))} · tone-platform`;
     clear(meta);
     const rows = [
       ["Status", badge(job.status)],
