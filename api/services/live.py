@@ -9,6 +9,7 @@ for ``tone.stream`` on a worker and waits for the answer with BLPOP on the event
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import time
@@ -111,7 +112,11 @@ async def create(
     are behind or the deployment's cap is reached: ``shared.platform.sessions``, Admission)."""
     sid = uuid.uuid4().hex
     await async_store(settings.redis_url).admit(
-        settings.worker_queue, sid, settings.stream_max_sessions, settings.stream_admit_lag_seconds
+        settings.worker_queue,
+        sid,
+        settings.stream_max_sessions,
+        settings.stream_admit_lag_seconds,
+        settings.stream_chunk_timeout_seconds + 10,
     )
     return await run_in_threadpool(store.create, tenant, options, ttl, job, sid)
 
@@ -151,6 +156,10 @@ async def through_worker(
     key = await enqueue()
     try:
         return await _answer(settings, key, requeue)
+    except BaseException:  # 504, or the client went away: admission no longer counts it as waiting
+        with contextlib.suppress(Exception):
+            await async_store(settings.redis_url).given_up(settings.worker_queue, sid, key.rsplit(":", 1)[1])
+        raise
     finally:
         if kind == "chunk":  # on the event loop's pooled client: no thread hop, no new connection
             piece = metrics.Recorder(async_redis(settings.redis_url))

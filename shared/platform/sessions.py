@@ -60,12 +60,17 @@ kept one ``state`` field, which a worker still reads as ``state:0``)::
                                      count; a finalized session leaves it)
     tone:stream:lag:<queue>          seconds the oldest piece of the last round waited from its
                                      queueing to its answer (PX LAG_MS: gone when the queue idles)
+    tone:stream:waiting:<queue>      sorted set, "<session id>:<reply nonce>" -> unix time queued: the
+                                     pieces an API is waiting on (added with the item, removed by
+                                     the worker's answer or the API's 504; purged past the chunk
+                                     timeout): a piece popped by a stalled worker still shows here
 
 Admission (``AsyncSessionStore.admit``, one Lua call when a session is opened): a new session is
 refused with 503 ``over_capacity`` (close 1013 on the WebSockets) while live pieces wait longer than
-``stream_admit_lag_seconds`` (the last round's lag, or the age of the oldest piece still pending: a
-stalled worker shows too), or while ``stream_max_sessions`` sessions are active. Sessions already
-open are never refused: their latency is what the guard protects.
+``stream_admit_lag_seconds`` (the last round's lag, or the age of the oldest piece still waiting for
+its answer: a stalled worker shows too, even one that popped the piece before it stopped), or
+while ``stream_max_sessions`` sessions are active. Sessions already open are never refused: their
+latency is what the guard protects.
 
 Sequence rules (checked atomically in Lua when the API accepts a chunk, and again by the worker
 under the lock): ``seq == accepted`` is new work; ``next_seq <= seq < accepted`` is a retry of a
@@ -142,6 +147,14 @@ def open_key(queue: str) -> str:
 
 def lag_key(queue: str) -> str:
     return f"{PREFIX}lag:{queue}"
+
+
+def waiting_key(queue: str) -> str:
+    return f"{PREFIX}waiting:{queue}"
+
+
+def waiting_member(sid: str, nonce: str) -> str:
+    return f"{sid}:{nonce}"
 
 
 class SessionError(CodedError):
@@ -236,20 +249,16 @@ class Item:
         return cls(str(d["id"]), int(d["seq"]), str(d["kind"]), str(d["reply"]), float(d["t"]))
 
 
-# KEYS: open, lag, pending. ARGV: now, active_seconds, max_sessions, max_lag, sid
+# KEYS: open, lag, waiting. ARGV: now, active_seconds, max_sessions, max_lag, sid, waiting_horizon
 _ADMIT = """
 local now = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[6]))
 local max_lag = tonumber(ARGV[4])
 if max_lag > 0 then
   local lag = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-  local head = redis.call('LINDEX', KEYS[3], 0)
-  if head then
-    local ok, item = pcall(cjson.decode, head)
-    if ok and type(item) == 'table' and tonumber(item.t) then
-      lag = math.max(lag, now - tonumber(item.t))
-    end
-  end
+  local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  if oldest[2] then lag = math.max(lag, now - tonumber(oldest[2])) end
   if lag > max_lag then return {'lagging', tostring(lag)} end
 end
 local max_sessions = tonumber(ARGV[3])
@@ -367,11 +376,14 @@ class AsyncSessionStore:
         self._accept = client.register_script(_ACCEPT)
         self._admit = client.register_script(_ADMIT)
 
-    async def admit(self, queue: str, sid: str, max_sessions: int, max_lag: float) -> int:
+    async def admit(
+        self, queue: str, sid: str, max_sessions: int, max_lag: float, horizon: float = 60.0
+    ) -> int:
         """Count ``sid`` in as an active session of ``queue``, or raise 503 ``over_capacity`` (see
-        Admission above). Returns the number of active sessions, this one included."""
-        keys = [open_key(queue), lag_key(queue), pending_key(queue)]
-        args: list[str | float | int] = [time.time(), ACTIVE_SECONDS, max_sessions, max_lag, sid]
+        Admission above; waiting pieces older than ``horizon`` seconds were given up by their API
+        and are purged). Returns the number of active sessions, this one included."""
+        keys = [open_key(queue), lag_key(queue), waiting_key(queue)]
+        args: list[str | float | int] = [time.time(), ACTIVE_SECONDS, max_sessions, max_lag, sid, horizon]
         verdict, value = (
             v.decode() if isinstance(v, bytes) else str(v) for v in await self._admit(keys=keys, args=args)
         )
@@ -389,14 +401,19 @@ class AsyncSessionStore:
         self, queue: str, sid: str, seq: int, kind: str, audio: bytes | None, keep: int
     ) -> tuple[str, bool]:
         """As ``SessionStore.submit``."""
-        nonce = secrets.token_hex(8)
+        nonce, now = secrets.token_hex(8), time.time()
         pipe = self.r.pipeline(transaction=False)
         if audio is not None:
             pipe.hset(journal_key(sid), str(seq), audio)
             pipe.expire(journal_key(sid), keep)
-        pipe.rpush(pending_key(queue), Item(sid, seq, kind, nonce, time.time()).to_json())
+        pipe.zadd(waiting_key(queue), {waiting_member(sid, nonce): now})
+        pipe.rpush(pending_key(queue), Item(sid, seq, kind, nonce, now).to_json())
         pipe.exists(awake_key(queue))
         return reply_key(sid, nonce), bool((await pipe.execute())[-1])
+
+    async def given_up(self, queue: str, sid: str, nonce: str) -> None:
+        """The API stopped waiting for this piece (504, or its client went away)."""
+        await self.r.zrem(waiting_key(queue), waiting_member(sid, nonce))
 
 
 class SessionStore:
@@ -497,12 +514,13 @@ class SessionStore:
             self.r.lpush(pending_key(queue), *[i.to_json() for i in reversed(items)])
 
     def round_done(self, queue: str, answered: list[Item], now: float) -> None:
-        """After a round: its lag (the oldest answered piece's wait) for admission; its sessions
-        active now, the finalized ones no longer."""
+        """After a round: its lag (the oldest answered piece's wait) for admission, its pieces no
+        longer waiting; its sessions active now, the finalized ones no longer."""
         if not answered:
             return
         pipe = self.r.pipeline(transaction=False)
         pipe.set(lag_key(queue), f"{max(0.0, now - min(i.t for i in answered)):.3f}", px=LAG_MS)
+        pipe.zrem(waiting_key(queue), *[waiting_member(i.id, i.reply) for i in answered])
         active = {i.id: now for i in answered if i.kind == "chunk"}
         if active:
             pipe.zadd(open_key(queue), active)
