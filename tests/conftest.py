@@ -120,15 +120,7 @@ def start_api(env: dict[str, str], logs: Path, name: str = "api") -> Proc:
     import httpx
 
     port = free_port()
-    cmd = [
-        str(BIN / "uvicorn"),
-        "api.main:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-access-log",
-    ]
+    cmd = [str(BIN / "python"), "-m", "api", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
     proc = Proc(_spawn(cmd, env, logs / f"{name}.log"), logs / f"{name}.log", f"http://127.0.0.1:{port}")
     wait_for(lambda: httpx.get(f"{proc.url}/", timeout=2).status_code < 500, "API server", proc)
     return proc

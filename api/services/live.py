@@ -79,11 +79,16 @@ def async_redis(url: str) -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool)
 
 
+PIECE_CONNECTIONS = 1024  # per-piece calls at once; Redis takes 10 000 clients by default
+
+
 @lru_cache
 def async_store(url: str) -> AsyncSessionStore:
-    """The per-piece calls (accept, submit) on the event loop, with a socket timeout of their own."""
+    """The per-piece calls (accept, submit) on the event loop, with a socket timeout of their own.
+    The pool is large: with 64 connections, 200 live sessions queued on its condition and every
+    release woke waiters (a fifth of the API's CPU at N = 200, measured with py-spy)."""
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=64, timeout=10, socket_connect_timeout=2, socket_timeout=5
+        url, max_connections=PIECE_CONNECTIONS, timeout=10, socket_connect_timeout=2, socket_timeout=5
     )
     return AsyncSessionStore(aioredis.Redis(connection_pool=pool))
 

@@ -153,6 +153,9 @@ class StateBank:
     def _relayout(self, streams: list[StreamState]) -> None:
         """Gather the new batch's rows (the bank's, and fresh host rows) into the current buffer's
         twin, release the streams that left, and make the twin current."""
+        if self.host_views:
+            self._relayout_host(streams)
+            return
         self.gathers += 1
         index: list[int] = []
         fresh: list[npt.NDArray[np.float16]] = []
@@ -171,6 +174,30 @@ class StateBank:
         other = 1 - self._cur
         fresh_rows = np.stack(fresh) if fresh else np.zeros((0, STATE_SIZE), np.float16)
         self._run_gather(n_bank, fresh_rows, index, other)
+        self._cur = other
+        self.rows = list(streams)
+        for i, s in enumerate(streams):
+            s._slot = (self, i)
+
+    def _relayout_host(self, streams: list[StreamState]) -> None:
+        """``_relayout`` on the CPU, where both buffers are numpy memory: each row of the new batch
+        is copied once, straight into the twin (the gather graph's Concat copied the whole bank and
+        every fresh row again first: ~2.5x the bytes when live rounds change their sessions, the
+        live worker's commonest case)."""
+        self.gathers += 1
+        staying = set(map(id, streams))
+        self._send_home([(i, s) for i, s in self._owned() if id(s) not in staying])
+        other = 1 - self._cur
+        src, dst = self._host[self._cur], self._host[other]
+        assert src is not None and dst is not None
+        seen: set[int] = set()
+        for i, s in enumerate(streams):
+            slot = s._slot
+            if slot is not None and slot[0] is self and id(s) not in seen:
+                dst[i] = src[slot[1]]
+            else:
+                dst[i] = s._host_state()
+            seen.add(id(s))
         self._cur = other
         self.rows = list(streams)
         for i, s in enumerate(streams):

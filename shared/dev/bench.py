@@ -1080,6 +1080,104 @@ def _ws_streams(url: str, key: str, n: int, pieces: int) -> tuple[list[float], l
     return latencies, errors
 
 
+SHERPA_SERVER = "sherpa-onnx-online-websocket-server"  # from the PyPI package sherpa-onnx-bin (bench extra)
+
+
+@contextlib.contextmanager
+def sherpa_server(path: Path, threads: int, batch: int) -> Iterator[str | None]:
+    """sherpa-onnx's C++ streaming WebSocket server (the peer, run only here) on ``path``: its T-one
+    loader, 8 kHz in, ``threads`` ORT threads, up to ``batch`` streams per model call. Yields its
+    ws:// URL on loopback, or None when the binary is not installed."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    here = str(Path(sys.executable).parent)
+    exe = shutil.which(SHERPA_SERVER, path=here + os.pathsep + os.environ.get("PATH", ""))
+    if exe is None:
+        print(f"  {SHERPA_SERVER}: not installed (pip install -e '.[bench]'); skipped")
+        yield None
+        return
+    root = Path(tempfile.mkdtemp(prefix="tone-sherpa-live-"))
+    port = _free_port()
+    model, tokens = sherpa_model(path, root)
+    cmd = [exe, f"--t-one-ctc-model={model}", f"--tokens={tokens}", f"--port={port}",
+           f"--input-sample-rate={SAMPLE_RATE}", f"--sample-rate={SAMPLE_RATE}", "--num-work-threads=1",
+           f"--num-threads={threads}", f"--max-batch-size={batch}", "--loop-interval-ms=10"]  # fmt: skip
+    log = (root / "server.log").open("wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError as exc:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = (root / "server.log").read_text(errors="replace")[-500:]
+                    raise RuntimeError(f"{SHERPA_SERVER} did not start: {tail}") from exc
+                time.sleep(0.2)
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _sherpa_streams(ws_url: str, n: int, pieces: int) -> tuple[list[float], list[str]]:
+    """``n`` live streams to sherpa-onnx's server in one event loop, each a 300 ms frame (float32
+    samples, its protocol) every 300 ms. The server sends one result per 300 ms chunk it decodes
+    (the first piece's comes with the second: its model call waits for the next chunk), so a
+    piece's latency is from its sending to the result that follows it, pieces and results paired
+    in order from the second piece on; then "Done" and the final result."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def stream(i: int, start_at: float) -> None:
+        rng = np.random.default_rng(i)
+        sent: list[float] = []
+        try:
+            async with connect(ws_url, open_timeout=60, max_queue=None) as ws:
+
+                async def receive() -> None:
+                    got = 0
+                    while got < pieces - 1:
+                        await asyncio.wait_for(ws.recv(), 60)
+                        latencies.append((time.perf_counter() - sent[got + 1]) * 1000)
+                        got += 1
+
+                receiver = asyncio.create_task(receive())
+                for k in range(pieces):
+                    await asyncio.sleep(max(0.0, start_at + k * CHUNK_SECONDS - time.time()))
+                    audio = (rng.normal(0, 2000, CHUNK_SAMPLES) / 32768.0).astype(np.float32).tobytes()
+                    sent.append(time.perf_counter())
+                    await ws.send(audio)
+                await receiver
+                await ws.send("Done")
+                with contextlib.suppress(Exception):  # the last results, then the server closes
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 10)
+        except Exception as exc:  # a refused or broken connection is an error of the run
+            errors.append(f"{type(exc).__name__}: {exc}"[:200])
+
+    async def main() -> None:
+        start_at = time.time() + 2.0 + n * 0.01
+        await asyncio.gather(*(stream(i, start_at) for i in range(n)))
+
+    asyncio.run(main())
+    return latencies, errors
+
+
 def run_stream_bench(
     path: Path,
     *,
@@ -1092,7 +1190,37 @@ def run_stream_bench(
     over ``/v1/stream``) against a stack on the model: latency from a piece's sending to its
     answer, for rising N."""
     for protocol in protocols:
-        _stream_table(path, protocol, counts, seconds, step_ms)
+        if protocol == "sherpa":
+            _sherpa_table(path, counts, seconds)
+        else:
+            _stream_table(path, protocol, counts, seconds, step_ms)
+
+
+def _sherpa_table(path: Path, counts: list[int], seconds: float) -> None:
+    """The peer at the same N, pace and audio: sherpa-onnx's streaming server on the same model,
+    the whole machine's cores as its ORT threads, up to 64 streams per model call (our live
+    worker's MAX_SESSIONS)."""
+    pieces = int(seconds / CHUNK_SECONDS)
+    threads = os.cpu_count() or 1
+    print(
+        f"\nstreaming to the peer, sherpa-onnx's {SHERPA_SERVER} (C++; {threads} ORT threads, batches "
+        f"of up to 64): N live streams, 300 ms pieces at real-time pace for {seconds:.0f} s each"
+    )
+    print(f"{'N':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    best = 0
+    with sherpa_server(path, threads, 64) as url:
+        if url is None:
+            return
+        for n in counts:
+            latencies, errors = _sherpa_streams(url, n, pieces)
+            if errors or not latencies:
+                print(f"{n:>4} errors: {len(errors)} (first: {errors[0] if errors else 'no results'})")
+                continue
+            p50, p95, p99 = (float(np.percentile(latencies, q)) for q in (50, 95, 99))
+            print(f"{n:>4} {p50:>8.0f} {p95:>8.0f} {p99:>8.0f}")
+            if p95 < 300:
+                best = max(best, n)
+    print(f"  largest N with p95 under 300 ms: {best}")
 
 
 def _stream_table(

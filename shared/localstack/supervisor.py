@@ -467,7 +467,7 @@ def process_plan(
         f"--port={flower_port}",
     ]
     return [
-        Planned("api", [py, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port)], env),
+        Planned("api", [py, "-m", "api", "--host", host, "--port", str(port)], env),
         Planned("worker", [*worker, *log], env),
         Planned("worker-live", [*live, *log], env),
         Planned("events", [*events, *log], env),
