@@ -115,7 +115,7 @@ OpenAPI does not describe WebSockets; these are the three (see the README for ev
   then `{"type": "end"}`. The server sends `{"type": "phrase", ...}` per closed phrase,
   `{"type": "partial", "text", "channel"}` for the open one, `{"type": "final", "phrases", "job_id"?}`
   and closes 1000. Errors: `{"type": "error", "code", "message"}` and a close (1008 auth, 1003 bad
-  config or message, 1011 internal, 4408 idle).
+  config or message, 1011 internal, 1013 try again later: `over_capacity` or `timeout`, 4408 idle).
 - **`/api/ws`** — T-one's demo protocol: `{"event": "ready"}`, raw int16 8 kHz frames, an empty
   message ends; `{"event": "transcript", "phrase"}` per phrase.
 - **`/vosk`** — the Vosk server protocol: `{"config": {"sample_rate"}}`, PCM16 frames, `{"eof": 1}`;

@@ -23,6 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
+from kombu.transport import redis as kombu_redis
 
 from shared.platform.settings import get_settings
 
@@ -79,6 +80,44 @@ def celery_config() -> dict[str, Any]:
         "task_send_sent_event": True,
         "timezone": "UTC",
     }
+
+
+class BrokerTransport(kombu_redis.Transport):
+    """kombu's Redis transport, except that it keeps its connection's parameters once the
+    connection has released it (issue 16, item 5: a Redis restart killed the events worker).
+
+    When a worker loses the broker, Celery (5.7, ``on_connection_error_after_connected``) calls
+    ``connection.collect()`` and then ``connection.close()``. In ``collect()`` the close of the
+    consumer's channel is cut short (finishing its BRPOP read raises a connection error, which is
+    swallowed), and then kombu drops the transport's ``client`` (``_do_close_transport``). The
+    second close goes on with that channel: it restores the unacknowledged messages ("Restoring N
+    unacknowledged message(s)") through a new pool whose parameters come from ``client`` (kombu's
+    ``Channel._connparams``), so ``None.hostname`` raises AttributeError, which is neither a
+    connection nor a channel error: "Unrecoverable error" and the worker exits. Any task in flight
+    (acks_late) leaves such a message, and so does its late ack on the old channel. With the
+    parameters kept, the restore and the acks reach Redis (or fail with a connection error, which
+    Celery handles) and the worker reconnects. Only worker processes use it
+    (``worker.celery_app``): Flower reads the broker's kind from the URL this class would change."""
+
+    _client: Any = None
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    @client.setter
+    def client(self, value: Any) -> None:
+        if value is not None:  # kombu's release sets None; the channels still need the parameters
+            self._client = value
+
+
+BROKER_TRANSPORT = f"{__name__}:{BrokerTransport.__name__}"
+
+
+def worker_transport(broker_url: str) -> str | None:
+    """The ``broker_transport`` of a worker process for ``broker_url``: None (kombu's own, from
+    the URL's scheme) for anything but a plain ``redis://`` URL."""
+    return BROKER_TRANSPORT if broker_url.split("://", 1)[0] == "redis" else None
 
 
 def make_app(include: list[str] | None = None) -> Celery:

@@ -7,9 +7,19 @@ sends webhook attempts that fell due (``tone.webhook_due``) and applies retentio
 
 from __future__ import annotations
 
-from celery import Celery
+from typing import Any
 
-from shared.queue import EVENTS_QUEUE, REQUEUE_TASK, RETENTION_TASK, WEBHOOK_DUE_TASK, make_app
+from celery import Celery
+from celery.signals import celeryd_init
+
+from shared.queue import (
+    EVENTS_QUEUE,
+    REQUEUE_TASK,
+    RETENTION_TASK,
+    WEBHOOK_DUE_TASK,
+    make_app,
+    worker_transport,
+)
 
 TASK_MODULES = ["worker.tasks", "worker.webhooks", "worker.streaming", "worker.retention"]
 
@@ -44,3 +54,18 @@ def make_worker_app() -> Celery:
 
 
 app = make_worker_app()
+
+
+@celeryd_init.connect
+def _worker_transport(conf: Any = None, **_: Any) -> None:
+    """A worker (not beat, Flower or ``celery inspect``) survives a Redis restart with tasks in
+    flight: its broker connections keep their parameters (``shared.queue.BrokerTransport``)."""
+    if conf is None or conf.broker_transport:
+        return
+    transport = worker_transport(str(conf.broker_url or ""))
+    if transport is not None:
+        from kombu.connection import Connection
+
+        conf.broker_transport = transport
+        # its URL still reads redis://... ("Connected to ...", `celery inspect stats`)
+        Connection.resolve_aliases = {**Connection.resolve_aliases, transport: "redis"}

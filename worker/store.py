@@ -229,14 +229,14 @@ class JobStore:
         with session_scope(self.url) as session:
             return [Claimed.from_row(r) for r in session.execute(stmt, execution_options=_NO_SYNC).all()]
 
-    def claim_resumed(self, resume_owner: str) -> list[Claimed]:
-        """Jobs an earlier run of this task held when it hit a transient error: take them back."""
-        stmt = (
-            update(Job)
-            .where(Job.status == "processing", Job.lease_owner == resume_owner)
-            .values(self._claim_values())
-            .returning(*_RETURNING)
-        )
+    def claim_resumed(self, resume_owner: str, skip: str | None = None) -> list[Claimed]:
+        """Jobs an earlier run of this task held when it hit a transient error: take them back,
+        except ``skip`` (the task's own job, which its claim took back already: claiming it twice
+        would count two attempts)."""
+        held = [Job.status == "processing", Job.lease_owner == resume_owner]
+        if skip is not None:
+            held.append(Job.id != skip)
+        stmt = update(Job).where(*held).values(self._claim_values()).returning(*_RETURNING)
         with session_scope(self.url) as session:
             rows = session.execute(stmt, execution_options=_NO_SYNC).all()
         return self._started(rows)

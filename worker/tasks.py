@@ -114,7 +114,7 @@ def run_job(job_id: str, owner: str, resume_owner: str | None = None) -> None:
             first = store.claim(job_id)
         claimed = [first] if first else []
         if resume_owner:
-            claimed += [c for c in store.claim_resumed(resume_owner) if c.id != job_id]
+            claimed += store.claim_resumed(resume_owner, skip=job_id)
         if not claimed:
             log.info("nothing to do: the job is taken, final or gone")
             return

@@ -9,7 +9,8 @@ protocol) and ``/vosk`` (the Vosk server protocol), all over the same Redis sess
 the open phrase (when it changes, and at least once a second while audio flows), and after the end
 ``{"type": "final", "phrases"}``, then closes (1000). Errors: ``{"type": "error", "code",
 "message"}``, then a close: 1008 auth, 1003 bad data, 1011 internal, 1013 try again later (a new
-session refused with ``over_capacity``: the live workers are at capacity), 4408 a stall.
+session refused with ``over_capacity``: the live workers are at capacity; or ``timeout``: no live
+worker answered a piece within ``TONE_STREAM_CHUNK_TIMEOUT_SECONDS``), 4408 a stall.
 
 Backpressure: frames are gathered into pieces of at least PIECE_SECONDS (or what arrived within
 PIECE_SECONDS) and the handler awaits each piece's answer before it reads the next frame, so a
@@ -81,7 +82,7 @@ def close_code_of(exc: CodedError) -> int:
         return CLOSE_POLICY
     if status == 410:
         return CLOSE_GOING_AWAY
-    if status == 503:
+    if status in (503, 504):  # over capacity, a dependency down, no live worker answering in time
         return CLOSE_TRY_AGAIN
     return CLOSE_INTERNAL if status >= 500 else CLOSE_BAD_DATA
 

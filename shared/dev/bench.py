@@ -1107,7 +1107,7 @@ def sherpa_server(path: Path, threads: int, batch: int) -> Iterator[str | None]:
            f"--input-sample-rate={SAMPLE_RATE}", f"--sample-rate={SAMPLE_RATE}", "--num-work-threads=1",
            f"--num-threads={threads}", f"--max-batch-size={batch}", "--loop-interval-ms=10"]  # fmt: skip
     log = (root / "server.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root)  # it writes log.txt
     try:
         deadline = time.monotonic() + 60
         while True:
