@@ -9,6 +9,7 @@ so the session's workers never see the restart."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Proc, serving, start_worker, wait_for
+from tests.conftest import BIN, ROOT, Proc, serving, start_worker, wait_for
 from tests.worker.test_webhook_faults import HangingReceiver
 from tests.worker.test_webhooks import deliveries, make_job
 
@@ -26,38 +27,33 @@ QUEUE = "redis-restart-tests"
 
 
 @pytest.fixture
-def own_redis(servers: dict[str, str]) -> Iterator[tuple[Path, str, int]]:
-    """``(data dir, URL, port)`` of a Redis started for this test; this process sends through it."""
+def own_redis() -> Iterator[tuple[Path, str, int]]:
+    """``(data dir, URL, port)`` of a Redis started for this test."""
     from shared.localstack import servers as stack
-    from shared.platform.settings import get_settings
-    from worker.celery_app import app
 
     root = Path(tempfile.mkdtemp(prefix="tone-redis-restart-"))
     root.chmod(0o755)
-    mp = pytest.MonkeyPatch()
-    old_broker = app.conf.broker_url
     try:
         rd = stack.start_redis(root / "redis")
-        for name, value in (("DATABASE_URL", servers["DATABASE_URL"]), ("REDIS_URL", rd.url)):
-            mp.setenv(name, value)
-        get_settings.cache_clear()
-        app.close()  # drop any pool made for another broker
-        app.conf.broker_url = rd.url
         yield root / "redis", rd.url, rd.port
     finally:
-        app.close()
-        app.conf.broker_url = old_broker
-        mp.undo()
-        get_settings.cache_clear()
         stack.stop(root / "redis")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def send_event(env: dict[str, str], job_id: str) -> None:
+    """``job.completed`` for the job, sent through this test's Redis by a process of its own: this
+    test process's Celery app (shared by every test module) keeps the session's broker (pointing it
+    elsewhere and back left later tests sending to this Redis once it was gone)."""
+    call = f"send({job_id!r}, 'job.completed', queue={QUEUE!r})"
+    code = f"from shared.queue import enqueue_webhook as send; {call}"
+    subprocess.run([str(BIN / "python"), "-c", code], env=env, cwd=ROOT, check=True, timeout=60)
 
 
 def test_the_events_worker_survives_a_redis_restart_with_attempts_in_flight(
     own_redis: tuple[Path, str, int], servers: dict[str, str], platform_env: dict[str, str], logs: Path
 ) -> None:
     from shared.localstack import servers as stack
-    from shared.queue import enqueue_webhook
 
     data_dir, url, port = own_redis
     db = servers["DATABASE_URL"]
@@ -72,7 +68,7 @@ def test_the_events_worker_survives_a_redis_restart_with_attempts_in_flight(
             hooks = [receiver.script(None) for _ in range(2)]  # hang until released, then 200
             jobs = [make_job(db, hook)[0] for hook in hooks]
             for job_id in jobs:
-                enqueue_webhook(job_id, "job.completed", queue=QUEUE)
+                send_event(env, job_id)
             wait_for(lambda: all(receiver.count(h) == 1 for h in hooks), "both attempts in flight", proc, 30)
             stack.stop(data_dir)
             wait_for(
@@ -95,7 +91,7 @@ def test_the_events_worker_survives_a_redis_restart_with_attempts_in_flight(
             # the worker consumes again: an event sent after the restart is delivered
             after = receiver.script(200)
             job_id = make_job(db, after)[0]
-            enqueue_webhook(job_id, "job.completed", queue=QUEUE)
+            send_event(env, job_id)
             wait_for(lambda: len(deliveries(db, job_id)) == 1, "an event after the restart", proc, 60)
             assert [r.success for r in deliveries(db, job_id)] == [True]
             time.sleep(1)
