@@ -41,7 +41,7 @@ from shared.db.session import sessionmaker_for
 from shared.errors import CodedError
 from shared.platform.sessions import Options, SessionError
 from shared.platform.settings import Settings, get_settings
-from shared.text.options import OPTION_NAMES, TextOptionError
+from shared.text.options import OPTION_NAMES
 
 router = APIRouter(tags=["streaming"])
 log = logging.getLogger("api.websocket")
@@ -254,9 +254,8 @@ def _options(raw: dict[str, Any]) -> Options:
             decoder=str(raw.get("decoder", "auto")),
             text=json.dumps(live.live_text_options(raw).to_dict(), ensure_ascii=False),
         )
-    except TextOptionError as exc:
-        raise CloseError(exc.code, exc.message, CLOSE_BAD_DATA) from exc
-    except SessionError as exc:
+    except SessionError as exc:  # the WebSocket protocols' code for a bad config (TextOptionError,
+        # 422 invalid_<option>, goes through as it is: close_code_of gives it 1003)
         raise CloseError("invalid_config", exc.message, CLOSE_BAD_DATA) from exc
     except (ValueError, TypeError) as exc:
         raise CloseError("invalid_config", f"invalid streaming config: {exc}", CLOSE_BAD_DATA) from exc
