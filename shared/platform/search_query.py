@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from shared.db.models import METADATA_TENANT_KEY, TENANT_METADATA_SQL
 from shared.errors import CodedError
 from shared.platform.search import tenant_query
 
@@ -98,6 +99,19 @@ def marks(headline: str) -> tuple[str, list[list[int]], str]:
     return "".join(plain), spans, "".join(out)
 
 
+_JOB_TENANT_METADATA = TENANT_METADATA_SQL.replace("client_metadata", "j.client_metadata").replace(
+    "tenant_id", "j.tenant_id"
+)
+
+
+def _json_scalar(value: str) -> bool:
+    """Whether ``value`` reads as a JSON number, true, false or null (not as a string)."""
+    try:
+        return not isinstance(json.loads(value), (str, list, dict))
+    except ValueError:
+        return False
+
+
 def _matching(tenant_id: uuid.UUID, f: SearchFilter, params: dict[str, Any]) -> str:
     """The matching phrases as SQL CTEs (``m``: the phrase columns and ``rank``); fills ``params``.
 
@@ -130,9 +144,18 @@ def _matching(tenant_id: uuid.UUID, f: SearchFilter, params: dict[str, Any]) -> 
     if f.max_duration is not None:
         clauses.append("j.duration <= :max_duration")
         params["max_duration"] = f.max_duration
-    for n, (key, value) in enumerate(sorted(f.metadata.items())):
-        clauses.append(f"j.client_metadata ->> :mk{n} = :mv{n}")
-        params[f"mk{n}"], params[f"mv{n}"] = key, value
+    if f.metadata:
+        # through the GIN index of the jobs' metadata with their tenant: {"~tenant": id, key: value}
+        # (string values; a value that reads as a number, true, false or null is checked by the
+        # text comparison below alone, which also matches a stored number)
+        contains: dict[str, str] = {METADATA_TENANT_KEY: str(tenant_id)}
+        for n, (key, value) in enumerate(sorted(f.metadata.items())):
+            clauses.append(f"j.client_metadata ->> :mk{n} = :mv{n}")
+            params[f"mk{n}"], params[f"mv{n}"] = key, value
+            if key != METADATA_TENANT_KEY and not _json_scalar(value):
+                contains[key] = value
+        clauses.append(f"{_JOB_TENANT_METADATA} @> CAST(:contains AS jsonb)")
+        params["contains"] = json.dumps(contains, ensure_ascii=False)
     if f.flags:
         names = []
         for n, rule in enumerate(f.flags):

@@ -29,7 +29,8 @@ from tests.worker.test_webhooks import Receiver
 CALLS = {
     "a.wav": (["здравствуйте чем могу помочь", "ваш договор готов"], ["я хочу расторгнуть договора"], 5.0,
               {"agent": "Иванов", "region": "север"}),
-    "b.wav": (["добрый день"], ["спасибо за договором"], 1.5, {"agent": "Петров", "region": "север"}),
+    "b.wav": (["добрый день"], ["спасибо за договором"], 1.5,
+              {"agent": "Петров", "region": "север", "queue": 3}),
     "c.wav": (["алло"], ["ничего не нужно"], 4.0, {"agent": "Иванов", "region": "юг"}),
 }  # fmt: skip
 
@@ -139,6 +140,9 @@ def test_phrases_exclusions_channels_and_metadata_filter(
     both = {"q": "договор", "metadata.agent": "Иванов", "metadata.region": "север"}
     assert names(search(api, key, **both).json()) == [("a.wav", 0), ("a.wav", 1)]
     assert names(search(api, key, **{"q": "договор", "metadata.agent": "Сидоров"}).json()) == []
+    # a number in the metadata matches its written value (the text comparison, beside the index's @>)
+    assert names(search(api, key, **{"q": "договор", "metadata.queue": "3"}).json()) == [("b.wav", 1)]
+    assert names(search(api, key, **{"q": "договор", "metadata.queue": "4"}).json()) == []
     assert names(search(api, key, q="договор", min_duration=100).json()) == []
     assert names(search(api, key, q="договор", status="failed").json()) == []
     assert names(search(api, key, q="здравствуйте or алло").json()) == [("a.wav", 0), ("c.wav", 0)]
