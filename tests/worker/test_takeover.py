@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from shared.db.models import Job
-from tests.conftest import Proc, start_beat, start_worker, wait_for
-from tests.worker.test_webhooks import platform  # noqa: F401 (fixture: this process's broker)
-from tests.worker.test_worker import job_row, new_job, send, transcripts, write_long
+from tests.conftest import BIN, ROOT, Proc, start_beat, start_worker, wait_for
+from tests.worker.test_worker import job_row, new_job, transcripts, write_long
 
 QUEUE = "takeover-tests"
 JOBS = 16
@@ -29,9 +29,24 @@ def db(servers: dict[str, str]) -> str:
     return servers["DATABASE_URL"]
 
 
+def own_broker(redis_url: str) -> str:
+    """The session's Redis, another database: this test's queues (its "events" queue above all,
+    which beat's sweeps go to) have no reader but this test's processes (the session's workers
+    read "events" too, and a sweep one of them held back once stalled the takeover for 30 s)."""
+    base, _, number = redis_url.rpartition("/")
+    return f"{base}/{int(number or 0) + 7}"
+
+
+def send_all(env: dict[str, str], ids: list[str]) -> None:
+    """The jobs' messages, sent on this test's broker by a process of its own (this process's
+    Celery app, shared by every test module, keeps the session's broker)."""
+    loop = f"for j in {ids!r}: send(j, queue={QUEUE!r}, priority=5)"
+    code = f"from shared.queue import enqueue_transcription as send\n{loop}"
+    subprocess.run([str(BIN / "python"), "-c", code], env=env, cwd=ROOT, check=True, timeout=60)
+
+
 def test_a_killed_workers_batch_of_16_resumes_on_another_worker_within_20_s(
     db: str,
-    platform: str,  # noqa: F811
     platform_env: dict[str, str],
     logs: Path,
     tmp_path: Path,
@@ -39,6 +54,7 @@ def test_a_killed_workers_batch_of_16_resumes_on_another_worker_within_20_s(
     from shared.queue import EVENTS_QUEUE
 
     env = {**platform_env, "TONE_JOB_LEASE_SECONDS": "300", "TONE_WORKER_BATCH": str(JOBS)}
+    env["REDIS_URL"] = own_broker(env["REDIS_URL"])
     audio = write_long(tmp_path / "long.wav", 60)  # still running when the survivor is up
     survivor: Proc | None = None
     doomed: Proc | None = None
@@ -56,8 +72,7 @@ def test_a_killed_workers_batch_of_16_resumes_on_another_worker_within_20_s(
         wait_for(lambda: bool(sweeps()), "beat's first sweep run", beat, 60)
         doomed = start_worker(env, logs, name="takeover-doomed", queues=QUEUE)
         ids = [new_job(db, audio, queue=QUEUE) for _ in range(JOBS)]
-        for job_id in ids:
-            send(job_id, QUEUE)
+        send_all(env, ids)
 
         def all_running() -> bool:
             rows = [job_row(db, j) for j in ids]
