@@ -1089,10 +1089,11 @@ def sherpa_server(path: Path, threads: int, batch: int) -> Iterator[str | None]:
     loader, 8 kHz in, ``threads`` ORT threads, up to ``batch`` streams per model call. Yields its
     ws:// URL on loopback, or None when the binary is not installed."""
     import shutil
-    import socket
     import subprocess
     import sys
     import tempfile
+
+    from shared.localstack.servers import wait_ready
 
     here = str(Path(sys.executable).parent)
     exe = shutil.which(SHERPA_SERVER, path=here + os.pathsep + os.environ.get("PATH", ""))
@@ -1109,16 +1110,7 @@ def sherpa_server(path: Path, threads: int, batch: int) -> Iterator[str | None]:
     log = (root / "server.log").open("wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root)  # it writes log.txt
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError as exc:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    tail = (root / "server.log").read_text(errors="replace")[-500:]
-                    raise RuntimeError(f"{SHERPA_SERVER} did not start: {tail}") from exc
-                time.sleep(0.2)
+        wait_ready("127.0.0.1", port, timeout=60, name=SHERPA_SERVER, log=root / "server.log", pid=proc.pid)
         yield f"ws://127.0.0.1:{port}"
     finally:
         proc.terminate()
