@@ -4,7 +4,7 @@ Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-06 02:10:00.000000+00:00
 
-``GET /v1/search?metadata.k=v`` filters with ``@>`` on the expression ``TENANT_METADATA_SQL`` of
+``GET /v1/search?metadata.k=v`` filters with ``@>`` on the expression ``tenant_metadata_sql()`` of
 ``shared.db.models`` (the metadata plus a "~tenant" key), so the tenant is in the index condition
 and no other tenant's job row is read (before: a scan of every job). The expression is written out
 here as it was when this revision was made.

@@ -34,12 +34,19 @@ from shared.platform.statuses import BATCH_STATUSES, FINAL_STATUSES, JOB_STATUSE
 
 # A job's metadata with its tenant as one more key, for the GIN index search's metadata filters use
 # (``@>`` of {"~tenant": id, key: value}): the tenant is in the index condition, so a filter never
-# reads another tenant's job rows. Written once here; the search query repeats it through this name.
+# reads another tenant's job rows. Written once here, for the index and for the search query.
 METADATA_TENANT_KEY = "~tenant"
-TENANT_METADATA_SQL = (  # as PostgreSQL writes it back (so Alembic sees the index unchanged)
-    "(COALESCE(client_metadata, '{}'::jsonb) || "
-    f"((('{{\"{METADATA_TENANT_KEY}\": \"'::text || tenant_id::text) || '\"}}'::text)::jsonb))"
-)
+
+
+def tenant_metadata_sql(table: str = "") -> str:
+    """The expression over the jobs table (``table``: its alias in a query, e.g. "j"), as
+    PostgreSQL writes it back (so Alembic sees the index unchanged)."""
+    col = f"{table}." if table else ""
+    return (
+        f"(COALESCE({col}client_metadata, '{{}}'::jsonb) || "
+        f"((('{{\"{METADATA_TENANT_KEY}\": \"'::text || {col}tenant_id::text) || '\"}}'::text)::jsonb))"
+    )
+
 
 __all__ = ["BATCH_STATUSES", "FINAL_STATUSES", "JOB_STATUSES"]
 
@@ -126,10 +133,10 @@ class Job(Base):
         Index("ix_jobs_status_created", "status", "created_at"),
         # a batch's jobs, and "is any of them still open?" without visiting the finished ones
         Index("ix_jobs_batch_status", "batch_id", "status"),
-        # search's metadata filters, within the tenant (TENANT_METADATA_SQL)
+        # search's metadata filters, within the tenant (tenant_metadata_sql)
         Index(
             "ix_jobs_tenant_metadata",
-            literal_column(TENANT_METADATA_SQL).label("tenant_metadata"),
+            literal_column(tenant_metadata_sql()).label("tenant_metadata"),
             postgresql_using="gin",
             postgresql_ops={"tenant_metadata": "jsonb_path_ops"},
         ),

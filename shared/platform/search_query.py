@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared.db.models import METADATA_TENANT_KEY, TENANT_METADATA_SQL
+from shared.db.models import METADATA_TENANT_KEY, tenant_metadata_sql
 from shared.errors import CodedError
 from shared.platform.search import tenant_query
 
@@ -99,11 +99,6 @@ def marks(headline: str) -> tuple[str, list[list[int]], str]:
     return "".join(plain), spans, "".join(out)
 
 
-_JOB_TENANT_METADATA = TENANT_METADATA_SQL.replace("client_metadata", "j.client_metadata").replace(
-    "tenant_id", "j.tenant_id"
-)
-
-
 def _json_scalar(value: str) -> bool:
     """Whether ``value`` reads as a JSON number, true, false or null (not as a string)."""
     try:
@@ -154,7 +149,7 @@ def _matching(tenant_id: uuid.UUID, f: SearchFilter, params: dict[str, Any]) -> 
             params[f"mk{n}"], params[f"mv{n}"] = key, value
             if key != METADATA_TENANT_KEY and not _json_scalar(value):
                 contains[key] = value
-        clauses.append(f"{_JOB_TENANT_METADATA} @> CAST(:contains AS jsonb)")
+        clauses.append(f"{tenant_metadata_sql('j')} @> CAST(:contains AS jsonb)")
         params["contains"] = json.dumps(contains, ensure_ascii=False)
     if f.flags:
         names = []
