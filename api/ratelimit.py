@@ -35,7 +35,14 @@ def _count(client: redis.Redis, counter: str) -> tuple[int, int]:
 
 
 def _seconds_left(ttl_ms: int | None) -> int:
-    return max(1, math.ceil((ttl_ms or 0) / 1000)) if ttl_ms and ttl_ms > 0 else WINDOW_SECONDS
+    """Whole seconds until the window ends (a missing or expiry-less counter: a whole window)."""
+    return math.ceil(ttl_ms / 1000) if ttl_ms and ttl_ms > 0 else WINDOW_SECONDS
+
+
+def _refused(message: str, retry_after: int) -> ApiError:
+    return ApiError(
+        429, "rate_limited", f"{message}; retry in {retry_after} s", headers={"Retry-After": str(retry_after)}
+    )
 
 
 def check_rate(client: redis.Redis, key: str, limit: int) -> None:
@@ -48,12 +55,7 @@ def check_rate(client: redis.Redis, key: str, limit: int) -> None:
         log.warning("rate limit not counted (Redis: %s)", exc)
         return
     if count > limit:
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"more than {limit} requests per minute for this key; retry in {retry_after} s",
-            headers={"Retry-After": str(retry_after)},
-        )
+        raise _refused(f"more than {limit} requests per minute for this key", retry_after)
 
 
 def _auth_counter(address: str) -> str:
@@ -74,13 +76,8 @@ def check_auth_failures(client: redis.Redis, address: str, limit: int) -> None:
         log.warning("failed authentications not checked (Redis: %s)", exc)
         return
     if int(failures or 0) >= limit:
-        retry_after = _seconds_left(ttl_ms)
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"{limit} failed authentications within a minute from this address; retry in {retry_after} s",
-            headers={"Retry-After": str(retry_after)},
-        )
+        message = f"{limit} failed authentications within a minute from this address"
+        raise _refused(message, _seconds_left(ttl_ms))
 
 
 def count_auth_failure(client: redis.Redis, address: str) -> None:
