@@ -23,6 +23,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 KIT_AUDIO = ROOT.parent / "shared" / "audio"
 CACHE = Path(os.environ.get("TONE_TEST_CACHE", ROOT / ".cache" / "test-models"))
+# the test process never reads this checkout's own `tone-platform up` stack (its .data/env names
+# servers that `make run` started, which a test would otherwise connect to)
+os.environ["TONE_DATA_DIR"] = tempfile.mkdtemp(prefix="tone-test-data-")
 
 
 @pytest.fixture(scope="session")

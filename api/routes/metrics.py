@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import SettingsDep, redis_for
 from api.errors import ApiError
+from api.services import live
 from shared.platform import metrics as platform_metrics
 from shared.platform.settings import Settings, get_settings
 from shared.queue import EVENTS_QUEUE, QUEUES, live_queue
@@ -143,4 +144,5 @@ def _allowed(request: Request, settings: Settings) -> None:
 )
 def metrics(request: Request, settings: SettingsDep) -> Any:
     _allowed(request, settings)
+    live.flush_piece_metrics(redis_for(settings.redis_url))  # this process's tally, before reading
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

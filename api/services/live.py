@@ -1,9 +1,11 @@
 """Live sessions from the API's side, shared by the HTTP calls (``api.routes.streaming``) and the
 WebSocket protocols (``api.routes.websocket``): one decoding path for both.
 
-The API checks a call against the session (``shared.platform.sessions``), stores the audio, queues the work
-for ``tone.stream`` on a worker and waits for the answer with BLPOP on the event loop. Refusals are
-``SessionError`` (status, code, message); each protocol turns them into its own error shape.
+The API checks a call against the session (``shared.platform.sessions``), stores the audio and
+queues the work for ``tone.stream`` on a worker in one Lua call, and waits for the answer: the
+workers push the answers for this process's pieces onto its inbox, which one task of the event
+loop reads and hands to the waiting pieces (``Inbox``). Refusals are ``SessionError`` (status,
+code, message); each protocol turns them into its own error shape.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
+import os
+import secrets
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -24,7 +30,15 @@ import redis.asyncio as aioredis
 from starlette.concurrency import run_in_threadpool
 
 from shared.platform import metrics
-from shared.platform.sessions import Accepted, AsyncSessionStore, Options, SessionError, SessionStore
+from shared.platform.sessions import (
+    AsyncSessionStore,
+    Options,
+    SessionError,
+    SessionStore,
+    finished,
+    inbox_key,
+    waiting_member,
+)
 from shared.platform.settings import Settings
 from shared.queue import enqueue_stream
 from shared.text.options import TextOptionError, TextOptions, parse_text_options
@@ -65,16 +79,12 @@ def session_store(client: redis.Redis) -> SessionStore:
     return SessionStore(client)
 
 
-WAITING_CONNECTIONS = 4096  # pieces waiting for their answers at once (one connection each)
-
-
 @lru_cache
 def async_redis(url: str) -> aioredis.Redis:
-    """The event loop's client for the answers' BLPOP. No socket timeout: a BLPOP's own timeout
-    bounds each read (redis-py's default of 5 s would cut a 5 s BLPOP short and answer 500); the
-    wait below adds its own margin in case Redis itself stops answering."""
+    """The event loop's client for the inbox's BLPOP and the metrics. No socket timeout: a BLPOP's
+    own timeout bounds each read (redis-py's default of 5 s would cut a 5 s BLPOP short)."""
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=WAITING_CONNECTIONS, timeout=None, socket_connect_timeout=2, socket_timeout=None
+        url, max_connections=64, timeout=None, socket_connect_timeout=2, socket_timeout=None
     )
     return aioredis.Redis(connection_pool=pool)
 
@@ -93,7 +103,79 @@ def async_store(url: str) -> AsyncSessionStore:
     return AsyncSessionStore(aioredis.Redis(connection_pool=pool))
 
 
-BLPOP_MARGIN = 2.0  # seconds past a BLPOP's timeout before its read is given up
+log = logging.getLogger("tone.api.live")
+INBOX_WAIT = 1.0  # seconds one BLPOP of the inbox waits (then the loop also flushes the metrics)
+METRICS_EVERY = 1.0  # seconds between two writes of this process's piece latencies to Redis
+PIECE_LATENCY = metrics.Tally()  # this process's live piece latencies, not yet in Redis
+
+
+class Inbox:
+    """This API process's answers from the live workers: every piece it queues names the inbox, the
+    workers RPUSH the answers of a round together, and one task of the event loop BLPOPs them and
+    resolves each waiting piece's future (``to``: its session and nonce). An answer nobody waits for
+    any more (the piece gave up: 504, or its client went away) is dropped. While Redis is away the
+    task retries every second; the pieces meanwhile wait and queue themselves again as always."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.key = inbox_key(self.name)
+        self.waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def expect(self, member: str) -> asyncio.Future[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        if self.task is None or self.task.done() or self.task.get_loop() is not loop:
+            self.task = loop.create_task(self._run(), name="tone-live-inbox")
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.waiting[member] = future
+        return future
+
+    def forget(self, member: str) -> None:
+        self.waiting.pop(member, None)
+
+    async def _run(self) -> None:
+        client = async_redis(self.url)
+        while True:
+            try:
+                got = await client.blpop([self.key], timeout=INBOX_WAIT)
+                if got is not None:
+                    batch = [got[1], *(await client.lpop(self.key, 1000) or [])]
+                    for raw in batch:
+                        self._deliver(raw)
+                if PIECE_LATENCY.due(METRICS_EVERY):
+                    await PIECE_LATENCY.drain(metrics.Recorder(client)).flush_async()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away: the pieces requeue themselves meanwhile
+                log.warning("live inbox %s: %s", self.key, exc)
+                await asyncio.sleep(1.0)
+
+    def _deliver(self, raw: bytes) -> None:
+        try:
+            message = json.loads(raw)
+            future = self.waiting.pop(str(message.pop("to")), None)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("live inbox %s: an unreadable answer was dropped", self.key)
+            return
+        if future is not None and not future.done():
+            future.set_result(message)
+
+
+_inboxes: dict[tuple[int, str], Inbox] = {}
+
+
+def inbox_for(url: str) -> Inbox:
+    """This process's inbox (after a fork, a new one)."""
+    key = (os.getpid(), url)
+    if key not in _inboxes:
+        _inboxes[key] = Inbox(url)
+    return _inboxes[key]
+
+
+def flush_piece_metrics(client: redis.Redis) -> None:
+    """Write the piece latencies this process tallied (``/metrics`` does, before it reads them)."""
+    PIECE_LATENCY.drain(metrics.Recorder(client)).flush()
 
 
 def reply_body(reply: dict[str, Any]) -> dict[str, Any]:
@@ -126,63 +208,84 @@ async def create(
     return await run_in_threadpool(store.create, tenant, options, ttl, job, sid)
 
 
-async def accept(settings: Settings, sid: str, tenant: str, kind: str, seq: int | None) -> Accepted:
-    return await async_store(settings.redis_url).accept(sid, tenant, kind, seq)
-
-
 async def through_worker(
-    store: SessionStore, settings: Settings, sid: str, seq: int, kind: str, audio: bytes | None
+    store: SessionStore,
+    settings: Settings,
+    sid: str,
+    tenant: str,
+    kind: str,
+    audio: bytes | None,
+    seq: int | None = None,
 ) -> dict[str, Any]:
-    """Queue the work item (and its audio), wake a worker, and wait for the answer's body."""
-
-    async def enqueue() -> str:
+    """Accept the call and queue its work item (and audio) in one Lua call, wake a worker if none
+    is draining the queue, and wait for the answer's body; a retry of an answered piece gets the
+    stored answer."""
+    queue = settings.worker_queue
+    inbox = inbox_for(settings.redis_url)
+    nonce = secrets.token_hex(8)
+    member = waiting_member(sid, nonce)
+    answer = inbox.expect(member)  # before the item exists: its answer cannot come first
+    arrived = time.monotonic()
+    queued = False
+    try:
         # the journal outlives any session (whose TTL is at most stream_ttl_seconds) and any wait
         keep = max(settings.stream_ttl_seconds, int(settings.stream_chunk_timeout_seconds) + 60)
-        key, awake = await async_store(settings.redis_url).submit(
-            settings.worker_queue, sid, seq, kind, audio, keep
+        accepted, awake = await async_store(settings.redis_url).piece(
+            queue, sid, tenant, kind, seq, audio, nonce, inbox.name, keep
         )
-        if not awake:  # no worker is draining the queue: wake one (else no Celery message per piece)
-            await run_in_threadpool(enqueue_stream, settings.worker_queue)
-        return key
-
-    def requeue() -> dict[str, Any] | None:
-        """No answer yet: the stored answer if the session advanced past ``seq`` (its worker died
-        before replying), else the same item queued again (its worker may have died holding it)."""
-        next_seq = store.next_seq(sid)
-        if next_seq is not None and next_seq > seq:
-            stored = store.stored_final(sid) if kind == "finalize" else store.stored_answer(sid, seq)
+        if accepted.action == "done":  # a retry of an applied chunk: its stored answer
+            stored = await run_in_threadpool(store.stored_answer, sid, accepted.seq)
+            if stored is None:
+                raise SessionError(409, "sequence_stale", f"chunk seq {accepted.seq} was applied long ago")
+            return reply_body(stored)
+        if accepted.action == "final":
+            stored = await run_in_threadpool(store.stored_final, sid)
             if stored is not None:
-                return stored
-        store.enqueue(settings.worker_queue, sid, seq, kind, nonce=key.rsplit(":", 1)[1])
-        enqueue_stream(settings.worker_queue)
-        return None
+                return reply_body(stored)
+            raise finished(sid)
+        queued = True
+        if not awake:  # no worker is draining the queue: wake one (else no Celery message per piece)
+            await run_in_threadpool(enqueue_stream, queue)
 
-    arrived = time.monotonic()
-    key = await enqueue()
-    try:
-        return await _answer(settings, key, requeue)
+        def requeue() -> dict[str, Any] | None:
+            """No answer yet: the stored answer if the session advanced past the piece (its worker
+            died before replying), else the same item queued again (its worker may have died
+            holding it)."""
+            next_seq = store.next_seq(sid)
+            if next_seq is not None and next_seq > accepted.seq:
+                seq_ = accepted.seq
+                stored = store.stored_final(sid) if kind == "finalize" else store.stored_answer(sid, seq_)
+                if stored is not None:
+                    return stored
+            store.enqueue(queue, sid, accepted.seq, kind, nonce, inbox.name)
+            enqueue_stream(queue)
+            return None
+
+        return await _answer(settings, answer, requeue)
     except BaseException:  # 504, or the client went away: admission no longer counts it as waiting
-        with contextlib.suppress(Exception):
-            await async_store(settings.redis_url).given_up(settings.worker_queue, sid, key.rsplit(":", 1)[1])
+        if queued:
+            with contextlib.suppress(Exception):
+                await async_store(settings.redis_url).given_up(queue, sid, nonce)
         raise
     finally:
-        if kind == "chunk":  # on the event loop's pooled client: no thread hop, no new connection
-            piece = metrics.Recorder(async_redis(settings.redis_url))
-            await piece.observe("tone_live_piece_latency_seconds", time.monotonic() - arrived).flush_async()
+        inbox.forget(member)
+        if queued and kind == "chunk":
+            PIECE_LATENCY.observe("tone_live_piece_latency_seconds", time.monotonic() - arrived)
 
 
 async def _answer(
-    settings: Settings, key: str, requeue: Callable[[], dict[str, Any] | None]
+    settings: Settings, answer: asyncio.Future[dict[str, Any]], requeue: Callable[[], dict[str, Any] | None]
 ) -> dict[str, Any]:
-    """Wait for the worker's reply on ``key``, queueing the item again every requeue interval."""
+    """Wait for the worker's answer, queueing the item again every requeue interval."""
     timeout = settings.stream_chunk_timeout_seconds
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
         wait = min(left, settings.stream_requeue_seconds)
-        got = await _blpop(settings.redis_url, key, max(wait, 0.01))
-        if got is not None:
-            return reply_body(json.loads(got))
+        try:
+            return reply_body(await asyncio.wait_for(asyncio.shield(answer), max(wait, 0.01)))
+        except asyncio.TimeoutError:
+            pass
         if left <= wait:
             message = f"no worker answered within {timeout:g} s; send the chunk again (same seq)"
             raise SessionError(504, "timeout", message)
@@ -191,38 +294,17 @@ async def _answer(
             return reply_body(stored)
 
 
-async def _blpop(url: str, key: str, timeout: float) -> bytes | None:
-    """The answer from the reply list, or None when none came within ``timeout`` (or Redis did
-    not answer the read in time: the caller then queues the piece again, as for a silent worker)."""
-    try:
-        got = await asyncio.wait_for(async_redis(url).blpop([key], timeout=timeout), timeout + BLPOP_MARGIN)
-    except (asyncio.TimeoutError, redis.TimeoutError):
-        return None
-    return None if got is None else cast("bytes", got[1])
-
-
 async def send_chunk(
     store: SessionStore, settings: Settings, sid: str, tenant: str, audio: bytes, seq: int | None = None
 ) -> dict[str, Any]:
     """Apply a piece of audio to the session (a retried ``seq`` gets its first answer); the answer's
     body: ``phrases`` completed by it, ``seq``, ``partial`` (the open phrase's text)."""
-    accepted = await accept(settings, sid, tenant, "chunk", seq)
-    if accepted.action == "done":
-        stored = await run_in_threadpool(store.stored_answer, sid, accepted.seq)
-        if stored is None:
-            raise SessionError(409, "sequence_stale", f"chunk seq {accepted.seq} was applied long ago")
-        return reply_body(stored)
-    return await through_worker(store, settings, sid, accepted.seq, "chunk", audio)
+    return await through_worker(store, settings, sid, tenant, "chunk", audio, seq)
 
 
 async def finalize(store: SessionStore, settings: Settings, sid: str, tenant: str) -> dict[str, Any]:
     """End the session; the answer's body holds every phrase of it (the same when called again)."""
-    accepted = await accept(settings, sid, tenant, "finalize", None)
-    if accepted.action == "final":
-        stored = await run_in_threadpool(store.stored_final, sid)
-        if stored is not None:
-            return reply_body(stored)
-    return await through_worker(store, settings, sid, accepted.seq, "finalize", None)
+    return await through_worker(store, settings, sid, tenant, "finalize", None)
 
 
 def store_job(settings: Settings, tenant_id: uuid.UUID, options: Options, duration: float,

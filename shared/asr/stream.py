@@ -85,9 +85,11 @@ class StreamState:
             return view if view is not None else slot[0].download([slot[1]])[0]
         return self._model
 
-    def _set_host_state(self, value: npt.NDArray[np.float16]) -> None:
+    def _set_host_state(self, value: npt.NDArray[np.float16], bank_owned: bool = False) -> None:
         self._model: npt.NDArray[np.float16] = value
         self._slot: tuple[Any, int] | None = None  # (StateBank, row) while the row lives there
+        # a StateBank gave this array and nothing else holds it: the bank may write a row into it
+        self._bank_owned = bank_owned
 
     @property
     def seconds_in(self) -> float:
@@ -95,14 +97,15 @@ class StreamState:
 
     def to_bytes(self) -> bytes:
         flags = (_FINISHED if self.finished else 0) | (_BEAM if self.decoder == "beam" else 0)
+        state = self._host_state()  # read in place: the array stays the bank's to reuse
         header = _HEADER.pack(
             MAGIC, VERSION, flags, self.channel, 0, self.seq, self.samples_in, self.chunks, self.offset,
-            len(self.model_state), len(self.pending), len(self.buffer), self.buffer.shape[1],
+            len(state), len(self.pending), len(self.buffer), self.buffer.shape[1],
         )  # fmt: skip
         # one copy of the ~430 KiB: the arrays' memory is read in place for the checksum and the join
         parts: list[bytes | memoryview] = [
             header,
-            _raw(self.model_state, "<f2"),
+            _raw(state, "<f2"),
             _raw(self.pending, "<i2"),
             _raw(self.buffer, "<f4"),
         ]
@@ -155,6 +158,7 @@ def _get_model_state(self: StreamState) -> npt.NDArray[np.float16]:
     the next step); on a device, reading it brings the row home (a host array from then on)."""
     slot: Any = self._slot
     if slot is None:
+        self._bank_owned = False  # the array escapes: a bank must not write into it any more
         return self._model
     view = slot[0].host_view(slot[1])
     if view is not None:
@@ -166,6 +170,7 @@ def _get_model_state(self: StreamState) -> npt.NDArray[np.float16]:
 def _set_model_state(self: StreamState, value: npt.NDArray[np.float16]) -> None:
     self._model = value
     self._slot = None
+    self._bank_owned = False
 
 
 StreamState.model_state = property(_get_model_state, _set_model_state)  # type: ignore[assignment]

@@ -897,6 +897,9 @@ def _down_from(data_dir: Path, doc: dict[str, Any], *, quiet: bool = False) -> l
     if errors:
         raise UpError("; ".join(errors))
     (data_dir / UP_FILE).unlink(missing_ok=True)
+    # it named the servers just stopped: left behind, `keys`, a hand-run `celery -A worker...` and a
+    # test run in this checkout would all take its dead DATABASE_URL and REDIS_URL
+    (data_dir / ENV_FILE).unlink(missing_ok=True)
     if not quiet and stopped:
         _say(f"stopped: {', '.join(stopped)}")
     return stopped

@@ -48,8 +48,14 @@ kept one ``state`` field, which a worker still reads as ``state:0``)::
                                      the applied ones since the checkpoint (b"" for a refused one),
                                      so that a worker without the states replays them exactly from
                                      the checkpoint; a checkpoint drops the entries before it
-    tone:stream:<id>:reply:<nonce>   a list; the worker RPUSHes the answer, the API BLPOPs it
-    tone:stream:pending:<queue>      a list of JSON work items {"id", "seq", "kind", "reply", "t"};
+    tone:stream:inbox:<api>          a list per API process: the workers RPUSH the answers to the
+                                     pieces it queued, each JSON {"to": "<id>:<nonce>", "status",
+                                     "body" | "error"}; one task of that process reads them all and
+                                     hands each to its waiting piece (one BLPOP per batch of answers,
+                                     not one per piece)
+    tone:stream:<id>:reply:<nonce>   a list: the answer to an item queued without an inbox
+    tone:stream:pending:<queue>      a list of JSON work items {"id", "seq", "kind", "reply",
+                                     "inbox", "t"};
                                      the API queues an unanswered item again after
                                      ``stream_requeue_seconds`` (a worker may have died holding it):
                                      at-least-once, made idempotent by the seq check under the lock
@@ -135,6 +141,10 @@ def awake_key(queue: str) -> str:
 
 def reply_key(sid: str, nonce: str) -> str:
     return f"{PREFIX}{sid}:reply:{nonce}"
+
+
+def inbox_key(inbox: str) -> str:
+    return f"{PREFIX}inbox:{inbox}"
 
 
 def pending_key(queue: str) -> str:
@@ -235,18 +245,26 @@ class Item:
     id: str
     seq: int
     kind: str  # "chunk" or "finalize"
-    reply: str  # nonce of the reply list
+    reply: str  # the piece's nonce
     t: float  # when it was queued
+    inbox: str = ""  # the waiting API process's inbox ("": the per-piece reply list)
 
     def to_json(self) -> str:
         return json.dumps(
-            {"id": self.id, "seq": self.seq, "kind": self.kind, "reply": self.reply, "t": self.t}
-        )
+            {"id": self.id, "seq": self.seq, "kind": self.kind, "reply": self.reply, "inbox": self.inbox,
+             "t": self.t}
+        )  # fmt: skip
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Item:
         d = json.loads(text)
-        return cls(str(d["id"]), int(d["seq"]), str(d["kind"]), str(d["reply"]), float(d["t"]))
+        inbox = str(d.get("inbox", ""))
+        return cls(str(d["id"]), int(d["seq"]), str(d["kind"]), str(d["reply"]), float(d["t"]), inbox)
+
+    @property
+    def member(self) -> str:
+        """The piece in the waiting set, and the ``to`` of its answer in an inbox."""
+        return waiting_member(self.id, self.reply)
 
 
 # KEYS: open, lag, waiting. ARGV: now, active_seconds, max_sessions, max_lag, sid, waiting_horizon
@@ -268,41 +286,67 @@ redis.call('ZADD', KEYS[1], now, ARGV[5])
 return {'ok', tostring(n + 1)}
 """
 
-# KEYS: session, known. ARGV: tenant, seq ("" = arrival order), kind, now, known_seconds
-_ACCEPT = """
-local h = KEYS[1]
-if redis.call('EXISTS', h) == 0 then
-  local owner = redis.call('GET', KEYS[2])
-  if (not owner) or owner ~= ARGV[1] then return {'not_found', 0} end
-  return {'expired', 0}
-end
-if redis.call('HGET', h, 'tenant') ~= ARGV[1] then return {'not_found', 0} end
-local nxt = tonumber(redis.call('HGET', h, 'next_seq'))
-local acc = tonumber(redis.call('HGET', h, 'accepted'))
-local closing = redis.call('HGET', h, 'closing')
-local ttl = tonumber(redis.call('HGET', h, 'ttl'))
-redis.call('EXPIRE', h, ttl)
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
-redis.call('HSET', h, 'updated', ARGV[4])
-if ARGV[3] == 'finalize' then
-  if closing then
-    if redis.call('HGET', h, 'finished') then return {'final', tonumber(closing)} end
-    return {'queued', tonumber(closing)}
+# The sequence rules (see above) for a chunk or finalize call, as a Lua function of the piece
+# script below. KEYS: session, known. ARGV: tenant, seq ("" = arrival order), kind, now,
+# known_seconds. Returns {action, seq} ({'gap', seq, accepted}; an error's name as action).
+_ACCEPT_FUNCTION = """
+local function accept()
+  local h = KEYS[1]
+  if redis.call('EXISTS', h) == 0 then
+    local owner = redis.call('GET', KEYS[2])
+    if (not owner) or owner ~= ARGV[1] then return {'not_found', 0} end
+    return {'expired', 0}
   end
-  redis.call('HSET', h, 'closing', acc, 'accepted', acc + 1)
-  return {'new', acc}
+  if redis.call('HGET', h, 'tenant') ~= ARGV[1] then return {'not_found', 0} end
+  local nxt = tonumber(redis.call('HGET', h, 'next_seq'))
+  local acc = tonumber(redis.call('HGET', h, 'accepted'))
+  local closing = redis.call('HGET', h, 'closing')
+  local ttl = tonumber(redis.call('HGET', h, 'ttl'))
+  redis.call('EXPIRE', h, ttl)
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+  redis.call('HSET', h, 'updated', ARGV[4])
+  if ARGV[3] == 'finalize' then
+    if closing then
+      if redis.call('HGET', h, 'finished') then return {'final', tonumber(closing)} end
+      return {'queued', tonumber(closing)}
+    end
+    redis.call('HSET', h, 'closing', acc, 'accepted', acc + 1)
+    return {'new', acc}
+  end
+  local seq = acc
+  if ARGV[2] ~= '' then seq = tonumber(ARGV[2]) end
+  if closing and seq >= tonumber(closing) then return {'finished', seq} end
+  if seq < nxt then return {'done', seq} end
+  if seq < acc then return {'queued', seq} end
+  if seq == acc then
+    redis.call('HSET', h, 'accepted', acc + 1)
+    return {'new', seq}
+  end
+  return {'gap', seq, acc}
 end
-local seq = acc
-if ARGV[2] ~= '' then seq = tonumber(ARGV[2]) end
-if closing and seq >= tonumber(closing) then return {'finished', seq} end
-if seq < nxt then return {'done', seq} end
-if seq < acc then return {'queued', seq} end
-if seq == acc then
-  redis.call('HSET', h, 'accepted', acc + 1)
-  return {'new', seq}
-end
-return {'gap', seq, acc}
 """
+
+# A piece in one call: ``accept`` it and, when it is work to do (new, or a retry still queued),
+# journal its audio, count it as waiting and queue its work item. KEYS: session, known, journal,
+# waiting, pending, awake. ARGV: accept's, then the session id, the piece's nonce, the API's inbox,
+# "1" when audio follows, the audio, the journal's TTL. Returns {action, seq, awake} (``accept``'s
+# answer when there is nothing to queue).
+_PIECE = (
+    _ACCEPT_FUNCTION
+    + """
+local out = accept()
+if out[1] ~= 'new' and out[1] ~= 'queued' then return out end
+local seq = out[2]
+if ARGV[9] == '1' then
+  redis.call('HSET', KEYS[3], tostring(seq), ARGV[10])
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[11]))
+end
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[6] .. ':' .. ARGV[7])
+redis.call('RPUSH', KEYS[5], cjson.encode({id = ARGV[6], seq = seq, kind = ARGV[3], reply = ARGV[7],
+  inbox = ARGV[8], t = tonumber(ARGV[4])}))
+return {out[1], seq, redis.call('EXISTS', KEYS[6])}
+"""
+)
 
 # KEYS: lock. ARGV: token ("<worker>|<random>"), px, the heartbeat keys' prefix. A lock whose
 # holder's heartbeat is gone (the worker died or is stopped) is taken over at once.
@@ -373,7 +417,7 @@ class AsyncSessionStore:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.r = client
-        self._accept = client.register_script(_ACCEPT)
+        self._piece = client.register_script(_PIECE)
         self._admit = client.register_script(_ADMIT)
 
     async def admit(
@@ -393,23 +437,29 @@ class AsyncSessionStore:
             raise over_capacity(f"{value} sessions active, the most this deployment takes", 5)
         return int(value)
 
-    async def accept(self, sid: str, tenant: str, kind: str, seq: int | None) -> Accepted:
-        args = _accept_args(tenant, kind, seq)
-        return _accepted(sid, await self._accept(keys=[session_key(sid), known_key(sid)], args=args))
-
-    async def submit(
-        self, queue: str, sid: str, seq: int, kind: str, audio: bytes | None, keep: int
-    ) -> tuple[str, bool]:
-        """As ``SessionStore.submit``."""
-        nonce, now = secrets.token_hex(8), time.time()
-        pipe = self.r.pipeline(transaction=False)
-        if audio is not None:
-            pipe.hset(journal_key(sid), str(seq), audio)
-            pipe.expire(journal_key(sid), keep)
-        pipe.zadd(waiting_key(queue), {waiting_member(sid, nonce): now})
-        pipe.rpush(pending_key(queue), Item(sid, seq, kind, nonce, now).to_json())
-        pipe.exists(awake_key(queue))
-        return reply_key(sid, nonce), bool((await pipe.execute())[-1])
+    async def piece(
+        self,
+        queue: str,
+        sid: str,
+        tenant: str,
+        kind: str,
+        seq: int | None,
+        audio: bytes | None,
+        nonce: str,
+        inbox: str,
+        keep: int,
+    ) -> tuple[Accepted, bool]:
+        """``accept`` the call and, when it is work to do (``new``, or ``queued``: a retry of a
+        piece not applied yet), journal its audio (kept ``keep`` s) and queue its work item,
+        answered to ``inbox`` under ``nonce``: one round trip. Returns what was accepted and whether
+        a worker is draining the queue (else the caller wakes one)."""
+        args: list[str | int | bytes] = [*_accept_args(tenant, kind, seq), sid, nonce, inbox]
+        args += ["0", b"", keep] if audio is None else ["1", audio, keep]
+        keys = [session_key(sid), known_key(sid), journal_key(sid), waiting_key(queue), pending_key(queue),
+                awake_key(queue)]  # fmt: skip
+        out = await self._piece(keys=keys, args=args)
+        accepted = _accepted(sid, out)
+        return accepted, accepted.action in ("new", "queued") and bool(out[2])
 
     async def given_up(self, queue: str, sid: str, nonce: str) -> None:
         """The API stopped waiting for this piece (504, or its client went away)."""
@@ -421,7 +471,6 @@ class SessionStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
-        self._accept = client.register_script(_ACCEPT)
         self._unlock = client.register_script(_UNLOCK)
         self._lock = client.register_script(_LOCK)
         self._save = client.register_script(_SAVE)
@@ -454,12 +503,6 @@ class SessionStore:
         pipe.execute()
         return sid
 
-    def accept(self, sid: str, tenant: str, kind: str, seq: int | None) -> Accepted:
-        """Check the call against the session and the sequence rules, atomically (raises
-        SessionError), extending the session's TTL."""
-        out = self._accept(keys=[session_key(sid), known_key(sid)], args=_accept_args(tenant, kind, seq))
-        return _accepted(sid, out)
-
     def next_seq(self, sid: str) -> int | None:
         value = self.r.hget(session_key(sid), "next_seq")
         return int(value) if value is not None else None
@@ -467,20 +510,6 @@ class SessionStore:
     def ttl_of(self, sid: str) -> int:
         value = self.r.hget(session_key(sid), "ttl")
         return int(value) if value else 60
-
-    def submit(
-        self, queue: str, sid: str, seq: int, kind: str, audio: bytes | None, keep: int
-    ) -> tuple[str, bool]:
-        """Journal the chunk's audio (kept ``keep`` s), queue the work item: one round trip. Returns
-        the reply list's key to BLPOP and whether a worker is draining the queue (else wake one)."""
-        nonce = secrets.token_hex(8)
-        pipe = self.r.pipeline(transaction=False)
-        if audio is not None:
-            pipe.hset(journal_key(sid), str(seq), audio)
-            pipe.expire(journal_key(sid), keep)
-        pipe.rpush(pending_key(queue), Item(sid, seq, kind, nonce, time.time()).to_json())
-        pipe.exists(awake_key(queue))
-        return reply_key(sid, nonce), bool(pipe.execute()[-1])
 
     def stored_answer(self, sid: str, seq: int) -> dict[str, Any] | None:
         value = self.r.hget(session_key(sid), f"answer:{seq}")
@@ -490,11 +519,9 @@ class SessionStore:
         value = self.r.hget(session_key(sid), "final")
         return json.loads(value) if value else None
 
-    def enqueue(self, queue: str, sid: str, seq: int, kind: str, nonce: str | None = None) -> str:
-        """Queue a work item (again, with the same ``nonce``); returns the reply list's key to BLPOP."""
-        nonce = nonce or secrets.token_hex(8)
-        self.r.rpush(pending_key(queue), Item(sid, seq, kind, nonce, time.time()).to_json())
-        return reply_key(sid, nonce)
+    def enqueue(self, queue: str, sid: str, seq: int, kind: str, nonce: str, inbox: str = "") -> None:
+        """Queue a work item again (same ``nonce`` and ``inbox``: its answer reaches the same waiter)."""
+        self.r.rpush(pending_key(queue), Item(sid, seq, kind, nonce, time.time(), inbox).to_json())
 
     # -- the worker's side ------------------------------------------------------------------------
 
@@ -520,7 +547,7 @@ class SessionStore:
             return
         pipe = self.r.pipeline(transaction=False)
         pipe.set(lag_key(queue), f"{max(0.0, now - min(i.t for i in answered)):.3f}", px=LAG_MS)
-        pipe.zrem(waiting_key(queue), *[waiting_member(i.id, i.reply) for i in answered])
+        pipe.zrem(waiting_key(queue), *[i.member for i in answered])
         active = {i.id: now for i in answered if i.kind == "chunk"}
         if active:
             pipe.zadd(open_key(queue), active)
@@ -587,11 +614,7 @@ class SessionStore:
         pipe = self.r.pipeline(transaction=False)
         for sid, token in unlocks:
             self._unlock(keys=[lock_key(sid)], args=[token], client=pipe)
-        for item, payload in replies:
-            key = reply_key(item.id, item.reply)
-            pipe.rpush(key, json.dumps(payload))
-            pipe.expire(key, REPLY_SECONDS)
-            pipe.expire(known_key(item.id), KNOWN_SECONDS)
+        _push_replies(pipe, replies)
         pipe.execute()
 
     def load(self, sid: str) -> dict[str, bytes]:
@@ -648,9 +671,23 @@ class SessionStore:
         return int(self._save(keys=keys, args=args)) == 1
 
     def reply(self, item: Item, payload: dict[str, Any]) -> None:
-        key = reply_key(item.id, item.reply)
-        pipe = self.r.pipeline()
-        pipe.rpush(key, json.dumps(payload))
-        pipe.expire(key, REPLY_SECONDS)
-        pipe.expire(known_key(item.id), KNOWN_SECONDS)
+        pipe = self.r.pipeline(transaction=False)
+        _push_replies(pipe, [(item, payload)])
         pipe.execute()
+
+
+def _push_replies(pipe: Any, replies: list[tuple[Item, dict[str, Any]]]) -> None:
+    """Queue the answers on ``pipe``: one RPUSH per API inbox (an item without one: its own reply
+    list), each list kept REPLY_SECONDS after its last answer."""
+    inboxes: dict[str, list[str]] = {}
+    for item, payload in replies:
+        if item.inbox:
+            inboxes.setdefault(inbox_key(item.inbox), []).append(json.dumps({"to": item.member, **payload}))
+        else:
+            key = reply_key(item.id, item.reply)
+            pipe.rpush(key, json.dumps(payload))
+            pipe.expire(key, REPLY_SECONDS)
+        pipe.expire(known_key(item.id), KNOWN_SECONDS)
+    for key, messages in inboxes.items():
+        pipe.rpush(key, *messages)
+        pipe.expire(key, REPLY_SECONDS)

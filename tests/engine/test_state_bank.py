@@ -68,6 +68,31 @@ def test_model_state_views_write_through_on_the_cpu(recognizer: Recognizer) -> N
     assert np.array_equal(StreamState.from_bytes(blob).model_state, s.model_state)
 
 
+def test_rows_going_home_reuse_the_banks_array_but_never_one_handed_out(recognizer: Recognizer) -> None:
+    """A row leaving a CPU bank is copied into the host array the bank gave that stream before (no
+    allocation per round); an array read through ``model_state`` is the caller's from then on."""
+    bank = StateBank(recognizer.model.session, "cpu")
+    a, b = StreamState(), StreamState()
+    signal = np.ones((1, CHUNK_SAMPLES, 1), np.int32)
+    bank.step([a], signal)
+    bank.step([b], signal)  # a goes home: a fresh array the bank owns
+    first = a._model
+    assert a._slot is None and a._bank_owned
+    for _ in range(3):
+        bank.step([a], signal)
+        bank.step([b], signal)  # a goes home again: into the same array, with its new row
+        assert a._model is first
+    plain = np.zeros(STATE_SIZE, np.float16)
+    for _ in range(4):
+        plain = recognizer.model.session.run(["state_next"], {"signal": signal, "state": plain[None]})[0][0]
+    assert np.array_equal(a._model, plain)
+    handed = a.model_state  # escapes to the caller
+    kept = handed.copy()
+    bank.step([a], signal)
+    bank.step([b], signal)
+    assert a._model is not handed and np.array_equal(handed, kept)  # never written behind its back
+
+
 def test_bank_grows_and_keeps_rows(recognizer: Recognizer) -> None:
     bank = StateBank(recognizer.model.session, "cpu", host_views=False)
     streams = [StreamState() for _ in range(20)]

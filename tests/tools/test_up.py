@@ -160,6 +160,7 @@ def test_up_detach_then_down(tone_model: Path) -> None:
         assert not left, f"still running after down: {left}"
         assert not [p for p in ports if _listening(p)], "a port of the stack still listens"
         assert not (data / "up.json").exists()
+        assert not (data / "env").exists(), "down forgets the servers it stopped (keys would dial them)"
         # nothing running is no error
         idle = _run(["down"], env, timeout=60)
         assert idle.returncode == 0, idle.stderr
