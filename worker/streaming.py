@@ -1,16 +1,17 @@
 """``tone.stream``: advance live streaming sessions, many together in one batched model call.
 
 The API journals a chunk's audio in Redis, pushes a work item onto ``tone:stream:pending:<queue>``
-and sends this task only when no worker is draining that list (its ``awake`` flag). A run pops
-every pending item (the first item of up to MAX_SESSIONS distinct sessions per round; a session's
-later items wait for the next round), locks each session, loads its state
-(``shared.platform.sessions`` documents the layout), decodes the audio, advances all of them in ONE
-``Recognizer.advance`` call, saves each state, answer and phrase list, pushes each reply and
-releases the locks. It keeps going while items arrive (waiting up to IDLE_SECONDS for the next one,
-up to RUN_SECONDS in all), then leaves the rest to a fresh task. A bad chunk gets an error answer
-for its session only; it consumes its seq. A chunk's answer also carries ``partial``: the open
-phrase's text so far (the splitter's buffer, greedy-decoded), which the WebSocket protocols send as
-partial results.
+and sends this task only when no worker is draining that list (its ``awake`` flag; one wake-up
+per second at most). A run pops every pending item (the first item of up to ROUND_SESSIONS
+distinct sessions per round; a session's later items wait for the next round), locks each
+session, loads its state (``shared.platform.sessions`` documents the layout), decodes the audio,
+advances all of them in ONE ``Recognizer.advance`` call (model calls of up to MODEL_BATCH
+streams), saves each state, answer and phrase list, pushes the replies to the waiting APIs'
+inboxes and releases the locks. It keeps going while items arrive (waiting up to IDLE_SECONDS for
+the next one, up to RUN_SECONDS in all), then leaves the rest to a fresh task. A bad chunk gets an
+error answer for its session only; it consumes its seq. A chunk's answer also carries
+``partial``: the open phrase's text so far (the splitter's buffer, greedy-decoded), which the
+WebSocket protocols send as partial results.
 
 State affinity: Redis holds every session's state and stays the one source of truth, but a worker
 process also keeps the states it saved last (up to CACHED_SESSIONS), under the random ``rev`` each
@@ -61,6 +62,7 @@ from shared.platform.sessions import (
     finished,
     journal_key,
     pending_key,
+    wake_key,
 )
 from shared.platform.settings import Settings, get_settings
 from shared.queue import STREAM_TASK, enqueue_stream
@@ -72,8 +74,12 @@ from worker.resampler import LiveResampler
 
 log = logging.getLogger("tone.worker.stream")
 
-MAX_SESSIONS = 64  # sessions per model call
-POP = 256  # items popped per round
+# Sessions per round: every session with a piece pending, up to this. A round's Redis round trips
+# are the same for 1 or 256 sessions; with 64 per round, 200 streams had their items popped and
+# pushed back round after round (a tenth of the live worker at 200 streams, py-spy).
+ROUND_SESSIONS = 256
+MODEL_BATCH = 64  # streams per model call
+POP = 512  # items popped per round (a session's later pieces go back for the next round)
 RUN_SECONDS = 5.0  # a run keeps draining the pending list this long, then hands over
 CACHED_SESSIONS = 256  # states a worker process keeps after saving them (see the docstring)
 SMALL_FIELDS = ["ttl", "next_seq", "final", "finished", "options", "held", "rev", "ckpt", "ckpt_t", "phrases"]
@@ -223,21 +229,21 @@ def run(queue: str, settings: Settings | None = None) -> int:
         store.round_done(queue, [i for i in items if id(i) not in waiting], time.time())
         if later and not done:
             time.sleep(IDLE_SLEEP)
-    # the API wakes a worker only while no flag is set: after the flag is gone, nothing is left
+    # the API wakes a worker only while no flag is set: after the flags are gone, nothing is left
     # unseen (a piece queued before the DEL is seen by LLEN, one after it sends a wake-up)
-    store.r.delete(awake)
+    store.r.delete(awake, wake_key(queue))
     if store.r.llen(pending_key(queue)):
         enqueue_stream(queue)
     return handled
 
 
 def run_round(store: SessionStore, settings: Settings, items: list[Item]) -> tuple[int, list[Item]]:
-    """One round: the first item of each session (up to MAX_SESSIONS) in one model call.
+    """One round: the first item of each session (up to ROUND_SESSIONS) in one batched advance.
     Returns (items answered, items to put back)."""
     taken: dict[str, Item] = {}
     later: list[Item] = []
     for item in items:
-        if item.id in taken or len(taken) >= MAX_SESSIONS:
+        if item.id in taken or len(taken) >= ROUND_SESSIONS:
             later.append(item)
         else:
             taken[item.id] = item
@@ -302,7 +308,7 @@ def replay(store: SessionStore, settings: Settings, work: list[Work]) -> list[Wo
                 for w in todo
                 for c, state in enumerate(w.states)
             ],
-            max_batch=MAX_SESSIONS,
+            max_batch=MODEL_BATCH,
         )
     except (StreamStateError, ValueError) as exc:
         log.exception("stream replay failed")
@@ -470,7 +476,7 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
                 for w in work
                 for c, state in enumerate(w.states)
             ],
-            max_batch=MAX_SESSIONS,
+            max_batch=MODEL_BATCH,
         )
     except (StreamStateError, ValueError) as exc:  # should not happen: answer each on its own
         log.exception("stream batch failed")

@@ -230,7 +230,7 @@ async def through_worker(
     try:
         # the journal outlives any session (whose TTL is at most stream_ttl_seconds) and any wait
         keep = max(settings.stream_ttl_seconds, int(settings.stream_chunk_timeout_seconds) + 60)
-        accepted, awake = await async_store(settings.redis_url).piece(
+        accepted, wake = await async_store(settings.redis_url).piece(
             queue, sid, tenant, kind, seq, audio, nonce, inbox.name, keep
         )
         if accepted.action == "done":  # a retry of an applied chunk: its stored answer
@@ -244,7 +244,7 @@ async def through_worker(
                 return reply_body(stored)
             raise finished(sid)
         queued = True
-        if not awake:  # no worker is draining the queue: wake one (else no Celery message per piece)
+        if wake:  # no worker is draining the queue: wake one (else no Celery message per piece)
             await run_in_threadpool(enqueue_stream, queue)
 
         def requeue() -> dict[str, Any] | None:
