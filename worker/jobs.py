@@ -91,6 +91,7 @@ def get_recognizer(settings: Settings) -> Recognizer:
                     decoder=settings.decoder,
                     precision=settings.precision,
                     decoder_workers=settings.decoder_workers,
+                    spinning=settings.ort_spinning,
                 )
             except Exception as exc:
                 _load_failure = (time.monotonic(), exc)

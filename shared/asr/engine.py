@@ -126,13 +126,16 @@ class Recognizer:
         download: bool = True,
         precision: str = "auto",
         decoder_workers: int = 0,
+        spinning: bool = True,
     ) -> Recognizer:
         """Load model.onnx (and kenlm.bin beside it) from ``path``, else from Hugging Face.
 
         ``decoder_workers`` > 0 decodes beam-search phrases in that many processes while the model
         goes on (``advance`` collects them at its end, in order; the phrases are the same)."""
         files = locate_model(path, download=download)
-        model = AcousticModel(files.model, providers=providers, threads=threads, precision=precision)
+        model = AcousticModel(
+            files.model, providers=providers, threads=threads, precision=precision, spinning=spinning
+        )
         return cls(model, files.lm, decoder, decoder_workers)
 
     # -- decoders ---------------------------------------------------------------------------------

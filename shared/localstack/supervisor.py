@@ -469,7 +469,8 @@ def process_plan(
     return [
         Planned("api", [py, "-m", "api", "--host", host, "--port", str(port)], env),
         Planned("worker", [*worker, *log], env),
-        Planned("worker-live", [*live, *log], env),
+        # a live worker's ORT threads sleep between ops: the API and Redis share its cores
+        Planned("worker-live", [*live, *log], {**env, "TONE_ORT_SPINNING": "0"}),
         Planned("events", [*events, *log], env),
         Planned("beat", [*beat, *log], env),
         # the password travels in FLOWER_BASIC_AUTH, never in argv

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     precision: str = "auto"
     decoder: str = "auto"
     decoder_workers: int = 0  # TONE_DECODER_WORKERS: beam-search processes beside the model (0: inline)
+    ort_spinning: bool = True  # TONE_ORT_SPINNING: ORT threads spin between ops (live workers: off)
 
     # limits
     max_upload_bytes: int = 1024 * 1024 * 1024  # 1 GiB

@@ -112,6 +112,16 @@ def test_cost_faithful_float16_model_runs_on_cpu_both_ways(cost_model: Path) -> 
     assert np.abs(np.exp(outs["float16"]) - np.exp(outs["float32"])).max() < 0.05
 
 
+def test_spinning_off_reaches_the_onnx_runtime_session(tone_model: Path) -> None:
+    from shared.asr.model import AcousticModel
+
+    options = AcousticModel(tone_model, spinning=False).session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    default = AcousticModel(tone_model).session.get_session_options()
+    with pytest.raises(RuntimeError):  # not set: ORT's default, spinning
+        default.get_session_config_entry("session.intra_op.allow_spinning")
+
+
 def test_unknown_provider_is_refused_with_what_is_available(tone_model: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="CPUExecutionProvider"):
         AcousticModel(tone_model, providers=["NoSuchExecutionProvider"])

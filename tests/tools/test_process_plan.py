@@ -42,6 +42,15 @@ def test_every_queue_of_the_role_has_exactly_one_reader(tmp_path: Path) -> None:
     assert cmds["worker-live"][cmds["worker-live"].index("-c") + 1] == "1"
 
 
+def test_only_the_live_worker_runs_onnx_runtime_without_spinning(tmp_path: Path) -> None:
+    planned = {p.name: p.env for p in process_plan(
+        {"PATH": "/usr/bin"}, queue="cpu", host="127.0.0.1", port=8123, flower_port=5566, workers=1,
+        data_dir=tmp_path, flower_auth="a:b",
+    )}  # fmt: skip
+    assert planned["worker-live"]["TONE_ORT_SPINNING"] == "0"
+    assert "TONE_ORT_SPINNING" not in planned["worker"]
+
+
 def test_the_api_listens_where_asked_and_beat_keeps_its_schedule_in_the_data_dir(tmp_path: Path) -> None:
     cmds = plan(tmp_path, workers=1)
     api = cmds["api"]
