@@ -62,22 +62,26 @@ def _auth_counter(address: str) -> str:
     return f"tone:authfail:{address}"
 
 
-def check_auth_failures(client: redis.Redis, address: str, limit: int) -> None:
+def check_auth_failures(
+    client: redis.Redis, address: str, limit: int, also: str | None = None
+) -> bytes | None:
     """429 ``rate_limited`` when ``address`` already failed to authenticate ``limit`` times in its
-    current window (0: off); Redis trouble lets the request through."""
-    if limit <= 0:
-        return
+    current window (0: off); Redis trouble lets the request through. Returns the value of the key
+    ``also``, read in the same round trip (b"0" when unset; None when Redis did not answer)."""
     try:
-        pipe = client.pipeline()
+        pipe = client.pipeline(transaction=False)
         pipe.get(_auth_counter(address))
         pipe.pttl(_auth_counter(address))
-        failures, ttl_ms = pipe.execute()
+        if also is not None:
+            pipe.get(also)
+        failures, ttl_ms, *more = pipe.execute()
     except redis.RedisError as exc:
         log.warning("failed authentications not checked (Redis: %s)", exc)
-        return
-    if int(failures or 0) >= limit:
+        return None
+    if limit > 0 and int(failures or 0) >= limit:
         message = f"{limit} failed authentications within a minute from this address"
         raise _refused(message, _seconds_left(ttl_ms))
+    return (more[0] or b"0") if more else None
 
 
 def count_auth_failure(client: redis.Redis, address: str) -> None:

@@ -32,12 +32,11 @@ from fastapi import APIRouter, WebSocket
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from api.deps import Caller, presented_key, redis_for, resolve_caller
+from api.deps import Caller, caller_of, client_address, presented_key, redis_for
 from api.errors import status_of
 from api.ratelimit import check_rate
 from api.services import live
 from shared.asr.types import SAMPLE_RATE
-from shared.db.session import sessionmaker_for
 from shared.errors import CodedError
 from shared.platform.sessions import Options, SessionError
 from shared.platform.settings import Settings, get_settings
@@ -91,18 +90,16 @@ class ClientGoneError(Exception):
     """The client went away."""
 
 
-def _authenticate(settings: Settings, key: str | None) -> Caller:
-    db = sessionmaker_for(settings.database_url)()
-    try:
-        caller = resolve_caller(db, settings, key)
-    finally:
-        db.close()
+def _authenticate(settings: Settings, key: str | None, address: str) -> Caller:
+    caller = caller_of(settings, redis_for(settings.redis_url), key, address)
     check_rate(redis_for(settings.redis_url), caller.key_prefix, settings.rate_limit_per_minute)
     return caller
 
 
-async def authenticate(settings: Settings, key: str | None) -> Caller:
-    return await run_in_threadpool(_authenticate, settings, key)
+async def authenticate(ws: WebSocket, settings: Settings, key: str | None) -> Caller:
+    """The connection's caller (as an HTTP request's: failed attempts counted per address, a
+    verified key kept in memory), counted against its key's per-minute limit."""
+    return await run_in_threadpool(_authenticate, settings, key, client_address(ws))
 
 
 def connection_key(ws: WebSocket, settings: Settings) -> str | None:
@@ -283,11 +280,11 @@ async def v1_stream(ws: WebSocket) -> None:
 async def _v1(ws: WebSocket, settings: Settings) -> None:
     receiver = Receiver(ws, settings.stream_idle_timeout_seconds)
     header_key = connection_key(ws, settings)
-    caller = await authenticate(settings, header_key) if header_key or settings.auth_disabled else None
+    caller = await authenticate(ws, settings, header_key) if header_key or settings.auth_disabled else None
     config = _json_object(await receiver.receive(), "the first message (the stream's config)")
     key = config.pop("api_key", None)
     if caller is None:
-        caller = await authenticate(settings, key if isinstance(key, str) and key else None)
+        caller = await authenticate(ws, settings, key if isinstance(key, str) and key else None)
     unknown = set(config) - CONFIG_FIELDS
     if unknown:
         fields = ", ".join(sorted(unknown))
@@ -380,7 +377,7 @@ async def tone_ws(ws: WebSocket) -> None:
 
 
 async def _tone(ws: WebSocket, settings: Settings) -> None:
-    caller = await authenticate(settings, connection_key(ws, settings))
+    caller = await authenticate(ws, settings, connection_key(ws, settings))
     receiver = Receiver(ws, settings.stream_idle_timeout_seconds)
     stream = LiveStream(settings, caller, Options())
     await stream.open()
@@ -427,7 +424,7 @@ async def _vosk(ws: WebSocket, settings: Settings) -> None:
     or one ``{"result", "text"}``; ``{"eof": 1}`` gets the last result (or ``{"text": ""}``). The key:
     a header, ``?api_key=`` (``TONE_WS_QUERY_KEYS``), or ``api_key`` in the config message."""
     key = connection_key(ws, settings)
-    caller = await authenticate(settings, key) if key or settings.auth_disabled else None
+    caller = await authenticate(ws, settings, key) if key or settings.auth_disabled else None
     receiver = Receiver(ws, settings.stream_idle_timeout_seconds)
     options = Options()
     stream: LiveStream | None = None
@@ -443,13 +440,15 @@ async def _vosk(ws: WebSocket, settings: Settings) -> None:
                 options = _options({"sample_rate": config.get("sample_rate", SAMPLE_RATE)})
                 if caller is None:
                     given = config.get("api_key")
-                    caller = await authenticate(settings, given if isinstance(given, str) and given else None)
+                    caller = await authenticate(
+                        ws, settings, given if isinstance(given, str) and given else None
+                    )
                 continue
             if request.get("eof"):
                 break
             raise CloseError("invalid_message", 'text messages are {"config": ...} or {"eof": 1}', 1003)
         if caller is None:  # audio before any key
-            caller = await authenticate(settings, None)
+            caller = await authenticate(ws, settings, None)
         if stream is None:
             stream = LiveStream(settings, caller, options)
             await stream.open()

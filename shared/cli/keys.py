@@ -54,7 +54,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from shared.platform.keys import revoke_key
+    from shared.platform.keys import announce_revocation, revoke_key
+    from shared.platform.settings import get_settings
 
     with _session() as session:
         done = revoke_key(session, args.prefix)
@@ -62,6 +63,9 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
         print(f"tone-platform: no live key with prefix {args.prefix}", file=sys.stderr)
         return 1
     print(f"revoked {args.prefix}", file=sys.stderr)
+    if not announce_revocation(get_settings().redis_url):
+        print("tone-platform: Redis could not be told: the API may accept the key for up to "
+              "30 s more (its cache of verified keys)", file=sys.stderr)  # fmt: skip
     return 0
 
 

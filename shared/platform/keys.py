@@ -18,6 +18,9 @@ from sqlalchemy.orm import Session, joinedload
 from shared.db.models import ApiKey, Tenant
 
 KEY_SCHEME = "tone"
+# A counter in Redis that every revocation increments: the API's processes keep verified keys in
+# memory for a while (api.deps) and drop them all when it moves.
+REVOCATIONS_KEY = "tone:keys:revocations"
 
 
 def hash_key(key: str) -> str:
@@ -102,6 +105,19 @@ def revoke_key(session: Session, prefix: str) -> bool:
     if row is None or row.revoked_at is not None:
         return False
     row.revoked_at = datetime.now(timezone.utc)
+    return True
+
+
+def announce_revocation(redis_url: str) -> bool:
+    """Tell the API's processes that a key was revoked (after the commit): each request reads this
+    counter, and a change empties their caches of verified keys. False when Redis could not be
+    reached: the caches then forget the key within api.deps.KEY_CACHE_SECONDS."""
+    import redis
+
+    try:
+        redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5).incr(REVOCATIONS_KEY)
+    except redis.RedisError:
+        return False
     return True
 
 

@@ -23,7 +23,7 @@ from shared.asr.formats import FORMATS, render
 from shared.db.models import Job
 from shared.db.session import session_scope
 from shared.dev.models.tones import synthesize
-from shared.platform.keys import key_prefix, revoke_key
+from shared.platform.keys import announce_revocation, key_prefix, revoke_key
 from tests.conftest import KIT_AUDIO, Proc, make_key, serving, start_api, written
 
 PHRASES = ["привет мир", "как дела"]
@@ -434,8 +434,10 @@ def test_missing_wrong_and_revoked_keys_get_401_in_the_error_shape(
     assert_error(httpx.get(url, headers={"X-API-Key": "garbage"}), 401, "unauthorized")
     key = make_key(servers, "tenant-revoked")
     assert httpx.get(url, headers={"X-API-Key": key}).status_code == 200
+    assert httpx.get(url, headers={"X-API-Key": key}).status_code == 200  # now kept in the API's memory
     with session_scope(servers["DATABASE_URL"]) as session:
         assert revoke_key(session, key_prefix(key) or "")
+    assert announce_revocation(servers["REDIS_URL"])  # what `tone-platform keys revoke` does
     assert_error(httpx.get(url, headers={"X-API-Key": key}), 401, "unauthorized")
     assert_error(httpx.post(f"{parked_api.url}/transcribe"), 401, "unauthorized")
 

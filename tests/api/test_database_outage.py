@@ -1,5 +1,6 @@
 """PostgreSQL down (issue 16, item 7): the API answers 503 ``database_unavailable`` with
-Retry-After, not 500, and recovers by itself when the server is back. A PostgreSQL of this test's
+Retry-After, not 500, and recovers by itself when the server is back; a live session whose key was
+verified goes on meanwhile. A PostgreSQL of this test's
 own is stopped and started again under a running API (the session's servers stay untouched)."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shared.dev.models.tones import synthesize
 from tests.api.test_api import assert_error, auth
 from tests.conftest import Proc, start_api
 
@@ -36,7 +38,7 @@ def own_postgres(servers: dict[str, str]) -> Iterator[tuple[Path, str, int]]:
 
 
 def test_submits_get_503_database_unavailable_while_postgres_is_down_then_work_again(
-    own_postgres: tuple[Path, str, int], platform_env: dict[str, str], logs: Path
+    own_postgres: tuple[Path, str, int], platform_env: dict[str, str], logs: Path, worker: Proc
 ) -> None:
     from shared.db.session import session_scope
     from shared.localstack import servers as stack
@@ -50,7 +52,29 @@ def test_submits_get_503_database_unavailable_while_postgres_is_down_then_work_a
         body = {"audio_url": "https://example.com/a.wav"}
         listed = httpx.get(f"{api.url}/v1/jobs", headers=auth(key))
         assert listed.status_code == 200, listed.text
+        audio, _ = synthesize(["раз два три", "четыре пять"])
+        pieces = [audio[i : i + 2400].tobytes() for i in range(0, len(audio), 2400)]
+        opened = httpx.post(f"{api.url}/transcribe/streaming", headers=auth(key), timeout=30)
+        assert opened.status_code == 200, opened.text
+        sid = opened.json()["state_id"]
+
+        def piece(seq: int) -> httpx.Response:
+            data = {"state_id": sid, "seq": str(seq)}
+            files = {"file": ("p.raw", pieces[seq], "application/octet-stream")}
+            return httpx.post(f"{api.url}/transcribe/streaming/chunk", headers=auth(key), data=data,
+                              files=files, timeout=60)  # fmt: skip
+
+        assert piece(0).status_code == 200
         stack.stop(data_dir)
+        # a live call goes on without the database: its key was verified a moment ago (kept in
+        # memory), and its pieces live in Redis
+        for seq in range(1, len(pieces)):
+            got = piece(seq)
+            assert got.status_code == 200, got.text
+        ended = httpx.post(f"{api.url}/transcribe/streaming/finalize", headers=auth(key),
+                           data={"state_id": sid}, timeout=60)  # fmt: skip
+        assert ended.status_code == 200, ended.text
+        assert [p["text"] for p in ended.json()["phrases"]] == ["раз два три", "четыре пять"]
         for _ in range(3):  # pooled connections are dead now, new ones are refused
             got = httpx.post(f"{api.url}/v1/jobs", json=body, headers=auth(key), timeout=30)
             assert_error(got, 503, "database_unavailable")
