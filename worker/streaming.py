@@ -493,6 +493,7 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
     )
     at = 0
     keep = max(settings.stream_ttl_seconds, int(settings.stream_chunk_timeout_seconds) + 60)
+    checkpoints = due_checkpoints(work, settings.stream_checkpoint_seconds, time.time())
     saves: list[tuple[str, str, int, dict[str, str | bytes], str | None, tuple[int, int], int]] = []
     pending: list[tuple[Work, dict[str, Any], str]] = []  # (work, its answer, its new rev)
     replies: list[tuple[Item, dict[str, Any]]] = []
@@ -509,10 +510,7 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
                 "held": json.dumps(w.held, ensure_ascii=False),
             }
             now = time.time()
-            checkpoint = item.kind != "finalize" and (
-                item.seq + 1 - w.ckpt >= CHECKPOINT_PIECES
-                or now - w.ckpt_t >= settings.stream_checkpoint_seconds
-            )
+            checkpoint = id(w) in checkpoints
             journal = (0, -1) if item.kind == "finalize" else (0, 0)  # a finished session needs none
             if checkpoint:
                 for c, state in enumerate(w.states):
@@ -559,6 +557,29 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
             _remember(w.item.id, rev.encode(), w.states, w.resampler)
         replies.append((w.item, answer))
     store.finish_many([(w.item.id, w.token) for w in work], replies)
+
+
+CHECKPOINT_SHARE = 8  # a round checkpoints at most 1/8 of its sessions (at least 8) unless overdue
+
+
+def due_checkpoints(work: list[Work], every: float, now: float) -> set[int]:
+    """The ``id``s of the round's work whose states are written this round: those past
+    CHECKPOINT_PIECES always (a replay's bound), then the oldest of those past ``every`` seconds,
+    up to a share of the round. Sessions opened together would all checkpoint in the same round
+    (hundreds of KiB each; at 200 streams that round's pieces made the p95: 331 vs 261 ms with
+    no checkpoint at all); the budget spreads them over the next rounds, and they stay spread."""
+    must: set[int] = set()
+    may: list[Work] = []
+    for w in work:
+        if w.item.kind == "finalize":
+            continue
+        if every <= 0 or w.item.seq + 1 - w.ckpt >= CHECKPOINT_PIECES:  # 0: every piece
+            must.add(id(w))
+        elif now - w.ckpt_t >= every:
+            may.append(w)
+    budget = max(8, -(-len(work) // CHECKPOINT_SHARE)) - len(must)
+    may.sort(key=lambda w: w.ckpt_t)
+    return must | {id(w) for w in may[: max(0, budget)]}
 
 
 @app.task(name=STREAM_TASK)

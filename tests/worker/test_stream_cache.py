@@ -120,3 +120,37 @@ def test_a_worker_without_the_states_replays_the_journal_from_the_checkpoint(
     streaming._states.clear()
     answer = streaming.prepare(store, settings, item, "token")  # type: ignore[arg-type]
     assert isinstance(answer, dict) and answer["error"]["code"] == "session_expired"
+
+
+def test_a_round_spreads_its_checkpoints_but_never_past_the_replay_bound() -> None:
+    """Sessions opened together come due together; a round writes the oldest share of them (the
+    rest go to the next rounds), always those CHECKPOINT_PIECES past theirs, never a finalize."""
+    now = time.time()
+
+    def work(i: int, seq: int, ckpt: int, ckpt_t: float, kind: str = "chunk") -> streaming.Work:
+        item = Item(f"sid-{i}", seq, kind, "nonce", now)
+        return streaming.Work(item, "token", 300, [], None, ckpt=ckpt, ckpt_t=ckpt_t)
+
+    due = [work(i, 10, 0, now - 5 - i / 1000) for i in range(200)]  # all 3 s past their checkpoint
+    overdue = [work(1000 + i, streaming.CHECKPOINT_PIECES, 0, now) for i in range(3)]
+    fresh = [work(2000 + i, 10, 10, now) for i in range(20)]
+    ending = [work(3000, 10, 0, now - 60, "finalize")]
+    round_ = [*due, *overdue, *fresh, *ending]
+    chosen = streaming.due_checkpoints(round_, 3.0, now)
+    assert {id(w) for w in overdue} <= chosen
+    assert not chosen & {id(w) for w in [*fresh, *ending]}
+    budget = -(-len(round_) // streaming.CHECKPOINT_SHARE)
+    assert len(chosen) == budget
+    oldest = sorted(due, key=lambda w: w.ckpt_t)[: budget - len(overdue)]
+    assert chosen - {id(w) for w in overdue} == {id(w) for w in oldest}
+    # the next rounds take the rest, oldest first, until every due session was written
+    rounds = 0
+    while any(now - w.ckpt_t >= 3.0 for w in due):
+        taken = streaming.due_checkpoints(due, 3.0, now)
+        for w in due:
+            if id(w) in taken:
+                w.ckpt_t = now  # what the round's save does
+        rounds += 1
+    assert rounds == -(-200 // 25)
+    # TONE_STREAM_CHECKPOINT_SECONDS=0: every piece, as documented
+    assert streaming.due_checkpoints(due, 0.0, now) == {id(w) for w in due}
