@@ -538,15 +538,18 @@ class SessionStore:
 
     # -- the worker's side ------------------------------------------------------------------------
 
-    def pop_pending(self, queue: str, count: int) -> list[Item]:
-        raw = cast("list[bytes] | None", self.r.lpop(pending_key(queue), count)) or []
-        items = []
-        for value in raw:
-            try:
-                items.append(Item.from_json(value))
-            except (ValueError, KeyError, TypeError):
-                continue
-        return items
+    def pop_pending(self, queue: str, count: int, worker: str = "", pid: int = 0) -> list[Item]:
+        """Up to ``count`` items from the head of the pending list; with ``worker``, in the same
+        round trip, its heartbeat and the queue's ``awake`` flag (its ``pid``) are refreshed."""
+        if worker:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.set(awake_key(queue), str(pid), px=AWAKE_MS)
+            pipe.set(heartbeat_key(worker), "1", px=HEARTBEAT_MS)
+            pipe.lpop(pending_key(queue), count)
+            raw = cast("list[bytes] | None", pipe.execute()[-1]) or []
+        else:
+            raw = cast("list[bytes] | None", self.r.lpop(pending_key(queue), count)) or []
+        return _items(raw)
 
     def push_back(self, queue: str, items: list[Item]) -> None:
         """Return items to the head of the pending list, in their order."""
@@ -647,13 +650,7 @@ class SessionStore:
             return []
         first = cast("tuple[bytes, bytes]", got)[1]
         rest = cast("list[bytes] | None", self.r.lpop(pending_key(queue), count - 1)) or []
-        items = []
-        for value in [first, *rest]:
-            try:
-                items.append(Item.from_json(value))
-            except (ValueError, KeyError, TypeError):
-                continue
-        return items
+        return _items([first, *rest])
 
     def chunk(self, sid: str, seq: int) -> bytes | None:
         return self.r.hget(journal_key(sid), str(seq))  # type: ignore[return-value]
@@ -687,6 +684,17 @@ class SessionStore:
         pipe = self.r.pipeline(transaction=False)
         _push_replies(pipe, [(item, payload)])
         pipe.execute()
+
+
+def _items(raw: list[bytes]) -> list[Item]:
+    """Work items from the pending list (an unreadable one is dropped)."""
+    items = []
+    for value in raw:
+        try:
+            items.append(Item.from_json(value))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return items
 
 
 def _push_replies(pipe: Any, replies: list[tuple[Item, dict[str, Any]]]) -> None:
