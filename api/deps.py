@@ -27,8 +27,10 @@ from functools import lru_cache
 from typing import Annotated
 
 import redis
+import redis.asyncio as aioredis
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from api.errors import ApiError
@@ -64,6 +66,16 @@ def get_redis(settings: SettingsDep) -> redis.Redis:
 
 
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
+
+
+@lru_cache
+def async_redis_for(url: str) -> aioredis.Redis:
+    """The event loop's client for the per-request checks (keys, rate limits): no threadpool hop per
+    request. Short timeouts (the checks fail open); a blocking pool, as large as Redis allows."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=1024, timeout=5, socket_connect_timeout=2, socket_timeout=2
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 @dataclass(frozen=True)
@@ -130,32 +142,38 @@ class VerifiedKeys:
 VERIFIED = VerifiedKeys()
 
 
-def caller_of(settings: Settings, client: redis.Redis, key: str | None, address: str) -> Caller:
+async def caller_of(settings: Settings, key: str | None, address: str) -> Caller:
     """The caller of ``key`` (a recently verified one from memory, else from a database session of
     its own that is closed at once: a call that waits long afterwards, a live piece waiting for its
     answer, holds no pooled connection meanwhile). An address that failed to authenticate too often
     this minute gets 429 first."""
+    client = async_redis_for(settings.redis_url)
     checked = key is not None and not settings.auth_disabled
     limit = settings.auth_failures_per_minute if checked else 0
-    revocations = check_auth_failures(client, address, limit, REVOCATIONS_KEY)
+    revocations = await check_auth_failures(client, address, limit, REVOCATIONS_KEY)
     cached = VERIFIED.get(key, revocations)
     if cached is not None:
         return cached
-    db = sessionmaker_for(settings.database_url)()
     try:
-        caller = resolve_caller(db, settings, key)
+        caller = await run_in_threadpool(_from_database, settings, key)
     except ApiError as exc:
         if exc.status == 401 and checked:
-            count_auth_failure(client, address)
+            await count_auth_failure(client, address)
         raise
-    finally:
-        db.close()
     VERIFIED.put(key, caller, revocations)
     return caller
 
 
-def authenticate(request: Request, settings: SettingsDep, client: RedisDep) -> Caller:
-    return caller_of(settings, client, presented_key(request), client_address(request))
+def _from_database(settings: Settings, key: str | None) -> Caller:
+    db = sessionmaker_for(settings.database_url)()
+    try:
+        return resolve_caller(db, settings, key)
+    finally:
+        db.close()
+
+
+async def authenticate(request: Request, settings: SettingsDep) -> Caller:
+    return await caller_of(settings, presented_key(request), client_address(request))
 
 
 def resolve_caller(db: Session, settings: Settings, key: str | None) -> Caller:
@@ -176,11 +194,9 @@ def resolve_caller(db: Session, settings: Settings, key: str | None) -> Caller:
     return Caller(row.tenant_id, row.tenant.name, row.prefix)
 
 
-def current_caller(
-    caller: Annotated[Caller, Depends(authenticate)], settings: SettingsDep, client: RedisDep
-) -> Caller:
+async def current_caller(caller: Annotated[Caller, Depends(authenticate)], settings: SettingsDep) -> Caller:
     """The authenticated caller, after counting this request against its per-minute limit."""
-    check_rate(client, caller.key_prefix, settings.rate_limit_per_minute)
+    await check_rate(async_redis_for(settings.redis_url), caller.key_prefix, settings.rate_limit_per_minute)
     return caller
 
 

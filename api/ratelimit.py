@@ -16,6 +16,7 @@ import logging
 import math
 
 import redis
+import redis.asyncio as aioredis
 
 from api.errors import ApiError
 
@@ -23,14 +24,14 @@ WINDOW_SECONDS = 60
 log = logging.getLogger("api.ratelimit")
 
 
-def _count(client: redis.Redis, counter: str) -> tuple[int, int]:
+async def _count(client: aioredis.Redis, counter: str) -> tuple[int, int]:
     """Count one event in ``counter``'s window (opened now if none is open): the window's count and
     the seconds until it ends."""
     pipe = client.pipeline()
     pipe.set(counter, 0, ex=WINDOW_SECONDS, nx=True)
     pipe.incr(counter)
     pipe.pttl(counter)
-    _, count, ttl_ms = pipe.execute()
+    _, count, ttl_ms = await pipe.execute()
     return int(count), _seconds_left(ttl_ms)
 
 
@@ -45,12 +46,12 @@ def _refused(message: str, retry_after: int) -> ApiError:
     )
 
 
-def check_rate(client: redis.Redis, key: str, limit: int) -> None:
+async def check_rate(client: aioredis.Redis, key: str, limit: int) -> None:
     """Count one request for ``key``; raise 429 when the window's count passes ``limit`` (0: off)."""
     if limit <= 0:
         return
     try:
-        count, retry_after = _count(client, f"tone:ratelimit:{key}")
+        count, retry_after = await _count(client, f"tone:ratelimit:{key}")
     except redis.RedisError as exc:  # fail open: the limit must not take the API down with Redis
         log.warning("rate limit not counted (Redis: %s)", exc)
         return
@@ -62,8 +63,8 @@ def _auth_counter(address: str) -> str:
     return f"tone:authfail:{address}"
 
 
-def check_auth_failures(
-    client: redis.Redis, address: str, limit: int, also: str | None = None
+async def check_auth_failures(
+    client: aioredis.Redis, address: str, limit: int, also: str | None = None
 ) -> bytes | None:
     """429 ``rate_limited`` when ``address`` already failed to authenticate ``limit`` times in its
     current window (0: off); Redis trouble lets the request through. Returns the value of the key
@@ -74,7 +75,7 @@ def check_auth_failures(
         pipe.pttl(_auth_counter(address))
         if also is not None:
             pipe.get(also)
-        failures, ttl_ms, *more = pipe.execute()
+        failures, ttl_ms, *more = await pipe.execute()
     except redis.RedisError as exc:
         log.warning("failed authentications not checked (Redis: %s)", exc)
         return None
@@ -84,8 +85,8 @@ def check_auth_failures(
     return (more[0] or b"0") if more else None
 
 
-def count_auth_failure(client: redis.Redis, address: str) -> None:
+async def count_auth_failure(client: aioredis.Redis, address: str) -> None:
     try:
-        _count(client, _auth_counter(address))
+        await _count(client, _auth_counter(address))
     except redis.RedisError as exc:
         log.warning("failed authentication not counted (Redis: %s)", exc)
