@@ -42,7 +42,13 @@ from shared.platform.settings import Settings, get_settings
 LOCAL_TENANT = "local"
 _LAST_USED_EVERY = timedelta(minutes=1)
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+async def settings_dependency() -> Settings:
+    """The settings (async: FastAPI runs a plain function dependency in its threadpool, a hop per
+    request for a cached value)."""
+    return get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(settings_dependency)]
 
 
 def get_db(settings: SettingsDep) -> Iterator[Session]:
@@ -61,7 +67,7 @@ def redis_for(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
 
 
-def get_redis(settings: SettingsDep) -> redis.Redis:
+async def get_redis(settings: SettingsDep) -> redis.Redis:
     return redis_for(settings.redis_url)
 
 

@@ -469,8 +469,9 @@ def process_plan(
     return [
         Planned("api", [py, "-m", "api", "--host", host, "--port", str(port)], env),
         Planned("worker", [*worker, *log], env),
-        # a live worker's ORT threads sleep between ops: the API and Redis share its cores
-        Planned("worker-live", [*live, *log], {**env, "TONE_ORT_SPINNING": "0"}),
+        # a live worker's ORT threads sleep between ops (the API and Redis share its cores) unless
+        # the environment says otherwise
+        Planned("worker-live", [*live, *log], {"TONE_ORT_SPINNING": "0", **env}),
         Planned("events", [*events, *log], env),
         Planned("beat", [*beat, *log], env),
         # the password travels in FLOWER_BASIC_AUTH, never in argv

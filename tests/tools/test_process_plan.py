@@ -49,6 +49,11 @@ def test_only_the_live_worker_runs_onnx_runtime_without_spinning(tmp_path: Path)
     )}  # fmt: skip
     assert planned["worker-live"]["TONE_ORT_SPINNING"] == "0"
     assert "TONE_ORT_SPINNING" not in planned["worker"]
+    spinning = process_plan(
+        {"PATH": "/usr/bin", "TONE_ORT_SPINNING": "1"}, queue="cpu", host="127.0.0.1", port=8123,
+        flower_port=5566, workers=1, data_dir=tmp_path, flower_auth="a:b",
+    )  # fmt: skip
+    assert {p.name: p.env for p in spinning}["worker-live"]["TONE_ORT_SPINNING"] == "1"  # asked for: kept
 
 
 def test_the_api_listens_where_asked_and_beat_keeps_its_schedule_in_the_data_dir(tmp_path: Path) -> None:
