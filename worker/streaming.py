@@ -243,8 +243,8 @@ def linger(store: SessionStore, queue: str, have: int) -> list[Item]:
     """Items that arrive while more keep arriving (every LINGER_POLL s, up to LINGER_SECONDS): the
     rest of a burst joins this round. Clients in step (calls opened together, a sender's timer)
     send their pieces within a few ms; a round that started on the first few made the others
-    wait for it and then for their own (the cost model at 16 streams, one A/B run: p95 365/315
-    -> 247/247 ms)."""
+    wait for it and then for their own: the tail of the cost model's latencies, where a round is
+    hundreds of ms of model time)."""
     got: list[Item] = []
     end = time.monotonic() + LINGER_SECONDS
     while have + len(got) < POP and time.monotonic() < end:

@@ -262,8 +262,8 @@ class AcousticModel:
         does: ONNX Runtime computes in float32 where its CPU lacks a float16 kernel), "float32"
         rewrites float16 compute to float32 at load, keeping the float16 state I/O.
         ``spinning=False``: ORT's intra-op threads sleep between ops instead of spinning (a live
-        worker shares its cores with the API and Redis: spinning took their CPU; p95 of 64 live
-        streams on the tones model 240/187 -> 151/154 ms; batch throughput alone is within 3 %)."""
+        worker shares its cores with the API and Redis, and spinning takes their CPU; batch
+        throughput alone is within 3 %: the README has the live figures)."""
         import onnx
         import onnxruntime as ort
 
