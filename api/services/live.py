@@ -138,7 +138,8 @@ class Inbox:
         client = async_redis(self.url)
         while True:
             try:
-                got = await client.blpop([self.key], timeout=INBOX_WAIT)
+                # the margin: a Redis that stops answering (no socket timeout here) is given up on
+                got = await asyncio.wait_for(client.blpop([self.key], timeout=INBOX_WAIT), INBOX_WAIT + 2)
                 if got is not None:
                     batch = [got[1], *(await client.lpop(self.key, 1000) or [])]
                     for raw in batch:
@@ -147,7 +148,7 @@ class Inbox:
                     await PIECE_LATENCY.drain(metrics.Recorder(client)).flush_async()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # Redis away: the pieces requeue themselves meanwhile
+            except Exception as exc:  # Redis away or silent: the pieces requeue themselves meanwhile
                 log.warning("live inbox %s: %s", self.key, exc)
                 await asyncio.sleep(1.0)
 
