@@ -42,6 +42,7 @@ from shared.platform.settings import Settings, get_settings
 LOCAL_TENANT = "local"
 _LAST_USED_EVERY = timedelta(minutes=1)
 
+
 async def settings_dependency() -> Settings:
     """The settings (async: FastAPI runs a plain function dependency in its threadpool, a hop per
     request for a cached value)."""
