@@ -33,6 +33,8 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-run", type=int, default=32, metavar="N",
                    help="then one archive of N recordings as one batch to a new stack (0: skip)")  # fmt: skip
     p.add_argument("--batch-run-seconds", type=float, default=30.0, help="length of each of those recordings")
+    p.add_argument("--batch-run-channels", type=int, default=1, choices=(1, 2),
+                   help="2: stereo calls, 2 streams each (counted in channel-seconds)")  # fmt: skip
     p.add_argument("--batch-only", action="store_true",
                    help="only the batch run (after the engine at B=16 and 32, for its ratio)")  # fmt: skip
     p.add_argument("--host-batches", default="1,16,64,256,1024",

@@ -709,6 +709,7 @@ def run_bench(args: argparse.Namespace) -> int:
             batch=args.platform_batch,
             engine_best=(best_at, best_rate),
             remeasure=engine_meter(path, args, threads),
+            channels=args.batch_run_channels,
         )
     return 0
 
@@ -735,6 +736,7 @@ def run_batch_only(args: argparse.Namespace, path: Path, threads: int) -> int:
         batch=args.platform_batch,
         engine_best=(best_at, best_rate),
         remeasure=engine_meter(path, args, threads),
+        channels=args.batch_run_channels,
     )
     return 0
 
@@ -872,10 +874,11 @@ class BatchRun:
         return self.audio_seconds / self.wall_s
 
 
-def batch_archive(dest: Path, recordings: int, seconds: float, seed: int = 0) -> float:
+def batch_archive(dest: Path, recordings: int, seconds: float, seed: int = 0, channels: int = 1) -> float:
     """A ZIP of ``recordings`` 8 kHz PCM WAVs of ``seconds`` each (noise: for the cost-faithful model
     content does not matter, and every file differs, so the server's dedupe merges none); returns
-    the audio seconds in it."""
+    the audio seconds in it, per channel (a stereo call is two streams to the engine: the batch's
+    default ``channels=split``)."""
     import io
     import zipfile
 
@@ -885,10 +888,10 @@ def batch_archive(dest: Path, recordings: int, seconds: float, seed: int = 0) ->
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as zf:
         for i in range(recordings):
             buf = io.BytesIO()
-            audio = rng.normal(0, 2000, int(seconds * SAMPLE_RATE)).astype(np.int16)
+            audio = rng.normal(0, 2000, (int(seconds * SAMPLE_RATE), channels)).astype(np.int16)
             sf.write(buf, audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
             zf.writestr(f"calls/rec{i:04d}.wav", buf.getvalue())
-    return recordings * seconds
+    return recordings * seconds * channels
 
 
 def batch_run(url: str, key: str, archive: Path, audio_seconds: float, poll: float = 0.5) -> BatchRun:
@@ -943,6 +946,7 @@ def run_batch_bench(
     batch: int,
     engine_best: tuple[int, float],
     remeasure: Callable[[int], float] | None = None,
+    channels: int = 1,
 ) -> BatchRun:
     """A stack on the model; one archive of ``recordings`` recordings as one batch; its rate beside
     the bare engine's best batched rate of the same run (``engine_best``: (B, audio s/s)). On a
@@ -950,14 +954,16 @@ def run_batch_bench(
     the engine's rate at that B again right after, and the ratio is to the better of the two."""
     with bench_stack(path, batch) as (url, key, env):
         archive = Path(env["TONE_DATA_DIR"]) / "bench-batch.zip"
-        audio = batch_archive(archive, recordings, seconds)
+        audio = batch_archive(archive, recordings, seconds, channels=channels)
         run = batch_run(url, key, archive, audio)
     best_b, best_rate = engine_best
     print(
-        f"\nbatch: one archive of {run.recordings} recordings of {seconds:.0f} s "
+        f"\nbatch: one archive of {run.recordings} {'stereo ' if channels == 2 else ''}recordings "
+        f"of {seconds:.0f} s "
         f"({run.archive_bytes / 1e6:.1f} MB) as one batch, worker batch {batch}"
     )
-    print(f"  {run.rate:.1f} s of audio per wall second ({run.wall_s:.1f} s for {audio:.0f} s of audio)")
+    per = " (channel-seconds: each channel is a stream)" if channels == 2 else ""
+    print(f"  {run.rate:.1f} s of audio per wall second ({run.wall_s:.1f} s for {audio:.0f} s of audio{per})")
     reference = best_rate
     if remeasure is not None:
         again = remeasure(best_b)
