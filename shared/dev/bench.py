@@ -932,6 +932,7 @@ def batch_run(url: str, key: str, archive: Path, audio_seconds: float, poll: flo
 
             server = datetime.fromisoformat(ended) - datetime.fromisoformat(view["created_at"])
             wall = min(wall, upload + server.total_seconds())
+            first = min(first, wall) if first is not None else None  # seen by a poll, after the end
     if counts.get("completed", 0) != batch["jobs"]:
         raise RuntimeError(f"batch {batch['id']} ended with {counts} of {batch['jobs']} jobs")
     return BatchRun(
