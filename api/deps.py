@@ -139,9 +139,10 @@ class VerifiedKeys:
     def put(self, key: str | None, caller: Caller, revocations: bytes | None) -> None:
         if revocations is None:
             return
+        name = self._id(key)
         with self._lock:
-            self._entries[self._id(key)] = (caller, time.monotonic() + KEY_CACHE_SECONDS, revocations)
-            self._entries.move_to_end(self._id(key))
+            self._entries[name] = (caller, time.monotonic() + KEY_CACHE_SECONDS, revocations)
+            self._entries.move_to_end(name)
             while len(self._entries) > KEY_CACHE_SIZE:
                 self._entries.popitem(last=False)
 

@@ -60,6 +60,7 @@ from shared.platform.sessions import (
     expired,
     finished,
     journal_key,
+    journal_seconds,
     pending_key,
     wake_key,
 )
@@ -244,7 +245,7 @@ def linger(store: SessionStore, queue: str, have: int) -> list[Item]:
     rest of a burst joins this round. Clients in step (calls opened together, a sender's timer)
     send their pieces within a few ms; a round that started on the first few made the others
     wait for it and then for their own: the tail of the cost model's latencies, where a round is
-    hundreds of ms of model time)."""
+    hundreds of ms of model time."""
     got: list[Item] = []
     end = time.monotonic() + LINGER_SECONDS
     while have + len(got) < POP and time.monotonic() < end:
@@ -480,7 +481,7 @@ def commit(
     needless (to < 0: all) and extend the others."""
     fields["updated"] = str(time.time())
     drop = f"answer:{item.seq - KEEP_ANSWERS}" if item.seq >= KEEP_ANSWERS else None
-    keep = max(settings.stream_ttl_seconds, int(settings.stream_chunk_timeout_seconds) + 60)
+    keep = journal_seconds(settings.stream_ttl_seconds, settings.stream_chunk_timeout_seconds)
     return store.save(item.id, token, ttl, fields, drop, journal, keep)
 
 
@@ -511,7 +512,7 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
         time.perf_counter() - started,
     )
     at = 0
-    keep = max(settings.stream_ttl_seconds, int(settings.stream_chunk_timeout_seconds) + 60)
+    keep = journal_seconds(settings.stream_ttl_seconds, settings.stream_chunk_timeout_seconds)
     checkpoints = due_checkpoints(work, settings.stream_checkpoint_seconds, time.time())
     saves: list[tuple[str, str, int, dict[str, str | bytes], str | None, tuple[int, int], int]] = []
     pending: list[tuple[Work, dict[str, Any], str]] = []  # (work, its answer, its new rev)

@@ -32,9 +32,8 @@ from fastapi import APIRouter, WebSocket
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from api.deps import Caller, async_redis_for, caller_of, client_address, presented_key, redis_for
+from api.deps import Caller, caller_of, client_address, current_caller, presented_key, redis_for
 from api.errors import status_of
-from api.ratelimit import check_rate
 from api.services import live
 from shared.asr.types import SAMPLE_RATE
 from shared.errors import CodedError
@@ -93,9 +92,7 @@ class ClientGoneError(Exception):
 async def authenticate(ws: WebSocket, settings: Settings, key: str | None) -> Caller:
     """The connection's caller (as an HTTP request's: failed attempts counted per address, a
     verified key kept in memory), counted against its key's per-minute limit."""
-    caller = await caller_of(settings, key, client_address(ws))
-    await check_rate(async_redis_for(settings.redis_url), caller.key_prefix, settings.rate_limit_per_minute)
-    return caller
+    return await current_caller(await caller_of(settings, key, client_address(ws)), settings)
 
 
 def connection_key(ws: WebSocket, settings: Settings) -> str | None:

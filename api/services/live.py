@@ -37,6 +37,7 @@ from shared.platform.sessions import (
     SessionStore,
     finished,
     inbox_key,
+    journal_seconds,
     waiting_member,
 )
 from shared.platform.settings import Settings
@@ -229,8 +230,7 @@ async def through_worker(
     arrived = time.monotonic()
     queued = False
     try:
-        # the journal outlives any session (whose TTL is at most stream_ttl_seconds) and any wait
-        keep = max(settings.stream_ttl_seconds, int(settings.stream_chunk_timeout_seconds) + 60)
+        keep = journal_seconds(settings.stream_ttl_seconds, settings.stream_chunk_timeout_seconds)
         accepted, wake = await async_store(settings.redis_url).piece(
             queue, sid, tenant, kind, seq, audio, nonce, inbox.name, keep
         )
@@ -244,7 +244,7 @@ async def through_worker(
             if stored is not None:
                 return reply_body(stored)
             raise finished(sid)
-        queued = True
+        queued, seq = True, accepted.seq
         if wake:  # no worker is draining the queue: wake one (else no Celery message per piece)
             await run_in_threadpool(enqueue_stream, queue)
 
@@ -253,12 +253,11 @@ async def through_worker(
             died before replying), else the same item queued again (its worker may have died
             holding it)."""
             next_seq = store.next_seq(sid)
-            if next_seq is not None and next_seq > accepted.seq:
-                seq_ = accepted.seq
-                stored = store.stored_final(sid) if kind == "finalize" else store.stored_answer(sid, seq_)
+            if next_seq is not None and next_seq > seq:
+                stored = store.stored_final(sid) if kind == "finalize" else store.stored_answer(sid, seq)
                 if stored is not None:
                     return stored
-            store.enqueue(queue, sid, accepted.seq, kind, nonce, inbox.name)
+            store.enqueue(queue, sid, seq, kind, nonce, inbox.name)
             enqueue_stream(queue)
             return None
 

@@ -119,6 +119,12 @@ ENCODINGS = ("pcm_s16le", "mulaw", "alaw")
 DECODERS = ("auto", "greedy", "beam")
 
 
+def journal_seconds(ttl_seconds: int, chunk_timeout_seconds: float) -> int:
+    """How long a session's journal is kept: past any session's TTL (at most ``ttl_seconds``) and
+    past any piece's wait (``chunk_timeout_seconds``)."""
+    return max(ttl_seconds, int(chunk_timeout_seconds) + 60)
+
+
 def session_key(sid: str) -> str:
     return f"{PREFIX}{sid}"
 
