@@ -92,6 +92,7 @@ def get_recognizer(settings: Settings) -> Recognizer:
                     precision=settings.precision,
                     decoder_workers=settings.decoder_workers,
                     spinning=settings.ort_spinning,
+                    lanes=settings.lanes,
                 )
             except Exception as exc:
                 _load_failure = (time.monotonic(), exc)

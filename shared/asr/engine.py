@@ -127,14 +127,21 @@ class Recognizer:
         precision: str = "auto",
         decoder_workers: int = 0,
         spinning: bool = True,
+        lanes: int | None = None,
     ) -> Recognizer:
         """Load model.onnx (and kenlm.bin beside it) from ``path``, else from Hugging Face.
 
         ``decoder_workers`` > 0 decodes beam-search phrases in that many processes while the model
-        goes on (``advance`` collects them at its end, in order; the phrases are the same)."""
+        goes on (``advance`` collects them at its end, in order; the phrases are the same).
+        ``lanes``: sessions that step slices of a batch at once on the CPU (``AcousticModel``)."""
         files = locate_model(path, download=download)
         model = AcousticModel(
-            files.model, providers=providers, threads=threads, precision=precision, spinning=spinning
+            files.model,
+            providers=providers,
+            threads=threads,
+            precision=precision,
+            spinning=spinning,
+            lanes=lanes,
         )
         return cls(model, files.lm, decoder, decoder_workers)
 

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import ModelContractError, ModelNotFoundError
-from .state_bank import StateBank
+from .state_bank import Lanes, StateBank
 from .types import CHUNK_SAMPLES, FRAMES_PER_CHUNK, STATE_SIZE, VOCAB_SIZE
 
 if TYPE_CHECKING:
@@ -246,6 +246,36 @@ def resolve_providers(providers: str | Sequence[str] | None) -> list[str]:
     return list(providers)
 
 
+MAX_LANES = 4  # default lanes at most: each lane is a session of its own (the model's weights again)
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask; os.cpu_count() where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def lane_count(lanes: int | None, threads: int | None, device: str) -> int:
+    """How many sessions step a batch's slices at once: ``lanes`` as asked (at most one per thread),
+    else one per thread up to ``MAX_LANES``; always 1 off the CPU (a GPU runs one call at a time).
+
+    Why lanes: ORT's intra-op threads meet at a barrier after every operator, so when another
+    process (the API, PostgreSQL, a client on the same cores) takes one core for a moment, every
+    thread waits for it. Measured on this project's 2-core machine with another process using
+    40 % of one core: one session with 2 threads fell from ~30 to ~15 s of audio per second,
+    two 1-thread sessions on half the batch each kept ~22 (the README has the figures)."""
+    if device != "cpu":
+        return 1
+    threads = threads or usable_cores()
+    if lanes is None:
+        return max(1, min(threads, MAX_LANES))
+    if lanes < 1:
+        raise ValueError(f"lanes must be at least 1, not {lanes}")
+    return min(lanes, threads)
+
+
 class AcousticModel:
     """An ONNX Runtime session over a model of T-one's contract."""
 
@@ -257,13 +287,17 @@ class AcousticModel:
         threads: int | None = None,
         precision: str = "auto",
         spinning: bool = True,
+        lanes: int | None = None,
     ) -> None:
         """``precision``: "auto" and "float16" run the file as it is (as the reference pipeline
         does: ONNX Runtime computes in float32 where its CPU lacks a float16 kernel), "float32"
         rewrites float16 compute to float32 at load, keeping the float16 state I/O.
         ``spinning=False``: ORT's intra-op threads sleep between ops instead of spinning (a live
         worker shares its cores with the API and Redis, and spinning takes their CPU; batch
-        throughput alone is within 3 %: the README has the live figures)."""
+        throughput alone is within 3 %: the README has the live figures).
+        ``lanes``: on the CPU, a batch of at least ``LANE_ROWS`` rows per lane is split into that many
+        contiguous slices, each run by a session of its own with ``threads // lanes`` threads, all at
+        once (:func:`lane_count`; None: one lane per thread, at most ``MAX_LANES``)."""
         import onnx
         import onnxruntime as ort
 
@@ -277,21 +311,28 @@ class AcousticModel:
         if precision not in ("auto", "float32", "float16"):
             raise ValueError(f"unknown precision {precision!r}: use auto, float32 or float16")
         self.converted = precision == "float32" and float16_to_float32(proto)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        if not spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        try:
-            self.session = ort.InferenceSession(
-                proto.SerializeToString(), sess_options=options, providers=self.providers
-            )
-        except Exception as exc:
-            raise ModelContractError(f"onnxruntime cannot run {self.path}: {exc}") from exc
+        serialized = proto.SerializeToString()
+        del proto
+
+        def session(n_threads: int | None) -> ort.InferenceSession:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if n_threads:
+                options.intra_op_num_threads = n_threads
+            options.inter_op_num_threads = 1
+            if not spinning:
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            try:
+                return ort.InferenceSession(serialized, sess_options=options, providers=self.providers)
+            except Exception as exc:
+                raise ModelContractError(f"onnxruntime cannot run {self.path}: {exc}") from exc
+
+        self.session = session(threads)
         self.threads = threads
+        n = lane_count(lanes, threads, self.device)
+        per_lane = max(1, (threads or usable_cores()) // n)
+        self.lanes = Lanes([session(per_lane) for _ in range(n)] if n > 1 else [])
 
     @property
     def device(self) -> str:
@@ -305,7 +346,7 @@ class AcousticModel:
 
     def new_bank(self) -> StateBank:
         """A StateBank on this model's device: state rows stay there between steps."""
-        return StateBank(self.session, self.device)
+        return StateBank(self.session, self.device, lanes=self.lanes)
 
     def step(
         self, bank: StateBank, streams: list[StreamState], signal: npt.NDArray[np.int32]

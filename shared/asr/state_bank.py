@@ -20,6 +20,9 @@ device reading it copies the row to the host and releases the slot.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,6 +32,36 @@ from .types import STATE_SIZE
 
 if TYPE_CHECKING:
     from .stream import StreamState
+
+
+LANE_ROWS = 2  # a batch is split over the lanes only when each lane gets at least this many rows
+
+
+class Lanes:
+    """Sessions of the same model that step contiguous slices of one batch at once, each in its own
+    thread (ONNX Runtime releases the GIL while it runs). Empty: the bank's one session runs all."""
+
+    def __init__(self, sessions: list[Any]) -> None:
+        self.sessions = sessions
+        self._pool: ThreadPoolExecutor | None = None
+        self._pid = 0
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def submit(self, session: Any, io: Any) -> Future[None]:
+        """Run ``io`` on ``session`` in a lane thread (a pool made afresh in a forked child, whose
+        copy of the parent's threads would never run)."""
+        if self._pool is None or self._pid != os.getpid():
+            self._pool = ThreadPoolExecutor(len(self.sessions) - 1, thread_name_prefix="tone-lane")
+            self._pid = os.getpid()
+        return self._pool.submit(session.run_with_iobinding, io)
+
+    @staticmethod
+    def bounds(b: int, n: int) -> list[tuple[int, int]]:
+        """``n`` contiguous slices of ``b`` rows, as even as they come."""
+        cuts = [b * i // n for i in range(n + 1)]
+        return list(pairwise(cuts))
 
 
 def _gather_graph() -> bytes:
@@ -57,14 +90,22 @@ class StateBank:
     """Two buffers of state rows on one device, bound to a session's ``state``/``state_next``."""
 
     def __init__(
-        self, session: Any, device: str = "cpu", device_id: int = 0, *, host_views: bool = True
+        self,
+        session: Any,
+        device: str = "cpu",
+        device_id: int = 0,
+        *,
+        host_views: bool = True,
+        lanes: Lanes | None = None,
     ) -> None:
         """``host_views=False`` on the CPU keeps the rows in ORT-allocated memory without numpy
         views, exactly as on CUDA (rows reach the host only through the gather graph): the tests
-        run the device path that way on machines without a GPU."""
+        run the device path that way on machines without a GPU. ``lanes``: sessions that step
+        slices of a large enough batch at once (CPU only), ``session`` the smaller batches."""
         import onnxruntime as ort
 
         self.session = session
+        self.lanes = lanes if lanes is not None and len(lanes) > 1 and device == "cpu" else None
         self.host_views = host_views and device == "cpu"
         self.device = device  # "cpu" or "cuda": ORT's device type names
         self.device_id = device_id
@@ -78,6 +119,7 @@ class StateBank:
         self._logprobs: npt.NDArray[np.float32] | None = None
         self._signal: npt.NDArray[np.int32] | None = None
         self.gathers = 0  # how many times the rows were re-laid (joins, leaves, reorders)
+        self.lane_steps = 0  # steps whose batch was split over the lanes
 
     # -- rows, as the streams see them ----------------------------------------------------------------
 
@@ -141,23 +183,64 @@ class StateBank:
             self._relayout(streams)
         assert self._logprobs is not None
         src, dst = self._cur, 1 - self._cur
-        io = self.session.io_binding()
-        io.bind_cpu_input("signal", signal)
-        io.bind_input(
-            "state", self.device, self.device_id, np.float16, [b, STATE_SIZE], self._bufs[src].data_ptr()
-        )
-        io.bind_output(
-            "state_next", self.device, self.device_id, np.float16, [b, STATE_SIZE], self._bufs[dst].data_ptr()
-        )
         logprobs = self._logprobs[:b]
-        io.bind_output("logprobs", "cpu", 0, np.float32, list(logprobs.shape), logprobs.ctypes.data)
+        lanes = self.lanes
+        if lanes is not None and b >= LANE_ROWS * len(lanes):
+            parts = list(zip(lanes.sessions, Lanes.bounds(b, len(lanes))))
+            self.lane_steps += 1
+        else:
+            parts = [(self.session, (0, b))]
+        runs = [
+            (session, self._binding(session, src, dst, signal, logprobs, a, e)) for session, (a, e) in parts
+        ]
         try:
-            self.session.run_with_iobinding(io)
+            self._run(runs)
         except Exception:
             self._evict_all()  # the rows in ``src`` are intact: give them back to their streams
             raise
         self._cur = dst
         return logprobs
+
+    def _binding(
+        self,
+        session: Any,
+        src: int,
+        dst: int,
+        signal: npt.NDArray[np.int32],
+        logprobs: npt.NDArray[np.float32],
+        a: int,
+        e: int,
+    ) -> Any:
+        """``session``'s I/O binding for rows ``[a, e)``: signal, state rows in ``src``, their next
+        state into the same rows of ``dst``, logprobs into the same rows of ``logprobs``."""
+        row = STATE_SIZE * 2  # float16 bytes
+        io = session.io_binding()
+        io.bind_cpu_input("signal", signal[a:e])
+        shape = [e - a, STATE_SIZE]
+        io.bind_input(
+            "state", self.device, self.device_id, np.float16, shape, self._bufs[src].data_ptr() + a * row
+        )
+        io.bind_output(
+            "state_next", self.device, self.device_id, np.float16, shape, self._bufs[dst].data_ptr() + a * row
+        )
+        part = logprobs[a:e]
+        io.bind_output("logprobs", "cpu", 0, np.float32, list(part.shape), part.ctypes.data)
+        return io
+
+    def _run(self, runs: list[tuple[Any, Any]]) -> None:
+        """Run the bindings: the first in this thread, the others in lane threads, all waited for
+        (a failed lane must not leave another still writing into the buffers)."""
+        lanes = self.lanes
+        futures = [lanes.submit(session, io) for session, io in runs[1:]] if lanes is not None else []
+        error: BaseException | None = None
+        try:
+            runs[0][0].run_with_iobinding(runs[0][1])
+        except Exception as exc:
+            error = exc
+        for future in futures:
+            error = error or future.exception()
+        if error is not None:
+            raise error
 
     def _in_place(self, streams: list[StreamState]) -> bool:
         rows = self.rows

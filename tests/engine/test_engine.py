@@ -136,6 +136,16 @@ def test_transcribe_many_with_batches_equals_single_files(recognizer: Recognizer
     assert [batched[i].phrases for i in range(7)] == alone
 
 
+def test_lanes_give_the_same_transcripts(tone_model, recognizer: Recognizer) -> None:
+    rnd = random.Random(12)
+    audios = [synthesize(random_phrases(rnd, rnd.randint(1, 3)))[0] for _ in range(7)]
+    alone = [recognizer.transcribe_file(a).phrases for a in audios]  # one thread, one session
+    laned = Recognizer.load(tone_model, threads=2, lanes=2)
+    batched = dict(laned.transcribe_many(audios, batch=6))
+    assert laned.bank.lane_steps > 0
+    assert [batched[i].phrases for i in range(7)] == alone
+
+
 def test_split_channels_carry_channel_and_merge_in_time_order(recognizer: Recognizer) -> None:
     agent, _ = synthesize(["добрый день", "чем помочь"], lead=0.3, pause=3.0)
     client, _ = synthesize(["карта заблокирована"], lead=2.1)

@@ -100,7 +100,7 @@ def test_cost_faithful_float16_model_runs_on_cpu_both_ways(cost_model: Path) -> 
     state = np.zeros((2, 219_729), np.float16)
     outs = {}
     for precision in ("float16", "float32"):
-        model = AcousticModel(cost_model, precision=precision, threads=2)
+        model = AcousticModel(cost_model, precision=precision, threads=2, lanes=1)
         lp, st = model.run(signal, state)
         lp2, st2 = model.run(signal, st)
         assert lp.shape == (2, 10, 35) and lp.dtype == np.float32
@@ -127,8 +127,27 @@ def test_unknown_provider_is_refused_with_what_is_available(tone_model: Path) ->
         AcousticModel(tone_model, providers=["NoSuchExecutionProvider"])
 
 
+def test_lanes_of_the_cost_model_equal_one_session(cost_model: Path) -> None:
+    """Slices of a batch stepped at once by 1-thread sessions give the bits of one 2-thread run of
+    the whole batch (ORT's CPU kernels split work over rows and columns, never over the sums)."""
+    from shared.asr.stream import StreamState
+
+    model = AcousticModel(cost_model, threads=2, lanes=2)
+    bank = model.new_bank()
+    rng = np.random.default_rng(2)
+    streams = [StreamState() for _ in range(5)]
+    state = np.zeros((5, 219_729), np.float16)
+    for _ in range(3):
+        signal = rng.integers(-20000, 20000, (5, 2400, 1), dtype=np.int32)
+        want_lp, state = model.run(signal, state)
+        got_lp = model.step(bank, streams, signal.copy())
+        assert np.array_equal(got_lp, want_lp)
+    assert bank.lane_steps == 3
+    assert np.array_equal(np.stack([s.model_state for s in streams]), state)
+
+
 def test_batch_rows_of_the_cost_model_equal_single_runs(cost_model: Path) -> None:
-    model = AcousticModel(cost_model, threads=2)
+    model = AcousticModel(cost_model, threads=2, lanes=1)
     rng = np.random.default_rng(1)
     signal = rng.integers(-20000, 20000, (3, 2400, 1), dtype=np.int32)
     state = np.zeros((3, 219_729), np.float16)

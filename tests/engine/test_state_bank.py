@@ -13,20 +13,32 @@ import numpy as np
 import pytest
 
 from shared.asr.engine import Recognizer
-from shared.asr.state_bank import StateBank
+from shared.asr.model import AcousticModel, lane_count
+from shared.asr.state_bank import LANE_ROWS, Lanes, StateBank
 from shared.asr.stream import StreamState
 from shared.asr.types import CHUNK_SAMPLES, STATE_SIZE
 from shared.dev.models.tones import synthesize
 
 
-@pytest.mark.parametrize("host_views", [True, False], ids=["cpu-views", "device-path"])
-def test_bank_steps_equal_plain_session_runs(recognizer: Recognizer, host_views: bool) -> None:
+@pytest.mark.parametrize(
+    ("host_views", "lanes"),
+    [(True, 1), (False, 1), (True, 2), (True, 3), (False, 2)],
+    ids=["cpu-views", "device-path", "2-lanes", "3-lanes", "2-lanes-device-path"],
+)
+def test_bank_steps_equal_plain_session_runs(
+    recognizer: Recognizer, tone_model, host_views: bool, lanes: int
+) -> None:
+    """With lanes, a batch of at least LANE_ROWS rows per lane is split into slices that sessions of
+    their own step at once: every logprob and state row still equals one plain run of the batch."""
     session = recognizer.model.session
-    bank = StateBank(session, "cpu", host_views=host_views)
+    lane_sessions = AcousticModel(tone_model, threads=lanes, lanes=lanes).lanes if lanes > 1 else None
+    bank = StateBank(session, "cpu", host_views=host_views, lanes=lane_sessions)
     rnd = random.Random(3)
     audio, _ = synthesize(["абв где ёжз", "ийк лмн", "опр сту фхц"])
     streams = [StreamState() for _ in range(7)]
-    plain = {id(s): np.zeros(STATE_SIZE, np.float16) for s in streams}
+    for i, s in enumerate(streams):  # rows that differ from the start: a slice off by a row shows
+        s.model_state = np.full(STATE_SIZE, i / 8, np.float16)
+    plain = {id(s): s.model_state.copy() for s in streams}
     pos = {id(s): rnd.randrange(0, 40) for s in streams}
     for step in range(60):
         batch = rnd.sample(streams, rnd.randint(1, len(streams)))
@@ -54,6 +66,86 @@ def test_bank_steps_equal_plain_session_runs(recognizer: Recognizer, host_views:
     for s in streams:
         assert np.array_equal(s.model_state, plain[id(s)])
     assert bank.gathers < 60  # the in-place path was taken at times
+    if lanes > 1:
+        assert 0 < bank.lane_steps < 60  # both ways were taken: split batches and small ones
+
+
+def test_lane_count() -> None:
+    assert lane_count(None, 2, "cpu") == 2
+    assert lane_count(None, 16, "cpu") == 4  # each lane is the model's weights again: at most 4 unasked
+    assert lane_count(None, 1, "cpu") == 1
+    assert lane_count(3, 2, "cpu") == 2  # never more lanes than threads
+    assert lane_count(1, 8, "cpu") == 1
+    assert lane_count(None, 8, "cuda") == 1  # a GPU runs one call at a time
+    with pytest.raises(ValueError, match="at least 1"):
+        lane_count(0, 2, "cpu")
+    assert Lanes.bounds(7, 3) == [(0, 2), (2, 4), (4, 7)]
+    assert Lanes.bounds(4, 2) == [(0, 2), (2, 4)]
+
+
+def test_lanes_sessions_have_their_share_of_threads(tone_model) -> None:
+    model = AcousticModel(tone_model, threads=4, lanes=2)
+    assert len(model.lanes) == 2
+    assert all(s.get_session_options().intra_op_num_threads == 2 for s in model.lanes.sessions)
+    assert model.session.get_session_options().intra_op_num_threads == 4  # small batches: every thread
+    assert len(AcousticModel(tone_model, threads=1).lanes) == 0
+
+
+class _FailingSession:
+    """A lane whose model call fails (a unit-test stand-in: ORT's own errors come from a real call)."""
+
+    class _Binding:
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return lambda *args, **kwargs: None  # bind_input, bind_output, ...: nothing to bind
+
+    def io_binding(self):  # type: ignore[no-untyped-def]
+        return self._Binding()
+
+    def run_with_iobinding(self, io) -> None:  # type: ignore[no-untyped-def]
+        raise RuntimeError("lane failed")
+
+
+def test_a_failed_lane_gives_every_stream_its_state_back(recognizer: Recognizer, tone_model) -> None:
+    """One lane fails while the other has written its rows: every stream gets its row from before
+    the step back (the source buffer), and the bank goes on."""
+    good = AcousticModel(tone_model, threads=2, lanes=2).lanes.sessions[0]
+    bank = StateBank(recognizer.model.session, "cpu", lanes=Lanes([good, _FailingSession()]))
+    streams = [StreamState() for _ in range(2 * LANE_ROWS)]
+    signal = np.ones((len(streams), CHUNK_SAMPLES, 1), np.int32)
+    bank.step(streams[:1], signal[:1])  # one row: the bank's own session, no lanes
+    before = [s.model_state.copy() for s in streams]
+    with pytest.raises(RuntimeError, match="lane failed"):
+        bank.step(streams, signal)
+    assert all(s._slot is None for s in streams)
+    assert all(np.array_equal(s.model_state, b) for s, b in zip(streams, before))
+    bank.step(streams[:1], signal[:1])
+
+
+def test_lanes_work_in_a_forked_child(tone_model) -> None:
+    """The lane threads of a parent do not exist in a forked child (a Celery prefork worker): the
+    child makes its own and gets the same rows."""
+    import multiprocessing
+
+    model = AcousticModel(tone_model, threads=2, lanes=2)
+    signal = np.full((4, CHUNK_SAMPLES, 1), 300, np.int32)
+
+    def rows() -> np.ndarray:
+        bank = model.new_bank()
+        streams = [StreamState() for _ in range(4)]
+        bank.step(streams, signal)
+        bank.step(streams, signal)
+        assert bank.lane_steps == 2
+        return np.stack([s.model_state for s in streams])
+
+    want = rows()  # the parent's lane threads exist now
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=lambda: queue.put(rows().tobytes()))
+    child.start()
+    got = queue.get(timeout=60)
+    child.join(60)
+    assert child.exitcode == 0
+    assert np.frombuffer(got, np.float16).reshape(want.shape).tolist() == want.tolist()
 
 
 def test_model_state_views_write_through_on_the_cpu(recognizer: Recognizer) -> None:
