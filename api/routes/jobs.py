@@ -32,7 +32,7 @@ from api.services import jobs as svc
 from api.services import playback
 from shared.asr.formats import TranscriptFormat
 from shared.errors import CodedError
-from shared.platform.statuses import JobStatus
+from shared.platform.statuses import FINAL_STATUSES, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -188,9 +188,21 @@ def list_jobs(
     return JobList(data=[svc.job_view(j) for j in page], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobOut, summary="A job's status and progress", responses=ERRORS)
-def get_job(job_id: str, caller: CallerDep, db: DbDep) -> JobOut:
-    return svc.job_view(svc.load_job(db, caller, job_id))
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    summary="A job's status and progress",
+    description=f"While the job is open (queued or processing) the answer carries `Retry-After: "
+    f"{svc.POLL_AFTER_SECONDS}`: when to ask again (progress moves about once a second). Polling "
+    "faster gets nothing newer and takes CPU from the transcription on the same machine; a "
+    "webhook_url avoids polling altogether.",
+    responses=ERRORS,
+)
+def get_job(job_id: str, caller: CallerDep, db: DbDep, response: Response) -> JobOut:
+    job = svc.load_job(db, caller, job_id)
+    if job.status not in FINAL_STATUSES:
+        response.headers["Retry-After"] = str(svc.POLL_AFTER_SECONDS)
+    return svc.job_view(job)
 
 
 @router.get(

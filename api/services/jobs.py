@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from api.deps import Caller
 from api.errors import ERROR_STATUS, ApiError, not_found
@@ -56,6 +56,9 @@ log = logging.getLogger("api.jobs")
 SYNC_PRIORITY = 9
 POLL_SECONDS = 0.15
 _FINAL_EVENT = {"completed": "job.completed", "failed": "job.failed", "cancelled": "job.cancelled"}
+
+
+POLL_AFTER_SECONDS = 1  # Retry-After on an open job's GET: a worker writes progress about once a second
 
 
 def _now() -> datetime:
@@ -109,7 +112,9 @@ def job_view(job: Job) -> JobOut:
         error=error,
         links=job_links(str(job.id)),
         analytics=job.analytics,
-        flags=[flag_view(f) for f in job.flags],
+        # rules flag a job when its transcript is stored: an open job (what pollers read) has none,
+        # and not loading them saves a query per poll
+        flags=[flag_view(f) for f in job.flags] if job.status in FINAL_STATUSES else [],
     )
 
 
@@ -349,7 +354,7 @@ def parse_job_id(job_id: str) -> uuid.UUID:
 
 def load_job(db: Session, caller: Caller, job_id: str) -> Job:
     """The tenant's job, or 404 (unknown, malformed or another tenant's id look the same)."""
-    job = db.get(Job, parse_job_id(job_id), populate_existing=True)
+    job = db.get(Job, parse_job_id(job_id), populate_existing=True, options=[lazyload(Job.flags)])
     if job is None or job.tenant_id != caller.tenant_id:
         raise not_found()
     return job

@@ -24,6 +24,8 @@ def register(sub: Any) -> None:
                    help="then submit this many recordings at once to a new stack (0: skip)")  # fmt: skip
     p.add_argument("--platform-seconds", type=float, default=30.0, help="length of each of those recordings")
     p.add_argument("--platform-batch", type=int, default=16, help="the worker's batch (TONE_WORKER_BATCH)")
+    p.add_argument("--platform-poll", type=float, default=None, metavar="SECONDS",
+                   help="poll each job this often, ignoring Retry-After (default: as it says)")  # fmt: skip
     p.add_argument(
         "--stream-counts", default="1,4,8,16,32", help="live streams to simulate, rising ('' skips)"
     )

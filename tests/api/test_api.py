@@ -109,6 +109,7 @@ def test_an_uploaded_job_completes_with_the_engines_transcript_in_every_format(
     job = wait_final(api.url, api_key, job["id"])
     assert job["status"] == "completed", job
     assert job["progress"] == 1.0 and job["error"] is None and job["metadata"] == {"call": 7}
+    assert "Retry-After" not in httpx.get(f"{api.url}/v1/jobs/{job['id']}", headers=auth(api_key)).headers
     assert job["duration"] == pytest.approx(sf.info(wav).duration, abs=0.01)
     assert job["started_at"] and job["finished_at"]
 
@@ -474,9 +475,12 @@ def test_cancel_of_a_queued_job_then_delete_removes_its_audio(
     base = f"{parked_api.url}/v1/jobs/{job['id']}"
     h = auth(api_key)
     assert_error(httpx.get(f"{base}/transcript", headers=h), 409, "not_ready")
+    queued = httpx.get(base, headers=h)
+    assert queued.json()["status"] == "queued" and queued.headers["Retry-After"] == "1"  # when to poll again
     cancelled = httpx.post(f"{base}/cancel", headers=h)
     assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
-    assert httpx.get(base, headers=h).json()["status"] == "cancelled"
+    final = httpx.get(base, headers=h)
+    assert final.json()["status"] == "cancelled" and "Retry-After" not in final.headers
     assert_error(httpx.post(f"{base}/cancel", headers=h), 409, "already_final")
 
     with session_scope(servers["DATABASE_URL"]) as session:

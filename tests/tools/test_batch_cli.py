@@ -10,12 +10,14 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from shared.cli.batch import (
@@ -27,7 +29,7 @@ from shared.cli.batch import (
     safe_extract,
     scan_dir,
 )
-from shared.dev.bench import batch_archive, batch_run
+from shared.dev.bench import batch_archive, batch_run, jobs_run
 from tests.api.test_api import auth
 from tests.api.test_batches import stereo_wav
 from tests.conftest import KIT_AUDIO, Proc, make_key, start_api, start_worker, wait_for
@@ -356,6 +358,26 @@ def test_bench_batch_run_measures_one_whole_batch(api: Proc, worker: Proc, key: 
     run = batch_run(api.url or "", key, archive, audio, poll=0.2)
     assert run.recordings == 3 and run.completed == 3
     assert 0 < run.upload_s <= run.first_result_s <= run.wall_s and run.rate > 0
+
+
+def test_bench_jobs_run_polls_as_retry_after_says(api: Proc, worker: Proc, key: str, tmp_path: Path) -> None:
+    """The code path of the bench's per-job run: every job completes, the wall time ends at the last
+    job's server-side end, and a job is asked again only when its Retry-After (1 s) says."""
+    import soundfile as sf
+
+    def recordings(seed: int) -> list[Path]:
+        files = [tmp_path / f"rec{seed}-{i}.wav" for i in range(3)]  # all different: no dedupe
+        for i, f in enumerate(files):
+            sf.write(f, np.random.default_rng(seed + i).normal(0, 2000, 8000 * 4).astype(np.int16), 8000)
+        return files
+
+    started = time.perf_counter()
+    run = jobs_run(api.url or "", key, recordings(0))
+    took = time.perf_counter() - started
+    assert len(run.post_ms) == 3 and 0 < run.wall_s <= took
+    assert len(run.get_ms) <= 3 * (took / 1.0 + 2)  # at most one GET per job per second, plus the last
+    fixed = jobs_run(api.url or "", key, recordings(10), poll=0.05)  # a fixed rate: Retry-After ignored
+    assert len(fixed.post_ms) == 3 and len(fixed.get_ms) >= 3 and fixed.wall_s > 0
 
 
 def test_batch_cancelled_on_the_server_ends_the_wait_with_exit_1(
