@@ -101,9 +101,10 @@ def get_recognizer(settings: Settings) -> Recognizer:
             _load_failure = None
             _report_model(settings, None)
             log.info(
-                "model loaded from %s in %.2f s",
+                "model loaded from %s in %.2f s (%d lanes)",
                 settings.model_path or "Hugging Face",
                 time.perf_counter() - started,
+                max(1, len(_recognizer.model.lanes)),
                 job="-",
             )
         return _recognizer
