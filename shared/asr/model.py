@@ -246,7 +246,9 @@ def resolve_providers(providers: str | Sequence[str] | None) -> list[str]:
     return list(providers)
 
 
-MAX_LANES = 4  # default lanes at most: each lane is a session of its own (the model's weights again)
+# default lanes at most: each lane is a session of its own, the model's weights again (~400 MB for
+# T-one), and a worker holds one more for small batches; more lanes were never measured here
+MAX_LANES = 2
 
 
 def usable_cores() -> int:

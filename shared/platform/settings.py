@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     decoder_workers: int = 0  # TONE_DECODER_WORKERS: beam-search processes beside the model (0: inline)
     ort_spinning: bool = True  # TONE_ORT_SPINNING: ORT threads spin between ops (live workers: off)
     lanes: int | None = (
-        None  # TONE_LANES: sessions stepping slices of a batch at once (CPU; unset: 1 per core, <= 4)
+        None  # TONE_LANES: sessions stepping slices of a batch at once (CPU; unset: 2 with >= 2 threads)
     )
 
     # limits

@@ -72,7 +72,8 @@ def test_bank_steps_equal_plain_session_runs(
 
 def test_lane_count() -> None:
     assert lane_count(None, 2, "cpu") == 2
-    assert lane_count(None, 16, "cpu") == 4  # each lane is the model's weights again: at most 4 unasked
+    assert lane_count(None, 16, "cpu") == 2  # each lane is the model's weights again: at most 2 unasked
+    assert lane_count(4, 16, "cpu") == 4  # asked for: as many as there are threads
     assert lane_count(None, 1, "cpu") == 1
     assert lane_count(3, 2, "cpu") == 2  # never more lanes than threads
     assert lane_count(1, 8, "cpu") == 1
