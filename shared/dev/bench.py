@@ -879,17 +879,17 @@ def run_platform_bench(
             sf.write(f, rng.normal(0, 2000, int(seconds * SAMPLE_RATE)).astype(np.int16), SAMPLE_RATE)
             files.append(f)
         run = jobs_run(url, key, files, poll)
-    wall, post_ms, get_ms = run.wall_s, run.post_ms, run.get_ms
-    rate = recordings * seconds / wall
+    audio = recordings * seconds
+    rate = audio / run.wall_s
     how = f"every {poll:g} s" if poll is not None else "as Retry-After says"
     print(
         f"\nplatform: {recordings} recordings of {seconds:.0f} s submitted at once, worker batch {batch}, "
         f"polled {how}"
     )
-    print(f"  {rate:.1f} s of audio per wall second ({wall:.1f} s for {recordings * seconds:.0f} s of audio)")
+    print(f"  {rate:.1f} s of audio per wall second ({run.wall_s:.1f} s for {audio:.0f} s of audio)")
     print(f"  = {100 * rate / engine_rate_b:.0f} % of the bare engine's B={batch} rate ({engine_rate_b:.1f})")
-    print(f"  POST /v1/jobs p95 {_p95(post_ms):.0f} ms ({len(post_ms)} requests)")
-    print(f"  GET /v1/jobs/{{id}} p95 {_p95(get_ms):.0f} ms ({len(get_ms)} requests, during the run)")
+    print(f"  POST /v1/jobs p95 {_p95(run.post_ms):.0f} ms ({len(run.post_ms)} requests)")
+    print(f"  GET /v1/jobs/{{id}} p95 {_p95(run.get_ms):.0f} ms ({len(run.get_ms)} requests, during the run)")
 
 
 # -- a batch: one archive of recordings, submitted as one batch ---------------------------------------

@@ -46,9 +46,7 @@ class Settings(BaseSettings):
     decoder: str = "auto"
     decoder_workers: int = 0  # TONE_DECODER_WORKERS: beam-search processes beside the model (0: inline)
     ort_spinning: bool = True  # TONE_ORT_SPINNING: ORT threads spin between ops (live workers: off)
-    lanes: int | None = (
-        None  # TONE_LANES: sessions stepping slices of a batch at once (CPU; unset: 2 with >= 2 threads)
-    )
+    lanes: int | None = None  # TONE_LANES: sessions stepping a batch's slices at once (CPU; unset: 2)
 
     # limits
     max_upload_bytes: int = 1024 * 1024 * 1024  # 1 GiB
