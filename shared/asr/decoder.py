@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Protocol
@@ -17,6 +18,13 @@ BEAM_WIDTH = 200
 LM_ALPHA = 0.4
 LM_BETA = 0.9
 HOTWORD_WEIGHT = 10.0  # pyctcdecode's default: the log-score bonus per matched hot-word character
+# pyctcdecode's defaults, which the reference's decode() keeps: a frame's token is a candidate when
+# its log-probability (after pyctcdecode's own log-softmax and clip) is at least this
+TOKEN_MIN_LOGP = -5.0
+MIN_TOKEN_CLIP_P = 1e-15
+# the single-path test asks every other token to be this far below the threshold, so that float
+# rounding between our log-softmax and pyctcdecode's can never decide it
+SINGLE_PATH_MARGIN = 1e-3
 
 WordSpan = tuple[str, int, int]  # text, first frame, one past the last frame (relative to logprobs)
 
@@ -61,12 +69,52 @@ class GreedyDecoder:
         return text, words
 
 
-class BeamSearchDecoder:
-    """pyctcdecode's beam search with the reference's settings; KenLM scoring when an LM is given."""
+def single_path(logprobs: np.ndarray) -> bool:
+    """Whether pyctcdecode's beam search can follow only one path through these frames.
+
+    pyctcdecode extends its beams, frame by frame, with the tokens whose log-probability is at
+    least ``TOKEN_MIN_LOGP`` (and always the frame's best). When every frame has just its best
+    token above that, every step makes exactly one beam out of one: the search holds a single
+    beam from the first frame to the last, and the language model, hot words and pruning only
+    change its score, never its text. Its answer is then the argmax path, which
+    :class:`SinglePathDecoder` spells exactly as pyctcdecode does, for a fraction of the cost
+    (peaked frames are the common case for a CTC model: blanks and confident letters)."""
+    if logprobs.ndim != 2 or not len(logprobs):
+        return False
+    x = logprobs.astype(np.float64)
+    if np.isnan(x).any():
+        return False
+    if math.isclose(float(x.sum(axis=1).mean()), 1.0):
+        return False  # pyctcdecode would read these as probabilities: leave it to pyctcdecode
+    x = x - x.max(axis=1, keepdims=True)  # pyctcdecode's log-softmax and clip
+    x = np.clip(x - np.log(np.exp(x).sum(axis=1, keepdims=True)), math.log(MIN_TOKEN_CLIP_P), 0)
+    candidates = (x >= TOKEN_MIN_LOGP - SINGLE_PATH_MARGIN).sum(axis=1)
+    return bool((candidates <= 1).all())
+
+
+class SinglePathDecoder:
+    """pyctcdecode's answer on frames where :func:`single_path` holds (the caller checks): the
+    argmax path's words with their frames, and its text with runs of spaces made one, as
+    pyctcdecode writes it. Hot words change only the one beam's score, so they change nothing."""
 
     name = "beam"
 
-    def __init__(self, lm_path: str | Path | None = None) -> None:
+    def decode(self, logprobs: np.ndarray, hotwords: Sequence[str] = ()) -> tuple[str, list[WordSpan]]:
+        text, words = GreedyDecoder().decode(logprobs)
+        return " ".join(text.split()), words
+
+
+SINGLE_PATH = SinglePathDecoder()
+
+
+class BeamSearchDecoder:
+    """pyctcdecode's beam search with the reference's settings; KenLM scoring when an LM is given.
+    Phrases whose frames leave the search a single path are spelled without running it
+    (:func:`single_path`); ``fast_path=False`` always runs pyctcdecode."""
+
+    name = "beam"
+
+    def __init__(self, lm_path: str | Path | None = None, *, fast_path: bool = True) -> None:
         from pyctcdecode import build_ctcdecoder
 
         logging.getLogger("pyctcdecode").setLevel(logging.ERROR)
@@ -74,13 +122,19 @@ class BeamSearchDecoder:
         self._decoder = build_ctcdecoder(
             labels=list(LABELS), kenlm_model_path=self.lm_path, alpha=LM_ALPHA, beta=LM_BETA
         )
+        self.fast_path = fast_path
+        self.single_paths = 0  # phrases spelled by the single-path rule, not by the search
 
     def decode(self, logprobs: np.ndarray, hotwords: Sequence[str] = ()) -> tuple[str, list[WordSpan]]:
         """``hotwords`` (a stream's vocabulary) are boosted by pyctcdecode for this call only."""
+        if self.fast_path and single_path(logprobs):
+            self.single_paths += 1
+            return SINGLE_PATH.decode(logprobs)
         # decode() is decode_beams(prune_history=True)[0][0]: the same call, keeping the word frames
         best = self._decoder.decode_beams(
             logprobs,
             beam_width=BEAM_WIDTH,
+            token_min_logp=TOKEN_MIN_LOGP,
             prune_history=True,
             hotwords=list(hotwords) or None,
             hotword_weight=HOTWORD_WEIGHT,

@@ -20,7 +20,16 @@ import numpy as np
 import numpy.typing as npt
 
 from . import splitter
-from .decoder import BeamSearchDecoder, Decoder, DecoderName, GreedyDecoder, kenlm_available, to_phrase
+from .decoder import (
+    SINGLE_PATH,
+    BeamSearchDecoder,
+    Decoder,
+    DecoderName,
+    GreedyDecoder,
+    kenlm_available,
+    single_path,
+    to_phrase,
+)
 from .decoder_pool import DecoderPool
 from .errors import ModelError, StreamStateError
 from .model import AcousticModel, locate_model
@@ -200,7 +209,15 @@ class Recognizer:
             if not raws:
                 out.append([])
             elif self.pool is not None and s.decoder == "beam":
-                out.append([self.pool.submit(s.decoder, r, s.channel, s.hotwords) for r in raws])
+                pending: list[_Pending] = []
+                for r in raws:
+                    if single_path(r.logprobs):  # spelled here: cheaper than a hop to the pool
+                        phrase = to_phrase(SINGLE_PATH, r, s.channel)
+                        if phrase is not None:
+                            pending.append(phrase)
+                    else:
+                        pending.append(self.pool.submit(s.decoder, r, s.channel, s.hotwords))
+                out.append(pending)
             else:
                 dec = self.decoder(s.decoder)
                 out.append(

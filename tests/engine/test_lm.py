@@ -9,9 +9,10 @@ import kenlm  # noqa: F401  (the lm extra, installed by `make test`: its absence
 import numpy as np
 import pytest
 
-from shared.asr.decoder import BeamSearchDecoder
+from shared.asr.decoder import BeamSearchDecoder, single_path
 from shared.asr.engine import Recognizer
 from shared.asr.errors import ModelError
+from shared.asr.types import BLANK_ID, SPACE_ID
 from shared.dev.models.tones import synthesize
 
 
@@ -107,3 +108,55 @@ def test_flashlight_beam_search_equals_pyctcdecode_on_peaked_phrases(
     got = list(rec.transcribe(audio, decoder="beam"))
     assert [p.text for p in want] == ["дом кот", "слон", "кот дом слон", "мир"]
     assert got == want
+
+
+def single_path_frames(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Frames of speech-like tokens (blank runs, letters, repeats, spaces, also at the ends and
+    doubled) where only each frame's token is a candidate for pyctcdecode (others below -5)."""
+    weights = np.full(35, 1.0)
+    weights[BLANK_ID], weights[SPACE_ID] = 12.0, 4.0
+    tokens = rng.choice(35, size=n, p=weights / weights.sum())
+    runs = rng.integers(1, 4, size=n)
+    ids = np.repeat(tokens, runs)[:n]
+    lp = rng.uniform(-40.0, -5.6, size=(n, 35))
+    lp[np.arange(n), ids] = rng.uniform(-0.4, 0.0, size=n)
+    return lp.astype(np.float32)
+
+
+def test_single_path_phrases_are_spelled_as_pyctcdecode_spells_them(tmp_path: Path) -> None:
+    """Where every frame has one candidate token, the beam search holds one beam: our spelling of
+    that path equals pyctcdecode's run, text and word frames, with an LM and with hot words."""
+    lm = unigram_lm(tmp_path / "lm.arpa", {"мир": -0.1, "мар": -4.0, "дом": -0.5})
+    fast, full = BeamSearchDecoder(lm), BeamSearchDecoder(lm, fast_path=False)
+    rng = np.random.default_rng(7)
+    spelled = 0
+    for i in range(400):
+        lp = single_path_frames(rng, int(rng.integers(1, 80)))
+        assert single_path(lp)
+        hotwords = ["дом", "кот"] if i % 3 == 0 else []
+        assert fast.decode(lp, hotwords) == full.decode(lp, hotwords)
+        spelled += 1
+    assert fast.single_paths == spelled
+    assert full.single_paths == 0
+
+
+def test_a_second_candidate_sends_the_phrase_to_the_search(tmp_path: Path) -> None:
+    lm = unigram_lm(tmp_path / "lm.arpa", {"мир": -0.1, "мар": -4.0})
+    rng = np.random.default_rng(3)
+    lp = single_path_frames(rng, 40)
+    k = int(np.argmax(lp[:, BLANK_ID] < -1))  # a frame whose best is not the blank
+    lp[k, BLANK_ID] = -4.9  # still a candidate for pyctcdecode (≥ -5 after its log-softmax)
+    assert not single_path(lp)
+    lp[k, BLANK_ID] = -5.0005  # rounding could put it either side of -5: not ours to decide
+    assert not single_path(lp)
+    lp[k, BLANK_ID] = -6.0
+    assert single_path(lp)
+    decoder = BeamSearchDecoder(lm)
+    lp[k, BLANK_ID] = -4.9
+    decoder.decode(lp)
+    assert decoder.single_paths == 0
+    assert not single_path(np.exp(lp) / np.exp(lp).sum(axis=1, keepdims=True))  # probabilities
+    assert not single_path(np.zeros((0, 35), np.float32))
+    nan = single_path_frames(rng, 10)
+    nan[3, 5] = np.nan
+    assert not single_path(nan)
