@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from api.errors import ApiError
-from api.ratelimit import check_auth_failures, check_rate, count_auth_failure
+from api.ratelimit import check_auth_failures, check_rate, count_auth_failure, rate_counter, refuse_over_rate
 from shared.db.session import sessionmaker_for
 from shared.platform.keys import REVOCATIONS_KEY, get_or_create_tenant, verify_key
 from shared.platform.settings import Settings, get_settings
@@ -136,6 +136,12 @@ class VerifiedKeys:
             return None
         return entry[0]
 
+    def peek(self, key: str | None) -> Caller | None:
+        """The caller kept for ``key``, unchecked against revocations (``get`` checks)."""
+        with self._lock:
+            entry = self._entries.get(self._id(key))
+        return entry[0] if entry is not None and entry[1] >= time.monotonic() else None
+
     def put(self, key: str | None, caller: Caller, revocations: bytes | None) -> None:
         if revocations is None:
             return
@@ -150,25 +156,32 @@ class VerifiedKeys:
 VERIFIED = VerifiedKeys()
 
 
-async def caller_of(settings: Settings, key: str | None, address: str) -> Caller:
+async def caller_of(settings: Settings, key: str | None, address: str, *, rate_limit: int = 0) -> Caller:
     """The caller of ``key`` (a recently verified one from memory, else from a database session of
     its own that is closed at once: a call that waits long afterwards, a live piece waiting for its
     answer, holds no pooled connection meanwhile). An address that failed to authenticate too often
-    this minute gets 429 first."""
+    this minute gets 429 first. With ``rate_limit``, the request is also counted against the key's
+    per-minute limit (429 past it): for a key kept in memory, in the same Redis round trip."""
     client = async_redis_for(settings.redis_url)
     checked = key is not None and not settings.auth_disabled
     limit = settings.auth_failures_per_minute if checked else 0
-    revocations = await check_auth_failures(client, address, limit, REVOCATIONS_KEY)
-    cached = VERIFIED.get(key, revocations)
-    if cached is not None:
-        return cached
-    try:
-        caller = await run_in_threadpool(_from_database, settings, key)
-    except ApiError as exc:
-        if exc.status == 401 and checked:
-            await count_auth_failure(client, address)
-        raise
-    VERIFIED.put(key, caller, revocations)
+    known = VERIFIED.peek(key) if rate_limit > 0 else None
+    counter = rate_counter(known.key_prefix) if known is not None else None
+    revocations, rate = await check_auth_failures(client, address, limit, REVOCATIONS_KEY, count=counter)
+    caller = VERIFIED.get(key, revocations)
+    if caller is None:
+        try:
+            caller = await run_in_threadpool(_from_database, settings, key)
+        except ApiError as exc:
+            if exc.status == 401 and checked:
+                await count_auth_failure(client, address)
+            raise
+        VERIFIED.put(key, caller, revocations)
+    if rate_limit > 0:
+        if rate is not None and known is not None and known.key_prefix == caller.key_prefix:
+            refuse_over_rate(*rate, rate_limit)
+        else:
+            await check_rate(client, caller.key_prefix, rate_limit)
     return caller
 
 
@@ -178,10 +191,6 @@ def _from_database(settings: Settings, key: str | None) -> Caller:
         return resolve_caller(db, settings, key)
     finally:
         db.close()
-
-
-async def authenticate(request: Request, settings: SettingsDep) -> Caller:
-    return await caller_of(settings, presented_key(request), client_address(request))
 
 
 def resolve_caller(db: Session, settings: Settings, key: str | None) -> Caller:
@@ -202,10 +211,10 @@ def resolve_caller(db: Session, settings: Settings, key: str | None) -> Caller:
     return Caller(row.tenant_id, row.tenant.name, row.prefix)
 
 
-async def current_caller(caller: Annotated[Caller, Depends(authenticate)], settings: SettingsDep) -> Caller:
+async def current_caller(request: Request, settings: SettingsDep) -> Caller:
     """The authenticated caller, after counting this request against its per-minute limit."""
-    await check_rate(async_redis_for(settings.redis_url), caller.key_prefix, settings.rate_limit_per_minute)
-    return caller
+    limit = settings.rate_limit_per_minute
+    return await caller_of(settings, presented_key(request), client_address(request), rate_limit=limit)
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]

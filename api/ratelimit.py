@@ -46,17 +46,26 @@ def _refused(message: str, retry_after: int) -> ApiError:
     )
 
 
+def rate_counter(key: str) -> str:
+    return f"tone:ratelimit:{key}"
+
+
+def refuse_over_rate(count: int, retry_after: int, limit: int) -> None:
+    """429 when a window's ``count`` passed ``limit``."""
+    if count > limit:
+        raise _refused(f"more than {limit} requests per minute for this key", retry_after)
+
+
 async def check_rate(client: aioredis.Redis, key: str, limit: int) -> None:
     """Count one request for ``key``; raise 429 when the window's count passes ``limit`` (0: off)."""
     if limit <= 0:
         return
     try:
-        count, retry_after = await _count(client, f"tone:ratelimit:{key}")
+        count, retry_after = await _count(client, rate_counter(key))
     except redis.RedisError as exc:  # fail open: the limit must not take the API down with Redis
         log.warning("rate limit not counted (Redis: %s)", exc)
         return
-    if count > limit:
-        raise _refused(f"more than {limit} requests per minute for this key", retry_after)
+    refuse_over_rate(count, retry_after, limit)
 
 
 def _auth_counter(address: str) -> str:
@@ -64,25 +73,33 @@ def _auth_counter(address: str) -> str:
 
 
 async def check_auth_failures(
-    client: aioredis.Redis, address: str, limit: int, also: str | None = None
-) -> bytes | None:
+    client: aioredis.Redis, address: str, limit: int, also: str | None = None, count: str | None = None
+) -> tuple[bytes | None, tuple[int, int] | None]:
     """429 ``rate_limited`` when ``address`` already failed to authenticate ``limit`` times in its
     current window (0: off); Redis trouble lets the request through. Returns the value of the key
-    ``also``, read in the same round trip (b"0" when unset; None when Redis did not answer)."""
+    ``also``, read in the same round trip (b"0" when unset; None when Redis did not answer), and,
+    when ``count`` names a rate counter, one request counted in it in the same round trip (as
+    :func:`check_rate` counts: in a transaction, so the window's expiry is never lost): its window's
+    count and seconds left (None when not counted). One round trip where a request had two."""
     try:
-        pipe = client.pipeline(transaction=False)
+        pipe = client.pipeline(transaction=count is not None)
         pipe.get(_auth_counter(address))
         pipe.pttl(_auth_counter(address))
+        if count is not None:
+            pipe.set(count, 0, ex=WINDOW_SECONDS, nx=True)
+            pipe.incr(count)
+            pipe.pttl(count)
         if also is not None:
             pipe.get(also)
         failures, ttl_ms, *more = await pipe.execute()
     except redis.RedisError as exc:
         log.warning("failed authentications not checked (Redis: %s)", exc)
-        return None
+        return None, None
     if limit > 0 and int(failures or 0) >= limit:
         message = f"{limit} failed authentications within a minute from this address"
         raise _refused(message, _seconds_left(ttl_ms))
-    return (more[0] or b"0") if more else None
+    rate = (int(more[1]), _seconds_left(more[2])) if count is not None else None
+    return ((more[-1] or b"0") if also is not None else None), rate
 
 
 async def count_auth_failure(client: aioredis.Redis, address: str) -> None:

@@ -32,7 +32,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from api.deps import Caller, caller_of, client_address, current_caller, presented_key, redis_for
+from api.deps import Caller, caller_of, client_address, presented_key, redis_for
 from api.errors import status_of
 from api.services import live
 from shared.asr.types import SAMPLE_RATE
@@ -92,7 +92,7 @@ class ClientGoneError(Exception):
 async def authenticate(ws: WebSocket, settings: Settings, key: str | None) -> Caller:
     """The connection's caller (as an HTTP request's: failed attempts counted per address, a
     verified key kept in memory), counted against its key's per-minute limit."""
-    return await current_caller(await caller_of(settings, key, client_address(ws)), settings)
+    return await caller_of(settings, key, client_address(ws), rate_limit=settings.rate_limit_per_minute)
 
 
 def connection_key(ws: WebSocket, settings: Settings) -> str | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import soundfile as sf
 from sqlalchemy import select
 
@@ -581,6 +582,10 @@ def test_requests_over_the_per_key_limit_get_429_with_retry_after(
         assert_error(refused, 429, "rate_limited")
         assert 1 <= int(refused.headers["Retry-After"]) <= 60
         assert httpx.get(f"{proc.url}/v1/jobs", headers=auth(other)).status_code == 200  # per key
+        # from the second request on the key is kept in memory and counted in the round trip that
+        # checks revocations: the window still ends (the counter has its expiry)
+        window = redis.Redis.from_url(servers["REDIS_URL"]).pttl(f"tone:ratelimit:{key_prefix(key)}")
+        assert 0 < int(window) <= 60_000
     finally:
         proc.stop()
 
