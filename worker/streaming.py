@@ -236,24 +236,33 @@ def run(queue: str, settings: Settings | None = None) -> int:
     return handled
 
 
-LINGER_SECONDS = 0.010  # a round waits at most this long for the rest of a burst of pieces
+LINGER_SECONDS = 0.030  # a round waits at most this long for the rest of a burst of pieces
+LINGER_GAP = 0.006  # ... and stops waiting once no piece came for this long
 LINGER_POLL = 0.002
 
 
-def linger(store: SessionStore, queue: str, have: int) -> list[Item]:
-    """Items that arrive while more keep arriving (every LINGER_POLL s, up to LINGER_SECONDS): the
-    rest of a burst joins this round. Clients in step (calls opened together, a sender's timer)
-    send their pieces within a few ms; a round that started on the first few made the others
-    wait for it and then for their own: the tail of the cost model's latencies, where a round is
-    hundreds of ms of model time."""
+def linger(
+    store: SessionStore, queue: str, have: int, *, gap: float = LINGER_GAP, limit: float = LINGER_SECONDS
+) -> list[Item]:
+    """Items that arrive while more keep arriving (looked for every LINGER_POLL s; the wait ends
+    ``gap`` s after the last arrival, and ``limit`` s after it began): the rest of a burst joins
+    this round. Clients in step (calls opened together, a sender's timer) send their pieces within
+    a few ms; a round that started on the first few made the others wait for it and then for their
+    own: the tail of the cost model's latencies, where a round is hundreds of ms of model time.
+    The gap is what an API process takes per HTTP piece (~4 ms here): with the earlier rule (stop
+    at the first empty look, 2 ms) HTTP bursts of 16 went into rounds of 9 on average."""
     got: list[Item] = []
-    end = time.monotonic() + LINGER_SECONDS
-    while have + len(got) < POP and time.monotonic() < end:
+    now = last = time.monotonic()
+    end = now + limit
+    while have + len(got) < POP and now < end:
         time.sleep(LINGER_POLL)
         more = store.pop_pending(queue, POP - have - len(got))
-        if not more:
+        now = time.monotonic()
+        if more:
+            got += more
+            last = now
+        elif now - last >= gap:
             break
-        got += more
     return got
 
 

@@ -1,0 +1,71 @@
+"""How long a live round waits for the rest of a burst (``worker.streaming.linger``), on a clock
+of its own: pieces arrive at set times, and sleeping moves the clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from worker import streaming
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Arrivals:
+    """A pending list whose items arrive at the given times."""
+
+    def __init__(self, clock: Clock, times: list[float]) -> None:
+        self.clock, self.times = clock, sorted(times)
+
+    def pop_pending(self, queue: str, count: int) -> list[Any]:
+        ready = [t for t in self.times if t <= self.clock.now][:count]
+        self.times = self.times[len(ready) :]
+        return ready
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(streaming, "time", clock)
+    return clock
+
+
+def test_pieces_a_few_ms_apart_all_join_the_round(clock: Clock) -> None:
+    """An API process answers an HTTP piece every ~4 ms: a burst of 8 such pieces is one round."""
+    arrivals = Arrivals(clock, [0.004 * k for k in range(1, 8)])
+    got = streaming.linger(arrivals, "q", 1)  # type: ignore[arg-type]
+    assert len(got) == 7
+    assert clock.now < 0.004 * 7 + streaming.LINGER_GAP + streaming.LINGER_POLL
+
+
+def test_the_wait_ends_after_a_quiet_gap(clock: Clock) -> None:
+    arrivals = Arrivals(clock, [0.003, 0.005, 0.020])  # the third after 15 ms of quiet
+    assert len(streaming.linger(arrivals, "q", 1)) == 2  # type: ignore[arg-type]
+    assert clock.now <= 0.005 + streaming.LINGER_GAP + streaming.LINGER_POLL
+
+
+def test_a_steady_trickle_is_cut_at_the_limit(clock: Clock) -> None:
+    arrivals = Arrivals(clock, [0.003 * k for k in range(1, 100)])
+    got = streaming.linger(arrivals, "q", 1)  # type: ignore[arg-type]
+    assert clock.now == pytest.approx(streaming.LINGER_SECONDS, abs=streaming.LINGER_POLL)
+    assert len(got) == int(streaming.LINGER_SECONDS / 0.003)
+
+
+def test_nothing_more_coming_costs_one_gap(clock: Clock) -> None:
+    assert streaming.linger(Arrivals(clock, []), "q", 1) == []  # type: ignore[arg-type]
+    assert clock.now == pytest.approx(streaming.LINGER_GAP, abs=streaming.LINGER_POLL)
+
+
+def test_a_full_round_waits_for_nothing(clock: Clock) -> None:
+    assert streaming.linger(Arrivals(clock, [0.001]), "q", streaming.POP) == []  # type: ignore[arg-type]
+    assert clock.now == 0.0
