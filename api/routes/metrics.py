@@ -2,9 +2,9 @@
 
 What it shows: the platform's counters and histograms (``shared.platform.metrics``: jobs finished by
 status, audio seconds processed, queue wait, job latency, live piece latency), updated by the workers
-and the API when things happen and read back from Redis; the depth of every queue; and this API
-process's requests per route template (``tone_http_requests_total{method,route,status}``,
-``tone_http_request_duration_seconds{method,route}``).
+and the API when things happen and read back from Redis; the depth of every queue; and the API
+processes' requests per route template (``tone_http_requests_total{method,route,status}``,
+``tone_http_request_duration_seconds{method,route}``; all the processes of one ``python -m api``).
 
 Who may read it: with ``TONE_METRICS_TOKEN`` set, a scraper sending ``Authorization: Bearer <token>``
 (Prometheus' ``authorization`` setting); without it, only clients on this machine (loopback). Anyone
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import time
 from collections.abc import Iterator
 from ipaddress import ip_address
@@ -22,7 +23,14 @@ from typing import Any
 
 import redis
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -70,7 +78,7 @@ REGISTRY = CollectorRegistry()
 REGISTRY.register(PlatformCollector())
 HTTP_REQUESTS = Counter(
     "tone_http_requests",
-    "HTTP requests answered by this API process, by route template",
+    "HTTP requests answered by this API (all its processes), by route template",
     ["method", "route", "status"],
     registry=REGISTRY,
 )
@@ -145,4 +153,16 @@ def _allowed(request: Request, settings: Settings) -> None:
 def metrics(request: Request, settings: SettingsDep) -> Any:
     _allowed(request, settings)
     live.flush_piece_metrics(redis_for(settings.redis_url))  # this process's tally, before reading
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
+
+
+def _registry() -> CollectorRegistry:
+    """The registry to scrape: with several API processes on one port (``python -m api`` sets
+    ``PROMETHEUS_MULTIPROC_DIR``), the HTTP counts of all of them, from prometheus_client's files,
+    beside the platform's own (those live in Redis and are the same from any process)."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    registry.register(PlatformCollector())
+    return registry

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     ort_spinning: bool = True  # TONE_ORT_SPINNING: ORT threads spin between ops (live workers: off)
     lanes: int | None = None  # TONE_LANES: sessions stepping a batch's slices at once (CPU; unset: 2)
 
+    # the API
+    api_workers: int | None = None  # TONE_API_WORKERS: API processes on one port (unset: 2, 1 on one core)
+
     # limits
     max_upload_bytes: int = 1024 * 1024 * 1024  # 1 GiB
     max_audio_seconds: float = 4 * 3600.0
