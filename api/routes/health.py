@@ -9,9 +9,9 @@ valid API key or ``TONE_SCRAPE_TOKEN`` (``Authorization: Bearer`` or ``X-API-Key
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from shared.db.session import engine_for, sessionmaker_for
 from shared.platform.keys import verify_key
 from shared.platform.model_status import model_health
 from shared.platform.settings import Settings
-from shared.queue import EVENTS_QUEUE, client, live_queue
+from shared.queue import EVENTS_QUEUE, live_queue
+from shared.queue import client as celery_client
 
 log = logging.getLogger("api.health")
 router = APIRouter(tags=["service"])
@@ -96,26 +97,39 @@ def _broker_ok(client: redis.Redis) -> bool:
         return False
 
 
+WORKERS_KEY = "tone:health:workers"
+
+
 class _Workers:
     """Celery workers answering, and how many read each queue (``active_queues``: one broadcast,
-    replies within 1 s), asked at most every few seconds."""
+    replies within 1 s), asked at most every few seconds. The answer is kept in Redis for that
+    long, not in the process: every API process (``TONE_API_WORKERS``) then tells the same, where
+    one that had asked before the workers were up said "degraded" while another said "ok"."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._at = -1e9
-        self._seen: tuple[int, dict[str, int]] = (0, {})
 
-    def __call__(self) -> tuple[int, dict[str, int]]:
+    def __call__(self, r: redis.Redis) -> tuple[int, dict[str, int]]:
         with self._lock:
-            if time.monotonic() - self._at > WORKERS_CACHE_SECONDS:
-                self._seen = self._ask()
-                self._at = time.monotonic()
-            return self._seen
+            try:
+                kept = r.get(WORKERS_KEY)
+                if kept is not None:
+                    seen = json.loads(kept)
+                    return int(seen["workers"]), {str(k): int(v) for k, v in seen["readers"].items()}
+            except (redis.RedisError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                log.warning("health: kept workers: %s", exc)
+            workers, readers = self._ask()
+            try:
+                value = json.dumps({"workers": workers, "readers": readers})
+                r.set(WORKERS_KEY, value, px=int(WORKERS_CACHE_SECONDS * 1000))
+            except redis.RedisError as exc:
+                log.warning("health: workers not kept: %s", exc)
+            return workers, readers
 
     @staticmethod
     def _ask() -> tuple[int, dict[str, int]]:
         try:
-            replies = client().control.inspect(timeout=1.0).active_queues() or {}
+            replies = celery_client().control.inspect(timeout=1.0).active_queues() or {}
         except Exception as exc:
             log.warning("health: workers: %s", exc)
             return 0, {}
@@ -143,7 +157,7 @@ def livez() -> dict[str, str]:
 def readiness(settings: Settings, client: redis.Redis) -> tuple[bool, dict[str, Any]]:
     """``(ready, checks)``: the database, Redis, the model and a reader on each queue this API sends to."""
     db_ok, broker_ok = _database_ok(settings), _broker_ok(client)
-    _, readers = workers_seen() if broker_ok else (0, {})
+    _, readers = workers_seen(client) if broker_ok else (0, {})
     roles = {
         q: readers.get(q, 0) for q in (settings.worker_queue, live_queue(settings.worker_queue), EVENTS_QUEUE)
     }
@@ -187,7 +201,7 @@ def readyz(settings: SettingsDep, client: RedisDep) -> JSONResponse:
 )
 def health(request: Request, settings: SettingsDep, client: RedisDep) -> JSONResponse:
     db_ok, broker_ok = _database_ok(settings), _broker_ok(client)
-    workers, readers = workers_seen() if broker_ok else (0, {})
+    workers, readers = workers_seen(client) if broker_ok else (0, {})
     # the roles this API sends work to (worker/celery_app.py), each with the workers reading it
     roles = {
         q: readers.get(q, 0) for q in (settings.worker_queue, live_queue(settings.worker_queue), EVENTS_QUEUE)
