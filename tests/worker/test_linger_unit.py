@@ -69,3 +69,10 @@ def test_nothing_more_coming_costs_one_gap(clock: Clock) -> None:
 def test_a_full_round_waits_for_nothing(clock: Clock) -> None:
     assert streaming.linger(Arrivals(clock, [0.001]), "q", streaming.POP) == []  # type: ignore[arg-type]
     assert clock.now == 0.0
+
+
+def test_the_wait_is_a_share_of_the_last_round_between_the_floor_and_the_cap() -> None:
+    assert streaming.linger_limit(0.0) == streaming.LINGER_FLOOR  # cheap rounds: the old 10 ms
+    assert streaming.linger_limit(0.003) == streaming.LINGER_FLOOR
+    assert streaming.linger_limit(0.100) == pytest.approx(streaming.LINGER_SHARE * 0.100)
+    assert streaming.linger_limit(2.0) == streaming.LINGER_SECONDS
