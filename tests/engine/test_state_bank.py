@@ -7,6 +7,7 @@ of the rows (the CPU) and without them (the device path, as on CUDA, run here on
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -140,10 +141,19 @@ def test_lanes_work_in_a_forked_child(tone_model) -> None:
 
     want = rows()  # the parent's lane threads exist now
     ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    child = ctx.Process(target=lambda: queue.put(rows().tobytes()))
+    ours, theirs = ctx.Pipe(duplex=False)
+
+    def child_rows() -> None:
+        # sent whole from this thread (a Queue's feeder thread could be cut off mid-message, and
+        # the parent then waits forever for the rest), then out at once: no interpreter teardown of
+        # the parent's ONNX Runtime sessions in a forked child (a Celery child loads its own model)
+        theirs.send_bytes(rows().tobytes())
+        os._exit(0)
+
+    child = ctx.Process(target=child_rows)
     child.start()
-    got = queue.get(timeout=60)
+    assert ours.poll(120), "the forked child sent no rows"
+    got = ours.recv_bytes()
     child.join(60)
     assert child.exitcode == 0
     assert np.frombuffer(got, np.float16).reshape(want.shape).tolist() == want.tolist()
