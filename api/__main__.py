@@ -4,7 +4,7 @@ The one way the API is started (``tone-platform up``, the API image, the tests),
 options live here: proxy headers (X-Forwarded-For from a trusted proxy), and no permessage-deflate
 on WebSockets: live audio does not compress, and negotiating it (browsers and the ``websockets``
 client ask for it) cost the API a twentieth of its CPU at 200 live streams, the client as much again;
-and its processes: ``--workers`` / ``TONE_API_WORKERS`` (unset: 2 on 2 cores or more), with
+and its processes: ``--workers`` / ``TONE_API_WORKERS`` (unset: 1), with
 Prometheus' multiprocess mode so that ``/metrics`` adds up every process's counts.
 """
 
@@ -22,13 +22,13 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def default_workers() -> int:
-    """``TONE_API_WORKERS``, else 2 processes where this process may run on 2 cores or more."""
+    """``TONE_API_WORKERS``, else 1 (2 processes on 2 cores measured better tails, but two tests
+    of the suite failed with them, a database outage and a CLI's Ctrl-C: not the default until
+    those are understood)."""
     from shared.platform.settings import get_settings
 
     configured = get_settings().api_workers
-    if configured is not None:
-        return configured
-    return 2 if len(os.sched_getaffinity(0)) >= 2 else 1
+    return configured if configured is not None else 1
 
 
 def log_config() -> dict[str, Any]:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(
-        "--workers", type=int, default=None, help="processes (default: TONE_API_WORKERS, else 2)"
+        "--workers", type=int, default=None, help="processes (default: TONE_API_WORKERS, else 1)"
     )
     parser.add_argument("--no-access-log", action="store_true", help="no line per request in the log")
     args = parser.parse_args(argv)

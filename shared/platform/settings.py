@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     lanes: int | None = None  # TONE_LANES: sessions stepping a batch's slices at once (CPU; unset: 2)
 
     # the API
-    api_workers: int | None = None  # TONE_API_WORKERS: API processes on one port (unset: 2, 1 on one core)
+    api_workers: int | None = None  # TONE_API_WORKERS: API processes on one port (unset: 1)
 
     # limits
     max_upload_bytes: int = 1024 * 1024 * 1024  # 1 GiB
