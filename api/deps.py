@@ -124,28 +124,28 @@ class VerifiedKeys:
         self._entries: OrderedDict[str, tuple[Caller, float, bytes]] = OrderedDict()
 
     @staticmethod
-    def _id(key: str | None) -> str:
+    def name(key: str | None) -> str:
+        """What the keys are kept under (hashed once per request, then given to the methods)."""
         return hashlib.sha256((key or "").encode()).hexdigest()
 
-    def get(self, key: str | None, revocations: bytes | None) -> Caller | None:
+    def get(self, name: str, revocations: bytes | None) -> Caller | None:
         if revocations is None:
             return None
         with self._lock:
-            entry = self._entries.get(self._id(key))
+            entry = self._entries.get(name)
         if entry is None or entry[1] < time.monotonic() or entry[2] != revocations:
             return None
         return entry[0]
 
-    def peek(self, key: str | None) -> Caller | None:
-        """The caller kept for ``key``, unchecked against revocations (``get`` checks)."""
+    def peek(self, name: str) -> Caller | None:
+        """The caller kept under ``name``, unchecked against revocations (``get`` checks)."""
         with self._lock:
-            entry = self._entries.get(self._id(key))
+            entry = self._entries.get(name)
         return entry[0] if entry is not None and entry[1] >= time.monotonic() else None
 
-    def put(self, key: str | None, caller: Caller, revocations: bytes | None) -> None:
+    def put(self, name: str, caller: Caller, revocations: bytes | None) -> None:
         if revocations is None:
             return
-        name = self._id(key)
         with self._lock:
             self._entries[name] = (caller, time.monotonic() + KEY_CACHE_SECONDS, revocations)
             self._entries.move_to_end(name)
@@ -165,10 +165,11 @@ async def caller_of(settings: Settings, key: str | None, address: str, *, rate_l
     client = async_redis_for(settings.redis_url)
     checked = key is not None and not settings.auth_disabled
     limit = settings.auth_failures_per_minute if checked else 0
-    known = VERIFIED.peek(key) if rate_limit > 0 else None
+    name = VERIFIED.name(key)
+    known = VERIFIED.peek(name) if rate_limit > 0 else None
     counter = rate_counter(known.key_prefix) if known is not None else None
     revocations, rate = await check_auth_failures(client, address, limit, REVOCATIONS_KEY, count=counter)
-    caller = VERIFIED.get(key, revocations)
+    caller = VERIFIED.get(name, revocations)
     if caller is None:
         try:
             caller = await run_in_threadpool(_from_database, settings, key)
@@ -176,7 +177,7 @@ async def caller_of(settings: Settings, key: str | None, address: str, *, rate_l
             if exc.status == 401 and checked:
                 await count_auth_failure(client, address)
             raise
-        VERIFIED.put(key, caller, revocations)
+        VERIFIED.put(name, caller, revocations)
     if rate_limit > 0:
         if rate is not None and known is not None and known.key_prefix == caller.key_prefix:
             refuse_over_rate(*rate, rate_limit)

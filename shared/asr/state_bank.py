@@ -20,7 +20,6 @@ device reading it copies the row to the host and releases the slot.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
@@ -44,17 +43,15 @@ class Lanes:
     def __init__(self, sessions: list[Any]) -> None:
         self.sessions = sessions
         self._pool: ThreadPoolExecutor | None = None
-        self._pid = 0
 
     def __len__(self) -> int:
         return len(self.sessions)
 
     def submit(self, session: Any, io: Any) -> Future[None]:
-        """Run ``io`` on ``session`` in a lane thread (a pool made afresh in a forked child, whose
-        copy of the parent's threads would never run)."""
-        if self._pool is None or self._pid != os.getpid():
+        """Run ``io`` on ``session`` in a lane thread. A model is used in the process that loaded it:
+        ONNX Runtime's sessions are not fork-safe (a Celery pool process loads its own model)."""
+        if self._pool is None:
             self._pool = ThreadPoolExecutor(len(self.sessions) - 1, thread_name_prefix="tone-lane")
-            self._pid = os.getpid()
         return self._pool.submit(session.run_with_iobinding, io)
 
     @staticmethod

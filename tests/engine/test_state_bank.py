@@ -7,7 +7,6 @@ of the rows (the CPU) and without them (the device path, as on CUDA, run here on
 
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
@@ -121,42 +120,6 @@ def test_a_failed_lane_gives_every_stream_its_state_back(recognizer: Recognizer,
     assert all(s._slot is None for s in streams)
     assert all(np.array_equal(s.model_state, b) for s, b in zip(streams, before))
     bank.step(streams[:1], signal[:1])
-
-
-def test_lanes_work_in_a_forked_child(tone_model) -> None:
-    """The lane threads of a parent do not exist in a forked child (a Celery prefork worker): the
-    child makes its own and gets the same rows."""
-    import multiprocessing
-
-    model = AcousticModel(tone_model, threads=2, lanes=2)
-    signal = np.full((4, CHUNK_SAMPLES, 1), 300, np.int32)
-
-    def rows() -> np.ndarray:
-        bank = model.new_bank()
-        streams = [StreamState() for _ in range(4)]
-        bank.step(streams, signal)
-        bank.step(streams, signal)
-        assert bank.lane_steps == 2
-        return np.stack([s.model_state for s in streams])
-
-    want = rows()  # the parent's lane threads exist now
-    ctx = multiprocessing.get_context("fork")
-    ours, theirs = ctx.Pipe(duplex=False)
-
-    def child_rows() -> None:
-        # sent whole from this thread (a Queue's feeder thread could be cut off mid-message, and
-        # the parent then waits forever for the rest), then out at once: no interpreter teardown of
-        # the parent's ONNX Runtime sessions in a forked child (a Celery child loads its own model)
-        theirs.send_bytes(rows().tobytes())
-        os._exit(0)
-
-    child = ctx.Process(target=child_rows)
-    child.start()
-    assert ours.poll(120), "the forked child sent no rows"
-    got = ours.recv_bytes()
-    child.join(60)
-    assert child.exitcode == 0
-    assert np.frombuffer(got, np.float16).reshape(want.shape).tolist() == want.tolist()
 
 
 def test_model_state_views_write_through_on_the_cpu(recognizer: Recognizer) -> None:
