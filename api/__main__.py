@@ -22,9 +22,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def default_workers() -> int:
-    """``TONE_API_WORKERS``, else 1 (2 processes on 2 cores measured better tails, but two tests
-    of the suite failed with them, a database outage and a CLI's Ctrl-C: not the default until
-    those are understood)."""
+    """``TONE_API_WORKERS``, else 1 (2 processes on 2 cores measured better tails, but the
+    database outage test failed once with them in a full run: not the default until that is
+    understood)."""
     from shared.platform.settings import get_settings
 
     configured = get_settings().api_workers

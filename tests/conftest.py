@@ -298,6 +298,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.platform)
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A multiprocessing child a test left running would keep pytest from exiting (multiprocessing
+    joins its children at exit) until CI's limit: it is ended here, and said (the test that hung
+    on it has failed on its own timeout)."""
+    import multiprocessing
+
+    left = multiprocessing.active_children()
+    for child in left:
+        child.terminate()
+        child.join(5)
+        if child.is_alive():
+            child.kill()
+            child.join(5)
+    if left:
+        print(f"\nconftest: ended {len(left)} multiprocessing child(ren) left running: {left}")
+
+
 def written(phrases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The engine's phrases as the platform stores them by default: with ``display`` and
     ``display_words`` (normalize on, nothing redacted)."""

@@ -35,6 +35,11 @@ from tests.api.test_batches import stereo_wav
 from tests.conftest import KIT_AUDIO, Proc, make_key, start_api, start_worker, wait_for
 
 CLI = Path(sys.executable).parent / "tone-platform"
+# `python -c SIGINT_DEFAULT PROGRAM ARGS...`: PROGRAM with SIGINT's default disposition
+SIGINT_DEFAULT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 QUEUE = "batch-cli"  # the interruption test's own queue: no worker until it starts one
 FORMATS = ["json", "srt", "vtt", "txt"]
 CALLS = {
@@ -307,8 +312,11 @@ def test_ctrl_c_while_waiting_then_rerun_resumes_the_same_batch(
     folder = make_folder(tmp_path / "in", WAITING)  # content of its own: not an earlier test's batch
     out = tmp_path / "out"
     err_log = tmp_path / "cli.err"
-    cmd = [str(CLI), "batch", str(folder), "--server", url, "--out", str(out), "--poll", "0.3",
-           "--format", ",".join(FORMATS)]  # fmt: skip
+    # started as from a terminal, where Ctrl-C's SIGINT is not ignored: a process started in the
+    # background of a non-interactive shell (CI's, or `make test &`) inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler, in pytest nor in its children
+    cmd = [sys.executable, "-c", SIGINT_DEFAULT, str(CLI), "batch", str(folder), "--server", url,
+           "--out", str(out), "--poll", "0.3", "--format", ",".join(FORMATS)]  # fmt: skip
     with err_log.open("w") as err:
         cli = subprocess.Popen(
             cmd, env={**os.environ, "TONE_API_KEY": key}, stdout=subprocess.PIPE, stderr=err, text=True
