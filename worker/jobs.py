@@ -383,7 +383,9 @@ class BatchRun:
         """Claim waiting jobs of this queue while there is room; how many were added."""
         if not self.batching or self.runner is None or time.monotonic() > self.refill_until:
             return 0
-        room = self.settings.worker_batch - len(self.runner) - len(self.downloads)
+        # recordings waiting only for the decoder pool leave their room to new ones: the model
+        # goes on with a full batch (the runner bounds the pool's backlog)
+        room = self.settings.worker_batch - self.runner.stepping - len(self.downloads)
         if room <= 0:
             return 0
         claimed = self.store.claim_orphans(self.queue, room)  # a dead worker's jobs first

@@ -2,10 +2,12 @@
 
 A :class:`BatchRunner` holds the recordings a worker is transcribing, one stream per output
 channel each. Every :meth:`BatchRunner.round` reads the next block of every recording and makes
-one :meth:`Recognizer.advance` call over all their streams, so each model call holds B streams
-from different files. Between rounds the caller writes progress, renews leases, checks cancel
-requests (:meth:`stop`) and adds newly claimed recordings (:meth:`add`). A recording that cannot
-be read ends with its typed error and leaves the others untouched.
+one :meth:`Recognizer.advance_decoding` call over all their streams, so each model call holds B
+streams from different files. With a decoder pool, a recording read to its end waits for its last
+beam-search phrases beside the others, while the model goes on with them. Between rounds the
+caller writes progress, renews leases, checks cancel requests (:meth:`stop`) and adds newly
+claimed recordings (:meth:`add`). A recording that cannot be read ends with its typed error and
+leaves the others untouched.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.asr.audio import AudioReader, open_audio
-from shared.asr.engine import Recognizer, Transcript
+from shared.asr.engine import Decoding, Recognizer, Transcript, pool_backlog
 from shared.asr.stream import StreamState
 from shared.asr.types import SAMPLE_RATE, ChannelMode, Phrase
 
 BLOCK_SECONDS = 2.0  # audio read per recording per round
+POOL_WAIT_SECONDS = 0.5  # a round with only the decoder pool to wait for returns after this at most
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class _Active:
     streams: list[StreamState]
     info: dict[str, Any]
     started: float = field(default_factory=time.perf_counter)
-    phrases: list[Phrase] = field(default_factory=list)
+    decoding: Decoding = field(default_factory=Decoding)
 
     @property
     def seconds(self) -> float:
@@ -80,15 +83,21 @@ class BatchRunner:
         self.max_bytes = max_bytes
         self.block_seconds = block_seconds
         self._active: dict[str, _Active] = {}
+        self._decoding: dict[str, _Active] = {}  # read to the end, phrases still in the decoder pool
 
     # -- membership -------------------------------------------------------------------------------
 
     def __len__(self) -> int:
+        return len(self._active) + len(self._decoding)
+
+    @property
+    def stepping(self) -> int:
+        """Recordings the model still has audio of (not those waiting only for the decoder pool)."""
         return len(self._active)
 
     @property
     def job_ids(self) -> list[str]:
-        return list(self._active)
+        return [*self._active, *self._decoding]
 
     def add(self, work: Work) -> dict[str, Any]:
         """Open a recording and give it its streams; returns what the audio is (format, rate,
@@ -118,23 +127,42 @@ class BatchRunner:
 
     def stop(self, job_id: str) -> None:
         """Drop a recording (cancelled, or its lease lost): nothing more is computed for it."""
+        self._decoding.pop(job_id, None)
         active = self._active.pop(job_id, None)
         if active is not None:
             active.reader.close()
 
     def close(self) -> None:
-        for job_id in list(self._active):
+        for job_id in self.job_ids:
             self.stop(job_id)
 
     def progress(self) -> dict[str, tuple[float, float]]:
         """Each recording's (audio seconds done, declared duration; 0.0 when unknown)."""
-        return {k: (a.seconds, float(a.info["duration"] or 0.0)) for k, a in self._active.items()}
+        every = {**self._active, **self._decoding}
+        return {k: (a.seconds, float(a.info["duration"] or 0.0)) for k, a in every.items()}
 
     # -- work -------------------------------------------------------------------------------------
 
     def round(self) -> list[Outcome]:
         """Advance every recording by one block, all streams in shared model calls; return the
-        recordings that ended in this round (completed or failed)."""
+        recordings that ended in this round (completed or failed). With nothing to step, or the
+        decoder pool's backlog full, the round waits for the pool instead (half a second at most)."""
+        decodings = [a.decoding for a in (*self._active.values(), *self._decoding.values())]
+        streams = sum(len(a.streams) for a in self._active.values())
+        ended: list[Outcome] = []
+        if self._active and sum(len(d.futures()) for d in decodings) < pool_backlog(streams):
+            ended = self._step()
+        else:
+            self.recognizer.wait_any(decodings, drain=not self._active, timeout=POOL_WAIT_SECONDS)
+        for job_id, active in list(self._decoding.items()):
+            if active.decoding.done():
+                del self._decoding[job_id]
+                ended.append(Outcome(job_id, transcript=self._transcript(active)))
+        return ended
+
+    def _step(self) -> list[Outcome]:
+        """Every recording's next block through the model; those that failed, and those read to
+        their end moved to the decoding ones."""
         items: list[tuple[StreamState, npt.NDArray[Any] | None, bool]] = []
         owners: list[_Active] = []
         ended: list[Outcome] = []
@@ -153,16 +181,15 @@ class BatchRunner:
                 items.append((stream, None if block is None else block[:, c], block is None))
                 owners.append(active)
         if items:
-            results = self.recognizer.advance(items, max_batch=len(items))
+            results = self.recognizer.advance_decoding(items, max_batch=len(items))
             for active, phrases in zip(owners, results):
-                active.phrases.extend(phrases)
+                active.decoding.add(phrases)
         for active in finishing:
             self.stop(active.work.job_id)
-            ended.append(Outcome(active.work.job_id, transcript=self._transcript(active)))
+            self._decoding[active.work.job_id] = active
         return ended
 
-    @staticmethod
-    def _transcript(active: _Active) -> Transcript:
-        phrases = tuple(sorted(active.phrases, key=_order))
+    def _transcript(self, active: _Active) -> Transcript:
+        phrases = tuple(sorted(self.recognizer.phrases(active.decoding), key=_order))
         elapsed = time.perf_counter() - active.started
         return Transcript(phrases, active.seconds, elapsed, len(active.streams))

@@ -11,7 +11,7 @@ import heapq
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -62,6 +62,35 @@ class Transcript:
         }
 
 
+POOL_BACKLOG = 2  # phrases per batch slot that may wait in the decoder pool before the model waits,
+POOL_BACKLOG_MIN = 32  # and at least this many (a phrase's logprobs are 280 KB at most)
+
+
+def pool_backlog(batch: int) -> int:
+    """How many phrases may wait in the decoder pool while the model steps a batch of ``batch``."""
+    return max(POOL_BACKLOG * batch, POOL_BACKLOG_MIN)
+
+
+class Decoding:
+    """The phrases of a stream or a recording in the order they closed, some of them perhaps still
+    being decoded by the decoder pool (``Recognizer.advance_decoding``)."""
+
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: list[_Pending] = []
+
+    def add(self, other: Decoding) -> None:
+        self.items.extend(other.items)
+
+    def futures(self) -> list[Future[Phrase | None]]:
+        """What the pool has not finished yet."""
+        return [i for i in self.items if isinstance(i, Future) and not i.done()]
+
+    def done(self) -> bool:
+        return not self.futures()
+
+
 @dataclass
 class _Job:
     """A recording being transcribed in a batch: one stream per output channel."""
@@ -70,7 +99,7 @@ class _Job:
     streams: list[StreamState]
     blocks: Iterator[np.ndarray]
     started: float = field(default_factory=time.perf_counter)
-    phrases: list[Phrase] = field(default_factory=list)
+    decoding: Decoding = field(default_factory=Decoding)
     exhausted: bool = False
 
 
@@ -87,7 +116,8 @@ class Recognizer:
         self.model = model
         self.bank = model.new_bank()  # the streams' state rows, kept on the model's device
         self.pool: DecoderPool | None = None  # beam search in processes, off the model's path
-        self.pool_wait_s = 0.0  # seconds spent waiting for the pool's phrases
+        self.pool_wait_s = 0.0  # seconds the model waited for the pool's phrases, work at hand
+        self.drain_wait_s = 0.0  # seconds waited for the pool's last phrases, no model work left
         self.lm_path = lm_path if lm_path and kenlm_available() else None
         self._decoders: dict[str, Decoder] = {"greedy": GreedyDecoder()}
         self.default_decoder: DecoderName = (
@@ -101,22 +131,32 @@ class Recognizer:
         if decoder_workers > 0:
             self.pool = DecoderPool(decoder_workers, self.lm_path)
 
-    def _resolved(self, items: list[_Pending]) -> list[Phrase]:
+    def _resolved(self, items: list[_Pending], *, drain: bool = False) -> list[Phrase]:
         """The phrases in order, waiting for the pool's where needed (the wait is counted in
-        ``pool_wait_s``: time the model could not go on); empty ones dropped."""
+        ``pool_wait_s``, time the model could not go on, or with ``drain`` in ``drain_wait_s``,
+        when the model has nothing left to do); empty ones dropped."""
         out: list[Phrase] = []
         for item in items:
             if isinstance(item, Future):
                 if not item.done():
                     started = time.perf_counter()
                     item = item.result()
-                    self.pool_wait_s += time.perf_counter() - started
+                    waited = time.perf_counter() - started
+                    if drain:
+                        self.drain_wait_s += waited
+                    else:
+                        self.pool_wait_s += waited
                 else:
                     item = item.result()
                 if item is None:
                     continue
             out.append(item)
         return out
+
+    def phrases(self, decoding: Decoding, *, drain: bool = False) -> list[Phrase]:
+        """The phrases of ``decoding``, in order, waiting for the pool where it has not finished
+        (``drain``: the caller has no model work left, so the wait is not the model's)."""
+        return self._resolved(decoding.items, drain=drain)
 
     def close(self) -> None:
         """Stop the decoder pool's processes (a Recognizer without a pool holds nothing to stop)."""
@@ -141,7 +181,9 @@ class Recognizer:
         """Load model.onnx (and kenlm.bin beside it) from ``path``, else from Hugging Face.
 
         ``decoder_workers`` > 0 decodes beam-search phrases in that many processes while the model
-        goes on (``advance`` collects them at its end, in order; the phrases are the same).
+        goes on (``advance`` collects them at its end, in order; ``advance_decoding`` and
+        ``transcribe_many`` do not wait for them while there is audio to step; the phrases are
+        the same).
         ``lanes``: sessions that step slices of a batch at once on the CPU (``AcousticModel``)."""
         files = locate_model(path, download=download)
         model = AcousticModel(
@@ -234,7 +276,15 @@ class Recognizer:
         reference's 300 ms tail padding, its last chunk is marked last, and it is finished.
         Returns the phrases each stream completed, in order.
         """
-        results: list[list[_Pending]] = [[] for _ in items]
+        return [self.phrases(d) for d in self.advance_decoding(items, max_batch=max_batch)]
+
+    def advance_decoding(
+        self, items: Sequence[tuple[StreamState, npt.NDArray[Any] | None, bool]], *, max_batch: int = 64
+    ) -> list[Decoding]:
+        """``advance`` without waiting for the decoder pool: each stream's phrases as a
+        ``Decoding``, whose phrases (``phrases``) may still be decoding while the model goes on
+        with the next audio. Without a pool every phrase is decoded already."""
+        results = [Decoding() for _ in items]
         finishing: set[int] = set()
         for i, (s, samples, finish) in enumerate(items):
             if s.finished:
@@ -252,7 +302,7 @@ class Recognizer:
         while True:
             ready = [i for i, (s, _, _) in enumerate(items) if len(s.pending) >= CHUNK_SAMPLES]
             if not ready:
-                return [self._resolved(r) for r in results]
+                return results
             for start in range(0, len(ready), max_batch):
                 batch = ready[start : start + max_batch]
                 streams = [items[i][0] for i in batch]
@@ -260,7 +310,7 @@ class Recognizer:
                 last = [i in finishing and len(items[i][0].pending) == CHUNK_SAMPLES for i in batch]
                 for i, phrases in zip(batch, self._step(streams, chunks, last)):
                     items[i][0].pending = items[i][0].pending[CHUNK_SAMPLES:]
-                    results[i].extend(phrases)
+                    results[i].items.extend(phrases)
 
     def feed(self, stream: StreamState, samples: npt.NDArray[Any]) -> list[Phrase]:
         """Streaming: accept a piece of any length; return the phrases it completed."""
@@ -355,9 +405,18 @@ class Recognizer:
 
         Yields (index into sources, Transcript) as each recording completes. A recording that
         cannot be read is reported to ``on_error`` (or raised when None) without stopping the rest.
+        With a decoder pool the model goes on with the other recordings while a finished one's
+        last phrases are decoded; it is yielded when they are.
         """
         pending = iter(enumerate(sources))
         active: list[_Job] = []
+        decoding: list[_Job] = []  # read to the end, phrases still in the decoder pool
+
+        def completed(job: _Job) -> tuple[int, Transcript]:
+            ordered = sorted(self.phrases(job.decoding), key=_order)
+            seconds = job.streams[0].samples_in / SAMPLE_RATE
+            elapsed = time.perf_counter() - job.started
+            return job.index, Transcript(tuple(ordered), seconds, elapsed, len(job.streams))
 
         def refill() -> None:
             while sum(len(j.streams) for j in active) < batch:
@@ -378,35 +437,59 @@ class Recognizer:
                 active.append(_Job(index, streams, blocks))
 
         refill()
-        while active:
-            items: list[tuple[StreamState, npt.NDArray[Any] | None, bool]] = []
-            owners: list[_Job] = []
-            for job in active:
-                block = None
-                try:
-                    block = next(job.blocks)
-                except StopIteration:
-                    job.exhausted = True
-                except Exception as exc:
-                    if on_error is None:
-                        raise
-                    on_error(job.index, exc)
-                    job.exhausted = True
-                    job.streams = []
-                for c, s in enumerate(job.streams):
-                    items.append((s, None if block is None else block[:, c], job.exhausted))
-                    owners.append(job)
-            for job, phrases in zip(owners, self.advance(items, max_batch=batch)):
-                job.phrases.extend(phrases)
-            finished = [j for j in active if j.exhausted]
-            active = [j for j in active if not j.exhausted]
-            for job in finished:
-                if job.streams:
-                    ordered = sorted(job.phrases, key=_order)
-                    seconds = job.streams[0].samples_in / SAMPLE_RATE
-                    elapsed = time.perf_counter() - job.started
-                    yield job.index, Transcript(tuple(ordered), seconds, elapsed, len(job.streams))
+        while active or decoding:
+            in_pool = sum(len(j.decoding.futures()) for j in (*active, *decoding))
+            if active and in_pool < pool_backlog(batch):
+                for job, phrases in zip(*self._blocks_step(active, batch, on_error)):
+                    job.decoding.add(phrases)
+                decoding += [j for j in active if j.exhausted and j.streams]
+                active = [j for j in active if not j.exhausted]
+            else:  # nothing left for the model (the rest in the order they finish), or the pool's
+                # backlog is full: the model waits for it (the phrases' logprobs held stay bounded)
+                self.wait_any([j.decoding for j in decoding], drain=not active)
+            ready = [j.decoding.done() for j in decoding]
+            yield from (completed(j) for j, r in zip(decoding, ready) if r)
+            decoding = [j for j, r in zip(decoding, ready) if not r]
             refill()
+
+    def _blocks_step(
+        self, active: list[_Job], batch: int, on_error: Callable[[int, Exception], None] | None
+    ) -> tuple[list[_Job], list[Decoding]]:
+        """Each of ``active``'s recordings advanced by its next block (marked exhausted at its end,
+        or when it cannot be read: reported to ``on_error``); the phrases per stream's owner."""
+        items: list[tuple[StreamState, npt.NDArray[Any] | None, bool]] = []
+        owners: list[_Job] = []
+        for job in active:
+            block = None
+            try:
+                block = next(job.blocks)
+            except StopIteration:
+                job.exhausted = True
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                on_error(job.index, exc)
+                job.exhausted = True
+                job.streams = []
+            for c, s in enumerate(job.streams):
+                items.append((s, None if block is None else block[:, c], job.exhausted))
+                owners.append(job)
+        return owners, self.advance_decoding(items, max_batch=batch)
+
+    def wait_any(
+        self, decodings: Sequence[Decoding], *, drain: bool = False, timeout: float | None = None
+    ) -> None:
+        """Until one more of the pool's phrases of ``decodings`` is done (or ``timeout`` seconds);
+        the wait is counted as ``phrases`` counts it."""
+        futures = [f for d in decodings for f in d.futures()]
+        if not futures:
+            return
+        started = time.perf_counter()
+        wait(futures, timeout, return_when=FIRST_COMPLETED)
+        if drain:
+            self.drain_wait_s += time.perf_counter() - started
+        else:
+            self.pool_wait_s += time.perf_counter() - started
 
     # -- audio ------------------------------------------------------------------------------------
 
