@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed
 # make install EXTRAS=gpu,dev,lm,stack,platform
 EXTRAS ?= cpu,dev,lm,stack,platform
 MODELS := .cache/test-models
+# the whole suite takes ~12 min; past this it is stuck (CI's own limit would end it with no summary)
+TEST_LIMIT ?= 60m
 COMPOSE ?= docker compose
 
 .PHONY: help install browser test chaos lint format typecheck models run demo down bench docker-build docker-up docker-down docker-logs clean
@@ -56,7 +58,9 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 
 test: $(STAMP) browser models lint typecheck ## install everything (chromium too), build the test models, run ruff, mypy and the whole suite (the fault run: make chaos)
-	$(BIN)/pytest -m "not chaos"
+	timeout --foreground --kill-after=60 $(TEST_LIMIT) $(BIN)/pytest -m "not chaos" || { rc=$$?; \
+	  if [ $$rc -eq 124 ] || [ $$rc -eq 137 ]; then echo "make test: the suite did not end within $(TEST_LIMIT)" >&2; fi; \
+	  exit $$rc; }
 
 chaos: $(STAMP) models ## the fault run alone: kills workers, restarts Redis and PostgreSQL; figures in test-output/chaos.json
 	$(BIN)/pytest -m chaos -s tests/chaos
