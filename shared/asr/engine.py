@@ -446,7 +446,7 @@ class Recognizer:
                 active = [j for j in active if not j.exhausted]
             else:  # nothing left for the model (the rest in the order they finish), or the pool's
                 # backlog is full: the model waits for it (the phrases' logprobs held stay bounded)
-                self.wait_any([j.decoding for j in decoding], drain=not active)
+                self.wait_any([j.decoding for j in (*active, *decoding)], drain=not active)
             ready = [j.decoding.done() for j in decoding]
             yield from (completed(j) for j, r in zip(decoding, ready) if r)
             decoding = [j for j, r in zip(decoding, ready) if not r]

@@ -186,3 +186,35 @@ def test_the_worker_runner_ends_a_recording_when_its_phrases_are_decoded(
     assert not said["late"]
     assert got == want
     assert order[-1] == "0" and rec.pool_wait_s == 0.0
+
+
+def test_a_backlog_of_one_long_recordings_phrases_is_waited_for_not_spun_on(lm_dir: Path) -> None:
+    """The backlog full of a recording still being read: the model waits for that recording's
+    phrases (a wait that blocks, not a loop that polls)."""
+    amb = ambiguous_audio()
+    pause = np.zeros(SAMPLE_RATE, np.int16)
+    audio = np.concatenate([np.concatenate([amb, pause]) for _ in range(pool_backlog(1) + 8)])
+    rec = Recognizer.load(lm_dir)
+    pool = HeldPool(rec)
+    rec.pool = pool  # type: ignore[assignment]
+    steps = Steps(rec)
+    waits = []
+    wait_any = rec.wait_any
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        waits.append(1)
+        wait_any(*args, **kwargs)
+
+    rec.wait_any = counted  # type: ignore[method-assign]
+
+    def stalled() -> bool:
+        before = steps.count
+        time.sleep(1.0)
+        return steps.count == before and pool.outstanding() > 0
+
+    said = release_when(pool, stalled, limit=60.0)
+    ((_, transcript),) = rec.transcribe_many([audio], batch=1)
+    assert not said["late"]
+    assert [p.text for p in transcript.phrases] == ["мир"] * (pool_backlog(1) + 8)
+    assert pool.most_outstanding >= pool_backlog(1)
+    assert len(waits) < 50, f"{len(waits)} waits: the recognizer polled instead of waiting"
