@@ -100,11 +100,15 @@ def get_recognizer(settings: Settings) -> Recognizer:
                 raise
             _load_failure = None
             _report_model(settings, None)
+            pool = _recognizer.pool
             log.info(
-                "model loaded from %s in %.2f s (%d lanes)",
+                "model loaded from %s in %.2f s (%d lanes; decoder %s, LM %s, %s)",
                 settings.model_path or "Hugging Face",
                 time.perf_counter() - started,
                 max(1, len(_recognizer.model.lanes)),
+                _recognizer.default_decoder,
+                _recognizer.lm_path or "none",
+                f"{pool.workers} decoder processes" if pool is not None else "decoding inline",
                 job="-",
             )
         return _recognizer
