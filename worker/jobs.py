@@ -100,15 +100,23 @@ def get_recognizer(settings: Settings) -> Recognizer:
                 raise
             _load_failure = None
             _report_model(settings, None)
+            # one step at the batch this worker runs (stereo: two streams a recording), under the
+            # lock, so the first job finds the runtime's memory and threads ready
+            try:
+                warm = f"; a warm-up step at B={2 * settings.worker_batch} in "
+                warm += f"{_recognizer.warm_up(2 * settings.worker_batch):.3f} s"
+            except Exception as exc:  # a model that loaded but cannot step fails its jobs itself
+                warm = f"; the warm-up step failed: {exc}"
             pool = _recognizer.pool
             log.info(
-                "model loaded from %s in %.2f s (%d lanes; decoder %s, LM %s, %s)",
+                "model loaded from %s in %.2f s (%d lanes; decoder %s, LM %s, %s)%s",
                 settings.model_path or "Hugging Face",
                 time.perf_counter() - started,
                 max(1, len(_recognizer.model.lanes)),
                 _recognizer.default_decoder,
                 _recognizer.lm_path or "none",
                 f"{pool.workers} decoder processes" if pool is not None else "decoding inline",
+                warm,
                 job="-",
             )
         return _recognizer

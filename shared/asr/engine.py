@@ -215,6 +215,16 @@ class Recognizer:
             raise ValueError(f"unknown decoder {name!r}: use 'greedy' or 'beam'")
         self._decoders[name] = decoder
 
+    def warm_up(self, batch: int) -> float:
+        """One model step over ``batch`` streams of silence, dropped afterwards, so that the first
+        real batch finds the runtime's memory, threads and lanes ready. Returns its seconds."""
+        streams = [StreamState() for _ in range(max(1, batch))]
+        signal = self.bank.signal_buffer(len(streams))
+        signal[:] = 0
+        started = time.perf_counter()
+        self.model.step(self.bank, streams, signal)
+        return time.perf_counter() - started
+
     def new_stream(
         self, *, channel: int = 0, decoder: str | None = None, hotwords: Sequence[str] = ()
     ) -> StreamState:

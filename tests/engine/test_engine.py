@@ -146,6 +146,20 @@ def test_lanes_give_the_same_transcripts(tone_model, recognizer: Recognizer) -> 
     assert [batched[i].phrases for i in range(7)] == alone
 
 
+def test_a_warm_up_step_changes_no_transcript(tone_model, recognizer: Recognizer) -> None:
+    """A worker steps its model once at its batch before the first job: nothing of that step
+    reaches a stream (with lanes too: 8 rows step on both)."""
+    rnd = random.Random(13)
+    audios = [synthesize(random_phrases(rnd, rnd.randint(1, 3)))[0] for _ in range(5)]
+    alone = [recognizer.transcribe_file(a).phrases for a in audios]
+    warmed = Recognizer.load(tone_model, threads=2, lanes=2)
+    assert warmed.warm_up(8) > 0
+    assert warmed.bank.lane_steps == 1
+    batched = dict(warmed.transcribe_many(audios, batch=4))
+    assert [batched[i].phrases for i in range(5)] == alone
+    assert [warmed.transcribe_file(a).phrases for a in audios] == alone
+
+
 def test_split_channels_carry_channel_and_merge_in_time_order(recognizer: Recognizer) -> None:
     agent, _ = synthesize(["добрый день", "чем помочь"], lead=0.3, pause=3.0)
     client, _ = synthesize(["карта заблокирована"], lead=2.1)
