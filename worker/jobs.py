@@ -102,9 +102,9 @@ def get_recognizer(settings: Settings) -> Recognizer:
             _report_model(settings, None)
             # one step at the batch this worker runs (stereo: two streams a recording), under the
             # lock, so the first job finds the runtime's memory and threads ready
+            b = 2 * settings.worker_batch
             try:
-                warm = f"; a warm-up step at B={2 * settings.worker_batch} in "
-                warm += f"{_recognizer.warm_up(2 * settings.worker_batch):.3f} s"
+                warm = f"; a warm-up step at B={b} in {_recognizer.warm_up(b):.3f} s"
             except Exception as exc:  # a model that loaded but cannot step fails its jobs itself
                 warm = f"; the warm-up step failed: {exc}"
             pool = _recognizer.pool

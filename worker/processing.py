@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.asr.audio import AudioReader, open_audio
-from shared.asr.engine import Decoding, Recognizer, Transcript, pool_backlog
+from shared.asr.engine import Decoding, Recognizer, Transcript, backlog_full
 from shared.asr.stream import StreamState
 from shared.asr.types import SAMPLE_RATE, ChannelMode, Phrase
 
@@ -150,7 +150,7 @@ class BatchRunner:
         decodings = [a.decoding for a in (*self._active.values(), *self._decoding.values())]
         streams = sum(len(a.streams) for a in self._active.values())
         ended: list[Outcome] = []
-        if self._active and sum(len(d.futures()) for d in decodings) < pool_backlog(streams):
+        if self._active and not backlog_full(decodings, streams):
             ended = self._step()
         else:
             self.recognizer.wait_any(decodings, drain=not self._active, timeout=POOL_WAIT_SECONDS)

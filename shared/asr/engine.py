@@ -71,6 +71,12 @@ def pool_backlog(batch: int) -> int:
     return max(POOL_BACKLOG * batch, POOL_BACKLOG_MIN)
 
 
+def backlog_full(decodings: Iterable[Decoding], batch: int) -> bool:
+    """Whether the phrases of ``decodings`` still in the pool fill the backlog of a batch of ``batch``
+    (the model then waits for the pool: the logprobs held stay bounded)."""
+    return sum(len(d.futures()) for d in decodings) >= pool_backlog(batch)
+
+
 class Decoding:
     """The phrases of a stream or a recording in the order they closed, some of them perhaps still
     being decoded by the decoder pool (``Recognizer.advance_decoding``)."""
@@ -131,21 +137,16 @@ class Recognizer:
         if decoder_workers > 0:
             self.pool = DecoderPool(decoder_workers, self.lm_path)
 
-    def _resolved(self, items: list[_Pending], *, drain: bool = False) -> list[Phrase]:
+    def _resolved(self, items: list[_Pending]) -> list[Phrase]:
         """The phrases in order, waiting for the pool's where needed (the wait is counted in
-        ``pool_wait_s``, time the model could not go on, or with ``drain`` in ``drain_wait_s``,
-        when the model has nothing left to do); empty ones dropped."""
+        ``pool_wait_s``: time the model could not go on); empty ones dropped."""
         out: list[Phrase] = []
         for item in items:
             if isinstance(item, Future):
                 if not item.done():
                     started = time.perf_counter()
                     item = item.result()
-                    waited = time.perf_counter() - started
-                    if drain:
-                        self.drain_wait_s += waited
-                    else:
-                        self.pool_wait_s += waited
+                    self.pool_wait_s += time.perf_counter() - started
                 else:
                     item = item.result()
                 if item is None:
@@ -153,10 +154,10 @@ class Recognizer:
             out.append(item)
         return out
 
-    def phrases(self, decoding: Decoding, *, drain: bool = False) -> list[Phrase]:
+    def phrases(self, decoding: Decoding) -> list[Phrase]:
         """The phrases of ``decoding``, in order, waiting for the pool where it has not finished
-        (``drain``: the caller has no model work left, so the wait is not the model's)."""
-        return self._resolved(decoding.items, drain=drain)
+        (counted in ``pool_wait_s``; callers with no model work left wait with ``wait_any``)."""
+        return self._resolved(decoding.items)
 
     def close(self) -> None:
         """Stop the decoder pool's processes (a Recognizer without a pool holds nothing to stop)."""
@@ -448,8 +449,7 @@ class Recognizer:
 
         refill()
         while active or decoding:
-            in_pool = sum(len(j.decoding.futures()) for j in (*active, *decoding))
-            if active and in_pool < pool_backlog(batch):
+            if active and not backlog_full((j.decoding for j in (*active, *decoding)), batch):
                 for job, phrases in zip(*self._blocks_step(active, batch, on_error)):
                     job.decoding.add(phrases)
                 decoding += [j for j in active if j.exhausted and j.streams]
@@ -490,7 +490,8 @@ class Recognizer:
         self, decodings: Sequence[Decoding], *, drain: bool = False, timeout: float | None = None
     ) -> None:
         """Until one more of the pool's phrases of ``decodings`` is done (or ``timeout`` seconds);
-        the wait is counted as ``phrases`` counts it."""
+        the wait is counted in ``pool_wait_s``, or with ``drain`` (no model work left) in
+        ``drain_wait_s``."""
         futures = [f for d in decodings for f in d.futures()]
         if not futures:
             return

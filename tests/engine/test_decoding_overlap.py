@@ -1,6 +1,7 @@
 """The model does not wait for the decoder pool while it has audio to step (issue 12): a recording
 read to its end waits for its last beam-search phrases beside the others, ``transcribe_many`` and the
-worker's ``BatchRunner`` yield it when they are decoded, and the pool's backlog stays bounded.
+worker's ``BatchRunner`` (``tests/worker/test_runner_overlap.py``) yield it when they are decoded,
+and the pool's backlog stays bounded.
 
 A pool of this module's own stands in for the decoder processes, so that the test decides when a
 phrase is decoded: it decodes with the recognizer's own beam decoder, only when released."""
@@ -16,14 +17,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from shared.asr.decoder import to_phrase
 from shared.asr.engine import Recognizer, pool_backlog
 from shared.asr.types import SAMPLE_RATE
 from shared.dev.models.tones import synthesize
 from tests.engine.test_lm import ambiguous_audio, unigram_lm
-from worker.processing import BatchRunner, Work
 
 
 class HeldPool:
@@ -151,41 +150,6 @@ def test_the_pools_backlog_is_bounded(lm_dir: Path) -> None:
     assert len(done) == len(audios) and all(p.text == "мир" for t in done.values() for p in t.phrases)
     assert pool_backlog(2) <= pool.most_outstanding <= pool_backlog(2) + 2  # + one step's phrases
     assert rec.pool_wait_s > 0  # the model waited for a full backlog
-
-
-def test_the_worker_runner_ends_a_recording_when_its_phrases_are_decoded(
-    lm_dir: Path, tmp_path: Path
-) -> None:
-    audios = recordings()
-    paths = []
-    for i, a in enumerate(audios):
-        paths.append(tmp_path / f"{i}.wav")
-        sf.write(paths[-1], a, SAMPLE_RATE, subtype="PCM_16")
-    inline = Recognizer.load(lm_dir)
-    want = {str(i): t.phrases for i, t in inline.transcribe_many(audios, batch=3)}
-
-    rec = Recognizer.load(lm_dir)
-    pool = HeldPool(rec)
-    rec.pool = pool  # type: ignore[assignment]
-    runner = BatchRunner(rec)
-    for i, path in enumerate(paths):
-        runner.add(Work(str(i), str(path)))
-    said = release_when(pool, lambda: runner.stepping == 0)
-    order, got = [], {}
-    rounds = 0
-    while len(runner):
-        rounds += 1
-        assert rounds < 1000
-        for outcome in runner.round():
-            assert outcome.error is None and outcome.transcript is not None
-            order.append(outcome.job_id)
-            got[outcome.job_id] = outcome.transcript.phrases
-            assert outcome.job_id not in runner.job_ids
-        if runner.stepping == 0 and len(runner):
-            assert set(runner.progress()) == set(runner.job_ids)  # its lease is renewed meanwhile
-    assert not said["late"]
-    assert got == want
-    assert order[-1] == "0" and rec.pool_wait_s == 0.0
 
 
 def test_a_backlog_of_one_long_recordings_phrases_is_waited_for_not_spun_on(lm_dir: Path) -> None:
