@@ -250,10 +250,7 @@ class Recognizer:
         for s in streams:
             if s.finished:
                 raise StreamStateError("the stream is already finished")
-        signal = self.bank.signal_buffer(len(streams))
-        for i, c in enumerate(chunks):
-            signal[i, :, 0] = np.asarray(c).reshape(CHUNK_SAMPLES)
-        logprobs = self.model.step(self.bank, list(streams), signal)
+        logprobs = self._model_step(streams, chunks)
         raws_per_stream = splitter.split_batch(streams, logprobs, last)
         out: list[list[_Pending]] = []
         for s, raws, is_last in zip(streams, raws_per_stream, last):
@@ -277,6 +274,41 @@ class Recognizer:
                     [p for p in (to_phrase(dec, r, s.channel, s.hotwords) for r in raws) if p is not None]
                 )
         return out
+
+    def _model_step(
+        self, streams: Sequence[StreamState], chunks: Sequence[npt.NDArray[Any]]
+    ) -> npt.NDArray[np.float32]:
+        """The logprobs [B, 10, 35] of one chunk per stream; the states advance. A new stream's
+        first chunk is the reference's front padding, 2400 zeros on a zero state: its answer is
+        the model's ``opening`` (the same for every stream, computed once), so only the others
+        go to the model, and a batch of new streams alone makes no model call."""
+        opening = [
+            i
+            for i, (s, c) in enumerate(zip(streams, chunks))
+            if s.chunks == 0 and not np.any(c) and not np.any(s._host_state())
+        ]
+        if not opening:
+            return self._run_model(streams, chunks)
+        first_logprobs, first_state = self.model.opening()
+        logprobs = np.empty((len(streams), *first_logprobs.shape), np.float32)
+        logprobs[opening] = first_logprobs
+        for i in opening:
+            streams[i].model_state = first_state.copy()
+        skip = set(opening)
+        rest = [i for i in range(len(streams)) if i not in skip]
+        if rest:
+            logprobs[rest] = self._run_model([streams[i] for i in rest], [chunks[i] for i in rest])
+        return logprobs
+
+    def _run_model(
+        self, streams: Sequence[StreamState], chunks: Sequence[npt.NDArray[Any]]
+    ) -> npt.NDArray[np.float32]:
+        """One model call over ``streams`` (their rows in the bank): the logprobs, a view of a
+        buffer that the next call overwrites."""
+        signal = self.bank.signal_buffer(len(streams))
+        for i, c in enumerate(chunks):
+            signal[i, :, 0] = np.asarray(c).reshape(CHUNK_SAMPLES)
+        return self.model.step(self.bank, list(streams), signal)
 
     def advance(
         self, items: Sequence[tuple[StreamState, npt.NDArray[Any] | None, bool]], *, max_batch: int = 64

@@ -335,6 +335,22 @@ class AcousticModel:
         n = lane_count(lanes, threads, self.device)
         per_lane = max(1, (threads or usable_cores()) // n)
         self.lanes = Lanes([session(per_lane) for _ in range(n)] if n > 1 else [])
+        self._opening: tuple[npt.NDArray[np.float32], npt.NDArray[np.float16]] | None = None
+
+    def opening(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float16]]:
+        """The model's answer to a new stream's first chunk, the reference's 300 ms of front padding:
+        2400 zeros on a zero state, the same for every stream (logprobs [10, 35], state_next [S]).
+        Computed once, at B = 1, and then given to each new stream instead of a model call: one call
+        fewer per stream (a 6 s recording takes 21 calls instead of 22). Read-only arrays."""
+        if self._opening is None:
+            logprobs, state = self.run(
+                np.zeros((1, CHUNK_SAMPLES, 1), np.int32), np.zeros((1, STATE_SIZE), np.float16)
+            )
+            opening = (np.array(logprobs[0], np.float32), np.array(state[0], np.float16))
+            for array in opening:
+                array.flags.writeable = False
+            self._opening = opening
+        return self._opening
 
     @property
     def device(self) -> str:

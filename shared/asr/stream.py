@@ -10,7 +10,7 @@ Layout, version 1, all little-endian::
     10     2     reserved (0)
     12     8     seq           caller's sequence number (e.g. the last chunk applied)
     20     8     samples_in    audio samples the caller fed (no padding)
-    28     8     chunks        model calls made for this stream
+    28     8     chunks        chunks stepped (the front padding's is answered without a model call)
     36     8     offset        absolute frame index of the splitter buffer's first frame
     44     4     S             model state length (219 729 for T-one)
     48     4     P             pending samples (not yet a whole 2400-sample chunk)

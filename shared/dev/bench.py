@@ -171,7 +171,8 @@ def host_rate(rec: Any, batch: int, audio: np.ndarray, min_seconds: float, max_s
     last = [False] * batch
     setattr(model, name, timed)
     try:
-        rec.step(streams, list(frames[starts % chunks_in]), last)  # warm-up
+        for k in range(2):  # warm-up: the second step is the model's at B (new streams' first
+            rec.step(streams, list(frames[(starts - 2 + k) % chunks_in]), last)  # is their opening)
         spent[0] = 0.0
         steps, phrases, started = 0, 0, time.perf_counter()
         while steps < max_steps and (steps < 3 or time.perf_counter() - started < min_seconds):
@@ -267,8 +268,11 @@ def _sherpa_rate(recognizer: Any, batch: int, audio: np.ndarray) -> float:
     return batch * len(audio) / SAMPLE_RATE / (time.perf_counter() - started)
 
 
+SIDE_PAUSE = 0.5  # seconds between our run and the peer's (ORT's intra-op threads spin on after a run)
+
+
 def run_sherpa_bench(
-    path: Path, batches: list[int], threads: int, seconds: float, rounds: int = 2
+    path: Path, batches: list[int], threads: int, seconds: float, rounds: int = 3
 ) -> list[tuple[int, float, float]] | None:
     """Our engine beside sherpa-onnx on the same model file, threads and audio, interleaved runs
     (each keeps its best); sherpa-onnx comes from the `bench` extra and only the bench uses it."""
@@ -300,7 +304,11 @@ def run_sherpa_bench(
             _sherpa_rate(peer, b, audio[: 2 * SAMPLE_RATE])
             mine, theirs = [], []
             for _ in range(rounds):
+                # each side starts after the other's ORT threads have stopped spinning: without the
+                # pause the first calls of either ran at half speed (33-40 ms instead of 19 at B=1)
+                time.sleep(SIDE_PAUSE)
                 mine.append(_ours_rate(ours, b, audio))
+                time.sleep(SIDE_PAUSE)
                 theirs.append(_sherpa_rate(peer, b, audio))
             line = " ".join(f"{a:.1f}/{t:.1f}" for a, t in zip(mine, theirs))
             print(
