@@ -46,6 +46,7 @@ import redis
 
 from shared.asr.audio import decode_raw, read_audio, resample
 from shared.asr.decoder import GreedyDecoder
+from shared.asr.engine import Decoding
 from shared.asr.errors import EmptyAudioError, StreamStateError, ToneError
 from shared.asr.stream import StreamState
 from shared.asr.types import LABELS, SAMPLE_RATE, Phrase
@@ -85,6 +86,11 @@ CACHED_SESSIONS = 256  # states a worker process keeps after saving them (see th
 SMALL_FIELDS = ["ttl", "next_seq", "final", "finished", "options", "held", "rev", "ckpt", "ckpt_t", "phrases"]
 CHECKPOINT_PIECES = 32  # at most this many pieces between two checkpoints (bounds a replay)
 IDLE_SECONDS = 1.0  # a run waits this long for the next item before it ends
+# Sessions stepped while the decoder pool still decodes one of their phrases, with their streams'
+# Decodings: each stays locked (its next pieces wait) and is saved and answered by ``settle`` once
+# they are decoded, while the rounds of the other sessions go on (without a pool: always empty).
+_decoding: list[tuple[Work, list[Decoding]]] = []
+DECODE_POLL = 0.005  # with sessions held and no piece pending: how long a look at the pool waits
 # sid -> (rev, states, resampler): an optimisation only; Redis is the truth (a stale rev: read it)
 _states: OrderedDict[str, tuple[bytes, list[StreamState], LiveResampler | None]] = OrderedDict()
 
@@ -212,7 +218,12 @@ def run(queue: str, settings: Settings | None = None) -> int:
     idle_until = time.monotonic() + IDLE_SECONDS
     last_round = 0.0
     while time.monotonic() < deadline:
+        settle(store, settings)  # answers pieces counted in the round that stepped them
         items = store.pop_pending(queue, POP, WORKER_ID, os.getpid())  # with awake and the heartbeat
+        if not items and _decoding:  # sessions wait for the pool: look again soon, at both
+            settle(store, settings, timeout=DECODE_POLL)
+            idle_until = time.monotonic() + IDLE_SECONDS
+            continue
         if not items:
             wait = min(idle_until, deadline) - time.monotonic()
             if wait <= 0:
@@ -231,6 +242,7 @@ def run(queue: str, settings: Settings | None = None) -> int:
         store.round_done(queue, [i for i in items if id(i) not in waiting], time.time())
         if later and not done:
             time.sleep(IDLE_SLEEP)
+    drain(store, settings)
     # the API wakes a worker only while no flag is set: after the flags are gone, nothing is left
     # unseen (a piece queued before the DEL is seen by LLEN, one after it sends a wake-up)
     store.r.delete(awake, wake_key(queue))
@@ -513,7 +525,7 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
     recognizer = get_recognizer(settings)
     started = time.perf_counter()
     try:
-        flat = recognizer.advance(
+        flat = recognizer.advance_decoding(
             [
                 (state, None if w.samples is None else w.samples[:, c], w.item.kind == "finalize")
                 for w in work
@@ -534,6 +546,68 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
         sum(w.cached for w in work),
         time.perf_counter() - started,
     )
+    ready: list[tuple[Work, list[Decoding]]] = []
+    at = 0
+    for w in work:
+        decodings, at = flat[at : at + len(w.states)], at + len(w.states)
+        if all(d.done() for d in decodings):
+            ready.append((w, decodings))
+        else:  # the decoder pool still decodes a phrase of it: answered by ``settle``, still locked
+            _decoding.append((w, decodings))
+    conclude(store, settings, ready)
+
+
+def settle(store: SessionStore, settings: Settings, timeout: float = 0.0) -> int:
+    """Save and answer the held sessions whose phrases the decoder pool has decoded, after
+    waiting up to ``timeout`` s for one more phrase when none is ready; returns how many."""
+    if not _decoding:
+        return 0
+    recognizer = get_recognizer(settings)
+
+    def done(held: tuple[Work, list[Decoding]]) -> bool:
+        return all(d.done() for d in held[1])
+
+    if timeout > 0 and not any(map(done, _decoding)):
+        recognizer.wait_any([d for _, ds in _decoding for d in ds], drain=True, timeout=timeout)
+    ready = [h for h in _decoding if done(h)]
+    _decoding[:] = [h for h in _decoding if not done(h)]
+    conclude(store, settings, ready)
+    return len(ready)
+
+
+def drain(store: SessionStore, settings: Settings) -> int:
+    """``settle`` until no session is held (the run hands over: nothing may stay behind), keeping
+    this worker's heartbeat, and so its locks, alive meanwhile."""
+    handled = 0
+    while _decoding:
+        store.heartbeat(WORKER_ID)
+        handled += settle(store, settings, timeout=1.0)
+    return handled
+
+
+def conclude(store: SessionStore, settings: Settings, ready: list[tuple[Work, list[Decoding]]]) -> None:
+    """Save the stepped sessions whose phrases are all decoded, answer their pieces, unlock them."""
+    if not ready:
+        return
+    recognizer = get_recognizer(settings)
+    work: list[Work] = []
+    flat: list[list[Phrase]] = []
+    failed: list[tuple[Item, dict[str, Any]]] = []
+    unlocks: list[tuple[str, str]] = []
+    for w, decodings in ready:
+        try:
+            phrases = [recognizer.phrases(d) for d in decodings]
+        except Exception as exc:  # a decoder process failed: this session's piece only
+            log.exception("stream %s: decoding seq %d failed", w.item.id, w.item.seq)
+            failed.append((w.item, {"status": 500, "error": {"code": "internal_error", "message": str(exc)}}))
+            unlocks.append((w.item.id, w.token))
+            continue
+        work.append(w)
+        flat += phrases
+    if failed:
+        store.finish_many(unlocks, failed)
+    if not work:
+        return
     at = 0
     keep = journal_seconds(settings.stream_ttl_seconds, settings.stream_chunk_timeout_seconds)
     checkpoints = due_checkpoints(work, settings.stream_checkpoint_seconds, time.time())

@@ -5,10 +5,12 @@ inline beam-search phrases."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-import billiard
 import httpx
 import numpy as np
 import pytest
@@ -32,11 +34,29 @@ def _transcribe_in_child(model_dir: str) -> list[str]:
         rec.close()
 
 
+PREFORK = """
+import sys
+import billiard
+from tests.worker.test_decoder_pool_prefork import _transcribe_in_child
+if __name__ == "__main__":
+    with billiard.Pool(1) as pool:  # the pool Celery's prefork workers run tasks in
+        print(pool.apply(_transcribe_in_child, (sys.argv[1],)))
+"""
+
+
 def test_decoder_pool_starts_in_a_prefork_child(tone_model: Path, tmp_path: Path) -> None:
+    """The prefork pool is made in a fresh interpreter, as a Celery worker makes it: forked from
+    pytest, whose other threads (servers' readers, timers) may hold an import lock at the fork,
+    the child once hung importing multiprocessing's resource tracker."""
     shutil.copy(tone_model, tmp_path / "model.onnx")
     unigram_lm(tmp_path / "kenlm.bin", {"мир": -4.0, "мар": -0.1})
-    with billiard.Pool(1) as pool:  # the pool Celery's prefork workers run tasks in
-        assert pool.apply(_transcribe_in_child, (str(tmp_path),)) == ["мар"]
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", PREFORK, str(tmp_path)],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "['мар']"
 
 
 @pytest.mark.platform
