@@ -218,10 +218,10 @@ def run(queue: str, settings: Settings | None = None) -> int:
     idle_until = time.monotonic() + IDLE_SECONDS
     last_round = 0.0
     while time.monotonic() < deadline:
-        settle(store, settings)  # answers pieces counted in the round that stepped them
+        settle(store, settings, queue=queue)  # answers pieces counted in the round that stepped them
         items = store.pop_pending(queue, POP, WORKER_ID, os.getpid())  # with awake and the heartbeat
         if not items and _decoding:  # sessions wait for the pool: look again soon, at both
-            settle(store, settings, timeout=DECODE_POLL)
+            settle(store, settings, timeout=DECODE_POLL, queue=queue)
             idle_until = time.monotonic() + IDLE_SECONDS
             continue
         if not items:
@@ -238,11 +238,11 @@ def run(queue: str, settings: Settings | None = None) -> int:
         last_round = time.monotonic() - round_started
         handled += done
         store.push_back(queue, later)
-        waiting = {id(i) for i in later}
+        waiting = {id(i) for i in later} | {id(w.item) for w, _ in _decoding}  # held: by settle
         store.round_done(queue, [i for i in items if id(i) not in waiting], time.time())
         if later and not done:
             time.sleep(IDLE_SLEEP)
-    drain(store, settings)
+    drain(store, settings, queue)
     # the API wakes a worker only while no flag is set: after the flags are gone, nothing is left
     # unseen (a piece queued before the DEL is seen by LLEN, one after it sends a wake-up)
     store.r.delete(awake, wake_key(queue))
@@ -557,9 +557,10 @@ def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
     conclude(store, settings, ready)
 
 
-def settle(store: SessionStore, settings: Settings, timeout: float = 0.0) -> int:
+def settle(store: SessionStore, settings: Settings, timeout: float = 0.0, queue: str = "") -> int:
     """Save and answer the held sessions whose phrases the decoder pool has decoded, after
-    waiting up to ``timeout`` s for one more phrase when none is ready; returns how many."""
+    waiting up to ``timeout`` s for one more phrase when none is ready; returns how many. With
+    ``queue``, their pieces count in its lag now (admission sees the wait for the pool too)."""
     if not _decoding:
         return 0
     recognizer = get_recognizer(settings)
@@ -572,16 +573,18 @@ def settle(store: SessionStore, settings: Settings, timeout: float = 0.0) -> int
     ready = [h for h in _decoding if done(h)]
     _decoding[:] = [h for h in _decoding if not done(h)]
     conclude(store, settings, ready)
+    if queue:
+        store.round_done(queue, [w.item for w, _ in ready], time.time())
     return len(ready)
 
 
-def drain(store: SessionStore, settings: Settings) -> int:
+def drain(store: SessionStore, settings: Settings, queue: str = "") -> int:
     """``settle`` until no session is held (the run hands over: nothing may stay behind), keeping
     this worker's heartbeat, and so its locks, alive meanwhile."""
     handled = 0
     while _decoding:
         store.heartbeat(WORKER_ID)
-        handled += settle(store, settings, timeout=1.0)
+        handled += settle(store, settings, timeout=1.0, queue=queue)
     return handled
 
 

@@ -20,7 +20,7 @@ import pytest
 from shared.asr.engine import Recognizer
 from shared.asr.types import SAMPLE_RATE
 from shared.dev.models.tones import synthesize
-from shared.platform.sessions import Item, Options, SessionStore, journal_key, lock_key
+from shared.platform.sessions import Item, Options, SessionStore, journal_key, lag_key, lock_key
 from shared.platform.settings import Settings
 from tests.engine.test_decoding_overlap import HeldPool
 from tests.engine.test_lm import ambiguous_audio, unigram_lm
@@ -115,6 +115,8 @@ def test_a_run_hands_over_only_once_every_held_session_is_answered(
     assert time.monotonic() - started >= 1.5
     assert texts(store.stored_answer(sid, 0)) == ["мир"]
     assert store.r.get(lock_key(sid)) is None and not streaming._decoding
+    # the piece counts in the queue's lag when it is answered: admission sees the pool's wait too
+    assert float(store.r.get(lag_key(queue)) or 0) >= 1.5
 
 
 def json_list(raw: bytes | None) -> list[str]:
