@@ -64,7 +64,7 @@ def warm_up() -> None:
 
     importlib.import_module("shared.db.models")  # every mapped class, before they are configured
     configure_mappers()
-    with contextlib.suppress(ImportError):
+    with contextlib.suppress(ImportError, OSError):  # soundfile without libsndfile: OSError
         importlib.import_module("shared.asr.audio")
 
 
