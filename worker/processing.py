@@ -22,7 +22,7 @@ import numpy.typing as npt
 from shared.asr.audio import AudioReader, open_audio
 from shared.asr.engine import Decoding, Recognizer, Transcript, backlog_full
 from shared.asr.stream import StreamState
-from shared.asr.types import SAMPLE_RATE, ChannelMode, Phrase
+from shared.asr.types import SAMPLE_RATE, ChannelMode
 
 BLOCK_SECONDS = 2.0  # audio read per recording per round
 POOL_WAIT_SECONDS = 0.5  # a round with only the decoder pool to wait for returns after this at most
@@ -60,11 +60,6 @@ class _Active:
     @property
     def seconds(self) -> float:
         return self.streams[0].samples_in / SAMPLE_RATE
-
-
-def _order(p: Phrase) -> tuple[int, int, int]:
-    """The engine's time order across channels (frames, so ties are exact)."""
-    return (p.start_frame, p.channel, p.end_frame)
 
 
 class BatchRunner:
@@ -190,6 +185,4 @@ class BatchRunner:
         return ended
 
     def _transcript(self, active: _Active) -> Transcript:
-        phrases = tuple(sorted(self.recognizer.phrases(active.decoding), key=_order))
-        elapsed = time.perf_counter() - active.started
-        return Transcript(phrases, active.seconds, elapsed, len(active.streams))
+        return self.recognizer.transcript(active.decoding, active.streams, active.started)

@@ -159,6 +159,14 @@ class Recognizer:
         (counted in ``pool_wait_s``; callers with no model work left wait with ``wait_any``)."""
         return self._resolved(decoding.items)
 
+    def transcript(self, decoding: Decoding, streams: Sequence[StreamState], started: float) -> Transcript:
+        """A recording's Transcript: the phrases of ``decoding`` (its streams', decoded) in time
+        order across channels, its duration from ``streams``, its time since ``started``
+        (``time.perf_counter``)."""
+        ordered = tuple(sorted(self.phrases(decoding), key=_order))
+        seconds = streams[0].samples_in / SAMPLE_RATE
+        return Transcript(ordered, seconds, time.perf_counter() - started, len(streams))
+
     def close(self) -> None:
         """Stop the decoder pool's processes (a Recognizer without a pool holds nothing to stop)."""
         if self.pool is not None:
@@ -456,10 +464,7 @@ class Recognizer:
         decoding: list[_Job] = []  # read to the end, phrases still in the decoder pool
 
         def completed(job: _Job) -> tuple[int, Transcript]:
-            ordered = sorted(self.phrases(job.decoding), key=_order)
-            seconds = job.streams[0].samples_in / SAMPLE_RATE
-            elapsed = time.perf_counter() - job.started
-            return job.index, Transcript(tuple(ordered), seconds, elapsed, len(job.streams))
+            return job.index, self.transcript(job.decoding, job.streams, job.started)
 
         def refill() -> None:
             while sum(len(j.streams) for j in active) < batch:
