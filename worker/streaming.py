@@ -565,13 +565,15 @@ def settle(store: SessionStore, settings: Settings, timeout: float = 0.0, queue:
         return 0
     recognizer = get_recognizer(settings)
 
-    def done(held: tuple[Work, list[Decoding]]) -> bool:
-        return all(d.done() for d in held[1])
+    def done() -> list[bool]:
+        return [all(d.done() for d in ds) for _, ds in _decoding]
 
-    if timeout > 0 and not any(map(done, _decoding)):
+    flags = done()
+    if timeout > 0 and not any(flags):
         recognizer.wait_any([d for _, ds in _decoding for d in ds], drain=True, timeout=timeout)
-    ready = [h for h in _decoding if done(h)]
-    _decoding[:] = [h for h in _decoding if not done(h)]
+        flags = done()
+    ready = [h for h, f in zip(_decoding, flags) if f]
+    _decoding[:] = [h for h, f in zip(_decoding, flags) if not f]
     conclude(store, settings, ready)
     if queue:
         store.round_done(queue, [w.item for w, _ in ready], time.time())
