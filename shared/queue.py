@@ -76,6 +76,7 @@ def celery_config() -> dict[str, Any]:
             "sep": ":",
         },
         "worker_hijack_root_logger": False,
+        "worker_direct": True,  # a queue per node: a live worker's next run stays on it
         "worker_send_task_events": True,  # for Flower
         "task_send_sent_event": True,
         "timezone": "UTC",
@@ -162,8 +163,15 @@ def enqueue_transcription(job_id: str, *, queue: str, priority: int) -> None:
     send(TRANSCRIBE_TASK, [job_id], queue=queue, priority=9 - max(0, min(9, priority)))
 
 
-def enqueue_stream(queue: str) -> None:
-    """Wake a live worker of ``queue``'s role: a session has a piece waiting (``tone.stream``)."""
+def enqueue_stream(queue: str, *, node: str = "", holder: str = "") -> None:
+    """Wake a live worker of ``queue``'s role: a session has a piece waiting (``tone.stream``).
+    With ``node``: the next run of a live worker that still serves, on that Celery node's own queue
+    (``worker_direct``), naming the worker (``holder``) whose sessions it continues."""
+    if node:
+        from celery.utils.nodenames import worker_direct
+
+        client().send_task(STREAM_TASK, args=[queue, holder], queue=worker_direct(node), priority=0)
+        return
     send(STREAM_TASK, [queue], queue=live_queue(queue), priority=0)
 
 

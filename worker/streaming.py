@@ -19,6 +19,19 @@ save writes. When the session's ``rev`` in Redis is still the one it saved, the 
 copy and reads only the session's small fields; any other writer changes ``rev`` and the state is
 read from Redis again. A live session's pieces thus skip reading hundreds of KiB per piece.
 
+Pieces go to the worker that holds their session. Each save names the worker (the session's
+``holder``); while that worker serves (its ``serving`` flag, refreshed every round), the API queues
+the session's pieces on the worker's own list, which it pops before the shared one. So with several
+live workers each session stays with one process and nothing is replayed (before, the queue was
+drained by one worker at a time, and every 5 s run that Celery gave to another process replayed
+every session from its checkpoint: ~1 s of model time at 12 cost-model sessions, every 5 s). A run
+that reaches RUN_SECONDS while it serves hands over to its own next run (a ``tone.stream`` task on
+its Celery node's direct queue, ``worker_direct``), its flag and list kept meanwhile; a run that
+idles, or whose node is shutting down, stops serving (its list moves to the shared one in the same
+Lua call that drops its flag). A killed worker's list is swept to the shared list by any serving
+worker once its flag expires. Several workers drain the shared list at once: the API wakes another
+one when the shared list's head has waited SPILL_SECONDS although a worker is awake.
+
 Checkpoints and the journal: the states (hundreds of KiB) are written to Redis only every
 ``TONE_STREAM_CHECKPOINT_SECONDS`` (or CHECKPOINT_PIECES pieces), not every piece; the audio of the
 chunks since (a few KB each, as sent) stays in the session's journal. A worker without the states
@@ -43,6 +56,7 @@ from typing import Any, cast
 
 import numpy as np
 import redis
+from celery.signals import worker_shutting_down
 
 from shared.asr.audio import decode_raw, read_audio, resample
 from shared.asr.decoder import GreedyDecoder
@@ -53,6 +67,7 @@ from shared.asr.types import LABELS, SAMPLE_RATE, Phrase
 from shared.platform.sessions import (
     KEEP_ANSWERS,
     LAYOUT,
+    WAKE_MS,
     Item,
     Options,
     SessionError,
@@ -63,6 +78,7 @@ from shared.platform.sessions import (
     journal_key,
     journal_seconds,
     pending_key,
+    stopping_key,
     wake_key,
 )
 from shared.platform.settings import Settings, get_settings
@@ -86,6 +102,26 @@ CACHED_SESSIONS = 256  # states a worker process keeps after saving them (see th
 SMALL_FIELDS = ["ttl", "next_seq", "final", "finished", "options", "held", "rev", "ckpt", "ckpt_t", "phrases"]
 CHECKPOINT_PIECES = 32  # at most this many pieces between two checkpoints (bounds a replay)
 IDLE_SECONDS = 1.0  # a run waits this long for the next item before it ends
+SWEEP_SECONDS = 1.0  # how often a serving worker releases the lists of killed ones
+SHED_LAG_SECONDS = 0.6  # a round whose oldest piece waited this long: the worker is over capacity,
+SHED_SHARE = 2  # ... so it hands 1/SHED_SHARE of its next round's sessions to other workers,
+SHED_HOLD = 2.0  # ... leaves the shared list to them for this long,
+SHED_EVERY = 3.0  # ... and does so at most this often (the effect shows first)
+
+
+@dataclass
+class Shedding:
+    """An over-capacity worker's hand-over of sessions to the other serving workers."""
+
+    count: int = 0  # sessions of the next rounds to hand on
+    last: float = float("-inf")  # monotonic time of the last decision
+    hold_until: float = 0.0  # the shared list is left to the others until then
+
+    def takes_shared(self) -> bool:
+        return time.monotonic() >= self.hold_until
+
+
+_shed = Shedding()
 # Sessions stepped while the decoder pool still decodes one of their phrases, with their streams'
 # Decodings: each stays locked (its next pieces wait) and is saved and answered by ``settle`` once
 # they are decoded, while the rounds of the other sessions go on (without a pool: always empty).
@@ -208,18 +244,28 @@ class Prefetched:
         return getattr(self.store, name)
 
 
-def run(queue: str, settings: Settings | None = None) -> int:
-    """Drain the queue's pending list; returns the number of items handled."""
+def run(queue: str, settings: Settings | None = None, node: str = "", holder: str = "") -> int:
+    """Serve the queue's live pieces: this worker's own list and the shared one; returns the number
+    of items handled. ``node``: this process's Celery node (for the hand-over to its next run);
+    ``holder``: the worker whose run this one continues (another process of the same node: its
+    list is released to the shared one first)."""
     settings = settings or get_settings()
     store = store_for(settings)
+    if holder and holder != WORKER_ID:
+        store.release(queue, holder)  # that process is idle (its run ended): its sessions move
     deadline = time.monotonic() + RUN_SECONDS
     handled = 0
-    awake = awake_key(queue)
     idle_until = time.monotonic() + IDLE_SECONDS
     last_round = 0.0
+    swept = 0.0
+    idle = False
     while time.monotonic() < deadline:
         settle(store, settings, queue=queue)  # answers pieces counted in the round that stepped them
-        items = store.pop_pending(queue, POP, WORKER_ID, os.getpid())  # with awake and the heartbeat
+        # with the flags and heartbeat
+        items = store.pop_pending(queue, POP, WORKER_ID, os.getpid(), shared=_shed.takes_shared())
+        if time.monotonic() - swept >= SWEEP_SECONDS:
+            store.sweep(queue)
+            swept = time.monotonic()
         if not items and _decoding:  # sessions wait for the pool: look again soon, at both
             settle(store, settings, timeout=DECODE_POLL, queue=queue)
             idle_until = time.monotonic() + IDLE_SECONDS
@@ -227,28 +273,59 @@ def run(queue: str, settings: Settings | None = None) -> int:
         if not items:
             wait = min(idle_until, deadline) - time.monotonic()
             if wait <= 0:
+                idle = time.monotonic() < deadline
                 break
-            items = store.wait_pending(queue, POP, max(0.01, min(wait, 0.5)))
+            timeout = max(0.01, min(wait, 0.5))
+            items = store.wait_pending(queue, POP, timeout, WORKER_ID, shared=_shed.takes_shared())
             if not items:
                 continue
         items += linger(store, queue, len(items), limit=linger_limit(last_round))
         idle_until = time.monotonic() + IDLE_SECONDS
         round_started = time.monotonic()
-        done, later = run_round(store, settings, items)
+        done, later, elsewhere = run_round(store, settings, items)
         last_round = time.monotonic() - round_started
         handled += done
-        store.push_back(queue, later)
-        waiting = {id(i) for i in later} | {id(w.item) for w, _ in _decoding}  # held: by settle
-        store.round_done(queue, [i for i in items if id(i) not in waiting], time.time())
-        if later and not done:
+        store.push_back(queue, later, WORKER_ID)
+        store.push_back(queue, elsewhere)  # locked by another worker: where any worker looks
+        waiting = {id(i) for i in later + elsewhere} | {id(w.item) for w, _ in _decoding}  # held: by settle
+        answered = [i for i in items if id(i) not in waiting]
+        store.round_done(queue, answered, time.time())
+        if answered and time.time() - min(i.t for i in answered) > SHED_LAG_SECONDS:
+            overloaded(store, queue, len({i.id for i in answered}))
+        if (later or elsewhere) and not done:
             time.sleep(IDLE_SLEEP)
     drain(store, settings, queue)
+    if not idle and node and not store.r.exists(stopping_key(node)):
+        # still serving: its next run, on this node's own queue, starts within milliseconds and
+        # finds the flags and its list as this one leaves them (no replay anywhere)
+        enqueue_stream(queue, node=node, holder=WORKER_ID)
+        return handled
+    store.release(queue, WORKER_ID)
     # the API wakes a worker only while no flag is set: after the flags are gone, nothing is left
     # unseen (a piece queued before the DEL is seen by LLEN, one after it sends a wake-up)
-    store.r.delete(awake, wake_key(queue))
+    store.r.delete(awake_key(queue), wake_key(queue))
     if store.r.llen(pending_key(queue)):
         enqueue_stream(queue)
     return handled
+
+
+def overloaded(store: SessionStore, queue: str, sessions: int) -> None:
+    """A round's oldest piece waited SHED_LAG_SECONDS: this worker carries more sessions than it
+    can advance in real time. With another worker serving, it hands half of its next round's
+    sessions on (each saved with a checkpoint and no holder: their next pieces go to the shared
+    list, and whoever takes them loads the checkpoint, nothing to replay) and leaves the shared
+    list, new sessions included, to the others for SHED_HOLD s. Alone, it wakes another live
+    worker, if the deployment has one (at most one wake-up per WAKE_MS, as the API's)."""
+    now = time.monotonic()
+    if now - _shed.last < SHED_EVERY:
+        return
+    _shed.last = now
+    if store.others_serving(queue, WORKER_ID):
+        _shed.count = sessions // SHED_SHARE
+        _shed.hold_until = now + SHED_HOLD
+        log.info("stream: over capacity (%d sessions a round): handing %d on", sessions, _shed.count)
+    elif store.r.set(wake_key(queue), "1", nx=True, px=WAKE_MS):
+        enqueue_stream(queue)
 
 
 LINGER_SECONDS = 0.030  # a round waits at most this long for the rest of a burst of pieces,
@@ -282,7 +359,7 @@ def linger(
     end = now + limit
     while have + len(got) < POP and now < end:
         time.sleep(LINGER_POLL)
-        more = store.pop_pending(queue, POP - have - len(got))
+        more = store.pop_pending(queue, POP - have - len(got), WORKER_ID, shared=_shed.takes_shared())
         now = time.monotonic()
         if more:
             got += more
@@ -292,9 +369,12 @@ def linger(
     return got
 
 
-def run_round(store: SessionStore, settings: Settings, items: list[Item]) -> tuple[int, list[Item]]:
+def run_round(
+    store: SessionStore, settings: Settings, items: list[Item]
+) -> tuple[int, list[Item], list[Item]]:
     """One round: the first item of each session (up to ROUND_SESSIONS) in one batched advance.
-    Returns (items answered, items to put back)."""
+    Returns (items answered, items to put back on this worker's list, items of sessions another
+    worker has locked)."""
     taken: dict[str, Item] = {}
     later: list[Item] = []
     for item in items:
@@ -306,7 +386,10 @@ def run_round(store: SessionStore, settings: Settings, items: list[Item]) -> tup
     done = 0
     tokens = store.lock_many(list(taken), WORKER_ID)
     locked = [(item, token) for item, token in zip(taken.values(), tokens) if token is not None]
-    later += [item for item, token in zip(taken.values(), tokens) if token is None]  # another worker's
+    held = {w.item.id for w, _ in _decoding}  # locked by this worker, waiting for the pool
+    refused = [item for item, token in zip(taken.values(), tokens) if token is None]
+    later += [item for item in refused if item.id in held]
+    elsewhere = [item for item in refused if item.id not in held]  # another worker's
     wanted = [
         (i.id, [*SMALL_FIELDS, f"answer:{i.seq}"], i.seq if i.kind == "chunk" else None) for i, _ in locked
     ]
@@ -344,7 +427,7 @@ def run_round(store: SessionStore, settings: Settings, items: list[Item]) -> tup
         if work:
             advance(store, settings, work)
         done += len(work)
-    return done, later
+    return done, later, elsewhere
 
 
 def replay(store: SessionStore, settings: Settings, work: list[Work]) -> list[Work]:
@@ -616,6 +699,12 @@ def conclude(store: SessionStore, settings: Settings, ready: list[tuple[Work, li
     at = 0
     keep = journal_seconds(settings.stream_ttl_seconds, settings.stream_chunk_timeout_seconds)
     checkpoints = due_checkpoints(work, settings.stream_checkpoint_seconds, time.time())
+    shed: set[int] = set()
+    if _shed.count > 0:  # handed on: checkpointed now, no holder, not kept here
+        chosen = [w for w in work if w.item.kind != "finalize"][: _shed.count]
+        _shed.count -= len(chosen)
+        shed = {id(w) for w in chosen}
+        checkpoints |= shed
     saves: list[tuple[str, str, int, dict[str, str | bytes], str | None, tuple[int, int], int]] = []
     pending: list[tuple[Work, dict[str, Any], str]] = []  # (work, its answer, its new rev)
     replies: list[tuple[Item, dict[str, Any]]] = []
@@ -644,6 +733,7 @@ def conclude(store: SessionStore, settings: Settings, ready: list[tuple[Work, li
                 journal = (w.ckpt, item.seq + 1)
             rev = secrets.token_hex(8)
             fields["rev"] = rev
+            fields["holder"] = "" if id(w) in shed else WORKER_ID  # its next pieces: this worker's list
             if item.kind == "finalize":
                 answer = ok({"phrases": all_phrases, "state_id": item.id, "is_final": True})
                 fields.update(finished="1", final=json.dumps(answer, ensure_ascii=False))
@@ -675,7 +765,7 @@ def conclude(store: SessionStore, settings: Settings, ready: list[tuple[Work, li
         if not ok_ and rev:
             log.warning("stream %s: lock lost or expired before seq %d was saved", w.item.id, w.item.seq)
             answer = expired(w.item.id).to_reply()
-        elif ok_ and w.item.kind != "finalize":
+        elif ok_ and w.item.kind != "finalize" and id(w) not in shed:
             _remember(w.item.id, rev.encode(), w.states, w.resampler)
         replies.append((w.item, answer))
     store.finish_many([(w.item.id, w.token) for w in work], replies)
@@ -704,7 +794,21 @@ def due_checkpoints(work: list[Work], every: float, now: float) -> set[int]:
     return must | {id(w) for w in may[: max(0, budget)]}
 
 
-@app.task(name=STREAM_TASK)
-def stream(queue: str | None = None) -> int:
+@app.task(name=STREAM_TASK, bind=True)
+def stream(self: Any, queue: str | None = None, holder: str = "") -> int:
     """Advance the pending chunks of the queue's streaming sessions (see the module docstring)."""
-    return run(queue or get_settings().worker_queue)
+    return run(queue or get_settings().worker_queue, node=self.request.hostname or "", holder=holder)
+
+
+@worker_shutting_down.connect
+def _stopping(sender: Any = None, **_: Any) -> None:
+    """A node's warm shutdown: its live runs end serving (their sessions move to the shared list)
+    instead of handing over to a next run that the stopping node would never start."""
+    if not sender:
+        return
+    try:
+        client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=2)
+        client.set(stopping_key(str(sender)), "1", ex=120)
+        client.close()
+    except Exception:  # Redis down: the runs' flags expire and the sweep moves their lists
+        log.warning("could not mark node %s as stopping", sender, exc_info=True)

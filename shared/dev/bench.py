@@ -753,7 +753,12 @@ def run_bench(args: argparse.Namespace) -> int:
         counts = [int(n) for n in args.stream_counts.split(",")]
         protocols = tuple(args.stream_protocols.split(","))
         run_stream_bench(
-            path, counts=counts, seconds=args.stream_seconds, step_ms=step_ms, protocols=protocols
+            path,
+            counts=counts,
+            seconds=args.stream_seconds,
+            step_ms=step_ms,
+            protocols=protocols,
+            live_workers=args.live_workers,
         )
     if args.batch_run:
         best_rate, best_at = max((r, b) for p, b, r, _ in rows if p == precisions[0])
@@ -812,9 +817,11 @@ def _p95(values: list[float]) -> float:
 
 
 @contextlib.contextmanager
-def bench_stack(path: Path, batch: int) -> Iterator[tuple[str, str, dict[str, str]]]:
+def bench_stack(path: Path, batch: int, live_workers: int = 1) -> Iterator[tuple[str, str, dict[str, str]]]:
     """A whole stack (``tone-platform up --detach``) on the model in a temporary data directory;
-    yields (API URL, an API key, the stack's environment); ``down`` and cleanup afterwards."""
+    yields (API URL, an API key, the stack's environment); ``down`` and cleanup afterwards.
+    ``live_workers`` > 1: that many live worker processes in all (the stack's one and more of the
+    same command beside it, logging to ``logs/worker-live-<i>.log``)."""
     import shutil
     import subprocess
     import sys
@@ -840,10 +847,53 @@ def bench_stack(path: Path, batch: int) -> Iterator[tuple[str, str, dict[str, st
         from shared.localstack.supervisor import read_env_file
 
         env.update(read_env_file(root / "data" / "env"))
+        extra = [_extra_live_worker(env, root / "data" / "logs", i) for i in range(1, live_workers)]
         yield f"http://127.0.0.1:{port}", key, env
     finally:
+        for proc in locals().get("extra") or []:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(30)
+            proc.kill()
         subprocess.run([cli, "down"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _extra_live_worker(env: dict[str, str], logs: Path, i: int) -> Any:
+    """One more live worker process for the stack in ``env`` (``up``'s own live worker command);
+    returns its Popen once it is ready."""
+    import subprocess
+    import sys
+
+    from shared.queue import live_queue
+
+    log = logs / f"worker-live-{i}.log"
+    queue = live_queue(env.get("TONE_WORKER_QUEUE", "cpu"))
+    cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker", "-Q", queue, "-c", "1",
+           "-n", f"bench-live-{i}-{os.getpid()}@%h", "--loglevel", "INFO"]  # fmt: skip
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd, env={**env, "TONE_ORT_SPINNING": "0"}, stdout=out, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + 120
+    while " ready." not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the extra live worker did not start: {log}")
+        time.sleep(0.2)
+    return proc
+
+
+def _replays(logs: Path) -> tuple[int, int]:
+    """(replays, sessions replayed) in the live workers' logs so far: a session's states reloaded
+    from its checkpoint by a worker that did not hold them."""
+    import re
+
+    found = [
+        int(m)
+        for log in logs.glob("worker-live*.log")
+        for m in re.findall(r"stream replay of (\d+) sessions", log.read_text(errors="replace"))
+    ]
+    return len(found), sum(found)
 
 
 @dataclass
@@ -1285,15 +1335,16 @@ def run_stream_bench(
     seconds: float,
     step_ms: dict[int, float],
     protocols: tuple[str, ...] = ("http", "ws"),
+    live_workers: int = 1,
 ) -> None:
     """N simulated live streams (300 ms pieces at real-time pace, over the HTTP streaming calls and
     over ``/v1/stream``) against a stack on the model: latency from a piece's sending to its
-    answer, for rising N."""
+    answer, for rising N; with ``live_workers`` live worker processes."""
     for protocol in protocols:
         if protocol == "sherpa":
             _sherpa_table(path, counts, seconds)
         else:
-            _stream_table(path, protocol, counts, seconds, step_ms)
+            _stream_table(path, protocol, counts, seconds, step_ms, live_workers)
 
 
 def _sherpa_table(path: Path, counts: list[int], seconds: float) -> None:
@@ -1324,33 +1375,47 @@ def _sherpa_table(path: Path, counts: list[int], seconds: float) -> None:
 
 
 def _stream_table(
-    path: Path, protocol: str, counts: list[int], seconds: float, step_ms: dict[int, float]
+    path: Path,
+    protocol: str,
+    counts: list[int],
+    seconds: float,
+    step_ms: dict[int, float],
+    live_workers: int = 1,
 ) -> None:
     pieces = int(seconds / CHUNK_SECONDS)
     over = "the HTTP streaming calls" if protocol == "http" else "/v1/stream (WebSocket)"
+    workers = f", {live_workers} live worker processes" if live_workers > 1 else ""
     print(
-        f"\nstreaming over {over}: N live streams, 300 ms pieces at real-time pace for {seconds:.0f} s each"
+        f"\nstreaming over {over}: N live streams, 300 ms pieces at real-time pace for {seconds:.0f} s "
+        f"each{workers}"
     )
     print(
         f"{'N':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'outside model':>14} {'Redis KiB/s/stream':>19}"
+        f" {'replays':>8}"
     )
     best = 0
-    with bench_stack(path, max(counts)) as (url, key, env):
+    with bench_stack(path, max(counts), live_workers) as (url, key, env):
+        logs = Path(env["TONE_DATA_DIR"]) / "logs"
         for n in counts:
             before = _redis_input_bytes(env["REDIS_URL"])
+            replays_before = _replays(logs)
             run = _live_streams if protocol == "http" else _ws_streams
             latencies, errors = run(url, key, n, pieces)
             redis_rate = (_redis_input_bytes(env["REDIS_URL"]) - before) / n / seconds / 1024
             if errors:
                 print(f"{n:>4} errors: {len(errors)} (first: {errors[0]})")
                 continue
+            time.sleep(0.2)  # the logs' last lines
+            replays = [a - b for a, b in zip(_replays(logs), replays_before)]
             p50, p95, p99 = (float(np.percentile(latencies, q)) for q in (50, 95, 99))
             model = step_ms[min(step_ms, key=lambda b: abs(b - n))]  # a model step of ~N streams
             outside = max(0.0, 1 - model / p50) if p50 else float("nan")
-            print(f"{n:>4} {p50:>8.0f} {p95:>8.0f} {p99:>8.0f} {100 * outside:>13.0f}% {redis_rate:>19.0f}")
+            print(f"{n:>4} {p50:>8.0f} {p95:>8.0f} {p99:>8.0f} {100 * outside:>13.0f}% {redis_rate:>19.0f}"
+                  f" {replays[0]:>8}")  # fmt: skip
             if p95 < 300:
                 best = max(best, n)
     print(f"  largest N with p95 under 300 ms: {best}")
+    print("  replays: a worker reloaded sessions from their checkpoints and replayed their journals")
 
 
 # -- search: 1 000 000 phrases in one tenant, built in SQL ----------------------------------------------

@@ -25,6 +25,8 @@ kept one ``state`` field, which a worker still reads as ``state:0``)::
                                      session's closed phrases not yet released in time order
         rev                          random, written by every save: a worker holding the states it
                                      saved uses them while ``rev`` is still its own
+        holder                       the worker that saved last: while its ``serving`` flag is
+                                     set the API queues the session's pieces on its own list
         duration                     seconds of audio, once finalized
         job                          JSON {"webhook_url", "metadata", "started"} when the session is
                                      kept as a job at finalize (``store``); job_id once it was
@@ -54,11 +56,27 @@ kept one ``state`` field, which a worker still reads as ``state:0``)::
                                      hands each to its waiting piece (one BLPOP per batch of answers,
                                      not one per piece)
     tone:stream:<id>:reply:<nonce>   a list: the answer to an item queued without an inbox
-    tone:stream:pending:<queue>      a list of JSON work items {"id", "seq", "kind", "reply",
-                                     "inbox", "t"};
-                                     the API queues an unanswered item again after
+    tone:stream:pending:<queue>      the shared list of JSON work items {"id", "seq", "kind",
+                                     "reply", "inbox", "t"}: pieces of sessions that no serving
+                                     worker holds (new sessions, a holder gone or between runs);
+                                     the API queues an unanswered item again here after
                                      ``stream_requeue_seconds`` (a worker may have died holding it):
                                      at-least-once, made idempotent by the seq check under the lock
+    tone:stream:pending:<queue>:@<worker>
+                                     a serving worker's own list: the pieces of the sessions it
+                                     holds (the session's ``holder``), which the API queues here
+                                     while the worker's ``serving`` flag is set; the worker pops it
+                                     before the shared list; at the end of its serving (or, once its
+                                     flag expired, by any worker's sweep) what is left moves to the
+                                     head of the shared list
+    tone:stream:serving:<queue>:<worker>
+                                     set (PX AWAKE_MS, every round) while ``worker`` drains its own
+                                     list and the shared one; deleted, atomically with the move of
+                                     its list, when it stops serving
+    tone:stream:servers:<queue>      sorted set, worker -> unix time of its last round: the sweep
+                                     finds the workers whose ``serving`` flag expired (killed)
+    tone:stream:stopping:<node>      set by a Celery node's warm shutdown: its live runs end
+                                     instead of handing their sessions on to their next run
     tone:stream:awake:<queue>        set (PX AWAKE_MS) while a worker drains the queue's pending
                                      list: the API sends the Celery wake-up only when it is absent
     tone:stream:wake:<queue>         set (PX WAKE_MS) by the piece that found no worker awake: it
@@ -115,6 +133,8 @@ HEARTBEAT_MS = 4_000  # a live worker's heartbeat lives this long unless refresh
 REPLY_SECONDS = 120  # an unread reply list disappears after this
 ACTIVE_SECONDS = 30  # a session with no piece answered for this long no longer counts as active
 LAG_MS = 3_000  # the last round's lag counts this long (a later round replaces it)
+OWN_MS = 60_000  # a worker's own list outlives its last piece this long (a killed worker's: swept sooner)
+SPILL_SECONDS = 0.5  # a shared item waiting this long although a worker is awake: wake another one
 ENCODINGS = ("pcm_s16le", "mulaw", "alaw")
 DECODERS = ("auto", "greedy", "beam")
 
@@ -163,6 +183,23 @@ def wake_key(queue: str) -> str:
 
 def pending_key(queue: str) -> str:
     return f"{PREFIX}pending:{queue}"
+
+
+def own_key(queue: str, worker: str) -> str:
+    """A serving worker's own pending list (the pieces of the sessions it holds)."""
+    return f"{PREFIX}pending:{queue}:@{worker}"
+
+
+def serving_key(queue: str, worker: str) -> str:
+    return f"{PREFIX}serving:{queue}:{worker}"
+
+
+def servers_key(queue: str) -> str:
+    return f"{PREFIX}servers:{queue}"
+
+
+def stopping_key(node: str) -> str:
+    return f"{PREFIX}stopping:{node}"
 
 
 def open_key(queue: str) -> str:
@@ -341,12 +378,16 @@ end
 """
 
 # A piece in one call: ``accept`` it and, when it is work to do (new, or a retry still queued),
-# journal its audio, count it as waiting and queue its work item. KEYS: session, known, journal,
-# waiting, pending, awake, wake. ARGV: accept's, then the session id, the piece's nonce, the API's
-# inbox, "1" when audio follows, the audio, the journal's TTL, WAKE_MS. Returns {action, seq, wake}
-# (``accept``'s answer when there is nothing to queue); wake = 1: no worker is awake and no other
-# piece sent a wake-up within WAKE_MS, so this caller sends one (every piece sent one before: at
-# the end of each worker's run, a storm of Celery messages, 7 % of the API at 200 streams).
+# journal its audio, count it as waiting and queue its work item: on its holder's own list while the
+# holder serves (the worker that has the session's states in memory: no reload, no replay), else on
+# the shared list. KEYS: session, known, journal, waiting, pending, awake, wake. ARGV: accept's,
+# then the session id, the piece's nonce, the API's inbox, "1" when audio follows, the audio, the
+# journal's TTL, WAKE_MS, the serving flags' prefix, the own lists' prefix, OWN_MS, SPILL_SECONDS.
+# Returns {action, seq, wake} (``accept``'s answer when there is nothing to queue); wake = 1: no
+# worker is awake (or the shared list's head waited SPILL_SECONDS: the awake ones are saturated)
+# and no other piece sent a wake-up within WAKE_MS, so this caller sends one (every piece sent one
+# before: at the end of each worker's run, a storm of Celery messages, 7 % of the API at 200
+# streams).
 _PIECE = (
     _ACCEPT_FUNCTION
     + """
@@ -358,13 +399,57 @@ if ARGV[9] == '1' then
   redis.call('EXPIRE', KEYS[3], tonumber(ARGV[11]))
 end
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[6] .. ':' .. ARGV[7])
-redis.call('RPUSH', KEYS[5], cjson.encode({id = ARGV[6], seq = seq, kind = ARGV[3], reply = ARGV[7],
-  inbox = ARGV[8], t = tonumber(ARGV[4])}))
-if redis.call('EXISTS', KEYS[6]) == 1 then return {out[1], seq, 0} end
+local item = cjson.encode({id = ARGV[6], seq = seq, kind = ARGV[3], reply = ARGV[7], inbox = ARGV[8],
+  t = tonumber(ARGV[4])})
+local holder = redis.call('HGET', KEYS[1], 'holder')
+if holder and redis.call('EXISTS', ARGV[13] .. holder) == 1 then
+  redis.call('RPUSH', ARGV[14] .. holder, item)
+  redis.call('PEXPIRE', ARGV[14] .. holder, tonumber(ARGV[15]))
+else
+  redis.call('RPUSH', KEYS[5], item)
+end
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  local head = redis.call('LINDEX', KEYS[5], 0)
+  if not head then return {out[1], seq, 0} end
+  local ok, first = pcall(cjson.decode, head)
+  if not (ok and type(first) == 'table' and tonumber(first.t)) then return {out[1], seq, 0} end
+  if tonumber(ARGV[4]) - tonumber(first.t) < tonumber(ARGV[16]) then return {out[1], seq, 0} end
+end
 if redis.call('SET', KEYS[7], '1', 'NX', 'PX', tonumber(ARGV[12])) then return {out[1], seq, 1} end
 return {out[1], seq, 0}
 """
 )
+
+# KEYS: own list, pending (shared), serving flag, servers. ARGV: worker. The worker stops serving:
+# its flag goes and what is left on its own list moves to the head of the shared list, in order,
+# in one step (a piece the API queues after it goes to the shared list). Returns the items moved.
+_RELEASE = """
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[1])
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+for i = #items, 1, -1 do redis.call('LPUSH', KEYS[2], items[i]) end
+redis.call('DEL', KEYS[1])
+return #items
+"""
+
+# KEYS: servers, pending (shared). ARGV: the cut-off time, the serving flags' prefix, the own lists'
+# prefix. Every worker registered before the cut-off whose serving flag is gone (killed, or stopped
+# for longer than its flag) is released as above (one whose flag is still set, its clock behind
+# ours, stays). Returns the items moved.
+_SWEEP = """
+local moved = 0
+for _, worker in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])) do
+  if redis.call('EXISTS', ARGV[2] .. worker) == 0 then
+    local own = ARGV[3] .. worker
+    local items = redis.call('LRANGE', own, 0, -1)
+    for i = #items, 1, -1 do redis.call('LPUSH', KEYS[2], items[i]) end
+    redis.call('DEL', own)
+    redis.call('ZREM', KEYS[1], worker)
+    moved = moved + #items
+  end
+end
+return moved
+"""
 
 # KEYS: lock. ARGV: token ("<worker>|<random>"), px, the heartbeat keys' prefix. A lock whose
 # holder's heartbeat is gone (the worker died or is stopped) is taken over at once.
@@ -470,10 +555,12 @@ class AsyncSessionStore:
         """``accept`` the call and, when it is work to do (``new``, or ``queued``: a retry of a
         piece not applied yet), journal its audio (kept ``keep`` s) and queue its work item,
         answered to ``inbox`` under ``nonce``: one round trip. Returns what was accepted and whether
-        the caller must wake a worker (none is draining the queue, and no wake-up went out within
-        WAKE_MS)."""
-        args: list[str | int | bytes] = [*_accept_args(tenant, kind, seq), sid, nonce, inbox]
+        the caller must wake a worker (none is draining the queue, or the shared list's head has
+        waited SPILL_SECONDS, and no wake-up went out within WAKE_MS). The item goes to the own list
+        of the session's holder while it serves, else to the shared list."""
+        args: list[str | int | bytes | float] = [*_accept_args(tenant, kind, seq), sid, nonce, inbox]
         args += ["0", b"", keep, WAKE_MS] if audio is None else ["1", audio, keep, WAKE_MS]
+        args += [serving_key(queue, ""), own_key(queue, ""), OWN_MS, SPILL_SECONDS]
         keys = [session_key(sid), known_key(sid), journal_key(sid), waiting_key(queue), pending_key(queue),
                 awake_key(queue), wake_key(queue)]  # fmt: skip
         out = await self._piece(keys=keys, args=args)
@@ -493,6 +580,8 @@ class SessionStore:
         self._unlock = client.register_script(_UNLOCK)
         self._lock = client.register_script(_LOCK)
         self._save = client.register_script(_SAVE)
+        self._release = client.register_script(_RELEASE)
+        self._sweep = client.register_script(_SWEEP)
 
     # -- the API's side ---------------------------------------------------------------------------
 
@@ -544,23 +633,48 @@ class SessionStore:
 
     # -- the worker's side ------------------------------------------------------------------------
 
-    def pop_pending(self, queue: str, count: int, worker: str = "", pid: int = 0) -> list[Item]:
-        """Up to ``count`` items from the head of the pending list; with ``worker``, in the same
-        round trip, its heartbeat and the queue's ``awake`` flag (its ``pid``) are refreshed."""
-        if worker:
-            pipe = self.r.pipeline(transaction=False)
+    def pop_pending(
+        self, queue: str, count: int, worker: str = "", pid: int = 0, *, shared: bool = True
+    ) -> list[Item]:
+        """Up to ``count`` items from the head of ``worker``'s own list, then as many from the shared
+        list (unless not ``shared``); with ``pid`` too, in the same round trip, the worker serves:
+        its heartbeat, its ``serving`` flag and the queue's ``awake`` flag (its ``pid``) are
+        refreshed."""
+        pipe = self.r.pipeline(transaction=False)
+        if worker and pid:
             pipe.set(awake_key(queue), str(pid), px=AWAKE_MS)
             pipe.set(heartbeat_key(worker), "1", px=HEARTBEAT_MS)
-            pipe.lpop(pending_key(queue), count)
-            raw = cast("list[bytes] | None", pipe.execute()[-1]) or []
-        else:
-            raw = cast("list[bytes] | None", self.r.lpop(pending_key(queue), count)) or []
-        return _items(raw)
+            pipe.set(serving_key(queue, worker), str(pid), px=AWAKE_MS)
+            pipe.zadd(servers_key(queue), {worker: time.time()})
+        keys = ([own_key(queue, worker)] if worker else []) + (
+            [pending_key(queue)] if shared or not worker else []
+        )
+        for key in keys:
+            pipe.lpop(key, count)
+        lists = pipe.execute()[len(pipe) - len(keys) :]
+        return _items([v for got in lists for v in cast("list[bytes] | None", got) or []])
 
-    def push_back(self, queue: str, items: list[Item]) -> None:
-        """Return items to the head of the pending list, in their order."""
+    def push_back(self, queue: str, items: list[Item], worker: str = "") -> None:
+        """Return items to the head of ``worker``'s own list (else of the shared list), in order."""
         if items:
-            self.r.lpush(pending_key(queue), *[i.to_json() for i in reversed(items)])
+            key = own_key(queue, worker) if worker else pending_key(queue)
+            self.r.lpush(key, *[i.to_json() for i in reversed(items)])
+
+    def release(self, queue: str, worker: str) -> int:
+        """``worker`` stops serving: its flag goes, its own list's items move to the head of the
+        shared list (one Lua call); returns how many moved."""
+        keys = [own_key(queue, worker), pending_key(queue), serving_key(queue, worker), servers_key(queue)]
+        return int(self._release(keys=keys, args=[worker]))
+
+    def sweep(self, queue: str, now: float | None = None) -> int:
+        """Release every worker whose serving flag expired (a killed one: its own list's pieces go
+        to the shared list now, not when their API re-queues them); returns the items moved."""
+        cutoff = (now if now is not None else time.time()) - AWAKE_MS / 1000
+        args: list[str | float] = [cutoff, serving_key(queue, ""), own_key(queue, "")]
+        return int(self._sweep(keys=[servers_key(queue), pending_key(queue)], args=args))
+
+    def serving(self, queue: str, worker: str) -> bool:
+        return bool(self.r.exists(serving_key(queue, worker)))
 
     def round_done(self, queue: str, answered: list[Item], now: float) -> None:
         """After a round: its lag (the oldest answered piece's wait) for admission, its pieces no
@@ -649,14 +763,24 @@ class SessionStore:
         values = cast("list[bytes | None]", self.r.hmget(session_key(sid), names))
         return {n: v for n, v in zip(names, values) if v is not None}
 
-    def wait_pending(self, queue: str, count: int, timeout: float) -> list[Item]:
-        """Like pop_pending, but waits up to ``timeout`` s for the first item."""
-        got = self.r.blpop([pending_key(queue)], timeout=timeout)
+    def wait_pending(
+        self, queue: str, count: int, timeout: float, worker: str = "", *, shared: bool = True
+    ) -> list[Item]:
+        """Like pop_pending (without the refresh), but waits up to ``timeout`` s for the first item
+        of either list."""
+        keys = ([own_key(queue, worker)] if worker else []) + (
+            [pending_key(queue)] if shared or not worker else []
+        )
+        got = self.r.blpop(keys, timeout=timeout)
         if got is None:
             return []
         first = cast("tuple[bytes, bytes]", got)[1]
-        rest = cast("list[bytes] | None", self.r.lpop(pending_key(queue), count - 1)) or []
-        return _items([first, *rest])
+        return [*_items([first]), *self.pop_pending(queue, count - 1, worker, shared=shared)]
+
+    def others_serving(self, queue: str, worker: str) -> bool:
+        """Whether a worker other than ``worker`` served ``queue`` within AWAKE_MS."""
+        recent = self.r.zrangebyscore(servers_key(queue), time.time() - AWAKE_MS / 1000, "+inf")
+        return any(w.decode() != worker for w in cast("list[bytes]", recent))
 
     def chunk(self, sid: str, seq: int) -> bytes | None:
         return self.r.hget(journal_key(sid), str(seq))  # type: ignore[return-value]

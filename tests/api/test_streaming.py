@@ -600,6 +600,55 @@ def test_eight_sessions_move_to_the_other_worker_when_theirs_is_killed(
         broker.close()
 
 
+def test_sessions_stay_with_their_worker_across_its_runs(
+    stream_env: dict[str, str], logs: Path, api_key: str, offline: Any
+) -> None:
+    """Two live workers on one queue; 6 sessions stream 300 ms pieces at real-time pace for ~9 s,
+    past a run's 5 s. Each session's pieces go to the worker that holds its states, and that
+    worker's next run continues on the same process: no session is replayed from its checkpoint
+    anywhere. (Before, one worker drained the queue at a time, and each 5 s run that Celery gave to
+    the other process replayed every session; with two idle workers Celery alternates them.)"""
+
+    queue = "stream-affinity-tests"
+    env = {**stream_env, "TONE_WORKER_QUEUE": queue, "TONE_STREAM_CHECKPOINT_SECONDS": "1"}
+    api = start_api(env, logs, "affinity-api")
+    procs = [start_worker(env, logs, f"affinity-worker-{i}", queues=all_queues(queue)) for i in range(2)]
+    recordings = [synthesize(PHRASES[i % 3 :] + PHRASES[: i % 3] + PHRASES, pause=1.0)[0] for i in range(6)]
+    start_at = time.time() + 1.0
+
+    def one(c: httpx.Client, i: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        sid = open_session(c)
+        pieces = [pcm(recordings[i][a : a + 2400]) for a in range(0, len(recordings[i]), 2400)]
+        streamed: list[dict[str, Any]] = []
+        for seq, data in enumerate(pieces):
+            time.sleep(max(0.0, start_at + 0.3 * seq - time.time()))
+            r = send(c, sid, data, seq)
+            assert r.status_code == 200, r.text
+            streamed += r.json()["phrases"]
+        r = finalize(c, sid)
+        assert r.status_code == 200, r.text
+        return streamed, r.json()["phrases"]
+
+    try:
+        assert min(len(r) for r in recordings) / 8000 > 8.0
+        with (
+            httpx.Client(base_url=api.url or "", headers=auth(api_key), timeout=90) as c,
+            ThreadPoolExecutor(6) as pool,
+        ):
+            results = list(pool.map(lambda i: one(c, i), range(6)))
+        for recording, (streamed, final) in zip(recordings, results):
+            assert final == offline(recording)
+            assert final[: len(streamed)] == streamed
+        texts = [proc.log.read_text(errors="replace") for proc in procs]
+        runs = sum(len(re.findall(r"Task tone\.stream\[[^]]*\] received", t)) for t in texts)
+        assert runs >= 2, "the sessions outlived a run: its next one took over"
+        assert not any("stream replay" in t for t in texts), "a session changed workers"
+    finally:
+        for proc in procs:
+            proc.stop()
+        api.stop()
+
+
 def test_a_16_khz_session_in_20_ms_pieces_equals_the_offline_16_khz_file(
     client: httpx.Client, audio: np.ndarray, tone_model: Path, tmp_path: Path
 ) -> None:

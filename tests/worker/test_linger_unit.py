@@ -27,7 +27,7 @@ class Arrivals:
     def __init__(self, clock: Clock, times: list[float]) -> None:
         self.clock, self.times = clock, sorted(times)
 
-    def pop_pending(self, queue: str, count: int) -> list[Any]:
+    def pop_pending(self, queue: str, count: int, worker: str = "", *, shared: bool = True) -> list[Any]:
         ready = [t for t in self.times if t <= self.clock.now][:count]
         self.times = self.times[len(ready) :]
         return ready

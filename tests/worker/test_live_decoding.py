@@ -73,8 +73,8 @@ def test_a_session_waiting_for_the_pool_holds_back_no_other(
         piece(store, slow, 0, np.concatenate([ambiguous_audio(), SILENCE])),  # two paths: the pool's
         piece(store, quick, 0, np.concatenate([spoken, SILENCE])),  # one path: spelled in the worker
     ]
-    done, later = streaming.run_round(store, settings, round_1)
-    assert (done, later) == (2, [])
+    done, later, elsewhere = streaming.run_round(store, settings, round_1)
+    assert (done, later, elsewhere) == (2, [], [])
     assert texts(store.stored_answer(quick, 0)) == ["кот"]  # answered while the other phrase decodes
     assert store.stored_answer(slow, 0) is None and pool.outstanding() == 1
     assert store.r.get(lock_key(slow)) is not None  # still locked: its next piece must wait
@@ -82,8 +82,8 @@ def test_a_session_waiting_for_the_pool_holds_back_no_other(
 
     # the next round: the held session's piece waits, the other's is answered
     round_2 = [piece(store, slow, 1, SILENCE), piece(store, quick, 1, SILENCE)]
-    done, later = streaming.run_round(store, settings, round_2)
-    assert later == [round_2[0]]
+    done, later, elsewhere = streaming.run_round(store, settings, round_2)
+    assert later == [round_2[0]] and elsewhere == []
     assert texts(store.stored_answer(quick, 1)) == []
     assert streaming.settle(store, settings) == 0  # nothing decoded yet: nothing to answer
 
@@ -93,8 +93,8 @@ def test_a_session_waiting_for_the_pool_holds_back_no_other(
     assert texts(store.stored_answer(slow, 0)) == ["мир"]  # the LM's choice, in the piece's answer
     assert store.r.get(lock_key(slow)) is None and not streaming._decoding
     assert json_list(store.r.hget(f"tone:stream:{slow}", "phrases")) == ["мир"]
-    done, later = streaming.run_round(store, settings, later)
-    assert (done, later) == (1, [])
+    done, later, elsewhere = streaming.run_round(store, settings, later)
+    assert (done, later, elsewhere) == (1, [], [])
     assert texts(store.stored_answer(slow, 1)) == []
 
 
