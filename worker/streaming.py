@@ -103,7 +103,7 @@ SMALL_FIELDS = ["ttl", "next_seq", "final", "finished", "options", "held", "rev"
 CHECKPOINT_PIECES = 32  # at most this many pieces between two checkpoints (bounds a replay)
 IDLE_SECONDS = 1.0  # a run waits this long for the next item before it ends
 SWEEP_SECONDS = 1.0  # how often a serving worker releases the lists of killed ones
-SHED_LAG_SECONDS = 0.6  # a round whose oldest piece waited this long: the worker is over capacity,
+# a round whose oldest piece waited TONE_STREAM_SHED_LAG_SECONDS: the worker is over capacity,
 SHED_SHARE = 2  # ... so it hands 1/SHED_SHARE of its next round's sessions to other workers,
 SHED_HOLD = 2.0  # ... leaves the shared list to them for this long,
 SHED_EVERY = 3.0  # ... and does so at most this often (the effect shows first)
@@ -290,7 +290,7 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
         waiting = {id(i) for i in later + elsewhere} | {id(w.item) for w, _ in _decoding}  # held: by settle
         answered = [i for i in items if id(i) not in waiting]
         store.round_done(queue, answered, time.time())
-        if answered and time.time() - min(i.t for i in answered) > SHED_LAG_SECONDS:
+        if answered and time.time() - min(i.t for i in answered) > settings.stream_shed_lag_seconds:
             overloaded(store, queue, len({i.id for i in answered}))
         if (later or elsewhere) and not done:
             time.sleep(IDLE_SLEEP)
@@ -310,17 +310,19 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
 
 
 def overloaded(store: SessionStore, queue: str, sessions: int) -> None:
-    """A round's oldest piece waited SHED_LAG_SECONDS: this worker carries more sessions than it
-    can advance in real time. With another worker serving, it hands half of its next round's
+    """A round's oldest piece waited TONE_STREAM_SHED_LAG_SECONDS: this worker carries more sessions than it
+    can advance in real time (it says so: ``busy``). With another worker serving that is not busy
+    itself, it hands half of its next round's
     sessions on (each saved with a checkpoint and no holder: their next pieces go to the shared
     list, and whoever takes them loads the checkpoint, nothing to replay) and leaves the shared
-    list, new sessions included, to the others for SHED_HOLD s. Alone, it wakes another live
-    worker, if the deployment has one (at most one wake-up per WAKE_MS, as the API's)."""
+    list, new sessions included, to the others for SHED_HOLD s. Otherwise it wakes another live
+    worker, if the deployment has one idle (at most one wake-up per WAKE_MS, as the API's)."""
+    store.busy(queue, WORKER_ID)  # nobody hands sessions to this worker meanwhile
     now = time.monotonic()
     if now - _shed.last < SHED_EVERY:
         return
     _shed.last = now
-    if store.others_serving(queue, WORKER_ID):
+    if store.others_with_room(queue, WORKER_ID):
         _shed.count = sessions // SHED_SHARE
         _shed.hold_until = now + SHED_HOLD
         log.info("stream: over capacity (%d sessions a round): handing %d on", sessions, _shed.count)

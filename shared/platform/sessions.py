@@ -75,6 +75,9 @@ kept one ``state`` field, which a worker still reads as ``state:0``)::
                                      its list, when it stops serving
     tone:stream:servers:<queue>      sorted set, worker -> unix time of its last round: the sweep
                                      finds the workers whose ``serving`` flag expired (killed)
+    tone:stream:busy:<queue>:<worker>
+                                     set (PX AWAKE_MS) while the worker's pieces wait longer than
+                                     ``stream_shed_lag_seconds``: no one hands sessions to it
     tone:stream:stopping:<node>      set by a Celery node's warm shutdown: its live runs end
                                      instead of handing their sessions on to their next run
     tone:stream:awake:<queue>        set (PX AWAKE_MS) while a worker drains the queue's pending
@@ -196,6 +199,10 @@ def serving_key(queue: str, worker: str) -> str:
 
 def servers_key(queue: str) -> str:
     return f"{PREFIX}servers:{queue}"
+
+
+def busy_key(queue: str, worker: str) -> str:
+    return f"{PREFIX}busy:{queue}:{worker}"
 
 
 def stopping_key(node: str) -> str:
@@ -777,10 +784,22 @@ class SessionStore:
         first = cast("tuple[bytes, bytes]", got)[1]
         return [*_items([first]), *self.pop_pending(queue, count - 1, worker, shared=shared)]
 
-    def others_serving(self, queue: str, worker: str) -> bool:
-        """Whether a worker other than ``worker`` served ``queue`` within AWAKE_MS."""
+    def busy(self, queue: str, worker: str) -> None:
+        """``worker`` is over its capacity (for AWAKE_MS): sessions are not handed to it."""
+        self.r.set(busy_key(queue, worker), "1", px=AWAKE_MS)
+
+    def others_with_room(self, queue: str, worker: str) -> bool:
+        """Whether a worker other than ``worker`` served ``queue`` within AWAKE_MS and is not busy."""
         recent = self.r.zrangebyscore(servers_key(queue), time.time() - AWAKE_MS / 1000, "+inf")
-        return any(w.decode() != worker for w in cast("list[bytes]", recent))
+        others = [w.decode() for w in cast("list[bytes]", recent) if w.decode() != worker]
+        if not others:
+            return False
+        pipe = self.r.pipeline(transaction=False)
+        for other in others:
+            pipe.exists(serving_key(queue, other))
+            pipe.exists(busy_key(queue, other))
+        flags = pipe.execute()
+        return any(flags[2 * i] and not flags[2 * i + 1] for i in range(len(others)))
 
     def chunk(self, sid: str, seq: int) -> bytes | None:
         return self.r.hget(journal_key(sid), str(seq))  # type: ignore[return-value]

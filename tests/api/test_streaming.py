@@ -27,7 +27,7 @@ from shared.asr.audio import decode_raw
 from shared.asr.engine import Recognizer
 from shared.dev.models.tones import synthesize
 from shared.queue import all_queues
-from tests.conftest import Proc, start_api, start_worker, written
+from tests.conftest import Proc, start_api, start_worker, wait_for, written
 
 QUEUE = "stream-tests"
 PHRASES = ["привет мир", "как дела", "до свидания"]
@@ -610,7 +610,8 @@ def test_sessions_stay_with_their_worker_across_its_runs(
     the other process replayed every session; with two idle workers Celery alternates them.)"""
 
     queue = "stream-affinity-tests"
-    env = {**stream_env, "TONE_WORKER_QUEUE": queue, "TONE_STREAM_CHECKPOINT_SECONDS": "1"}
+    env = {**stream_env, "TONE_WORKER_QUEUE": queue, "TONE_STREAM_CHECKPOINT_SECONDS": "1",
+           "TONE_RATE_LIMIT_PER_MINUTE": "0"}  # fmt: skip
     api = start_api(env, logs, "affinity-api")
     procs = [start_worker(env, logs, f"affinity-worker-{i}", queues=all_queues(queue)) for i in range(2)]
     recordings = [synthesize(PHRASES[i % 3 :] + PHRASES[: i % 3] + PHRASES, pause=1.0)[0] for i in range(6)]
@@ -643,6 +644,66 @@ def test_sessions_stay_with_their_worker_across_its_runs(
         runs = sum(len(re.findall(r"Task tone\.stream\[[^]]*\] received", t)) for t in texts)
         assert runs >= 2, "the sessions outlived a run: its next one took over"
         assert not any("stream replay" in t for t in texts), "a session changed workers"
+    finally:
+        for proc in procs:
+            proc.stop()
+        api.stop()
+
+
+def test_a_worker_over_capacity_hands_sessions_to_one_with_room(
+    stream_env: dict[str, str], logs: Path, api_key: str, offline: Any
+) -> None:
+    """Two live workers: the first one serving counts itself over capacity at once
+    (TONE_STREAM_SHED_LAG_SECONDS=0), the second one, started once the sessions are under way,
+    never. The first wakes the second, then hands half of its sessions to it, each checkpointed as
+    it goes: the second advances them without replaying anything, and every session of 6 ends
+    with exactly the offline phrases."""
+    queue = "stream-shed-tests"
+    env = {**stream_env, "TONE_WORKER_QUEUE": queue, "TONE_STREAM_CHECKPOINT_SECONDS": "1",
+           "TONE_RATE_LIMIT_PER_MINUTE": "0"}  # fmt: skip
+    api = start_api(env, logs, "shed-api")
+    busy = start_worker(
+        {**env, "TONE_STREAM_SHED_LAG_SECONDS": "0"}, logs, "shed-busy", queues=all_queues(queue)
+    )
+    procs = [busy]
+    recordings = [synthesize((PHRASES[i % 3 :] + PHRASES[: i % 3]) * 4, pause=1.0)[0] for i in range(6)]
+    start_at = time.time() + 1.0
+    sent = [0] * 6
+
+    def one(c: httpx.Client, i: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        sid = open_session(c)
+        pieces = [pcm(recordings[i][a : a + 2400]) for a in range(0, len(recordings[i]), 2400)]
+        streamed: list[dict[str, Any]] = []
+        for seq, data in enumerate(pieces):
+            time.sleep(max(0.0, start_at + 0.3 * seq - time.time()))
+            r = send(c, sid, data, seq)
+            assert r.status_code == 200, r.text
+            sent[i] = seq + 1
+            streamed += r.json()["phrases"]
+        r = finalize(c, sid)
+        assert r.status_code == 200, r.text
+        return streamed, r.json()["phrases"]
+
+    try:
+        assert min(len(r) for r in recordings) / 8000 > 15.0
+        with (
+            httpx.Client(base_url=api.url or "", headers=auth(api_key), timeout=90) as c,
+            ThreadPoolExecutor(6) as pool,
+        ):
+            futures = [pool.submit(one, c, i) for i in range(6)]
+            wait_for(lambda: min(sent) >= 2, "every session under way on the first worker", busy, 30)
+            roomy = start_worker({**env, "TONE_STREAM_SHED_LAG_SECONDS": "100"}, logs, "shed-roomy",
+                                 queues=all_queues(queue))  # fmt: skip
+            procs.append(roomy)
+            results = [f.result() for f in futures]
+            assert min(sent) > 0
+        for recording, (streamed, final) in zip(recordings, results):
+            assert final == offline(recording)
+            assert final[: len(streamed)] == streamed
+        busy_log, roomy_log = busy.log.read_text(errors="replace"), roomy.log.read_text(errors="replace")
+        assert re.search(r"over capacity \(\d+ sessions a round\): handing [1-9]\d* on", busy_log)
+        assert "stream batch of" in roomy_log, "the second worker advanced sessions"
+        assert "stream replay" not in busy_log + roomy_log, "a hand-on replayed a journal"
     finally:
         for proc in procs:
             proc.stop()

@@ -27,6 +27,7 @@ from shared.platform.sessions import (
     Options,
     SessionStore,
     awake_key,
+    busy_key,
     inbox_key,
     journal_key,
     own_key,
@@ -224,10 +225,11 @@ def test_the_next_run_on_another_process_of_the_node_takes_the_list_over(
 def test_an_over_capacity_worker_hands_half_its_sessions_on_with_a_checkpoint(
     servers: dict[str, str], tone_model: Path, queue: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A round whose pieces waited past SHED_LAG_SECONDS while another worker serves: the next round
-    saves half of its sessions with a checkpoint at their last piece and no holder (so their next
-    pieces go to the shared list and whoever takes them replays nothing), keeps the other half, and
-    the worker leaves the shared list to the others for a while. Alone, it wakes another worker."""
+    """A round whose pieces waited past TONE_STREAM_SHED_LAG_SECONDS while another worker serves
+    with room: the next round saves half of its sessions with a checkpoint at their last piece and
+    no holder (so their next pieces go to the shared list and whoever takes them replays nothing),
+    keeps the other half, and the worker leaves the shared list to the others for a while. Alone,
+    or beside busy ones only, it wakes another worker."""
     rec = Recognizer.load(tone_model, threads=1)
     monkeypatch.setattr(streaming, "get_recognizer", lambda _: rec)
     monkeypatch.setattr(streaming, "_shed", streaming.Shedding())
@@ -255,6 +257,14 @@ def test_an_over_capacity_worker_hands_half_its_sessions_on_with_a_checkpoint(
 
     streaming._shed.last = float("-inf")
     serve(store, queue, "other")
+    store.busy(queue, "other")  # the other one is over capacity too: nothing is handed to it
+    store.r.delete(wake_key(queue))  # the first wake-up's WAKE_MS is over
+    streaming.overloaded(store, queue, 4)
+    assert streaming._shed.count == 0 and streaming._shed.takes_shared()
+    assert sent == [queue, queue]  # it wakes a third one instead
+
+    streaming._shed.last = float("-inf")
+    store.r.delete(busy_key(queue, "other"))
     streaming.overloaded(store, queue, 4)
     assert streaming._shed.count == 2 and not streaming._shed.takes_shared()
     round_of(1)
