@@ -861,7 +861,7 @@ def bench_stack(path: Path, batch: int, live_workers: int = 1) -> Iterator[tuple
 
 def _extra_live_worker(env: dict[str, str], logs: Path, i: int) -> Any:
     """One more live worker process for the stack in ``env`` (``up``'s own live worker command);
-    returns its Popen once it is ready."""
+    returns its Popen once it is ready with its model loaded."""
     import subprocess
     import sys
 
@@ -876,7 +876,7 @@ def _extra_live_worker(env: dict[str, str], logs: Path, i: int) -> Any:
             cmd, env={**env, "TONE_ORT_SPINNING": "0"}, stdout=out, stderr=subprocess.STDOUT
         )
     deadline = time.monotonic() + 120
-    while " ready." not in log.read_text(errors="replace"):
+    while "model loaded from" not in log.read_text(errors="replace"):  # ready, and the model warm
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"the extra live worker did not start: {log}")
         time.sleep(0.2)
