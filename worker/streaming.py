@@ -122,6 +122,11 @@ class Shedding:
 
 
 _shed = Shedding()
+# monotonic time this process sent its next run (to its node's own queue) and has not seen it start:
+# a run that ends meanwhile sends no other (else each wake-up taken by a busy process would start
+# a chain of its own); one not seen for HANDOVER_STALE s (a sibling process took it) no longer counts
+_handed_over: float | None = None
+HANDOVER_STALE = 30.0
 # Sessions stepped while the decoder pool still decodes one of their phrases, with their streams'
 # Decodings: each stays locked (its next pieces wait) and is saved and answered by ``settle`` once
 # they are decoded, while the rounds of the other sessions go on (without a pool: always empty).
@@ -249,9 +254,12 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
     of items handled. ``node``: this process's Celery node (for the hand-over to its next run);
     ``holder``: the worker whose run this one continues (another process of the same node: its
     list is released to the shared one first)."""
+    global _handed_over
     settings = settings or get_settings()
     store = store_for(settings)
-    if holder and holder != WORKER_ID:
+    if holder == WORKER_ID:
+        _handed_over = None  # this is that next run
+    elif holder:
         store.release(queue, holder)  # that process is idle (its run ended): its sessions move
     deadline = time.monotonic() + RUN_SECONDS
     handled = 0
@@ -259,10 +267,14 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
     last_round = 0.0
     swept = 0.0
     idle = False
+    woken = not holder  # a wake-up started it (else: its own or a sibling's hand-over)
     while time.monotonic() < deadline:
         settle(store, settings, queue=queue)  # answers pieces counted in the round that stepped them
         # with the flags and heartbeat
         items = store.pop_pending(queue, POP, WORKER_ID, os.getpid(), shared=_shed.takes_shared())
+        if woken:  # the wake-up that started this run is taken: the next one may go out
+            store.r.delete(wake_key(queue))
+            woken = False
         if time.monotonic() - swept >= SWEEP_SECONDS:
             store.sweep(queue)
             swept = time.monotonic()
@@ -298,7 +310,10 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
     if not idle and node and not store.r.exists(stopping_key(node)):
         # still serving: its next run, on this node's own queue, starts within milliseconds and
         # finds the flags and its list as this one leaves them (no replay anywhere)
-        enqueue_stream(queue, node=node, holder=WORKER_ID)
+        now = time.monotonic()
+        if _handed_over is None or now - _handed_over > HANDOVER_STALE:
+            enqueue_stream(queue, node=node, holder=WORKER_ID)
+            _handed_over = now
         return handled
     store.release(queue, WORKER_ID)
     # the API wakes a worker only while no flag is set: after the flags are gone, nothing is left

@@ -82,9 +82,12 @@ kept one ``state`` field, which a worker still reads as ``state:0``)::
                                      instead of handing their sessions on to their next run
     tone:stream:awake:<queue>        set (PX AWAKE_MS) while a worker drains the queue's pending
                                      list: the API sends the Celery wake-up only when it is absent
-    tone:stream:wake:<queue>         set (PX WAKE_MS) by the piece that found no worker awake: it
-                                     sends the one Celery wake-up; the pieces after it within
-                                     WAKE_MS send none (a run's end deletes it with ``awake``)
+    tone:stream:wake:<queue>         set by whoever sends a Celery wake-up (the piece that found no
+                                     worker awake, or the shared list's head waiting; a worker over
+                                     capacity): while it is set no other is sent; the run that the
+                                     wake-up starts deletes it, so at most one waits at a time
+                                     however long the workers are busy (PX WAKE_MS in case that
+                                     message is lost; a run's end deletes it too, with ``awake``)
     tone:stream:open:<queue>         sorted set, session id -> unix time of its last answered piece:
                                      the sessions active in the last ACTIVE_SECONDS (admission's
                                      count; a finalized session leaves it)
@@ -130,7 +133,7 @@ KEEP_ANSWERS = 16  # answers kept per session for client retries
 KNOWN_SECONDS = 7 * 24 * 3600
 LAYOUT = 3  # the session hash's layout version
 AWAKE_MS = 3000  # a draining worker's awake flag lives this long unless refreshed
-WAKE_MS = 1000  # one wake-up per queue this often while no worker is awake
+WAKE_MS = 10_000  # a wake-up not taken within this long (lost) no longer holds back the next one
 LOCK_MS = 15_000  # a session lock expires after this (sooner when its holder's heartbeat is gone)
 HEARTBEAT_MS = 4_000  # a live worker's heartbeat lives this long unless refreshed (every round)
 REPLY_SECONDS = 120  # an unread reply list disappears after this
@@ -392,9 +395,8 @@ end
 # journal's TTL, WAKE_MS, the serving flags' prefix, the own lists' prefix, OWN_MS, SPILL_SECONDS.
 # Returns {action, seq, wake} (``accept``'s answer when there is nothing to queue); wake = 1: no
 # worker is awake (or the shared list's head waited SPILL_SECONDS: the awake ones are saturated)
-# and no other piece sent a wake-up within WAKE_MS, so this caller sends one (every piece sent one
-# before: at the end of each worker's run, a storm of Celery messages, 7 % of the API at 200
-# streams).
+# and no wake-up is waiting to be taken, so this caller sends one (every piece sent one before: at
+# the end of each worker's run, a storm of Celery messages, 7 % of the API at 200 streams).
 _PIECE = (
     _ACCEPT_FUNCTION
     + """
@@ -563,7 +565,7 @@ class AsyncSessionStore:
         piece not applied yet), journal its audio (kept ``keep`` s) and queue its work item,
         answered to ``inbox`` under ``nonce``: one round trip. Returns what was accepted and whether
         the caller must wake a worker (none is draining the queue, or the shared list's head has
-        waited SPILL_SECONDS, and no wake-up went out within WAKE_MS). The item goes to the own list
+        waited SPILL_SECONDS, and no wake-up is waiting to be taken). The item goes to the own list
         of the session's holder while it serves, else to the shared list."""
         args: list[str | int | bytes | float] = [*_accept_args(tenant, kind, seq), sid, nonce, inbox]
         args += ["0", b"", keep, WAKE_MS] if audio is None else ["1", audio, keep, WAKE_MS]

@@ -170,6 +170,7 @@ def live(servers: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> tuple[Sett
     monkeypatch.setattr(streaming, "IDLE_SECONDS", 5.0)
     monkeypatch.setattr(streaming, "RUN_SECONDS", 0.3)
     monkeypatch.setattr(streaming, "get_recognizer", lambda _: None)  # no piece here needs the model
+    monkeypatch.setattr(streaming, "_handed_over", None)
     return settings, sent
 
 
@@ -182,6 +183,14 @@ def test_a_run_whose_time_is_up_hands_over_to_its_own_next_run(
     me = streaming.WORKER_ID
     assert sent == [(queue, {"node": "node-a@host", "holder": me})]
     assert store.serving(queue, me)  # kept for the next run: pieces keep coming to this process
+
+    # a run that a wake-up started meanwhile (the process was busy) takes the wake-up and sends no
+    # second hand-over while the first is on its way; the hand-over's own run sends the next one
+    store.r.set(wake_key(queue), "1")
+    streaming.run(queue, settings, node="node-a@host")
+    assert len(sent) == 1 and not store.r.exists(wake_key(queue)) and store.serving(queue, me)
+    streaming.run(queue, settings, node="node-a@host", holder=me)
+    assert sent == [(queue, {"node": "node-a@host", "holder": me})] * 2
 
 
 def test_a_run_on_a_stopping_node_or_an_idle_one_stops_serving(
