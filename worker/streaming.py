@@ -43,6 +43,7 @@ answered and saved already).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -56,7 +57,7 @@ from typing import Any, cast
 
 import numpy as np
 import redis
-from celery.signals import worker_shutting_down
+from celery.signals import worker_ready, worker_shutting_down
 
 from shared.asr.audio import decode_raw, read_audio, resample
 from shared.asr.decoder import GreedyDecoder
@@ -325,13 +326,13 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
 
 
 def overloaded(store: SessionStore, queue: str, sessions: int) -> None:
-    """A round's oldest piece waited TONE_STREAM_SHED_LAG_SECONDS: this worker carries more sessions than it
-    can advance in real time (it says so: ``busy``). With another worker serving that is not busy
-    itself, it hands half of its next round's
-    sessions on (each saved with a checkpoint and no holder: their next pieces go to the shared
-    list, and whoever takes them loads the checkpoint, nothing to replay) and leaves the shared
-    list, new sessions included, to the others for SHED_HOLD s. Otherwise it wakes another live
-    worker, if the deployment has one idle (at most one wake-up per WAKE_MS, as the API's)."""
+    """A round's oldest piece waited TONE_STREAM_SHED_LAG_SECONDS: this worker carries more
+    sessions than it can advance in real time, and says so (``busy``: nobody hands sessions to it).
+    With another serving worker that is not busy, it hands half of its next round's sessions on
+    (each saved with a checkpoint and no holder: their next pieces go to the shared list, and
+    whoever takes them loads the checkpoint, nothing to replay) and leaves the shared list, new
+    sessions included, to the others for SHED_HOLD s. Otherwise it wakes another live worker, if
+    the deployment has one idle (unless a wake-up is already waiting to be taken)."""
     store.busy(queue, WORKER_ID)  # nobody hands sessions to this worker meanwhile
     now = time.monotonic()
     if now - _shed.last < SHED_EVERY:
@@ -815,6 +816,17 @@ def due_checkpoints(work: list[Work], every: float, now: float) -> set[int]:
 def stream(self: Any, queue: str | None = None, holder: str = "") -> int:
     """Advance the pending chunks of the queue's streaming sessions (see the module docstring)."""
     return run(queue or get_settings().worker_queue, node=self.request.hostname or "", holder=holder)
+
+
+@worker_ready.connect
+def _started(sender: Any = None, **_: Any) -> None:
+    """A node (re)started under its name: the mark of an earlier warm shutdown no longer holds."""
+    node = getattr(sender, "hostname", None)
+    if node:
+        with contextlib.suppress(Exception):
+            client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=2)
+            client.delete(stopping_key(str(node)))
+            client.close()
 
 
 @worker_shutting_down.connect

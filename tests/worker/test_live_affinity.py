@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -198,9 +199,13 @@ def test_a_run_on_a_stopping_node_or_an_idle_one_stops_serving(
 ) -> None:
     settings, sent = live
     store = streaming.store_for(settings)
-    store.r.set(stopping_key("node-b@host"), "1", ex=10)  # its warm shutdown began
+    monkeypatch.setattr(streaming, "get_settings", lambda: settings)
+    streaming._stopping(sender="node-b@host")  # Celery's worker_shutting_down: its warm shutdown began
+    assert store.r.exists(stopping_key("node-b@host"))
     streaming.run(queue, settings, node="node-b@host")
     assert sent == [] and not store.serving(queue, streaming.WORKER_ID)
+    streaming._started(sender=SimpleNamespace(hostname="node-b@host"))  # worker_ready: started again
+    assert not store.r.exists(stopping_key("node-b@host"))
 
     monkeypatch.setattr(streaming, "IDLE_SECONDS", 0.1)
     monkeypatch.setattr(streaming, "RUN_SECONDS", 5.0)
