@@ -600,6 +600,26 @@ def test_eight_sessions_move_to_the_other_worker_when_theirs_is_killed(
         broker.close()
 
 
+def paced(
+    c: httpx.Client, recording: np.ndarray, start_at: float, answered: Any = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A session of ``recording`` in 300 ms pieces sent at real-time pace from ``start_at`` (each
+    answer awaited; ``answered(seq)`` after each), then finalized: (streamed phrases, final ones)."""
+    sid = open_session(c)
+    pieces = [pcm(recording[a : a + 2400]) for a in range(0, len(recording), 2400)]
+    streamed: list[dict[str, Any]] = []
+    for seq, data in enumerate(pieces):
+        time.sleep(max(0.0, start_at + 0.3 * seq - time.time()))
+        r = send(c, sid, data, seq)
+        assert r.status_code == 200, r.text
+        if answered is not None:
+            answered(seq)
+        streamed += r.json()["phrases"]
+    r = finalize(c, sid)
+    assert r.status_code == 200, r.text
+    return streamed, r.json()["phrases"]
+
+
 def test_sessions_stay_with_their_worker_across_its_runs(
     stream_env: dict[str, str], logs: Path, api_key: str, offline: Any
 ) -> None:
@@ -618,17 +638,7 @@ def test_sessions_stay_with_their_worker_across_its_runs(
     start_at = time.time() + 1.0
 
     def one(c: httpx.Client, i: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        sid = open_session(c)
-        pieces = [pcm(recordings[i][a : a + 2400]) for a in range(0, len(recordings[i]), 2400)]
-        streamed: list[dict[str, Any]] = []
-        for seq, data in enumerate(pieces):
-            time.sleep(max(0.0, start_at + 0.3 * seq - time.time()))
-            r = send(c, sid, data, seq)
-            assert r.status_code == 200, r.text
-            streamed += r.json()["phrases"]
-        r = finalize(c, sid)
-        assert r.status_code == 200, r.text
-        return streamed, r.json()["phrases"]
+        return paced(c, recordings[i], start_at)
 
     try:
         assert min(len(r) for r in recordings) / 8000 > 8.0
@@ -671,18 +681,7 @@ def test_a_worker_over_capacity_hands_sessions_to_one_with_room(
     sent = [0] * 6
 
     def one(c: httpx.Client, i: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        sid = open_session(c)
-        pieces = [pcm(recordings[i][a : a + 2400]) for a in range(0, len(recordings[i]), 2400)]
-        streamed: list[dict[str, Any]] = []
-        for seq, data in enumerate(pieces):
-            time.sleep(max(0.0, start_at + 0.3 * seq - time.time()))
-            r = send(c, sid, data, seq)
-            assert r.status_code == 200, r.text
-            sent[i] = seq + 1
-            streamed += r.json()["phrases"]
-        r = finalize(c, sid)
-        assert r.status_code == 200, r.text
-        return streamed, r.json()["phrases"]
+        return paced(c, recordings[i], start_at, lambda seq: sent.__setitem__(i, seq + 1))
 
     try:
         assert min(len(r) for r in recordings) / 8000 > 15.0
