@@ -269,6 +269,7 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
     swept = 0.0
     idle = False
     woken = not holder  # a wake-up started it (else: its own or a sibling's hand-over)
+    stopping = False  # its node is in warm shutdown: it hands every session on
     while time.monotonic() < deadline:
         settle(store, settings, queue=queue)  # answers pieces counted in the round that stepped them
         # with the flags and heartbeat
@@ -279,6 +280,11 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
         if time.monotonic() - swept >= SWEEP_SECONDS:
             store.sweep(queue)
             swept = time.monotonic()
+            if node and not stopping and store.r.exists(stopping_key(node)):
+                stopping = True
+                hand_all_on(store, queue, deadline)
+        if stopping and not items and not _states and not _decoding:
+            break  # every session it held was handed on: the shutdown need not wait for the deadline
         if not items and _decoding:  # sessions wait for the pool: look again soon, at both
             settle(store, settings, timeout=DECODE_POLL, queue=queue)
             idle_until = time.monotonic() + IDLE_SECONDS
@@ -308,7 +314,7 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
         if (later or elsewhere) and not done:
             time.sleep(IDLE_SLEEP)
     drain(store, settings, queue)
-    if not idle and node and not store.r.exists(stopping_key(node)):
+    if not idle and node and not stopping and not store.r.exists(stopping_key(node)):
         # still serving: its next run, on this node's own queue, starts within milliseconds and
         # finds the flags and its list as this one leaves them (no replay anywhere)
         now = time.monotonic()
@@ -316,6 +322,8 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
             enqueue_stream(queue, node=node, holder=WORKER_ID)
             _handed_over = now
         return handled
+    if stopping:
+        _shed.count, _shed.hold_until = 0, 0.0
     store.release(queue, WORKER_ID)
     # the API wakes a worker only while no flag is set: after the flags are gone, nothing is left
     # unseen (a piece queued before the DEL is seen by LLEN, one after it sends a wake-up)
@@ -343,6 +351,18 @@ def overloaded(store: SessionStore, queue: str, sessions: int) -> None:
         _shed.hold_until = now + SHED_HOLD
         log.info("stream: over capacity (%d sessions a round): handing %d on", sessions, _shed.count)
     elif store.r.set(wake_key(queue), "1", nx=True, px=WAKE_MS):
+        enqueue_stream(queue)
+
+
+def hand_all_on(store: SessionStore, queue: str, until: float) -> None:
+    """This worker's node is in warm shutdown (a rolling restart): the next piece of every session
+    it holds is saved with a checkpoint and no holder, as in shedding, so whoever takes the session
+    next replays nothing; it leaves the shared list alone until ``until`` and wakes another worker
+    (unless a wake-up already waits to be taken)."""
+    _shed.count = CACHED_SESSIONS + ROUND_SESSIONS  # all of them
+    _shed.hold_until = until
+    log.info("stream: the node is shutting down: handing %d sessions on", len(_states))
+    if store.r.set(wake_key(queue), "1", nx=True, px=WAKE_MS):
         enqueue_stream(queue)
 
 

@@ -203,7 +203,9 @@ def test_a_run_on_a_stopping_node_or_an_idle_one_stops_serving(
     streaming._stopping(sender="node-b@host")  # Celery's worker_shutting_down: its warm shutdown began
     assert store.r.exists(stopping_key("node-b@host"))
     streaming.run(queue, settings, node="node-b@host")
-    assert sent == [] and not store.serving(queue, streaming.WORKER_ID)
+    # no hand-over to its own next run: another worker is woken, and this one stops serving
+    assert sent == [(queue, {})] and not store.serving(queue, streaming.WORKER_ID)
+    sent.clear()
     streaming._started(sender=SimpleNamespace(hostname="node-b@host"))  # worker_ready: started again
     assert not store.r.exists(stopping_key("node-b@host"))
 
@@ -302,3 +304,43 @@ def test_an_over_capacity_worker_hands_half_its_sessions_on_with_a_checkpoint(
     send(servers["REDIS_URL"], queue, kept[0])
     assert ids(store, pending_key(queue)) == [(handed[0], 2)]
     assert ids(store, own_key(queue, me)) == [(kept[0], 2)]
+
+
+def test_a_worker_whose_node_shuts_down_hands_every_session_on_with_a_checkpoint(
+    servers: dict[str, str], tone_model: Path, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rolling restart: once the node's warm shutdown is marked, the run saves each session it
+    holds at its next piece with a checkpoint and no holder (whoever takes it next replays
+    nothing), wakes another worker, and ends as soon as it holds no session, not at its 5 s."""
+    rec = Recognizer.load(tone_model, threads=1)
+    monkeypatch.setattr(streaming, "get_recognizer", lambda _: rec)
+    monkeypatch.setattr(streaming, "_shed", streaming.Shedding())
+    monkeypatch.setattr(streaming, "RUN_SECONDS", 5.0)
+    sent: list[Any] = []
+    monkeypatch.setattr(streaming, "enqueue_stream", lambda queue, **kw: sent.append((queue, kw)))
+    settings = Settings(redis_url=servers["REDIS_URL"])  # type: ignore[call-arg]
+    store = streaming.store_for(settings)
+    streaming._states.clear()
+    audio, _ = synthesize(["кот"])
+    sids = [store.create("t", Options(), 60) for _ in range(3)]
+    for sid in sids:
+        store.r.hset(journal_key(sid), "0", audio[:2400].tobytes())
+    items = [Item(sid, 0, "chunk", uuid.uuid4().hex, time.time()) for sid in sids]
+    assert streaming.run_round(store, settings, items)[0] == 3  # now this worker holds them
+    me = streaming.WORKER_ID
+    serve(store, queue, me)
+    for sid in sids:
+        store.r.hset(session_key(sid), "accepted", "1")  # the API's count (this test skipped it)
+        store.r.hset(journal_key(sid), "1", audio[2400:4800].tobytes())
+        send(servers["REDIS_URL"], queue, sid)
+    assert [i for i, _ in ids(store, own_key(queue, me))] == sids
+    store.r.set(stopping_key("node-c@host"), "1", ex=10)
+    started = time.monotonic()
+    streaming.run(queue, settings, node="node-c@host")
+    assert time.monotonic() - started < 2.5  # ended once it held nothing, not after 5 s
+    for sid in sids:
+        f = store.load_fields(sid, ["holder", "ckpt", "next_seq"])
+        assert f["holder"] == b"" and f["ckpt"] == f["next_seq"] == b"2"
+        assert store.r.hlen(journal_key(sid)) == 0  # nothing to replay
+    assert sent == [(queue, {})]  # another worker woken; no hand-over to its own next run
+    assert not store.serving(queue, me) and not streaming._states and streaming._shed.count == 0
