@@ -27,6 +27,7 @@ kept one ``state`` field, which a worker still reads as ``state:0``)::
                                      saved uses them while ``rev`` is still its own
         holder                       the worker that saved last: while its ``serving`` flag is
                                      set the API queues the session's pieces on its own list
+                                     ("": handed on, checkpointed, to whichever worker takes it)
         duration                     seconds of audio, once finalized
         job                          JSON {"webhook_url", "metadata", "started"} when the session is
                                      kept as a job at finalize (``store``); job_id once it was
@@ -78,8 +79,10 @@ kept one ``state`` field, which a worker still reads as ``state:0``)::
     tone:stream:busy:<queue>:<worker>
                                      set (PX AWAKE_MS) while the worker's pieces wait longer than
                                      ``stream_shed_lag_seconds``: no one hands sessions to it
-    tone:stream:stopping:<node>      set by a Celery node's warm shutdown: its live runs end
-                                     instead of handing their sessions on to their next run
+    tone:stream:stopping:<node>      set by a Celery node's warm shutdown (cleared when it starts
+                                     again): its live runs hand every session on, checkpointed, to
+                                     the other workers and end, instead of handing over to a next
+                                     run of their own
     tone:stream:awake:<queue>        set (PX AWAKE_MS) while a worker drains the queue's pending
                                      list: the API sends the Celery wake-up only when it is absent
     tone:stream:wake:<queue>         set by whoever sends a Celery wake-up (the piece that found no
