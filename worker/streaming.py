@@ -108,6 +108,7 @@ SWEEP_SECONDS = 1.0  # how often a serving worker releases the lists of killed o
 SHED_SHARE = 2  # ... so it hands 1/SHED_SHARE of its next round's sessions to other workers,
 SHED_HOLD = 2.0  # ... leaves the shared list to them for this long,
 SHED_EVERY = 3.0  # ... and does so at most this often (the effect shows first)
+HAND_ON_SECONDS = 2.0  # a run on a node shutting down goes on this long at most, handing sessions on
 
 
 @dataclass
@@ -270,7 +271,14 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
     idle = False
     woken = not holder  # a wake-up started it (else: its own or a sibling's hand-over)
     stopping = False  # its node is in warm shutdown: it hands every session on
-    while time.monotonic() < deadline:
+    while True:
+        if time.monotonic() >= deadline:
+            if stopping or not node or not _states or not store.r.exists(stopping_key(node)):
+                break
+            # the node's warm shutdown began after the last look: hand its sessions on first
+            stopping = True
+            deadline = time.monotonic() + HAND_ON_SECONDS
+            hand_all_on(store, queue, deadline)
         settle(store, settings, queue=queue)  # answers pieces counted in the round that stepped them
         # with the flags and heartbeat
         items = store.pop_pending(queue, POP, WORKER_ID, os.getpid(), shared=_shed.takes_shared())
@@ -282,6 +290,7 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
             swept = time.monotonic()
             if node and not stopping and store.r.exists(stopping_key(node)):
                 stopping = True
+                deadline = min(deadline, time.monotonic() + HAND_ON_SECONDS)
                 hand_all_on(store, queue, deadline)
         if stopping and not items and not _states and not _decoding:
             break  # every session it held was handed on: the shutdown need not wait for the deadline
@@ -293,7 +302,9 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
             wait = min(idle_until, deadline) - time.monotonic()
             if wait <= 0:
                 idle = time.monotonic() < deadline
-                break
+                if idle or stopping or not node or not _states or not store.r.exists(stopping_key(node)):
+                    break
+                continue  # the run's time is up: the loop's top hands the sessions on first
             timeout = max(0.01, min(wait, 0.5))
             items = store.wait_pending(queue, POP, timeout, WORKER_ID, shared=_shed.takes_shared())
             if not items:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -306,12 +307,15 @@ def test_an_over_capacity_worker_hands_half_its_sessions_on_with_a_checkpoint(
     assert ids(store, own_key(queue, me)) == [(kept[0], 2)]
 
 
+@pytest.mark.parametrize("late", [False, True], ids=["during the run", "in its last moments"])
 def test_a_worker_whose_node_shuts_down_hands_every_session_on_with_a_checkpoint(
-    servers: dict[str, str], tone_model: Path, queue: str, monkeypatch: pytest.MonkeyPatch
+    servers: dict[str, str], tone_model: Path, queue: str, monkeypatch: pytest.MonkeyPatch, late: bool
 ) -> None:
     """A rolling restart: once the node's warm shutdown is marked, the run saves each session it
     holds at its next piece with a checkpoint and no holder (whoever takes it next replays
-    nothing), wakes another worker, and ends as soon as it holds no session, not at its 5 s."""
+    nothing), wakes another worker, and ends as soon as it holds no session, not at its 5 s. A
+    mark that comes after the run's last look (late): the run goes on up to HAND_ON_SECONDS to
+    hand its sessions on before it ends."""
     rec = Recognizer.load(tone_model, threads=1)
     monkeypatch.setattr(streaming, "get_recognizer", lambda _: rec)
     monkeypatch.setattr(streaming, "_shed", streaming.Shedding())
@@ -334,13 +338,29 @@ def test_a_worker_whose_node_shuts_down_hands_every_session_on_with_a_checkpoint
         store.r.hset(journal_key(sid), "1", audio[2400:4800].tobytes())
         send(servers["REDIS_URL"], queue, sid)
     assert [i for i, _ in ids(store, own_key(queue, me))] == sids
-    store.r.set(stopping_key("node-c@host"), "1", ex=10)
+    last = 1
+    if late:  # the mark comes after the run's first look, and the next pieces after its time is up
+        monkeypatch.setattr(streaming, "RUN_SECONDS", 0.4)
+        monkeypatch.setattr(streaming, "SWEEP_SECONDS", 100.0)
+
+        def more() -> None:
+            for sid in sids:
+                store.r.hset(session_key(sid), "accepted", "2")
+                store.r.hset(journal_key(sid), "2", audio[4800:7200].tobytes())
+                send(servers["REDIS_URL"], queue, sid)
+
+        threading.Timer(0.2, store.r.set, args=(stopping_key("node-c@host"), "1")).start()
+        threading.Timer(0.6, more).start()
+        last = 2
+    else:
+        store.r.set(stopping_key("node-c@host"), "1", ex=10)
     started = time.monotonic()
     streaming.run(queue, settings, node="node-c@host")
     assert time.monotonic() - started < 2.5  # ended once it held nothing, not after 5 s
     for sid in sids:
         f = store.load_fields(sid, ["holder", "ckpt", "next_seq"])
-        assert f["holder"] == b"" and f["ckpt"] == f["next_seq"] == b"2"
+        assert f["holder"] == b"" and f["ckpt"] == f["next_seq"] == str(last + 1).encode()
         assert store.r.hlen(journal_key(sid)) == 0  # nothing to replay
+    store.r.delete(stopping_key("node-c@host"))
     assert sent == [(queue, {})]  # another worker woken; no hand-over to its own next run
     assert not store.serving(queue, me) and not streaming._states and streaming._shed.count == 0
