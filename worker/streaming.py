@@ -271,14 +271,17 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
     idle = False
     woken = not holder  # a wake-up started it (else: its own or a sibling's hand-over)
     stopping = False  # its node is in warm shutdown: it hands every session on
+
+    def node_stopping() -> bool:
+        return bool(node) and bool(store.r.exists(stopping_key(node)))
+
     while True:
         if time.monotonic() >= deadline:
-            if stopping or not node or not _states or not store.r.exists(stopping_key(node)):
+            if stopping or not _states or not node_stopping():
                 break
             # the node's warm shutdown began after the last look: hand its sessions on first
             stopping = True
-            deadline = time.monotonic() + HAND_ON_SECONDS
-            hand_all_on(store, queue, deadline)
+            deadline = hand_all_on(store, queue)
         settle(store, settings, queue=queue)  # answers pieces counted in the round that stepped them
         # with the flags and heartbeat
         items = store.pop_pending(queue, POP, WORKER_ID, os.getpid(), shared=_shed.takes_shared())
@@ -288,10 +291,9 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
         if time.monotonic() - swept >= SWEEP_SECONDS:
             store.sweep(queue)
             swept = time.monotonic()
-            if node and not stopping and store.r.exists(stopping_key(node)):
+            if not stopping and node_stopping():
                 stopping = True
-                deadline = min(deadline, time.monotonic() + HAND_ON_SECONDS)
-                hand_all_on(store, queue, deadline)
+                deadline = min(deadline, hand_all_on(store, queue))
         if stopping and not items and not _states and not _decoding:
             break  # every session it held was handed on: the shutdown need not wait for the deadline
         if not items and _decoding:  # sessions wait for the pool: look again soon, at both
@@ -302,9 +304,9 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
             wait = min(idle_until, deadline) - time.monotonic()
             if wait <= 0:
                 idle = time.monotonic() < deadline
-                if idle or stopping or not node or not _states or not store.r.exists(stopping_key(node)):
+                if idle:
                     break
-                continue  # the run's time is up: the loop's top hands the sessions on first
+                continue  # the run's time is up: the loop's top ends it (or hands its sessions on)
             timeout = max(0.01, min(wait, 0.5))
             items = store.wait_pending(queue, POP, timeout, WORKER_ID, shared=_shed.takes_shared())
             if not items:
@@ -325,7 +327,7 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
         if (later or elsewhere) and not done:
             time.sleep(IDLE_SLEEP)
     drain(store, settings, queue)
-    if not idle and node and not stopping and not store.r.exists(stopping_key(node)):
+    if not idle and node and not stopping and not node_stopping():
         # still serving: its next run, on this node's own queue, starts within milliseconds and
         # finds the flags and its list as this one leaves them (no replay anywhere)
         now = time.monotonic()
@@ -361,18 +363,26 @@ def overloaded(store: SessionStore, queue: str, sessions: int) -> None:
         _shed.count = sessions // SHED_SHARE
         _shed.hold_until = now + SHED_HOLD
         log.info("stream: over capacity (%d sessions a round): handing %d on", sessions, _shed.count)
-    elif store.r.set(wake_key(queue), "1", nx=True, px=WAKE_MS):
-        enqueue_stream(queue)
+    else:
+        wake_another(store, queue)
 
 
-def hand_all_on(store: SessionStore, queue: str, until: float) -> None:
+def hand_all_on(store: SessionStore, queue: str) -> float:
     """This worker's node is in warm shutdown (a rolling restart): the next piece of every session
     it holds is saved with a checkpoint and no holder, as in shedding, so whoever takes the session
-    next replays nothing; it leaves the shared list alone until ``until`` and wakes another worker
-    (unless a wake-up already waits to be taken)."""
+    next replays nothing; it leaves the shared list alone meanwhile and wakes another worker.
+    Returns until when the run may go on handing sessions on (HAND_ON_SECONDS)."""
+    until = time.monotonic() + HAND_ON_SECONDS
     _shed.count = CACHED_SESSIONS + ROUND_SESSIONS  # all of them
     _shed.hold_until = until
     log.info("stream: the node is shutting down: handing %d sessions on", len(_states))
+    wake_another(store, queue)
+    return until
+
+
+def wake_another(store: SessionStore, queue: str) -> None:
+    """A Celery wake-up for another live worker of the queue, unless one already waits to be taken
+    (the ``wake`` flag, as the API's)."""
     if store.r.set(wake_key(queue), "1", nx=True, px=WAKE_MS):
         enqueue_stream(queue)
 

@@ -839,6 +839,7 @@ def bench_stack(path: Path, batch: int, live_workers: int = 1) -> Iterator[tuple
     )
     port = _free_port()
     up = [cli, "up", "--detach", "--port", str(port), "--flower-port", str(_free_port())]
+    extra: list[Any] = []
     try:
         subprocess.run(up, env=env, check=True, capture_output=True, text=True, timeout=300)
         key = subprocess.run(
@@ -847,10 +848,11 @@ def bench_stack(path: Path, batch: int, live_workers: int = 1) -> Iterator[tuple
         from shared.localstack.supervisor import read_env_file
 
         env.update(read_env_file(root / "data" / "env"))
-        extra = [_extra_live_worker(env, root / "data" / "logs", i) for i in range(1, live_workers)]
+        for i in range(1, live_workers):  # each one is stopped below, even when a later one fails
+            extra.append(_extra_live_worker(env, root / "data" / "logs", i))
         yield f"http://127.0.0.1:{port}", key, env
     finally:
-        for proc in locals().get("extra") or []:
+        for proc in extra:
             proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(30)
@@ -860,8 +862,9 @@ def bench_stack(path: Path, batch: int, live_workers: int = 1) -> Iterator[tuple
 
 
 def _extra_live_worker(env: dict[str, str], logs: Path, i: int) -> Any:
-    """One more live worker process for the stack in ``env`` (``up``'s own live worker command);
-    returns its Popen once it is ready with its model loaded."""
+    """One more live worker process for the stack in ``env`` (the command ``up`` runs its live
+    worker with, under a node name of its own); returns its Popen once it is ready with its model
+    loaded."""
     import subprocess
     import sys
 
@@ -883,17 +886,15 @@ def _extra_live_worker(env: dict[str, str], logs: Path, i: int) -> Any:
     return proc
 
 
-def _replays(logs: Path) -> tuple[int, int]:
-    """(replays, sessions replayed) in the live workers' logs so far: a session's states reloaded
-    from its checkpoint by a worker that did not hold them."""
+def _replays(logs: Path) -> int:
+    """Replays in the live workers' logs so far: sessions' states reloaded from their checkpoints
+    by a worker that did not hold them."""
     import re
 
-    found = [
-        int(m)
+    return sum(
+        len(re.findall(r"stream replay of \d+ sessions", log.read_text(errors="replace")))
         for log in logs.glob("worker-live*.log")
-        for m in re.findall(r"stream replay of (\d+) sessions", log.read_text(errors="replace"))
-    ]
-    return len(found), sum(found)
+    )
 
 
 @dataclass
@@ -1406,12 +1407,12 @@ def _stream_table(
                 print(f"{n:>4} errors: {len(errors)} (first: {errors[0]})")
                 continue
             time.sleep(0.2)  # the logs' last lines
-            replays = [a - b for a, b in zip(_replays(logs), replays_before)]
+            replays = _replays(logs) - replays_before
             p50, p95, p99 = (float(np.percentile(latencies, q)) for q in (50, 95, 99))
             model = step_ms[min(step_ms, key=lambda b: abs(b - n))]  # a model step of ~N streams
             outside = max(0.0, 1 - model / p50) if p50 else float("nan")
             print(f"{n:>4} {p50:>8.0f} {p95:>8.0f} {p99:>8.0f} {100 * outside:>13.0f}% {redis_rate:>19.0f}"
-                  f" {replays[0]:>8}")  # fmt: skip
+                  f" {replays:>8}")  # fmt: skip
             if p95 < 300:
                 best = max(best, n)
     print(f"  largest N with p95 under 300 ms: {best}")

@@ -432,36 +432,45 @@ return {out[1], seq, 0}
 """
 )
 
+# A worker's own list moved to the head of the shared list, in order; returns the items moved.
+_MOVE_FUNCTION = """
+local function move(own, shared)
+  local items = redis.call('LRANGE', own, 0, -1)
+  for i = #items, 1, -1 do redis.call('LPUSH', shared, items[i]) end
+  redis.call('DEL', own)
+  return #items
+end
+"""
+
 # KEYS: own list, pending (shared), serving flag, servers. ARGV: worker. The worker stops serving:
 # its flag goes and what is left on its own list moves to the head of the shared list, in order,
 # in one step (a piece the API queues after it goes to the shared list). Returns the items moved.
-_RELEASE = """
+_RELEASE = (
+    _MOVE_FUNCTION
+    + """
 redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-for i = #items, 1, -1 do redis.call('LPUSH', KEYS[2], items[i]) end
-redis.call('DEL', KEYS[1])
-return #items
+return move(KEYS[1], KEYS[2])
 """
+)
 
 # KEYS: servers, pending (shared). ARGV: the cut-off time, the serving flags' prefix, the own lists'
 # prefix. Every worker registered before the cut-off whose serving flag is gone (killed, or stopped
 # for longer than its flag) is released as above (one whose flag is still set, its clock behind
 # ours, stays). Returns the items moved.
-_SWEEP = """
+_SWEEP = (
+    _MOVE_FUNCTION
+    + """
 local moved = 0
 for _, worker in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])) do
   if redis.call('EXISTS', ARGV[2] .. worker) == 0 then
-    local own = ARGV[3] .. worker
-    local items = redis.call('LRANGE', own, 0, -1)
-    for i = #items, 1, -1 do redis.call('LPUSH', KEYS[2], items[i]) end
-    redis.call('DEL', own)
+    moved = moved + move(ARGV[3] .. worker, KEYS[2])
     redis.call('ZREM', KEYS[1], worker)
-    moved = moved + #items
   end
 end
 return moved
 """
+)
 
 # KEYS: lock. ARGV: token ("<worker>|<random>"), px, the heartbeat keys' prefix. A lock whose
 # holder's heartbeat is gone (the worker died or is stopped) is taken over at once.
@@ -658,9 +667,7 @@ class SessionStore:
             pipe.set(heartbeat_key(worker), "1", px=HEARTBEAT_MS)
             pipe.set(serving_key(queue, worker), str(pid), px=AWAKE_MS)
             pipe.zadd(servers_key(queue), {worker: time.time()})
-        keys = ([own_key(queue, worker)] if worker else []) + (
-            [pending_key(queue)] if shared or not worker else []
-        )
+        keys = _lists(queue, worker, shared)
         for key in keys:
             pipe.lpop(key, count)
         lists = pipe.execute()[len(pipe) - len(keys) :]
@@ -780,10 +787,7 @@ class SessionStore:
     ) -> list[Item]:
         """Like pop_pending (without the refresh), but waits up to ``timeout`` s for the first item
         of either list."""
-        keys = ([own_key(queue, worker)] if worker else []) + (
-            [pending_key(queue)] if shared or not worker else []
-        )
-        got = self.r.blpop(keys, timeout=timeout)
+        got = self.r.blpop(_lists(queue, worker, shared), timeout=timeout)
         if got is None:
             return []
         first = cast("tuple[bytes, bytes]", got)[1]
@@ -838,6 +842,14 @@ class SessionStore:
         pipe = self.r.pipeline(transaction=False)
         _push_replies(pipe, [(item, payload)])
         pipe.execute()
+
+
+def _lists(queue: str, worker: str, shared: bool) -> list[str]:
+    """The pending lists a worker pops, in order: its own (with ``worker``), then the shared one
+    (unless a worker leaves it to the others: not ``shared``)."""
+    return ([own_key(queue, worker)] if worker else []) + (
+        [pending_key(queue)] if shared or not worker else []
+    )
 
 
 def _items(raw: list[bytes]) -> list[Item]:

@@ -176,6 +176,19 @@ def live(servers: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> tuple[Sett
     return settings, sent
 
 
+@pytest.fixture
+def modelled(
+    live: tuple[Settings, list[Any]], tone_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Settings, list[Any], SessionStore]:
+    """``live`` with the tone model, and no states or hand-on left from an earlier test."""
+    rec = Recognizer.load(tone_model, threads=1)
+    monkeypatch.setattr(streaming, "get_recognizer", lambda _: rec)
+    monkeypatch.setattr(streaming, "_shed", streaming.Shedding())
+    streaming._states.clear()
+    settings, sent = live
+    return settings, sent, streaming.store_for(settings)
+
+
 def test_a_run_whose_time_is_up_hands_over_to_its_own_next_run(
     live: tuple[Settings, list[Any]], queue: str
 ) -> None:
@@ -240,21 +253,14 @@ def test_the_next_run_on_another_process_of_the_node_takes_the_list_over(
 
 
 def test_an_over_capacity_worker_hands_half_its_sessions_on_with_a_checkpoint(
-    servers: dict[str, str], tone_model: Path, queue: str, monkeypatch: pytest.MonkeyPatch
+    servers: dict[str, str], modelled: tuple[Settings, list[Any], SessionStore], queue: str
 ) -> None:
     """A round whose pieces waited past TONE_STREAM_SHED_LAG_SECONDS while another worker serves
     with room: the next round saves half of its sessions with a checkpoint at their last piece and
     no holder (so their next pieces go to the shared list and whoever takes them replays nothing),
     keeps the other half, and the worker leaves the shared list to the others for a while. Alone,
     or beside busy ones only, it wakes another worker."""
-    rec = Recognizer.load(tone_model, threads=1)
-    monkeypatch.setattr(streaming, "get_recognizer", lambda _: rec)
-    monkeypatch.setattr(streaming, "_shed", streaming.Shedding())
-    sent: list[Any] = []
-    monkeypatch.setattr(streaming, "enqueue_stream", lambda queue, **kw: sent.append(queue))
-    settings = Settings(redis_url=servers["REDIS_URL"])  # type: ignore[call-arg]
-    store = streaming.store_for(settings)
-    streaming._states.clear()
+    settings, sent, store = modelled
     audio, _ = synthesize(["кот"])
     sids = [store.create("t", Options(), 60) for _ in range(4)]
 
@@ -270,7 +276,7 @@ def test_an_over_capacity_worker_hands_half_its_sessions_on_with_a_checkpoint(
     assert [store.r.hget(session_key(s), "holder") for s in sids] == [me.encode()] * 4
 
     streaming.overloaded(store, queue, 4)  # nobody else serves: it wakes one
-    assert sent == [queue] and streaming._shed.count == 0 and streaming._shed.takes_shared()
+    assert sent == [(queue, {})] and streaming._shed.count == 0 and streaming._shed.takes_shared()
 
     streaming._shed.last = float("-inf")
     serve(store, queue, "other")
@@ -278,7 +284,7 @@ def test_an_over_capacity_worker_hands_half_its_sessions_on_with_a_checkpoint(
     store.r.delete(wake_key(queue))  # the first wake-up's WAKE_MS is over
     streaming.overloaded(store, queue, 4)
     assert streaming._shed.count == 0 and streaming._shed.takes_shared()
-    assert sent == [queue, queue]  # it wakes a third one instead
+    assert sent == [(queue, {})] * 2  # it wakes a third one instead
 
     streaming._shed.last = float("-inf")
     store.r.delete(busy_key(queue, "other"))
@@ -309,22 +315,20 @@ def test_an_over_capacity_worker_hands_half_its_sessions_on_with_a_checkpoint(
 
 @pytest.mark.parametrize("late", [False, True], ids=["during the run", "in its last moments"])
 def test_a_worker_whose_node_shuts_down_hands_every_session_on_with_a_checkpoint(
-    servers: dict[str, str], tone_model: Path, queue: str, monkeypatch: pytest.MonkeyPatch, late: bool
+    servers: dict[str, str],
+    modelled: tuple[Settings, list[Any], SessionStore],
+    queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+    late: bool,
 ) -> None:
     """A rolling restart: once the node's warm shutdown is marked, the run saves each session it
     holds at its next piece with a checkpoint and no holder (whoever takes it next replays
     nothing), wakes another worker, and ends as soon as it holds no session, not at its 5 s. A
     mark that comes after the run's last look (late): the run goes on up to HAND_ON_SECONDS to
     hand its sessions on before it ends."""
-    rec = Recognizer.load(tone_model, threads=1)
-    monkeypatch.setattr(streaming, "get_recognizer", lambda _: rec)
-    monkeypatch.setattr(streaming, "_shed", streaming.Shedding())
+    settings, sent, store = modelled
     monkeypatch.setattr(streaming, "RUN_SECONDS", 5.0)
-    sent: list[Any] = []
-    monkeypatch.setattr(streaming, "enqueue_stream", lambda queue, **kw: sent.append((queue, kw)))
-    settings = Settings(redis_url=servers["REDIS_URL"])  # type: ignore[call-arg]
-    store = streaming.store_for(settings)
-    streaming._states.clear()
+    monkeypatch.setattr(streaming, "IDLE_SECONDS", 1.0)
     audio, _ = synthesize(["кот"])
     sids = [store.create("t", Options(), 60) for _ in range(3)]
     for sid in sids:
