@@ -104,8 +104,8 @@ SMALL_FIELDS = ["ttl", "next_seq", "final", "finished", "options", "held", "rev"
 CHECKPOINT_PIECES = 32  # at most this many pieces between two checkpoints (bounds a replay)
 IDLE_SECONDS = 1.0  # a run waits this long for the next item before it ends
 SWEEP_SECONDS = 1.0  # how often a serving worker releases the lists of killed ones
-# a round whose oldest piece waited TONE_STREAM_SHED_LAG_SECONDS: the worker is over capacity,
-SHED_SHARE = 2  # ... so it hands 1/SHED_SHARE of its next round's sessions to other workers,
+# a round whose oldest piece waited TONE_STREAM_SHED_LAG_SECONDS: the worker is over capacity, so
+# it hands sessions to the least loaded other worker (half the difference; see ``overloaded``),
 SHED_HOLD = 2.0  # ... leaves the shared list to them for this long,
 SHED_EVERY = 3.0  # ... and does so at most this often (the effect shows first)
 HAND_ON_SECONDS = 2.0  # a run on a node shutting down goes on this long at most, handing sessions on
@@ -138,13 +138,28 @@ DECODE_POLL = 0.005  # with sessions held and no piece pending: how long a look 
 _states: OrderedDict[str, tuple[bytes, list[StreamState], LiveResampler | None]] = OrderedDict()
 
 
+# sid -> monotonic time its last piece was saved here: the sessions this worker holds now (its load)
+_touched: dict[str, float] = {}
+HELD_SECONDS = 3.0  # a session counts in the load while its last piece is this recent
+
+
 def _remember(
     sid: str, rev: bytes, states: list[StreamState], resampler: LiveResampler | None = None
 ) -> None:
     _states[sid] = (rev, states, resampler)
     _states.move_to_end(sid)
+    _touched[sid] = time.monotonic()
     while len(_states) > CACHED_SESSIONS:
         _states.popitem(last=False)
+
+
+def load() -> int:
+    """The sessions this worker holds that had a piece within HELD_SECONDS (published with its
+    ``serving`` flag: a worker over capacity hands sessions to the least loaded one)."""
+    now = time.monotonic()
+    for sid in [s for s, t in _touched.items() if now - t >= HELD_SECONDS or s not in _states]:
+        del _touched[sid]
+    return len(_touched)
 
 
 IDLE_SLEEP = 0.02  # when a round could only defer (locks held elsewhere, earlier chunks queued)
@@ -284,7 +299,9 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
             deadline = hand_all_on(store, queue)
         settle(store, settings, queue=queue)  # answers pieces counted in the round that stepped them
         # with the flags and heartbeat
-        items = store.pop_pending(queue, POP, WORKER_ID, os.getpid(), shared=_shed.takes_shared())
+        items = store.pop_pending(
+            queue, POP, WORKER_ID, os.getpid(), shared=_shed.takes_shared(), load=load()
+        )
         if woken:  # the wake-up that started this run is taken: the next one may go out
             store.r.delete(wake_key(queue))
             woken = False
@@ -323,7 +340,7 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
         answered = [i for i in items if id(i) not in waiting]
         store.round_done(queue, answered, time.time())
         if answered and time.time() - min(i.t for i in answered) > settings.stream_shed_lag_seconds:
-            overloaded(store, queue, len({i.id for i in answered}))
+            overloaded(store, queue, load())
         if (later or elsewhere) and not done:
             time.sleep(IDLE_SLEEP)
     drain(store, settings, queue)
@@ -347,22 +364,28 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
 
 
 def overloaded(store: SessionStore, queue: str, sessions: int) -> None:
-    """A round's oldest piece waited TONE_STREAM_SHED_LAG_SECONDS: this worker carries more
-    sessions than it can advance in real time, and says so (``busy``: nobody hands sessions to it).
-    With another serving worker that is not busy, it hands half of its next round's sessions on
-    (each saved with a checkpoint and no holder: their next pieces go to the shared list, and
-    whoever takes them loads the checkpoint, nothing to replay) and leaves the shared list, new
-    sessions included, to the others for SHED_HOLD s. Otherwise it wakes another live worker, if
-    the deployment has one idle (unless a wake-up is already waiting to be taken)."""
+    """A round's oldest piece waited TONE_STREAM_SHED_LAG_SECONDS: this worker, holding
+    ``sessions``, carries more than it can advance in time, and says so (``busy``: nobody hands
+    sessions to it). When another serving worker that is not busy holds at least 2 fewer, it hands
+    on half the difference, so that both hold as many (each saved with a checkpoint and no holder at
+    its next piece: its next pieces go to the shared list, and whoever takes them loads the
+    checkpoint, nothing to replay), and leaves the shared list, new sessions included, to the others
+    for SHED_HOLD s. Sessions never go back and forth between two workers that are both over: the
+    difference is 0 or 1 then. Otherwise it wakes another live worker, if the deployment has one
+    idle (unless a wake-up is already waiting to be taken); once that one serves, the next round
+    over the lag hands it its share (only hand-ons wait SHED_EVERY for their effect to show)."""
     store.busy(queue, WORKER_ID)  # nobody hands sessions to this worker meanwhile
     now = time.monotonic()
     if now - _shed.last < SHED_EVERY:
         return
-    _shed.last = now
-    if store.others_with_room(queue, WORKER_ID):
-        _shed.count = sessions // SHED_SHARE
+    other = store.least_loaded(queue, WORKER_ID)
+    if other is not None and sessions - other >= 2:
+        _shed.last = now
+        _shed.count = (sessions - other) // 2
         _shed.hold_until = now + SHED_HOLD
-        log.info("stream: over capacity (%d sessions a round): handing %d on", sessions, _shed.count)
+        log.info(
+            "stream: over capacity (%d sessions, another %d): handing %d on", sessions, other, _shed.count
+        )
     else:
         wake_another(store, queue)
 

@@ -34,6 +34,8 @@ def register(sub: Any) -> None:
                    help="any of http (HTTP calls), ws (/v1/stream), sherpa (the peer)")  # fmt: skip
     p.add_argument("--live-workers", type=int, default=1,
                    help="live worker processes in the streaming runs (-c 1 each, as up runs it)")  # fmt: skip
+    p.add_argument("--pin-live-workers", action="store_true",
+                   help="each live worker on a CPU of its own, 1 ORT thread: one-core machines")  # fmt: skip
     p.add_argument("--batch-run", type=int, default=32, metavar="N",
                    help="then one archive of N recordings as one batch to a new stack (0: skip)")  # fmt: skip
     p.add_argument("--batch-run-seconds", type=float, default=30.0, help="length of each of those recordings")

@@ -759,6 +759,7 @@ def run_bench(args: argparse.Namespace) -> int:
             step_ms=step_ms,
             protocols=protocols,
             live_workers=args.live_workers,
+            pin_live=args.pin_live_workers,
         )
     if args.batch_run:
         best_rate, best_at = max((r, b) for p, b, r, _ in rows if p == precisions[0])
@@ -817,11 +818,16 @@ def _p95(values: list[float]) -> float:
 
 
 @contextlib.contextmanager
-def bench_stack(path: Path, batch: int, live_workers: int = 1) -> Iterator[tuple[str, str, dict[str, str]]]:
+def bench_stack(
+    path: Path, batch: int, live_workers: int = 1, pin_live: bool = False
+) -> Iterator[tuple[str, str, dict[str, str]]]:
     """A whole stack (``tone-platform up --detach``) on the model in a temporary data directory;
     yields (API URL, an API key, the stack's environment); ``down`` and cleanup afterwards.
     ``live_workers`` > 1: that many live worker processes in all (the stack's one and more of the
-    same command beside it, logging to ``logs/worker-live-<i>.log``)."""
+    same command beside it, logging to ``logs/worker-live-<i>.log``). ``pin_live``: each live
+    worker process (with its children and threads) on a CPU of its own, one ORT thread each: live
+    workers on separate one-core machines, emulated (the API, the servers and the clients share
+    every CPU)."""
     import shutil
     import subprocess
     import sys
@@ -837,6 +843,8 @@ def bench_stack(path: Path, batch: int, live_workers: int = 1) -> Iterator[tuple
         TONE_WORKER_BATCH=str(batch),
         TONE_RATE_LIMIT_PER_MINUTE="1000000",  # the bench's requests are load, not abuse
     )
+    if pin_live:
+        env["TONE_THREADS"] = "1"
     port = _free_port()
     up = [cli, "up", "--detach", "--port", str(port), "--flower-port", str(_free_port())]
     extra: list[Any] = []
@@ -850,6 +858,8 @@ def bench_stack(path: Path, batch: int, live_workers: int = 1) -> Iterator[tuple
         env.update(read_env_file(root / "data" / "env"))
         for i in range(1, live_workers):  # each one is stopped below, even when a later one fails
             extra.append(_extra_live_worker(env, root / "data" / "logs", i))
+        if pin_live:
+            _pin_live_workers(root / "data", [p.pid for p in extra])
         yield f"http://127.0.0.1:{port}", key, env
     finally:
         for proc in extra:
@@ -884,6 +894,30 @@ def _extra_live_worker(env: dict[str, str], logs: Path, i: int) -> Any:
             raise RuntimeError(f"the extra live worker did not start: {log}")
         time.sleep(0.2)
     return proc
+
+
+def _pin_live_workers(data_dir: Path, extra: list[int]) -> None:
+    """Pin the stack's live worker (from ``up.json``) and the ``extra`` ones, each with its
+    children and every thread, to a CPU of its own (round robin over the CPUs allowed here)."""
+    import json
+
+    doc = json.loads((data_dir / "up.json").read_text())
+    leaders = [doc["processes"]["worker-live"]["pid"], *extra]
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    cpus = sorted(os.sched_getaffinity(0))
+    for i, leader in enumerate(leaders):
+        tree, grew = {leader}, True
+        while grew:
+            more = {pid for pid, parent in parents.items() if parent in tree} - tree
+            tree |= more
+            grew = bool(more)
+        for pid in tree:
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                    os.sched_setaffinity(int(task.name), {cpus[i % len(cpus)]})
 
 
 def _replays(logs: Path) -> int:
@@ -1337,15 +1371,17 @@ def run_stream_bench(
     step_ms: dict[int, float],
     protocols: tuple[str, ...] = ("http", "ws"),
     live_workers: int = 1,
+    pin_live: bool = False,
 ) -> None:
     """N simulated live streams (300 ms pieces at real-time pace, over the HTTP streaming calls and
     over ``/v1/stream``) against a stack on the model: latency from a piece's sending to its
-    answer, for rising N; with ``live_workers`` live worker processes."""
+    answer, for rising N; with ``live_workers`` live worker processes (``pin_live``: each on a CPU
+    of its own, see :func:`bench_stack`)."""
     for protocol in protocols:
         if protocol == "sherpa":
             _sherpa_table(path, counts, seconds)
         else:
-            _stream_table(path, protocol, counts, seconds, step_ms, live_workers)
+            _stream_table(path, protocol, counts, seconds, step_ms, live_workers, pin_live)
 
 
 def _sherpa_table(path: Path, counts: list[int], seconds: float) -> None:
@@ -1382,10 +1418,13 @@ def _stream_table(
     seconds: float,
     step_ms: dict[int, float],
     live_workers: int = 1,
+    pin_live: bool = False,
 ) -> None:
     pieces = int(seconds / CHUNK_SECONDS)
     over = "the HTTP streaming calls" if protocol == "http" else "/v1/stream (WebSocket)"
     workers = f", {live_workers} live worker processes" if live_workers > 1 else ""
+    if pin_live:
+        workers += ", each on a CPU of its own with 1 ORT thread"
     print(
         f"\nstreaming over {over}: N live streams, 300 ms pieces at real-time pace for {seconds:.0f} s "
         f"each{workers}"
@@ -1395,7 +1434,7 @@ def _stream_table(
         f" {'replays':>8}"
     )
     best = 0
-    with bench_stack(path, max(counts), live_workers) as (url, key, env):
+    with bench_stack(path, max(counts), live_workers, pin_live) as (url, key, env):
         logs = Path(env["TONE_DATA_DIR"]) / "logs"
         for n in counts:
             before = _redis_input_bytes(env["REDIS_URL"])

@@ -72,8 +72,10 @@ kept one ``state`` field, which a worker still reads as ``state:0``)::
                                      head of the shared list
     tone:stream:serving:<queue>:<worker>
                                      set (PX AWAKE_MS, every round) while ``worker`` drains its own
-                                     list and the shared one; deleted, atomically with the move of
-                                     its list, when it stops serving
+                                     list and the shared one, to the number of sessions it holds
+                                     (its load: a worker over capacity hands sessions to the least
+                                     loaded other); deleted, atomically with the move of its list,
+                                     when it stops serving
     tone:stream:servers:<queue>      sorted set, worker -> unix time of its last round: the sweep
                                      finds the workers whose ``serving`` flag expired (killed)
     tone:stream:busy:<queue>:<worker>
@@ -655,17 +657,17 @@ class SessionStore:
     # -- the worker's side ------------------------------------------------------------------------
 
     def pop_pending(
-        self, queue: str, count: int, worker: str = "", pid: int = 0, *, shared: bool = True
+        self, queue: str, count: int, worker: str = "", pid: int = 0, *, shared: bool = True, load: int = 0
     ) -> list[Item]:
         """Up to ``count`` items from the head of ``worker``'s own list, then as many from the shared
         list (unless not ``shared``); with ``pid`` too, in the same round trip, the worker serves:
-        its heartbeat, its ``serving`` flag and the queue's ``awake`` flag (its ``pid``) are
-        refreshed."""
+        its heartbeat, its ``serving`` flag (to ``load``, the sessions it holds) and the queue's
+        ``awake`` flag (its ``pid``) are refreshed."""
         pipe = self.r.pipeline(transaction=False)
         if worker and pid:
             pipe.set(awake_key(queue), str(pid), px=AWAKE_MS)
             pipe.set(heartbeat_key(worker), "1", px=HEARTBEAT_MS)
-            pipe.set(serving_key(queue, worker), str(pid), px=AWAKE_MS)
+            pipe.set(serving_key(queue, worker), str(load), px=AWAKE_MS)
             pipe.zadd(servers_key(queue), {worker: time.time()})
         keys = _lists(queue, worker, shared)
         for key in keys:
@@ -797,18 +799,22 @@ class SessionStore:
         """``worker`` is over its capacity (for AWAKE_MS): sessions are not handed to it."""
         self.r.set(busy_key(queue, worker), "1", px=AWAKE_MS)
 
-    def others_with_room(self, queue: str, worker: str) -> bool:
-        """Whether a worker other than ``worker`` served ``queue`` within AWAKE_MS and is not busy."""
+    def least_loaded(self, queue: str, worker: str) -> int | None:
+        """The fewest sessions held by a worker other than ``worker`` that serves ``queue`` (its
+        ``serving`` flag is set) and is not busy; None when there is no such worker."""
         recent = self.r.zrangebyscore(servers_key(queue), time.time() - AWAKE_MS / 1000, "+inf")
         others = [w.decode() for w in cast("list[bytes]", recent) if w.decode() != worker]
         if not others:
-            return False
+            return None
         pipe = self.r.pipeline(transaction=False)
         for other in others:
-            pipe.exists(serving_key(queue, other))
+            pipe.get(serving_key(queue, other))
             pipe.exists(busy_key(queue, other))
         flags = pipe.execute()
-        return any(flags[2 * i] and not flags[2 * i + 1] for i in range(len(others)))
+        loads = [
+            int(flags[2 * i]) for i in range(len(others)) if flags[2 * i] is not None and not flags[2 * i + 1]
+        ]
+        return min(loads) if loads else None
 
     def chunk(self, sid: str, seq: int) -> bytes | None:
         return self.r.hget(journal_key(sid), str(seq))  # type: ignore[return-value]

@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     # admission (503 over_capacity / close 1013 for NEW sessions; open ones are never dropped):
     stream_max_sessions: int = 0  # live sessions active at once on the queue (0: no fixed cap)
     stream_admit_lag_seconds: float = 1.0  # refuse new sessions while live pieces wait longer (0: never)
-    stream_shed_lag_seconds: float = 0.6  # a live worker whose pieces wait longer hands sessions on
+    stream_shed_lag_seconds: float = 0.3  # a live worker whose pieces wait longer hands sessions on
 
     # webhooks and audio_url
     allow_private_urls: bool = False  # allow webhook/audio_url targets on private/loopback addresses

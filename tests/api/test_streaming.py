@@ -665,9 +665,9 @@ def test_a_worker_over_capacity_hands_sessions_to_one_with_room(
 ) -> None:
     """Two live workers: the first one serving counts itself over capacity at once
     (TONE_STREAM_SHED_LAG_SECONDS=0), the second one, started once the sessions are under way,
-    never. The first wakes the second, then hands half of its sessions to it, each checkpointed as
-    it goes: the second advances them without replaying anything, and every session of 6 ends
-    with exactly the offline phrases."""
+    never. The first wakes the second, then hands it sessions until both hold as many, each
+    checkpointed as it goes: the second advances them without replaying anything, and every
+    session of 6 ends with exactly the offline phrases."""
     queue = "stream-shed-tests"
     env = {**stream_env, "TONE_WORKER_QUEUE": queue, "TONE_STREAM_CHECKPOINT_SECONDS": "1",
            "TONE_RATE_LIMIT_PER_MINUTE": "0"}  # fmt: skip
@@ -700,7 +700,7 @@ def test_a_worker_over_capacity_hands_sessions_to_one_with_room(
             assert final == offline(recording)
             assert final[: len(streamed)] == streamed
         busy_log, roomy_log = busy.log.read_text(errors="replace"), roomy.log.read_text(errors="replace")
-        assert re.search(r"over capacity \(\d+ sessions a round\): handing [1-9]\d* on", busy_log)
+        assert re.search(r"over capacity \(\d+ sessions, another \d+\): handing [1-9]\d* on", busy_log)
         assert "stream batch of" in roomy_log, "the second worker advanced sessions"
         assert "stream replay" not in busy_log + roomy_log, "a hand-on replayed a journal"
     finally:

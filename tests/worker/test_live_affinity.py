@@ -256,10 +256,10 @@ def test_an_over_capacity_worker_hands_half_its_sessions_on_with_a_checkpoint(
     servers: dict[str, str], modelled: tuple[Settings, list[Any], SessionStore], queue: str
 ) -> None:
     """A round whose pieces waited past TONE_STREAM_SHED_LAG_SECONDS while another worker serves
-    with room: the next round saves half of its sessions with a checkpoint at their last piece and
-    no holder (so their next pieces go to the shared list and whoever takes them replays nothing),
-    keeps the other half, and the worker leaves the shared list to the others for a while. Alone,
-    or beside busy ones only, it wakes another worker."""
+    with room (holding none): the next round saves half of its sessions with a checkpoint at their
+    last piece and no holder (so their next pieces go to the shared list and whoever takes them
+    replays nothing), keeps the other half, and the worker leaves the shared list to the others
+    for a while. Alone, or beside busy ones only, it wakes another worker."""
     settings, sent, store = modelled
     audio, _ = synthesize(["кот"])
     sids = [store.create("t", Options(), 60) for _ in range(4)]
@@ -311,6 +311,50 @@ def test_an_over_capacity_worker_hands_half_its_sessions_on_with_a_checkpoint(
     send(servers["REDIS_URL"], queue, kept[0])
     assert ids(store, pending_key(queue)) == [(handed[0], 2)]
     assert ids(store, own_key(queue, me)) == [(kept[0], 2)]
+
+
+def test_a_hand_on_evens_out_the_loads_and_sends_nothing_back(
+    store: SessionStore, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each serving worker publishes how many sessions it holds; one over capacity hands half the
+    difference to the least loaded other one that is not busy, so both end up holding as many,
+    and two workers that are both over move nothing (no sessions back and forth). Woken with no
+    one to take its sessions, the next round over the lag hands on at once: only a hand-on waits
+    SHED_EVERY for its effect."""
+    sent: list[str] = []
+    monkeypatch.setattr(streaming, "enqueue_stream", lambda q, **kw: sent.append(q))
+    monkeypatch.setattr(streaming, "_shed", streaming.Shedding())
+    assert store.least_loaded(queue, "me") is None
+    streaming.overloaded(store, queue, 8)  # alone: a wake-up, and nothing handed on
+    assert sent == [queue] and streaming._shed.count == 0
+
+    store.pop_pending(queue, 10, "a", 4242, load=7)  # serving, 7 sessions
+    store.pop_pending(queue, 10, "b", 4243, load=3)
+    store.busy(queue, "b")  # over capacity itself: not a taker
+    assert store.least_loaded(queue, "me") == 7
+    streaming.overloaded(store, queue, 8)  # 8 against 7: both are full, nothing moves
+    assert streaming._shed.count == 0 and sent == [queue]  # the first wake-up is not taken yet
+
+    store.r.delete(busy_key(queue, "b"))
+    assert store.least_loaded(queue, "me") == 3
+    streaming.overloaded(store, queue, 8)  # 8 and 3 -> 6 and 5
+    assert streaming._shed.count == 2 and not streaming._shed.takes_shared()
+    streaming._shed.count = 0
+    store.pop_pending(queue, 10, "b", 4243, load=1)
+    streaming.overloaded(store, queue, 6)  # the effect shows first: SHED_EVERY
+    assert streaming._shed.count == 0
+    assert store.r.exists(busy_key(queue, streaming.WORKER_ID))  # nobody hands sessions to it
+
+
+def test_a_workers_load_counts_the_sessions_it_held_lately(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(streaming, "_states", type(streaming._states)())
+    monkeypatch.setattr(streaming, "_touched", {})
+    for sid in ("a", "b", "c"):
+        streaming._remember(sid, b"rev", [])
+    streaming._touched["b"] -= streaming.HELD_SECONDS  # no piece for a while: the call went quiet
+    del streaming._states["c"]  # finalized, or taken by a round and not put back
+    assert streaming.load() == 1
+    assert list(streaming._touched) == ["a"]
 
 
 @pytest.mark.parametrize("late", [False, True], ids=["during the run", "in its last moments"])
