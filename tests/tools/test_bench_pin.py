@@ -1,0 +1,57 @@
+"""``tone-platform bench --pin-live-workers``: each live worker process, its children and their
+threads, on a CPU of its own (one-core machines, emulated)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.dev.bench import _pin_live_workers
+
+# a "worker": a main process with a thread, and a child process, all sleeping
+TREE = """
+import subprocess, sys, threading, time
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _tasks(pid: int) -> list[int]:
+    return [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to tell the pins apart")
+def test_each_live_worker_tree_is_pinned_to_a_cpu_of_its_own(tmp_path: Path) -> None:
+    procs = [
+        subprocess.Popen([sys.executable, "-c", TREE], stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    children: list[int] = []
+    try:
+        children += [int(p.stdout.readline()) for p in procs]  # type: ignore[union-attr]
+        time.sleep(0.2)  # the threads are up
+        stack, extra = procs[0].pid, procs[1].pid
+        (tmp_path / "up.json").write_text(json.dumps({"processes": {"worker-live": {"pid": stack}}}))
+        cpus = sorted(os.sched_getaffinity(0))
+        _pin_live_workers(tmp_path, [extra])
+        for main, child, cpu in ((stack, children[0], cpus[0]), (extra, children[1], cpus[1])):
+            assert len(_tasks(main)) >= 2  # the main thread and the sleeping one
+            for task in _tasks(main) + _tasks(child):
+                assert os.sched_getaffinity(task) == {cpu}
+        assert os.sched_getaffinity(0) == set(cpus)  # the bench itself is not pinned
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for p in procs:
+            p.kill()
+            p.wait()
