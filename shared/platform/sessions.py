@@ -801,7 +801,9 @@ class SessionStore:
 
     def least_loaded(self, queue: str, worker: str) -> int | None:
         """The fewest sessions held by a worker other than ``worker`` that serves ``queue`` (its
-        ``serving`` flag is set) and is not busy; None when there is no such worker."""
+        ``serving`` flag is set, to a count) and is not busy; None when there is no such worker.
+        A flag that holds no count names no taker (the pid that earlier versions wrote there reads
+        as a large load)."""
         recent = self.r.zrangebyscore(servers_key(queue), time.time() - AWAKE_MS / 1000, "+inf")
         others = [w.decode() for w in cast("list[bytes]", recent) if w.decode() != worker]
         if not others:
@@ -812,7 +814,9 @@ class SessionStore:
             pipe.exists(busy_key(queue, other))
         flags = pipe.execute()
         loads = [
-            int(flags[2 * i]) for i in range(len(others)) if flags[2 * i] is not None and not flags[2 * i + 1]
+            int(flags[2 * i])
+            for i in range(len(others))
+            if flags[2 * i] is not None and flags[2 * i].isdigit() and not flags[2 * i + 1]
         ]
         return min(loads) if loads else None
 

@@ -324,6 +324,8 @@ def test_a_hand_on_evens_out_the_loads_and_sends_nothing_back(
     sent: list[str] = []
     monkeypatch.setattr(streaming, "enqueue_stream", lambda q, **kw: sent.append(q))
     monkeypatch.setattr(streaming, "_shed", streaming.Shedding())
+    store.r.set(serving_key(queue, "odd"), "n/a", px=3000)  # a flag without a count: no taker
+    store.r.zadd(servers_key(queue), {"odd": time.time()})
     assert store.least_loaded(queue, "me") is None
     streaming.overloaded(store, queue, 8)  # alone: a wake-up, and nothing handed on
     assert sent == [queue] and streaming._shed.count == 0
