@@ -43,7 +43,6 @@ answered and saved already).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
@@ -887,21 +886,26 @@ def _started(sender: Any = None, **_: Any) -> None:
     """A node (re)started under its name: the mark of an earlier warm shutdown no longer holds."""
     node = getattr(sender, "hostname", None)
     if node:
-        with contextlib.suppress(Exception):
-            client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=2)
-            client.delete(stopping_key(str(node)))
-            client.close()
+        _mark_stopping(str(node), False)
 
 
 @worker_shutting_down.connect
 def _stopping(sender: Any = None, **_: Any) -> None:
     """A node's warm shutdown: its live runs end serving (their sessions move to the shared list)
     instead of handing over to a next run that the stopping node would never start."""
-    if not sender:
-        return
+    if sender:
+        _mark_stopping(str(sender), True)
+
+
+def _mark_stopping(node: str, stopping: bool) -> None:
+    """Set (for 120 s) or clear ``node``'s warm-shutdown mark, on a short-lived connection of its
+    own (Celery's main process, where these signals come, holds none). With Redis down the runs'
+    flags expire and the sweep moves their lists; a mark that stays expires by itself."""
     try:
-        client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=2)
-        client.set(stopping_key(str(sender)), "1", ex=120)
-        client.close()
-    except Exception:  # Redis down: the runs' flags expire and the sweep moves their lists
-        log.warning("could not mark node %s as stopping", sender, exc_info=True)
+        with redis.Redis.from_url(get_settings().redis_url, socket_timeout=2) as client:
+            if stopping:
+                client.set(stopping_key(node), "1", ex=120)
+            else:
+                client.delete(stopping_key(node))
+    except Exception:
+        log.warning("could not %s node %s as stopping", "mark" if stopping else "unmark", node, exc_info=True)
