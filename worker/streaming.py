@@ -56,7 +56,7 @@ from typing import Any, cast
 
 import numpy as np
 import redis
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutting_down
 
 from shared.asr.audio import decode_raw, read_audio, resample
 from shared.asr.decoder import GreedyDecoder
@@ -128,6 +128,8 @@ _shed = Shedding()
 # a chain of its own); one not seen for HANDOVER_STALE s (a sibling process took it) no longer counts
 _handed_over: float | None = None
 HANDOVER_STALE = 30.0
+# the queue this process still serves between its runs (its next run is on its way), else None
+_serving: str | None = None
 # Sessions stepped while the decoder pool still decodes one of their phrases, with their streams'
 # Decodings: each stays locked (its next pieces wait) and is saved and answered by ``settle`` once
 # they are decoded, while the rounds of the other sessions go on (without a pool: always empty).
@@ -270,7 +272,7 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
     of items handled. ``node``: this process's Celery node (for the hand-over to its next run);
     ``holder``: the worker whose run this one continues (another process of the same node: its
     list is released to the shared one first)."""
-    global _handed_over
+    global _handed_over, _serving
     settings = settings or get_settings()
     store = store_for(settings)
     if holder == WORKER_ID:
@@ -350,16 +352,24 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
         if _handed_over is None or now - _handed_over > HANDOVER_STALE:
             enqueue_stream(queue, node=node, holder=WORKER_ID)
             _handed_over = now
+        _serving = queue
         return handled
     if stopping:
         _shed.count, _shed.hold_until = 0, 0.0
+    stop_serving(store, queue)
+    return handled
+
+
+def stop_serving(store: SessionStore, queue: str) -> None:
+    """This process stops serving ``queue``: its list moves to the shared one, and the flags go."""
+    global _serving
+    _serving = None
     store.release(queue, WORKER_ID)
     # the API wakes a worker only while no flag is set: after the flags are gone, nothing is left
     # unseen (a piece queued before the DEL is seen by LLEN, one after it sends a wake-up)
     store.r.delete(awake_key(queue), wake_key(queue))
     if store.r.llen(pending_key(queue)):
         enqueue_stream(queue)
-    return handled
 
 
 def overloaded(store: SessionStore, queue: str, sessions: int) -> None:
@@ -879,6 +889,21 @@ def due_checkpoints(work: list[Work], every: float, now: float) -> set[int]:
 def stream(self: Any, queue: str | None = None, holder: str = "") -> int:
     """Advance the pending chunks of the queue's streaming sessions (see the module docstring)."""
     return run(queue or get_settings().worker_queue, node=self.request.hostname or "", holder=holder)
+
+
+@worker_process_shutdown.connect
+def _process_ending(**_: Any) -> None:
+    """This pool process exits while it still serves, its next run on its way: a warm shutdown
+    whose mark came after its run's last look (the node will not start that run), or a pool
+    restart. It stops serving now: its list moves to the shared one and another worker is woken,
+    which loads the sessions from their checkpoints and journals, instead of their pieces waiting
+    until its flag expires and the API re-queues them (TONE_STREAM_REQUEUE_SECONDS)."""
+    if _serving is None:
+        return
+    try:
+        stop_serving(store_for(get_settings()), _serving)
+    except Exception:
+        log.warning("stream: could not hand this process's sessions on as it exits", exc_info=True)
 
 
 @worker_ready.connect

@@ -173,6 +173,7 @@ def live(servers: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> tuple[Sett
     monkeypatch.setattr(streaming, "RUN_SECONDS", 0.3)
     monkeypatch.setattr(streaming, "get_recognizer", lambda _: None)  # no piece here needs the model
     monkeypatch.setattr(streaming, "_handed_over", None)
+    monkeypatch.setattr(streaming, "_serving", None)
     return settings, sent
 
 
@@ -206,6 +207,28 @@ def test_a_run_whose_time_is_up_hands_over_to_its_own_next_run(
     assert len(sent) == 1 and not store.r.exists(wake_key(queue)) and store.serving(queue, me)
     streaming.run(queue, settings, node="node-a@host", holder=me)
     assert sent == [(queue, {"node": "node-a@host", "holder": me})] * 2
+
+
+def test_a_pool_process_that_exits_while_serving_hands_its_list_on(
+    live: tuple[Settings, list[Any]], queue: str
+) -> None:
+    """Its run handed over to its next run (still serving), then the process exits before that
+    run starts: a warm shutdown whose mark came after the run's last look. Celery's
+    worker_process_shutdown in the pool process moves its list to the shared one and wakes
+    another worker at once, instead of its pieces waiting for its flag to expire and the API's
+    re-queue."""
+    settings, sent = live
+    streaming.run(queue, settings, node="node-a@host")  # its time is up: the next run is on its way
+    store = streaming.store_for(settings)
+    me = streaming.WORKER_ID
+    assert store.serving(queue, me)
+    store.r.rpush(own_key(queue, me), Item("s1", 3, "chunk", "n1", time.time()).to_json())  # queued for it
+    sent.clear()
+    streaming._process_ending()  # as Celery calls it
+    assert not store.serving(queue, me) and ids(store, own_key(queue, me)) == []
+    assert ids(store, pending_key(queue)) == [("s1", 3)] and sent == [(queue, {})]
+    streaming._process_ending()  # it no longer serves: nothing more
+    assert sent == [(queue, {})]
 
 
 def test_a_run_on_a_stopping_node_or_an_idle_one_stops_serving(
