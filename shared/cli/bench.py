@@ -32,6 +32,10 @@ def register(sub: Any) -> None:
     p.add_argument("--stream-seconds", type=float, default=6.0, help="how long each simulated stream talks")
     p.add_argument("--stream-protocols", default="http,ws,sherpa",
                    help="any of http (HTTP calls), ws (/v1/stream), sherpa (the peer)")  # fmt: skip
+    p.add_argument("--stream-starts", default="together",
+                   help="together (every stream's pieces in the same instant, the worst case), spread "
+                        "(first pieces at random moments within 300 ms, as unrelated calls), or both: "
+                        "together,spread")  # fmt: skip
     p.add_argument("--live-workers", type=int, default=1,
                    help="live worker processes in the streaming runs (-c 1 each, as up runs it)")  # fmt: skip
     p.add_argument("--pin-live-workers", action="store_true",

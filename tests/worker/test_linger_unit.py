@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from shared.platform.sessions import Item
 from worker import streaming
 
 
@@ -76,3 +77,20 @@ def test_the_wait_is_a_share_of_the_last_round_between_the_floor_and_the_cap() -
     assert streaming.linger_limit(0.003) == streaming.LINGER_FLOOR
     assert streaming.linger_limit(0.100) == pytest.approx(streaming.LINGER_SHARE * 0.100)
     assert streaming.linger_limit(2.0) == streaming.LINGER_SECONDS
+
+
+def _items(ages: list[float], now: float) -> list[Any]:
+    return [Item(id=f"s{k}", seq=0, kind="chunk", reply="r", t=now - age) for k, age in enumerate(ages)]
+
+
+def test_a_round_lingers_only_where_a_burst_starts() -> None:
+    """After an idle wait, or on pieces that all came within the limit: a burst may be arriving.
+    On pieces that queued up during a busy worker's last round: no wait."""
+    now = 1_000_000.0
+    limit = 0.030
+    assert streaming.burst_starting(_items([0.0], now), True, limit, now)  # the first piece after a wait
+    assert streaming.burst_starting(_items([0.120, 0.050], now), True, limit, now)
+    assert streaming.burst_starting(_items([0.002, 0.012, 0.025], now), False, limit, now)  # in step
+    assert not streaming.burst_starting(_items([0.150, 0.090, 0.004], now), False, limit, now)  # spread
+    assert not streaming.burst_starting(_items([0.031], now), False, limit, now)
+    assert streaming.burst_starting(_items([-0.5], now), False, limit, now)  # an API clock ahead
