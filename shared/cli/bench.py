@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
     p.add_argument("--stream-seconds", type=float, default=6.0, help="how long each simulated stream talks")
     p.add_argument("--stream-protocols", default="http,ws,sherpa",
                    help="any of http (HTTP calls), ws (/v1/stream), sherpa (the peer)")  # fmt: skip
-    p.add_argument("--stream-starts", default="together",
+    p.add_argument("--stream-starts", default="together,spread",
                    help="together (every stream's pieces in the same instant, the worst case), spread "
                         "(first pieces at random moments within 300 ms, as unrelated calls), or both: "
                         "together,spread")  # fmt: skip
