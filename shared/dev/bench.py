@@ -657,9 +657,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if getattr(args, "search_only", False):
         run_search_bench(args.search_phrases)
         return 0
-    starts = stream_starts(
-        getattr(args, "stream_starts", "together")
-    )  # a typo fails now, not after the engine's tables
+    # --stream-starts is read first: a typo fails now, not after the engine's tables
+    starts = stream_starts(getattr(args, "stream_starts", "together"))
     import onnxruntime as ort
 
     from shared.asr.engine import Recognizer
