@@ -657,8 +657,9 @@ def run_bench(args: argparse.Namespace) -> int:
     if getattr(args, "search_only", False):
         run_search_bench(args.search_phrases)
         return 0
-    # --stream-starts is read first: a typo fails now, not after the engine's tables
+    # the lists are read first: a typo fails now, not after the engine's tables
     starts = stream_starts(getattr(args, "stream_starts", "together"))
+    batch_sources = batch_sources_of(args)
     import onnxruntime as ort
 
     from shared.asr.engine import Recognizer
@@ -766,15 +767,17 @@ def run_bench(args: argparse.Namespace) -> int:
         )
     if args.batch_run:
         best_rate, best_at = max((r, b) for p, b, r, _ in rows if p == precisions[0])
-        run_batch_bench(
-            path,
-            recordings=args.batch_run,
-            seconds=args.batch_run_seconds,
-            batch=args.platform_batch,
-            engine_best=(best_at, best_rate),
-            remeasure=engine_meter(path, args, threads),
-            channels=args.batch_run_channels,
-        )
+        for source in batch_sources:
+            run_batch_bench(
+                path,
+                recordings=args.batch_run,
+                seconds=args.batch_run_seconds,
+                batch=args.platform_batch,
+                engine_best=(best_at, best_rate),
+                remeasure=engine_meter(path, args, threads),
+                channels=args.batch_run_channels,
+                source=source,
+            )
     return 0
 
 
@@ -793,15 +796,17 @@ def run_batch_only(args: argparse.Namespace, path: Path, threads: int) -> int:
         print(f"  B={b:<3d} {rate:8.1f} s audio/s   {per_step * 1000:8.1f} ms per step", flush=True)
     del rec
     best_rate, best_at = max(rates)
-    run_batch_bench(
-        path,
-        recordings=args.batch_run or 32,
-        seconds=args.batch_run_seconds,
-        batch=args.platform_batch,
-        engine_best=(best_at, best_rate),
-        remeasure=engine_meter(path, args, threads),
-        channels=args.batch_run_channels,
-    )
+    for source in batch_sources_of(args):
+        run_batch_bench(
+            path,
+            recordings=args.batch_run or 32,
+            seconds=args.batch_run_seconds,
+            batch=args.platform_batch,
+            engine_best=(best_at, best_rate),
+            remeasure=engine_meter(path, args, threads),
+            channels=args.batch_run_channels,
+            source=source,
+        )
     return 0
 
 
@@ -821,6 +826,7 @@ def _p95(values: list[float]) -> float:
 
 
 STREAM_STARTS = ("together", "spread")
+BATCH_SOURCES = ("archive", "folder")
 
 
 def stream_starts(given: str) -> tuple[str, ...]:
@@ -832,6 +838,18 @@ def stream_starts(given: str) -> tuple[str, ...]:
             f"--stream-starts: {', '.join(bad) or given!r}: use any of {', '.join(STREAM_STARTS)}"
         )
     return starts
+
+
+def batch_sources_of(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--batch-run-source``: a comma list of :data:`BATCH_SOURCES`, each a batch run of its own."""
+    given = getattr(args, "batch_run_source", "archive")
+    sources = tuple(x.strip() for x in given.split(",") if x.strip())
+    bad = [x for x in sources if x not in BATCH_SOURCES]
+    if bad or not sources:
+        raise SystemExit(
+            f"--batch-run-source: {', '.join(bad) or given!r}: use any of {', '.join(BATCH_SOURCES)}"
+        )
+    return sources
 
 
 def start_offsets(n: int, starts: str, seed: int = 0) -> list[float]:
@@ -849,7 +867,11 @@ def start_offsets(n: int, starts: str, seed: int = 0) -> list[float]:
 
 @contextlib.contextmanager
 def bench_stack(
-    path: Path, batch: int, live_workers: int = 1, pin_live: bool = False
+    path: Path,
+    batch: int,
+    live_workers: int = 1,
+    pin_live: bool = False,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, str, dict[str, str]]]:
     """A whole stack (``tone-platform up --detach``) on the model in a temporary data directory;
     yields (API URL, an API key, the stack's environment); ``down`` and cleanup afterwards.
@@ -857,7 +879,7 @@ def bench_stack(
     same command beside it, logging to ``logs/worker-live-<i>.log``). ``pin_live``: each live
     worker process (with its children and threads) on a CPU of its own, one ORT thread each: live
     workers on separate one-core machines, emulated (the API, the servers and the clients share
-    every CPU)."""
+    every CPU). ``extra_env``: settings of the stack's own (e.g. ``TONE_BATCH_ROOT``)."""
     import shutil
     import subprocess
     import sys
@@ -873,6 +895,7 @@ def bench_stack(
         TONE_WORKER_BATCH=str(batch),
         TONE_RATE_LIMIT_PER_MINUTE="1000000",  # the bench's requests are load, not abuse
     )
+    env.update(extra_env or {})
     if pin_live:
         env["TONE_THREADS"] = "1"
     port = _free_port()
@@ -1082,37 +1105,64 @@ class BatchRun:
         return self.audio_seconds / self.wall_s
 
 
-def batch_archive(dest: Path, recordings: int, seconds: float, seed: int = 0, channels: int = 1) -> float:
-    """A ZIP of ``recordings`` 8 kHz PCM WAVs of ``seconds`` each (noise: for the cost-faithful model
-    content does not matter, and every file differs, so the server's dedupe merges none); returns
-    the audio seconds in it, per channel (a stereo call is two streams to the engine: the batch's
-    default ``channels=split``)."""
+def _batch_recordings(
+    recordings: int, seconds: float, seed: int, channels: int
+) -> Iterator[tuple[str, bytes]]:
+    """``recordings`` 8 kHz PCM WAVs of ``seconds`` each, as (name under ``calls/``, bytes): noise,
+    since for the cost-faithful model content does not matter, and every file differs, so the
+    server's dedupe merges none."""
     import io
-    import zipfile
 
     import soundfile as sf
 
     rng = np.random.default_rng(seed)
+    for i in range(recordings):
+        buf = io.BytesIO()
+        audio = rng.normal(0, 2000, (int(seconds * SAMPLE_RATE), channels)).astype(np.int16)
+        sf.write(buf, audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+        yield f"calls/rec{i:04d}.wav", buf.getvalue()
+
+
+def batch_archive(dest: Path, recordings: int, seconds: float, seed: int = 0, channels: int = 1) -> float:
+    """A ZIP of the bench's recordings (:func:`_batch_recordings`); returns the audio seconds in it,
+    per channel (a stereo call is two streams to the engine: the batch's default
+    ``channels=split``)."""
+    import zipfile
+
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as zf:
-        for i in range(recordings):
-            buf = io.BytesIO()
-            audio = rng.normal(0, 2000, (int(seconds * SAMPLE_RATE), channels)).astype(np.int16)
-            sf.write(buf, audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
-            zf.writestr(f"calls/rec{i:04d}.wav", buf.getvalue())
+        for name, data in _batch_recordings(recordings, seconds, seed, channels):
+            zf.writestr(name, data)
     return recordings * seconds * channels
 
 
-def batch_run(url: str, key: str, archive: Path, audio_seconds: float, poll: float = 0.5) -> BatchRun:
-    """Upload ``archive`` as one batch (``POST /v1/batches``) and poll its status until no job is
-    open: the platform's throughput for the case it is built for, archives of call recordings."""
+def batch_folder(root: Path, recordings: int, seconds: float, seed: int = 0, channels: int = 1) -> float:
+    """The same recordings as files under ``root/calls`` (a server folder for a batch: the archive a
+    call center already keeps on a disk the platform mounts); returns the audio seconds, per
+    channel."""
+    for name, data in _batch_recordings(recordings, seconds, seed, channels):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return recordings * seconds * channels
+
+
+def batch_run(
+    url: str, key: str, archive: Path, audio_seconds: float, poll: float = 0.5, directory: str | None = None
+) -> BatchRun:
+    """Upload ``archive`` as one batch (``POST /v1/batches``), or with ``directory`` submit that
+    folder under the server's batch root (``archive`` then names it on this machine), and poll its
+    status until no job is open: the platform's throughput for the case it is built for, archives
+    of call recordings."""
     import httpx
 
     headers = {"Authorization": f"Bearer {key}"}
     poll_ms: list[float] = []
     with httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(60.0, read=1800.0)) as client:
         started = time.perf_counter()
-        with archive.open("rb") as f:
-            answer = client.post("/v1/batches", files={"file": (archive.name, f, "application/zip")})
+        if directory is not None:
+            answer = client.post("/v1/batches", json={"directory": directory})
+        else:
+            with archive.open("rb") as f:
+                answer = client.post("/v1/batches", files={"file": (archive.name, f, "application/zip")})
         if answer.status_code >= 300:
             raise RuntimeError(f"POST /v1/batches answered {answer.status_code}: {answer.text[:300]}")
         upload = time.perf_counter() - started
@@ -1146,7 +1196,11 @@ def batch_run(url: str, key: str, archive: Path, audio_seconds: float, poll: flo
     return BatchRun(
         recordings=int(batch["items"]),
         audio_seconds=audio_seconds,
-        archive_bytes=archive.stat().st_size,
+        archive_bytes=(
+            sum(f.stat().st_size for f in archive.rglob("*") if f.is_file())
+            if archive.is_dir()
+            else archive.stat().st_size
+        ),
         upload_s=upload,
         first_result_s=first if first is not None else wall,
         wall_s=wall,
@@ -1164,18 +1218,37 @@ def run_batch_bench(
     engine_best: tuple[int, float],
     remeasure: Callable[[int], float] | None = None,
     channels: int = 1,
+    source: str = "archive",
 ) -> BatchRun:
-    """A stack on the model; one archive of ``recordings`` recordings as one batch; its rate beside
-    the bare engine's best batched rate of the same run (``engine_best``: (B, audio s/s)). On a
-    shared machine the engine's rate drifts between its table and this run, so ``remeasure`` takes
-    the engine's rate at that B again right after, and the ratio is to the better of the two."""
-    with bench_stack(path, batch) as (url, key, env):
-        archive = Path(env["TONE_DATA_DIR"]) / "bench-batch.zip"
-        audio = batch_archive(archive, recordings, seconds, channels=channels)
-        run = batch_run(url, key, archive, audio)
+    """A stack on the model; ``recordings`` recordings as one batch, uploaded as one archive
+    (``source="archive"``) or read from a server folder under the stack's ``TONE_BATCH_ROOT``
+    (``"folder"``: nothing uploaded); its rate beside the bare engine's best batched rate of the
+    same run (``engine_best``: (B, audio s/s)). On a shared machine the engine's rate drifts between
+    its table and this run, so ``remeasure`` takes the engine's rate at that B again right after,
+    and the ratio is to the better of the two."""
+    import shutil
+    import tempfile
+
+    if source not in BATCH_SOURCES:
+        raise ValueError(f"source must be one of {BATCH_SOURCES}, not {source!r}")
+    root = Path(tempfile.mkdtemp(prefix="tone-bench-batch-root-"))
+    root.chmod(0o755)  # as root the servers run as the user "tone"
+    try:
+        extra = {"TONE_BATCH_ROOT": str(root)} if source == "folder" else {}
+        with bench_stack(path, batch, extra_env=extra) as (url, key, env):
+            if source == "folder":
+                audio = batch_folder(root, recordings, seconds, channels=channels)
+                run = batch_run(url, key, root / "calls", audio, directory="calls")
+            else:
+                archive = Path(env["TONE_DATA_DIR"]) / "bench-batch.zip"
+                audio = batch_archive(archive, recordings, seconds, channels=channels)
+                run = batch_run(url, key, archive, audio)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     best_b, best_rate = engine_best
+    how = "one archive" if source == "archive" else "one server folder"
     print(
-        f"\nbatch: one archive of {run.recordings} {'stereo ' if channels == 2 else ''}recordings "
+        f"\nbatch: {how} of {run.recordings} {'stereo ' if channels == 2 else ''}recordings "
         f"of {seconds:.0f} s "
         f"({run.archive_bytes / 1e6:.1f} MB) as one batch, worker batch {batch}"
     )
@@ -1188,7 +1261,8 @@ def run_batch_bench(
         reference = max(best_rate, again)
     share = 100 * run.rate / reference
     print(f"  = {share:.0f} % of the bare engine's best batched rate (B={best_b}: {reference:.1f})")
-    print(f"  upload answered after {run.upload_s:.1f} s; first result after {run.first_result_s:.1f} s")
+    what = "upload" if source == "archive" else "POST /v1/batches"
+    print(f"  {what} answered after {run.upload_s:.1f} s; first result after {run.first_result_s:.1f} s")
     print(f"  GET /v1/batches/{{id}} p95 {_p95(run.poll_ms):.0f} ms ({len(run.poll_ms)} polls)")
     return run
 

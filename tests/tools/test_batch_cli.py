@@ -29,7 +29,7 @@ from shared.cli.batch import (
     safe_extract,
     scan_dir,
 )
-from shared.dev.bench import batch_archive, batch_run, jobs_run
+from shared.dev.bench import batch_archive, batch_folder, batch_run, jobs_run
 from tests.api.test_api import auth
 from tests.api.test_batches import stereo_wav
 from tests.conftest import KIT_AUDIO, Proc, make_key, start_api, start_worker, wait_for
@@ -365,6 +365,25 @@ def test_bench_batch_run_measures_one_whole_batch(api: Proc, worker: Proc, key: 
     audio = batch_archive(archive, recordings=3, seconds=1.0, seed=7)
     run = batch_run(api.url or "", key, archive, audio, poll=0.2)
     assert run.recordings == 3 and run.completed == 3
+    assert 0 < run.upload_s <= run.first_result_s <= run.wall_s and run.rate > 0
+
+
+def test_bench_batch_run_from_a_server_folder(
+    platform_env: dict[str, str], logs: Path, worker: Proc, key: str, tmp_path: Path
+) -> None:
+    """The bench's folder source: the same recordings written under a batch root, submitted as
+    ``{"directory": "calls"}`` (nothing uploaded), every job completed."""
+    root = tmp_path / "root"
+    root.mkdir()
+    audio = batch_folder(root, recordings=3, seconds=1.0, seed=8)
+    assert sorted(p.name for p in (root / "calls").iterdir()) == ["rec0000.wav", "rec0001.wav", "rec0002.wav"]
+    api = start_api({**platform_env, "TONE_BATCH_ROOT": str(root)}, logs, "api-bench-folder")
+    try:
+        run = batch_run(api.url or "", key, root / "calls", audio, poll=0.2, directory="calls")
+    finally:
+        api.stop()
+    assert run.recordings == 3 and run.completed == 3
+    assert run.archive_bytes == sum(p.stat().st_size for p in (root / "calls").iterdir())
     assert 0 < run.upload_s <= run.first_result_s <= run.wall_s and run.rate > 0
 
 
