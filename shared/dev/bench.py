@@ -767,18 +767,30 @@ def run_bench(args: argparse.Namespace) -> int:
         )
     if args.batch_run:
         best_rate, best_at = max((r, b) for p, b, r, _ in rows if p == precisions[0])
-        for source in batch_sources:
-            run_batch_bench(
-                path,
-                recordings=args.batch_run,
-                seconds=args.batch_run_seconds,
-                batch=args.platform_batch,
-                engine_best=(best_at, best_rate),
-                remeasure=engine_meter(path, args, threads),
-                channels=args.batch_run_channels,
-                source=source,
-            )
+        batch_runs(args, path, threads, args.batch_run, (best_at, best_rate), batch_sources)
     return 0
+
+
+def batch_runs(
+    args: argparse.Namespace,
+    path: Path,
+    threads: int,
+    recordings: int,
+    engine_best: tuple[int, float],
+    sources: tuple[str, ...],
+) -> None:
+    """The batch run once per source (an archive uploaded, a server folder), as the options say."""
+    for source in sources:
+        run_batch_bench(
+            path,
+            recordings=recordings,
+            seconds=args.batch_run_seconds,
+            batch=args.platform_batch,
+            engine_best=engine_best,
+            remeasure=engine_meter(path, args, threads),
+            channels=args.batch_run_channels,
+            source=source,
+        )
 
 
 def run_batch_only(args: argparse.Namespace, path: Path, threads: int) -> int:
@@ -796,17 +808,7 @@ def run_batch_only(args: argparse.Namespace, path: Path, threads: int) -> int:
         print(f"  B={b:<3d} {rate:8.1f} s audio/s   {per_step * 1000:8.1f} ms per step", flush=True)
     del rec
     best_rate, best_at = max(rates)
-    for source in batch_sources_of(args):
-        run_batch_bench(
-            path,
-            recordings=args.batch_run or 32,
-            seconds=args.batch_run_seconds,
-            batch=args.platform_batch,
-            engine_best=(best_at, best_rate),
-            remeasure=engine_meter(path, args, threads),
-            channels=args.batch_run_channels,
-            source=source,
-        )
+    batch_runs(args, path, threads, args.batch_run or 32, (best_at, best_rate), batch_sources_of(args))
     return 0
 
 
@@ -829,27 +831,24 @@ STREAM_STARTS = ("together", "spread")
 BATCH_SOURCES = ("archive", "folder")
 
 
+def comma_choices(option: str, given: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma list of ``allowed`` values given to ``option``; anything else ends the bench at once
+    with the allowed values."""
+    chosen = tuple(x.strip() for x in given.split(",") if x.strip())
+    bad = [x for x in chosen if x not in allowed]
+    if bad or not chosen:
+        raise SystemExit(f"{option}: {', '.join(bad) or given!r}: use any of {', '.join(allowed)}")
+    return chosen
+
+
 def stream_starts(given: str) -> tuple[str, ...]:
     """``--stream-starts``: a comma list of :data:`STREAM_STARTS`, each run in turn on one stack."""
-    starts = tuple(x.strip() for x in given.split(",") if x.strip())
-    bad = [x for x in starts if x not in STREAM_STARTS]
-    if bad or not starts:
-        raise SystemExit(
-            f"--stream-starts: {', '.join(bad) or given!r}: use any of {', '.join(STREAM_STARTS)}"
-        )
-    return starts
+    return comma_choices("--stream-starts", given, STREAM_STARTS)
 
 
 def batch_sources_of(args: argparse.Namespace) -> tuple[str, ...]:
     """``--batch-run-source``: a comma list of :data:`BATCH_SOURCES`, each a batch run of its own."""
-    given = getattr(args, "batch_run_source", "archive")
-    sources = tuple(x.strip() for x in given.split(",") if x.strip())
-    bad = [x for x in sources if x not in BATCH_SOURCES]
-    if bad or not sources:
-        raise SystemExit(
-            f"--batch-run-source: {', '.join(bad) or given!r}: use any of {', '.join(BATCH_SOURCES)}"
-        )
-    return sources
+    return comma_choices("--batch-run-source", getattr(args, "batch_run_source", "archive"), BATCH_SOURCES)
 
 
 def start_offsets(n: int, starts: str, seed: int = 0) -> list[float]:
