@@ -318,6 +318,7 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
             settle(store, settings, timeout=DECODE_POLL, queue=queue)
             idle_until = time.monotonic() + IDLE_SECONDS
             continue
+        waited = not items  # its first piece came from a wait: a burst may be starting
         if not items:
             wait = min(idle_until, deadline) - time.monotonic()
             if wait <= 0:
@@ -329,9 +330,6 @@ def run(queue: str, settings: Settings | None = None, node: str = "", holder: st
             items = store.wait_pending(queue, POP, timeout, WORKER_ID, shared=_shed.takes_shared())
             if not items:
                 continue
-            waited = True
-        else:
-            waited = False
         limit = linger_limit(last_round)
         if burst_starting(items, waited, limit, time.time()):
             items += linger(store, queue, len(items), limit=limit)

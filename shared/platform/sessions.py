@@ -814,9 +814,7 @@ class SessionStore:
             pipe.exists(busy_key(queue, other))
         flags = pipe.execute()
         loads = [
-            int(flags[2 * i])
-            for i in range(len(others))
-            if flags[2 * i] is not None and flags[2 * i].isdigit() and not flags[2 * i + 1]
+            int(held) for held, busy in zip(flags[::2], flags[1::2]) if held and held.isdigit() and not busy
         ]
         return min(loads) if loads else None
 
