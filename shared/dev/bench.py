@@ -1225,25 +1225,22 @@ def run_batch_bench(
     same run (``engine_best``: (B, audio s/s)). On a shared machine the engine's rate drifts between
     its table and this run, so ``remeasure`` takes the engine's rate at that B again right after,
     and the ratio is to the better of the two."""
-    import shutil
     import tempfile
 
     if source not in BATCH_SOURCES:
         raise ValueError(f"source must be one of {BATCH_SOURCES}, not {source!r}")
-    root = Path(tempfile.mkdtemp(prefix="tone-bench-batch-root-"))
-    root.chmod(0o755)  # as root the servers run as the user "tone"
-    try:
+    with tempfile.TemporaryDirectory(prefix="tone-bench-batch-") as tmp:  # the archive, or the batch root
+        root = Path(tmp)
+        root.chmod(0o755)  # as root the servers run as the user "tone"
         extra = {"TONE_BATCH_ROOT": str(root)} if source == "folder" else {}
-        with bench_stack(path, batch, extra_env=extra) as (url, key, env):
+        with bench_stack(path, batch, extra_env=extra) as (url, key, _):
             if source == "folder":
                 audio = batch_folder(root, recordings, seconds, channels=channels)
                 run = batch_run(url, key, root / "calls", audio, directory="calls")
             else:
-                archive = Path(env["TONE_DATA_DIR"]) / "bench-batch.zip"
+                archive = root / "bench-batch.zip"
                 audio = batch_archive(archive, recordings, seconds, channels=channels)
                 run = batch_run(url, key, archive, audio)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
     best_b, best_rate = engine_best
     how = "one archive" if source == "archive" else "one server folder"
     print(
