@@ -184,7 +184,7 @@ class Recognizer:
         download: bool = True,
         precision: str = "auto",
         decoder_workers: int = 0,
-        spinning: bool = True,
+        spinning: bool | str = True,
         lanes: int | None = None,
     ) -> Recognizer:
         """Load model.onnx (and kenlm.bin beside it) from ``path``, else from Hugging Face.

@@ -259,6 +259,19 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+SPINNING = ("always", "steps", "never")
+
+
+def spinning_mode(spinning: bool | str) -> str:
+    """ONNX Runtime's intra-op threads between two ops: they spin ("always", True: ORT's default),
+    spin only while a step runs and sleep once it returns ("steps"), or sleep ("never", False)."""
+    if isinstance(spinning, bool):
+        return "always" if spinning else "never"
+    if spinning not in SPINNING:
+        raise ValueError(f"unknown spinning {spinning!r}: use {', '.join(SPINNING)}")
+    return spinning
+
+
 def lane_count(lanes: int | None, threads: int | None, device: str) -> int:
     """How many sessions step a batch's slices at once: ``lanes`` as asked (at most one per thread),
     else one per thread up to ``MAX_LANES``; always 1 off the CPU (a GPU runs one call at a time).
@@ -288,15 +301,16 @@ class AcousticModel:
         providers: str | Sequence[str] | None = None,
         threads: int | None = None,
         precision: str = "auto",
-        spinning: bool = True,
+        spinning: bool | str = True,
         lanes: int | None = None,
     ) -> None:
         """``precision``: "auto" and "float16" run the file as it is (as the reference pipeline
         does: ONNX Runtime computes in float32 where its CPU lacks a float16 kernel), "float32"
         rewrites float16 compute to float32 at load, keeping the float16 state I/O.
-        ``spinning=False``: ORT's intra-op threads sleep between ops instead of spinning (a live
-        worker shares its cores with the API and Redis, and spinning takes their CPU; batch
-        throughput alone is within 3 %: the README has the live figures).
+        ``spinning`` (:func:`spinning_mode`): ``False`` / "never": ORT's intra-op threads sleep
+        between ops instead of spinning; "steps": they spin while a step runs and sleep as soon as
+        it returns (a live worker shares its cores with the API and Redis, which spinning between
+        rounds starved, while sleeping between ops slowed its small steps: the README has both).
         ``lanes``: on the CPU, a batch of at least ``LANE_ROWS`` rows per lane is split into that many
         contiguous slices, each run by a session of its own with ``threads // lanes`` threads, all at
         once (:func:`lane_count`; None: one lane per thread, at most ``MAX_LANES``)."""
@@ -313,6 +327,7 @@ class AcousticModel:
         if precision not in ("auto", "float32", "float16"):
             raise ValueError(f"unknown precision {precision!r}: use auto, float32 or float16")
         self.converted = precision == "float32" and float16_to_float32(proto)
+        spin = spinning_mode(spinning)
         serialized = proto.SerializeToString()
         del proto
 
@@ -322,8 +337,10 @@ class AcousticModel:
             if n_threads:
                 options.intra_op_num_threads = n_threads
             options.inter_op_num_threads = 1
-            if not spinning:
+            if spin == "never":
                 options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            elif spin == "steps":  # spin inside a step; the threads sleep once the last run returns
+                options.add_session_config_entry("session.force_spinning_stop", "1")
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             try:
                 return ort.InferenceSession(serialized, sess_options=options, providers=self.providers)

@@ -938,7 +938,7 @@ def _extra_live_worker(env: dict[str, str], logs: Path, i: int) -> Any:
            "-n", f"bench-live-{i}-{os.getpid()}@%h", "--loglevel", "INFO"]  # fmt: skip
     with log.open("w") as out:
         proc = subprocess.Popen(
-            cmd, env={**env, "TONE_ORT_SPINNING": "0"}, stdout=out, stderr=subprocess.STDOUT
+            cmd, env={**env, "TONE_ORT_SPINNING": "steps"}, stdout=out, stderr=subprocess.STDOUT
         )
     deadline = time.monotonic() + 120
     while "model loaded from" not in log.read_text(errors="replace"):  # ready, and the model warm

@@ -471,7 +471,7 @@ def process_plan(
         Planned("worker", [*worker, *log], env),
         # a live worker's ORT threads sleep between ops (the API and Redis share its cores) unless
         # the environment says otherwise
-        Planned("worker-live", [*live, *log], {"TONE_ORT_SPINNING": "0", **env}),
+        Planned("worker-live", [*live, *log], {"TONE_ORT_SPINNING": "steps", **env}),
         Planned("events", [*events, *log], env),
         Planned("beat", [*beat, *log], env),
         # the password travels in FLOWER_BASIC_AUTH, never in argv

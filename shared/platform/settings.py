@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CUDA_WORKER_BATCH = 256
@@ -26,6 +26,20 @@ class Settings(BaseSettings):
         if "worker_batch" not in self.model_fields_set and self.provider == "cuda":
             self.worker_batch = CUDA_WORKER_BATCH
         return self
+
+    @field_validator("ort_spinning", mode="before")
+    @classmethod
+    def _spinning_as_a_flag(cls, value: object) -> object:
+        """TONE_ORT_SPINNING=1 / 0 (the flag it was before "steps") reads as always / never."""
+        flags = {
+            "1": "always",
+            "true": "always",
+            "on": "always",
+            "0": "never",
+            "false": "never",
+            "off": "never",
+        }
+        return flags.get(str(value).strip().lower(), value) if isinstance(value, (str, bool, int)) else value
 
     # servers
     database_url: str = Field(
@@ -45,7 +59,9 @@ class Settings(BaseSettings):
     precision: str = "auto"
     decoder: str = "auto"
     decoder_workers: int = 0  # TONE_DECODER_WORKERS: beam-search processes beside the model (0: inline)
-    ort_spinning: bool = True  # TONE_ORT_SPINNING: ORT threads spin between ops (live workers: off)
+    # TONE_ORT_SPINNING: ORT's threads between ops: spin (always), spin only inside a step (steps:
+    # live workers), sleep (never); 1/0 read as always/never
+    ort_spinning: Literal["always", "steps", "never"] = "always"
     lanes: int | None = None  # TONE_LANES: sessions stepping a batch's slices at once (CPU; unset: 2)
 
     # the API

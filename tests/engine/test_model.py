@@ -120,6 +120,17 @@ def test_spinning_off_reaches_the_onnx_runtime_session(tone_model: Path) -> None
     default = AcousticModel(tone_model).session.get_session_options()
     with pytest.raises(RuntimeError):  # not set: ORT's default, spinning
         default.get_session_config_entry("session.intra_op.allow_spinning")
+    with pytest.raises(RuntimeError):
+        default.get_session_config_entry("session.force_spinning_stop")
+    # "steps": spinning inside a step (ORT's default), stopped as soon as the step returns
+    steps = AcousticModel(tone_model, spinning="steps", lanes=2, threads=2)
+    for session in [steps.session, *steps.lanes.sessions]:
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+        with pytest.raises(RuntimeError):
+            options.get_session_config_entry("session.intra_op.allow_spinning")
+    with pytest.raises(ValueError, match="unknown spinning"):
+        AcousticModel(tone_model, spinning="sometimes")
 
 
 def test_unknown_provider_is_refused_with_what_is_available(tone_model: Path) -> None:

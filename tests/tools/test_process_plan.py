@@ -42,12 +42,12 @@ def test_every_queue_of_the_role_has_exactly_one_reader(tmp_path: Path) -> None:
     assert cmds["worker-live"][cmds["worker-live"].index("-c") + 1] == "1"
 
 
-def test_only_the_live_worker_runs_onnx_runtime_without_spinning(tmp_path: Path) -> None:
+def test_only_the_live_worker_runs_onnx_runtime_spinning_inside_steps_only(tmp_path: Path) -> None:
     planned = {p.name: p.env for p in process_plan(
         {"PATH": "/usr/bin"}, queue="cpu", host="127.0.0.1", port=8123, flower_port=5566, workers=1,
         data_dir=tmp_path, flower_auth="a:b",
     )}  # fmt: skip
-    assert planned["worker-live"]["TONE_ORT_SPINNING"] == "0"
+    assert planned["worker-live"]["TONE_ORT_SPINNING"] == "steps"
     assert "TONE_ORT_SPINNING" not in planned["worker"]
     spinning = process_plan(
         {"PATH": "/usr/bin", "TONE_ORT_SPINNING": "1"}, queue="cpu", host="127.0.0.1", port=8123,
