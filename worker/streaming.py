@@ -70,6 +70,7 @@ from shared.platform.sessions import (
     WAKE_MS,
     Item,
     Options,
+    Save,
     SessionError,
     SessionStore,
     awake_key,
@@ -239,7 +240,9 @@ class Work:
     ckpt: int = 0  # the session's checkpoint (next_seq when its states were last written)
     ckpt_t: float = 0.0
     replay: list[np.ndarray] = field(default_factory=list)  # journaled chunks to apply first
-    phrases: list[dict[str, Any]] = field(default_factory=list)  # the session's phrases so far
+    # a layout-3 session's phrases, still in its hash's ``phrases`` field: this save moves them to
+    # the session's list (layout 4 keeps none there: a piece saves only the phrases it released)
+    phrases: list[dict[str, Any]] = field(default_factory=list)
     text: TextOptions = field(default_factory=TextOptions)  # the session's written-form options
     resampler: LiveResampler | None = None  # raw audio at another rate: the resampler's state
 
@@ -812,19 +815,18 @@ def conclude(store: SessionStore, settings: Settings, ready: list[tuple[Work, li
         _shed.count -= len(chosen)
         shed = {id(w) for w in chosen}
         checkpoints |= shed
-    saves: list[tuple[str, str, int, dict[str, str | bytes], str | None, tuple[int, int], int]] = []
+    saves: list[Save] = []
     pending: list[tuple[Work, dict[str, Any], str]] = []  # (work, its answer, its new rev)
     replies: list[tuple[Item, dict[str, Any]]] = []
+    earlier = released_before([w.item.id for w in work if w.item.kind == "finalize"], store)
     for w in work:
         results, at = flat[at : at + len(w.states)], at + len(w.states)
         item = w.item
         try:
             new = display_phrases(release(w, results), w.text)[0]
-            all_phrases = w.phrases + new
             fields: dict[str, str | bytes] = {
                 "layout": str(LAYOUT),
                 "next_seq": str(item.seq + 1),
-                "phrases": json.dumps(all_phrases, ensure_ascii=False),
                 "held": json.dumps(w.held, ensure_ascii=False),
             }
             now = time.time()
@@ -841,8 +843,12 @@ def conclude(store: SessionStore, settings: Settings, ready: list[tuple[Work, li
             rev = secrets.token_hex(8)
             fields["rev"] = rev
             fields["holder"] = "" if id(w) in shed else WORKER_ID  # its next pieces: this worker's list
+            appended = w.phrases + new  # a layout-3 session's phrases move to its list first
             if item.kind == "finalize":
-                answer = ok({"phrases": all_phrases, "state_id": item.id, "is_final": True})
+                if earlier is None:
+                    raise RuntimeError("the session's phrases could not be read")
+                answer = ok({"phrases": earlier[item.id] + new, "state_id": item.id, "is_final": True})
+                appended = []  # the final answer holds them all: the list goes with the journal
                 fields.update(finished="1", final=json.dumps(answer, ensure_ascii=False))
                 fields["duration"] = str(w.states[0].samples_in / SAMPLE_RATE)
             else:
@@ -854,7 +860,7 @@ def conclude(store: SessionStore, settings: Settings, ready: list[tuple[Work, li
             fields[f"answer:{item.seq}"] = json.dumps(answer, ensure_ascii=False)
             fields["updated"] = str(now)
             drop = f"answer:{item.seq - KEEP_ANSWERS}" if item.seq >= KEEP_ANSWERS else None
-            saves.append((item.id, w.token, w.ttl, fields, drop, journal, keep))
+            saves.append(Save(item.id, w.token, w.ttl, fields, drop, journal, keep, appended))
             pending.append((w, answer, rev))
         except Exception as exc:
             log.exception("stream %s: cannot save seq %d", item.id, item.seq)
@@ -876,6 +882,18 @@ def conclude(store: SessionStore, settings: Settings, ready: list[tuple[Work, li
             _remember(w.item.id, rev.encode(), w.states, w.resampler)
         replies.append((w.item, answer))
     store.finish_many([(w.item.id, w.token) for w in work], replies)
+
+
+def released_before(sids: list[str], store: SessionStore) -> dict[str, list[dict[str, Any]]] | None:
+    """The phrases each finalizing session released before this piece (read once, for its final
+    answer); None when Redis cannot be read (those pieces answer an error)."""
+    if not sids:
+        return {}
+    try:
+        return dict(zip(sids, store.phrases_many(sids)))
+    except Exception:
+        log.exception("stream: cannot read the phrases of %d finalizing sessions", len(sids))
+        return None
 
 
 CHECKPOINT_SHARE = 8  # a round checkpoints at most 1/8 of its sessions (at least 8) unless overdue

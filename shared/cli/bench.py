@@ -36,6 +36,10 @@ def register(sub: Any) -> None:
                    help="together (every stream's pieces in the same instant, the worst case), spread "
                         "(first pieces at random moments within 300 ms, as unrelated calls), or both: "
                         "together,spread")  # fmt: skip
+    p.add_argument("--long-session-pieces", type=int, default=1200, metavar="N",
+                   help="then long /v1/stream sessions of N pieces on the tones model, each sent once "
+                        "the last was answered: Redis bytes per piece early and late (0: skip)")  # fmt: skip
+    p.add_argument("--long-sessions", type=int, default=4, help="how many of those sessions at once")
     p.add_argument("--live-workers", type=int, default=1,
                    help="live worker processes in the streaming runs (-c 1 each, as up runs it)")  # fmt: skip
     p.add_argument("--pin-live-workers", action="store_true",

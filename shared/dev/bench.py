@@ -765,6 +765,8 @@ def run_bench(args: argparse.Namespace) -> int:
             pin_live=args.pin_live_workers,
             starts=starts,
         )
+    if args.long_session_pieces:
+        run_long_session_bench(Path(args.tones_model), args.long_sessions, args.long_session_pieces)
     if args.batch_run:
         best_rate, best_at = max((r, b) for p, b, r, _ in rows if p == precisions[0])
         batch_runs(args, path, threads, args.batch_run, (best_at, best_rate), batch_sources)
@@ -1473,6 +1475,100 @@ def _sherpa_streams(
 
     asyncio.run(main())
     return latencies, errors
+
+
+@dataclass
+class LongRun:
+    """Long live sessions: at every ``marks`` entry (piece index, perf_counter, Redis's
+    total_net_input_bytes), each piece's latency in ms (per piece index, one per session), the
+    phrases the sessions released, and the errors."""
+
+    sessions: int
+    marks: list[tuple[int, float, int]]
+    latencies: list[list[float]]
+    phrases: int
+    errors: list[str]
+
+    def rows(self) -> list[tuple[int, int, float, float, float]]:
+        """(first piece, last piece, KiB into Redis per piece and session, pieces/s, mean latency ms)
+        per interval between two marks."""
+        out = []
+        for (a, t0, b0), (b, t1, b1) in zip(self.marks, self.marks[1:]):
+            ms = [x for k in range(a, b) for x in self.latencies[k]]
+            per_piece = (b1 - b0) / ((b - a) * self.sessions) / 1024
+            out.append(
+                (a, b, per_piece, (b - a) * self.sessions / (t1 - t0), float(np.mean(ms)) if ms else 0.0)
+            )
+        return out
+
+
+def long_sessions(
+    url: str, key: str, redis_url: str, sessions: int, pieces: int, every: int = 200
+) -> LongRun:
+    """``sessions`` ``/v1/stream`` sessions of ``pieces`` 300 ms pieces of speech-like audio (the
+    tones model closes its phrases), each piece sent as soon as the last was acknowledged, so that
+    minutes of a call pass in seconds; Redis's input bytes noted every ``every`` pieces of the
+    first session: what a piece costs the store early and late in a long call."""
+    import asyncio
+    import json
+
+    import redis
+    from websockets.asyncio.client import connect
+
+    audio = speech_audio(pieces * CHUNK_SECONDS + 1, seed=1)
+    r = redis.Redis.from_url(redis_url)
+    run = LongRun(sessions, [], [[] for _ in range(pieces)], 0, [])
+
+    def mark(k: int) -> None:
+        run.marks.append((k, time.perf_counter(), int(r.info("stats")["total_net_input_bytes"])))
+
+    async def stream(i: int) -> None:
+        try:
+            async with connect(url.replace("http://", "ws://") + "/v1/stream", open_timeout=60,
+                               additional_headers={"Authorization": f"Bearer {key}"}) as ws:  # fmt: skip
+                await ws.send(json.dumps({"sample_rate": SAMPLE_RATE, "acks": True}))
+                for k in range(pieces):
+                    if i == 0 and k % every == 0:
+                        mark(k)
+                    t = time.perf_counter()
+                    await ws.send(audio[k * CHUNK_SAMPLES : (k + 1) * CHUNK_SAMPLES].tobytes())
+                    while (message := json.loads(await asyncio.wait_for(ws.recv(), 60)))["type"] != "ack":
+                        if message["type"] == "error":
+                            raise RuntimeError(str(message)[:200])
+                        run.phrases += message["type"] == "phrase"
+                    run.latencies[k].append((time.perf_counter() - t) * 1000)
+                if i == 0:
+                    mark(pieces)
+                await ws.send(json.dumps({"type": "end"}))
+                while json.loads(await asyncio.wait_for(ws.recv(), 60))["type"] != "final":
+                    pass
+        except Exception as exc:  # a refused or broken session is an error of the run
+            run.errors.append(f"{type(exc).__name__}: {exc}"[:200])
+
+    async def main() -> None:
+        await asyncio.gather(*(stream(i) for i in range(sessions)))
+
+    asyncio.run(main())
+    r.close()
+    return run
+
+
+def run_long_session_bench(path: Path, sessions: int, pieces: int) -> None:
+    """What a piece costs late in a long call against early in it (``long_sessions``)."""
+    minutes = pieces * CHUNK_SECONDS / 60
+    print(
+        f"\nlong live sessions ({path.parent.name} model): {sessions} /v1/stream sessions of"
+        f" {minutes:.0f} min ({pieces} pieces of 300 ms), each piece sent once the last was answered"
+    )
+    with bench_stack(path, 64) as (url, key, env):
+        long_sessions(url, key, env["REDIS_URL"], 1, 10)  # the worker's model and first round: warm
+        run = long_sessions(url, key, env["REDIS_URL"], sessions, pieces)
+    print(f"  {'pieces':>11s}  {'KiB into Redis per piece':>24s}  {'pieces/s':>8s}  {'latency mean ms':>15s}")
+    for a, b, kib, rate, ms in run.rows():
+        print(f"  {a:5d}-{b:5d}  {kib:24.1f}  {rate:8.1f}  {ms:15.1f}")
+    print(
+        f"  {run.phrases} phrases released; errors: {len(run.errors)} {run.errors[:2] if run.errors else ''}"
+    )
 
 
 def run_stream_bench(

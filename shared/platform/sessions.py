@@ -3,13 +3,15 @@
 Only Redis lives here (no Celery, no FastAPI): the API accepts chunks and waits for answers, the
 workers (``worker.streaming``) load, advance and save sessions. Layout, every key with the
 session's TTL (``stream_ttl_seconds``, or a shorter ``ttl_seconds`` option), extended on every
-chunk and every save, never fixed from creation. Layout version 3 (``LAYOUT``; version 2 wrote the
-state every piece and had no ``ckpt``: a worker reads it as checkpointed at ``next_seq``; version 1
-kept one ``state`` field, which a worker still reads as ``state:0``)::
+chunk and every save, never fixed from creation. Layout version 4 (``LAYOUT``; version 3 kept every
+phrase in the hash's ``phrases`` field, read and written whole by every piece: a worker moves it to
+the ``phrases`` list at its first save; version 2 wrote the state every piece and had no ``ckpt``:
+a worker reads it as checkpointed at ``next_seq``; version 1 kept one ``state`` field, which a
+worker still reads as ``state:0``)::
 
     tone:stream:<id>                 hash, the session:
         tenant                       the owning tenant's id
-        layout                       the layout version, "3"
+        layout                       the layout version, "4"
         options                      JSON {"sample_rate", "encoding", "channels", "decoder", "text"}
         ttl                          seconds the session lives after its last activity
         state:<c>                    channel c's engine StreamState.to_bytes() (versioned,
@@ -36,7 +38,8 @@ kept one ``state`` field, which a worker still reads as ``state:0``)::
                                      ones in between are queued or being processed)
         closing                      the seq of the finalize call, once it was accepted
         finished                     "1" once finalized
-        phrases                      JSON list of every phrase so far (Phrase.to_dict())
+        phrases                      layout 3 only: JSON list of every phrase so far (moved to
+                                     the ``phrases`` list by the next save)
         answer:<seq>                 the JSON answer to chunk <seq> (the last KEEP_ANSWERS are
                                      kept, for client retries)
         final                        the JSON answer to finalize
@@ -47,6 +50,13 @@ kept one ``state`` field, which a worker still reads as ``state:0``)::
                                      (Lua): two chunks of a session never run at the same time;
                                      a lock whose worker's heartbeat is gone is taken over (Lua)
     tone:stream:worker:<worker>      a live worker's heartbeat (PX HEARTBEAT_MS, every round)
+    tone:stream:<id>:phrases         list, every phrase released so far, one JSON object each
+                                     (Phrase.to_dict(), in its written form), appended by the
+                                     save of the piece that released it: a piece costs its own
+                                     phrases, not the whole session's again (layout 3 rewrote them
+                                     all every piece: 25 → 68 KiB into Redis per piece over a
+                                     6-minute session); read once, by the finalize, whose answer
+                                     holds them all, and deleted with the journal then
     tone:stream:<id>:journal         hash seq -> a chunk's audio bytes as sent: queued chunks and
                                      the applied ones since the checkpoint (b"" for a refused one),
                                      so that a worker without the states replays them exactly from
@@ -124,6 +134,7 @@ import json
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -136,7 +147,7 @@ from shared.errors import CodedError
 PREFIX = "tone:stream:"
 KEEP_ANSWERS = 16  # answers kept per session for client retries
 KNOWN_SECONDS = 7 * 24 * 3600
-LAYOUT = 3  # the session hash's layout version
+LAYOUT = 4  # the session hash's layout version
 AWAKE_MS = 3000  # a draining worker's awake flag lives this long unless refreshed
 WAKE_MS = 10_000  # a wake-up not taken within this long (lost) no longer holds back the next one
 LOCK_MS = 15_000  # a session lock expires after this (sooner when its holder's heartbeat is gone)
@@ -174,6 +185,10 @@ def lock_key(sid: str) -> str:
 
 def journal_key(sid: str) -> str:
     return f"{PREFIX}{sid}:journal"
+
+
+def phrases_key(sid: str) -> str:
+    return f"{PREFIX}{sid}:phrases"
 
 
 def awake_key(queue: str) -> str:
@@ -492,21 +507,29 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: session, lock, journal. ARGV: token, ttl, field-to-delete ("" = none), the journal's TTL,
-# the journal entries to drop: from, to (excluded; from >= to: none, to < 0: the whole journal),
-# then field/value pairs
+# KEYS: session, lock, journal, phrases. ARGV: token, ttl, field-to-delete ("" = none), the
+# journal's TTL, the journal entries to drop: from, to (excluded; from >= to: none, to < 0: the
+# whole journal, and the phrases list), the number n of phrases to append, those n phrases, then
+# field/value pairs. The hash's layout-3 ``phrases`` field goes when phrases are appended (the
+# caller puts the field's phrases first among them) or the session ends.
+# The phrases list lives as long as the journal: each save extends both by the journal's TTL, which
+# is at least the session's, so a session's phrases never expire before its hash.
 _SAVE = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if ARGV[3] ~= '' then redis.call('HDEL', KEYS[1], ARGV[3]) end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+local n = tonumber(ARGV[7])
 local from, to = tonumber(ARGV[5]), tonumber(ARGV[6])
+if n > 0 or to < 0 then redis.call('HDEL', KEYS[1], 'phrases') end
+redis.call('HSET', KEYS[1], unpack(ARGV, 8 + n))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 if to < 0 then
-  redis.call('DEL', KEYS[3])
+  redis.call('DEL', KEYS[3], KEYS[4])
 else
   for seq = from, to - 1 do redis.call('HDEL', KEYS[3], tostring(seq)) end
   redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4]))
+  if n > 0 then redis.call('RPUSH', KEYS[4], unpack(ARGV, 8, 7 + n)) end
+  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[4]))
 end
 return 1
 """
@@ -595,6 +618,33 @@ class AsyncSessionStore:
         await self.r.zrem(waiting_key(queue), waiting_member(sid, nonce))
 
 
+@dataclass
+class Save:
+    """One session's save (:data:`_SAVE`): its ``fields``, the answer field to ``drop``, the
+    ``journal`` entries (from, to) to drop, the journal's and phrases' TTL, and the ``phrases`` the
+    piece released (appended to the session's list)."""
+
+    sid: str
+    token: str
+    ttl: int
+    fields: dict[str, str | bytes]
+    drop: str | None = None
+    journal: tuple[int, int] = (0, 0)
+    journal_ttl: int = 0
+    phrases: Sequence[dict[str, Any]] = ()
+
+    def keys(self) -> list[str]:
+        return [session_key(self.sid), lock_key(self.sid), journal_key(self.sid), phrases_key(self.sid)]
+
+    def args(self) -> list[str | bytes | int]:
+        args: list[str | bytes | int] = [self.token, self.ttl, self.drop or "", self.journal_ttl or self.ttl]
+        args += [*self.journal, len(self.phrases)]
+        args += [json.dumps(p, ensure_ascii=False) for p in self.phrases]
+        for k, v in self.fields.items():
+            args += [k, v]
+        return args
+
+
 class SessionStore:
     """Session calls over one synchronous Redis client (the API runs them in its threadpool)."""
 
@@ -622,7 +672,7 @@ class SessionStore:
         now = str(time.time())
         fields = {
             "layout": str(LAYOUT), "tenant": tenant, "options": options.to_json(), "ttl": str(ttl),
-            "next_seq": "0", "accepted": "0", "phrases": "[]", "created": now, "updated": now,
+            "next_seq": "0", "accepted": "0", "created": now, "updated": now,
             "ckpt": "0", "ckpt_t": now,
         }  # fmt: skip
         if job is not None:
@@ -753,18 +803,25 @@ class SessionStore:
             out.append((fields, values[2 * i + 1]))
         return out
 
-    def save_many(
-        self, saves: list[tuple[str, str, int, dict[str, str | bytes], str | None, tuple[int, int], int]]
-    ) -> list[bool]:
-        """``save`` for each (session, token, ttl, fields, drop, journal, journal_ttl), pipelined."""
+    def save_many(self, saves: list[Save]) -> list[bool]:
+        """``save`` for each, pipelined."""
         pipe = self.r.pipeline(transaction=False)
-        for sid, token, ttl, fields, drop, journal, journal_ttl in saves:
-            args: list[str | bytes | int] = [token, ttl, drop or "", journal_ttl, *journal]
-            for k, v in fields.items():
-                args += [k, v]
-            keys = [session_key(sid), lock_key(sid), journal_key(sid)]
-            self._save(keys=keys, args=args, client=pipe)
+        for save in saves:
+            self._save(keys=save.keys(), args=save.args(), client=pipe)
         return [int(v) == 1 for v in pipe.execute()] if saves else []
+
+    def phrases_many(self, sids: list[str]) -> list[list[dict[str, Any]]]:
+        """Every phrase each session released so far, in order (the ``phrases`` list, then a
+        layout-3 session's ``phrases`` field, not moved yet), pipelined."""
+        pipe = self.r.pipeline(transaction=False)
+        for sid in sids:
+            pipe.lrange(phrases_key(sid), 0, -1)
+            pipe.hget(session_key(sid), "phrases")
+        values = pipe.execute()
+        return [
+            [json.loads(p) for p in listed] + json.loads(legacy or b"[]")
+            for listed, legacy in zip(values[::2], values[1::2])
+        ]
 
     def finish_many(self, unlocks: list[tuple[str, str]], replies: list[tuple[Item, dict[str, Any]]]) -> None:
         """``unlock`` and ``reply`` for many, pipelined."""
@@ -837,14 +894,13 @@ class SessionStore:
         drop: str | None = None,
         journal: tuple[int, int] = (0, 0),
         journal_ttl: int | None = None,
+        phrases: Sequence[dict[str, Any]] = (),
     ) -> bool:
         """Write ``fields`` if this worker still holds the lock (and the session exists); drop the
-        journal entries ``journal`` = (from, to) (to < 0: the whole journal), extend the rest."""
-        args: list[str | bytes | int] = [token, ttl, drop or "", journal_ttl or ttl, *journal]
-        for k, v in fields.items():
-            args += [k, v]
-        keys = [session_key(sid), lock_key(sid), journal_key(sid)]
-        return int(self._save(keys=keys, args=args)) == 1
+        journal entries ``journal`` = (from, to) (to < 0: the whole journal and the phrases list),
+        extend the rest; append ``phrases`` to the session's list."""
+        save = Save(sid, token, ttl, fields, drop, journal, journal_ttl or ttl, phrases)
+        return int(self._save(keys=save.keys(), args=save.args())) == 1
 
     def reply(self, item: Item, payload: dict[str, Any]) -> None:
         pipe = self.r.pipeline(transaction=False)

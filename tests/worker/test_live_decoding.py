@@ -92,7 +92,7 @@ def test_a_session_waiting_for_the_pool_holds_back_no_other(
     assert streaming.settle(store, settings, timeout=5.0) == 1
     assert texts(store.stored_answer(slow, 0)) == ["мир"]  # the LM's choice, in the piece's answer
     assert store.r.get(lock_key(slow)) is None and not streaming._decoding
-    assert json_list(store.r.hget(f"tone:stream:{slow}", "phrases")) == ["мир"]
+    assert [p["text"] for p in store.phrases_many([slow])[0]] == ["мир"]
     done, later, elsewhere = streaming.run_round(store, settings, later)
     assert (done, later, elsewhere) == (1, [], [])
     assert texts(store.stored_answer(slow, 1)) == []
@@ -117,9 +117,3 @@ def test_a_run_hands_over_only_once_every_held_session_is_answered(
     assert store.r.get(lock_key(sid)) is None and not streaming._decoding
     # the piece counts in the queue's lag when it is answered: admission sees the pool's wait too
     assert float(store.r.get(lag_key(queue)) or 0) >= 1.5
-
-
-def json_list(raw: bytes | None) -> list[str]:
-    import json
-
-    return [p["text"] for p in json.loads(raw or b"[]")]
