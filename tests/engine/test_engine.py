@@ -60,6 +60,22 @@ def test_stream_in_any_chunking_equals_offline(recognizer: Recognizer, seed: int
     assert stream.finished and stream.samples_in == len(audio)
 
 
+def test_samples_beyond_int16_are_clipped_and_int16_ones_taken_as_they_are(recognizer: Recognizer) -> None:
+    """A stream takes int16 samples as they are and clips any other dtype to int16's range (a
+    louder-than-full-scale int32 or float input sounds as its clipped int16 twin)."""
+    audio, _ = synthesize(["кот"], lead=0.3, tail=0.9)
+    loud = audio.astype(np.int32) * 3  # far past full scale
+    clipped = np.clip(loud, -32768, 32767).astype(np.int16)
+    twins = [recognizer.new_stream() for _ in range(4)]
+    inputs = [loud, loud.astype(np.float64), clipped, clipped[::-1].copy()[::-1]]  # the last: a strided view
+    outputs = [recognizer.feed(s, x) + recognizer.finish(s) for s, x in zip(twins, inputs)]
+    assert outputs[0] == outputs[1] == outputs[2] == outputs[3]
+    assert [s.to_bytes() for s in twins[1:]] == [twins[0].to_bytes()] * 3
+    stream = recognizer.new_stream()
+    recognizer.feed(stream, loud[:1000])  # under one chunk: it waits in ``pending``
+    assert stream.pending.dtype == np.int16 and np.array_equal(stream.pending, clipped[:1000])
+
+
 def test_state_survives_bytes_round_trip_between_recognizers(tone_model, recognizer: Recognizer) -> None:
     audio, _ = synthesize(PHRASES)
     offline = list(recognizer.transcribe(audio))
