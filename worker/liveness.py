@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from types import TracebackType
 from typing import Any
@@ -29,10 +30,20 @@ def holder_key(owner: str) -> str:
     return f"tone:holder:{owner}"
 
 
+_clients: dict[tuple[int, str], Any] = {}
+
+
 def _client(redis_url: str) -> Any:
+    """This process's client for ``redis_url``, made once: every task run sets and deletes its
+    holder key, and a new client per call was a new connection each time (a batch of 32 jobs is 32
+    task runs, most of them finding their job already taken). redis-py reconnects a dropped
+    connection at the next call (a Redis restart)."""
     import redis
 
-    return redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    key = (os.getpid(), redis_url)
+    if key not in _clients:
+        _clients[key] = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    return _clients[key]
 
 
 def is_alive(redis_url: str, owner: str) -> bool:
