@@ -75,7 +75,7 @@ demo: $(STAMP) ## transcribe a demo recording (T-one from TONE_MODEL_PATH or Hug
 	$(BIN)/tone-platform demo $(FILE)
 
 bench: $(STAMP) models ## cost-faithful model: engine B=1 vs batched vs this CPU's matmul ceiling; the engine alone (null model); beam vs greedy with an LM; then the platform
-	@{ $(BIN)/python -c "import sherpa_onnx" && test -x $(BIN)/sherpa-onnx-online-websocket-server; } 2>/dev/null || $(BIN)/python -m pip install -q -e ".[$(EXTRAS),bench]"
+	@{ $(BIN)/python -c "import sherpa_onnx, aiohttp" && test -x $(BIN)/sherpa-onnx-online-websocket-server; } 2>/dev/null || $(BIN)/python -m pip install -q -e ".[$(EXTRAS),bench]"
 	$(BIN)/tone-platform bench --model $(MODELS)/cost/model.onnx
 
 docker-build: ## build the API and worker images (needs a Docker engine)
