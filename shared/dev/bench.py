@@ -11,7 +11,7 @@ import contextlib
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1284,6 +1284,20 @@ def _redis_input_bytes(redis_url: str) -> int:
     return int(redis.Redis.from_url(redis_url).info("stats")["total_net_input_bytes"])
 
 
+def run_streams(n: int, starts: str, stream: Callable[[int, float], Awaitable[None]]) -> None:
+    """``stream(i, start_at)`` for ``n`` simulated live streams in one event loop, stream ``i``'s
+    first piece at ``start_at`` (:func:`start_offsets`; every connection is open by then: 2 s and
+    10 ms per stream from now)."""
+    import asyncio
+
+    async def main() -> None:
+        start_at = time.time() + 2.0 + n * 0.01
+        offsets = start_offsets(n, starts)
+        await asyncio.gather(*(stream(i, start_at + offsets[i]) for i in range(n)))
+
+    asyncio.run(main())
+
+
 def _live_streams(
     url: str, key: str, n: int, pieces: int, starts: str = "together"
 ) -> tuple[list[float], list[str]]:
@@ -1335,12 +1349,7 @@ def _live_streams(
         except Exception as exc:  # a refused or broken connection is an error of the run
             errors.append(f"{type(exc).__name__}: {exc}"[:200])
 
-    async def main() -> None:
-        start_at = time.time() + 2.0 + n * 0.01  # every session is open before the first piece
-        offsets = start_offsets(n, starts)
-        await asyncio.gather(*(stream(i, start_at + offsets[i]) for i in range(n)))
-
-    asyncio.run(main())
+    run_streams(n, starts, stream)
     return latencies, errors
 
 
@@ -1384,12 +1393,7 @@ def _ws_streams(
         except Exception as exc:  # a refused or broken connection is an error of the run
             errors.append(f"{type(exc).__name__}: {exc}"[:200])
 
-    async def main() -> None:
-        start_at = time.time() + 2.0 + n * 0.01  # every connection is open before the first piece
-        offsets = start_offsets(n, starts)
-        await asyncio.gather(*(stream(i, start_at + offsets[i]) for i in range(n)))
-
-    asyncio.run(main())
+    run_streams(n, starts, stream)
     return latencies, errors
 
 
@@ -1478,12 +1482,7 @@ def _sherpa_streams(
         except Exception as exc:  # a refused or broken connection is an error of the run
             errors.append(f"{type(exc).__name__}: {exc}"[:200])
 
-    async def main() -> None:
-        start_at = time.time() + 2.0 + n * 0.01
-        offsets = start_offsets(n, starts)
-        await asyncio.gather(*(stream(i, start_at + offsets[i]) for i in range(n)))
-
-    asyncio.run(main())
+    run_streams(n, starts, stream)
     return latencies, errors
 
 
