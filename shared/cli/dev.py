@@ -38,9 +38,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     from shared.dev.models.tones import synthesize
 
-    audio, expected = synthesize(args.phrases, pause=args.pause)
-    if args.stereo_with:
-        other, _ = synthesize(args.stereo_with, lead=len(audio) / SAMPLE_RATE + 0.6)
+    try:
+        audio, expected = synthesize(args.phrases, pause=args.pause)
+        other = (
+            synthesize(args.stereo_with, lead=len(audio) / SAMPLE_RATE + 0.6)[0] if args.stereo_with else None
+        )
+    except ValueError as exc:
+        print(f"tone-platform dev synth: {exc}", file=sys.stderr)
+        return 2
+    if other is not None:
         n = max(len(audio), len(other))
         audio = np.stack([np.pad(audio, (0, n - len(audio))), np.pad(other, (0, n - len(other)))], axis=1)
     sf.write(args.out, audio, SAMPLE_RATE, subtype=args.subtype)

@@ -484,6 +484,19 @@ def test_dev_synth_writes_a_recording_that_transcribes_to_its_text(tone_model: P
     assert [(p["start_time"], p["end_time"]) for p in doc["phrases"]] == [(0.6, 2.04)]
 
 
+def test_dev_synth_refuses_a_character_without_a_tone_saying_so(tmp_path: Path) -> None:
+    """Punctuation (as a new user types a sentence) or capitals: exit 2 with what the model has a
+    tone for, no traceback, no file."""
+    out = tmp_path / "x.wav"
+    for text in ["привет мир. как дела", "Привет"]:
+        synth = run_cli("dev", "synth", text, "--out", out)
+        assert synth.returncode == 2 and "Traceback" not in synth.stderr
+        assert "lower-case Russian letters and the space" in synth.stderr and repr(text) in synth.stderr
+        assert not out.exists()
+    stereo = run_cli("dev", "synth", "да", "--stereo-with", "нет!", "--out", out)
+    assert stereo.returncode == 2 and "'!'" in stereo.stderr and not out.exists()
+
+
 # --- the kit's real recordings (speech: the tone model's texts mean nothing) -----------------------
 
 

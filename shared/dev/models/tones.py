@@ -145,6 +145,11 @@ def synthesize(
         words: list[tuple[str, float, float]] = []
         word_start = None
         for ch in text:
+            if ch not in LABELS:
+                raise ValueError(
+                    f"the tone model has a tone only for lower-case Russian letters and the space:"
+                    f" {ch!r} in {text!r} has none (each phrase its own argument, no punctuation)"
+                )
             k = LABELS.index(ch)
             pieces.append(amplitude * fade * np.sin(2 * np.pi * symbol_frequency(k) * t))
             pieces.append(np.zeros(GAP_FRAMES * FRAME))
