@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # make install EXTRAS=gpu,dev,lm,stack,platform
 EXTRAS ?= cpu,dev,lm,stack,platform
 MODELS := .cache/test-models
-# the whole suite takes ~12 min; past this it is stuck (CI's own limit would end it with no summary)
+# the whole suite takes ~15 min; past this it is stuck (CI's own limit would end it with no summary)
 TEST_LIMIT ?= 60m
 COMPOSE ?= docker compose
 
