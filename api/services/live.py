@@ -351,7 +351,10 @@ def _keep_as_job(
     from shared.platform.sessions import session_key
 
     key = session_key(sid)
-    raw = cast("dict[bytes, bytes]", store.r.hgetall(key))
+    names = [b"job", b"job_id", b"duration", b"options"]  # not the states: hundreds of KiB a channel
+    raw = {
+        n: v for n, v in zip(names, cast("list[bytes | None]", store.r.hmget(key, names))) if v is not None
+    }
     if b"job" not in raw:
         return None
     if b"job_id" in raw:
