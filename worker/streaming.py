@@ -708,9 +708,13 @@ def commit(
     """Save the fields under the lock, drop the ``journal`` entries (from, to) a checkpoint made
     needless (to < 0: all) and extend the others."""
     fields["updated"] = str(time.time())
-    drop = f"answer:{item.seq - KEEP_ANSWERS}" if item.seq >= KEEP_ANSWERS else None
     keep = journal_seconds(settings.stream_ttl_seconds, settings.stream_chunk_timeout_seconds)
-    return store.save(item.id, token, ttl, fields, drop, journal, keep)
+    return store.save(item.id, token, ttl, fields, stale_answer(item.seq), journal, keep)
+
+
+def stale_answer(seq: int) -> str | None:
+    """The answer field that the save of chunk ``seq`` drops: only the last KEEP_ANSWERS are kept."""
+    return f"answer:{seq - KEEP_ANSWERS}" if seq >= KEEP_ANSWERS else None
 
 
 def advance(store: SessionStore, settings: Settings, work: list[Work]) -> None:
@@ -843,7 +847,6 @@ def conclude(store: SessionStore, settings: Settings, ready: list[tuple[Work, li
             rev = secrets.token_hex(8)
             fields["rev"] = rev
             fields["holder"] = "" if id(w) in shed else WORKER_ID  # its next pieces: this worker's list
-            appended = w.phrases + new  # a layout-3 session's phrases move to its list first
             if item.kind == "finalize":
                 if earlier is None:
                     raise RuntimeError("the session's phrases could not be read")
@@ -852,6 +855,7 @@ def conclude(store: SessionStore, settings: Settings, ready: list[tuple[Work, li
                 fields.update(finished="1", final=json.dumps(answer, ensure_ascii=False))
                 fields["duration"] = str(w.states[0].samples_in / SAMPLE_RATE)
             else:
+                appended = w.phrases + new  # a layout-3 session's phrases move to its list first
                 body = {"phrases": new, "state_id": item.id, "is_final": False, "seq": item.seq}
                 partial = " ".join(t for t in (open_phrase(st) for st in w.states) if t)
                 if w.text.redact:  # an open phrase cannot be redacted reliably: none is sent
@@ -859,8 +863,9 @@ def conclude(store: SessionStore, settings: Settings, ready: list[tuple[Work, li
                 answer = ok({**body, "partial": partial})
             fields[f"answer:{item.seq}"] = json.dumps(answer, ensure_ascii=False)
             fields["updated"] = str(now)
-            drop = f"answer:{item.seq - KEEP_ANSWERS}" if item.seq >= KEEP_ANSWERS else None
-            saves.append(Save(item.id, w.token, w.ttl, fields, drop, journal, keep, appended))
+            saves.append(
+                Save(item.id, w.token, w.ttl, fields, stale_answer(item.seq), journal, keep, appended)
+            )
             pending.append((w, answer, rev))
         except Exception as exc:
             log.exception("stream %s: cannot save seq %d", item.id, item.seq)

@@ -1521,15 +1521,13 @@ def long_sessions(
     import asyncio
     import json
 
-    import redis
     from websockets.asyncio.client import connect
 
     audio = speech_audio(pieces * CHUNK_SECONDS + 1, seed=1)
-    r = redis.Redis.from_url(redis_url)
     run = LongRun(sessions, [], [[] for _ in range(pieces)], 0, [])
 
     def mark(k: int) -> None:
-        run.marks.append((k, time.perf_counter(), int(r.info("stats")["total_net_input_bytes"])))
+        run.marks.append((k, time.perf_counter(), _redis_input_bytes(redis_url)))
 
     async def stream(i: int) -> None:
         try:
@@ -1558,7 +1556,6 @@ def long_sessions(
         await asyncio.gather(*(stream(i) for i in range(sessions)))
 
     asyncio.run(main())
-    r.close()
     return run
 
 

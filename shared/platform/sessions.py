@@ -621,8 +621,8 @@ class AsyncSessionStore:
 @dataclass
 class Save:
     """One session's save (:data:`_SAVE`): its ``fields``, the answer field to ``drop``, the
-    ``journal`` entries (from, to) to drop, the journal's and phrases' TTL, and the ``phrases`` the
-    piece released (appended to the session's list)."""
+    ``journal`` entries (from, to) to drop, the journal's and phrases' TTL (0: the session's
+    ``ttl``), and the ``phrases`` the piece released (appended to the session's list)."""
 
     sid: str
     token: str
@@ -893,13 +893,12 @@ class SessionStore:
         fields: dict[str, str | bytes],
         drop: str | None = None,
         journal: tuple[int, int] = (0, 0),
-        journal_ttl: int | None = None,
-        phrases: Sequence[dict[str, Any]] = (),
+        journal_ttl: int = 0,
     ) -> bool:
         """Write ``fields`` if this worker still holds the lock (and the session exists); drop the
         journal entries ``journal`` = (from, to) (to < 0: the whole journal and the phrases list),
-        extend the rest; append ``phrases`` to the session's list."""
-        save = Save(sid, token, ttl, fields, drop, journal, journal_ttl or ttl, phrases)
+        extend the rest (``journal_ttl``, 0: the session's ``ttl``)."""
+        save = Save(sid, token, ttl, fields, drop, journal, journal_ttl)
         return int(self._save(keys=save.keys(), args=save.args())) == 1
 
     def reply(self, item: Item, payload: dict[str, Any]) -> None:
