@@ -68,6 +68,22 @@ class Steps:
         rec.model.step = counted  # type: ignore[method-assign]
 
 
+class Draining:
+    """Notes when the recognizer starts waiting for the pool's last phrases (``wait_any`` with
+    ``drain``: no model work left)."""
+
+    def __init__(self, rec: Recognizer) -> None:
+        self.started = threading.Event()
+        wait_any = rec.wait_any
+
+        def noted(decodings: Any, *, drain: bool = False, timeout: float | None = None) -> None:
+            if drain:
+                self.started.set()
+            wait_any(decodings, drain=drain, timeout=timeout)
+
+        rec.wait_any = noted  # type: ignore[method-assign]
+
+
 def release_when(pool: HeldPool, done: Any, limit: float = 20.0) -> dict[str, bool]:
     """A thread that releases the pool's phrases once ``done()`` holds, or after ``limit`` seconds
     (then ``late``: the recognizer waited for the pool instead of stepping on), and from then on
@@ -118,7 +134,10 @@ def test_the_model_steps_the_next_recordings_while_a_finished_ones_phrase_decode
     pool = HeldPool(rec)
     rec.pool = pool  # type: ignore[assignment]
     steps = Steps(rec)
-    said = release_when(pool, lambda: steps.count >= every_step)
+    draining = Draining(rec)
+    # released once every step was taken and the drain began: the count rises as the last step
+    # starts, so releasing on it alone could free the phrase before the drain (a fresh-clone run failed so)
+    said = release_when(pool, lambda: steps.count >= every_step and draining.started.is_set())
     order = []
     got = {}
     for i, t in rec.transcribe_many(audios, batch=1):
