@@ -21,7 +21,8 @@ import tarfile
 import uuid
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -38,6 +39,9 @@ from shared.platform.settings import Settings
 MAX_RATIO = 200
 METADATA_CSV = "metadata.csv"
 METADATA_LIMIT = 64 * 1024 * 1024
+# files of a server folder hashed and probed at once: reading and SHA-256 release the GIL, so this
+# scales with cores (and with a disk's queue depth for a folder not in the page cache)
+SCAN_THREADS = min(8, os.cpu_count() or 1)
 
 
 @dataclass
@@ -248,44 +252,84 @@ def _probe(path: Path, settings: Settings) -> tuple[str | None, float | None]:
     return None, info.duration
 
 
+def _placed(
+    place: Callable[[Entry, str], tuple[StoredAudio, bool]], todo: tuple[Entry, str]
+) -> tuple[StoredAudio, bool] | str:
+    """``place(entry, name)``, or for a folder's file that went away or cannot be read since the
+    walk, the reason to skip it (not a 500)."""
+    entry, name = todo
+    try:
+        return place(entry, name)
+    except OSError as exc:
+        if entry.path is None:  # extracting an archive's entry: our own disk failed, not the entry
+            raise
+        return f"unreadable: {exc.strerror or exc}"
+
+
+def _placements(
+    place: Callable[[Entry, str], tuple[StoredAudio, bool]], todo: list[tuple[Entry, str]], threads: int
+) -> Generator[tuple[StoredAudio, bool] | str, None, None]:
+    """Every entry placed, in order; with ``threads`` > 1 that many at a time, ahead of the caller
+    (only for a ``place`` that stores nothing of ours: a pending one is cancelled, not undone)."""
+    one = partial(_placed, place)
+    if threads <= 1 or len(todo) <= 1:
+        yield from map(one, todo)
+        return
+    with ThreadPoolExecutor(min(threads, len(todo)), thread_name_prefix="batch-scan") as pool:
+        yield from pool.map(one, todo)
+
+
 def collect(
-    entries: list[Entry], settings: Settings, place: Callable[[Entry, str], tuple[StoredAudio, bool]]
+    entries: list[Entry],
+    settings: Settings,
+    place: Callable[[Entry, str], tuple[StoredAudio, bool]],
+    threads: int = 1,
 ) -> tuple[list[Item], list[dict[str, str]], dict[str, Any]]:
     """``(distinct recordings, skipped, metadata rows)`` of checked entries: the skip rules, the
     dedupe by content and ``metadata.csv``, shared by archives and folders. ``place(entry, name)``
-    stores or finds one file: ``(its audio, whether it is ours to remove)``. On any error every
-    file placed so far that is ours is removed."""
+    stores or finds one file: ``(its audio, whether it is ours to remove)``; with ``threads`` > 1,
+    that many files are placed (read and hashed: both release the GIL) ahead of the probe, which
+    stays in this thread (its Python would only fight the GIL). The result is the same either way:
+    skips in entry order, a duplicate's names under its first entry. On any error every file placed
+    so far that is ours is removed."""
+    skips: list[tuple[int, dict[str, str]]] = []  # (entry index, skip): reported in entry order
+    meta: dict[str, Any] = {}
+    todo: list[tuple[int, Entry, str]] = []
+    seen: set[str] = set()
+    for i, e in enumerate(entries):
+        name = clean_name(e.name)
+        if e.kind == "dir":
+            continue
+        if e.kind in ("link", "device"):
+            skips.append((i, {"name": name, "reason": f"{e.kind}: only regular files are read"}))
+            continue
+        if name == METADATA_CSV:
+            meta = _read_metadata(e)
+            continue
+        if name in seen:
+            skips.append((i, {"name": name, "reason": "duplicate_name"}))
+            continue
+        seen.add(name)
+        if PurePosixPath(name).suffix.lower() not in AUDIO_SUFFIXES:
+            skips.append((i, {"name": name, "reason": "not_audio: the extension is not an audio one"}))
+            continue
+        if e.size == 0:
+            skips.append((i, {"name": name, "reason": "empty_audio"}))
+            continue
+        todo.append((i, e, name))
     items: dict[str, Item] = {}
-    skipped: list[dict[str, str]] = []
+    placements = _placements(place, [(e, name) for _, e, name in todo], threads)
     try:
-        meta: dict[str, Any] = {}
-        seen: set[str] = set()
-        for e in entries:
-            name = clean_name(e.name)
-            if e.kind == "dir":
+        for (i, _, name), placed in zip(todo, placements, strict=True):
+            if isinstance(placed, str):
+                skips.append((i, {"name": name, "reason": placed}))
                 continue
-            if e.kind in ("link", "device"):
-                skipped.append({"name": name, "reason": f"{e.kind}: only regular files are read"})
-                continue
-            if name == METADATA_CSV:
-                meta = _read_metadata(e)
-                continue
-            if name in seen:
-                skipped.append({"name": name, "reason": "duplicate_name"})
-                continue
-            seen.add(name)
-            if PurePosixPath(name).suffix.lower() not in AUDIO_SUFFIXES:
-                skipped.append({"name": name, "reason": "not_audio: the extension is not an audio one"})
-                continue
-            if e.size == 0:
-                skipped.append({"name": name, "reason": "empty_audio"})
-                continue
-            stored, owned = place(e, name)
+            stored, owned = placed
             reason, duration = _probe(stored.path, settings)
             if reason:
                 if owned:
                     remove_quietly(stored.path)
-                skipped.append({"name": name, "reason": reason})
+                skips.append((i, {"name": name, "reason": reason}))
             elif stored.sha256 in items:
                 if owned:
                     remove_quietly(stored.path)
@@ -295,7 +339,9 @@ def collect(
     except BaseException:
         discard(list(items.values()))
         raise
-    return list(items.values()), skipped, meta
+    finally:
+        placements.close()  # a failure stops the files still queued in the pool
+    return list(items.values()), [skip for _, skip in sorted(skips, key=lambda s: s[0])], meta
 
 
 def discard(items: list[Item]) -> None:
@@ -407,10 +453,11 @@ def _hash_in_place(entry: Entry, name: str) -> tuple[StoredAudio, bool]:
 def scan_directory(
     folder: Path, settings: Settings
 ) -> tuple[list[Item], list[dict[str, str]], dict[str, Any]]:
-    """A folder's recordings, read in place (hashed and probed, not copied)."""
+    """A folder's recordings, read in place (hashed and probed, not copied), several files at a
+    time: a call center's folder is thousands of files, each read whole for the dedupe."""
     entries = directory_entries(folder, settings)
     check_entries(entries, None, settings)
-    return collect(entries, settings, _hash_in_place)
+    return collect(entries, settings, _hash_in_place, threads=SCAN_THREADS)
 
 
 # -- a JSON manifest of URLs ---------------------------------------------------------------------------

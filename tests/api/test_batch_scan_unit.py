@@ -1,0 +1,125 @@
+"""Unit tests of one module, ``api.services.batch_sources``: a server folder's files are hashed
+several at a time, with the same result as one at a time; a file gone since the walk is skipped."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from api.services import batch_sources as sources
+from api.uploads import StoredAudio
+from shared.platform.settings import Settings
+
+
+def _wav(path: Path, seconds: float, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    sf.write(path, rng.normal(0, 2000, int(seconds * 8000)).astype(np.int16), 8000, subtype="PCM_16")
+    return path.read_bytes()
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """Recordings with every kind of skip between them, in walk order: a corrupt file before a note,
+    a duplicate of an earlier recording, an empty file, a link, a subfolder, metadata.csv."""
+    calls = tmp_path / "calls"
+    (calls / "sub").mkdir(parents=True)
+    a = _wav(calls / "a.wav", 1.0, 1)
+    _wav(calls / "b.wav", 2.0, 2)
+    (calls / "c_bad.wav").write_bytes(b"RIFF" + os.urandom(300))
+    (calls / "d.txt").write_text("a note")
+    (calls / "e_copy.wav").write_bytes(a)
+    (calls / "f_empty.wav").write_bytes(b"")
+    os.symlink(calls / "b.wav", calls / "g_link.wav")
+    _wav(calls / "sub" / "h.wav", 0.5, 3)
+    (calls / "sub" / "i_copy.wav").write_bytes(a)
+    (calls / "metadata.csv").write_text("path,agent\na.wav,ivan\n")
+    return calls
+
+
+def _scan(
+    folder: Path, threads: int
+) -> tuple[list[tuple[str, list[str], float | None]], list[dict[str, str]], dict]:
+    entries = sources.directory_entries(folder, Settings())
+    items, skipped, meta = sources.collect(entries, Settings(), sources._hash_in_place, threads=threads)
+    return [(i.name, i.names, i.duration) for i in items], skipped, meta
+
+
+def test_a_folder_scanned_several_files_at_a_time_gives_what_one_at_a_time_gives(folder: Path) -> None:
+    one = _scan(folder, 1)
+    items, skipped, meta = one
+    assert [(name, names) for name, names, _ in items] == [
+        ("a.wav", ["a.wav", "e_copy.wav", "sub/i_copy.wav"]),
+        ("b.wav", ["b.wav"]),
+        ("sub/h.wav", ["sub/h.wav"]),
+    ]
+    assert [d for _, _, d in items] == pytest.approx([1.0, 2.0, 0.5])
+    # skips in entry order, whichever check found them (the probe's among the cheap ones)
+    assert [(s["name"], s["reason"].split(":")[0]) for s in skipped] == [
+        ("c_bad.wav", "unsupported_format"),
+        ("d.txt", "not_audio"),
+        ("f_empty.wav", "empty_audio"),
+        ("g_link.wav", "link"),
+    ]
+    assert meta == {"a.wav": {"path": "a.wav", "agent": "ivan"}}
+    for threads in (2, 4, 8):
+        assert _scan(folder, threads) == one
+
+
+def test_the_files_are_read_and_hashed_in_parallel(folder: Path) -> None:
+    """Two placements must be under way at once, or the barrier breaks."""
+    both = threading.Barrier(2, timeout=5)
+    seen: set[str] = set()
+
+    def place(entry: sources.Entry, name: str) -> tuple[StoredAudio, bool]:
+        if name in ("a.wav", "b.wav"):
+            both.wait()
+        seen.add(threading.current_thread().name)
+        return sources._hash_in_place(entry, name)
+
+    entries = sources.directory_entries(folder, Settings())
+    items, _, _ = sources.collect(entries, Settings(), place, threads=2)
+    assert len(items) == 3
+    assert all(name.startswith("batch-scan") for name in seen)
+    with pytest.raises(threading.BrokenBarrierError):  # one at a time: the first waits alone
+        both.reset()
+        one = threading.Barrier(2, timeout=0.5)
+        sources.collect(
+            entries, Settings(), lambda e, n: (one.wait(), sources._hash_in_place(e, n))[1], threads=1
+        )
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_a_file_gone_since_the_walk_is_skipped_not_a_failure(folder: Path, threads: int) -> None:
+    entries = sources.directory_entries(folder, Settings())
+    (folder / "b.wav").unlink()
+    items, skipped, _ = sources.collect(entries, Settings(), sources._hash_in_place, threads=threads)
+    assert [i.name for i in items] == ["a.wav", "sub/h.wav"]
+    gone = [s for s in skipped if s["name"] == "b.wav"]
+    assert gone and gone[0]["reason"].startswith("unreadable: "), skipped
+
+
+def test_an_archive_whose_extraction_fails_leaves_none_of_its_files(tmp_path: Path, folder: Path) -> None:
+    """A place that stores files of ours (an archive's entries): on a failure midway every file it
+    stored is removed, and the error is the place's own."""
+    stored: list[Path] = []
+
+    def place(entry: sources.Entry, name: str) -> tuple[StoredAudio, bool]:
+        if len(stored) == 2:
+            raise OSError(28, "No space left on device")
+        dest = tmp_path / f"copy-{len(stored)}.wav"
+        dest.write_bytes(entry.open().read())
+        stored.append(dest)
+        return StoredAudio(dest, dest.stat().st_size, str(len(stored))), True
+
+    entries = [
+        sources.Entry(e.name, e.size, None, e.kind, e.open)  # not a folder's: no path
+        for e in sources.directory_entries(folder, Settings())
+    ]
+    with pytest.raises(OSError, match="No space"):
+        sources.collect(entries, Settings(), place)
+    assert len(stored) == 2 and not any(p.exists() for p in stored)
