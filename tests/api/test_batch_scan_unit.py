@@ -85,12 +85,14 @@ def test_the_files_are_read_and_hashed_in_parallel(folder: Path) -> None:
     items, _, _ = sources.collect(entries, Settings(), place, threads=2)
     assert len(items) == 3
     assert all(name.startswith("batch-scan") for name in seen)
+    one = threading.Barrier(2, timeout=0.5)
+
+    def alone(entry: sources.Entry, name: str) -> tuple[StoredAudio, bool]:
+        one.wait()
+        return sources._hash_in_place(entry, name)
+
     with pytest.raises(threading.BrokenBarrierError):  # one at a time: the first waits alone
-        both.reset()
-        one = threading.Barrier(2, timeout=0.5)
-        sources.collect(
-            entries, Settings(), lambda e, n: (one.wait(), sources._hash_in_place(e, n))[1], threads=1
-        )
+        sources.collect(entries, Settings(), alone, threads=1)
 
 
 @pytest.mark.parametrize("threads", [1, 4])
