@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import os
@@ -31,6 +32,7 @@ from api.routes import (
 )
 from api.routes.health import NAME, version
 from api.routes.metrics import HttpMetricsMiddleware
+from api.services import batch_intake
 from api.uploads import BodyLimitMiddleware
 from shared.platform import logs
 from shared.platform.settings import get_settings
@@ -71,7 +73,11 @@ def warm_up() -> None:
 @contextlib.asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     await run_in_threadpool(warm_up)
-    yield
+    sweeps = asyncio.create_task(batch_intake.sweeps(get_settings()))
+    try:
+        yield
+    finally:
+        sweeps.cancel()
 
 
 def create_app() -> FastAPI:

@@ -73,6 +73,7 @@ const RU = {
   "Checking…": "Проверка…",
   // statuses and common words
   Queued: "В очереди",
+  "Reading the folder": "Читается папка",
   Processing: "Обрабатывается",
   Completed: "Готово",
   Failed: "Ошибка",

@@ -34,12 +34,13 @@ from api.schemas import (
     validated_options,
 )
 from api.services import batch_analytics as analytics_svc
+from api.services import batch_intake as intake
 from api.services import batch_results as results_svc
 from api.services import batch_sources as sources
 from api.services import batches as svc
 from api.services import jobs as jobs_svc
 from api.uploads import remove_quietly, save_stream
-from shared.db.models import Batch, Job
+from shared.db.models import Batch
 from shared.platform.batch_state import load_view
 from shared.platform.settings import Settings
 from shared.text.options import OPTION_NAMES
@@ -122,10 +123,10 @@ def _archive_batch(
         stored = save_stream(upload.file, archive, settings.max_upload_bytes)
         sub = svc.Submission("archive", options, svc.request_digest("archive", options, stored.sha256), key)
 
-        def build(batch_id: uuid.UUID) -> tuple[list[Job], list[dict[str, str]], int, list[sources.Item]]:
+        def build(batch_id: uuid.UUID) -> svc.Built:
             items, skipped, meta = sources.extract(archive, settings)
             jobs = svc.file_jobs(caller, batch_id, items, meta, sub, settings)
-            return jobs, skipped, sum(len(i.names) for i in items), items
+            return svc.Built(jobs, skipped, sum(len(i.names) for i in items), items)
 
         return svc.create_batch(db, caller, sub, build, settings)
     finally:
@@ -139,9 +140,9 @@ def _manifest_batch(
     content = [i.model_dump() for i in body.items or []]
     sub = svc.Submission("manifest", options, svc.request_digest("manifest", options, content), key)
 
-    def build(batch_id: uuid.UUID) -> tuple[list[Job], list[dict[str, str]], int, list[sources.Item]]:
+    def build(batch_id: uuid.UUID) -> svc.Built:
         checked = sources.check_manifest(body, settings)
-        return svc.url_jobs(caller, batch_id, checked, sub, settings), [], len(checked), []
+        return svc.Built(svc.url_jobs(caller, batch_id, checked, sub, settings), [], len(checked), [])
 
     return svc.create_batch(db, caller, sub, build, settings)
 
@@ -153,11 +154,14 @@ def _directory_batch(
     relative = str(PurePosixPath(sources.clean_name(body.directory or "")))
     sub = svc.Submission("directory", options, svc.request_digest("directory", options, relative), key)
 
-    def build(batch_id: uuid.UUID) -> tuple[list[Job], list[dict[str, str]], int, list[sources.Item]]:
+    def build(batch_id: uuid.UUID) -> svc.Built:
         folder = sources.resolve_directory(body.directory or "", settings)
-        items, skipped, meta = sources.scan_directory(folder, settings)
+        entries = sources.list_directory(folder, settings)
+        if intake.audio_files(entries) > settings.batch_inline_files:  # read in the background
+            return svc.Built([], [], 0, [], preparing=relative)
+        items, skipped, meta = sources.scan_directory(entries, settings)
         jobs = svc.file_jobs(caller, batch_id, items, meta, sub, settings)
-        return jobs, skipped, sum(len(i.names) for i in items), items
+        return svc.Built(jobs, skipped, sum(len(i.names) for i in items), items)
 
     return svc.create_batch(db, caller, sub, build, settings)
 
@@ -207,7 +211,10 @@ async def submit_batch(
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
-    return await run_in_threadpool(svc.view, db, batch)
+    view = await run_in_threadpool(svc.view, db, batch)
+    if created and batch.status == "preparing" and batch.prepared_beat_at is not None:
+        intake.submit(batch.id, batch.prepared_beat_at, settings)  # after the view: it shows preparing
+    return view
 
 
 @router.get("", response_model=BatchList, summary="The tenant's batches, newest first", responses=ERRORS)

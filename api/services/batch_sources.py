@@ -450,13 +450,18 @@ def _hash_in_place(entry: Entry, name: str) -> tuple[StoredAudio, bool]:
     return StoredAudio(entry.path, size, digest.hexdigest()), False
 
 
-def scan_directory(
-    folder: Path, settings: Settings
-) -> tuple[list[Item], list[dict[str, str]], dict[str, Any]]:
-    """A folder's recordings, read in place (hashed and probed, not copied), several files at a
-    time: a call center's folder is thousands of files, each read whole for the dedupe."""
+def list_directory(folder: Path, settings: Settings) -> list[Entry]:
+    """A folder's entries, its limits checked (413 ``too_many_entries``, ``archive_too_large``)."""
     entries = directory_entries(folder, settings)
     check_entries(entries, None, settings)
+    return entries
+
+
+def scan_directory(
+    entries: list[Entry], settings: Settings
+) -> tuple[list[Item], list[dict[str, str]], dict[str, Any]]:
+    """A listed folder's recordings, read in place (hashed and probed, not copied), several files
+    at a time: a call center's folder is thousands of files, each read whole for the dedupe."""
     return collect(entries, settings, _hash_in_place, threads=SCAN_THREADS)
 
 

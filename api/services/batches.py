@@ -81,6 +81,12 @@ class Submission:
     idempotency_key: str | None
 
 
+def options_of(batch: Batch) -> BatchOptions:
+    """The options a batch was submitted with, from its row (for jobs made after the request)."""
+    stored = {k: v for k, v in batch.options.items() if k != "directory"}
+    return BatchOptions.model_validate({**stored, "name": batch.name, "webhook_url": batch.webhook_url})
+
+
 def _job_options(options: BatchOptions, **extra: Any) -> JobOptions:
     return JobOptions(
         channels=options.channels,
@@ -137,37 +143,60 @@ def url_jobs(
     return jobs
 
 
+@dataclass
+class Built:
+    """What a batch request's ``build`` made: the job rows, the skipped entries, how many names they
+    hold, and the files to remove if the batch is not created; or, with ``preparing`` (a folder
+    relative to the batch root, too large to read in the request), nothing yet: the batch is
+    created empty in status ``preparing`` for :mod:`api.services.batch_intake`."""
+
+    jobs: list[Job]
+    skipped: list[dict[str, str]]
+    items: int
+    files: list[Item]
+    preparing: str | None = None
+
+
 def create_batch(
     db: Session,
     caller: Caller,
     sub: Submission,
-    build: Callable[[uuid.UUID], tuple[list[Job], list[dict[str, str]], int, list[Item]]],
+    build: Callable[[uuid.UUID], Built],
     settings: Settings,
 ) -> tuple[Batch, bool]:
     """Insert the batch and its jobs in one transaction, commit, enqueue; ``(batch, created)``.
 
-    ``build(batch_id)`` makes the job rows (extracting, scanning or checking URLs):
-    ``(jobs, skipped, items, files to remove if the batch is not created)``. With an
-    Idempotency-Key already used for the same request, the earlier batch comes back instead."""
+    ``build(batch_id)`` makes the job rows (extracting, scanning or checking URLs), or says the
+    batch is a folder too large to read in the request (:class:`Built`). With an Idempotency-Key
+    already used for the same request, the earlier batch comes back instead."""
     existing = idempotent_match(db, caller, sub.idempotency_key, sub.digest, settings)
     if existing is not None:
         db.commit()
         return existing, False
     batch_id = uuid.uuid4()
-    jobs, skipped, items, files = build(batch_id)
+    built = build(batch_id)
+    jobs, skipped, items, files, preparing = (
+        built.jobs,
+        built.skipped,
+        built.items,
+        built.files,
+        built.preparing,
+    )
     batch = Batch(
         id=batch_id,
         tenant_id=caller.tenant_id,
         name=sub.options.name,
         source=sub.source,
-        status="queued",
+        status="queued" if preparing is None else "preparing",
         options={
             "channels": sub.options.channels,
             "decoder": sub.options.decoder,
             "priority": sub.options.priority,
             "item_webhooks": sub.options.item_webhooks,
             **sub.options.text_options().to_dict(),
+            **({} if preparing is None else {"directory": preparing}),
         },
+        prepared_beat_at=None if preparing is None else datetime.now(timezone.utc),
         skipped=skipped,
         items=items,
         webhook_url=sub.options.webhook_url,
@@ -277,6 +306,9 @@ def delete_batch(db: Session, batch: Batch, settings: Settings) -> int:
     """Remove the batch and all of it: its jobs, transcripts, webhook deliveries and the audio the
     platform stored (a server folder's files are the customer's and stay). Running jobs lose their
     rows, so their workers stop at the next heartbeat and write nothing. Returns the jobs removed."""
+    # the row first: a folder still being read (preparing) adds its jobs under this lock, so none
+    # can be added between the DELETE of the jobs and the batch's
+    db.execute(select(Batch.id).where(Batch.id == batch.id).with_for_update())
     jobs = db.execute(select(Job.id, Job.audio_path).where(Job.batch_id == batch.id)).all()
     db.execute(delete(Job).where(Job.batch_id == batch.id))
     db.execute(delete(Batch).where(Batch.id == batch.id))

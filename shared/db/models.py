@@ -113,8 +113,11 @@ class Batch(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     name: Mapped[str | None] = mapped_column(String(500))
     source: Mapped[str] = mapped_column(String(20))  # archive | manifest | directory
-    status: Mapped[str] = mapped_column(String(20), default="queued")  # final: completed | cancelled
-    options: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)  # channels, decoder, priority
+    # preparing (a large server folder still being read in the background) | queued; final:
+    # completed | cancelled (the view derives processing from the jobs)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    # channels, decoder, priority, ...; a folder batch's "directory" (relative to TONE_BATCH_ROOT)
+    options: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     skipped: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)  # [{name, reason}]
     items: Mapped[int] = mapped_column(Integer, default=0)  # names (a job may hold several)
     webhook_url: Mapped[str | None] = mapped_column(Text)
@@ -123,6 +126,9 @@ class Batch(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # while preparing: when whoever reads the folder last showed it is alive (a stale one is taken
+    # over: api.services.batch_intake)
+    prepared_beat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Job(Base):

@@ -6,9 +6,10 @@ framework or queue imports here.
 Counts are aggregates (``GROUP BY status``), never a load of every job, so a 10 000-recording batch
 is as cheap to poll as a small one. A batch is finished by :func:`finish_batch`: one ``UPDATE ...
 WHERE finished_at IS NULL AND NOT EXISTS (an open job of it) RETURNING``, run after the transaction
-that made a job final has committed. Whoever's UPDATE returns the row sends the batch's one final
-event; the others get nothing back. Two workers ending the batch's last two jobs at once both run
-it after their commits, so the later one sees both jobs final, and the row lock lets only one win.
+that made a job final has committed (never while the batch is still ``preparing``: its folder is
+still being read). Whoever's UPDATE returns the row sends the batch's one final event; the others
+get nothing back. Two workers ending the batch's last two jobs at once both run it after their
+commits, so the later one sees both jobs final, and the row lock lets only one win.
 """
 
 from __future__ import annotations
@@ -86,11 +87,14 @@ def batch_stats(session: Session, batch_ids: Iterable[uuid.UUID]) -> dict[uuid.U
 
 
 def view_status(batch: Batch, st: Stats) -> str:
-    """queued | processing | completed | cancelled (cancelled as soon as a cancel was asked for)."""
+    """preparing | queued | processing | completed | cancelled (cancelled as soon as a cancel was
+    asked for; preparing while a large folder is still being read, its first jobs maybe running)."""
     if batch.finished_at is not None:
         return batch.status
     if batch.cancel_requested_at is not None:
         return "cancelled"
+    if batch.status == "preparing":
+        return "preparing"
     if not any(st.counts.get(s, 0) for s in OPEN_STATUSES):
         return "completed"
     started = st.counts.get("processing", 0) or any(st.counts.get(s, 0) for s in FINAL_STATUSES)
@@ -121,7 +125,7 @@ def batch_view(batch: Batch, st: Stats, now: datetime | None = None) -> dict[str
         "counts": st.counts,
         "audio_seconds_done": done,
         "audio_seconds_left": left,
-        "progress": (jobs - open_jobs) / jobs if jobs else 1.0,
+        "progress": (jobs - open_jobs) / jobs if jobs else (0.0 if batch.status == "preparing" else 1.0),
         "eta_seconds": eta,
         "skipped": batch.skipped or [],
         "webhook_url": batch.webhook_url,
@@ -150,7 +154,7 @@ def _finish(session: Session, where: Any) -> list[Finished]:
     open_job = exists().where(and_(Job.batch_id == Batch.id, Job.status.in_(OPEN_STATUSES)))
     stmt = (
         update(Batch)
-        .where(Batch.finished_at.is_(None), ~open_job, where)
+        .where(Batch.finished_at.is_(None), Batch.status != "preparing", ~open_job, where)
         .values(
             finished_at=func.now(),
             status=case((Batch.cancel_requested_at.is_not(None), "cancelled"), else_="completed"),

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     batch_max_entries: int = 10000  # entries in one batch archive
     batch_max_total_bytes: int = 20 * 1024**3  # uncompressed bytes of one batch archive
     batch_root: Path | None = None  # TONE_BATCH_ROOT: server folder whose subfolders batches may read
+    # a folder with more audio files is read in the background (the batch answers 202 "preparing")
+    batch_inline_files: int = 200
+    batch_intake_chunk: int = 32  # files of such a folder per transaction (their jobs start at once)
+    batch_intake_stale_seconds: float = 60.0  # a reader silent this long is taken over
     sync_timeout_seconds: float = 600.0  # /transcribe and /v1/audio/transcriptions wait this long
 
     # logs

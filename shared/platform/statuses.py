@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 JobStatus = Literal["queued", "processing", "completed", "failed", "cancelled"]
-BatchStatus = Literal["queued", "processing", "completed", "cancelled"]
+BatchStatus = Literal["preparing", "queued", "processing", "completed", "cancelled"]
 
 JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 BATCH_STATUSES: tuple[str, ...] = get_args(BatchStatus)

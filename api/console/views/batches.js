@@ -12,7 +12,7 @@ import { badge, clear, confirmDialog, errorBox, h, keepFocus, poller, progressBa
 import { t } from "../i18n.js";
 
 const STATUSES = ["queued", "processing", "completed", "failed", "cancelled"];
-const BATCH_STATUS = { queued: "Queued", processing: "Processing", completed: "Completed", cancelled: "Cancelled" };
+const BATCH_STATUS = { preparing: "Reading the folder", queued: "Queued", processing: "Processing", completed: "Completed", cancelled: "Cancelled" };
 
 export function render(root, params, ctx) {
   return params.mode === "detail" ? renderDetail(root, params.id, ctx) : renderList(root, ctx);
@@ -23,7 +23,7 @@ function batchName(batch) {
 }
 
 function isOpenBatch(batch) {
-  return batch.status === "queued" || batch.status === "processing";
+  return batch.status === "preparing" || batch.status === "queued" || batch.status === "processing";
 }
 
 function batchBadge(status) {

@@ -1,0 +1,188 @@
+"""A large server folder read in the background (``api.services.batch_intake``), against the real
+stack: the answer comes at once in status ``preparing``, the result is the folder read in the
+request's, a reader that died is taken over without a file read twice, a cancel or a DELETE while
+preparing stops it, and a reader whose batch was taken over writes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from api.services import batch_intake
+from shared.db.models import ApiKey, Batch, Job
+from shared.db.session import session_scope
+from shared.platform.keys import key_prefix
+from shared.platform.settings import Settings
+from tests.api.test_api import auth
+from tests.api.test_batch_sources import audio, batch_root, offline, post_json, wait_batch  # noqa: F401
+from tests.conftest import Proc, make_key, start_api
+
+STALE = 2.0  # the test API takes a silent reader's batch over after this (its sweep: every 1 s)
+OPTIONS = {
+    "channels": "split",
+    "decoder": "auto",
+    "priority": 2,
+    "item_webhooks": False,
+    "directory": "calls",
+}
+
+
+@pytest.fixture(scope="module")
+def reading_api(platform_env: dict[str, str], logs: Path, batch_root: Path) -> Iterator[Proc]:  # noqa: F811
+    """An API that reads any folder of more than one recording in the background, one file per
+    transaction (so a copy is found in a later chunk than its original)."""
+    env = {
+        **platform_env,
+        "TONE_BATCH_ROOT": str(batch_root),
+        "TONE_BATCH_INLINE_FILES": "1",
+        "TONE_BATCH_INTAKE_CHUNK": "1",
+        "TONE_BATCH_INTAKE_STALE_SECONDS": str(STALE),
+    }
+    proc = start_api(env, logs, "api-batch-reading")
+    yield proc
+    proc.stop()
+
+
+def _tenant(servers: dict[str, str], key: str) -> uuid.UUID:
+    with session_scope(servers["DATABASE_URL"]) as s:
+        tenant = s.scalar(select(ApiKey.tenant_id).where(ApiKey.prefix == key_prefix(key)))
+        assert tenant is not None
+        return tenant
+
+
+def _preparing(servers: dict[str, str], key: str, beat: datetime | None, **values: Any) -> uuid.UUID:
+    """A preparing batch of ``calls/`` as a request would have left it, its reader's beat ``beat``."""
+    batch_id = uuid.uuid4()
+    with session_scope(servers["DATABASE_URL"]) as s:
+        s.add(
+            Batch(
+                id=batch_id,
+                tenant_id=_tenant(servers, key),
+                source="directory",
+                status="preparing",
+                options=dict(OPTIONS),
+                skipped=[],
+                items=values.pop("items", 0),
+                prepared_beat_at=beat,
+                **values,
+            )
+        )
+    return batch_id
+
+
+def _jobs(servers: dict[str, str], batch_id: uuid.UUID | str) -> dict[str, list[str]]:
+    """The batch's jobs: their first name -> every name they hold."""
+    with session_scope(servers["DATABASE_URL"]) as s:
+        rows = s.scalars(select(Job).where(Job.batch_id == uuid.UUID(str(batch_id)))).all()
+        return {r.options["batch_name"]: r.options["batch_names"] for r in rows}
+
+
+def test_a_large_folder_answers_at_once_and_reads_as_the_request_would(
+    reading_api: Proc,
+    worker: Proc,
+    servers: dict[str, str],
+    offline: dict[str, Any],  # noqa: F811
+) -> None:
+    key = make_key(servers, f"reading-{uuid.uuid4().hex[:6]}")
+    got = post_json(reading_api.url, key, {"directory": "calls", "name": "all of May"})
+    assert got.status_code == 202, got.text
+    body = got.json()
+    assert (body["status"], body["jobs"], body["items"], body["progress"]) == ("preparing", 0, 0, 0.0)
+    assert body["finished_at"] is None
+    view = wait_batch(reading_api.url, key, body["id"])
+    assert (view["status"], view["items"], view["jobs"]) == ("completed", 3, 2), view
+    assert view["counts"]["completed"] == 2
+    assert sorted(s["name"] for s in view["skipped"]) == ["link.wav", "notes.txt"]
+    # copy.wav was read in a later transaction than a.wav: one more name of a.wav's job
+    assert _jobs(servers, body["id"]) == {"a.wav": ["a.wav", "copy.wav"], "sub/b.wav": ["sub/b.wav"]}
+    lines = httpx.get(f"{reading_api.url}/v1/batches/{body['id']}/results", headers=auth(key)).text
+    by_name = {r["name"]: r for r in map(json.loads, lines.splitlines())}
+    assert sorted(by_name) == ["a.wav", "copy.wav", "sub/b.wav"]
+    assert by_name["a.wav"]["phrases"] == offline["a.wav"] == by_name["copy.wav"]["phrases"]
+    assert by_name["sub/b.wav"]["phrases"] == offline["b.wav"]
+    assert by_name["sub/b.wav"]["metadata"] == {"path": "sub/b.wav", "agent": "olga"}
+    assert by_name["a.wav"]["metadata"] == {"path": "a.wav", "agent": "ivan"}
+
+
+def test_a_batch_whose_reader_died_is_taken_over_and_no_file_is_read_twice(
+    reading_api: Proc,
+    worker: Proc,
+    servers: dict[str, str],
+    batch_root: Path,  # noqa: F811
+) -> None:
+    """The reader stopped (its API process died) after a.wav: the sweep takes the batch over, adds
+    copy.wav to a.wav's job, reads sub/b.wav, and the batch ends."""
+    key = make_key(servers, f"takeover-{uuid.uuid4().hex[:6]}")
+    long_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    batch_id = _preparing(servers, key, long_ago, items=1)
+    a = batch_root / "calls" / "a.wav"
+    with session_scope(servers["DATABASE_URL"]) as s:
+        s.add(
+            Job(
+                tenant_id=_tenant(servers, key),
+                batch_id=batch_id,
+                status="completed",
+                options={"channels": "split", "batch_name": "a.wav", "batch_names": ["a.wav"]},
+                source="directory",
+                sha256=hashlib.sha256(a.read_bytes()).hexdigest(),
+                audio_path=str(a),
+                finished_at=datetime.now(timezone.utc),
+            )
+        )
+    view = wait_batch(reading_api.url, key, str(batch_id), timeout=60)
+    assert (view["status"], view["items"], view["jobs"]) == ("completed", 3, 2), view
+    assert _jobs(servers, batch_id) == {"a.wav": ["a.wav", "copy.wav"], "sub/b.wav": ["sub/b.wav"]}
+    assert sorted(s["name"] for s in view["skipped"]) == ["link.wav", "notes.txt"]
+    assert f"batch {batch_id}: its folder's reader stopped" in reading_api.log.read_text()
+
+
+def test_a_cancel_while_preparing_ends_the_batch_with_no_job(
+    reading_api: Proc, servers: dict[str, str]
+) -> None:
+    """A reader is alive elsewhere (a fresh beat) when the cancel comes; it never returns, so the
+    sweep takes the batch over once the beat is stale, sees the cancel and ends it."""
+    key = make_key(servers, f"cancel-{uuid.uuid4().hex[:6]}")
+    batch_id = _preparing(servers, key, datetime.now(timezone.utc))
+    answer = httpx.post(f"{reading_api.url}/v1/batches/{batch_id}/cancel", headers=auth(key), timeout=10)
+    assert answer.status_code == 200, answer.text
+    view = httpx.get(f"{reading_api.url}/v1/batches/{batch_id}", headers=auth(key), timeout=10).json()
+    assert view["status"] == "cancelled" and view["finished_at"] is None  # ends when reading stops
+    view = wait_batch(reading_api.url, key, str(batch_id), timeout=30)
+    assert view["finished_at"] is not None and view["status"] == "cancelled", view
+    assert view["jobs"] == 0 and _jobs(servers, batch_id) == {}
+
+
+def test_a_reader_whose_batch_was_taken_over_or_deleted_writes_nothing(
+    reading_api: Proc,
+    servers: dict[str, str],
+    batch_root: Path,  # noqa: F811
+) -> None:
+    settings = Settings(database_url=servers["DATABASE_URL"], batch_root=batch_root, batch_intake_chunk=1)
+    key = make_key(servers, f"stale-{uuid.uuid4().hex[:6]}")
+    now = datetime.now(timezone.utc)
+    batch_id = _preparing(servers, key, now)
+    batch_intake.prepare(batch_id, now - timedelta(seconds=5), settings)  # not its beat: taken over
+    with session_scope(servers["DATABASE_URL"]) as s:
+        row = s.get(Batch, batch_id)
+        assert row is not None and (row.status, row.prepared_beat_at, row.items) == ("preparing", now, 0)
+    assert _jobs(servers, batch_id) == {}
+
+    assert (
+        httpx.delete(f"{reading_api.url}/v1/batches/{batch_id}", headers=auth(key), timeout=10).status_code
+        == 204
+    )
+    with session_scope(servers["DATABASE_URL"]) as s:
+        before = s.scalar(select(func.count()).select_from(Job))
+    batch_intake.prepare(batch_id, now, settings)  # its own beat, but the batch is gone
+    with session_scope(servers["DATABASE_URL"]) as s:
+        assert s.get(Batch, batch_id) is None
+        assert s.scalar(select(func.count()).select_from(Job)) == before
