@@ -4,7 +4,7 @@ list batches, watch one, list its items, cancel it, get its results (jsonl, csv 
 from __future__ import annotations
 
 import uuid
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -119,18 +119,31 @@ def _archive_batch(
     key: str | None,
 ) -> tuple[Batch, bool]:
     archive = settings.audio_path / "batches" / f"{uuid.uuid4()}.upload"
+    kept: Path | None = None  # a large archive, kept for its reader
     try:
         stored = save_stream(upload.file, archive, settings.max_upload_bytes)
         sub = svc.Submission("archive", options, svc.request_digest("archive", options, stored.sha256), key)
 
         def build(batch_id: uuid.UUID) -> svc.Built:
-            items, skipped, meta = sources.extract(archive, settings)
+            nonlocal kept
+            handle, entries = sources.list_archive(archive, settings)
+            if intake.audio_files(entries) > settings.batch_inline_files:  # read in the background
+                handle.close()
+                kept = archive.with_name(f"{batch_id}.archive")
+                archive.rename(kept)
+                return svc.Built([], [], 0, [], preparing={"archive": str(kept)})
+            items, skipped, meta = sources.extract(handle, entries, settings)
             jobs = svc.file_jobs(caller, batch_id, items, meta, sub, settings)
             return svc.Built(jobs, skipped, sum(len(i.names) for i in items), items)
 
-        return svc.create_batch(db, caller, sub, build, settings)
+        batch, created = svc.create_batch(db, caller, sub, build, settings)
+        if created and batch.status == "preparing":
+            kept = None  # its reader's now: removed when the batch is read, cancelled or deleted
+        return batch, created
     finally:
         remove_quietly(archive)
+        if kept is not None:
+            remove_quietly(kept)
 
 
 def _manifest_batch(
@@ -158,7 +171,7 @@ def _directory_batch(
         folder = sources.resolve_directory(body.directory or "", settings)
         entries = sources.list_directory(folder, settings)
         if intake.audio_files(entries) > settings.batch_inline_files:  # read in the background
-            return svc.Built([], [], 0, [], preparing=relative)
+            return svc.Built([], [], 0, [], preparing={"directory": relative})
         items, skipped, meta = sources.scan_directory(entries, settings)
         jobs = svc.file_jobs(caller, batch_id, items, meta, sub, settings)
         return svc.Built(jobs, skipped, sum(len(i.names) for i in items), items)

@@ -1,22 +1,26 @@
-"""A large server folder, read in the background: ``POST /v1/batches {"directory"}`` answers at once.
+"""A large batch read in the background: ``POST /v1/batches`` of a big folder or archive answers at once.
 
-A call center's folder is thousands of calls, and each file is read whole for the dedupe's SHA-256
-and probed; in the request that held it a minute or more (past a proxy's timeout). A folder with
-more audio files than ``TONE_BATCH_INLINE_FILES`` (200) is therefore only listed in the request (its
-limits and path checked, so refusals stay 4xx); the batch is created empty in status ``preparing``
-and answered 202. Then, on a thread of the API process, the folder is read
-``TONE_BATCH_INTAKE_CHUNK`` files at a time (32): each chunk's jobs are committed and queued at
-once, so the workers transcribe the first calls while the rest are still being read. When every
-file is read, the batch becomes ``queued`` and ends, as any batch, when its last job does (never
-while it is preparing).
+A call center's folder or archive is thousands of calls, and each is read whole for the dedupe's
+SHA-256 (an archive's also written out) and probed; in the request that held it a minute or more
+(past a proxy's timeout). A server folder or an uploaded archive with more audio files than
+``TONE_BATCH_INLINE_FILES`` (200) is therefore only listed in the request (its limits and paths
+checked, so refusals stay 4xx; an archive is kept on disk as ``<batch id>.archive``); the batch is
+created empty in status ``preparing`` and answered 202. Then, on a thread of the API process, the
+entries are read ``TONE_BATCH_INTAKE_CHUNK`` at a time (32): each chunk's jobs are committed and
+queued at once, so the workers transcribe the first calls while the rest are still being read. An
+entry the request would have refused the whole batch for (an archive entry holding more than it
+declares, a folder file that grew since the walk) is one skipped item with that reason. When every
+entry is read, the batch becomes ``queued`` (the kept archive is removed) and ends, as any batch,
+when its last job does (never while it is preparing).
 
 Nothing is lost if the API process dies: ``prepared_beat_at`` is renewed with every chunk, and is
 the reader's token: every chunk's UPDATE of the batch row requires the value the reader last wrote.
 A batch whose beat is older than ``TONE_BATCH_INTAKE_STALE_SECONDS`` (60) is taken over by any API
-process's sweep (every half of that), which skips the files that already have a job or a skip; a
-reader whose token was taken stops at its next chunk. A cancel stops the reading at the next chunk
-(a chunk in flight is not committed: its UPDATE sees the cancel under the row's lock); a DELETE
-locks the row first.
+process's sweep (every half of that), which skips the entries that already have a job or a skip
+(the audio directory, where an archive is kept, is shared by the API processes as by the workers);
+a reader whose token was taken stops at its next chunk. A cancel stops the reading at the next chunk
+(a chunk in flight is not committed, its extracted files removed: its UPDATE sees the cancel under
+the row's lock); a DELETE locks the row first and removes the kept archive.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ import contextvars
 import logging
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ARRAY, Text, func, literal, select, true, update
@@ -40,6 +46,7 @@ from api.errors import ApiError
 from api.services import batch_sources as sources
 from api.services import batches as batch_svc
 from api.services import jobs as svc
+from api.uploads import StoredAudio, remove_quietly
 from shared.db.models import Batch, Job
 from shared.db.session import sessionmaker_for
 from shared.platform.settings import Settings
@@ -125,82 +132,176 @@ def _read_so_far(db: Session, batch: Batch) -> tuple[set[str], dict[str, uuid.UU
     return done, by_hash
 
 
+@dataclass
+class _Source:
+    """Where a preparing batch's recordings are: its folder, or its uploaded archive kept on disk."""
+
+    name: str  # for logs and a whole-source skip: the folder's relative path, or "archive"
+    entries: list[sources.Entry]
+    place: Callable[[sources.Entry, str], tuple[StoredAudio, bool]]
+    threads: int
+    archive: Path | None = None
+    handle: Any = None
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+def _open(batch: Batch, settings: Settings) -> _Source:
+    """The batch's source, listed and checked again (ApiError if it can no longer be read)."""
+    if "archive" in batch.options:
+        archive = Path(str(batch.options["archive"]))
+        if not archive.is_file():
+            raise ApiError(410, "archive_gone", "the uploaded archive is no longer on the server")
+        handle, entries = sources.list_archive(archive, settings)
+        return _Source("archive", entries, sources.extracted(settings), 1, archive, handle)
+    directory = str(batch.options.get("directory", ""))
+    entries = sources.list_directory(sources.resolve_directory(directory, settings), settings)
+    return _Source(directory, entries, sources._hash_in_place, sources.SCAN_THREADS)
+
+
+def _read(
+    chunk: list[sources.Entry], source: _Source, settings: Settings
+) -> tuple[list[sources.Item], list[dict[str, str]]]:
+    """One chunk's recordings (deduped within it) and skips. An entry the request would have
+    refused the whole batch for (an archive entry that holds more than it declares, a folder file
+    that grew) is one skipped item here, with that reason: its neighbours are read."""
+    try:
+        items, skipped, _ = sources.collect(chunk, settings, source.place, threads=source.threads)
+        return items, skipped
+    except ApiError:
+        pass
+    by_hash: dict[str, sources.Item] = {}
+    skipped = []
+    for entry in chunk:
+        try:
+            one, skips, _ = sources.collect([entry], settings, source.place)
+        except ApiError as exc:
+            skipped.append({"name": sources.clean_name(entry.name), "reason": f"{exc.code}: {exc.message}"})
+            continue
+        skipped += skips
+        for item in one:
+            if item.stored.sha256 in by_hash:
+                by_hash[item.stored.sha256].names += item.names
+                sources.discard([item])
+            else:
+                by_hash[item.stored.sha256] = item
+    return list(by_hash.values()), skipped
+
+
 def _prepare(db: Session, batch_id: uuid.UUID, beat: datetime, settings: Settings) -> None:
     claimed = _renew(db, batch_id, beat, [], 0)
     db.commit()
     if claimed is None:
-        _stopped(db, batch_id, beat)
+        _stopped(db, batch_id, beat, settings)
         return
     beat = claimed
     batch = db.get(Batch, batch_id)
     assert batch is not None  # the UPDATE just matched it
-    directory = str(batch.options.get("directory", ""))
     try:
-        entries = sources.list_directory(sources.resolve_directory(directory, settings), settings)
-    except ApiError as exc:  # the folder went away or changed since the request: its reason, no jobs
-        log.warning("batch %s: its folder %r can no longer be read: %s", batch_id, directory, exc.message)
-        _done(db, batch_id, beat, [{"name": directory, "reason": f"{exc.code}: {exc.message}"}])
+        source = _open(batch, settings)
+    except ApiError as exc:  # gone or changed since the request: the reason, no more jobs
+        where = str(batch.options.get("directory") or "archive")
+        log.warning("batch %s: its %r can no longer be read: %s", batch_id, where, exc.message)
+        _done(db, batch_id, beat, [{"name": where, "reason": f"{exc.code}: {exc.message}"}], settings)
         return
+    try:
+        last = _read_all(db, batch, beat, source, settings)
+    finally:
+        source.close()
+    if last is not None:
+        _done(db, batch_id, last, [], settings)
+
+
+def _read_all(
+    db: Session, batch: Batch, beat: datetime, source: _Source, settings: Settings
+) -> datetime | None:
+    """Every entry not read before, a chunk per transaction; the last beat, or None if it stopped."""
+    batch_id = batch.id
     meta: dict[str, Any] = {}
     files = []
-    for e in entries:
+    for e in source.entries:
         if e.kind == "file" and sources.clean_name(e.name) == sources.METADATA_CSV:
-            meta = sources.parse_metadata_csv(b"".join(sources._limited(e.open(), e.size, e.name)))
+            meta = sources.read_metadata(e)
         else:
             files.append(e)
     done, by_hash = _read_so_far(db, batch)
     caller = Caller(batch.tenant_id, "", "")
-    sub = batch_svc.Submission("directory", batch_svc.options_of(batch), batch.request_hash or "", None)
+    sub = batch_svc.Submission(batch.source, batch_svc.options_of(batch), batch.request_hash or "", None)
     todo = [e for e in files if sources.clean_name(e.name) not in done]
-    log.info("batch %s: reading %d files of %r (%d read before)", batch_id, len(todo), directory, len(done))
+    log.info(
+        "batch %s: reading %d entries of %r (%d read before)", batch_id, len(todo), source.name, len(done)
+    )
     for chunk in _chunks(todo, settings.batch_intake_chunk):
-        items, skipped, _ = sources.collect(
-            chunk, settings, sources._hash_in_place, threads=sources.SCAN_THREADS
-        )
-        fresh = [i for i in items if i.stored.sha256 not in by_hash]
+        items, skipped = _read(chunk, source, settings)
         renewed = _renew(db, batch_id, beat, skipped, sum(len(i.names) for i in items))
         if renewed is None:  # the chunk is not committed: its jobs would be queued in a cancelled batch
             db.rollback()
-            _stopped(db, batch_id, beat)
-            return
+            sources.discard(items)
+            _stopped(db, batch_id, beat, settings)
+            return None
         beat = renewed
-        for item in items:  # the same content as a file of an earlier chunk: one more name of its job
-            if item.stored.sha256 in by_hash:
-                db.execute(
-                    update(Job)
-                    .where(Job.id == by_hash[item.stored.sha256])
-                    .values(
-                        options=func.jsonb_set(
-                            Job.options,
-                            literal(["batch_names"], ARRAY(Text())),
-                            Job.options["batch_names"].op("||")(literal(item.names, JSONB())),
-                        )
-                    ),
-                    execution_options={"synchronize_session": False},
-                )
+        fresh = []
+        for item in items:
+            if item.stored.sha256 not in by_hash:
+                fresh.append(item)
+                continue
+            # the same content as an entry of an earlier chunk: one more name of its job
+            sources.discard([item])
+            db.execute(
+                update(Job)
+                .where(Job.id == by_hash[item.stored.sha256])
+                .values(
+                    options=func.jsonb_set(
+                        Job.options,
+                        literal(["batch_names"], ARRAY(Text())),
+                        Job.options["batch_names"].op("||")(literal(item.names, JSONB())),
+                    )
+                ),
+                execution_options={"synchronize_session": False},
+            )
         jobs = batch_svc.file_jobs(caller, batch_id, fresh, meta, sub, settings)
         svc.with_tenant_vocabulary(db, caller, jobs)
         db.add_all(jobs)
-        db.commit()
+        try:
+            db.commit()
+        except BaseException:
+            db.rollback()
+            sources.discard(fresh)
+            raise
         for job in jobs:
             by_hash[job.sha256 or ""] = job.id
             svc.enqueue(job)
-    _done(db, batch_id, beat, [])
+    return beat
 
 
-def _done(db: Session, batch_id: uuid.UUID, beat: datetime, skipped: list[dict[str, str]]) -> None:
-    """Every file read: the batch is queued (it ends when its last job does, now if it has none)."""
+def _drop_archive(db: Session, batch_id: uuid.UUID, settings: Settings) -> None:
+    """The kept archive of a batch whose reading ended (read, cancelled or deleted)."""
+    options = db.scalar(select(Batch.options).where(Batch.id == batch_id))
+    kept = (options or {}).get("archive") if options is not None else None
+    if kept and Path(kept).resolve().is_relative_to(settings.audio_path.resolve()):
+        remove_quietly(kept)
+
+
+def _done(
+    db: Session, batch_id: uuid.UUID, beat: datetime, skipped: list[dict[str, str]], settings: Settings
+) -> None:
+    """Every entry read: the batch is queued (it ends when its last job does, now if it has none)."""
     if _renew(db, batch_id, beat, skipped, 0, status="queued", prepared_beat_at=None) is None:
         db.rollback()
+        _stopped(db, batch_id, beat, settings)
         return
     db.commit()
-    log.info("batch %s: its folder is read", batch_id)
+    log.info("batch %s: its recordings are read", batch_id)
+    _drop_archive(db, batch_id, settings)
     svc.end_batch_if_done(db, batch_id)
 
 
-def _stopped(db: Session, batch_id: uuid.UUID, beat: datetime) -> None:
+def _stopped(db: Session, batch_id: uuid.UUID, beat: datetime, settings: Settings) -> None:
     """This reader's batch changed under it: if a cancel was asked for, it is queued (reading
-    stops) and ends as cancelled when its running jobs stop; deleted or taken over, nothing."""
+    stops) and ends as cancelled when its running jobs stop; deleted, nothing is left; taken over
+    by another reader, nothing is done."""
     ended = db.execute(
         update(Batch)
         .where(
@@ -214,10 +315,13 @@ def _stopped(db: Session, batch_id: uuid.UUID, beat: datetime) -> None:
     ).rowcount  # type: ignore[attr-defined]
     db.commit()
     if ended:
-        log.info("batch %s: cancelled while its folder was read: reading stopped", batch_id)
+        log.info("batch %s: cancelled while its recordings were read: reading stopped", batch_id)
+        _drop_archive(db, batch_id, settings)
         svc.end_batch_if_done(db, batch_id)
+    elif db.get(Batch, batch_id) is None:
+        log.info("batch %s: deleted while its recordings were read: stopped", batch_id)
     else:
-        log.info("batch %s: deleted, or taken over by another reader: stopped", batch_id)
+        log.info("batch %s: taken over by another reader: stopped", batch_id)
 
 
 def take_over_stale(settings: Settings) -> list[uuid.UUID]:

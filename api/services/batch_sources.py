@@ -217,7 +217,7 @@ def _limited(source: IO[bytes], declared: int, name: str) -> Iterator[bytes]:
             yield piece
 
 
-def _read_metadata(entry: Entry) -> dict[str, dict[str, str]]:
+def read_metadata(entry: Entry) -> dict[str, dict[str, str]]:
     raw = b"".join(_limited(entry.open(), min(entry.size, METADATA_LIMIT), entry.name))
     return parse_metadata_csv(raw)
 
@@ -304,7 +304,7 @@ def collect(
             skips.append((i, {"name": name, "reason": f"{e.kind}: only regular files are read"}))
             continue
         if name == METADATA_CSV:
-            meta = _read_metadata(e)
+            meta = read_metadata(e)
             continue
         if name in seen:
             skips.append((i, {"name": name, "reason": "duplicate_name"}))
@@ -350,17 +350,34 @@ def discard(items: list[Item]) -> None:
             remove_quietly(item.stored.path)
 
 
-def extract(archive: Path, settings: Settings) -> tuple[list[Item], list[dict[str, str]], dict[str, Any]]:
-    """``(distinct recordings, skipped, metadata rows)``; on any refusal nothing stays on disk."""
+def extracted(settings: Settings) -> Callable[[Entry, str], tuple[StoredAudio, bool]]:
+    """The ``place`` of an archive's entries: each written to the audio directory (ours)."""
+
+    def place(e: Entry, name: str) -> tuple[StoredAudio, bool]:
+        dest = audio_file_path(settings.audio_path, str(uuid.uuid4()), name)
+        return save_stream(_limited(e.open(), e.size, name), dest, settings.max_upload_bytes), True
+
+    return place
+
+
+def list_archive(archive: Path, settings: Settings) -> tuple[Any, list[Entry]]:
+    """``(the open archive, its entries)``, the whole archive checked (bombs, oversize, paths)."""
     handle, entries = open_archive(archive, settings)
     try:
         check_entries(entries, archive.stat().st_size, settings)
+    except BaseException:
+        handle.close()
+        raise
+    return handle, entries
 
-        def place(e: Entry, name: str) -> tuple[StoredAudio, bool]:
-            dest = audio_file_path(settings.audio_path, str(uuid.uuid4()), name)
-            return save_stream(_limited(e.open(), e.size, name), dest, settings.max_upload_bytes), True
 
-        return collect(entries, settings, place)
+def extract(
+    handle: Any, entries: list[Entry], settings: Settings
+) -> tuple[list[Item], list[dict[str, str]], dict[str, Any]]:
+    """A listed archive's ``(distinct recordings, skipped, metadata rows)``; on any refusal nothing
+    stays on disk. Closes the archive."""
+    try:
+        return collect(entries, settings, extracted(settings))
     finally:
         handle.close()
 

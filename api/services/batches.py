@@ -81,9 +81,12 @@ class Submission:
     idempotency_key: str | None
 
 
+SOURCE_KEYS = ("directory", "archive")  # where a preparing batch's recordings are, in its options
+
+
 def options_of(batch: Batch) -> BatchOptions:
     """The options a batch was submitted with, from its row (for jobs made after the request)."""
-    stored = {k: v for k, v in batch.options.items() if k != "directory"}
+    stored = {k: v for k, v in batch.options.items() if k not in SOURCE_KEYS}
     return BatchOptions.model_validate({**stored, "name": batch.name, "webhook_url": batch.webhook_url})
 
 
@@ -147,14 +150,15 @@ def url_jobs(
 class Built:
     """What a batch request's ``build`` made: the job rows, the skipped entries, how many names they
     hold, and the files to remove if the batch is not created; or, with ``preparing`` (a folder
-    relative to the batch root, too large to read in the request), nothing yet: the batch is
-    created empty in status ``preparing`` for :mod:`api.services.batch_intake`."""
+    relative to the batch root, or an uploaded archive kept on disk, too large to read in the
+    request), nothing yet: the batch is created empty in status ``preparing`` for
+    :mod:`api.services.batch_intake`, which finds its source in the batch's options."""
 
     jobs: list[Job]
     skipped: list[dict[str, str]]
     items: int
     files: list[Item]
-    preparing: str | None = None
+    preparing: dict[str, str] | None = None  # {"directory": relative} or {"archive": kept path}
 
 
 def create_batch(
@@ -194,7 +198,7 @@ def create_batch(
             "priority": sub.options.priority,
             "item_webhooks": sub.options.item_webhooks,
             **sub.options.text_options().to_dict(),
-            **({} if preparing is None else {"directory": preparing}),
+            **(preparing or {}),
         },
         prepared_beat_at=None if preparing is None else datetime.now(timezone.utc),
         skipped=skipped,
@@ -309,11 +313,14 @@ def delete_batch(db: Session, batch: Batch, settings: Settings) -> int:
     # the row first: a folder still being read (preparing) adds its jobs under this lock, so none
     # can be added between the DELETE of the jobs and the batch's
     db.execute(select(Batch.id).where(Batch.id == batch.id).with_for_update())
+    kept = (batch.options or {}).get("archive")  # a large archive still being read: its reader stops
     jobs = db.execute(select(Job.id, Job.audio_path).where(Job.batch_id == batch.id)).all()
     db.execute(delete(Job).where(Job.batch_id == batch.id))
     db.execute(delete(Batch).where(Batch.id == batch.id))
     db.commit()
     root = settings.audio_path.resolve()
+    if kept and Path(kept).resolve().is_relative_to(root):
+        remove_quietly(kept)
     for _, path in jobs:
         if path and Path(path).resolve().is_relative_to(root):
             remove_quietly(path)

@@ -23,7 +23,15 @@ from shared.db.session import session_scope
 from shared.platform.keys import key_prefix
 from shared.platform.settings import Settings
 from tests.api.test_api import auth
-from tests.api.test_batch_sources import audio, batch_root, offline, post_json, wait_batch  # noqa: F401
+from tests.api.test_batch_sources import (  # noqa: F401
+    audio,
+    batch_root,
+    offline,
+    post_archive,
+    post_json,
+    wait_batch,
+    zip_bytes,
+)
 from tests.conftest import Proc, make_key, start_api
 
 STALE = 2.0  # the test API takes a silent reader's batch over after this (its sweep: every 1 s)
@@ -59,17 +67,22 @@ def _tenant(servers: dict[str, str], key: str) -> uuid.UUID:
         return tenant
 
 
-def _preparing(servers: dict[str, str], key: str, beat: datetime | None, **values: Any) -> uuid.UUID:
-    """A preparing batch of ``calls/`` as a request would have left it, its reader's beat ``beat``."""
+def _preparing(
+    servers: dict[str, str], key: str, beat: datetime | None, archive: Path | None = None, **values: Any
+) -> uuid.UUID:
+    """A preparing batch of ``calls/`` (or of a kept ``archive``) as a request would have left it,
+    its reader's beat ``beat``."""
     batch_id = uuid.uuid4()
+    options = dict(OPTIONS) if archive is None else {**OPTIONS, "directory": None, "archive": str(archive)}
+    options = {k: v for k, v in options.items() if v is not None}
     with session_scope(servers["DATABASE_URL"]) as s:
         s.add(
             Batch(
                 id=batch_id,
                 tenant_id=_tenant(servers, key),
-                source="directory",
+                source="directory" if archive is None else "archive",
                 status="preparing",
-                options=dict(OPTIONS),
+                options=options,
                 skipped=[],
                 items=values.pop("items", 0),
                 prepared_beat_at=beat,
@@ -186,3 +199,80 @@ def test_a_reader_whose_batch_was_taken_over_or_deleted_writes_nothing(
     with session_scope(servers["DATABASE_URL"]) as s:
         assert s.get(Batch, batch_id) is None
         assert s.scalar(select(func.count()).select_from(Job)) == before
+
+
+# -- archives ----------------------------------------------------------------------------------------
+
+
+def _kept(platform_env: dict[str, str], name: str) -> Path:
+    return Path(platform_env["TONE_DATA_DIR"]) / "audio" / "batches" / name
+
+
+def test_a_large_archive_answers_at_once_and_reads_as_the_request_would(
+    reading_api: Proc,
+    worker: Proc,
+    servers: dict[str, str],
+    platform_env: dict[str, str],
+    audio: dict[str, Path],  # noqa: F811
+    offline: dict[str, Any],  # noqa: F811
+) -> None:
+    key = make_key(servers, f"archive-{uuid.uuid4().hex[:6]}")
+    a, b = audio["a.wav"].read_bytes(), audio["b.wav"].read_bytes()
+    data = zip_bytes(
+        {
+            "calls/a.wav": a,
+            "calls/copy.wav": a,
+            "calls/notes.txt": b"not audio",
+            "calls/sub/b.wav": b,
+            "metadata.csv": b"path,agent\ncalls/sub/b.wav,olga\n",
+        }
+    )
+    audio_dir = _kept(platform_env, "x").parent.parent
+    before = set(audio_dir.glob("*.wav"))
+    got = post_archive(reading_api.url, key, data)
+    assert got.status_code == 202, got.text
+    body = got.json()
+    assert (body["status"], body["jobs"], body["source"]) == ("preparing", 0, "archive")
+    view = wait_batch(reading_api.url, key, body["id"])
+    assert (view["status"], view["items"], view["jobs"]) == ("completed", 3, 2), view
+    assert [s["name"] for s in view["skipped"]] == ["calls/notes.txt"]
+    assert _jobs(servers, body["id"]) == {
+        "calls/a.wav": ["calls/a.wav", "calls/copy.wav"],
+        "calls/sub/b.wav": ["calls/sub/b.wav"],
+    }
+    lines = httpx.get(f"{reading_api.url}/v1/batches/{body['id']}/results", headers=auth(key)).text
+    by_name = {r["name"]: r for r in map(json.loads, lines.splitlines())}
+    assert by_name["calls/copy.wav"]["phrases"] == offline["a.wav"] == by_name["calls/a.wav"]["phrases"]
+    assert by_name["calls/sub/b.wav"]["phrases"] == offline["b.wav"]
+    assert by_name["calls/sub/b.wav"]["metadata"] == {"path": "calls/sub/b.wav", "agent": "olga"}
+    assert not _kept(platform_env, f"{body['id']}.archive").exists()  # removed once read
+    with session_scope(servers["DATABASE_URL"]) as s:
+        paths = set(s.scalars(select(Job.audio_path).where(Job.batch_id == uuid.UUID(body["id"]))))
+    # the copy's extracted file was removed: the only new recordings are the two jobs'
+    assert {str(f) for f in set(audio_dir.glob("*.wav")) - before} == paths
+
+
+@pytest.mark.parametrize("how", ["cancel", "delete"])
+def test_a_kept_archive_is_removed_when_its_batch_is_cancelled_or_deleted(
+    reading_api: Proc,
+    servers: dict[str, str],
+    platform_env: dict[str, str],
+    audio: dict[str, Path],  # noqa: F811
+    how: str,
+) -> None:
+    key = make_key(servers, f"kept-{how}-{uuid.uuid4().hex[:6]}")
+    kept = _kept(platform_env, f"test-{uuid.uuid4()}.archive")
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_bytes(zip_bytes({"a.wav": audio["a.wav"].read_bytes(), "b.wav": audio["b.wav"].read_bytes()}))
+    batch_id = _preparing(servers, key, datetime.now(timezone.utc), archive=kept)  # its reader: elsewhere
+    if how == "delete":
+        answer = httpx.delete(f"{reading_api.url}/v1/batches/{batch_id}", headers=auth(key), timeout=10)
+        assert answer.status_code == 204
+        assert not kept.exists()
+        return
+    answer = httpx.post(f"{reading_api.url}/v1/batches/{batch_id}/cancel", headers=auth(key), timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert kept.exists()  # until the reading stops: here when the sweep takes the silent reader over
+    view = wait_batch(reading_api.url, key, str(batch_id), timeout=30)
+    assert (view["status"], view["jobs"]) == ("cancelled", 0) and view["finished_at"], view
+    assert not kept.exists()

@@ -125,3 +125,35 @@ def test_an_archive_whose_extraction_fails_leaves_none_of_its_files(tmp_path: Pa
     with pytest.raises(OSError, match="No space"):
         sources.collect(entries, Settings(), place)
     assert len(stored) == 2 and not any(p.exists() for p in stored)
+
+
+def test_an_entry_the_request_would_refuse_the_batch_for_is_one_skip_in_the_background(
+    tmp_path: Path, folder: Path
+) -> None:
+    """``api.services.batch_intake._read``: a chunk whose entry raises (an archive entry holding more
+    than it declares) is read entry by entry; that entry is skipped with its reason, the others are
+    read and deduped as before, and no extracted copy of a duplicate stays on disk."""
+    from api.errors import ApiError
+    from api.services.batch_intake import _read, _Source
+
+    made: list[Path] = []
+
+    def place(entry: sources.Entry, name: str) -> tuple[StoredAudio, bool]:
+        if name == "b.wav":
+            raise ApiError(400, "archive_bomb", f"the entry {name!r} holds more than it declares")
+        dest = tmp_path / f"x{len(made)}.wav"
+        dest.write_bytes(entry.open().read())
+        made.append(dest)
+        found = sources._hash_in_place(
+            sources.Entry(name, dest.stat().st_size, None, "file", entry.open, dest), name
+        )
+        return StoredAudio(dest, found[0].size, found[0].sha256), True
+
+    entries = sources.directory_entries(folder, Settings())
+    items, skipped = _read(entries, _Source("archive", entries, place, 1), Settings())
+    assert [(i.name, i.names) for i in items] == [
+        ("a.wav", ["a.wav", "e_copy.wav", "sub/i_copy.wav"]),
+        ("sub/h.wav", ["sub/h.wav"]),
+    ]
+    assert {s["name"]: s["reason"].split(":")[0] for s in skipped}["b.wav"] == "archive_bomb"
+    assert sorted(p.name for p in tmp_path.glob("x*.wav")) == sorted(i.stored.path.name for i in items)
