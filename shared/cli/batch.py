@@ -304,6 +304,8 @@ def describe(view: dict[str, Any]) -> str:
     jobs = int(view.get("jobs") or 0)
     finished = sum(int(counts.get(k, 0)) for k in FINAL_STATUSES)
     parts = [_bar(float(view.get("progress") or 0.0)), f"{finished}/{jobs} jobs"]
+    if view.get("status") == "preparing":
+        parts.append(f"the server is reading the recordings ({int(view.get('items') or 0)} so far)")
     if counts.get("processing"):
         parts.append(f"{counts['processing']} running")
     if counts.get("failed"):
@@ -562,7 +564,9 @@ def _wait(run: Run) -> dict[str, Any]:
     while True:
         view = run.client.get_json(f"/v1/batches/{run.batch_id}")
         counts = view.get("counts")
-        if isinstance(counts, dict):  # "cancelled" comes before the running jobs have stopped
+        if view.get("status") == "preparing":  # a large batch still being read: more jobs to come
+            done = False
+        elif isinstance(counts, dict):  # "cancelled" comes before the running jobs have stopped
             done = int(counts.get("queued", 0)) + int(counts.get("processing", 0)) == 0
         else:
             done = view.get("status") in ("completed", "cancelled", "failed")

@@ -1179,8 +1179,8 @@ def batch_run(
             counts = view["counts"]
             if first is None and counts.get("completed", 0) > 0:
                 first = now - started
-            if counts.get("queued", 0) + counts.get("processing", 0) == 0:
-                break
+            if view["status"] != "preparing" and counts.get("queued", 0) + counts.get("processing", 0) == 0:
+                break  # (a large batch answers "preparing" and gets its jobs as the server reads it)
             time.sleep(poll)
         wall = time.perf_counter() - started
         # the server's own end (the last job's), not the poll that saw it: a poll every 0.5 s
@@ -1192,10 +1192,10 @@ def batch_run(
             server = datetime.fromisoformat(ended) - datetime.fromisoformat(view["created_at"])
             wall = min(wall, upload + server.total_seconds())
             first = min(first, wall) if first is not None else None  # seen by a poll, after the end
-    if counts.get("completed", 0) != batch["jobs"]:
-        raise RuntimeError(f"batch {batch['id']} ended with {counts} of {batch['jobs']} jobs")
+    if counts.get("completed", 0) != view["jobs"]:
+        raise RuntimeError(f"batch {batch['id']} ended with {counts} of {view['jobs']} jobs")
     return BatchRun(
-        recordings=int(batch["items"]),
+        recordings=int(view["items"]),
         audio_seconds=audio_seconds,
         archive_bytes=(
             sum(f.stat().st_size for f in archive.rglob("*") if f.is_file())

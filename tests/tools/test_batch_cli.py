@@ -229,6 +229,30 @@ def test_folder_becomes_transcript_files_and_a_rerun_submits_nothing(
     assert tree(out) == before
 
 
+@pytest.fixture(scope="module")
+def reading_api(platform_env: dict[str, str], logs: Path) -> Iterator[Proc]:
+    """An API that reads every archive of more than one recording in the background, one entry per
+    transaction: its batches answer ``preparing`` with no job yet."""
+    env = {**platform_env, "TONE_BATCH_INLINE_FILES": "1", "TONE_BATCH_INTAKE_CHUNK": "1"}
+    proc = start_api(env, logs, "api-batch-cli-reading")
+    yield proc
+    proc.stop()
+
+
+def test_a_batch_the_server_reads_in_the_background_is_waited_for_to_its_last_recording(
+    reading_api: Proc, worker: Proc, key: str, tmp_path: Path
+) -> None:
+    folder = make_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    done = run_batch(folder, out, reading_api.url or "", key, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    batch_id = state_of(out)["batch_id"]
+    assert f"batch {batch_id}: 3 of 3 recordings transcribed, 0 failed" in done.stdout
+    records = [json.loads(r) for r in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["name"] for r in records) == sorted(CALLS)
+    assert all((out / name).with_suffix(".json").is_file() for name in CALLS)
+
+
 def test_lost_state_file_still_finds_the_batch_by_its_idempotency_key(
     api: Proc, worker: Proc, key: str, tmp_path: Path
 ) -> None:
@@ -366,6 +390,15 @@ def test_bench_batch_run_measures_one_whole_batch(api: Proc, worker: Proc, key: 
     run = batch_run(api.url or "", key, archive, audio, poll=0.2)
     assert run.recordings == 3 and run.completed == 3
     assert 0 < run.upload_s <= run.first_result_s <= run.wall_s and run.rate > 0
+
+
+def test_bench_batch_run_waits_for_a_batch_read_in_the_background(
+    reading_api: Proc, worker: Proc, key: str, tmp_path: Path
+) -> None:
+    archive = tmp_path / "bench.zip"
+    audio = batch_archive(archive, recordings=3, seconds=1.0, seed=8)
+    run = batch_run(reading_api.url or "", key, archive, audio, poll=0.2)
+    assert run.recordings == 3 and run.completed == 3
 
 
 def test_bench_batch_run_from_a_server_folder(
