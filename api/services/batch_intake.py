@@ -39,6 +39,7 @@ from typing import Any
 
 from sqlalchemy import ARRAY, Text, func, literal, select, true, update
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from api.deps import Caller
@@ -114,10 +115,22 @@ def _renew(
     return now if done.rowcount else None  # type: ignore[attr-defined]
 
 
+CHUNK_BYTES = 1024**3  # a chunk also ends here: its read stays well within the stale seconds
+
+
 def _chunks(entries: list[sources.Entry], size: int) -> Iterator[list[sources.Entry]]:
-    size = max(1, size)
-    for i in range(0, len(entries), size):
-        yield entries[i : i + size]
+    """``size`` entries at a time, fewer where they would hold more than ``CHUNK_BYTES`` (at least
+    one): a chunk of 32 four-hour calls read from a slow disk must not outlast the reader's beat."""
+    chunk: list[sources.Entry] = []
+    held = 0
+    for e in entries:
+        if chunk and (len(chunk) >= max(1, size) or held + e.size > CHUNK_BYTES):
+            yield chunk
+            chunk, held = [], 0
+        chunk.append(e)
+        held += e.size
+    if chunk:
+        yield chunk
 
 
 def _read_so_far(db: Session, batch: Batch) -> tuple[set[str], dict[str, uuid.UUID]]:
@@ -234,7 +247,17 @@ def _read_all(
         "batch %s: reading %d entries of %r (%d read before)", batch_id, len(todo), source.name, len(done)
     )
     for chunk in _chunks(todo, settings.batch_intake_chunk):
-        items, skipped = _read(chunk, source, settings)
+        try:
+            items, skipped = _read(chunk, source, settings)
+        except (OperationalError, InterfaceError):
+            raise  # the database: a later reader takes the batch over
+        except Exception as exc:  # anything else would fail again: the reading ends, with its reason
+            log.exception("batch %s: reading stopped", batch_id)
+            reason = f"internal_error: reading stopped here: {exc}"[:500]
+            _done(
+                db, batch_id, beat, [{"name": sources.clean_name(chunk[0].name), "reason": reason}], settings
+            )
+            return None
         renewed = _renew(db, batch_id, beat, skipped, sum(len(i.names) for i in items))
         if renewed is None:  # the chunk is not committed: its jobs would be queued in a cancelled batch
             db.rollback()

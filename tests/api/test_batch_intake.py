@@ -276,3 +276,61 @@ def test_a_kept_archive_is_removed_when_its_batch_is_cancelled_or_deleted(
     view = wait_batch(reading_api.url, key, str(batch_id), timeout=30)
     assert (view["status"], view["jobs"]) == ("cancelled", 0) and view["finished_at"], view
     assert not kept.exists()
+
+
+def test_a_failure_that_would_repeat_ends_the_reading_with_its_reason(
+    servers: dict[str, str],
+    platform_env: dict[str, str],
+    audio: dict[str, Path],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """In-process, the reader alone: the disk fills while the second entry of a kept archive is
+    written out. The batch is not left preparing (a later reader would fail the same way): it is
+    queued with the job it has and the entry where reading stopped, and the archive is removed."""
+    from api.services import batch_sources as sources
+
+    settings = Settings(
+        database_url=servers["DATABASE_URL"], data_dir=tmp_path, batch_intake_chunk=1, batch_inline_files=0
+    )
+    kept = settings.audio_path / "batches" / f"{uuid.uuid4()}.archive"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(zip_bytes({"a.wav": audio["a.wav"].read_bytes(), "b.wav": audio["b.wav"].read_bytes()}))
+    real = sources.extracted
+
+    def full_disk(settings: Settings) -> Any:
+        place = real(settings)
+
+        def once(entry: sources.Entry, name: str) -> Any:
+            if name == "b.wav":
+                raise OSError(28, "No space left on device")
+            return place(entry, name)
+
+        return once
+
+    monkeypatch.setattr(sources, "extracted", full_disk)
+    queued: list[str] = []
+    monkeypatch.setattr(batch_intake.svc, "enqueue", lambda job: queued.append(str(job.id)))
+    key = make_key(servers, f"full-{uuid.uuid4().hex[:6]}")
+    now = datetime.now(timezone.utc)
+    batch_id = _preparing(servers, key, now, archive=kept)
+    batch_intake.prepare(batch_id, now, settings)
+    with session_scope(servers["DATABASE_URL"]) as s:
+        row = s.get(Batch, batch_id)
+        assert row is not None and (row.status, row.prepared_beat_at, row.items) == ("queued", None, 1)
+        assert [(x["name"], x["reason"].split(":")[0]) for x in row.skipped] == [("b.wav", "internal_error")]
+        assert "No space left" in row.skipped[0]["reason"]
+    assert list(_jobs(servers, batch_id)) == ["a.wav"] and len(queued) == 1
+    assert not kept.exists()
+
+
+def test_a_chunk_ends_at_its_count_or_a_gibibyte() -> None:
+    def entry(name: str, size: int) -> Any:
+        from api.services.batch_sources import Entry
+
+        return Entry(name, size, None, "file", lambda: None)  # type: ignore[arg-type,return-value]
+
+    gib = batch_intake.CHUNK_BYTES
+    sizes = [10, 10, 10, 10, 10, gib - 5, gib + 7, 1, 1]
+    chunks = list(batch_intake._chunks([entry(str(i), n) for i, n in enumerate(sizes)], 3))
+    assert [[e.name for e in c] for c in chunks] == [["0", "1", "2"], ["3", "4"], ["5"], ["6"], ["7", "8"]]
