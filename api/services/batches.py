@@ -171,7 +171,7 @@ def create_batch(
     """Insert the batch and its jobs in one transaction, commit, enqueue; ``(batch, created)``.
 
     ``build(batch_id)`` makes the job rows (extracting, scanning or checking URLs), or says the
-    batch is a folder too large to read in the request (:class:`Built`). With an Idempotency-Key
+    batch is a folder or archive too large to read in the request (:class:`Built`). With an Idempotency-Key
     already used for the same request, the earlier batch comes back instead."""
     existing = idempotent_match(db, caller, sub.idempotency_key, sub.digest, settings)
     if existing is not None:
@@ -179,13 +179,7 @@ def create_batch(
         return existing, False
     batch_id = uuid.uuid4()
     built = build(batch_id)
-    jobs, skipped, items, files, preparing = (
-        built.jobs,
-        built.skipped,
-        built.items,
-        built.files,
-        built.preparing,
-    )
+    jobs, files, preparing = built.jobs, built.files, built.preparing
     batch = Batch(
         id=batch_id,
         tenant_id=caller.tenant_id,
@@ -201,8 +195,8 @@ def create_batch(
             **(preparing or {}),
         },
         prepared_beat_at=None if preparing is None else datetime.now(timezone.utc),
-        skipped=skipped,
-        items=items,
+        skipped=built.skipped,
+        items=built.items,
         webhook_url=sub.options.webhook_url,
         idempotency_key=sub.idempotency_key,
         request_hash=sub.digest,
