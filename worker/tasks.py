@@ -117,6 +117,9 @@ def transcribe(self: Task, job_id: str, resume_owner: str | None = None) -> None
 def run_job(job_id: str, owner: str, resume_owner: str | None = None) -> None:
     settings = get_settings()
     store = JobStore(settings.database_url, owner, settings.job_lease_seconds, settings.redis_url)
+    if resume_owner is None and store.is_over(job_id):  # a retry may still hold other jobs: not here
+        log.info("nothing to do: the job is final or gone")
+        return
     with Liveness(settings.redis_url, owner):
         previous = store.holder_of(job_id)
         first = store.claim(job_id, resume_owner)
