@@ -78,6 +78,7 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         sweeps.cancel()
+        batch_intake.stop_readers()
 
 
 def create_app() -> FastAPI:

@@ -334,3 +334,25 @@ def test_a_chunk_ends_at_its_count_or_a_gibibyte() -> None:
     sizes = [10, 10, 10, 10, 10, gib - 5, gib + 7, 1, 1]
     chunks = list(batch_intake._chunks([entry(str(i), n) for i, n in enumerate(sizes)], 3))
     assert [[e.name for e in c] for c in chunks] == [["0", "1", "2"], ["3", "4"], ["5"], ["6"], ["7", "8"]]
+
+
+def test_a_reader_stopping_with_its_api_hands_the_batch_on(
+    servers: dict[str, str],
+    batch_root: Path,  # noqa: F811
+) -> None:
+    """In-process: the API's shutdown (``stop_readers``) makes a reader release its batch at its next
+    chunk (no job made, the beat cleared), so that the next sweep takes it over at once."""
+    settings = Settings(database_url=servers["DATABASE_URL"], batch_root=batch_root, batch_intake_chunk=1)
+    key = make_key(servers, f"stopping-{uuid.uuid4().hex[:6]}")
+    now = datetime.now(timezone.utc)
+    # finished_at set: the sweep of this module's API (which takes released batches) leaves it be
+    batch_id = _preparing(servers, key, now, finished_at=now)
+    batch_intake.stop_readers()
+    try:
+        batch_intake.prepare(batch_id, now, settings)
+    finally:
+        batch_intake._stopping.clear()
+    with session_scope(servers["DATABASE_URL"]) as s:
+        row = s.get(Batch, batch_id)
+        assert row is not None and (row.status, row.prepared_beat_at, row.items) == ("preparing", None, 0)
+    assert _jobs(servers, batch_id) == {}
