@@ -20,7 +20,9 @@ process's sweep (every half of that), which skips the entries that already have 
 (the audio directory, where an archive is kept, is shared by the API processes as by the workers);
 a reader whose token was taken stops at its next chunk. A cancel stops the reading at the next chunk
 (a chunk in flight is not committed, its extracted files removed: its UPDATE sees the cancel under
-the row's lock); a DELETE locks the row first and removes the kept archive.
+the row's lock); a DELETE locks the row first and removes the kept archive. An API shutting down
+(``stop_readers``) has its readers stop at their next chunk and clear their beat: the batch is
+taken over at once.
 """
 
 from __future__ import annotations
