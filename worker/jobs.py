@@ -35,7 +35,7 @@ from shared.platform.settings import Settings
 from shared.text.display import display_phrases
 from shared.text.options import TextOptions
 from worker.processing import BatchRunner, Outcome, Work
-from worker.store import Claimed, JobStore
+from worker.store import Claimed, Completion, JobStore
 
 HEARTBEAT_SECONDS = 1.0  # progress, lease renewal and cancel checks
 DOWNLOADS = 4  # audio_url downloads one run makes at once, beside its model batch
@@ -187,6 +187,10 @@ class BatchRun:
     def _notify(self, job: Claimed, event: str) -> None:
         """After the job's final state was committed: its own webhook (when it has a URL), then
         its batch's end, when it was the batch's last open job (exactly one caller finishes it)."""
+        self._webhook(job, event)
+        self._end_batches([job.batch_id] if job.batch_id else [])
+
+    def _webhook(self, job: Claimed, event: str) -> None:
         from shared.queue import enqueue_webhook
 
         if job.webhook_url:
@@ -194,14 +198,19 @@ class BatchRun:
                 enqueue_webhook(job.id, event)
             except Exception:
                 log.exception("could not send the %s webhook task", event, job=job.id)
-        if job.batch_id:
-            try:
-                finished = self.store.finish_batch(job.batch_id)
-            except TRANSIENT_ERRORS:  # the beat's sweep finishes it later
-                log.warning("could not check whether batch %s ended", job.batch_id, job=job.id)
-                return
-            if finished is not None:
-                notify_batch_end(finished)
+
+    def _end_batches(self, batch_ids: list[str]) -> None:
+        """The batches whose jobs just became final (committed): each one that has no open job
+        left ends now, with its one event (one UPDATE for all of a round's batches)."""
+        if not batch_ids:
+            return
+        try:
+            finished = self.store.finish_batches(batch_ids)
+        except TRANSIENT_ERRORS:  # the beat's sweep finishes them later
+            log.warning("could not check whether batches %s ended", " ".join(sorted(set(batch_ids))))
+            return
+        for batch in finished:
+            notify_batch_end(batch)
 
     def _failed(self, job: Claimed, exc: BaseException) -> None:
         code, message = error_of(exc, job.audio_path, job.audio_url or "the recording")
@@ -245,27 +254,38 @@ class BatchRun:
             except Exception:
                 log.exception("could not send the job.flagged webhook task of rule %s", rule_id, job=job.id)
 
-    def _finish(self, outcome: Outcome) -> None:
-        job = self.jobs.pop(outcome.job_id)
-        if outcome.transcript is None:
-            self._failed(job, outcome.error or RuntimeError("no transcript"))
+    def _finish_round(self, outcomes: list[Outcome]) -> None:
+        """A round's results: failures one by one; the transcripts stored together, in one
+        transaction (:meth:`JobStore.complete_many`), then their events, then one end check for
+        the batches they belong to."""
+        ready: list[tuple[Claimed, Any, list[dict[str, Any]], str | None]] = []
+        for outcome in outcomes:
+            job = self.jobs.pop(outcome.job_id)
+            if outcome.transcript is None:
+                self._failed(job, outcome.error or RuntimeError("no transcript"))
+                continue
+            try:
+                phrases, audio_path = self._written(job, outcome.transcript)
+            except Exception as exc:  # a recording that cannot be redacted must not be kept unredacted
+                log.exception("redaction failed", job=job.id)
+                if job.options.get("redact_audio") and job.audio_path and job.source != "directory":
+                    Path(job.audio_path).unlink(missing_ok=True)
+                self._failed(job, _RedactionError(exc))
+                continue
+            ready.append((job, outcome.transcript, phrases, audio_path))
+        if not ready:
             return
-        t = outcome.transcript
-        try:
-            phrases, audio_path = self._written(job, t)
-        except Exception as exc:  # a recording that cannot be redacted must not be kept unredacted
-            log.exception("redaction failed", job=job.id)
-            if job.options.get("redact_audio") and job.audio_path and job.source != "directory":
-                Path(job.audio_path).unlink(missing_ok=True)
-            self._failed(job, _RedactionError(exc))
-            return
-        stored = self.store.complete(job.id, t, phrases, audio_path)
-        if audio_path and job.audio_path:  # the redacted recording replaced the original, or is unused
-            if not stored:
-                Path(audio_path).unlink(missing_ok=True)
-            elif job.source != "directory":  # a server folder's files are never deleted
-                Path(job.audio_path).unlink(missing_ok=True)
-        if stored:
+        stored = self.store.complete_many([Completion(j.id, t, ph, path) for j, t, ph, path in ready])
+        batches = []
+        for job, t, _, audio_path in ready:
+            if audio_path and job.audio_path:  # the redacted recording replaced the original, or is unused
+                if not stored[job.id]:
+                    Path(audio_path).unlink(missing_ok=True)
+                elif job.source != "directory":  # a server folder's files are never deleted
+                    Path(job.audio_path).unlink(missing_ok=True)
+            if not stored[job.id]:
+                log.warning("lease lost before the result was stored: result dropped", job=job.id)
+                continue
             log.info(
                 "completed: %.1f s of audio, %d phrases, in %.2f s",
                 t.duration,
@@ -273,10 +293,11 @@ class BatchRun:
                 t.processing_time,
                 job=job.id,
             )
-            self._notify(job, "job.completed")
+            self._webhook(job, "job.completed")
             self._notify_flags(job, self.store.flagged.pop(job.id, []))
-        else:
-            log.warning("lease lost before the result was stored: result dropped", job=job.id)
+            if job.batch_id:
+                batches.append(job.batch_id)
+        self._end_batches(batches)
 
     def _written(self, job: Claimed, t: Any) -> tuple[list[dict[str, Any]], str | None]:
         """The phrases with their written form (normalized, replaced, redacted as the job asked)
@@ -467,8 +488,7 @@ class BatchRun:
             if self.downloads:
                 self._collect_downloads()
             if len(self.runner):
-                for outcome in self.runner.round():
-                    self._finish(outcome)
+                self._finish_round(self.runner.round())
             else:
                 time.sleep(IDLE_SECONDS)
             if time.monotonic() - last >= HEARTBEAT_SECONDS:

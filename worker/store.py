@@ -25,7 +25,7 @@ from shared.asr.engine import Transcript as EngineTranscript
 from shared.db.models import FINAL_STATUSES, Job, Transcript
 from shared.db.session import session_scope
 from shared.platform import logs, metrics
-from shared.platform.batch_state import Finished, finish_batch
+from shared.platform.batch_state import Finished, finish_batch, finish_batches
 from shared.platform.search import after_transcript_stored
 
 _NO_SYNC = {"synchronize_session": False}  # no ORM objects to refresh: plain UPDATE ... RETURNING
@@ -86,6 +86,16 @@ _RETURNING = (
 _ENDED = (Job.id, Job.created_at, Job.finished_at, Job.duration, Job.processing_seconds)
 
 
+@dataclass(frozen=True)
+class Completion:
+    """A job's transcript to store (:meth:`JobStore.complete_many`)."""
+
+    job_id: str
+    transcript: EngineTranscript
+    phrases: list[dict[str, Any]] | None = None
+    audio_path: str | None = None
+
+
 def _lease_expired() -> Any:
     return and_(Job.status == "processing", Job.lease_expires_at < func.now())
 
@@ -116,16 +126,27 @@ class JobStore:
         return out
 
     def _ended(self, row: Any, status: str) -> None:
-        latency = (
-            (row.finished_at - row.created_at).total_seconds() if row.created_at and row.finished_at else None
-        )
-        metrics.job_finished(
-            self.metrics,
-            status,
-            latency,
-            getattr(row, "duration", None),
-            getattr(row, "processing_seconds", None),
-        )
+        self._ended_many([row], status)
+
+    def _ended_many(self, rows: Sequence[Any], status: str) -> None:
+        """The finished jobs' metrics, in one write to Redis."""
+        if not rows:
+            return
+        recorder = metrics.Recorder(self.metrics)
+        for row in rows:
+            latency = (
+                (row.finished_at - row.created_at).total_seconds()
+                if row.created_at and row.finished_at
+                else None
+            )
+            metrics.record_job_finished(
+                recorder,
+                status,
+                latency,
+                getattr(row, "duration", None),
+                getattr(row, "processing_seconds", None),
+            )
+        recorder.flush()
 
     def _claim_values(self) -> dict[str, Any]:
         return {
@@ -331,61 +352,84 @@ class JobStore:
         phrases: list[dict[str, Any]] | None = None,
         audio_path: str | None = None,
     ) -> bool:
-        """Store the transcript and mark the job completed in ONE transaction, if still ours.
+        """:meth:`complete_many` for one job."""
+        return self.complete_many([Completion(job_id, transcript, phrases, audio_path)])[job_id]
 
-        ``phrases`` are the phrases to store (with their written form, perhaps redacted) in place
-        of the engine's; ``audio_path`` a new stored recording (the redacted one). The same
-        transaction indexes its phrases, stores its analytics and flags the rules it matches
-        (``shared.platform.search.after_transcript_stored``; their ids land in ``self.flagged``)."""
-        result = transcript.to_dict()
-        if phrases is not None:
-            result["phrases"] = phrases
-            result["full_text"] = " ".join(p["text"] for p in phrases)
-        extra: dict[str, Any] = {"audio_path": audio_path} if audio_path else {}
+    def complete_many(self, done: Sequence[Completion]) -> dict[str, bool]:
+        """Store each transcript and mark its job completed, if still ours, all in ONE transaction
+        (a round of a batch ends many recordings at once: one commit, one WAL flush, instead of one
+        per job). Returns, per job, whether it was stored (False: the lease was lost).
+
+        A completion's ``phrases`` are the phrases to store (with their written form, perhaps
+        redacted) in place of the engine's; ``audio_path`` a new stored recording (the redacted one).
+        The same transaction indexes their phrases, stores their analytics and flags the rules they
+        match (``shared.platform.search.after_transcript_stored``; the ids land in ``self.flagged``)."""
+        stored: dict[str, bool] = {}
+        ended_rows: list[Any] = []
+        flagged: dict[str, list[str]] = {}
+        rules: dict[uuid.UUID, Any] = {}  # each tenant's rules, read once in this transaction
         with session_scope(self.url) as session:
-            stmt = (
-                update(Job)
-                .where(self._mine(job_id))
-                .values(
-                    status="completed",
-                    progress=1.0,
-                    duration=transcript.duration,
-                    processing_seconds=transcript.processing_time,
-                    finished_at=func.now(),
-                    lease_expires_at=None,
-                    error_code=None,
-                    error_message=None,
-                    **extra,
-                )
-                .returning(*_ENDED, Job.tenant_id)
+            for c in done:
+                ended = self._store_one(session, c, flagged, rules)
+                stored[c.job_id] = ended is not None
+                if ended is not None:
+                    ended_rows.append(ended)
+        self.flagged.update(flagged)  # only once committed
+        self._ended_many(ended_rows, "completed")
+        return stored
+
+    def _store_one(
+        self, session: Session, c: Completion, flagged: dict[str, list[str]], rules: dict[uuid.UUID, Any]
+    ) -> Any:
+        """One job's completion inside the caller's transaction; its ended row, or None if not ours."""
+        transcript = c.transcript
+        result = transcript.to_dict()
+        if c.phrases is not None:
+            result["phrases"] = c.phrases
+            result["full_text"] = " ".join(p["text"] for p in c.phrases)
+        extra: dict[str, Any] = {"audio_path": c.audio_path} if c.audio_path else {}
+        stmt = (
+            update(Job)
+            .where(self._mine(c.job_id))
+            .values(
+                status="completed",
+                progress=1.0,
+                duration=transcript.duration,
+                processing_seconds=transcript.processing_time,
+                finished_at=func.now(),
+                lease_expires_at=None,
+                error_code=None,
+                error_message=None,
+                **extra,
             )
-            ended = session.execute(stmt, execution_options=_NO_SYNC).first()
-            if ended is None:
-                session.rollback()
-                return False
-            stored = session.execute(
-                insert(Transcript)
-                .values(
-                    job_id=uuid.UUID(job_id),
-                    phrases=result["phrases"],
-                    full_text=result["full_text"],
-                    duration=transcript.duration,
-                    channels=transcript.channels,
-                )
-                .on_conflict_do_nothing(index_elements=[Transcript.job_id])
-                .returning(Transcript.job_id)
-            ).first()
-            if stored is not None:
-                self.flagged[job_id] = after_transcript_stored(
-                    session,
-                    ended.id,
-                    ended.tenant_id,
-                    result["phrases"],
-                    transcript.duration,
-                    transcript.channels,
-                )
-        self._ended(ended, "completed")
-        return True
+            .returning(*_ENDED, Job.tenant_id)
+        )
+        ended = session.execute(stmt, execution_options=_NO_SYNC).first()
+        if ended is None:
+            return None
+        inserted = session.execute(
+            insert(Transcript)
+            .values(
+                job_id=uuid.UUID(c.job_id),
+                phrases=result["phrases"],
+                full_text=result["full_text"],
+                duration=transcript.duration,
+                channels=transcript.channels,
+            )
+            .on_conflict_do_nothing(index_elements=[Transcript.job_id])
+            .returning(Transcript.job_id)
+        ).first()
+        if inserted is not None:
+            flagged[c.job_id] = after_transcript_stored(
+                session,
+                ended.id,
+                ended.tenant_id,
+                result["phrases"],
+                transcript.duration,
+                transcript.channels,
+                rules,
+            )
+        return ended
 
     def finish_batch(self, batch_id: str | None) -> Finished | None:
         """After a job of ``batch_id`` became final (and that was committed): finish the batch if
@@ -394,6 +438,14 @@ class JobStore:
             return None
         with session_scope(self.url) as session:
             return finish_batch(session, batch_id)
+
+    def finish_batches(self, batch_ids: Iterable[str]) -> list[Finished]:
+        """:meth:`finish_batch` for several batches in one statement (after a round's results)."""
+        ids = sorted({b for b in batch_ids if b})
+        if not ids:
+            return []
+        with session_scope(self.url) as session:
+            return finish_batches(session, ids)
 
     def fail(self, job_id: str, code: str, message: str) -> bool:
         return self._end(job_id, "failed", code, message[:2000])

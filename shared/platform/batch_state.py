@@ -174,6 +174,13 @@ def finish_batch(session: Session, batch_id: str | uuid.UUID) -> Finished | None
     return rows[0] if rows else None
 
 
+def finish_batches(session: Session, batch_ids: Iterable[str | uuid.UUID]) -> list[Finished]:
+    """:func:`finish_batch` for several batches in one UPDATE (a round of a worker ended jobs of
+    them); the ones this call finished."""
+    ids = [uuid.UUID(str(b)) for b in batch_ids]
+    return _finish(session, Batch.id.in_(ids)) if ids else []
+
+
 def finish_done_batches(session: Session) -> list[Finished]:
     """The beat's sweep: finish every batch whose jobs are all final but that nobody finished (its
     last job's worker died between its commit and the check, or its last job was deleted). Only

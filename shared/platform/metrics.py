@@ -177,13 +177,25 @@ def job_finished(
     audio_seconds: float | None = None,
     processing_seconds: float | None = None,
 ) -> None:
-    r = Recorder(client).count("tone_jobs_finished_total", 1.0, status=status)
+    r = Recorder(client)
+    record_job_finished(r, status, latency_seconds, audio_seconds, processing_seconds)
+    r.flush()
+
+
+def record_job_finished(
+    r: Recorder,
+    status: str,
+    latency_seconds: float | None,
+    audio_seconds: float | None = None,
+    processing_seconds: float | None = None,
+) -> None:
+    """A finished job's counters, added to ``r`` (flushed by the caller: many jobs, one write)."""
+    r.count("tone_jobs_finished_total", 1.0, status=status)
     if latency_seconds is not None:
         r.observe("tone_job_latency_seconds", latency_seconds)
     if status == "completed":
         r.count("tone_audio_seconds_processed_total", audio_seconds or 0.0)
         r.count("tone_processing_seconds_total", processing_seconds or 0.0)
-    r.flush()
 
 
 def collect(client: Any) -> Iterator[Metric]:

@@ -145,11 +145,22 @@ def evaluate(
 
 
 def apply_rules(
-    session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID, measures: Mapping[str, Any]
+    session: Session,
+    job_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    measures: Mapping[str, Any],
+    known: dict[uuid.UUID, list[Rule]] | None = None,
 ) -> list[str]:
     """Flag the job with every rule of its tenant that fires; returns their ids (new flags only).
-    Word rules read the job's index rows, written just before in the same transaction."""
-    rules = session.scalars(select(Rule).where(Rule.tenant_id == tenant_id).order_by(Rule.created_at)).all()
+    Word rules read the job's index rows, written just before in the same transaction. ``known``:
+    the tenants' rules already read in this transaction (filled here; many jobs stored at once
+    read them once)."""
+    rules = None if known is None else known.get(tenant_id)
+    if rules is None:
+        query = select(Rule).where(Rule.tenant_id == tenant_id).order_by(Rule.created_at)
+        rules = list(session.scalars(query))
+        if known is not None:
+            known[tenant_id] = rules
     fired: list[str] = []
     for rule in rules:
         details = evaluate(session, rule, job_id, measures)

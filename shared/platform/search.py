@@ -72,9 +72,11 @@ def after_transcript_stored(
     phrases: Sequence[Mapping[str, Any]],
     duration: float,
     channels: int,
+    rules: dict[uuid.UUID, Any] | None = None,
 ) -> list[str]:
     """Index the phrases, store the job's analytics and flag the rules it matches, in the caller's
-    transaction. Returns the ids of the rules that matched (each gets a ``job.flagged`` event)."""
+    transaction. Returns the ids of the rules that matched (each gets a ``job.flagged`` event).
+    ``rules``: the tenants' rules already read in this transaction (``apply_rules``'s ``known``)."""
     from shared.platform.rules import apply_rules
 
     rows = index_rows(job_id, tenant_id, phrases)
@@ -82,4 +84,4 @@ def after_transcript_stored(
         session.execute(insert(TranscriptPhrase), rows)
     measures = analytics.compute(phrases, duration, channels)
     session.execute(update(Job).where(Job.id == job_id).values(analytics=measures))
-    return apply_rules(session, job_id, tenant_id, measures)
+    return apply_rules(session, job_id, tenant_id, measures, rules)

@@ -1,0 +1,83 @@
+"""``worker.store.JobStore.complete_many`` against real PostgreSQL: a round's transcripts stored in one
+transaction (one commit for all of them), a job whose lease was lost left alone, its batch ended
+once by ``finish_batches``."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select, update
+
+from shared.asr.engine import Transcript as EngineTranscript
+from shared.asr.types import Phrase
+from shared.db.models import Batch, Job, JobFlag, Rule, Transcript, TranscriptPhrase
+from shared.db.session import session_scope
+from shared.platform.keys import get_or_create_tenant
+from worker.store import Completion, JobStore
+
+
+def _transcript(text: str) -> EngineTranscript:
+    return EngineTranscript((Phrase(text, 0.5, 1.5),), duration=2.0, processing_time=0.1)
+
+
+def test_a_rounds_transcripts_are_stored_in_one_transaction_and_a_lost_lease_is_left_alone(
+    servers: dict[str, str],
+) -> None:
+    url = servers["DATABASE_URL"]
+    with session_scope(url) as s:
+        tenant = get_or_create_tenant(s, f"complete-many-{uuid.uuid4().hex[:6]}")
+        batch = Batch(
+            tenant_id=tenant.id, source="directory", status="queued", options={}, skipped=[], items=3
+        )
+        s.add(batch)
+        s.flush()
+        jobs = [Job(tenant_id=tenant.id, status="queued", batch_id=batch.id) for _ in range(3)]
+        s.add_all(jobs)
+        s.flush()
+        ids = [str(j.id) for j in jobs]
+        batch_id = str(batch.id)
+    store = JobStore(url, f"owner-{uuid.uuid4().hex[:6]}", 60.0)
+    assert all(store.claim(i) is not None for i in ids)
+    with session_scope(url) as s:  # the middle job was taken over by another worker meanwhile
+        s.execute(update(Job).where(Job.id == uuid.UUID(ids[1])).values(lease_owner="someone-else"))
+
+    stored = store.complete_many([Completion(i, _transcript(f"фраза {n}")) for n, i in enumerate(ids)])
+    assert stored == {ids[0]: True, ids[1]: False, ids[2]: True}
+    with session_scope(url) as s:
+        rows = {str(j.id): j for j in s.scalars(select(Job).where(Job.id.in_([uuid.UUID(i) for i in ids])))}
+        texts = dict(s.execute(select(Transcript.job_id, Transcript.full_text)).all())
+        indexed = set(s.scalars(select(TranscriptPhrase.job_id)))
+    assert [rows[i].status for i in ids] == ["completed", "processing", "completed"]
+    # one transaction: PostgreSQL's now() is its start, the same for every job stored in it
+    assert rows[ids[0]].finished_at is not None and rows[ids[0]].finished_at == rows[ids[2]].finished_at
+    assert texts[uuid.UUID(ids[0])] == "фраза 0" and texts[uuid.UUID(ids[2])] == "фраза 2"
+    assert uuid.UUID(ids[1]) not in texts and uuid.UUID(ids[1]) not in indexed
+    assert {uuid.UUID(ids[0]), uuid.UUID(ids[2])} <= indexed
+    assert rows[ids[0]].analytics is not None
+
+    assert store.finish_batches([batch_id, batch_id]) == []  # the middle job is still open
+    with session_scope(url) as s:
+        s.execute(update(Job).where(Job.id == uuid.UUID(ids[1])).values(status="failed"))
+    ended = store.finish_batches([batch_id])
+    assert [(b.id, b.status) for b in ended] == [(batch_id, "completed")]
+    assert store.finish_batches([batch_id]) == []  # exactly once
+
+
+def test_a_tenants_rules_are_read_once_and_flag_every_job_of_the_round(servers: dict[str, str]) -> None:
+    url = servers["DATABASE_URL"]
+    with session_scope(url) as s:
+        tenant = get_or_create_tenant(s, f"complete-rules-{uuid.uuid4().hex[:6]}")
+        rule = Rule(tenant_id=tenant.id, name="refund", kind="phrase_contains", params={"words": ["возврат"]})
+        jobs = [Job(tenant_id=tenant.id, status="queued") for _ in range(3)]
+        s.add_all([rule, *jobs])
+        s.flush()
+        ids, rule_id = [str(j.id) for j in jobs], str(rule.id)
+    store = JobStore(url, f"owner-{uuid.uuid4().hex[:6]}", 60.0)
+    assert all(store.claim(i) is not None for i in ids)
+    said = ["оформим возврат", "всё хорошо", "нужен возврат денег"]
+    stored = store.complete_many([Completion(i, _transcript(t)) for i, t in zip(ids, said, strict=True)])
+    assert all(stored.values())
+    assert store.flagged == {ids[0]: [rule_id], ids[1]: [], ids[2]: [rule_id]}
+    with session_scope(url) as s:
+        flagged = set(s.scalars(select(JobFlag.job_id).where(JobFlag.rule_id == uuid.UUID(rule_id))))
+    assert flagged == {uuid.UUID(ids[0]), uuid.UUID(ids[2])}
