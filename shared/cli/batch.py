@@ -662,7 +662,7 @@ def _submit(run: Run, state: dict[str, Any] | None, files: list[tuple[str, Path]
         elif digest != state["input_hash"]:
             raise BatchError(f"{run.args.source} changed while it was being read; run the command again")
         answer = _upload(run, archive, filename, state["idempotency_key"])
-    if not answer.get("jobs"):
+    if not answer.get("jobs") and answer.get("status") != "preparing":  # preparing: jobs to come
         (run.out / STATE_NAME).unlink(missing_ok=True)
         reasons = "; ".join(f"{s.get('name')}: {s.get('reason')}" for s in answer.get("skipped", [])[:10])
         raise BatchError(f"the server found no audio it could read in {run.args.source} ({reasons})")

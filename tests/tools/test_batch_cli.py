@@ -240,13 +240,18 @@ def reading_api(platform_env: dict[str, str], logs: Path) -> Iterator[Proc]:
 
 
 def test_a_batch_the_server_reads_in_the_background_is_waited_for_to_its_last_recording(
-    reading_api: Proc, worker: Proc, key: str, tmp_path: Path
+    reading_api: Proc, worker: Proc, servers: dict[str, str], tmp_path: Path
 ) -> None:
+    """Its answer has no job yet (status preparing): neither "no audio" nor the end. A tenant of its
+    own: the same folder under another test's key would be that test's batch again (the CLI's
+    Idempotency-Key comes from the files)."""
+    key = make_key(servers, "batch-cli-reading")
     folder = make_folder(tmp_path / "in")
     out = tmp_path / "out"
     done = run_batch(folder, out, reading_api.url or "", key, "--format", "json")
     assert done.returncode == 0, done.stderr
     batch_id = state_of(out)["batch_id"]
+    assert f"batch {batch_id}: its recordings are read" in reading_api.log.read_text()  # in the background
     assert f"batch {batch_id}: 3 of 3 recordings transcribed, 0 failed" in done.stdout
     records = [json.loads(r) for r in (out / "results.jsonl").read_text().splitlines()]
     assert sorted(r["name"] for r in records) == sorted(CALLS)
@@ -399,6 +404,7 @@ def test_bench_batch_run_waits_for_a_batch_read_in_the_background(
     audio = batch_archive(archive, recordings=3, seconds=1.0, seed=8)
     run = batch_run(reading_api.url or "", key, archive, audio, poll=0.2)
     assert run.recordings == 3 and run.completed == 3
+    assert reading_api.log.read_text().count(": its recordings are read") >= 1
 
 
 def test_bench_batch_run_from_a_server_folder(
