@@ -25,7 +25,7 @@ from shared.asr.engine import Transcript as EngineTranscript
 from shared.db.models import FINAL_STATUSES, Job, Transcript
 from shared.db.session import session_scope
 from shared.platform import logs, metrics
-from shared.platform.batch_state import Finished, finish_batch, finish_batches
+from shared.platform.batch_state import Finished, finish_batches
 from shared.platform.search import after_transcript_stored
 
 _NO_SYNC = {"synchronize_session": False}  # no ORM objects to refresh: plain UPDATE ... RETURNING
@@ -110,7 +110,7 @@ class JobStore:
         self.owner = owner
         self.lease = timedelta(seconds=lease_seconds)
         self.metrics = metrics.client_for(redis_url) if redis_url else None  # where the counters go
-        # rules each completed job matched (complete() fills it, the caller pops it to send job.flagged)
+        # rules each completed job matched (complete_many fills it, the caller pops it for job.flagged)
         self.flagged: dict[str, list[str]] = {}
 
     def _started(self, claimed: Sequence[Any]) -> list[Claimed]:
@@ -345,16 +345,6 @@ class JobStore:
 
     # -- final states -----------------------------------------------------------------------------
 
-    def complete(
-        self,
-        job_id: str,
-        transcript: EngineTranscript,
-        phrases: list[dict[str, Any]] | None = None,
-        audio_path: str | None = None,
-    ) -> bool:
-        """:meth:`complete_many` for one job."""
-        return self.complete_many([Completion(job_id, transcript, phrases, audio_path)])[job_id]
-
     def complete_many(self, done: Sequence[Completion]) -> dict[str, bool]:
         """Store each transcript and mark its job completed, if still ours, all in ONE transaction
         (a round of a batch ends many recordings at once: one commit, one WAL flush, instead of one
@@ -431,16 +421,10 @@ class JobStore:
             )
         return ended
 
-    def finish_batch(self, batch_id: str | None) -> Finished | None:
-        """After a job of ``batch_id`` became final (and that was committed): finish the batch if
-        that was its last open job. Returns it only to the one caller that finished it."""
-        if not batch_id:
-            return None
-        with session_scope(self.url) as session:
-            return finish_batch(session, batch_id)
-
     def finish_batches(self, batch_ids: Iterable[str]) -> list[Finished]:
-        """:meth:`finish_batch` for several batches in one statement (after a round's results)."""
+        """After jobs of these batches became final (and that was committed): finish each batch whose
+        last open job that was, in one statement. Returns them only to the one caller that finished
+        them."""
         ids = sorted({b for b in batch_ids if b})
         if not ids:
             return []

@@ -127,7 +127,7 @@ def _archive_batch(
         def build(batch_id: uuid.UUID) -> svc.Built:
             nonlocal kept
             handle, entries = sources.list_archive(archive, settings)
-            if intake.audio_files(entries) > settings.batch_inline_files:  # read in the background
+            if sources.audio_files(entries) > settings.batch_inline_files:  # read in the background
                 handle.close()
                 kept = archive.with_name(f"{batch_id}.archive")
                 archive.rename(kept)
@@ -170,7 +170,7 @@ def _directory_batch(
     def build(batch_id: uuid.UUID) -> svc.Built:
         folder = sources.resolve_directory(body.directory or "", settings)
         entries = sources.list_directory(folder, settings)
-        if intake.audio_files(entries) > settings.batch_inline_files:  # read in the background
+        if sources.audio_files(entries) > settings.batch_inline_files:  # read in the background
             return svc.Built([], [], 0, [], preparing={"directory": relative})
         items, skipped, meta = sources.scan_directory(entries, settings)
         jobs = svc.file_jobs(caller, batch_id, items, meta, sub, settings)

@@ -70,15 +70,6 @@ def stop_readers() -> None:
     _stopping.set()
 
 
-def audio_files(entries: list[sources.Entry]) -> int:
-    """How many entries the request would read and probe: regular files with an audio extension."""
-    return sum(
-        1
-        for e in entries
-        if e.kind == "file" and sources.PurePosixPath(e.name).suffix.lower() in sources.AUDIO_SUFFIXES
-    )
-
-
 def submit(batch_id: uuid.UUID, beat: datetime, settings: Settings) -> None:
     """Read the batch's folder on this process's readers (the caller committed it, beat ``beat``)."""
     global _pool
@@ -146,7 +137,7 @@ def _chunks(entries: list[sources.Entry], size: int) -> Iterator[list[sources.En
 def _read_so_far(db: Session, batch: Batch) -> tuple[set[str], dict[str, uuid.UUID]]:
     """What an earlier reader of this batch did: every name it placed (in a job or skipped), and its
     jobs by content (for the dedupe of later files)."""
-    names = func.jsonb_array_elements_text(Job.options["batch_names"]).table_valued("name").lateral("n")
+    names = batch_svc.item_names()
     query = select(names.c.name).select_from(Job).join(names, true()).where(Job.batch_id == batch.id)
     done: set[str] = {str(name) for name in db.scalars(query)}
     done |= {s["name"] for s in batch.skipped or []}
@@ -182,35 +173,6 @@ def _open(batch: Batch, settings: Settings) -> _Source:
     directory = str(batch.options.get("directory", ""))
     entries = sources.list_directory(sources.resolve_directory(directory, settings), settings)
     return _Source(directory, entries, sources._hash_in_place, sources.SCAN_THREADS)
-
-
-def _read(
-    chunk: list[sources.Entry], source: _Source, settings: Settings
-) -> tuple[list[sources.Item], list[dict[str, str]]]:
-    """One chunk's recordings (deduped within it) and skips. An entry the request would have
-    refused the whole batch for (an archive entry that holds more than it declares, a folder file
-    that grew) is one skipped item here, with that reason: its neighbours are read."""
-    try:
-        items, skipped, _ = sources.collect(chunk, settings, source.place, threads=source.threads)
-        return items, skipped
-    except ApiError:
-        pass
-    by_hash: dict[str, sources.Item] = {}
-    skipped = []
-    for entry in chunk:
-        try:
-            one, skips, _ = sources.collect([entry], settings, source.place)
-        except ApiError as exc:
-            skipped.append({"name": sources.clean_name(entry.name), "reason": f"{exc.code}: {exc.message}"})
-            continue
-        skipped += skips
-        for item in one:
-            if item.stored.sha256 in by_hash:
-                by_hash[item.stored.sha256].names += item.names
-                sources.discard([item])
-            else:
-                by_hash[item.stored.sha256] = item
-    return list(by_hash.values()), skipped
 
 
 def _prepare(db: Session, batch_id: uuid.UUID, beat: datetime, settings: Settings) -> None:
@@ -261,7 +223,9 @@ def _read_all(
             _release(db, batch_id, beat)
             return None
         try:
-            items, skipped = _read(chunk, source, settings)
+            items, skipped, _ = sources.collect(
+                chunk, settings, source.place, threads=source.threads, lenient=True
+            )
         except (OperationalError, InterfaceError):
             raise  # the database: a later reader takes the batch over
         except Exception as exc:  # anything else would fail again: the reading ends, with its reason

@@ -252,11 +252,21 @@ def _probe(path: Path, settings: Settings) -> tuple[str | None, float | None]:
     return None, info.duration
 
 
+def has_audio_suffix(name: str) -> bool:
+    return PurePosixPath(name).suffix.lower() in AUDIO_SUFFIXES
+
+
+def audio_files(entries: list[Entry]) -> int:
+    """How many entries :func:`collect` would read and probe: regular files with an audio extension."""
+    return sum(1 for e in entries if e.kind == "file" and has_audio_suffix(e.name))
+
+
 def _placed(
-    place: Callable[[Entry, str], tuple[StoredAudio, bool]], todo: tuple[Entry, str]
+    place: Callable[[Entry, str], tuple[StoredAudio, bool]], lenient: bool, todo: tuple[Entry, str]
 ) -> tuple[StoredAudio, bool] | str:
-    """``place(entry, name)``, or for a folder's file that went away or cannot be read since the
-    walk, the reason to skip it (not a 500)."""
+    """``place(entry, name)``, or the reason to skip the entry: a folder's file that went away or
+    cannot be read since the walk (not a 500), and with ``lenient`` an entry that would refuse the
+    whole batch (``ApiError``: one that holds more than it declares)."""
     entry, name = todo
     try:
         return place(entry, name)
@@ -264,14 +274,21 @@ def _placed(
         if entry.path is None:  # extracting an archive's entry: our own disk failed, not the entry
             raise
         return f"unreadable: {exc.strerror or exc}"
+    except ApiError as exc:
+        if not lenient:
+            raise
+        return f"{exc.code}: {exc.message}"
 
 
 def _placements(
-    place: Callable[[Entry, str], tuple[StoredAudio, bool]], todo: list[tuple[Entry, str]], threads: int
+    place: Callable[[Entry, str], tuple[StoredAudio, bool]],
+    todo: list[tuple[Entry, str]],
+    threads: int,
+    lenient: bool,
 ) -> Generator[tuple[StoredAudio, bool] | str, None, None]:
     """Every entry placed, in order; with ``threads`` > 1 that many at a time, ahead of the caller
     (only for a ``place`` that stores nothing of ours: a pending one is cancelled, not undone)."""
-    one = partial(_placed, place)
+    one = partial(_placed, place, lenient)
     if threads <= 1 or len(todo) <= 1:
         yield from map(one, todo)
         return
@@ -284,14 +301,17 @@ def collect(
     settings: Settings,
     place: Callable[[Entry, str], tuple[StoredAudio, bool]],
     threads: int = 1,
+    lenient: bool = False,
 ) -> tuple[list[Item], list[dict[str, str]], dict[str, Any]]:
     """``(distinct recordings, skipped, metadata rows)`` of checked entries: the skip rules, the
     dedupe by content and ``metadata.csv``, shared by archives and folders. ``place(entry, name)``
     stores or finds one file: ``(its audio, whether it is ours to remove)``; with ``threads`` > 1,
     that many files are placed (read and hashed: both release the GIL) ahead of the probe, which
     stays in this thread (its Python would only fight the GIL). The result is the same either way:
-    skips in entry order, a duplicate's names under its first entry. On any error every file placed
-    so far that is ours is removed."""
+    skips in entry order, a duplicate's names under its first entry. ``lenient``: an entry that
+    would refuse the whole batch is one skip with its reason instead (a batch read in the
+    background, whose neighbours are already being transcribed). On any error every file placed so
+    far that is ours is removed."""
     skips: list[tuple[int, dict[str, str]]] = []  # (entry index, skip): reported in entry order
     meta: dict[str, Any] = {}
     todo: list[tuple[int, Entry, str]] = []
@@ -310,7 +330,7 @@ def collect(
             skips.append((i, {"name": name, "reason": "duplicate_name"}))
             continue
         seen.add(name)
-        if PurePosixPath(name).suffix.lower() not in AUDIO_SUFFIXES:
+        if not has_audio_suffix(name):
             skips.append((i, {"name": name, "reason": "not_audio: the extension is not an audio one"}))
             continue
         if e.size == 0:
@@ -318,7 +338,7 @@ def collect(
             continue
         todo.append((i, e, name))
     items: dict[str, Item] = {}
-    placements = _placements(place, [(e, name) for _, e, name in todo], threads)
+    placements = _placements(place, [(e, name) for _, e, name in todo], threads, lenient)
     try:
         for (i, _, name), placed in zip(todo, placements, strict=True):
             if isinstance(placed, str):

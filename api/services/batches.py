@@ -260,13 +260,19 @@ def list_batches(
     return [batch_view(b, stats[b.id]) for b in page], cursor
 
 
+def item_names() -> Any:
+    """Each job's names, unnested from ``options->'batch_names'``: a LATERAL to join a job to (its
+    column ``name``)."""
+    return func.jsonb_array_elements_text(Job.options["batch_names"]).table_valued("name").lateral("n")
+
+
 def list_items(
     db: Session, batch: Batch, limit: int, cursor: str | None, status: str | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the batch's items (names), by name, in SQL: a job's names are unnested from
     ``options->'batch_names'``; only ``limit + 1`` rows are read. ``status``: only items whose job
     is in it (e.g. the failed ones of a 10 000-recording batch)."""
-    names = func.jsonb_array_elements_text(Job.options["batch_names"]).table_valued("name").lateral("n")
+    names = item_names()
     query = (
         select(
             names.c.name,

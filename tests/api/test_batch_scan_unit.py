@@ -130,11 +130,10 @@ def test_an_archive_whose_extraction_fails_leaves_none_of_its_files(tmp_path: Pa
 def test_an_entry_the_request_would_refuse_the_batch_for_is_one_skip_in_the_background(
     tmp_path: Path, folder: Path
 ) -> None:
-    """``api.services.batch_intake._read``: a chunk whose entry raises (an archive entry holding more
-    than it declares) is read entry by entry; that entry is skipped with its reason, the others are
-    read and deduped as before, and no extracted copy of a duplicate stays on disk."""
+    """``collect(..., lenient=True)``, as the background reader calls it: an entry that raises (an
+    archive entry holding more than it declares) is skipped with its reason, the others are read and
+    deduped as before, and no extracted copy of a duplicate stays on disk."""
     from api.errors import ApiError
-    from api.services.batch_intake import _read, _Source
 
     made: list[Path] = []
 
@@ -150,7 +149,7 @@ def test_an_entry_the_request_would_refuse_the_batch_for_is_one_skip_in_the_back
         return StoredAudio(dest, found[0].size, found[0].sha256), True
 
     entries = sources.directory_entries(folder, Settings())
-    items, skipped = _read(entries, _Source("archive", entries, place, 1), Settings())
+    items, skipped, _ = sources.collect(entries, Settings(), place, lenient=True)
     assert [(i.name, i.names) for i in items] == [
         ("a.wav", ["a.wav", "e_copy.wav", "sub/i_copy.wav"]),
         ("sub/h.wav", ["sub/h.wav"]),
