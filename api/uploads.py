@@ -4,8 +4,8 @@ Two guards: :class:`BodyLimitMiddleware` refuses a request body larger than the 
 room for form fields; a JSON body: ``JSON_LIMIT``, a batch manifest ``MANIFEST_LIMIT``) before
 FastAPI parses it — from ``Content-Length`` at once, or by counting the bytes of a chunked body as
 they arrive —, and request headers over ``HEADER_LIMIT`` in all (431); and :func:`save_stream`
-copies a spooled upload (or any byte stream) to ``settings.audio_path`` in 1 MiB pieces, hashing
-and counting as it goes, removing the partial file on any failure.
+(:class:`FileSink`) copies a spooled upload (or any byte stream) to ``settings.audio_path`` in 1 MiB
+pieces, hashing and counting as it goes, removing the partial file on any failure.
 """
 
 from __future__ import annotations
@@ -54,26 +54,50 @@ def _pieces(source: BinaryIO) -> Iterable[bytes]:
         yield piece
 
 
+class FileSink:
+    """A file written in pieces to ``dest``: hashed and counted as it goes, a ``.part`` beside it
+    until :meth:`finish` puts it in place; 413 ``file_too_large`` past ``max_bytes``."""
+
+    def __init__(self, dest: Path, max_bytes: int) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.dest = dest
+        self.max_bytes = max_bytes
+        self.part = dest.with_name(dest.name + ".part")
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.finished = False
+        self._out = self.part.open("wb")
+
+    def write(self, piece: bytes) -> None:
+        self.size += len(piece)
+        if self.size > self.max_bytes:
+            raise too_large(self.max_bytes)
+        self.digest.update(piece)
+        self._out.write(piece)
+
+    def finish(self) -> StoredAudio:
+        self._out.close()
+        os.replace(self.part, self.dest)
+        self.finished = True
+        return StoredAudio(self.dest, self.size, self.digest.hexdigest())
+
+    def abort(self) -> None:
+        """Nothing left behind: the partial file removed."""
+        self._out.close()
+        self.part.unlink(missing_ok=True)
+
+
 def save_stream(source: BinaryIO | Iterable[bytes], dest: Path, max_bytes: int) -> StoredAudio:
     """Copy ``source`` to ``dest`` in pieces; 413 ``file_too_large`` past ``max_bytes``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
     pieces = _pieces(source) if hasattr(source, "read") else source  # type: ignore[arg-type]
-    digest = hashlib.sha256()
-    size = 0
-    part = dest.with_name(dest.name + ".part")
+    sink = FileSink(dest, max_bytes)
     try:
-        with part.open("wb") as out:
-            for piece in pieces:
-                size += len(piece)
-                if size > max_bytes:
-                    raise too_large(max_bytes)
-                digest.update(piece)
-                out.write(piece)
-        os.replace(part, dest)
+        for piece in pieces:
+            sink.write(piece)
+        return sink.finish()
     except BaseException:
-        part.unlink(missing_ok=True)
+        sink.abort()
         raise
-    return StoredAudio(dest, size, digest.hexdigest())
 
 
 def remove_quietly(path: str | Path | None) -> None:

@@ -13,12 +13,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
-from starlette.datastructures import UploadFile
 
 from api.deps import Caller, CallerDep, DbDep, SettingsDep
 from api.errors import ERRORS, ApiError
 from api.jsonbody import MANIFEST_LIMIT
 from api.jsonbody import loads as json_loads
+from api.multipart import receive_form
 from api.schemas import (
     BatchCancelOut,
     BatchItems,
@@ -39,7 +39,7 @@ from api.services import batch_results as results_svc
 from api.services import batch_sources as sources
 from api.services import batches as svc
 from api.services import jobs as jobs_svc
-from api.uploads import remove_quietly, save_stream
+from api.uploads import StoredAudio, remove_quietly
 from shared.db.models import Batch
 from shared.platform.batch_state import load_view
 from shared.platform.settings import Settings
@@ -114,14 +114,15 @@ def _archive_batch(
     db: Session,
     caller: Caller,
     settings: Settings,
-    upload: UploadFile,
+    stored: StoredAudio,
     options: BatchOptions,
     key: str | None,
 ) -> tuple[Batch, bool]:
-    archive = settings.audio_path / "batches" / f"{uuid.uuid4()}.upload"
+    """The batch of an uploaded archive, received at ``stored.path`` (removed by the caller, unless
+    a large archive was handed to its background reader under another name)."""
+    archive = stored.path
     kept: Path | None = None  # a large archive, kept for its reader
     try:
-        stored = save_stream(upload.file, archive, settings.max_upload_bytes)
         sub = svc.Submission("archive", options, svc.request_digest("archive", options, stored.sha256), key)
 
         def build(batch_id: uuid.UUID) -> svc.Built:
@@ -141,7 +142,6 @@ def _archive_batch(
             kept = None  # its reader's now: removed when the batch is read, cancelled or deleted
         return batch, created
     finally:
-        remove_quietly(archive)
         if kept is not None:
             remove_quietly(kept)
 
@@ -197,18 +197,18 @@ async def submit_batch(
 ) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=20)
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise ApiError(422, "invalid_request", "file (the archive) is required")
-        fields = {k: v for k, v in form.multi_items() if k in _FORM_FIELDS and isinstance(v, str)}
+        # the archive goes straight to the audio directory as it arrives (not spooled, then copied)
+        archive = settings.audio_path / "batches" / f"{uuid.uuid4()}.upload"
         try:
-            options = _validated(BatchOptions, fields)
+            form = await receive_form(request, archive, settings.max_upload_bytes, max_fields=20)
+            if form.stored is None:
+                raise ApiError(422, "invalid_request", "file (the archive) is required")
+            options = _validated(BatchOptions, {k: v for k, v in form.fields if k in _FORM_FIELDS})
             batch, created = await run_in_threadpool(
-                _archive_batch, db, caller, settings, upload, options, idempotency_key
+                _archive_batch, db, caller, settings, form.stored, options, idempotency_key
             )
         finally:
-            await upload.close()
+            remove_quietly(archive)
     elif content_type.startswith("application/json"):
         body: BatchRequest = _validated(BatchRequest, await _json_body(request))
         if (body.items is None) == (body.directory is None):

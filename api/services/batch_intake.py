@@ -169,7 +169,9 @@ def _open(batch: Batch, settings: Settings) -> _Source:
         if not archive.is_file():
             raise ApiError(410, "archive_gone", "the uploaded archive is no longer on the server")
         handle, entries = sources.list_archive(archive, settings)
-        return _Source("archive", entries, sources.extracted(settings), 1, archive, handle)
+        return _Source(
+            "archive", entries, sources.extracted(settings), sources.archive_threads(handle), archive, handle
+        )
     directory = str(batch.options.get("directory", ""))
     entries = sources.list_directory(sources.resolve_directory(directory, settings), settings)
     return _Source(directory, entries, sources._hash_in_place, sources.SCAN_THREADS)

@@ -286,14 +286,31 @@ def _placements(
     threads: int,
     lenient: bool,
 ) -> Generator[tuple[StoredAudio, bool] | str, None, None]:
-    """Every entry placed, in order; with ``threads`` > 1 that many at a time, ahead of the caller
-    (only for a ``place`` that stores nothing of ours: a pending one is cancelled, not undone)."""
+    """Every entry placed, in order; with ``threads`` > 1 that many at a time, ahead of the caller.
+    When the caller stops early (an error, a refusal), the entries not yet started are cancelled and
+    the files of ours placed ahead but never handed on are removed: nothing stays half-written."""
     one = partial(_placed, place, lenient)
     if threads <= 1 or len(todo) <= 1:
         yield from map(one, todo)
         return
     with ThreadPoolExecutor(min(threads, len(todo)), thread_name_prefix="batch-scan") as pool:
-        yield from pool.map(one, todo)
+        futures = [pool.submit(one, t) for t in todo]
+        handed = 0
+        try:
+            for future in futures:
+                placed = future.result()
+                handed += 1
+                yield placed
+        finally:
+            left = futures[handed:]
+            for future in left:
+                future.cancel()
+            for future in left:
+                if future.cancelled() or future.exception() is not None:
+                    continue
+                placed = future.result()
+                if not isinstance(placed, str) and placed[1]:
+                    remove_quietly(placed[0].path)
 
 
 def collect(
@@ -391,13 +408,20 @@ def list_archive(archive: Path, settings: Settings) -> tuple[Any, list[Entry]]:
     return handle, entries
 
 
+def archive_threads(handle: Any) -> int:
+    """How many of an archive's entries are extracted at once: a ZIP's entries are read through one
+    locked file (each read seeks to its own entry), so several threads copy and hash them at once;
+    a tar (compressed or not) is one stream, read in order."""
+    return SCAN_THREADS if isinstance(handle, zipfile.ZipFile) else 1
+
+
 def extract(
     handle: Any, entries: list[Entry], settings: Settings
 ) -> tuple[list[Item], list[dict[str, str]], dict[str, Any]]:
     """A listed archive's ``(distinct recordings, skipped, metadata rows)``; on any refusal nothing
     stays on disk. Closes the archive."""
     try:
-        return collect(entries, settings, extracted(settings))
+        return collect(entries, settings, extracted(settings), threads=archive_threads(handle))
     finally:
         handle.close()
 

@@ -24,6 +24,12 @@ from shared.platform.statuses import FINAL_STATUSES
 CHUNK_SECONDS = CHUNK_SAMPLES / SAMPLE_RATE
 
 
+# the root of the code this bench runs: the stack's servers start there, since ``python -m`` puts the
+# current directory before PYTHONPATH (a `git worktree` A/B from elsewhere would measure the
+# current directory's code on both sides)
+CODE_ROOT = Path(__file__).resolve().parents[2]
+
+
 def model_flops(path: Path) -> tuple[float, int]:
     """FLOPs of one 300 ms chunk of one stream (MatMul, Gemm, Conv), and the parameter count."""
     import onnx
@@ -903,7 +909,7 @@ def bench_stack(
     up = [cli, "up", "--detach", "--port", str(port), "--flower-port", str(_free_port())]
     extra: list[Any] = []
     try:
-        subprocess.run(up, env=env, check=True, capture_output=True, text=True, timeout=300)
+        subprocess.run(up, env=env, check=True, capture_output=True, text=True, timeout=300, cwd=CODE_ROOT)
         key = subprocess.run(
             [cli, "keys", "create", "--tenant", "bench"], env=env, check=True, capture_output=True, text=True
         ).stdout.strip()
@@ -940,7 +946,11 @@ def _extra_live_worker(env: dict[str, str], logs: Path, i: int) -> Any:
            "-n", f"bench-live-{i}-{os.getpid()}@%h", "--loglevel", "INFO"]  # fmt: skip
     with log.open("w") as out:
         proc = subprocess.Popen(
-            cmd, env={**env, "TONE_ORT_SPINNING": "steps"}, stdout=out, stderr=subprocess.STDOUT
+            cmd,
+            env={**env, "TONE_ORT_SPINNING": "steps"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=CODE_ROOT,
         )
     deadline = time.monotonic() + 120
     while "model loaded from" not in log.read_text(errors="replace"):  # ready, and the model warm

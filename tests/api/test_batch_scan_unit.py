@@ -156,3 +156,73 @@ def test_an_entry_the_request_would_refuse_the_batch_for_is_one_skip_in_the_back
     ]
     assert {s["name"]: s["reason"].split(":")[0] for s in skipped}["b.wav"] == "archive_bomb"
     assert sorted(p.name for p in tmp_path.glob("x*.wav")) == sorted(i.stored.path.name for i in items)
+
+
+def test_entries_placed_ahead_of_a_failure_are_removed_too(tmp_path: Path, folder: Path) -> None:
+    """Several at a time, entries after the one that fails may already be stored when it fails:
+    those, never handed on to the caller, are removed as well."""
+    stored: list[Path] = []
+    lock = threading.Lock()
+    later_stored = threading.Event()
+
+    def place(entry: sources.Entry, name: str) -> tuple[StoredAudio, bool]:
+        if name == "b.wav":
+            assert later_stored.wait(5)  # an entry after this one is on disk before this one fails
+            raise OSError(28, "No space left on device")
+        dest = tmp_path / f"copy-{name.replace('/', '_')}"
+        dest.write_bytes(entry.open().read())
+        with lock:
+            stored.append(dest)
+        if name == "sub/h.wav":
+            later_stored.set()
+        return StoredAudio(dest, dest.stat().st_size, name), True
+
+    entries = [
+        sources.Entry(e.name, e.size, None, e.kind, e.open)  # not a folder's: no path
+        for e in sources.directory_entries(folder, Settings())
+    ]
+    with pytest.raises(OSError, match="No space"):
+        sources.collect(entries, Settings(), place, threads=4)
+    assert tmp_path / "copy-sub_h.wav" in stored
+    assert [p.name for p in stored if p.exists()] == []
+
+
+def _zip_of(folder: Path, dest: Path) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(dest, "w") as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                zf.write(path, str(path.relative_to(folder)))
+    return dest
+
+
+def test_a_zip_is_extracted_several_entries_at_a_time_with_what_one_at_a_time_gives(
+    tmp_path: Path, folder: Path
+) -> None:
+    """A ZIP's entries are copied and hashed by several threads (a tar's in order, one stream); the
+    recordings, their names, the skips and the files left on disk are those of one at a time."""
+    import tarfile
+
+    archive = _zip_of(folder, tmp_path / "calls.zip")
+    results = []
+    for threads in (1, sources.SCAN_THREADS, 4):
+        settings = Settings(data_dir=tmp_path / f"data-{threads}")
+        handle, entries = sources.list_archive(archive, settings)
+        assert sources.archive_threads(handle) == sources.SCAN_THREADS
+        try:
+            items, skipped, meta = sources.collect(
+                entries, settings, sources.extracted(settings), threads=threads
+            )
+        finally:
+            handle.close()
+        on_disk = sorted(p.name for p in settings.audio_path.iterdir())
+        assert on_disk == sorted(i.stored.path.name for i in items)  # duplicates' and bad copies gone
+        results.append(([(i.name, i.names, i.stored.sha256) for i in items], skipped, meta))
+    assert results[0][0][0][1] == ["a.wav", "e_copy.wav", "sub/i_copy.wav"]
+    assert results[1] == results[0] and results[2] == results[0]
+    with tarfile.open(tmp_path / "calls.tar", "w") as tf:
+        tf.add(folder / "a.wav", "a.wav")
+    handle, _ = sources.list_archive(tmp_path / "calls.tar", Settings(data_dir=tmp_path / "data-tar"))
+    assert sources.archive_threads(handle) == 1
+    handle.close()

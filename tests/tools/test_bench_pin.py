@@ -1,5 +1,5 @@
-"""``tone-platform bench --pin-live-workers``: each live worker process, its children and their
-threads, on a CPU of its own (one-core machines, emulated)."""
+"""The bench's stack: ``--pin-live-workers`` puts each live worker process, its children and their
+threads, on a CPU of its own (one-core machines, emulated); the stack runs the bench's own code."""
 
 from __future__ import annotations
 
@@ -55,3 +55,25 @@ def test_each_live_worker_tree_is_pinned_to_a_cpu_of_its_own(tmp_path: Path) -> 
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_the_stack_starts_in_the_root_of_the_code_the_bench_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``python -m`` puts the current directory before PYTHONPATH: started from anywhere else, a
+    bench run from a `git worktree` would measure the other directory's servers."""
+    from shared.dev import bench
+
+    calls: list[tuple[list[str], object]] = []
+
+    def run(cmd: list[str], **kwargs: object) -> None:
+        calls.append((cmd, kwargs.get("cwd")))
+        raise RuntimeError("stopped before the stack starts")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(subprocess, "run", run)
+    with pytest.raises(RuntimeError, match="stopped"), bench.bench_stack(tmp_path / "model.onnx", 1):
+        pass
+    up = [cwd for cmd, cwd in calls if cmd[1] == "up"]
+    assert up == [bench.CODE_ROOT] and (bench.CODE_ROOT / "api" / "__main__.py").is_file()
+    assert Path(bench.__file__).resolve().is_relative_to(bench.CODE_ROOT)

@@ -1,0 +1,167 @@
+"""An archive uploaded to ``POST /v1/batches`` goes straight to the audio directory as it arrives
+(``api.multipart``): written once, its form fields read before or after it, and on any bad body, a
+limit passed or a client gone midway, nothing of it stays on disk."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import time
+import uuid
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from shared.db.models import Batch
+from shared.db.session import session_scope
+from tests.api.test_api import assert_error, auth
+from tests.conftest import Proc, start_api
+
+FILLER = 6 * 1024 * 1024  # a non-audio member: in the upload, never extracted
+
+
+def _archive() -> bytes:
+    wav = io.BytesIO()
+    sf.write(wav, np.random.default_rng(7).normal(0, 2000, 8000).astype(np.int16), 8000, format="WAV")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("calls/one.wav", wav.getvalue())
+        zf.writestr("notes.bin", os.urandom(FILLER))  # skipped as not audio
+    return buf.getvalue()
+
+
+def _written(pid: int) -> int:
+    """Bytes the API's processes passed to write() (/proc/<pid>/io ``wchar``), children included."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    total = 0
+    for p in [pid, *map(int, children)]:
+        for line in Path(f"/proc/{p}/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                total += int(line.split()[1])
+    return total
+
+
+def _leftovers(platform_env: dict[str, str]) -> list[str]:
+    folder = Path(platform_env["TONE_DATA_DIR"]) / "audio" / "batches"
+    return sorted(p.name for p in folder.glob("*")) if folder.exists() else []
+
+
+def _body(boundary: str, parts: list[tuple[str, str | None, bytes]], close: bool = True) -> bytes:
+    out = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return out + (f"--{boundary}--\r\n".encode() if close else b"")
+
+
+def _post(url: str, key: str, boundary: str, body: bytes | Iterator[bytes]) -> httpx.Response:
+    headers = {**auth(key), "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    return httpx.post(f"{url}/v1/batches", headers=headers, content=body, timeout=60)
+
+
+def test_an_archive_is_written_once_and_its_fields_are_read_on_either_side_of_it(
+    api: Proc, api_key: str, platform_env: dict[str, str], servers: dict[str, str]
+) -> None:
+    data = _archive()
+    boundary = uuid.uuid4().hex
+    body = _body(
+        boundary,
+        [
+            ("name", None, "Звонки за ноябрь".encode()),
+            ("file", "calls.zip", data),
+            ("priority", None, b"3"),
+        ],
+    )
+    before = _written(api.popen.pid)
+    response = _post(api.url, api_key, boundary, body)
+    written = _written(api.popen.pid) - before
+    assert response.status_code == 202, response.text
+    batch = response.json()
+    assert batch["name"] == "Звонки за ноябрь"
+    with session_scope(servers["DATABASE_URL"]) as s:  # a field after the file is read too
+        assert s.get(Batch, uuid.UUID(batch["id"])).options["priority"] == 3
+    assert batch["items"] == 1 and [s["name"] for s in batch["skipped"]] == ["notes.bin"]
+    # the archive once, the one recording once more (spooled, then copied, it was twice the archive)
+    assert len(data) <= written < 1.5 * len(data), written
+    assert _leftovers(platform_env) == []
+    httpx.delete(f"{api.url}/v1/batches/{batch['id']}", headers=auth(api_key), timeout=30)
+
+
+def test_a_bad_multipart_body_is_refused_and_leaves_nothing(
+    api: Proc, api_key: str, platform_env: dict[str, str]
+) -> None:
+    data = _archive()
+    b = uuid.uuid4().hex
+    cases: list[tuple[bytes, int, str]] = [
+        (_body(b, [("file", "calls.zip", data)], close=False), 400, "bad_request"),  # cut short
+        (_body(b, [("file", "a.zip", data), ("file", "b.zip", data)]), 400, "bad_request"),  # two files
+        (_body(b, [("archive", "calls.zip", data)]), 422, "invalid_request"),  # no part named file
+        (_body(b, [("name", None, b"x" * 70_000), ("file", "calls.zip", data)]), 400, "bad_request"),
+        (_body(b, [("file", "calls.zip", data), ("priority", None, b"9")]), 422, "invalid_request"),
+    ]
+    for body, status, code in cases:
+        assert_error(_post(api.url, api_key, b, body), status, code)
+    no_boundary = httpx.post(
+        f"{api.url}/v1/batches",
+        headers={**auth(api_key), "Content-Type": "multipart/form-data"},
+        content=_body(b, [("file", "calls.zip", data)]),
+        timeout=60,
+    )
+    assert_error(no_boundary, 400, "bad_request")
+    assert _leftovers(platform_env) == []
+
+
+@pytest.fixture(scope="module")
+def small_api(platform_env: dict[str, str], logs: Path) -> Iterator[Proc]:
+    proc = start_api({**platform_env, "TONE_MAX_UPLOAD_BYTES": "1000000"}, logs, "api-small-uploads")
+    yield proc
+    proc.stop()
+
+
+def test_an_archive_over_the_limit_leaves_nothing(
+    small_api: Proc, api_key: str, platform_env: dict[str, str]
+) -> None:
+    boundary = uuid.uuid4().hex
+    head, tail = _body(boundary, [("file", "calls.zip", b"@")]).split(b"@")
+
+    def chunked(total: int) -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        yield head
+        for _ in range(total // 65536):
+            yield b"\0" * 65536
+        yield tail
+
+    # over the upload limit though within the form's slack: refused while written, the part removed
+    assert_error(_post(small_api.url, api_key, boundary, chunked(1_310_720)), 413, "file_too_large")
+    assert_error(_post(small_api.url, api_key, boundary, chunked(8 * 1024 * 1024)), 413, "file_too_large")
+    assert _leftovers(platform_env) == []
+
+
+def test_an_archive_is_on_disk_while_it_arrives_and_gone_when_its_client_goes(
+    api: Proc, api_key: str, platform_env: dict[str, str]
+) -> None:
+    boundary = uuid.uuid4().hex
+    head = _body(boundary, [("file", "calls.zip", b"@")]).split(b"@")[0]
+    port = int(str(api.url).rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        request = (
+            f"POST /v1/batches HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api_key}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 9000000\r\n\r\n"
+        )
+        sock.sendall(request.encode() + head + os.urandom(3_000_000))
+        deadline = time.monotonic() + 10
+        while not _leftovers(platform_env) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        arriving = _leftovers(platform_env)
+        assert len(arriving) == 1 and arriving[0].endswith(".upload.part"), arriving  # written as it comes
+    deadline = time.monotonic() + 10
+    while _leftovers(platform_env) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _leftovers(platform_env) == []  # the client went away: its partial archive with it
+    assert httpx.get(f"{api.url}/livez", timeout=10).status_code == 200
