@@ -13,6 +13,7 @@ parser has no way to say where a file part goes.
 from __future__ import annotations
 
 import codecs
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from starlette.requests import Request
 from api.errors import ApiError
 from api.uploads import PIECE, FileSink, StoredAudio
 
-FIELD_LIMIT = 64 * 1024  # one form field's value
+FIELD_LIMIT = 1024 * 1024  # one form field's value (as Starlette's form reader)
 
 
 @dataclass
@@ -32,6 +33,7 @@ class ReceivedForm:
     fields: list[tuple[str, str]]
     stored: StoredAudio | None = None  # the file part, on disk at the destination
     filename: str | None = None
+    content_type: str | None = None  # the file part's own
 
 
 @dataclass
@@ -63,6 +65,7 @@ class _Receiver:
         self.fields: list[tuple[str, str]] = []
         self.files = 0
         self.filename: str | None = None
+        self.content_type: str | None = None
         self.pending: list[bytes] = []  # the file's bytes not yet handed to the sink
         self.pending_bytes = 0
         self.part = _Part()
@@ -95,6 +98,8 @@ class _Receiver:
             self.part.kind = "file" if self.part.name == self.file_field else "ignored"
             if self.part.kind == "file":
                 self.filename = _decode(options[b"filename"], self.charset)
+                media = next((v for k, v in self.part.headers if k == b"content-type"), None)
+                self.content_type = _decode(media, "latin-1") if media else None
         elif len(self.fields) >= self.max_fields:
             raise _bad(f"too many fields: at most {self.max_fields}")
 
@@ -121,11 +126,16 @@ class _Receiver:
 
 
 async def receive_form(
-    request: Request, dest: Path, max_bytes: int, *, file_field: str = "file", max_fields: int = 20
+    request: Request,
+    dest: Callable[[str | None], Path],
+    max_bytes: int,
+    *,
+    file_field: str = "file",
+    max_fields: int = 20,
 ) -> ReceivedForm:
-    """The request's form: its fields, and its one file part (``file_field``) written to ``dest``
-    (413 ``file_too_large`` past ``max_bytes``). A malformed body is 400 ``bad_request``; on any
-    failure, the client's disconnect included, nothing is left at ``dest``."""
+    """The request's form: its fields, and its one file part (``file_field``) written to
+    ``dest(its filename)`` (413 ``file_too_large`` past ``max_bytes``). A malformed body is 400
+    ``bad_request``; on any failure, the client's disconnect included, nothing is left there."""
     _, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if not boundary:
@@ -153,7 +163,7 @@ async def receive_form(
 
     async def flush() -> None:
         if not sink:
-            sink.append(await run_in_threadpool(FileSink, dest, max_bytes))
+            sink.append(await run_in_threadpool(FileSink, dest(got.filename), max_bytes))
         await run_in_threadpool(sink[0].write, got.take())
 
     try:
@@ -168,7 +178,7 @@ async def receive_form(
             return ReceivedForm(got.fields)
         await flush()
         stored = await run_in_threadpool(sink[0].finish)
-        return ReceivedForm(got.fields, stored, got.filename)
+        return ReceivedForm(got.fields, stored, got.filename, got.content_type)
     except MultipartParseError as exc:
         raise _bad(f"the multipart body cannot be read: {exc}") from None
     finally:

@@ -200,7 +200,7 @@ async def submit_batch(
         # the archive goes straight to the audio directory as it arrives (not spooled, then copied)
         archive = settings.audio_path / "batches" / f"{uuid.uuid4()}.upload"
         try:
-            form = await receive_form(request, archive, settings.max_upload_bytes, max_fields=20)
+            form = await receive_form(request, lambda _: archive, settings.max_upload_bytes, max_fields=20)
             if form.stored is None:
                 raise ApiError(422, "invalid_request", "file (the archive) is required")
             options = _validated(BatchOptions, {k: v for k, v in form.fields if k in _FORM_FIELDS})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,12 +13,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
-from starlette.datastructures import FormData, UploadFile
 
 from api.deps import CallerDep, DbDep, SettingsDep
 from api.errors import ERRORS, ApiError
 from api.jsonbody import JSON_LIMIT
 from api.jsonbody import loads as json_loads
+from api.multipart import ReceivedForm, receive_form
 from api.schemas import (
     DeliveryList,
     ErrorResponse,
@@ -30,8 +32,10 @@ from api.schemas import (
 )
 from api.services import jobs as svc
 from api.services import playback
+from api.uploads import audio_file_path, remove_quietly
 from shared.asr.formats import TranscriptFormat
 from shared.errors import CodedError
+from shared.platform.settings import Settings
 from shared.platform.statuses import FINAL_STATUSES, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -80,8 +84,8 @@ def _options(fields: dict[str, Any]) -> JobOptions:
         raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
 
 
-def _form_fields(form: FormData) -> dict[str, Any]:
-    fields: dict[str, Any] = {k: v for k, v in form.multi_items() if k != "file" and isinstance(v, str)}
+def _form_fields(items: list[tuple[str, str]]) -> dict[str, Any]:
+    fields: dict[str, Any] = {k: v for k, v in items if k != "file"}
     if "metadata" in fields:
         try:
             fields["metadata"] = json_loads(fields["metadata"])
@@ -102,19 +106,28 @@ async def _small_body(request: Request) -> bytes:
     return bytes(raw)
 
 
-async def _read_request(request: Request) -> tuple[dict[str, Any], UploadFile | None]:
+async def _read_request(
+    request: Request, dest: Callable[[str | None], Path], settings: Settings
+) -> tuple[dict[str, Any], ReceivedForm | None]:
+    """The options, and a multipart upload's form with its file written to ``dest(filename)``."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
         body = json_loads(await _small_body(request))
         if not isinstance(body, dict):
             raise ApiError(422, "invalid_request", "the JSON body must be an object")
         return body, None
-    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        form = await request.form(max_files=1, max_fields=20)
-        upload = form.get("file")
-        if upload is not None and not isinstance(upload, UploadFile):
-            raise ApiError(422, "invalid_request", "file must be a file part")
-        return _form_fields(form), upload
+    if content_type.startswith("multipart/form-data"):  # the file straight to its place (api.multipart)
+        form = await receive_form(request, dest, settings.max_upload_bytes, max_fields=20)
+        try:
+            if any(name == "file" for name, _ in form.fields):
+                raise ApiError(422, "invalid_request", "file must be a file part")
+            return _form_fields(form.fields), form
+        except BaseException:
+            remove_quietly(form.stored.path if form.stored else None)
+            raise
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        form_data = await request.form(max_files=0, max_fields=20)
+        return _form_fields([(k, v) for k, v in form_data.multi_items() if isinstance(v, str)]), None
     raise ApiError(415, "unsupported_media_type", "send multipart/form-data (with file) or JSON (audio_url)")
 
 
@@ -141,10 +154,14 @@ async def submit_job(
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobOut:
-    fields, upload = await _read_request(request)
-    options = _options(fields)
+    job_id = uuid.uuid4()
+    fields, form = await _read_request(
+        request, lambda name: audio_file_path(settings.audio_path, str(job_id), name), settings
+    )
+    stored = form.stored if form is not None else None
     try:
-        if (upload is None) == (options.audio_url is None):
+        options = _options(fields)
+        if (stored is None) == (options.audio_url is None):
             raise ApiError(422, "invalid_request", "send exactly one of file and audio_url")
         if options.audio_url is not None:
             url = svc.validate_audio_url(options.audio_url)
@@ -152,16 +169,16 @@ async def submit_job(
             options = options.model_copy(update={"audio_url": url})
             new = svc.NewJob(options, idempotency_key=idempotency_key)
         else:
-            assert upload is not None
-            job_id, stored = await run_in_threadpool(
-                svc.accept_upload, upload.file, upload.filename, settings
-            )
+            assert form is not None and stored is not None
+            await run_in_threadpool(svc.check_upload, stored, form.filename, settings)
             new = svc.NewJob(
-                options, stored, job_id, upload.filename, upload.content_type, idempotency_key=idempotency_key
+                options, stored, job_id, form.filename, form.content_type, idempotency_key=idempotency_key
             )
-    finally:
-        if upload is not None:
-            await upload.close()
+    except BaseException:
+        remove_quietly(stored.path if stored else None)  # refused: the upload goes with the request
+        raise
+    # not under the try: a cancelled await leaves the thread to commit the job, which then holds
+    # the file; create_job removes the upload itself wherever no job is made
     job, created = await run_in_threadpool(svc.create_job, db, caller, new, settings)
     if not created:
         response.status_code = 200

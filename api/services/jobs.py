@@ -156,13 +156,18 @@ def accept_upload(
     dest = audio_file_path(settings.audio_path, str(job_id), filename)
     stored = save_stream(source, dest, settings.max_upload_bytes)
     try:
-        if stored.size == 0:
-            raise ApiError(400, "empty_audio", "the uploaded file is empty")
-        _probe(stored.path, settings, filename)
+        check_upload(stored, filename, settings)
     except BaseException:
         remove_quietly(stored.path)
         raise
     return job_id, stored
+
+
+def check_upload(stored: StoredAudio, filename: str | None, settings: Settings) -> None:
+    """Refuse an empty, oversized or unreadable upload (the caller removes it)."""
+    if stored.size == 0:
+        raise ApiError(400, "empty_audio", "the uploaded file is empty")
+    _probe(stored.path, settings, filename)
 
 
 def validate_audio_url(url: str) -> str:
@@ -239,30 +244,37 @@ def _idempotent_match(
 def create_job(db: Session, caller: Caller, new: NewJob, settings: Settings) -> tuple[Job, bool]:
     """Insert, commit and enqueue a job; or return the earlier job of the same Idempotency-Key.
 
-    Returns ``(job, created)``. When the earlier job is returned, a newly stored upload is removed.
+    Returns ``(job, created)``. When the earlier job is returned, or no job is created (an error,
+    409), a newly stored upload is removed.
     """
     digest = request_hash(new)
-    for _ in range(2):  # a concurrent request with the same key may win the insert: look again
-        existing = _idempotent_match(db, caller, new, digest, settings)
-        if existing is not None:
-            remove_quietly(new.stored.path if new.stored else None)
-            db.commit()
-            return existing, False
-        job = job_row(caller, new, digest, settings)
-        with_tenant_vocabulary(db, caller, [job])
-        db.add(job)
-        try:
-            db.commit()
-        except IntegrityError:
-            db.rollback()
-            if not new.idempotency_key:
-                raise
-            continue
-        enqueue(job)
-        return job, True
-    raise ApiError(
-        409, "idempotency_conflict", "a concurrent request with this Idempotency-Key is in progress"
-    )
+    try:
+        for _ in range(2):  # a concurrent request with the same key may win the insert: look again
+            existing = _idempotent_match(db, caller, new, digest, settings)
+            if existing is not None:
+                remove_quietly(new.stored.path if new.stored else None)
+                db.commit()
+                return existing, False
+            job = job_row(caller, new, digest, settings)
+            with_tenant_vocabulary(db, caller, [job])
+            db.add(job)
+            try:
+                db.commit()
+            except IntegrityError:
+                db.rollback()
+                if not new.idempotency_key:
+                    raise
+                continue
+            break
+        else:
+            raise ApiError(
+                409, "idempotency_conflict", "a concurrent request with this Idempotency-Key is in progress"
+            )
+    except BaseException:  # no job holds the new upload: it goes (a 409 for another body included)
+        remove_quietly(new.stored.path if new.stored else None)
+        raise
+    enqueue(job)  # committed: the job holds its audio, and the beat re-sends a message that failed
+    return job, True
 
 
 def with_request_id(options: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""An archive uploaded to ``POST /v1/batches`` goes straight to the audio directory as it arrives
-(``api.multipart``): written once, its form fields read before or after it, and on any bad body, a
-limit passed or a client gone midway, nothing of it stays on disk."""
+"""Uploads (an archive to ``POST /v1/batches``, a recording to ``POST /v1/jobs``) go straight to the
+audio directory as they arrive (``api.multipart``): written once, their form fields read before or
+after them, and on any bad body, refusal, limit passed or client gone midway, nothing of them stays
+on disk."""
 
 from __future__ import annotations
 
@@ -103,7 +104,7 @@ def test_a_bad_multipart_body_is_refused_and_leaves_nothing(
         (_body(b, [("file", "calls.zip", data)], close=False), 400, "bad_request"),  # cut short
         (_body(b, [("file", "a.zip", data), ("file", "b.zip", data)]), 400, "bad_request"),  # two files
         (_body(b, [("archive", "calls.zip", data)]), 422, "invalid_request"),  # no part named file
-        (_body(b, [("name", None, b"x" * 70_000), ("file", "calls.zip", data)]), 400, "bad_request"),
+        (_body(b, [("name", None, b"x" * 1_100_000), ("file", "calls.zip", data)]), 400, "bad_request"),
         (_body(b, [("file", "calls.zip", data), ("priority", None, b"9")]), 422, "invalid_request"),
     ]
     for body, status, code in cases:
@@ -165,3 +166,67 @@ def test_an_archive_is_on_disk_while_it_arrives_and_gone_when_its_client_goes(
         time.sleep(0.05)
     assert _leftovers(platform_env) == []  # the client went away: its partial archive with it
     assert httpx.get(f"{api.url}/livez", timeout=10).status_code == 200
+
+
+def _wav(seconds: float, seed: int) -> bytes:
+    out = io.BytesIO()
+    audio = np.random.default_rng(seed).normal(0, 2000, int(seconds * 8000)).astype(np.int16)
+    sf.write(out, audio, 8000, format="WAV", subtype="PCM_16")
+    return out.getvalue()
+
+
+def _audio_files(platform_env: dict[str, str]) -> set[str]:
+    folder = Path(platform_env["TONE_DATA_DIR"]) / "audio"
+    return {p.name for p in folder.iterdir() if p.is_file()} if folder.exists() else set()
+
+
+def test_a_recording_is_written_once_and_a_refused_one_leaves_nothing(
+    api: Proc, api_key: str, platform_env: dict[str, str]
+) -> None:
+    wav = _wav(200, 11)  # 3.2 MB
+    before = _written(api.popen.pid)
+    response = httpx.post(
+        f"{api.url}/v1/jobs", headers=auth(api_key), files={"file": ("call.wav", wav)}, timeout=60
+    )
+    written = _written(api.popen.pid) - before
+    assert response.status_code == 202, response.text
+    assert f"{response.json()['id']}.wav" in _audio_files(platform_env)
+    assert len(wav) <= written < 1.3 * len(wav), written  # once (spooled, then copied: twice)
+    files = _audio_files(platform_env)
+    key = {**auth(api_key), "Idempotency-Key": uuid.uuid4().hex}
+    first = httpx.post(f"{api.url}/v1/jobs", headers=key, files={"file": ("a.wav", _wav(1, 12))}, timeout=60)
+    assert first.status_code == 202, first.text
+    files.add(f"{first.json()['id']}.wav")
+    refused = [
+        # the same key with another recording: 409, and the second upload does not stay
+        (httpx.post(f"{api.url}/v1/jobs", headers=key, files={"file": ("b.wav", _wav(1, 13))}), 409),
+        (httpx.post(f"{api.url}/v1/jobs", headers=auth(api_key), files={"file": ("x.wav", b"")}), 400),
+        (
+            httpx.post(
+                f"{api.url}/v1/jobs", headers=auth(api_key), files={"file": ("x.wav", os.urandom(9000))}
+            ),
+            415,
+        ),
+        (  # a file and a URL: one of them only
+            httpx.post(
+                f"{api.url}/v1/jobs",
+                headers=auth(api_key),
+                files={"file": ("c.wav", _wav(1, 14))},
+                data={"audio_url": "https://example.com/a.wav"},
+            ),
+            422,
+        ),
+        (  # options checked after the file arrived
+            httpx.post(
+                f"{api.url}/v1/jobs",
+                headers=auth(api_key),
+                files={"file": ("d.wav", _wav(1, 15))},
+                data={"priority": "99"},
+            ),
+            422,
+        ),
+    ]
+    assert [r.status_code for r, _ in refused] == [status for _, status in refused], [
+        r.text for r, _ in refused
+    ]
+    assert _audio_files(platform_env) == files
