@@ -94,7 +94,7 @@ class _Receiver:
         if b"filename" in options:
             self.files += 1
             if self.files > 1:
-                raise _bad("too many files: send one archive as file")
+                raise _bad(f"too many files: send one, as {self.file_field}")
             self.part.kind = "file" if self.part.name == self.file_field else "ignored"
             if self.part.kind == "file":
                 self.filename = _decode(options[b"filename"], self.charset)
