@@ -796,6 +796,7 @@ def batch_runs(
             batch=args.platform_batch,
             engine_best=engine_best,
             remeasure=engine_meter(path, args, threads),
+            on_files=files_meter(path, args, threads),
             channels=args.batch_run_channels,
             source=source,
         )
@@ -1230,13 +1231,16 @@ def run_batch_bench(
     remeasure: Callable[[int], float] | None = None,
     channels: int = 1,
     source: str = "archive",
+    on_files: Callable[[list[Path], int], float] | None = None,
 ) -> BatchRun:
     """A stack on the model; ``recordings`` recordings as one batch, uploaded as one archive
     (``source="archive"``) or read from a server folder under the stack's ``TONE_BATCH_ROOT``
     (``"folder"``: nothing uploaded); its rate beside the bare engine's best batched rate of the
     same run (``engine_best``: (B, audio s/s)). On a shared machine the engine's rate drifts between
     its table and this run, so ``remeasure`` takes the engine's rate at that B again right after,
-    and the ratio is to the better of the two."""
+    and the ratio is to the better of the two. ``on_files(files, streams)``: the bare engine's wall
+    seconds on the same recordings (read from disk, channels split, ``streams`` at a time: what the
+    worker does with them, without the platform), measured right after, once the stack is down."""
     import tempfile
 
     if source not in BATCH_SOURCES:
@@ -1253,6 +1257,10 @@ def run_batch_bench(
                 archive = root / "bench-batch.zip"
                 audio = batch_archive(archive, recordings, seconds, channels=channels)
                 run = batch_run(url, key, archive, audio)
+        if on_files is not None:
+            if source != "folder":  # the archive's recordings as files, as the worker reads them
+                batch_folder(root, recordings, seconds, channels=channels)
+            same = audio / on_files(sorted((root / "calls").glob("*.wav")), batch * channels)
     best_b, best_rate = engine_best
     how = "one archive" if source == "archive" else "one server folder"
     print(
@@ -1269,6 +1277,12 @@ def run_batch_bench(
         reference = max(best_rate, again)
     share = 100 * run.rate / reference
     print(f"  = {share:.0f} % of the bare engine's best batched rate (B={best_b}: {reference:.1f})")
+    if on_files is not None:
+        print(
+            f"  the bare engine on these recordings (read from disk, channels split, "
+            f"{batch * channels} streams at a time): {same:.1f} s/s right after; "
+            f"the batch = {100 * run.rate / same:.0f} % of it"
+        )
     what = "upload" if source == "archive" else "POST /v1/batches"
     print(f"  {what} answered after {run.upload_s:.1f} s; first result after {run.first_result_s:.1f} s")
     print(f"  GET /v1/batches/{{id}} p95 {_p95(run.poll_ms):.0f} ms ({len(run.poll_ms)} polls)")
@@ -1284,6 +1298,25 @@ def engine_meter(path: Path, args: argparse.Namespace, threads: int) -> Callable
         precision = args.precisions.split(",")[0]
         rec = Recognizer.load(path, providers=args.provider, threads=threads, precision=precision)
         return engine_rate(rec, batch, args.min_seconds, args.max_steps)[0]
+
+    return measure
+
+
+def files_meter(path: Path, args: argparse.Namespace, threads: int) -> Callable[[list[Path], int], float]:
+    """The bare engine's wall seconds on recordings (``Recognizer.transcribe_many``, channels
+    split, ``streams`` at a time), loading the model afresh (the first precision)."""
+
+    def measure(files: list[Path], streams: int) -> float:
+        from shared.asr.engine import Recognizer
+
+        precision = args.precisions.split(",")[0]
+        rec = Recognizer.load(path, providers=args.provider, threads=threads, precision=precision)
+        rec.warm_up(streams)  # as the worker's model is, before its first job
+        started = time.perf_counter()
+        done = dict(rec.transcribe_many(files, batch=streams, channels="split"))
+        if len(done) != len(files):
+            raise RuntimeError(f"the engine transcribed {len(done)} of {len(files)} recordings")
+        return time.perf_counter() - started
 
     return measure
 

@@ -77,3 +77,21 @@ def test_the_stack_starts_in_the_root_of_the_code_the_bench_runs(
     up = [cwd for cmd, cwd in calls if cmd[1] == "up"]
     assert up == [bench.CODE_ROOT] and (bench.CODE_ROOT / "api" / "__main__.py").is_file()
     assert Path(bench.__file__).resolve().is_relative_to(bench.CODE_ROOT)
+
+
+def test_the_batch_bench_measures_the_bare_engine_on_the_batchs_own_recordings(
+    tmp_path: Path, tone_model: Path
+) -> None:
+    """The batch run's second reference: the engine alone on the same files (channels split, as the
+    batch's jobs), every recording transcribed, its wall time; a recording it cannot read fails."""
+    import argparse
+
+    from shared.dev.bench import batch_folder, files_meter
+
+    batch_folder(tmp_path, recordings=3, seconds=2.0, channels=2)
+    files = sorted((tmp_path / "calls").glob("*.wav"))
+    measure = files_meter(tone_model, argparse.Namespace(precisions="float16", provider="cpu"), 1)
+    assert 0 < measure(files, 4) < 60
+    (tmp_path / "calls" / "broken.wav").write_bytes(b"RIFF" + bytes(40))
+    with pytest.raises(Exception):  # noqa: B017 (the engine's own error for an unreadable file)
+        measure([*files, tmp_path / "calls" / "broken.wav"], 4)
