@@ -86,6 +86,7 @@ def test_the_batch_bench_measures_the_bare_engine_on_the_batchs_own_recordings(
     batch's jobs), every recording transcribed, its wall time; a recording it cannot read fails."""
     import argparse
 
+    from shared.asr.errors import AudioError
     from shared.dev.bench import batch_folder, files_meter
 
     batch_folder(tmp_path, recordings=3, seconds=2.0, channels=2)
@@ -93,5 +94,5 @@ def test_the_batch_bench_measures_the_bare_engine_on_the_batchs_own_recordings(
     measure = files_meter(tone_model, argparse.Namespace(precisions="float16", provider="cpu"), 1)
     assert 0 < measure(files, 4) < 60
     (tmp_path / "calls" / "broken.wav").write_bytes(b"RIFF" + bytes(40))
-    with pytest.raises(Exception):  # noqa: B017 (the engine's own error for an unreadable file)
+    with pytest.raises(AudioError, match="is not audio"):
         measure([*files, tmp_path / "calls" / "broken.wav"], 4)
