@@ -13,6 +13,7 @@ leaves the others untouched.
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,11 @@ from shared.asr.engine import Decoding, Recognizer, Transcript, backlog_full
 from shared.asr.stream import StreamState
 from shared.asr.types import SAMPLE_RATE, ChannelMode
 
-BLOCK_SECONDS = 2.0  # audio read per recording per round
+BLOCK_SECONDS = 2.0  # audio read per recording per round, at least
+MAX_BLOCK_SECONDS = 16.0  # ... and at most, however fast the model
+ROUND_SECONDS = 0.25  # the wall time of a round the block size aims at
+# the block size each process's model has shown it can take: a later run with it starts there
+_LEARNED: weakref.WeakKeyDictionary[Recognizer, float] = weakref.WeakKeyDictionary()
 POOL_WAIT_SECONDS = 0.5  # a round with only the decoder pool to wait for returns after this at most
 
 
@@ -71,12 +76,17 @@ class BatchRunner:
         *,
         max_duration: float | None = None,
         max_bytes: int | None = None,
-        block_seconds: float = BLOCK_SECONDS,
+        block_seconds: float | None = None,
     ) -> None:
+        """``block_seconds``: the audio read per recording per round, fixed; None: chosen from the
+        rounds' speed (:meth:`_tune`), between ``BLOCK_SECONDS`` and ``MAX_BLOCK_SECONDS``."""
         self.recognizer = recognizer
         self.max_duration = max_duration
         self.max_bytes = max_bytes
-        self.block_seconds = block_seconds
+        self.adaptive = block_seconds is None
+        self.block_seconds = (
+            _LEARNED.get(recognizer, BLOCK_SECONDS) if block_seconds is None else block_seconds
+        )
         self._active: dict[str, _Active] = {}
         self._decoding: dict[str, _Active] = {}  # read to the end, phrases still in the decoder pool
 
@@ -176,13 +186,30 @@ class BatchRunner:
                 items.append((stream, None if block is None else block[:, c], block is None))
                 owners.append(active)
         if items:
+            started = time.perf_counter()
             results = self.recognizer.advance_decoding(items, max_batch=len(items))
             for active, phrases in zip(owners, results):
                 active.decoding.add(phrases)
+            audio = sum(0 if block is None else len(block) for _, block, _ in items) / SAMPLE_RATE
+            self._tune(audio / len(items), time.perf_counter() - started)
         for active in finishing:
             self.stop(active.work.job_id)
             self._decoding[active.work.job_id] = active
         return ended
+
+    def _tune(self, per_stream: float, elapsed: float) -> None:
+        """The block size for the recordings added from now on (and this process's later runs):
+        what one stream advances in ``ROUND_SECONDS`` at the speed of this round, which advanced
+        each of its streams by ``per_stream`` seconds of audio in ``elapsed`` wall seconds. A fast
+        model (the tones model, a GPU) reads more per round, so the per-round and per-block work
+        (a read per recording, its rechunking, the loop) counts less; a slow one keeps
+        ``BLOCK_SECONDS``, so a round stays short for heartbeats, cancels and new jobs. Rounds of
+        less than a second of audio per stream (a recording's last block) tell too little."""
+        if not self.adaptive or per_stream < 1.0 or elapsed <= 0:
+            return
+        wanted = ROUND_SECONDS * per_stream / elapsed
+        self.block_seconds = min(MAX_BLOCK_SECONDS, max(BLOCK_SECONDS, round(wanted)))
+        _LEARNED[self.recognizer] = self.block_seconds
 
     def _transcript(self, active: _Active) -> Transcript:
         return self.recognizer.transcript(active.decoding, active.streams, active.started)
