@@ -1,8 +1,8 @@
 """A ``multipart/form-data`` upload written straight to where it is kept, as it arrives.
 
 Starlette's ``request.form()`` spools a file part to a temporary file (in ``/tmp``) and hands it
-over once the whole body is in; the batch route then copied it again to the audio directory,
-hashing it on the way: every archive written twice, once where a container's ``/tmp`` may be
+over once the whole body is in; the batch and job routes then copied it again to the audio
+directory, hashing it on the way: every upload written twice, once where a container's ``/tmp`` may be
 small. :func:`receive_form` parses the body with python-multipart (the parser Starlette uses) and
 writes the one file part through :class:`api.uploads.FileSink` (hashed, counted, refused past the
 limit, a ``.part`` until complete) in 1 MiB pieces off the event loop; form fields are kept in

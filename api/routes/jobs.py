@@ -85,7 +85,10 @@ def _options(fields: dict[str, Any]) -> JobOptions:
 
 
 def _form_fields(items: list[tuple[str, str]]) -> dict[str, Any]:
-    fields: dict[str, Any] = {k: v for k, v in items if k != "file"}
+    """A form's text fields as options; ``file`` among them (not a file part) is refused."""
+    if any(name == "file" for name, _ in items):
+        raise ApiError(422, "invalid_request", "file must be a file part")
+    fields: dict[str, Any] = dict(items)
     if "metadata" in fields:
         try:
             fields["metadata"] = json_loads(fields["metadata"])
@@ -119,8 +122,6 @@ async def _read_request(
     if content_type.startswith("multipart/form-data"):  # the file straight to its place (api.multipart)
         form = await receive_form(request, dest, settings.max_upload_bytes, max_fields=20)
         try:
-            if any(name == "file" for name, _ in form.fields):
-                raise ApiError(422, "invalid_request", "file must be a file part")
             return _form_fields(form.fields), form
         except BaseException:
             remove_quietly(form.stored.path if form.stored else None)

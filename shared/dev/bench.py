@@ -1289,15 +1289,19 @@ def run_batch_bench(
     return run
 
 
+def _fresh_recognizer(path: Path, args: argparse.Namespace, threads: int) -> Any:
+    """The model loaded afresh with the run's provider and its first precision."""
+    from shared.asr.engine import Recognizer
+
+    precision = args.precisions.split(",")[0]
+    return Recognizer.load(path, providers=args.provider, threads=threads, precision=precision)
+
+
 def engine_meter(path: Path, args: argparse.Namespace, threads: int) -> Callable[[int], float]:
     """Measures the bare engine's audio s/s at a B, loading the model afresh (the first precision)."""
 
     def measure(batch: int) -> float:
-        from shared.asr.engine import Recognizer
-
-        precision = args.precisions.split(",")[0]
-        rec = Recognizer.load(path, providers=args.provider, threads=threads, precision=precision)
-        return engine_rate(rec, batch, args.min_seconds, args.max_steps)[0]
+        return engine_rate(_fresh_recognizer(path, args, threads), batch, args.min_seconds, args.max_steps)[0]
 
     return measure
 
@@ -1307,10 +1311,7 @@ def files_meter(path: Path, args: argparse.Namespace, threads: int) -> Callable[
     split, ``streams`` at a time), loading the model afresh (the first precision)."""
 
     def measure(files: list[Path], streams: int) -> float:
-        from shared.asr.engine import Recognizer
-
-        precision = args.precisions.split(",")[0]
-        rec = Recognizer.load(path, providers=args.provider, threads=threads, precision=precision)
+        rec = _fresh_recognizer(path, args, threads)
         rec.warm_up(streams)  # as the worker's model is, before its first job
         started = time.perf_counter()
         done = dict(rec.transcribe_many(files, batch=streams, channels="split"))

@@ -209,4 +209,13 @@ def test_a_recording_is_written_once_and_a_refused_one_leaves_nothing(
     assert job(os.urandom(9000)) == 415  # not audio
     assert job(_wav(1, 14), audio_url="https://example.com/a.wav") == 422  # a file and a URL
     assert job(_wav(1, 15), priority="99") == 422  # options are checked after the file arrived
+    assert job(_wav(1, 16), file="not a file part") == 422  # file as a text field beside the file
+    as_text = httpx.post(  # a form with no file part: file as text is refused, not ignored
+        f"{api.url}/v1/jobs",
+        headers=auth(api_key),
+        data={"audio_url": "https://example.com/a.wav", "file": "x"},
+        timeout=60,
+    )
+    assert_error(as_text, 422, "invalid_request")
+    assert "file part" in as_text.json()["error"]["message"]
     assert _audio_files(platform_env) == files
