@@ -181,6 +181,7 @@ class BatchRun:
         self._pool: ThreadPoolExecutor | None = None
         self.queue = "cpu"
         self.refill_until = time.monotonic() + settings.task_time_limit_seconds / 2
+        self._drained = False  # the last claim found fewer jobs than it had room for
 
     # outcomes
 
@@ -374,21 +375,38 @@ class BatchRun:
             job = self.jobs[job_id] = dataclasses.replace(job, audio_path=dest)
             self._open(job, dest)
 
-    def _start(self, job: Claimed) -> None:
-        """Open a claimed job's audio and add it to the batch (or end it right away); a URL job
-        is downloaded first, in the background."""
-        assert self.runner is not None
-        self.jobs[job.id] = job
-        if job.cancel_requested:
-            self.jobs.pop(job.id)
-            self._cancelled(job)
-            return
-        if job.source == "url" and not job.audio_path:
-            self._begin_download(job)
-            return
-        self._open(job, job.audio_path)
+    def _start(self, claimed: list[Claimed]) -> None:
+        """Open claimed jobs' audio and add them to the batch (or end them right away), their
+        audio's facts written in one transaction; a URL job is downloaded first, in the
+        background."""
+        opened: dict[str, dict[str, Any]] = {}
+        for job in claimed:
+            self.jobs[job.id] = job
+            if job.cancel_requested:
+                self.jobs.pop(job.id)
+                self._cancelled(job)
+            elif job.source == "url" and not job.audio_path:
+                self._begin_download(job)
+            else:
+                values = self._opened(job, job.audio_path)
+                if values is not None:
+                    opened[job.id] = values
+        self._renew(opened)
 
     def _open(self, job: Claimed, path: str | None) -> None:
+        values = self._opened(job, path)
+        if values is not None:
+            self._renew({job.id: values})
+
+    def _renew(self, values: dict[str, dict[str, Any]]) -> None:
+        """Write what was learned of each opened recording (and renew its lease), in one
+        transaction: a job no longer ours is dropped."""
+        if values:
+            for job_id in set(values) - self.store.renew_many(values):
+                self._lost(job_id)
+
+    def _opened(self, job: Claimed, path: str | None) -> dict[str, Any] | None:
+        """The job's recording added to the runner; the job's fields to write (None: it failed)."""
         assert self.runner is not None
         try:
             if not path:
@@ -405,12 +423,11 @@ class BatchRun:
         except Exception as exc:
             self.jobs.pop(job.id)
             self._failed(job, exc)
-            return
+            return None
         values: dict[str, Any] = {"audio_info": info}
         if info["duration"]:
             values["duration"] = info["duration"]
-        if not self.store.renew(job.id, **values):
-            self._lost(job.id)
+        return values
 
     def _refill(self) -> int:
         """Claim waiting jobs of this queue while there is room; how many were added."""
@@ -425,8 +442,8 @@ class BatchRun:
         if claimed:
             log.info("took over %d jobs of a dead worker into the running batch", len(claimed))
         claimed += self.store.claim_waiting(self.queue, room - len(claimed))
-        for job in claimed:
-            self._start(job)
+        self._drained = len(claimed) < room  # none left: no more claims until the heartbeat
+        self._start(claimed)
         return len(claimed)
 
     # the loop
@@ -462,8 +479,7 @@ class BatchRun:
                 claimed = claimed + self.store.claim_orphans(self.queue, s.worker_batch - len(claimed))
                 claimed = claimed + self.store.claim_waiting(self.queue, s.worker_batch - len(claimed))
             log.info("batch of %d jobs: %s", len(claimed), " ".join(j.id for j in claimed))
-            for job in claimed:
-                self._start(job)
+            self._start(claimed)
             self._loop()
         except SoftTimeLimitExceeded as exc:
             for job_id in list(self.jobs):
@@ -491,12 +507,23 @@ class BatchRun:
                 self._finish_round(self.runner.round())
             else:
                 time.sleep(IDLE_SECONDS)
+            added = 0
             if time.monotonic() - last >= HEARTBEAT_SECONDS:
                 last = time.monotonic()
                 self._heartbeat()
+                self._drained = False  # (the queue may have filled since)
                 added = self._refill()
-                if added:
-                    log.info("%d jobs joined the batch, now %d", added, len(self.runner))
+            elif not self._drained and self._half_empty():  # a wave ended together: the next now
+                added = self._refill()
+            if added:
+                log.info("%d jobs joined the batch, now %d", added, len(self.runner))
+
+    def _half_empty(self) -> bool:
+        """At least half the model's batch is free: worth taking waiting jobs before the next
+        heartbeat. (Joins one at a time cost more than the slot they fill: every join is a change
+        of the model batch's members.)"""
+        assert self.runner is not None
+        return 2 * (self.runner.stepping + len(self.downloads)) <= self.settings.worker_batch
 
 
 class _RedactionError(Exception):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Float, Text, Uuid, and_, column, func, or_, select, update, values
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -26,7 +26,7 @@ from shared.db.models import FINAL_STATUSES, Job, Transcript
 from shared.db.session import session_scope
 from shared.platform import logs, metrics
 from shared.platform.batch_state import Finished, finish_batches
-from shared.platform.search import after_transcript_stored
+from shared.platform.search import Stored, after_transcripts_stored
 
 _NO_SYNC = {"synchronize_session": False}  # no ORM objects to refresh: plain UPDATE ... RETURNING
 MAX_ATTEMPTS = 3  # claims of one job; a job whose lease expired this often fails "worker_lost"
@@ -314,11 +314,23 @@ class JobStore:
 
     def renew(self, job_id: str, **values: Any) -> bool:
         """Set fields of a job this run still owns (and renew its lease); False if it lost it."""
-        stmt = (
-            update(Job).where(self._mine(job_id)).values(lease_expires_at=func.now() + self.lease, **values)
-        )
+        return job_id in self.renew_many({job_id: values})
+
+    def renew_many(self, values: dict[str, dict[str, Any]]) -> set[str]:
+        """:meth:`renew` for many jobs (each with its own fields), in one transaction; the jobs
+        still ours."""
+        ours: set[str] = set()
         with session_scope(self.url) as session:
-            return session.execute(stmt.returning(Job.id), execution_options=_NO_SYNC).first() is not None
+            for job_id, fields in values.items():
+                stmt = (
+                    update(Job)
+                    .where(self._mine(job_id))
+                    .values(lease_expires_at=func.now() + self.lease, **fields)
+                    .returning(Job.id)
+                )
+                if session.execute(stmt, execution_options=_NO_SYNC).first() is not None:
+                    ours.add(job_id)
+        return ours
 
     def heartbeat(self, progress: dict[str, float]) -> tuple[set[str], set[str]]:
         """Write each job's progress and renew its lease, in one transaction.
@@ -348,78 +360,108 @@ class JobStore:
     def complete_many(self, done: Sequence[Completion]) -> dict[str, bool]:
         """Store each transcript and mark its job completed, if still ours, all in ONE transaction
         (a round of a batch ends many recordings at once: one commit, one WAL flush, instead of one
-        per job). Returns, per job, whether it was stored (False: the lease was lost).
+        per job), in the same few statements however many they are (one UPDATE of the jobs, one
+        INSERT of the transcripts, one of their phrases' index rows, one UPDATE of their analytics;
+        only a tenant's rules are checked job by job). Returns, per job, whether it was stored
+        (False: the lease was lost).
 
         A completion's ``phrases`` are the phrases to store (with their written form, perhaps
         redacted) in place of the engine's; ``audio_path`` a new stored recording (the redacted one).
         The same transaction indexes their phrases, stores their analytics and flags the rules they
-        match (``shared.platform.search.after_transcript_stored``; the ids land in ``self.flagged``)."""
-        stored: dict[str, bool] = {}
-        ended_rows: list[Any] = []
+        match (``shared.platform.search.after_transcripts_stored``; the ids land in ``self.flagged``)."""
+        results = {c.job_id: self._result(c) for c in done}
         flagged: dict[str, list[str]] = {}
-        rules: dict[uuid.UUID, Any] = {}  # each tenant's rules, read once in this transaction
         with session_scope(self.url) as session:
-            for c in done:
-                ended = self._store_one(session, c, flagged, rules)
-                stored[c.job_id] = ended is not None
-                if ended is not None:
-                    ended_rows.append(ended)
+            ended = self._mark_completed(session, done)
+            ours = [c for c in done if c.job_id in ended]
+            if ours:
+                inserted = self._insert_transcripts(session, ours, results)
+                tenants = {c.job_id: ended[c.job_id].tenant_id for c in ours}
+                fired = after_transcripts_stored(
+                    session,
+                    [
+                        Stored(
+                            uuid.UUID(c.job_id),
+                            tenants[c.job_id],
+                            results[c.job_id]["phrases"],
+                            c.transcript.duration,
+                            c.transcript.channels,
+                        )
+                        for c in ours
+                        if c.job_id in inserted
+                    ],
+                )
+                flagged = {str(k): v for k, v in fired.items()}
         self.flagged.update(flagged)  # only once committed
-        self._ended_many(ended_rows, "completed")
-        return stored
+        self._ended_many(list(ended.values()), "completed")
+        return {c.job_id: c.job_id in ended for c in done}
 
-    def _store_one(
-        self, session: Session, c: Completion, flagged: dict[str, list[str]], rules: dict[uuid.UUID, Any]
-    ) -> Any:
-        """One job's completion inside the caller's transaction; its ended row, or None if not ours."""
-        transcript = c.transcript
-        result = transcript.to_dict()
+    @staticmethod
+    def _result(c: Completion) -> dict[str, Any]:
+        """The transcript as stored: the completion's phrases (their written form) when given."""
+        result = c.transcript.to_dict()
         if c.phrases is not None:
             result["phrases"] = c.phrases
             result["full_text"] = " ".join(p["text"] for p in c.phrases)
-        extra: dict[str, Any] = {"audio_path": c.audio_path} if c.audio_path else {}
+        return result
+
+    def _mark_completed(self, session: Session, done: Sequence[Completion]) -> dict[str, Any]:
+        """Every job of ``done`` still ours marked completed, in one UPDATE; their ended rows by id."""
+        if not done:
+            return {}
+        rows = values(
+            column("id", Uuid()),
+            column("duration", Float()),
+            column("processing_seconds", Float()),
+            column("audio_path", Text()),
+            name="done",
+        ).data(
+            [
+                (uuid.UUID(c.job_id), c.transcript.duration, c.transcript.processing_time, c.audio_path)
+                for c in done
+            ]
+        )
         stmt = (
             update(Job)
-            .where(self._mine(c.job_id))
+            .where(Job.id == rows.c.id, Job.lease_owner == self.owner, Job.status == "processing")
             .values(
                 status="completed",
                 progress=1.0,
-                duration=transcript.duration,
-                processing_seconds=transcript.processing_time,
+                duration=rows.c.duration,
+                processing_seconds=rows.c.processing_seconds,
                 finished_at=func.now(),
                 lease_expires_at=None,
                 error_code=None,
                 error_message=None,
-                **extra,
+                audio_path=func.coalesce(rows.c.audio_path, Job.audio_path),
             )
             .returning(*_ENDED, Job.tenant_id)
         )
-        ended = session.execute(stmt, execution_options=_NO_SYNC).first()
-        if ended is None:
-            return None
-        inserted = session.execute(
+        return {str(r.id): r for r in session.execute(stmt, execution_options=_NO_SYNC)}
+
+    @staticmethod
+    def _insert_transcripts(
+        session: Session, ours: Sequence[Completion], results: dict[str, dict[str, Any]]
+    ) -> set[str]:
+        """Their transcripts, in one INSERT; the jobs that had none yet (a job never gets two)."""
+        stmt = (
             insert(Transcript)
             .values(
-                job_id=uuid.UUID(c.job_id),
-                phrases=result["phrases"],
-                full_text=result["full_text"],
-                duration=transcript.duration,
-                channels=transcript.channels,
+                [
+                    {
+                        "job_id": uuid.UUID(c.job_id),
+                        "phrases": results[c.job_id]["phrases"],
+                        "full_text": results[c.job_id]["full_text"],
+                        "duration": c.transcript.duration,
+                        "channels": c.transcript.channels,
+                    }
+                    for c in ours
+                ]
             )
             .on_conflict_do_nothing(index_elements=[Transcript.job_id])
             .returning(Transcript.job_id)
-        ).first()
-        if inserted is not None:
-            flagged[c.job_id] = after_transcript_stored(
-                session,
-                ended.id,
-                ended.tenant_id,
-                result["phrases"],
-                transcript.duration,
-                transcript.channels,
-                rules,
-            )
-        return ended
+        )
+        return {str(job_id) for job_id in session.scalars(stmt)}
 
     def finish_batches(self, batch_ids: Iterable[str]) -> list[Finished]:
         """After jobs of these batches became final (and that was committed): finish each batch whose

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import Uuid, column, insert, update, values
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from shared.db.models import Job, TranscriptPhrase
@@ -65,6 +67,17 @@ def index_rows(
     ]
 
 
+@dataclass(frozen=True)
+class Stored:
+    """A transcript just stored (what :func:`after_transcripts_stored` needs of it)."""
+
+    job_id: uuid.UUID
+    tenant_id: uuid.UUID
+    phrases: Sequence[Mapping[str, Any]]
+    duration: float
+    channels: int
+
+
 def after_transcript_stored(
     session: Session,
     job_id: uuid.UUID,
@@ -77,11 +90,31 @@ def after_transcript_stored(
     """Index the phrases, store the job's analytics and flag the rules it matches, in the caller's
     transaction. Returns the ids of the rules that matched (each gets a ``job.flagged`` event).
     ``rules``: the tenants' rules already read in this transaction (``apply_rules``'s ``known``)."""
+    stored = Stored(job_id, tenant_id, phrases, duration, channels)
+    return after_transcripts_stored(session, [stored], rules)[job_id]
+
+
+def after_transcripts_stored(
+    session: Session, stored: Sequence[Stored], rules: dict[uuid.UUID, Any] | None = None
+) -> dict[uuid.UUID, list[str]]:
+    """:func:`after_transcript_stored` for many transcripts stored in one transaction (a worker's
+    round ends many recordings at once): one INSERT of every phrase's index row and one UPDATE of
+    every job's analytics, whatever their number; then each tenant's rules. Returns the rules each
+    job matched."""
     from shared.platform.rules import apply_rules
 
-    rows = index_rows(job_id, tenant_id, phrases)
+    if not stored:
+        return {}
+    rows = [row for t in stored for row in index_rows(t.job_id, t.tenant_id, t.phrases)]
     if rows:
         session.execute(insert(TranscriptPhrase), rows)
-    measures = analytics.compute(phrases, duration, channels)
-    session.execute(update(Job).where(Job.id == job_id).values(analytics=measures))
-    return apply_rules(session, job_id, tenant_id, measures, rules)
+    measures = {t.job_id: analytics.compute(t.phrases, t.duration, t.channels) for t in stored}
+    measured = values(column("id", Uuid()), column("measures", JSONB()), name="measured").data(
+        list(measures.items())
+    )
+    session.execute(
+        update(Job).where(Job.id == measured.c.id).values(analytics=measured.c.measures),
+        execution_options={"synchronize_session": False},
+    )
+    known: dict[uuid.UUID, Any] = {} if rules is None else rules
+    return {t.job_id: apply_rules(session, t.job_id, t.tenant_id, measures[t.job_id], known) for t in stored}

@@ -5,8 +5,10 @@ once by ``finish_batches``."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-from sqlalchemy import select, update
+import pytest
+from sqlalchemy import Engine, event, func, select, update
 
 from shared.asr.engine import Transcript as EngineTranscript
 from shared.asr.types import Phrase
@@ -81,3 +83,63 @@ def test_a_tenants_rules_are_read_once_and_flag_every_job_of_the_round(servers: 
     with session_scope(url) as s:
         flagged = set(s.scalars(select(JobFlag.job_id).where(JobFlag.rule_id == uuid.UUID(rule_id))))
     assert flagged == {uuid.UUID(ids[0]), uuid.UUID(ids[2])}
+
+
+def _stored_round(url: str, tenant: Any, count: int) -> tuple[list[str], int]:
+    """``count`` claimed jobs completed in one call, each with its own phrases (the n-th job n+1
+    phrases, the last a redacted recording's path); their ids and the statements it sent."""
+    with session_scope(url) as s:
+        jobs = [Job(tenant_id=tenant, status="queued", audio_path=f"/a/{n}.wav") for n in range(count)]
+        s.add_all(jobs)
+        s.flush()
+        ids = [str(j.id) for j in jobs]
+    store = JobStore(url, f"owner-{uuid.uuid4().hex[:6]}", 60.0)
+    assert all(store.claim(i) is not None for i in ids)
+    done = []
+    for n, job_id in enumerate(ids):
+        phrases = tuple(Phrase(f"фраза {n} {k}", 2.0 * k, 2.0 * k + 1.5, channel=k % 2) for k in range(n + 1))
+        t = EngineTranscript(phrases, duration=10.0 + n, processing_time=0.1 * (n + 1), channels=2)
+        path = f"/a/{n}.redacted.wav" if n == count - 1 else None
+        done.append(Completion(job_id, t, [p.to_dict() for p in phrases], path))
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        assert all(store.complete_many(done).values())
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)
+    return ids, len(statements)
+
+
+def test_a_round_is_stored_in_the_same_statements_however_many_jobs_it_ended(servers: dict[str, str]) -> None:
+    """Twelve jobs cost the database no more statements than two (one per job before: a round of
+    16 calls took ~30 ms of the worker's one thread), and each job still gets its own transcript,
+    duration, index rows and analytics."""
+    url = servers["DATABASE_URL"]
+    with session_scope(url) as s:
+        tenant = get_or_create_tenant(s, f"complete-set-{uuid.uuid4().hex[:6]}").id
+    _, two = _stored_round(url, tenant, 2)
+    ids, twelve = _stored_round(url, tenant, 12)
+    assert twelve == two
+    with session_scope(url) as s:
+        rows = {str(j.id): j for j in s.scalars(select(Job).where(Job.id.in_([uuid.UUID(i) for i in ids])))}
+        texts = {str(k): v for k, v in s.execute(select(Transcript.job_id, Transcript.full_text))}
+        indexed = dict(
+            s.execute(
+                select(TranscriptPhrase.job_id, func.count())
+                .where(TranscriptPhrase.job_id.in_([uuid.UUID(i) for i in ids]))
+                .group_by(TranscriptPhrase.job_id)
+            ).all()
+        )
+    for n, job_id in enumerate(ids):
+        job = rows[job_id]
+        assert job.status == "completed" and job.progress == 1.0 and job.lease_expires_at is None
+        assert job.duration == 10.0 + n and job.processing_seconds == pytest.approx(0.1 * (n + 1))
+        assert job.audio_path == (f"/a/{n}.redacted.wav" if n == len(ids) - 1 else f"/a/{n}.wav")
+        assert texts[job_id] == " ".join(f"фраза {n} {k}" for k in range(n + 1))
+        assert indexed[uuid.UUID(job_id)] == n + 1
+        assert job.analytics is not None and job.analytics["duration"] == 10.0 + n
+        assert job.analytics["channels"] == 2
