@@ -1169,7 +1169,7 @@ def batch_run(
     headers = {"Authorization": f"Bearer {key}"}
     poll_ms: list[float] = []
     with httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(60.0, read=1800.0)) as client:
-        started = time.perf_counter()
+        started, started_clock = time.perf_counter(), time.time()
         if directory is not None:
             answer = client.post("/v1/batches", json={"directory": directory})
         else:
@@ -1200,8 +1200,13 @@ def batch_run(
         if ended:
             from datetime import datetime
 
-            server = datetime.fromisoformat(ended) - datetime.fromisoformat(view["created_at"])
-            wall = min(wall, upload + server.total_seconds())
+            end = datetime.fromisoformat(ended)
+            since = end.timestamp() - started_clock  # a server on this machine: the same clock
+            if 0 < since <= wall:
+                wall = max(upload, since)
+            else:  # another machine's clock: its span from the batch's creation, after the answer
+                # (this counts the moments between the batch's creation and the answer twice)
+                wall = min(wall, upload + (end - datetime.fromisoformat(view["created_at"])).total_seconds())
             first = min(first, wall) if first is not None else None  # seen by a poll, after the end
     if counts.get("completed", 0) != view["jobs"]:
         raise RuntimeError(f"batch {batch['id']} ended with {counts} of {view['jobs']} jobs")
