@@ -15,12 +15,13 @@ API's samples at 64 streams). Without Redis's answer the database decides, as be
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -172,18 +173,48 @@ async def caller_of(settings: Settings, key: str | None, address: str, *, rate_l
     caller = VERIFIED.get(name, revocations)
     if caller is None:
         try:
-            caller = await run_in_threadpool(_from_database, settings, key)
+            caller = await _verified(
+                name, revocations, lambda: run_in_threadpool(_from_database, settings, key)
+            )
         except ApiError as exc:
             if exc.status == 401 and checked:
                 await count_auth_failure(client, address)
             raise
-        VERIFIED.put(name, caller, revocations)
     if rate_limit > 0:
         if rate is not None and known is not None and known.key_prefix == caller.key_prefix:
             refuse_over_rate(*rate, rate_limit)
         else:
             await check_rate(client, caller.key_prefix, rate_limit)
     return caller
+
+
+# the database lookups in flight, by the key's name and the revocation counter they were begun under
+_VERIFYING: dict[tuple[str, bytes | None], asyncio.Task[Caller]] = {}
+
+
+async def _verified(name: str, revocations: bytes | None, lookup: Callable[[], Awaitable[Caller]]) -> Caller:
+    """The caller of a key not in memory, from one database lookup however many requests with the
+    key arrive while it runs (calls starting together, or a key's entry expiring under load: each
+    was a lookup, a pooled connection, and past the pool's size a new connection, of its own).
+    Requests that arrive meanwhile under the same revocation counter share its result, or its
+    error; the lookup is a task of its own, so a client that goes away cancels only its own wait."""
+    entry = (name, revocations)
+    task = _VERIFYING.get(entry)
+    if task is None:
+
+        async def look_up() -> Caller:
+            caller = await lookup()
+            VERIFIED.put(name, caller, revocations)
+            return caller
+
+        def done(t: asyncio.Task[Caller]) -> None:
+            _VERIFYING.pop(entry, None)
+            if not t.cancelled():
+                t.exception()  # (retrieved, even when every waiter went away)
+
+        task = _VERIFYING[entry] = asyncio.ensure_future(look_up())
+        task.add_done_callback(done)
+    return await asyncio.shield(task)
 
 
 def _from_database(settings: Settings, key: str | None) -> Caller:
