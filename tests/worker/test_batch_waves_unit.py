@@ -75,9 +75,7 @@ class Runner:
 class Store:
     """Waiting jobs handed out in order; every call recorded."""
 
-    def __init__(
-        self, waiting: list[Claimed], events: list[tuple[Any, ...]], lost: set[str] = frozenset()
-    ) -> None:  # type: ignore[assignment]
+    def __init__(self, waiting: list[Claimed], events: list[tuple[Any, ...]], lost: frozenset[str]) -> None:
         self.waiting, self.events, self.lost = waiting, events, lost
         self.flagged: dict[str, list[str]] = {}
 
@@ -109,34 +107,34 @@ def job(name: str, rounds: int) -> Claimed:
     return Claimed(name, "cpu", "upload", str(rounds), None, {}, 1, False, None)
 
 
+class Wave:
+    """One task run (``BatchRun.run``) on the fake store and runner; the events it caused."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.clock = Clock()
+        self.monkeypatch = monkeypatch
+        monkeypatch.setattr(jobs, "time", self.clock)
+        monkeypatch.setattr(jobs, "get_recognizer", lambda settings: object())
+
+    def run(
+        self, first: list[Claimed], waiting: list[Claimed], lost: frozenset[str] = frozenset()
+    ) -> list[tuple[Any, ...]]:
+        events: list[tuple[Any, ...]] = []
+        runner = Runner(self.clock, events)
+        self.monkeypatch.setattr(jobs, "BatchRunner", lambda *a, **k: runner)
+        jobs.BatchRun(Store(waiting, events, lost), Settings(worker_batch=4)).run(first)  # type: ignore[arg-type]
+        return events
+
+
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(jobs, "time", clock)
-    monkeypatch.setattr(jobs, "get_recognizer", lambda settings: object())
-    return clock
+def wave(monkeypatch: pytest.MonkeyPatch) -> Wave:
+    return Wave(monkeypatch)
 
 
-def run(
-    clock: Clock, first: list[Claimed], waiting: list[Claimed], lost: set[str] = frozenset()
-) -> list[tuple[Any, ...]]:  # type: ignore[assignment]
-    events: list[tuple[Any, ...]] = []
-    store = Store(waiting, events, lost)
-    batch = jobs.BatchRun(store, Settings(worker_batch=4))  # type: ignore[arg-type]
-    runner = Runner(clock, events)
-    jobs_runner = jobs.BatchRunner
-    jobs.BatchRunner = lambda *a, **k: runner  # type: ignore[assignment,misc]
-    try:
-        batch.run(first)
-    finally:
-        jobs.BatchRunner = jobs_runner  # type: ignore[misc]
-    return events
-
-
-def test_a_wave_that_ends_together_is_followed_at_once_by_the_next_in_the_same_run(clock: Clock) -> None:
+def test_a_wave_that_ends_together_is_followed_at_once_by_the_next_in_the_same_run(wave: Wave) -> None:
     first = [job(f"a{i}", 3) for i in range(4)]
     second = [job(f"b{i}", 3) for i in range(4)]
-    events = run(clock, first, second)
+    events = wave.run(first, second)
     assert ("heartbeat",) not in events  # 6 rounds of 0.05 s: no heartbeat came
     kinds = [e[0] for e in events]
     # the first wave opened with one renewal, its three rounds, its completion, then the next
@@ -151,11 +149,11 @@ def test_a_wave_that_ends_together_is_followed_at_once_by_the_next_in_the_same_r
     assert events[12:] == [("claim", 4, [])]
 
 
-def test_one_freed_slot_waits_for_the_heartbeat(clock: Clock) -> None:
+def test_one_freed_slot_waits_for_the_heartbeat(wave: Wave) -> None:
     """A join one at a time costs the model batch a change of members every time: under half the
     batch free, waiting jobs join at the next heartbeat only."""
     first = [job("short", 2), *(job(f"long{i}", 40) for i in range(3))]
-    events = run(clock, first, [job("next", 2)])
+    events = wave.run(first, [job("next", 2)])
     claims = [i for i, e in enumerate(events) if e[0] == "claim"]
     beats = [i for i, e in enumerate(events) if e[0] == "heartbeat"]
     # the short one ended in round 2; the next job was claimed right after the first heartbeat
@@ -164,18 +162,18 @@ def test_one_freed_slot_waits_for_the_heartbeat(clock: Clock) -> None:
     assert rounds_before == pytest.approx(jobs.HEARTBEAT_SECONDS / ROUND, abs=1)
 
 
-def test_an_empty_queue_is_asked_once_between_heartbeats(clock: Clock) -> None:
+def test_an_empty_queue_is_asked_once_between_heartbeats(wave: Wave) -> None:
     first = [job("a", 2), job("b", 2), job("c", 60), job("d", 60)]
-    events = run(clock, first, [])
+    events = wave.run(first, [])
     beats = [i for i, e in enumerate(events) if e[0] == "heartbeat"]
     between = [e for e in events[: beats[0]] if e[0] == "claim"]
     assert between == [("claim", 0, []), ("claim", 2, [])]  # the run's own, then once when half ran free
     assert beats and len([e for e in events if e[0] == "claim"]) <= 2 + len(beats)
 
 
-def test_a_job_lost_before_its_renewal_is_dropped_from_the_batch(clock: Clock) -> None:
+def test_a_job_lost_before_its_renewal_is_dropped_from_the_batch(wave: Wave) -> None:
     first = [job("mine", 2), job("taken", 2)]
-    events = run(clock, first, [], lost={"taken"})
+    events = wave.run(first, [], lost=frozenset({"taken"}))
     rounds = [e[1] for e in events if e[0] == "round"]
     assert rounds and all(r == ["mine"] for r in rounds)
     assert ("complete", ["mine"]) in events
