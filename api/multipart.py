@@ -16,7 +16,9 @@ import codecs
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from pydantic import BaseModel
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
@@ -184,3 +186,21 @@ async def receive_form(
     finally:
         if sink and not sink[0].finished:
             sink[0].abort()
+
+
+def upload_body(fields: type[BaseModel], description: str = "the recording") -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of a multipart call read with :func:`receive_form` (FastAPI
+    declares it only for parameters it reads itself): ``file`` and the fields of ``fields``."""
+    schema = fields.model_json_schema()
+    properties = {"file": {"type": "string", "format": "binary", "description": description}}
+    properties.update(schema.get("properties", {}))
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": ["file"], "properties": properties}
+                }
+            },
+        }
+    }

@@ -9,13 +9,15 @@ is refused, like every error of these paths, in OpenAI's shape
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from api.deps import CallerDep, DbDep, SettingsDep
 from api.errors import ERRORS, OpenAIError
+from api.multipart import upload_body
 from api.schemas import (
     ErrorResponse,
     JobOptions,
@@ -44,8 +46,10 @@ def _model() -> OpenAIModel:
     return OpenAIModel(id=MODEL_ID, created=MODEL_CREATED, owned_by="t-tech")
 
 
-def _check_request(model: str, language: str | None, response_format: str, granularities: list[str]) -> None:
+def _check_request(fields: TranscriptionFields) -> None:
     """OpenAI's refusals (400, its error shape) of a model, language or granularity we don't serve."""
+    model, language = fields.model, fields.language
+    response_format, granularities = fields.response_format, fields.timestamp_granularities
     if model != MODEL_ID and model not in MODEL_ALIASES:
         raise OpenAIError(
             400,
@@ -148,9 +152,23 @@ def get_model(model_id: str, caller: CallerDep) -> OpenAIModel:
     return _model()
 
 
+class TranscriptionFields(BaseModel):
+    """OpenAI's form fields besides ``file``."""
+
+    model: str = Field("t-one", examples=["t-one"], description="t-one, t-tech/T-one, tone or whisper-1")
+    language: str | None = Field(None, examples=["ru"], description="ru (or none); others are refused")
+    prompt: str | None = Field(None, description="accepted and ignored")
+    response_format: ResponseFormat = "json"
+    temperature: float | None = Field(None, description="accepted and ignored")
+    timestamp_granularities: list[Literal["word", "segment"]] | None = Field(
+        None, alias="timestamp_granularities[]"
+    )
+
+
 @router.post(
     "/v1/audio/transcriptions",
     summary="Transcribe a file (OpenAI-compatible)",
+    openapi_extra=upload_body(TranscriptionFields),
     response_model=OpenAITranscription | OpenAIVerboseTranscription,
     responses={
         **ERRORS,
@@ -162,26 +180,12 @@ def get_model(model_id: str, caller: CallerDep) -> OpenAIModel:
     },
 )
 async def create_transcription(
-    caller: CallerDep,
-    db: DbDep,
-    settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="the recording")],
-    model: Annotated[
-        str, Form(examples=["t-one"], description="t-one, t-tech/T-one, tone or whisper-1")
-    ] = "t-one",
-    language: Annotated[
-        str | None, Form(examples=["ru"], description="ru (or none); others are refused")
-    ] = None,
-    prompt: Annotated[str | None, Form(description="accepted and ignored")] = None,
-    response_format: Annotated[ResponseFormat, Form()] = "json",
-    temperature: Annotated[float | None, Form(description="accepted and ignored")] = None,
-    timestamp_granularities: Annotated[
-        list[Literal["word", "segment"]] | None, Form(alias="timestamp_granularities[]")
-    ] = None,
+    request: Request, caller: CallerDep, db: DbDep, settings: SettingsDep
 ) -> Response:
-    granularities: list[str] = list(timestamp_granularities or [])
-    _check_request(model, language, response_format, granularities)
-    job, transcript = await svc.transcribe_sync(db, caller, settings, file.file, file.filename, JobOptions())
+    upload, fields = await svc.receive_sync_upload(request, settings, TranscriptionFields, _check_request)
+    response_format = fields.response_format
+    granularities: list[str] = list(fields.timestamp_granularities or [])
+    job, transcript = await svc.transcribe_sync(db, caller, settings, upload, JobOptions())
     shown = svc.shown_phrases(job, transcript)
     if response_format == "json":
         return JSONResponse({"text": display_text(shown), "usage": _usage(_duration(job, transcript))})

@@ -16,21 +16,25 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, TypeVar
 
+from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, lazyload
 
 from api.deps import Caller
 from api.errors import ERROR_STATUS, ApiError, not_found
+from api.multipart import receive_form
 from api.schemas import AudioOut, ErrorInfo, FlagOut, JobLinks, JobOptions, JobOut
-from api.uploads import StoredAudio, audio_file_path, remove_quietly, save_stream
+from api.uploads import StoredAudio, audio_file_path, remove_quietly
 from shared.asr.errors import ToneError
 from shared.asr.formats import MEDIA_TYPES, render
 from shared.asr.types import Phrase, Word
@@ -50,6 +54,8 @@ from shared.platform.settings import Settings, get_settings
 from shared.queue import enqueue_transcription, enqueue_webhook
 from shared.text.display import display_text, phrase_text, with_display
 from shared.text.options import TextOptions
+
+FormModel = TypeVar("FormModel", bound=BaseModel)
 
 log = logging.getLogger("api.jobs")
 
@@ -146,21 +152,6 @@ def _probe(path: Path, settings: Settings, filename: str | None) -> None:
             "audio_too_long",
             f"the audio lasts {info.duration:.1f} s, over the limit of {settings.max_audio_seconds:.0f} s",
         )
-
-
-def accept_upload(
-    source: BinaryIO, filename: str | None, settings: Settings
-) -> tuple[uuid.UUID, StoredAudio]:
-    """Store an upload under a new job id; refuse empty, oversized or unreadable audio (file removed)."""
-    job_id = uuid.uuid4()
-    dest = audio_file_path(settings.audio_path, str(job_id), filename)
-    stored = save_stream(source, dest, settings.max_upload_bytes)
-    try:
-        check_upload(stored, filename, settings)
-    except BaseException:
-        remove_quietly(stored.path)
-        raise
-    return job_id, stored
 
 
 def check_upload(stored: StoredAudio, filename: str | None, settings: Settings) -> None:
@@ -569,17 +560,71 @@ def render_transcript(job: Job, fmt: str, text: str = "display") -> tuple[str, s
     return render(fmt, phrases, document=document, channels=transcript.channels), MEDIA_TYPES[fmt]
 
 
-async def transcribe_sync(
-    db: Session,
-    caller: Caller,
+@dataclass(frozen=True)
+class SyncUpload:
+    """A synchronous call's recording, already where it is kept."""
+
+    job_id: uuid.UUID
+    stored: StoredAudio
+    filename: str | None
+
+
+async def receive_sync_upload(
+    request: Request,
     settings: Settings,
-    upload: BinaryIO,
-    filename: str | None,
-    options: JobOptions,
+    fields: type[FormModel],
+    check: Callable[[FormModel], None] | None = None,
+) -> tuple[SyncUpload, FormModel]:
+    """The multipart form of a synchronous call (legacy /transcribe, OpenAI's): its ``file`` part
+    written straight to where a job keeps its recording, as it arrives (``api.multipart``; it was
+    spooled by Starlette's form reader, then copied), its other fields as ``fields``
+    (:func:`form_values`) and refused by ``check`` if it raises, then the recording checked (empty,
+    oversized, unreadable: its 4xx). On any refusal the file is removed. Called once the key was
+    checked: an unauthenticated body is never read."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(415, "unsupported_media_type", "send the recording as multipart/form-data (file)")
+    job_id = uuid.uuid4()
+    dest = lambda name: audio_file_path(settings.audio_path, str(job_id), name)  # noqa: E731
+    form = await receive_form(request, dest, settings.max_upload_bytes, max_fields=20)
+    try:
+        values = form_values(fields, form.fields)
+        if check is not None:
+            check(values)
+        if form.stored is None:
+            raise RequestValidationError(
+                [{"type": "missing", "loc": ("body", "file"), "msg": "Field required"}]
+            )
+        await run_in_threadpool(check_upload, form.stored, form.filename, settings)
+    except BaseException:
+        remove_quietly(form.stored.path if form.stored else None)
+        raise
+    return SyncUpload(job_id, form.stored, form.filename), values
+
+
+def form_values(model: type[FormModel], fields: list[tuple[str, str]]) -> FormModel:
+    """A form's text fields as ``model`` (a field declared as a list takes every value sent under
+    its name or alias, as FastAPI's ``Form`` does; others the last); 422 as FastAPI answers."""
+    values: dict[str, Any] = {}
+    lists = {f.alias or name for name, f in model.model_fields.items() if "list" in str(f.annotation).lower()}
+    for name, value in fields:
+        if name in lists:
+            values.setdefault(name, []).append(value)
+        else:
+            values[name] = value
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+
+
+async def transcribe_sync(
+    db: Session, caller: Caller, settings: Settings, upload: SyncUpload, options: JobOptions
 ) -> tuple[Job, Transcript]:
     """The synchronous calls (legacy /transcribe, OpenAI): a priority-9 "sync" job, waited for."""
-    job_id, stored = await run_in_threadpool(accept_upload, upload, filename, settings)
-    new = NewJob(options, stored, job_id, filename, kind="sync")
+    new = NewJob(options, upload.stored, upload.job_id, upload.filename, kind="sync")
+    # create_job removes the upload itself wherever no job is made
     job, _ = await run_in_threadpool(create_job, db, caller, new, settings)
     job = await wait_for_job(db, job, settings.sync_timeout_seconds)
     return job, await run_in_threadpool(finished_transcript, job)

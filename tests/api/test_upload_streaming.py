@@ -219,3 +219,77 @@ def test_a_recording_is_written_once_and_a_refused_one_leaves_nothing(
     assert_error(as_text, 422, "invalid_request")
     assert "file part" in as_text.json()["error"]["message"]
     assert _audio_files(platform_env) == files
+
+
+@pytest.mark.parametrize("path", ["/transcribe", "/v1/audio/transcriptions"])
+def test_a_synchronous_calls_recording_is_written_once_and_a_refused_one_leaves_nothing(
+    path: str, api: Proc, worker: Proc, api_key: str, platform_env: dict[str, str]
+) -> None:
+    """The legacy call and OpenAI's, which wait for the transcript: their recording goes where the
+    job keeps it as it arrives (Starlette's form reader spooled it, then it was copied), its fields
+    are read as FastAPI read them, and nothing of a refused one stays."""
+    wav = _wav(200, 21)  # 3.2 MB
+    before = _written(api.popen.pid)
+    fields = {"return_timestamps": "false"} if path == "/transcribe" else {"response_format": "text"}
+    response = httpx.post(
+        f"{api.url}{path}", headers=auth(api_key), files={"file": ("call.wav", wav)}, data=fields, timeout=120
+    )
+    written = _written(api.popen.pid) - before
+    assert response.status_code == 200, response.text
+    assert len(wav) <= written < 1.3 * len(wav), written  # once (spooled, then copied: twice)
+    if path == "/transcribe":  # return_timestamps=false: phrases with their text only
+        assert all(set(p) == {"text"} for p in response.json()["phrases"])
+    else:  # response_format=text: the transcript as plain text
+        assert response.headers["content-type"].startswith("text/plain")
+    files = _audio_files(platform_env)
+
+    def call(data: bytes, **form: str | list[str]) -> httpx.Response:
+        parts = {"file": ("x.wav", data)}
+        return httpx.post(f"{api.url}{path}", headers=auth(api_key), files=parts, data=form, timeout=60)
+
+    def refused(response: httpx.Response, status: int, code: str) -> None:  # either error shape
+        assert response.status_code == status and response.json()["error"]["code"] == code, response.text
+
+    refused(call(b""), 400, "empty_audio")
+    assert call(os.urandom(9000)).status_code == 415  # not audio
+    boundary = uuid.uuid4().hex
+    no_file = httpx.post(
+        f"{api.url}{path}",
+        headers={**auth(api_key), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        content=_body(boundary, [("model", None, b"t-one")]),
+        timeout=60,
+    )
+    assert no_file.status_code == 422 and "file" in no_file.json()["error"]["message"]
+    if path == "/transcribe":
+        refused = call(_wav(1, 22), return_timestamps="maybe")
+        assert_error(refused, 422, "invalid_request")
+        assert "return_timestamps" in refused.json()["error"]["message"]
+    else:  # OpenAI's shape, with the field named
+        refused = call(_wav(1, 22), response_format="xml")
+        assert refused.status_code == 422 and refused.json()["error"]["param"] == "response_format"
+        wrong_model = call(_wav(1, 23), model="gpt-4o-transcribe")
+        assert wrong_model.status_code == 400 and wrong_model.json()["error"]["code"] == "invalid_model"
+        several = call(
+            _wav(1, 24), response_format="text", **{"timestamp_granularities[]": ["word", "segment"]}
+        )
+        assert several.status_code == 400 and several.json()["error"]["param"] == "timestamp_granularities"
+    not_a_form = httpx.post(f"{api.url}{path}", headers=auth(api_key), content=_wav(1, 25), timeout=60)
+    assert not_a_form.status_code == 415
+    assert _audio_files(platform_env) == files
+
+
+@pytest.mark.parametrize("path", ["/transcribe", "/v1/audio/transcriptions"])
+def test_a_synchronous_call_with_a_wrong_key_is_refused_before_its_body_is_read(
+    path: str, api: Proc, platform_env: dict[str, str]
+) -> None:
+    """FastAPI reads a route's form parameters before its dependencies, the key check included: a
+    caller without a valid key made the server spool its whole upload first."""
+    wav = _wav(600, 26)  # 9.6 MB
+    files = _audio_files(platform_env)
+    before = _written(api.popen.pid)
+    response = httpx.post(
+        f"{api.url}{path}", headers=auth("tone_wrong_" + "y" * 32), files={"file": ("x.wav", wav)}, timeout=60
+    )
+    assert response.status_code == 401
+    assert _written(api.popen.pid) - before < 1024 * 1024  # not spooled (it was 9.6 MB)
+    assert _audio_files(platform_env) == files
