@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args, get_origin
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
@@ -601,11 +601,16 @@ async def receive_sync_upload(
     return SyncUpload(job_id, form.stored, form.filename), values
 
 
+def _is_list(annotation: Any) -> bool:
+    """A list, or an optional one (``list[X] | None``)."""
+    return get_origin(annotation) is list or any(_is_list(a) for a in get_args(annotation))
+
+
 def form_values(model: type[FormModel], fields: list[tuple[str, str]]) -> FormModel:
     """A form's text fields as ``model`` (a field declared as a list takes every value sent under
     its name or alias, as FastAPI's ``Form`` does; others the last); 422 as FastAPI answers."""
     values: dict[str, Any] = {}
-    lists = {f.alias or name for name, f in model.model_fields.items() if "list" in str(f.annotation).lower()}
+    lists = {f.alias or name for name, f in model.model_fields.items() if _is_list(f.annotation)}
     for name, value in fields:
         if name in lists:
             values.setdefault(name, []).append(value)
