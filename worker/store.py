@@ -333,27 +333,26 @@ class JobStore:
         return ours
 
     def heartbeat(self, progress: dict[str, float]) -> tuple[set[str], set[str]]:
-        """Write each job's progress and renew its lease, in one transaction.
+        """Write each job's progress and renew its lease, in one UPDATE for all of them (one per job
+        before: a batch of 16 recordings wrote 16 statements a second).
 
         Returns (jobs still ours, jobs of those whose cancel was requested); a job missing from
         the first set was re-claimed by another worker or deleted: drop it silently.
         """
-        alive: set[str] = set()
-        cancel: set[str] = set()
+        if not progress:
+            return set(), set()
+        rows = values(column("id", Uuid()), column("progress", Float()), name="beat").data(
+            [(uuid.UUID(job_id), value) for job_id, value in progress.items()]
+        )
+        stmt = (
+            update(Job)
+            .where(Job.id == rows.c.id, Job.lease_owner == self.owner, Job.status == "processing")
+            .values(progress=rows.c.progress, lease_expires_at=func.now() + self.lease)
+            .returning(Job.id, Job.cancel_requested)
+        )
         with session_scope(self.url) as session:
-            for job_id, value in progress.items():
-                stmt = (
-                    update(Job)
-                    .where(self._mine(job_id))
-                    .values(progress=value, lease_expires_at=func.now() + self.lease)
-                    .returning(Job.cancel_requested)
-                )
-                row = session.execute(stmt, execution_options=_NO_SYNC).first()
-                if row is not None:
-                    alive.add(job_id)
-                    if row.cancel_requested:
-                        cancel.add(job_id)
-        return alive, cancel
+            ours = session.execute(stmt, execution_options=_NO_SYNC).all()
+        return {str(r.id) for r in ours}, {str(r.id) for r in ours if r.cancel_requested}
 
     # -- final states -----------------------------------------------------------------------------
 

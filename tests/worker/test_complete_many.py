@@ -143,3 +143,44 @@ def test_a_round_is_stored_in_the_same_statements_however_many_jobs_it_ended(ser
         assert indexed[uuid.UUID(job_id)] == n + 1
         assert job.analytics is not None and job.analytics["duration"] == 10.0 + n
         assert job.analytics["channels"] == 2
+
+
+def test_a_heartbeat_is_one_statement_however_many_jobs_and_tells_lost_and_cancelled_ones(
+    servers: dict[str, str],
+) -> None:
+    url = servers["DATABASE_URL"]
+    with session_scope(url) as s:
+        tenant = get_or_create_tenant(s, f"heartbeat-{uuid.uuid4().hex[:6]}")
+        jobs = [Job(tenant_id=tenant.id, status="queued") for _ in range(12)]
+        s.add_all(jobs)
+        s.flush()
+        ids = [str(j.id) for j in jobs]
+    store = JobStore(url, f"owner-{uuid.uuid4().hex[:6]}", 60.0)
+    assert all(store.claim(i) is not None for i in ids)
+    with session_scope(url) as s:  # one taken over by another worker, one asked to cancel
+        s.execute(update(Job).where(Job.id == uuid.UUID(ids[3])).values(lease_owner="someone-else"))
+        s.execute(update(Job).where(Job.id == uuid.UUID(ids[5])).values(cancel_requested=True))
+        before = {
+            str(j.id): j.lease_expires_at
+            for j in s.scalars(select(Job).where(Job.id.in_(map(uuid.UUID, ids))))
+        }
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        alive, cancel = store.heartbeat({job_id: n / 20 for n, job_id in enumerate(ids)})
+        few, _ = store.heartbeat({ids[0]: 0.9})
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)
+    assert alive == set(ids) - {ids[3]} and cancel == {ids[5]} and few == {ids[0]}
+    assert len([x for x in statements if "UPDATE" in x.upper()]) == 2  # one per heartbeat
+    assert store.heartbeat({}) == (set(), set())
+    with session_scope(url) as s:
+        rows = {str(j.id): j for j in s.scalars(select(Job).where(Job.id.in_(map(uuid.UUID, ids))))}
+    assert rows[ids[0]].progress == 0.9
+    assert [rows[i].progress for i in ids[1:3]] == [pytest.approx(0.05), pytest.approx(0.1)]
+    assert rows[ids[3]].progress != pytest.approx(0.15) and rows[ids[3]].lease_expires_at == before[ids[3]]
+    assert rows[ids[4]].lease_expires_at > before[ids[4]]  # renewed
