@@ -5,6 +5,8 @@ once by ``finish_batches``."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -85,9 +87,9 @@ def test_a_tenants_rules_are_read_once_and_flag_every_job_of_the_round(servers: 
     assert flagged == {uuid.UUID(ids[0]), uuid.UUID(ids[2])}
 
 
-def _stored_round(url: str, tenant: Any, count: int) -> tuple[list[str], int]:
-    """``count`` claimed jobs completed in one call, each with its own phrases (the n-th job n+1
-    phrases, the last a redacted recording's path); their ids and the statements it sent."""
+def _claimed(url: str, tenant: Any, count: int) -> tuple[JobStore, list[str]]:
+    """``count`` new jobs of ``tenant`` (the n-th with audio path ``/a/<n>.wav``), claimed by a
+    store of their own."""
     with session_scope(url) as s:
         jobs = [Job(tenant_id=tenant, status="queued", audio_path=f"/a/{n}.wav") for n in range(count)]
         s.add_all(jobs)
@@ -95,23 +97,37 @@ def _stored_round(url: str, tenant: Any, count: int) -> tuple[list[str], int]:
         ids = [str(j.id) for j in jobs]
     store = JobStore(url, f"owner-{uuid.uuid4().hex[:6]}", 60.0)
     assert all(store.claim(i) is not None for i in ids)
+    return store, ids
+
+
+@contextmanager
+def _statements() -> Iterator[list[str]]:
+    """The SQL statements any engine of this process sends meanwhile."""
+    sent: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        yield sent
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)
+
+
+def _stored_round(url: str, tenant: Any, count: int) -> tuple[list[str], int]:
+    """``count`` claimed jobs completed in one call, each with its own phrases (the n-th job n+1
+    phrases, the last a redacted recording's path); their ids and the statements it sent."""
+    store, ids = _claimed(url, tenant, count)
     done = []
     for n, job_id in enumerate(ids):
         phrases = tuple(Phrase(f"фраза {n} {k}", 2.0 * k, 2.0 * k + 1.5, channel=k % 2) for k in range(n + 1))
         t = EngineTranscript(phrases, duration=10.0 + n, processing_time=0.1 * (n + 1), channels=2)
         path = f"/a/{n}.redacted.wav" if n == count - 1 else None
         done.append(Completion(job_id, t, [p.to_dict() for p in phrases], path))
-    statements: list[str] = []
-
-    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(Engine, "before_cursor_execute", seen)
-    try:
+    with _statements() as sent:
         assert all(store.complete_many(done).values())
-    finally:
-        event.remove(Engine, "before_cursor_execute", seen)
-    return ids, len(statements)
+    return ids, len(sent)
 
 
 def test_a_round_is_stored_in_the_same_statements_however_many_jobs_it_ended(servers: dict[str, str]) -> None:
@@ -150,13 +166,8 @@ def test_a_heartbeat_is_one_statement_however_many_jobs_and_tells_lost_and_cance
 ) -> None:
     url = servers["DATABASE_URL"]
     with session_scope(url) as s:
-        tenant = get_or_create_tenant(s, f"heartbeat-{uuid.uuid4().hex[:6]}")
-        jobs = [Job(tenant_id=tenant.id, status="queued") for _ in range(12)]
-        s.add_all(jobs)
-        s.flush()
-        ids = [str(j.id) for j in jobs]
-    store = JobStore(url, f"owner-{uuid.uuid4().hex[:6]}", 60.0)
-    assert all(store.claim(i) is not None for i in ids)
+        tenant = get_or_create_tenant(s, f"heartbeat-{uuid.uuid4().hex[:6]}").id
+    store, ids = _claimed(url, tenant, 12)
     with session_scope(url) as s:  # one taken over by another worker, one asked to cancel
         s.execute(update(Job).where(Job.id == uuid.UUID(ids[3])).values(lease_owner="someone-else"))
         s.execute(update(Job).where(Job.id == uuid.UUID(ids[5])).values(cancel_requested=True))
@@ -164,19 +175,11 @@ def test_a_heartbeat_is_one_statement_however_many_jobs_and_tells_lost_and_cance
             str(j.id): j.lease_expires_at
             for j in s.scalars(select(Job).where(Job.id.in_(map(uuid.UUID, ids))))
         }
-    statements: list[str] = []
-
-    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(Engine, "before_cursor_execute", seen)
-    try:
+    with _statements() as sent:
         alive, cancel = store.heartbeat({job_id: n / 20 for n, job_id in enumerate(ids)})
         few, _ = store.heartbeat({ids[0]: 0.9})
-    finally:
-        event.remove(Engine, "before_cursor_execute", seen)
     assert alive == set(ids) - {ids[3]} and cancel == {ids[5]} and few == {ids[0]}
-    assert len([x for x in statements if "UPDATE" in x.upper()]) == 2  # one per heartbeat
+    assert len([x for x in sent if "UPDATE" in x.upper()]) == 2  # one per heartbeat
     assert store.heartbeat({}) == (set(), set())
     with session_scope(url) as s:
         rows = {str(j.id): j for j in s.scalars(select(Job).where(Job.id.in_(map(uuid.UUID, ids))))}
