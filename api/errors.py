@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -148,6 +149,12 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     code = _STATUS_CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     return error_response(exc.status_code, code, message, exc.headers, request)
+
+
+def invalid_request(exc: ValidationError) -> RequestValidationError:
+    """A model's validation errors of request fields the route read itself, as FastAPI raises its
+    own (the same 422 ``invalid_request`` through :func:`_validation_error`)."""
+    return RequestValidationError(exc.errors(include_url=False, include_context=False))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -309,19 +309,20 @@ class JobStore:
 
     # -- while processing -------------------------------------------------------------------------
 
-    def _mine(self, job_id: str) -> Any:
+    def _mine(self, job_id: Any) -> Any:
+        """The job (an id, or a column of ids) while this run still holds it."""
         return and_(Job.id == job_id, Job.lease_owner == self.owner, Job.status == "processing")
 
-    def renew(self, job_id: str, **values: Any) -> bool:
+    def renew(self, job_id: str, **fields: Any) -> bool:
         """Set fields of a job this run still owns (and renew its lease); False if it lost it."""
-        return job_id in self.renew_many({job_id: values})
+        return job_id in self.renew_many({job_id: fields})
 
-    def renew_many(self, values: dict[str, dict[str, Any]]) -> set[str]:
+    def renew_many(self, by_job: dict[str, dict[str, Any]]) -> set[str]:
         """:meth:`renew` for many jobs (each with its own fields), in one transaction; the jobs
         still ours."""
         ours: set[str] = set()
         with session_scope(self.url) as session:
-            for job_id, fields in values.items():
+            for job_id, fields in by_job.items():
                 stmt = (
                     update(Job)
                     .where(self._mine(job_id))
@@ -346,7 +347,7 @@ class JobStore:
         )
         stmt = (
             update(Job)
-            .where(Job.id == rows.c.id, Job.lease_owner == self.owner, Job.status == "processing")
+            .where(self._mine(rows.c.id))
             .values(progress=rows.c.progress, lease_expires_at=func.now() + self.lease)
             .returning(Job.id, Job.cancel_requested)
         )
@@ -422,7 +423,7 @@ class JobStore:
         )
         stmt = (
             update(Job)
-            .where(Job.id == rows.c.id, Job.lease_owner == self.owner, Job.status == "processing")
+            .where(self._mine(rows.c.id))
             .values(
                 status="completed",
                 progress=1.0,

@@ -9,13 +9,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
 from api.deps import Caller, CallerDep, DbDep, SettingsDep
-from api.errors import ERRORS, ApiError
+from api.errors import ERRORS, ApiError, invalid_request
 from api.jsonbody import MANIFEST_LIMIT
 from api.jsonbody import loads as json_loads
 from api.multipart import receive_form
@@ -91,7 +90,7 @@ def _validated(model: type[BaseModel], fields: dict[str, Any]) -> Any:
     try:
         return validated_options(model, fields)
     except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
+        raise invalid_request(exc) from None
 
 
 async def _json_body(request: Request) -> dict[str, Any]:

@@ -10,12 +10,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
 from api.deps import CallerDep, DbDep, SettingsDep
-from api.errors import ERRORS, ApiError
+from api.errors import ERRORS, ApiError, invalid_request
 from api.jsonbody import JSON_LIMIT
 from api.jsonbody import loads as json_loads
 from api.multipart import ReceivedForm, receive_form
@@ -81,7 +80,7 @@ def _options(fields: dict[str, Any]) -> JobOptions:
     try:
         return validated_options(JobOptions, fields)
     except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
+        raise invalid_request(exc) from None
 
 
 def _form_fields(items: list[tuple[str, str]]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, lazyload
 
 from api.deps import Caller
-from api.errors import ERROR_STATUS, ApiError, not_found
+from api.errors import ERROR_STATUS, ApiError, invalid_request, not_found
 from api.multipart import receive_form
 from api.schemas import AudioOut, ErrorInfo, FlagOut, JobLinks, JobOptions, JobOut
 from api.uploads import StoredAudio, audio_file_path, remove_quietly
@@ -619,9 +619,7 @@ def form_values(model: type[FormModel], fields: list[tuple[str, str]]) -> FormMo
     try:
         return model.model_validate(values)
     except ValidationError as exc:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-        ) from None
+        raise invalid_request(exc) from None
 
 
 async def transcribe_sync(
