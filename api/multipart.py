@@ -16,7 +16,7 @@ import codecs
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 from python_multipart.exceptions import MultipartParseError
@@ -36,6 +36,13 @@ class ReceivedForm:
     stored: StoredAudio | None = None  # the file part, on disk at the destination
     filename: str | None = None
     content_type: str | None = None  # the file part's own
+    late_fields: bool = False  # a field came after the file part
+
+
+class FileTap(Protocol):
+    """Told of every piece of the file part once it is on disk (in the threadpool)."""
+
+    def written(self, sink: FileSink, piece: bytes) -> None: ...
 
 
 @dataclass
@@ -73,6 +80,7 @@ class _Receiver:
         self.part = _Part()
         self._header = [b"", b""]
         self.ended = False  # the closing boundary seen
+        self.late_fields = False
 
     def on_part_begin(self) -> None:
         self.part = _Part()
@@ -117,6 +125,7 @@ class _Receiver:
     def on_part_end(self) -> None:
         if self.part.kind == "field":
             self.fields.append((self.part.name, _decode(bytes(self.part.data), self.charset)))
+            self.late_fields = self.late_fields or self.filename is not None
 
     def on_end(self) -> None:
         self.ended = True
@@ -134,10 +143,13 @@ async def receive_form(
     *,
     file_field: str = "file",
     max_fields: int = 20,
+    tap: Callable[[list[tuple[str, str]]], FileTap | None] | None = None,
 ) -> ReceivedForm:
     """The request's form: its fields, and its one file part (``file_field``) written to
     ``dest(its filename)`` (413 ``file_too_large`` past ``max_bytes``). A malformed body is 400
-    ``bad_request``; on any failure, the client's disconnect included, nothing is left there."""
+    ``bad_request``; on any failure, the client's disconnect included, nothing is left there.
+    ``tap(the fields so far)``, when the file part's first piece is written before the body's end
+    (a file part over one piece), may give a :class:`FileTap` that then sees every piece written."""
     _, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if not boundary:
@@ -162,11 +174,19 @@ async def receive_form(
         },
     )
     sink: list[FileSink] = []  # made at the file part's first piece
+    taps: list[FileTap] = []
 
-    async def flush() -> None:
+    def write(piece: bytes) -> None:
+        sink[0].write(piece)
+        for t in taps:
+            t.written(sink[0], piece)
+
+    async def flush(last: bool = False) -> None:
         if not sink:
             sink.append(await run_in_threadpool(FileSink, dest(got.filename), max_bytes))
-        await run_in_threadpool(sink[0].write, got.take())
+            made = None if tap is None or last else await run_in_threadpool(tap, list(got.fields))
+            taps.extend([made] if made is not None else [])
+        await run_in_threadpool(write, got.take())
 
     try:
         async for chunk in request.stream():
@@ -178,9 +198,9 @@ async def receive_form(
             raise _bad("the multipart body ends before its closing boundary")
         if got.filename is None:
             return ReceivedForm(got.fields)
-        await flush()
+        await flush(last=True)
         stored = await run_in_threadpool(sink[0].finish)
-        return ReceivedForm(got.fields, stored, got.filename, got.content_type)
+        return ReceivedForm(got.fields, stored, got.filename, got.content_type, got.late_fields)
     except MultipartParseError as exc:
         raise _bad(f"the multipart body cannot be read: {exc}") from None
     finally:

@@ -75,6 +75,10 @@ class FileSink:
         self.digest.update(piece)
         self._out.write(piece)
 
+    def flush(self) -> None:
+        """What was written so far readable by another reader of ``part``."""
+        self._out.flush()
+
     def finish(self) -> StoredAudio:
         self._out.close()
         os.replace(self.part, self.dest)

@@ -38,6 +38,7 @@ from api.services import batch_results as results_svc
 from api.services import batch_sources as sources
 from api.services import batches as svc
 from api.services import jobs as jobs_svc
+from api.services.archive_stream import EarlyArchive
 from api.uploads import StoredAudio, remove_quietly
 from shared.db.models import Batch
 from shared.platform.batch_state import load_view
@@ -198,15 +199,36 @@ async def submit_batch(
     if content_type.startswith("multipart/form-data"):
         # the archive goes straight to the audio directory as it arrives (not spooled, then copied)
         archive = settings.audio_path / "batches" / f"{uuid.uuid4()}.upload"
+        early: list[EarlyArchive] = []  # a ZIP read while it uploads
+
+        def start_early(fields: list[tuple[str, str]]) -> EarlyArchive | None:
+            try:
+                options = validated_options(BatchOptions, {k: v for k, v in fields if k in _FORM_FIELDS})
+            except ValidationError:
+                return None  # the whole form's 422 comes at its end
+            if not settings.batch_early_start or options.item_webhooks:
+                return None
+            early.append(EarlyArchive(caller, options, idempotency_key, settings))
+            return early[0]
+
         try:
-            form = await receive_form(request, lambda _: archive, settings.max_upload_bytes, max_fields=20)
+            form = await receive_form(
+                request, lambda _: archive, settings.max_upload_bytes, max_fields=20, tap=start_early
+            )
             if form.stored is None:
                 raise ApiError(422, "invalid_request", "file (the archive) is required")
             options = _validated(BatchOptions, {k: v for k, v in form.fields if k in _FORM_FIELDS})
-            batch, created = await run_in_threadpool(
-                _archive_batch, db, caller, settings, form.stored, options, idempotency_key
-            )
+            got = None
+            if early:
+                got = await run_in_threadpool(early[0].finish, db, form.stored, options, form.late_fields)
+            if got is None:
+                got = await run_in_threadpool(
+                    _archive_batch, db, caller, settings, form.stored, options, idempotency_key
+                )
+            batch, created = got
         finally:
+            if early:
+                await run_in_threadpool(early[0].abort)  # nothing once finish began
             remove_quietly(archive)
     elif content_type.startswith("application/json"):
         body: BatchRequest = _validated(BatchRequest, await _json_body(request))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import logging
 import threading
 import uuid
@@ -39,7 +40,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ARRAY, Text, func, literal, select, true, update
+from sqlalchemy import ARRAY, Text, column, func, literal, select, true, update
+from sqlalchemy import values as sa_values
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
@@ -90,7 +92,7 @@ def prepare(batch_id: uuid.UUID, beat: datetime, settings: Settings) -> None:
         log.exception("batch %s: reading its folder failed; taken over in %.0f s", batch_id, stale)
 
 
-def _renew(
+def renew(
     db: Session, batch_id: uuid.UUID, beat: datetime, skipped: list[dict[str, str]], names: int, **values: Any
 ) -> datetime | None:
     """The batch row's UPDATE that opens a chunk's transaction (and locks the row): the beat renewed,
@@ -178,10 +180,10 @@ def _open(batch: Batch, settings: Settings) -> _Source:
 
 
 def _prepare(db: Session, batch_id: uuid.UUID, beat: datetime, settings: Settings) -> None:
-    claimed = _renew(db, batch_id, beat, [], 0)
+    claimed = renew(db, batch_id, beat, [], 0)
     db.commit()
     if claimed is None:
-        _stopped(db, batch_id, beat, settings)
+        stopped(db, batch_id, beat, settings)
         return
     beat = claimed
     batch = db.get(Batch, batch_id)
@@ -237,45 +239,82 @@ def _read_all(
                 db, batch_id, beat, [{"name": sources.clean_name(chunk[0].name), "reason": reason}], settings
             )
             return None
-        renewed = _renew(db, batch_id, beat, skipped, sum(len(i.names) for i in items))
-        if renewed is None:  # the chunk is not committed: its jobs would be queued in a cancelled batch
-            db.rollback()
-            sources.discard(items)
-            _stopped(db, batch_id, beat, settings)
+        renewed = commit_chunk(db, batch_id, beat, items, skipped, meta, by_hash, caller, sub, settings)
+        if renewed is None:
+            stopped(db, batch_id, beat, settings)
             return None
         beat = renewed
-        fresh = []
-        for item in items:
-            if item.stored.sha256 not in by_hash:
-                fresh.append(item)
-                continue
-            # the same content as an entry of an earlier chunk: one more name of its job
-            sources.discard([item])
-            db.execute(
-                update(Job)
-                .where(Job.id == by_hash[item.stored.sha256])
-                .values(
-                    options=func.jsonb_set(
-                        Job.options,
-                        literal(["batch_names"], ARRAY(Text())),
-                        Job.options["batch_names"].op("||")(literal(item.names, JSONB())),
-                    )
-                ),
-                execution_options={"synchronize_session": False},
-            )
-        jobs = batch_svc.file_jobs(caller, batch_id, fresh, meta, sub, settings)
-        svc.with_tenant_vocabulary(db, caller, jobs)
-        db.add_all(jobs)
-        try:
-            db.commit()
-        except BaseException:
-            db.rollback()
-            sources.discard(fresh)
-            raise
-        for job in jobs:
-            by_hash[job.sha256 or ""] = job.id
-            svc.enqueue(job)
     return beat
+
+
+def commit_chunk(
+    db: Session,
+    batch_id: uuid.UUID,
+    beat: datetime,
+    items: list[sources.Item],
+    skipped: list[dict[str, str]],
+    meta: dict[str, Any],
+    by_hash: dict[str, uuid.UUID],
+    caller: Caller,
+    sub: batch_svc.Submission,
+    settings: Settings,
+) -> datetime | None:
+    """One chunk's jobs (and skips) committed and queued in one transaction under the reader's beat;
+    content already in a job of the batch (``by_hash``, kept up to date) is one more name of that job.
+    The new beat, or None when the batch is no longer this reader's (nothing committed, the chunk's
+    files removed)."""
+    renewed = renew(db, batch_id, beat, skipped, sum(len(i.names) for i in items))
+    if renewed is None:  # the chunk is not committed: its jobs would be queued in a cancelled batch
+        db.rollback()
+        sources.discard(items)
+        return None
+    fresh = []
+    for item in items:
+        if item.stored.sha256 not in by_hash:
+            fresh.append(item)
+            continue
+        # the same content as an entry of an earlier chunk: one more name of its job
+        sources.discard([item])
+        db.execute(
+            update(Job)
+            .where(Job.id == by_hash[item.stored.sha256])
+            .values(
+                options=func.jsonb_set(
+                    Job.options,
+                    literal(["batch_names"], ARRAY(Text())),
+                    Job.options["batch_names"].op("||")(literal(item.names, JSONB())),
+                )
+            ),
+            execution_options={"synchronize_session": False},
+        )
+    jobs = batch_svc.file_jobs(caller, batch_id, fresh, meta, sub, settings)
+    svc.with_tenant_vocabulary(db, caller, jobs)
+    db.add_all(jobs)
+    try:
+        db.commit()
+    except BaseException:
+        db.rollback()
+        sources.discard(fresh)
+        raise
+    for job in jobs:
+        by_hash[job.sha256 or ""] = job.id
+        svc.enqueue(job)
+    return renewed
+
+
+def attach_metadata(db: Session, batch_id: uuid.UUID, meta: dict[str, Any]) -> None:
+    """``metadata.csv``'s rows on the batch's jobs by their first name (jobs made before the file was
+    read: an archive read while it uploads); the caller commits."""
+    if not meta:
+        return
+    rows = [(name, json.dumps(row, ensure_ascii=False)) for name, row in meta.items()]
+    values = sa_values(column("name", Text()), column("row", Text()), name="meta").data(rows)
+    db.execute(
+        update(Job)
+        .where(Job.batch_id == batch_id, Job.options["batch_name"].as_string() == values.c.name)
+        .values(client_metadata=func.cast(values.c.row, JSONB())),
+        execution_options={"synchronize_session": False},
+    )
 
 
 def _release(db: Session, batch_id: uuid.UUID, beat: datetime) -> None:
@@ -302,9 +341,9 @@ def _done(
     db: Session, batch_id: uuid.UUID, beat: datetime, skipped: list[dict[str, str]], settings: Settings
 ) -> None:
     """Every entry read: the batch is queued (it ends when its last job does, now if it has none)."""
-    if _renew(db, batch_id, beat, skipped, 0, status="queued", prepared_beat_at=None) is None:
+    if renew(db, batch_id, beat, skipped, 0, status="queued", prepared_beat_at=None) is None:
         db.rollback()
-        _stopped(db, batch_id, beat, settings)
+        stopped(db, batch_id, beat, settings)
         return
     db.commit()
     log.info("batch %s: its recordings are read", batch_id)
@@ -312,7 +351,7 @@ def _done(
     svc.end_batch_if_done(db, batch_id)
 
 
-def _stopped(db: Session, batch_id: uuid.UUID, beat: datetime, settings: Settings) -> None:
+def stopped(db: Session, batch_id: uuid.UUID, beat: datetime, settings: Settings) -> None:
     """This reader's batch changed under it: if a cancel was asked for, it is queued (reading
     stops) and ends as cancelled when its running jobs stop; deleted, nothing is left; taken over
     by another reader, nothing is done."""
@@ -345,14 +384,14 @@ def take_over_stale(settings: Settings) -> list[uuid.UUID]:
     taken: list[uuid.UUID] = []
     with sessionmaker_for(settings.database_url)() as db:
         stale = db.execute(
-            select(Batch.id, Batch.prepared_beat_at).where(
+            select(Batch.id, Batch.prepared_beat_at, Batch.options).where(
                 Batch.status == "preparing",
                 Batch.finished_at.is_(None),
                 (Batch.prepared_beat_at.is_(None))
                 | (Batch.prepared_beat_at < now - timedelta(seconds=settings.batch_intake_stale_seconds)),
             )
         ).all()
-        for batch_id, old in stale:
+        for batch_id, old, options in stale:
             claim = update(Batch).where(Batch.id == batch_id, Batch.status == "preparing")
             claim = claim.where(
                 Batch.prepared_beat_at.is_(None) if old is None else Batch.prepared_beat_at == old
@@ -363,6 +402,12 @@ def take_over_stale(settings: Settings) -> list[uuid.UUID]:
             db.commit()
             if not won:
                 continue
+            if (options or {}).get("receiving"):  # its upload's reader died: the client got no answer
+                receiving = db.get(Batch, batch_id)
+                if receiving is not None:
+                    batch_svc.delete_batch(db, receiving, settings)
+                    log.info("batch %s: its upload stopped before it ended: removed", batch_id)
+                continue
             log.info("batch %s: its folder's reader stopped; reading it here", batch_id)
             taken.append(batch_id)
             submit(batch_id, now, settings)
@@ -370,10 +415,8 @@ def take_over_stale(settings: Settings) -> list[uuid.UUID]:
 
 
 async def sweeps(settings: Settings) -> None:
-    """The API's lifespan task: take over stale preparing batches now and every half of the stale
-    seconds (only where folder batches are allowed at all)."""
-    if settings.batch_root is None:
-        return
+    """The API's lifespan task: take over stale preparing batches (a large folder or archive whose
+    reader stopped, an archive whose upload stopped) now and every half of the stale seconds."""
     while True:
         try:
             await asyncio.to_thread(take_over_stale, settings)

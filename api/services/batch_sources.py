@@ -197,15 +197,25 @@ def check_entries(entries: list[Entry], archive_size: int | None, settings: Sett
         raise ApiError(400, "archive_bomb", f"the archive expands more than {MAX_RATIO} times: refused")
 
 
-def _limited(source: IO[bytes], declared: int, name: str) -> Iterator[bytes]:
+_MISREAD = (zipfile.BadZipFile, zlib.error, EOFError, tarfile.TarError)
+
+
+def _limited(opener: Callable[[], IO[bytes]], declared: int, name: str) -> Iterator[bytes]:
     """An entry's bytes, never more than it declares. A ZIP entry whose headers understate it
-    ends at the declared size with a wrong CRC (``BadZipFile``): refused as a bomb, not a 500."""
+    ends at the declared size with a wrong CRC (``BadZipFile``), and one whose local header names
+    another file than the central directory cannot be opened: refused as a bomb, not a 500."""
     seen = 0
+    try:
+        source = opener()
+    except _MISREAD as exc:
+        raise ApiError(
+            400, "archive_bomb", f"the entry {name!r} does not match its headers ({exc}): refused"
+        ) from None
     with source:
         while True:
             try:
                 piece = source.read(PIECE)
-            except (zipfile.BadZipFile, zlib.error, EOFError, tarfile.TarError) as exc:
+            except _MISREAD as exc:
                 raise ApiError(
                     400, "archive_bomb", f"the entry {name!r} does not match its headers ({exc}): refused"
                 ) from None
@@ -218,7 +228,7 @@ def _limited(source: IO[bytes], declared: int, name: str) -> Iterator[bytes]:
 
 
 def read_metadata(entry: Entry) -> dict[str, dict[str, str]]:
-    raw = b"".join(_limited(entry.open(), min(entry.size, METADATA_LIMIT), entry.name))
+    raw = b"".join(_limited(entry.open, min(entry.size, METADATA_LIMIT), entry.name))
     return parse_metadata_csv(raw)
 
 
@@ -392,7 +402,7 @@ def extracted(settings: Settings) -> Callable[[Entry, str], tuple[StoredAudio, b
 
     def place(e: Entry, name: str) -> tuple[StoredAudio, bool]:
         dest = audio_file_path(settings.audio_path, str(uuid.uuid4()), name)
-        return save_stream(_limited(e.open(), e.size, name), dest, settings.max_upload_bytes), True
+        return save_stream(_limited(e.open, e.size, name), dest, settings.max_upload_bytes), True
 
     return place
 
@@ -505,7 +515,7 @@ def _hash_in_place(entry: Entry, name: str) -> tuple[StoredAudio, bool]:
     assert entry.path is not None
     digest = hashlib.sha256()
     size = 0
-    for piece in _limited(entry.open(), entry.size, name):
+    for piece in _limited(entry.open, entry.size, name):
         digest.update(piece)
         size += len(piece)
     return StoredAudio(entry.path, size, digest.hexdigest()), False

@@ -161,6 +161,17 @@ class Built:
     preparing: dict[str, str] | None = None  # {"directory": relative} or {"archive": kept path}
 
 
+def batch_options(options: BatchOptions) -> dict[str, Any]:
+    """What a batch row's ``options`` hold of its request's options (its jobs' are read back from it)."""
+    return {
+        "channels": options.channels,
+        "decoder": options.decoder,
+        "priority": options.priority,
+        "item_webhooks": options.item_webhooks,
+        **options.text_options().to_dict(),
+    }
+
+
 def create_batch(
     db: Session,
     caller: Caller,
@@ -186,14 +197,7 @@ def create_batch(
         name=sub.options.name,
         source=sub.source,
         status="queued" if preparing is None else "preparing",
-        options={
-            "channels": sub.options.channels,
-            "decoder": sub.options.decoder,
-            "priority": sub.options.priority,
-            "item_webhooks": sub.options.item_webhooks,
-            **sub.options.text_options().to_dict(),
-            **(preparing or {}),
-        },
+        options={**batch_options(sub.options), **(preparing or {})},
         prepared_beat_at=None if preparing is None else datetime.now(timezone.utc),
         skipped=built.skipped,
         items=built.items,

@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     batch_root: Path | None = None  # TONE_BATCH_ROOT: server folder whose subfolders batches may read
     # a folder with more audio files is read in the background (the batch answers 202 "preparing")
     batch_inline_files: int = 200
+    batch_early_start: bool = True  # a ZIP's jobs start while it uploads (api.services.archive_stream)
     batch_intake_chunk: int = 32  # files of such a folder per transaction (their jobs start at once)
     batch_intake_stale_seconds: float = 60.0  # a reader silent this long is taken over
     sync_timeout_seconds: float = 600.0  # /transcribe and /v1/audio/transcriptions wait this long

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -156,6 +157,41 @@ def test_a_batch_whose_reader_died_is_taken_over_and_no_file_is_read_twice(
     assert _jobs(servers, batch_id) == {"a.wav": ["a.wav", "copy.wav"], "sub/b.wav": ["sub/b.wav"]}
     assert sorted(s["name"] for s in view["skipped"]) == ["link.wav", "notes.txt"]
     assert f"batch {batch_id}: its folder's reader stopped" in reading_api.log.read_text()
+
+
+def test_an_archive_whose_upload_stopped_midway_is_removed_with_its_jobs(
+    reading_api: Proc, servers: dict[str, str], tmp_path: Path
+) -> None:
+    """An API process died while a ZIP it was reading early was uploading (``receiving``, the
+    beat stale): its client never got an answer, so the sweep removes the batch, its job and the
+    job's extracted file."""
+    key = make_key(servers, f"receiving-{uuid.uuid4().hex[:6]}")
+    long_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    batch_id = _preparing(servers, key, long_ago)
+    extracted = Path(servers["root"]) / "data" / "audio" / f"{uuid.uuid4()}.wav"
+    extracted.parent.mkdir(parents=True, exist_ok=True)
+    extracted.write_bytes(b"RIFF")
+    with session_scope(servers["DATABASE_URL"]) as s:
+        batch = s.get(Batch, batch_id)
+        assert batch is not None
+        batch.options = {**OPTIONS, "directory": None, "receiving": True}
+        s.add(
+            Job(
+                tenant_id=_tenant(servers, key),
+                batch_id=batch_id,
+                status="processing",
+                options={"channels": "split", "batch_name": "a.wav", "batch_names": ["a.wav"]},
+                source="upload",
+                audio_path=str(extracted),
+            )
+        )
+    deadline = datetime.now(timezone.utc) + timedelta(seconds=30)
+    while _jobs(servers, batch_id) and datetime.now(timezone.utc) < deadline:
+        time.sleep(0.2)
+    with session_scope(servers["DATABASE_URL"]) as s:
+        assert s.get(Batch, batch_id) is None
+    assert _jobs(servers, batch_id) == {} and not extracted.exists()
+    assert f"batch {batch_id}: its upload stopped before it ended: removed" in reading_api.log.read_text()
 
 
 def test_a_cancel_while_preparing_ends_the_batch_with_no_job(

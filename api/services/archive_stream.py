@@ -1,0 +1,547 @@
+"""A ZIP batch read while it uploads: its first calls are transcribed before its last bytes arrive.
+
+A ZIP's directory is at its end, so a batch made from the finished upload starts no job before the
+whole archive is in (a call center's archive of a few GB over a 1 Gbit/s link: half a minute). But
+every entry is also preceded by its *local header* (name, method, CRC, sizes), so a reader that
+follows the bytes as they come knows where each entry ends. :class:`LocalHeaders` is that reader
+(written here because the streaming unzip libraries, e.g. ``stream-unzip``, pull from an iterator
+and give no entry offsets, which the check against the central directory below needs; the bytes
+themselves are inflated by :mod:`zlib`).
+
+:class:`EarlyArchive` is fed every piece of the file part after it is written to disk
+(``receive_form``'s tap). Once the first entry is complete it creates the batch (status
+``preparing``, ``options.receiving``) and, on a thread of its own, extracts each complete entry
+from the partial file (its CRC and size checked against its header), probes it and commits its
+job at once, as the background reader (:mod:`api.services.batch_intake`) does for a large archive:
+the workers start on the first calls while the rest uploads. When the upload ends, the central
+directory (the archive's authority) is checked against what was read early: every entry read must
+be in it at the same offset with the same name, CRC, sizes and method, and be a regular file; the
+whole archive's limits are checked as before. Then the rest of the entries are read by the
+background reader's own code (in the request when there are few, else in the background), and
+``metadata.csv`` is attached to every job, early ones included.
+
+Anything unexpected makes the early batch go away (deleted with its jobs and files, as a DELETE
+would) and the request goes on exactly as without early reading, so its answer (a batch, or a
+refusal with nothing created) is the one it always was: a local header the directory does not
+confirm, an entry that fails its CRC, an entry or limit that would refuse the archive, a form
+field after the file part, an ``Idempotency-Key`` already in use. Early reading never starts for
+a body whose file part fits one piece (1 MiB: nothing to overlap), a tar, an entry whose sizes
+follow its data (bit 3: the end of its data can't be known), an encrypted one, or a method other
+than stored and deflate; nor with ``item_webhooks`` (an early job's event would go out before its
+metadata). A client gone midway, or a body refused (too large, malformed), deletes the batch.
+An API process that dies mid-upload leaves a ``receiving`` batch whose beat goes stale: the sweep
+deletes it (its client never got an answer).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import queue
+import stat
+import struct
+import threading
+import uuid
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, cast
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.deps import Caller
+from api.errors import ApiError
+from api.schemas import BatchOptions
+from api.services import batch_intake as intake
+from api.services import batch_sources as sources
+from api.services import batches as batch_svc
+from api.uploads import PIECE, FileSink, StoredAudio
+from shared.db.models import Batch
+from shared.db.session import sessionmaker_for
+from shared.platform.settings import Settings
+
+log = logging.getLogger("tone.api.archive_stream")
+
+_LOCAL = b"PK\x03\x04"
+_HEADER = struct.Struct("<4s5H3L2H")  # signature, version, flags, method, time, date, crc, sizes, lengths
+_ZIP64 = 0x0001
+_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+
+
+@dataclass(frozen=True)
+class LocalEntry:
+    """One entry as its local header describes it, its data complete in the upload."""
+
+    offset: int  # of its local header in the archive
+    raw_name: bytes
+    flags: int
+    method: int
+    crc: int
+    compressed: int
+    size: int
+    data_offset: int
+
+    @property
+    def name(self) -> str:
+        """As :func:`api.services.batch_sources.zip_name` reads the directory's name."""
+        if self.flags & 0x800:
+            return self.raw_name.decode("utf-8", errors="replace")
+        try:
+            return self.raw_name.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.raw_name.decode("cp866")
+
+
+class LocalHeaders:
+    """The local headers of a ZIP read from its bytes as they arrive (``feed`` them in order).
+    ``feed`` returns the entries whose data became complete. Reading stops for good, ``stopped``
+    saying why, at the central directory or at anything this reader does not follow (see the module)."""
+
+    def __init__(self) -> None:
+        self.pos = 0  # bytes of the archive fed so far
+        self.stopped: str | None = None
+        self._head = bytearray()  # a local header being gathered
+        self._entry: LocalEntry | None = None  # the entry whose data is arriving
+        self._left = 0  # of its data
+
+    def feed(self, piece: bytes) -> list[LocalEntry]:
+        done: list[LocalEntry] = []
+        i = 0
+        while i < len(piece) and self.stopped is None:
+            if self._entry is not None:
+                take = min(self._left, len(piece) - i)
+                i += take
+                self.pos += take
+                self._left -= take
+                if not self._left:
+                    done.append(self._entry)
+                    self._entry = None
+                continue
+            need = self._needed()
+            take = min(need - len(self._head), len(piece) - i)
+            self._head += piece[i : i + take]
+            i += take
+            self.pos += take
+            if len(self._head) == self._needed():  # complete (a 30-byte start may ask for more)
+                entry = self._parse()
+                if entry is not None and entry.compressed == 0:
+                    done.append(entry)
+                elif entry is not None:
+                    self._entry, self._left = entry, entry.compressed
+        return done
+
+    def _needed(self) -> int:
+        if len(self._head) < _HEADER.size or self._head[:4] != _LOCAL:
+            return _HEADER.size
+        _, _, _, _, _, _, _, _, _, n, m = _HEADER.unpack_from(self._head)
+        return _HEADER.size + n + m
+
+    def _parse(self) -> LocalEntry | None:
+        sig, _, flags, method, _, _, crc, csize, usize, n, _ = _HEADER.unpack_from(self._head)
+        if sig != _LOCAL:
+            self._stop("the central directory" if self.pos > len(self._head) else "not a ZIP")
+            return None
+        if flags & 0x1 or flags & 0x40:
+            self._stop("an encrypted entry")
+            return None
+        if flags & 0x8:
+            self._stop("an entry whose sizes follow its data")
+            return None
+        if method not in _METHODS:
+            self._stop(f"an entry compressed with method {method}")
+            return None
+        raw_name = bytes(self._head[_HEADER.size : _HEADER.size + n])
+        extra = bytes(self._head[_HEADER.size + n :])
+        if 0xFFFFFFFF in (csize, usize):
+            sizes = _zip64_sizes(extra, usize, csize)
+            if sizes is None:
+                self._stop("a ZIP64 entry without its sizes")
+                return None
+            usize, csize = sizes
+        offset = self.pos - len(self._head)
+        self._head = bytearray()
+        return LocalEntry(offset, raw_name, flags, method, crc, csize, usize, self.pos)
+
+    def _stop(self, why: str) -> None:
+        self.stopped = why
+        self._head = bytearray()
+
+
+def _zip64_sizes(extra: bytes, usize: int, csize: int) -> tuple[int, int] | None:
+    """The sizes a ZIP64 extra field holds for the 0xFFFFFFFF ones (uncompressed first)."""
+    i = 0
+    while i + 4 <= len(extra):
+        tag, length = struct.unpack_from("<2H", extra, i)
+        body = extra[i + 4 : i + 4 + length]
+        i += 4 + length
+        if tag != _ZIP64:
+            continue
+        values = [struct.unpack_from("<Q", body, j)[0] for j in range(0, len(body) - 7, 8)]
+        if usize == 0xFFFFFFFF:
+            if not values:
+                return None
+            usize = values.pop(0)
+        if csize == 0xFFFFFFFF:
+            if not values:
+                return None
+            csize = values.pop(0)
+        return usize, csize
+    return None
+
+
+class _EntryReader(io.RawIOBase):
+    """An early entry's bytes, inflated from the partial upload (``fd``), its CRC and size checked
+    at its end (``zipfile.BadZipFile`` otherwise, which extraction turns into a refusal)."""
+
+    def __init__(self, fd: int, entry: LocalEntry) -> None:
+        self.fd, self.entry = fd, entry
+        self.pos, self.left = entry.data_offset, entry.compressed
+        self.inflate = zlib.decompressobj(-15) if entry.method == zipfile.ZIP_DEFLATED else None
+        self.tail = b""  # compressed bytes not yet inflated (bounded output per read)
+        self.crc = self.size = 0
+        self.ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        want = PIECE if n is None or n < 0 else n
+        while not self.ended:
+            if not self.tail and self.left:
+                self.tail = os.pread(self.fd, min(PIECE, self.left), self.pos)
+                if not self.tail:
+                    raise zipfile.BadZipFile(f"{self.entry.name}: the upload ends inside it")
+                self.pos += len(self.tail)
+                self.left -= len(self.tail)
+            if self.inflate is None:
+                out, self.tail = self.tail[:want], self.tail[want:]
+            else:
+                out = self.inflate.decompress(self.tail, want)
+                self.tail = self.inflate.unconsumed_tail
+            if not self.left and not self.tail:
+                if self.inflate is not None:
+                    out += self.inflate.flush()
+                self.ended = True
+            self.crc = zlib.crc32(out, self.crc)
+            self.size += len(out)
+            if self.ended and (self.crc != self.entry.crc or self.size != self.entry.size):
+                raise zipfile.BadZipFile(f"{self.entry.name}: its data does not match its header")
+            if out:
+                return out
+        return b""
+
+
+def _opener(fd: int, entry: LocalEntry) -> Callable[[], IO[bytes]]:
+    return lambda: cast(IO[bytes], _EntryReader(fd, entry))
+
+
+def _is_metadata(e: sources.Entry) -> bool:
+    return e.kind == "file" and sources.clean_name(e.name) == sources.METADATA_CSV
+
+
+def _kind(name: str) -> str:
+    return "dir" if name.endswith("/") else "file"
+
+
+@dataclass
+class _Read:
+    """What the early reader made of the archive so far."""
+
+    entries: list[LocalEntry] = field(default_factory=list)  # read into the batch, in order
+    names: set[str] = field(default_factory=set)
+    by_hash: dict[str, uuid.UUID] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    audio: int = 0  # entries counted against the limits
+    expanded: int = 0
+
+
+class EarlyArchive:
+    """The batch of a ZIP being uploaded, its complete entries read as they arrive (see the module).
+    ``written`` runs in the request's threadpool after each piece is on disk; ``finish`` or
+    ``abort`` ends it."""
+
+    def __init__(self, caller: Caller, options: BatchOptions, key: str | None, settings: Settings) -> None:
+        self.caller, self.options, self.key, self.settings = caller, options, key, settings
+        self.headers = LocalHeaders()
+        self.failed: str | None = None  # why early reading gave up (the batch goes away at the end)
+        self.batch_id: uuid.UUID | None = None
+        self.beat: datetime | None = None
+        self.read = _Read()
+        self._queue: queue.SimpleQueue[LocalEntry | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._sub = batch_svc.Submission("archive", options, "", key)
+        self.closed = False
+        self.lost = False  # cancelled or deleted by its tenant meanwhile
+
+    # -- the request's side ---------------------------------------------------------------------
+
+    def written(self, sink: FileSink, piece: bytes) -> None:
+        if self.failed is not None or self.headers.stopped is not None:
+            return
+        entries = self.headers.feed(piece)
+        if not entries:
+            return
+        sink.flush()  # the reader reads the entry from the file
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, args=(sink.part,), name="batch-early", daemon=True
+            )
+            self._thread.start()
+        for entry in entries:
+            self._queue.put(entry)
+
+    def abort(self) -> None:
+        """The upload failed or was refused: the batch and everything it made go away (nothing
+        once :meth:`finish` has begun)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._end()
+        self._discard("the upload did not complete")
+
+    def finish(
+        self, db: Session, stored: StoredAudio, options: BatchOptions, late_fields: bool
+    ) -> tuple[Batch, bool] | None:
+        """The upload is complete at ``stored.path``: the batch, its entries checked against the
+        central directory and the rest read in the request when few are left (``(batch, True)``;
+        still ``preparing`` when its background reader is to read the rest); or None when the early
+        batch is gone and the request must go on as without it (an ApiError: the archive is
+        refused, the batch gone too)."""
+        self.closed = True
+        self._end()
+        if self.batch_id is None:
+            return None
+        if self.lost:
+            return self._lost(db)
+        if late_fields or options != self.options:
+            self.failed = self.failed or "a form field came after the file"
+        if self.failed is not None:
+            self._discard(self.failed)
+            return None
+        try:
+            handle, entries = sources.list_archive(stored.path, self.settings)  # the whole archive's limits
+        except ApiError:
+            self._discard("the archive is refused")
+            raise
+        try:
+            why = self._confirmed(handle)
+            if why is not None:
+                self._discard(why)
+                return None
+            meta = next((sources.read_metadata(e) for e in entries if _is_metadata(e)), None)
+        finally:
+            handle.close()
+        return self._hand_on(db, stored, entries, meta)
+
+    # -- the reader thread ----------------------------------------------------------------------
+
+    def _end(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _run(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with sessionmaker_for(self.settings.database_url)() as db:
+                self._loop(db, fd)
+        except Exception:
+            log.exception("early reading of an uploaded archive stopped")
+            self.failed = self.failed or "internal_error while reading early"
+        finally:
+            os.close(fd)
+
+    def _loop(self, db: Session, fd: int) -> None:
+        idle = self.settings.batch_intake_stale_seconds / 4
+        while True:
+            try:
+                first = self._queue.get(timeout=idle)
+            except queue.Empty:
+                if self.beat is not None and self.failed is None:
+                    self._keep(db)
+                continue
+            chunk = [first]
+            while chunk[-1] is not None and len(chunk) < self.settings.batch_intake_chunk:
+                try:
+                    chunk.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            ended = chunk[-1] is None
+            entries = [e for e in chunk if e is not None]
+            if entries and self.failed is None:
+                self._read_chunk(db, fd, entries)
+            if ended:
+                return
+
+    def _keep(self, db: Session) -> None:
+        """Renew the beat while the upload goes on with no entry complete (a long entry)."""
+        assert self.batch_id is not None and self.beat is not None
+        beat = intake.renew(db, self.batch_id, self.beat, [], 0)
+        db.commit()
+        if beat is None:
+            self.failed, self.lost = "the batch was cancelled or deleted while it uploaded", True
+        else:
+            self.beat = beat
+
+    def _read_chunk(self, db: Session, fd: int, chunk: list[LocalEntry]) -> None:
+        read, settings = self.read, self.settings
+        listed: list[sources.Entry] = []
+        skipped: list[dict[str, str]] = []
+        for e in chunk:
+            name, kind = e.name, _kind(e.name)
+            if kind == "file":
+                read.audio += 1
+                read.expanded += e.size
+            entry = sources.Entry(name, e.size, e.compressed, kind, _opener(fd, e))
+            try:  # an entry (or the entries so far) the whole archive would be refused for: not early
+                sources.check_entries([entry], None, settings)
+            except ApiError as exc:
+                self.failed = exc.message
+                return
+            if read.audio > settings.batch_max_entries or read.expanded > settings.batch_max_total_bytes:
+                self.failed = "the archive is over a limit"
+                return
+            clean = sources.clean_name(name)
+            if kind == "file" and clean in read.names:
+                skipped.append({"name": clean, "reason": "duplicate_name"})
+                continue
+            read.names.add(clean)
+            listed.append(entry)
+        try:
+            items, skips, meta = sources.collect(listed, settings, sources.extracted(settings))
+        except ApiError as exc:  # an entry that does not match its header: the whole archive's refusal
+            self.failed = exc.message
+            return
+        read.meta = meta or read.meta
+        if self.batch_id is None and not self._create(db):
+            sources.discard(items)
+            return
+        assert self.batch_id is not None and self.beat is not None
+        beat = intake.commit_chunk(
+            db,
+            self.batch_id,
+            self.beat,
+            items,
+            skipped + skips,
+            read.meta,
+            read.by_hash,
+            self.caller,
+            self._sub,
+            settings,
+        )
+        if beat is None:
+            self.failed, self.lost = "the batch was cancelled or deleted while it uploaded", True
+            return
+        self.beat = beat
+        read.entries.extend(chunk)
+
+    def _create(self, db: Session) -> bool:
+        """The batch row, status preparing, held by this reader (its beat)."""
+        batch_id, now = uuid.uuid4(), datetime.now(timezone.utc)
+        options = self.options
+        db.add(
+            Batch(
+                id=batch_id,
+                tenant_id=self.caller.tenant_id,
+                name=options.name,
+                source="archive",
+                status="preparing",
+                options={**batch_svc.batch_options(options), "receiving": True},
+                prepared_beat_at=now,
+                skipped=[],
+                items=0,
+                webhook_url=options.webhook_url,
+                idempotency_key=self.key,
+            )
+        )
+        try:
+            db.commit()
+        except IntegrityError:  # the key was taken meanwhile: the request goes on as without early reading
+            db.rollback()
+            self.failed = "its Idempotency-Key is in use"
+            return False
+        self.batch_id, self.beat = batch_id, now
+        log.info("batch %s: reading its archive while it uploads", batch_id)
+        return True
+
+    # -- the end --------------------------------------------------------------------------------
+
+    def _confirmed(self, handle: Any) -> str | None:
+        """None when the central directory confirms every entry read early, else why not."""
+        if not isinstance(handle, zipfile.ZipFile):
+            return "not a ZIP"
+        infos = {info.header_offset: info for info in handle.infolist()}
+        for e in self.read.entries:
+            info = infos.get(e.offset)
+            if info is None:
+                return f"the entry {e.name!r} is not in the central directory"
+            mode = info.external_attr >> 16
+            same = (
+                sources.zip_name(info) == e.name
+                and (info.CRC, info.compress_size, info.file_size, info.compress_type)
+                == (e.crc, e.compressed, e.size, e.method)
+                and info.is_dir() == (_kind(e.name) == "dir")
+                and (info.is_dir() or not mode or not stat.S_IFMT(mode) or stat.S_ISREG(mode))
+            )
+            if not same:
+                return f"the central directory describes {e.name!r} otherwise than its local header"
+        return None
+
+    def _hand_on(
+        self, db: Session, stored: StoredAudio, entries: list[sources.Entry], meta: dict[str, Any] | None
+    ) -> tuple[Batch, bool]:
+        """The checked batch: its request hash set, the archive kept for the background reader's
+        code, which reads the entries not read early (``metadata.csv`` attached to the early jobs
+        first); in the request when few are left, else in the background."""
+        assert self.batch_id is not None and self.beat is not None
+        settings = self.settings
+        digest = batch_svc.request_digest("archive", self.options, stored.sha256)
+        kept = stored.path.with_name(f"{self.batch_id}.archive")
+        stored.path.rename(kept)
+        options = {**batch_svc.batch_options(self.options), "archive": str(kept)}
+        try:
+            beat = intake.renew(db, self.batch_id, self.beat, [], 0, options=options, request_hash=digest)
+            if beat is not None and meta is not None:
+                intake.attach_metadata(db, self.batch_id, meta)
+            db.commit()
+        except BaseException:
+            db.rollback()
+            kept.rename(stored.path)  # the route removes it
+            self._discard("handing it on failed")
+            raise
+        if beat is None:
+            kept.rename(stored.path)
+            return self._lost(db)
+        done = {sources.clean_name(e.name) for e in self.read.entries}
+        rest = [e for e in entries if e.kind == "file" and sources.clean_name(e.name) not in done]
+        if sources.audio_files(rest) <= settings.batch_inline_files:  # else the route submits it
+            intake.prepare(self.batch_id, beat, settings)
+        batch = db.get(Batch, self.batch_id)
+        assert batch is not None
+        return batch, True
+
+    def _lost(self, db: Session) -> tuple[Batch, bool]:
+        """The batch was cancelled or deleted by its tenant while it uploaded."""
+        assert self.batch_id is not None and self.beat is not None
+        intake.stopped(db, self.batch_id, self.beat, self.settings)
+        batch = db.get(Batch, self.batch_id)
+        if batch is None:
+            raise ApiError(409, "batch_deleted", "the batch was deleted while its archive uploaded")
+        return batch, True
+
+    def _discard(self, why: str) -> None:
+        if self.batch_id is None:
+            return
+        batch_id, self.batch_id = self.batch_id, None
+        with sessionmaker_for(self.settings.database_url)() as db:
+            batch = db.get(Batch, batch_id)
+            if batch is not None:
+                jobs = batch_svc.delete_batch(db, batch, self.settings)
+                log.info("batch %s: read while it uploaded, removed (%d jobs): %s", batch_id, jobs, why)

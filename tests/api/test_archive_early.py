@@ -1,0 +1,231 @@
+"""A ZIP batch read while it uploads (``api.services.archive_stream``), against the real stack: a
+job of the batch is transcribed before the client has sent the archive's last bytes, and the batch
+that results is the one the finished upload would have made (names, the dedupe, skips,
+``metadata.csv`` at the archive's end attached to the early jobs too, transcripts); a form field
+after the file, a local header the central directory contradicts, an archive refused by an entry
+after the early ones, and a client gone midway each leave exactly what the request without early
+reading leaves (one batch with the late options; a refusal with nothing created)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from shared.db.models import ApiKey, Batch, Job
+from shared.db.session import session_scope
+from shared.platform.keys import key_prefix
+from tests.api.test_api import auth
+from tests.api.test_batch_sources import audio, offline, tenant_batches, wait_batch  # noqa: F401
+from tests.conftest import Proc, make_key
+
+pytestmark = pytest.mark.platform
+
+BOUNDARY = "tone-test-boundary"
+FILLER = 2_500_000  # a non-audio entry after the early ones: the upload's first pieces hold them
+
+
+def _zip(members: list[tuple[str, bytes, int]]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data, method in members:
+            zf.writestr(zipfile.ZipInfo(name), data, compress_type=method)
+    return buf.getvalue()
+
+
+def _form(archive: bytes, before: dict[str, str], after: dict[str, str] | None = None) -> bytes:
+    def field(name: str, value: str) -> bytes:
+        return f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+
+    head = b"".join(field(k, v) for k, v in before.items())
+    head += (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="calls.zip"\r\n'
+        "Content-Type: application/zip\r\n\r\n"
+    ).encode()
+    tail = b"\r\n" + b"".join(field(k, v) for k, v in (after or {}).items()) + f"--{BOUNDARY}--\r\n".encode()
+    return head + archive + tail
+
+
+def _tenant(servers: dict[str, str], key: str) -> uuid.UUID:
+    with session_scope(servers["DATABASE_URL"]) as s:
+        tenant = s.scalar(select(ApiKey.tenant_id).where(ApiKey.prefix == key_prefix(key)))
+        assert tenant is not None
+        return tenant
+
+
+def _jobs_of(servers: dict[str, str], tenant: uuid.UUID, status: str | None = None) -> int:
+    with session_scope(servers["DATABASE_URL"]) as s:
+        query = select(func.count()).select_from(Job).where(Job.tenant_id == tenant)
+        if status is not None:
+            query = query.where(Job.status == status)
+        return int(s.scalar(query) or 0)
+
+
+def _post(
+    url: str, key: str, body: bytes, hold: int, until: Callable[[], bool], gone: bool = False
+) -> httpx.Response:
+    """``body`` sent but its last ``hold`` bytes, which follow once ``until()`` (or, ``gone``, the
+    client goes away instead)."""
+
+    def pieces() -> Iterator[bytes]:
+        for i in range(0, len(body) - hold, 256 * 1024):
+            yield body[i : min(i + 256 * 1024, len(body) - hold)]
+        deadline = time.monotonic() + 60
+        while not until():
+            assert time.monotonic() < deadline, "nothing happened while the upload waited"
+            time.sleep(0.1)
+        if gone:
+            raise ConnectionAbortedError("the client went away")
+        yield body[-hold:]
+
+    headers = {**auth(key), "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    return httpx.post(f"{url}/v1/batches", headers=headers, content=pieces(), timeout=60)
+
+
+def _archive(audio: dict[str, Path], last: list[tuple[str, bytes, int]] | None = None) -> bytes:  # noqa: F811
+    a, b, c = (audio[n].read_bytes() for n in ("a.wav", "b.wav", "c.wav"))
+    metadata = "path,agent\ncalls/a.wav,Иван\ncalls/b.wav,Ольга\ncalls/c.wav,Пётр\n".encode()
+    return _zip(
+        [
+            ("calls/", b"", zipfile.ZIP_STORED),
+            ("calls/a.wav", a, zipfile.ZIP_STORED),
+            ("calls/b.wav", b, zipfile.ZIP_DEFLATED),
+            ("calls/copy.wav", a, zipfile.ZIP_DEFLATED),
+            ("notes.bin", os.urandom(FILLER), zipfile.ZIP_STORED),
+            ("calls/c.wav", c, zipfile.ZIP_STORED),
+            *(last or []),
+            ("metadata.csv", metadata, zipfile.ZIP_DEFLATED),
+        ]
+    )
+
+
+def _results(url: str, key: str, batch_id: str) -> dict[str, dict[str, Any]]:
+    lines = httpx.get(f"{url}/v1/batches/{batch_id}/results", headers=auth(key), timeout=30).text
+    return {r["name"]: r for r in map(json.loads, lines.splitlines())}
+
+
+def test_jobs_are_transcribed_while_the_archive_uploads_and_the_batch_is_the_finished_uploads(
+    api: Proc,
+    worker: Proc,
+    servers: dict[str, str],
+    audio: dict[str, Path],  # noqa: F811
+    offline: dict[str, Any],  # noqa: F811
+) -> None:
+    key = make_key(servers, f"early-{uuid.uuid4().hex[:6]}")
+    tenant = _tenant(servers, key)
+    body = _form(_archive(audio), {"name": "May calls", "priority": "3"})
+    got = _post(api.url, key, body, 200_000, lambda: _jobs_of(servers, tenant, "completed") > 0)
+    assert got.status_code == 202, got.text
+    view = wait_batch(api.url, key, got.json()["id"])
+    assert (view["status"], view["name"], view["jobs"], view["items"]) == ("completed", "May calls", 3, 4), (
+        view
+    )
+    assert view["skipped"] == [
+        {"name": "notes.bin", "reason": "not_audio: the extension is not an audio one"}
+    ]
+    assert tenant_batches(servers["DATABASE_URL"], key) == 1
+    rows = _results(api.url, key, view["id"])
+    assert sorted(rows) == ["calls/a.wav", "calls/b.wav", "calls/c.wav", "calls/copy.wav"]
+    assert {n: rows[n]["metadata"]["agent"] for n in ("calls/a.wav", "calls/b.wav", "calls/c.wav")} == {
+        "calls/a.wav": "Иван",
+        "calls/b.wav": "Ольга",
+        "calls/c.wav": "Пётр",
+    }
+    assert rows["calls/copy.wav"]["job_id"] == rows["calls/a.wav"]["job_id"]
+    for name in ("a.wav", "b.wav", "c.wav"):
+        phrases = rows[f"calls/{name}"]["phrases"]
+        assert [p["text"] for p in phrases] == [p["text"] for p in offline[name]]
+    with session_scope(servers["DATABASE_URL"]) as s:
+        batch = s.get(Batch, uuid.UUID(view["id"]))
+        assert batch is not None
+        assert "receiving" not in batch.options and batch.options["priority"] == 3
+        assert batch.request_hash  # an Idempotency-Key replay compares it
+
+
+def test_a_field_after_the_file_makes_the_batch_the_late_options_say(
+    api: Proc,
+    worker: Proc,
+    servers: dict[str, str],
+    audio: dict[str, Path],  # noqa: F811
+) -> None:
+    key = make_key(servers, f"late-{uuid.uuid4().hex[:6]}")
+    tenant = _tenant(servers, key)
+    body = _form(_archive(audio), {"name": "early"}, after={"name": "late", "channels": "mix"})
+    got = _post(api.url, key, body, 200_000, lambda: _jobs_of(servers, tenant) > 0)
+    assert got.status_code == 202, got.text
+    view = wait_batch(api.url, key, got.json()["id"])
+    assert (view["status"], view["name"], view["jobs"]) == ("completed", "late", 3), view
+    assert tenant_batches(servers["DATABASE_URL"], key) == 1  # the early one is gone
+    with session_scope(servers["DATABASE_URL"]) as s:
+        channels = set(s.scalars(select(Job.options["channels"].as_string()).where(Job.tenant_id == tenant)))
+    assert channels == {"mix"}
+
+
+def test_a_local_header_the_central_directory_contradicts_is_refused_as_before(
+    api: Proc,
+    worker: Proc,
+    servers: dict[str, str],
+    audio: dict[str, Path],  # noqa: F811
+) -> None:
+    key = make_key(servers, f"liar-{uuid.uuid4().hex[:6]}")
+    tenant = _tenant(servers, key)
+    raw = bytearray(_archive(audio))
+    with zipfile.ZipFile(io.BytesIO(bytes(raw))) as zf:
+        at = raw.index(b"calls/a.wav", zf.start_dir)  # a.wav's name in the central directory
+    raw[at : at + len(b"calls/a.wav")] = b"calls/z.wav"
+    got = _post(api.url, key, _form(bytes(raw), {}), 200_000, lambda: _jobs_of(servers, tenant) > 0)
+    assert got.status_code == 400, got.text
+    assert got.json()["error"]["code"] == "archive_bomb"  # the reader's refusal of such an entry
+    assert tenant_batches(servers["DATABASE_URL"], key) == 0
+    assert _jobs_of(servers, tenant) == 0
+
+
+def test_an_archive_refused_by_a_later_entry_leaves_nothing(
+    api: Proc,
+    worker: Proc,
+    servers: dict[str, str],
+    audio: dict[str, Path],  # noqa: F811
+) -> None:
+    key = make_key(servers, f"unsafe-{uuid.uuid4().hex[:6]}")
+    tenant = _tenant(servers, key)
+    archive = _archive(audio, last=[("../evil.wav", b"RIFF", zipfile.ZIP_STORED)])
+    got = _post(api.url, key, _form(archive, {}), 200_000, lambda: _jobs_of(servers, tenant) > 0)
+    assert got.status_code == 400, got.text
+    assert got.json()["error"]["code"] == "unsafe_path"
+    assert tenant_batches(servers["DATABASE_URL"], key) == 0
+    assert _jobs_of(servers, tenant) == 0
+
+
+def test_a_client_gone_midway_leaves_nothing(
+    api: Proc,
+    worker: Proc,
+    servers: dict[str, str],
+    audio: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    key = make_key(servers, f"gone-{uuid.uuid4().hex[:6]}")
+    tenant = _tenant(servers, key)
+    with pytest.raises(ConnectionAbortedError):
+        _post(
+            api.url,
+            key,
+            _form(_archive(audio), {}),
+            200_000,
+            lambda: _jobs_of(servers, tenant) > 0,
+            gone=True,
+        )
+    deadline = time.monotonic() + 20
+    while tenant_batches(servers["DATABASE_URL"], key) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert tenant_batches(servers["DATABASE_URL"], key) == 0
+    assert _jobs_of(servers, tenant) == 0

@@ -1,0 +1,161 @@
+"""The ZIP local-header reader of ``api.services.archive_stream`` on its own: entries found as
+their bytes arrive in pieces of any size, equal to what the central directory says; where it stops;
+an entry's bytes read back from the partial file with their CRC checked."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import struct
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from api.services.archive_stream import LocalEntry, LocalHeaders, _EntryReader
+
+
+def _zip(files: list[tuple[str, bytes, int]], **kw: bool) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data, method in files:
+            info = zipfile.ZipInfo(name)
+            info.compress_type = method
+            if name.endswith("/"):
+                zf.writestr(info, b"")
+            else:
+                with zf.open(info, "w", force_zip64=kw.get("zip64", False)) as f:
+                    f.write(data)
+    return buf.getvalue()
+
+
+def _feed(raw: bytes, rng: random.Random) -> tuple[LocalHeaders, list[LocalEntry], list[int]]:
+    """Fed in random pieces; each entry with how many bytes had arrived when it was reported."""
+    headers, found, seen_at = LocalHeaders(), [], []
+    i = 0
+    while i < len(raw):
+        n = rng.choice([1, 7, 30, 31, 100, 4096, 65536, 1 << 20])
+        got = headers.feed(raw[i : i + n])
+        i += len(raw[i : i + n])
+        found += got
+        seen_at += [i] * len(got)
+    return headers, found, seen_at
+
+
+def _drain(reader: _EntryReader) -> bytes:
+    got = bytearray()
+    while piece := reader.read(7000):
+        got += piece
+    return bytes(got)
+
+
+FILES = [
+    ("calls/", b"", zipfile.ZIP_STORED),
+    ("calls/a.wav", os.urandom(50_000), zipfile.ZIP_STORED),
+    ("calls/b.wav", b"RIFF" + b"\0" * 200_000, zipfile.ZIP_DEFLATED),
+    ("звонки/в.wav", b"x" * 3, zipfile.ZIP_DEFLATED),
+    ("empty.wav", b"", zipfile.ZIP_STORED),
+    ("metadata.csv", "path,agent\ncalls/a.wav,Иван\n".encode(), zipfile.ZIP_DEFLATED),
+]
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_entries_equal_the_central_directory_in_pieces_of_any_size(seed: int, zip64: bool) -> None:
+    raw = _zip(FILES, zip64=zip64)
+    headers, found, seen_at = _feed(raw, random.Random(seed))
+    with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+        infos = zf.infolist()
+    assert [(e.offset, e.name, e.crc, e.compressed, e.size, e.method) for e in found] == [
+        (i.header_offset, i.filename, i.CRC, i.compress_size, i.file_size, i.compress_type) for i in infos
+    ]
+    assert headers.stopped == "the central directory"
+    for e, at in zip(found, seen_at, strict=True):
+        assert e.data_offset + e.compressed <= at  # reported only once its data is all in
+
+
+def test_a_name_without_the_utf8_flag_is_read_as_russian_windows_writes_it() -> None:
+    raw = bytearray(_zip([("abc.wav", b"data", zipfile.ZIP_STORED)]))
+    name = "запись.wav".encode("cp866")
+    # the same archive with a CP866 name of another length is easier built by hand: patch the
+    # local header's name in place (same length) and clear the UTF-8 flag
+    local = raw.index(b"PK\x03\x04")
+    flags_at = local + 6
+    struct.pack_into("<H", raw, flags_at, 0)
+    short = name[:7]
+    raw[local + 30 : local + 37] = short
+    (entry,) = LocalHeaders().feed(bytes(raw))
+    assert entry.name == short.decode("cp866")
+
+
+@pytest.mark.parametrize(
+    ("flags", "method", "why"),
+    [
+        (0x8, 8, "an entry whose sizes follow its data"),
+        (0x1, 8, "an encrypted entry"),
+        (0x0, 12, "an entry compressed with method 12"),
+    ],
+)
+def test_it_stops_at_what_it_cannot_follow(flags: int, method: int, why: str) -> None:
+    first = _zip([("a.wav", b"a" * 1000, zipfile.ZIP_STORED)])
+    raw = bytearray(_zip([("a.wav", b"a" * 1000, zipfile.ZIP_STORED), ("b.wav", b"b" * 10, 8)]))
+    second = raw.index(b"PK\x03\x04", len(first) - 200)  # b.wav's local header
+    struct.pack_into("<HH", raw, second + 6, flags, method)
+    headers = LocalHeaders()
+    found = headers.feed(bytes(raw))
+    assert [e.name for e in found] == ["a.wav"]
+    assert headers.stopped == why
+
+
+def test_a_tar_or_anything_else_is_not_read() -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("a.wav")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"abc"))
+    headers = LocalHeaders()
+    assert headers.feed(buf.getvalue()) == []
+    assert headers.stopped == "not a ZIP"
+
+
+def test_a_streamed_zip_stops_at_its_first_entry() -> None:
+    class Unseekable(io.RawIOBase):
+        def __init__(self) -> None:
+            self.out = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: bytes) -> int:  # type: ignore[override]
+            self.out += b
+            return len(b)
+
+    sink = Unseekable()
+    with zipfile.ZipFile(sink, "w") as zf:  # type: ignore[arg-type]
+        zf.writestr("a.wav", b"abc" * 100)
+    headers = LocalHeaders()
+    assert headers.feed(bytes(sink.out)) == []
+    assert headers.stopped == "an entry whose sizes follow its data"
+
+
+def test_an_entry_is_read_back_from_the_file_and_its_crc_checked(tmp_path: Path) -> None:
+    raw = _zip(FILES)
+    path = tmp_path / "a.zip"
+    path.write_bytes(raw)
+    found = LocalHeaders().feed(raw)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for e, (_, data, _) in zip(found, FILES, strict=True):
+            assert _drain(_EntryReader(fd, e)) == data
+        # the same header over other bytes: the CRC catches it
+        stored = found[1]
+        corrupt = bytearray(raw)
+        corrupt[stored.data_offset + 10] ^= 0xFF
+        path.write_bytes(bytes(corrupt))
+        reader = _EntryReader(fd, stored)
+        with pytest.raises(zipfile.BadZipFile, match="does not match its header"):
+            _drain(reader)
+    finally:
+        os.close(fd)
