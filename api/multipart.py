@@ -36,7 +36,6 @@ class ReceivedForm:
     stored: StoredAudio | None = None  # the file part, on disk at the destination
     filename: str | None = None
     content_type: str | None = None  # the file part's own
-    late_fields: bool = False  # a field came after the file part
 
 
 class FileTap(Protocol):
@@ -80,7 +79,6 @@ class _Receiver:
         self.part = _Part()
         self._header = [b"", b""]
         self.ended = False  # the closing boundary seen
-        self.late_fields = False
 
     def on_part_begin(self) -> None:
         self.part = _Part()
@@ -125,7 +123,6 @@ class _Receiver:
     def on_part_end(self) -> None:
         if self.part.kind == "field":
             self.fields.append((self.part.name, _decode(bytes(self.part.data), self.charset)))
-            self.late_fields = self.late_fields or self.filename is not None
 
     def on_end(self) -> None:
         self.ended = True
@@ -200,7 +197,7 @@ async def receive_form(
             return ReceivedForm(got.fields)
         await flush(last=True)
         stored = await run_in_threadpool(sink[0].finish)
-        return ReceivedForm(got.fields, stored, got.filename, got.content_type, got.late_fields)
+        return ReceivedForm(got.fields, stored, got.filename, got.content_type)
     except MultipartParseError as exc:
         raise _bad(f"the multipart body cannot be read: {exc}") from None
     finally:

@@ -220,7 +220,7 @@ async def submit_batch(
             options = _validated(BatchOptions, {k: v for k, v in form.fields if k in _FORM_FIELDS})
             got = None
             if early:
-                got = await run_in_threadpool(early[0].finish, db, form.stored, options, form.late_fields)
+                got = await run_in_threadpool(early[0].finish, db, form.stored, options)
             if got is None:
                 got = await run_in_threadpool(
                     _archive_batch, db, caller, settings, form.stored, options, idempotency_key

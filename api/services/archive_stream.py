@@ -274,7 +274,7 @@ class EarlyArchive:
         self.read = _Read()
         self._queue: queue.SimpleQueue[LocalEntry | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._ending = threading.Event()  # the upload is over: no further chunk is read early
         self._sub = batch_svc.Submission("archive", options, "", key)
         self.closed = False
         self.lost = False  # cancelled or deleted by its tenant meanwhile
@@ -305,9 +305,7 @@ class EarlyArchive:
         self._end()
         self._discard("the upload did not complete")
 
-    def finish(
-        self, db: Session, stored: StoredAudio, options: BatchOptions, late_fields: bool
-    ) -> tuple[Batch, bool] | None:
+    def finish(self, db: Session, stored: StoredAudio, options: BatchOptions) -> tuple[Batch, bool] | None:
         """The upload is complete at ``stored.path``: the batch, its entries checked against the
         central directory and the rest read in the request when few are left (``(batch, True)``;
         still ``preparing`` when its background reader is to read the rest); or None when the early
@@ -319,8 +317,8 @@ class EarlyArchive:
             return None
         if self.lost:
             return self._lost(db)
-        if late_fields or options != self.options:
-            self.failed = self.failed or "a form field came after the file"
+        if options != self.options:  # a field after the file part changed them
+            self.failed = self.failed or "a form field after the file changed the options"
         if self.failed is not None:
             self._discard(self.failed)
             return None
@@ -342,7 +340,10 @@ class EarlyArchive:
     # -- the reader thread ----------------------------------------------------------------------
 
     def _end(self) -> None:
+        """The reader stopped after the chunk it is in: what it has not read yet is left to the
+        background reader's code (the request is not held while it catches up)."""
         if self._thread is not None:
+            self._ending.set()
             self._queue.put(None)
             self._thread.join()
             self._thread = None
@@ -367,16 +368,23 @@ class EarlyArchive:
                 if self.beat is not None and self.failed is None:
                     self._keep(db)
                 continue
-            chunk = [first]
+            chunk, held = [first], first.size if first is not None else 0
+            # a chunk as the background reader's: its count, or 1 GiB (its read stays well inside
+            # the stale seconds, so no sweep takes the batch while it is read)
             while chunk[-1] is not None and len(chunk) < self.settings.batch_intake_chunk:
+                if held >= intake.CHUNK_BYTES:
+                    break
                 try:
                     chunk.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            ended = chunk[-1] is None
+                held += chunk[-1].size if chunk[-1] is not None else 0
+            ended = chunk[-1] is None or self._ending.is_set()
             entries = [e for e in chunk if e is not None]
-            if entries and self.failed is None:
+            if entries and self.failed is None and not self._ending.is_set():
                 self._read_chunk(db, fd, entries)
+                if self.failed is not None and not self.lost:  # no more work for a batch that goes away
+                    self._discard(self.failed)
             if ended:
                 return
 

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import os
 import platform
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -1157,6 +1158,25 @@ def batch_folder(root: Path, recordings: int, seconds: float, seed: int = 0, cha
     return recordings * seconds * channels
 
 
+def _first_result(
+    url: str, headers: dict[str, str], started: float, uploading: threading.Event, seen: list[float]
+) -> None:
+    """While ``uploading`` is set, the moment (since ``started``) a batch of the tenant first has a
+    completed job, appended to ``seen``."""
+    import httpx
+
+    with httpx.Client(base_url=url, headers=headers, timeout=10.0) as client:
+        while uploading.is_set():
+            try:
+                data = client.get("/v1/batches", params={"limit": 1}).json().get("data") or []
+            except (httpx.HTTPError, ValueError):
+                data = []
+            if data and data[0]["counts"].get("completed", 0) > 0:
+                seen.append(time.perf_counter() - started)
+                return
+            time.sleep(0.1)
+
+
 def batch_run(
     url: str, key: str, archive: Path, audio_seconds: float, poll: float = 0.5, directory: str | None = None
 ) -> BatchRun:
@@ -1170,16 +1190,27 @@ def batch_run(
     poll_ms: list[float] = []
     with httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(60.0, read=1800.0)) as client:
         started, started_clock = time.perf_counter(), time.time()
-        if directory is not None:
-            answer = client.post("/v1/batches", json={"directory": directory})
-        else:
-            with archive.open("rb") as f:
-                answer = client.post("/v1/batches", files={"file": (archive.name, f, "application/zip")})
+        # a ZIP's first jobs are transcribed while it uploads: a second client lists the tenant's
+        # batches meanwhile, as a user watching the console would, for the first result's moment
+        uploading = threading.Event()
+        early: list[float] = []
+        watcher = threading.Thread(target=_first_result, args=(url, headers, started, uploading, early))
+        uploading.set()
+        watcher.start()
+        try:
+            if directory is not None:
+                answer = client.post("/v1/batches", json={"directory": directory})
+            else:
+                with archive.open("rb") as f:
+                    answer = client.post("/v1/batches", files={"file": (archive.name, f, "application/zip")})
+        finally:
+            uploading.clear()
+            watcher.join()
         if answer.status_code >= 300:
             raise RuntimeError(f"POST /v1/batches answered {answer.status_code}: {answer.text[:300]}")
         upload = time.perf_counter() - started
         batch = answer.json()
-        first = None
+        first = early[0] if early else None
         while True:
             t = time.perf_counter()
             response = client.get(f"/v1/batches/{batch['id']}")

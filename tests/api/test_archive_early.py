@@ -22,10 +22,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from shared.db.models import ApiKey, Batch, Job
+from shared.db.models import Batch, Job
 from shared.db.session import session_scope
-from shared.platform.keys import key_prefix
 from tests.api.test_api import auth
+from tests.api.test_batch_intake import _tenant
 from tests.api.test_batch_sources import audio, offline, tenant_batches, wait_batch  # noqa: F401
 from tests.conftest import Proc, make_key
 
@@ -54,13 +54,6 @@ def _form(archive: bytes, before: dict[str, str], after: dict[str, str] | None =
     ).encode()
     tail = b"\r\n" + b"".join(field(k, v) for k, v in (after or {}).items()) + f"--{BOUNDARY}--\r\n".encode()
     return head + archive + tail
-
-
-def _tenant(servers: dict[str, str], key: str) -> uuid.UUID:
-    with session_scope(servers["DATABASE_URL"]) as s:
-        tenant = s.scalar(select(ApiKey.tenant_id).where(ApiKey.prefix == key_prefix(key)))
-        assert tenant is not None
-        return tenant
 
 
 def _jobs_of(servers: dict[str, str], tenant: uuid.UUID, status: str | None = None) -> int:
@@ -171,37 +164,40 @@ def test_a_field_after_the_file_makes_the_batch_the_late_options_say(
     assert channels == {"mix"}
 
 
-def test_a_local_header_the_central_directory_contradicts_is_refused_as_before(
-    api: Proc,
-    worker: Proc,
-    servers: dict[str, str],
-    audio: dict[str, Path],  # noqa: F811
-) -> None:
-    key = make_key(servers, f"liar-{uuid.uuid4().hex[:6]}")
-    tenant = _tenant(servers, key)
+def _contradicted(audio: dict[str, Path]) -> bytes:  # noqa: F811
+    """a.wav's name changed in the central directory only."""
     raw = bytearray(_archive(audio))
     with zipfile.ZipFile(io.BytesIO(bytes(raw))) as zf:
-        at = raw.index(b"calls/a.wav", zf.start_dir)  # a.wav's name in the central directory
+        at = raw.index(b"calls/a.wav", zf.start_dir)
     raw[at : at + len(b"calls/a.wav")] = b"calls/z.wav"
-    got = _post(api.url, key, _form(bytes(raw), {}), 200_000, lambda: _jobs_of(servers, tenant) > 0)
-    assert got.status_code == 400, got.text
-    assert got.json()["error"]["code"] == "archive_bomb"  # the reader's refusal of such an entry
-    assert tenant_batches(servers["DATABASE_URL"], key) == 0
-    assert _jobs_of(servers, tenant) == 0
+    return bytes(raw)
 
 
-def test_an_archive_refused_by_a_later_entry_leaves_nothing(
+def _unsafe_at_the_end(audio: dict[str, Path]) -> bytes:  # noqa: F811
+    return _archive(audio, last=[("../evil.wav", b"RIFF", zipfile.ZIP_STORED)])
+
+
+@pytest.mark.parametrize(
+    ("build", "code"),
+    [
+        # the reader's refusal of an entry that does not match its headers (it was a 500)
+        (_contradicted, "archive_bomb"),
+        (_unsafe_at_the_end, "unsafe_path"),
+    ],
+)
+def test_an_archive_refused_at_its_end_leaves_nothing(
     api: Proc,
     worker: Proc,
     servers: dict[str, str],
     audio: dict[str, Path],  # noqa: F811
+    build: Callable[[dict[str, Path]], bytes],
+    code: str,
 ) -> None:
-    key = make_key(servers, f"unsafe-{uuid.uuid4().hex[:6]}")
+    key = make_key(servers, f"refused-{uuid.uuid4().hex[:6]}")
     tenant = _tenant(servers, key)
-    archive = _archive(audio, last=[("../evil.wav", b"RIFF", zipfile.ZIP_STORED)])
-    got = _post(api.url, key, _form(archive, {}), 200_000, lambda: _jobs_of(servers, tenant) > 0)
+    got = _post(api.url, key, _form(build(audio), {}), 200_000, lambda: _jobs_of(servers, tenant) > 0)
     assert got.status_code == 400, got.text
-    assert got.json()["error"]["code"] == "unsafe_path"
+    assert got.json()["error"]["code"] == code
     assert tenant_batches(servers["DATABASE_URL"], key) == 0
     assert _jobs_of(servers, tenant) == 0
 

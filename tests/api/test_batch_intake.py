@@ -93,6 +93,20 @@ def _preparing(
     return batch_id
 
 
+def _add_job(servers: dict[str, str], key: str, batch_id: uuid.UUID, path: Path, **values: Any) -> None:
+    """A job of the batch named a.wav, as a reader would have left it."""
+    with session_scope(servers["DATABASE_URL"]) as s:
+        s.add(
+            Job(
+                tenant_id=_tenant(servers, key),
+                batch_id=batch_id,
+                options={"channels": "split", "batch_name": "a.wav", "batch_names": ["a.wav"]},
+                audio_path=str(path),
+                **values,
+            )
+        )
+
+
 def _jobs(servers: dict[str, str], batch_id: uuid.UUID | str) -> dict[str, list[str]]:
     """The batch's jobs: their first name -> every name they hold."""
     with session_scope(servers["DATABASE_URL"]) as s:
@@ -139,19 +153,16 @@ def test_a_batch_whose_reader_died_is_taken_over_and_no_file_is_read_twice(
     long_ago = datetime.now(timezone.utc) - timedelta(hours=1)
     batch_id = _preparing(servers, key, long_ago, items=1)
     a = batch_root / "calls" / "a.wav"
-    with session_scope(servers["DATABASE_URL"]) as s:
-        s.add(
-            Job(
-                tenant_id=_tenant(servers, key),
-                batch_id=batch_id,
-                status="completed",
-                options={"channels": "split", "batch_name": "a.wav", "batch_names": ["a.wav"]},
-                source="directory",
-                sha256=hashlib.sha256(a.read_bytes()).hexdigest(),
-                audio_path=str(a),
-                finished_at=datetime.now(timezone.utc),
-            )
-        )
+    _add_job(
+        servers,
+        key,
+        batch_id,
+        a,
+        status="completed",
+        source="directory",
+        sha256=hashlib.sha256(a.read_bytes()).hexdigest(),
+        finished_at=datetime.now(timezone.utc),
+    )
     view = wait_batch(reading_api.url, key, str(batch_id), timeout=60)
     assert (view["status"], view["items"], view["jobs"]) == ("completed", 3, 2), view
     assert _jobs(servers, batch_id) == {"a.wav": ["a.wav", "copy.wav"], "sub/b.wav": ["sub/b.wav"]}
@@ -175,16 +186,7 @@ def test_an_archive_whose_upload_stopped_midway_is_removed_with_its_jobs(
         batch = s.get(Batch, batch_id)
         assert batch is not None
         batch.options = {**OPTIONS, "directory": None, "receiving": True}
-        s.add(
-            Job(
-                tenant_id=_tenant(servers, key),
-                batch_id=batch_id,
-                status="processing",
-                options={"channels": "split", "batch_name": "a.wav", "batch_names": ["a.wav"]},
-                source="upload",
-                audio_path=str(extracted),
-            )
-        )
+    _add_job(servers, key, batch_id, extracted, status="processing", source="upload")
     deadline = datetime.now(timezone.utc) + timedelta(seconds=30)
     while _jobs(servers, batch_id) and datetime.now(timezone.utc) < deadline:
         time.sleep(0.2)

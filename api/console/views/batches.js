@@ -94,11 +94,13 @@ function renderList(root, ctx) {
       archive.focus();
       return;
     }
+    // the fields before the file: the server starts transcribing a ZIP's calls while it uploads
+    // only when it knows the batch's options by then
     const data = new FormData();
-    data.append("file", file, file.name);
     data.append("channels", channels.value);
     for (const [k, v] of Object.entries(text.values())) data.append(k, v);
     data.append("name", name.value.trim() || file.name);
+    data.append("file", file, file.name);
     submit.disabled = true;
     const bar = progressBar(0, "Upload progress");
     uploadStatus.append(h("p", {}, `Uploading ${file.name}… `, bar));
