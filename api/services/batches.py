@@ -62,6 +62,12 @@ def idempotent_match(
         batch.idempotency_key = None
         db.flush()
         return None
+    if batch.request_hash is None and (batch.options or {}).get("receiving"):
+        raise ApiError(
+            409,
+            "idempotency_conflict",
+            "a request with this Idempotency-Key is still uploading its archive; retry once it is answered",
+        )
     if batch.request_hash != digest:
         raise ApiError(
             409,

@@ -65,7 +65,13 @@ def _jobs_of(servers: dict[str, str], tenant: uuid.UUID, status: str | None = No
 
 
 def _post(
-    url: str, key: str, body: bytes, hold: int, until: Callable[[], bool], gone: bool = False
+    url: str,
+    key: str,
+    body: bytes,
+    hold: int,
+    until: Callable[[], bool],
+    gone: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> httpx.Response:
     """``body`` sent but its last ``hold`` bytes, which follow once ``until()`` (or, ``gone``, the
     client goes away instead)."""
@@ -81,8 +87,8 @@ def _post(
             raise ConnectionAbortedError("the client went away")
         yield body[-hold:]
 
-    headers = {**auth(key), "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
-    return httpx.post(f"{url}/v1/batches", headers=headers, content=pieces(), timeout=60)
+    sent = {**auth(key), "Content-Type": f"multipart/form-data; boundary={BOUNDARY}", **(headers or {})}
+    return httpx.post(f"{url}/v1/batches", headers=sent, content=pieces(), timeout=60)
 
 
 def _archive(audio: dict[str, Path], last: list[tuple[str, bytes, int]] | None = None) -> bytes:  # noqa: F811
@@ -225,3 +231,37 @@ def test_a_client_gone_midway_leaves_nothing(
         time.sleep(0.2)
     assert tenant_batches(servers["DATABASE_URL"], key) == 0
     assert _jobs_of(servers, tenant) == 0
+
+
+def test_an_idempotency_key_is_held_while_its_archive_uploads_and_replays_after(
+    api: Proc,
+    worker: Proc,
+    servers: dict[str, str],
+    audio: dict[str, Path],  # noqa: F811
+) -> None:
+    key = make_key(servers, f"keyed-{uuid.uuid4().hex[:6]}")
+    tenant = _tenant(servers, key)
+    same_key = {"Idempotency-Key": f"upload-{uuid.uuid4().hex}"}
+    body = _form(_archive(audio), {"name": "keyed"})
+    during: list[httpx.Response] = []
+
+    def another_request_meanwhile() -> bool:
+        if _jobs_of(servers, tenant) == 0:
+            return False
+        small = _zip([("a.wav", audio["a.wav"].read_bytes(), zipfile.ZIP_STORED)])
+        files = {"file": ("other.zip", small)}
+        during.append(
+            httpx.post(f"{api.url}/v1/batches", headers={**auth(key), **same_key}, files=files, timeout=30)
+        )
+        return True
+
+    got = _post(api.url, key, body, 200_000, another_request_meanwhile, headers=same_key)
+    assert got.status_code == 202, got.text
+    assert during[0].status_code == 409, during[0].text
+    assert during[0].json()["error"]["code"] == "idempotency_conflict"
+    assert "still uploading" in during[0].json()["error"]["message"]
+    again = _post(api.url, key, body, 1, lambda: True, headers=same_key)
+    assert again.status_code == 200, again.text
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == got.json()["id"]
+    assert tenant_batches(servers["DATABASE_URL"], key) == 1
