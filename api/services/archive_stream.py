@@ -324,17 +324,17 @@ class EarlyArchive:
             return None
         try:
             handle, entries = sources.list_archive(stored.path, self.settings)  # the whole archive's limits
-        except ApiError:
+            try:
+                why = self._confirmed(handle)
+                meta = next((sources.read_metadata(e) for e in entries if _is_metadata(e)), None)
+            finally:
+                handle.close()
+        except BaseException:  # refused (or our own failure): nothing of the early batch stays
             self._discard("the archive is refused")
             raise
-        try:
-            why = self._confirmed(handle)
-            if why is not None:
-                self._discard(why)
-                return None
-            meta = next((sources.read_metadata(e) for e in entries if _is_metadata(e)), None)
-        finally:
-            handle.close()
+        if why is not None:
+            self._discard(why)
+            return None
         return self._hand_on(db, stored, entries, meta)
 
     # -- the reader thread ----------------------------------------------------------------------
