@@ -64,6 +64,11 @@ def _jobs_of(servers: dict[str, str], tenant: uuid.UUID, status: str | None = No
         return int(s.scalar(query) or 0)
 
 
+def _nothing_left(servers: dict[str, str], key: str, tenant: uuid.UUID) -> None:
+    assert tenant_batches(servers["DATABASE_URL"], key) == 0
+    assert _jobs_of(servers, tenant) == 0
+
+
 def _post(
     url: str,
     key: str,
@@ -108,6 +113,13 @@ def _archive(audio: dict[str, Path], last: list[tuple[str, bytes, int]] | None =
     )
 
 
+@pytest.fixture
+def caller(servers: dict[str, str]) -> tuple[str, uuid.UUID]:
+    """A fresh tenant's key and id: each test counts its batches and jobs."""
+    key = make_key(servers, f"early-{uuid.uuid4().hex[:6]}")
+    return key, _tenant(servers, key)
+
+
 def _results(url: str, key: str, batch_id: str) -> dict[str, dict[str, Any]]:
     lines = httpx.get(f"{url}/v1/batches/{batch_id}/results", headers=auth(key), timeout=30).text
     return {r["name"]: r for r in map(json.loads, lines.splitlines())}
@@ -117,11 +129,11 @@ def test_jobs_are_transcribed_while_the_archive_uploads_and_the_batch_is_the_fin
     api: Proc,
     worker: Proc,
     servers: dict[str, str],
+    caller: tuple[str, uuid.UUID],
     audio: dict[str, Path],  # noqa: F811
     offline: dict[str, Any],  # noqa: F811
 ) -> None:
-    key = make_key(servers, f"early-{uuid.uuid4().hex[:6]}")
-    tenant = _tenant(servers, key)
+    key, tenant = caller
     body = _form(_archive(audio), {"name": "May calls", "priority": "3"})
     got = _post(api.url, key, body, 200_000, lambda: _jobs_of(servers, tenant, "completed") > 0)
     assert got.status_code == 202, got.text
@@ -155,10 +167,10 @@ def test_a_field_after_the_file_makes_the_batch_the_late_options_say(
     api: Proc,
     worker: Proc,
     servers: dict[str, str],
+    caller: tuple[str, uuid.UUID],
     audio: dict[str, Path],  # noqa: F811
 ) -> None:
-    key = make_key(servers, f"late-{uuid.uuid4().hex[:6]}")
-    tenant = _tenant(servers, key)
+    key, tenant = caller
     body = _form(_archive(audio), {"name": "early"}, after={"name": "late", "channels": "mix"})
     got = _post(api.url, key, body, 200_000, lambda: _jobs_of(servers, tenant) > 0)
     assert got.status_code == 202, got.text
@@ -195,28 +207,26 @@ def test_an_archive_refused_at_its_end_leaves_nothing(
     api: Proc,
     worker: Proc,
     servers: dict[str, str],
+    caller: tuple[str, uuid.UUID],
     audio: dict[str, Path],  # noqa: F811
     build: Callable[[dict[str, Path]], bytes],
     code: str,
 ) -> None:
-    key = make_key(servers, f"refused-{uuid.uuid4().hex[:6]}")
-    tenant = _tenant(servers, key)
+    key, tenant = caller
     got = _post(api.url, key, _form(build(audio), {}), 200_000, lambda: _jobs_of(servers, tenant) > 0)
     assert got.status_code == 400, got.text
     assert got.json()["error"]["code"] == code
-    assert tenant_batches(servers["DATABASE_URL"], key) == 0
-    assert _jobs_of(servers, tenant) == 0
+    _nothing_left(servers, key, tenant)
 
 
 def test_a_client_gone_midway_leaves_nothing(
     api: Proc,
     worker: Proc,
     servers: dict[str, str],
+    caller: tuple[str, uuid.UUID],
     audio: dict[str, Path],  # noqa: F811
-    tmp_path: Path,
 ) -> None:
-    key = make_key(servers, f"gone-{uuid.uuid4().hex[:6]}")
-    tenant = _tenant(servers, key)
+    key, tenant = caller
     with pytest.raises(ConnectionAbortedError):
         _post(
             api.url,
@@ -229,18 +239,17 @@ def test_a_client_gone_midway_leaves_nothing(
     deadline = time.monotonic() + 20
     while tenant_batches(servers["DATABASE_URL"], key) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert tenant_batches(servers["DATABASE_URL"], key) == 0
-    assert _jobs_of(servers, tenant) == 0
+    _nothing_left(servers, key, tenant)
 
 
 def test_an_idempotency_key_is_held_while_its_archive_uploads_and_replays_after(
     api: Proc,
     worker: Proc,
     servers: dict[str, str],
+    caller: tuple[str, uuid.UUID],
     audio: dict[str, Path],  # noqa: F811
 ) -> None:
-    key = make_key(servers, f"keyed-{uuid.uuid4().hex[:6]}")
-    tenant = _tenant(servers, key)
+    key, tenant = caller
     same_key = {"Idempotency-Key": f"upload-{uuid.uuid4().hex}"}
     body = _form(_archive(audio), {"name": "keyed"})
     during: list[httpx.Response] = []
