@@ -25,9 +25,12 @@ would) and the request goes on exactly as without early reading, so its answer (
 refusal with nothing created) is the one it always was: a local header the directory does not
 confirm, an entry that fails its CRC, an entry or limit that would refuse the archive, a form
 field after the file part, an ``Idempotency-Key`` already in use. Early reading never starts for
-a body whose file part fits one piece (1 MiB: nothing to overlap), a tar, an entry whose sizes
-follow its data (bit 3: the end of its data can't be known), an encrypted one, or a method other
-than stored and deflate; nor with ``item_webhooks`` (an early job's event would go out before its
+a body whose file part fits one piece (1 MiB: nothing to overlap) or a tar, and stops at an
+encrypted entry, a method other than stored and deflate, or a *stored* entry whose sizes follow
+its data (bit 3: the end of its data can't be known). A *deflated* entry whose sizes follow its
+data (a ZIP written to a pipe, as by Java's ``ZipOutputStream`` or macOS's Archive Utility) is
+inflated as it arrives to find its end, and its data descriptor must then match what was inflated
+(an entry expanding more than ``MAX_RATIO`` times is not followed); nor with ``item_webhooks`` (an early job's event would go out before its
 metadata). A client gone midway, or a body refused (too large, malformed), deletes the batch.
 An API process that dies mid-upload leaves a ``receiving`` batch whose beat goes stale: the sweep
 deletes it (its client never got an answer).
@@ -71,6 +74,8 @@ _LOCAL = b"PK\x03\x04"
 _HEADER = struct.Struct("<4s5H3L2H")  # signature, version, flags, method, time, date, crc, sizes, lengths
 _ZIP64 = 0x0001
 _METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+_DESCRIPTOR = b"PK\x07\x08"
+_DESCRIPTOR_CRC = struct.unpack("<L", _DESCRIPTOR)[0]  # a CRC equal to the signature: read as a CRC
 
 
 @dataclass(frozen=True)
@@ -108,11 +113,15 @@ class LocalHeaders:
         self._head = bytearray()  # a local header being gathered
         self._entry: LocalEntry | None = None  # the entry whose data is arriving
         self._left = 0  # of its data
+        self._sized: _Sized | None = None  # a deflated entry whose sizes follow its data
 
     def feed(self, piece: bytes) -> list[LocalEntry]:
         done: list[LocalEntry] = []
         i = 0
         while i < len(piece) and self.stopped is None:
+            if self._sized is not None:
+                i = self._follow(piece, i, done)
+                continue
             if self._entry is not None:
                 take = min(self._left, len(piece) - i)
                 i += take
@@ -149,14 +158,19 @@ class LocalHeaders:
         if flags & 0x1 or flags & 0x40:
             self._stop("an encrypted entry")
             return None
-        if flags & 0x8:
-            self._stop("an entry whose sizes follow its data")
-            return None
         if method not in _METHODS:
             self._stop(f"an entry compressed with method {method}")
             return None
         raw_name = bytes(self._head[_HEADER.size : _HEADER.size + n])
         extra = bytes(self._head[_HEADER.size + n :])
+        if flags & 0x8:  # its sizes follow its data: a deflate stream ends by itself, stored data does not
+            if method != zipfile.ZIP_DEFLATED:
+                self._stop("a stored entry whose size follows its data")
+                return None
+            offset = self.pos - len(self._head)
+            self._head = bytearray()
+            self._sized = _Sized(offset, raw_name, flags, _has_zip64(extra), self.pos)
+            return None
         if 0xFFFFFFFF in (csize, usize):
             sizes = _zip64_sizes(extra, usize, csize)
             if sizes is None:
@@ -170,6 +184,75 @@ class LocalHeaders:
     def _stop(self, why: str) -> None:
         self.stopped = why
         self._head = bytearray()
+
+    def _follow(self, piece: bytes, i: int, done: list[LocalEntry]) -> int:
+        """Inflate a sized-later entry's data to find where it ends, then read its data
+        descriptor (checked against what was inflated); returns how far into ``piece`` it got."""
+        e = self._sized
+        assert e is not None
+        if not e.inflate.eof:
+            data = piece[i:]
+            while data and not e.inflate.eof:
+                out = e.inflate.decompress(data, PIECE)
+                e.crc, e.size = zlib.crc32(out, e.crc), e.size + len(out)
+                data = e.inflate.unconsumed_tail
+                if e.size > 1024 * 1024 and e.size > sources.MAX_RATIO * (
+                    e.compressed + len(piece) - i - len(data)
+                ):
+                    self._stop("an entry that expands too much to follow")
+                    return len(piece)
+            used = len(piece) - i - len(data) - (len(e.inflate.unused_data) if e.inflate.eof else 0)
+            e.compressed += used
+            self.pos += used
+            return i + used
+        # [PK\7\8] CRC, compressed size, uncompressed size (8 bytes each with ZIP64)
+        signed = len(e.tail) >= 4 and e.tail[:4] == _DESCRIPTOR and e.crc != _DESCRIPTOR_CRC
+        need = 4 if len(e.tail) < 4 else (4 if signed else 0) + 4 + (16 if e.zip64 else 8)
+        take = min(need - len(e.tail), len(piece) - i)
+        e.tail += piece[i : i + take]
+        self.pos += take
+        i += take
+        if len(e.tail) < need or need == 4:
+            return i
+        body = bytes(e.tail[4:] if signed else e.tail)
+        crc, csize, usize = struct.unpack("<LQQ" if e.zip64 else "<LLL", body)
+        mask = (1 << 64) - 1 if e.zip64 else 0xFFFFFFFF
+        self._sized = None
+        if (crc, csize, usize) != (e.crc, e.compressed & mask, e.size & mask):
+            self._stop("a data descriptor that does not match its data")
+            return i
+        done.append(
+            LocalEntry(
+                e.offset, e.raw_name, e.flags, zipfile.ZIP_DEFLATED, crc, e.compressed, e.size, e.data_offset
+            )
+        )
+        return i
+
+
+@dataclass
+class _Sized:
+    """A deflated entry whose sizes follow its data, being inflated as it arrives."""
+
+    offset: int
+    raw_name: bytes
+    flags: int
+    zip64: bool
+    data_offset: int
+    inflate: Any = field(default_factory=lambda: zlib.decompressobj(-15))
+    crc: int = 0
+    size: int = 0
+    compressed: int = 0
+    tail: bytearray = field(default_factory=bytearray)  # its data descriptor, gathered
+
+
+def _has_zip64(extra: bytes) -> bool:
+    i = 0
+    while i + 4 <= len(extra):
+        tag, length = struct.unpack_from("<2H", extra, i)
+        if tag == _ZIP64:
+            return True
+        i += 4 + length
+    return False
 
 
 def _zip64_sizes(extra: bytes, usize: int, csize: int) -> tuple[int, int] | None:

@@ -25,6 +25,7 @@ from sqlalchemy import func, select
 from shared.db.models import Batch, Job
 from shared.db.session import session_scope
 from tests.api.test_api import auth
+from tests.api.test_archive_stream_unit import _piped
 from tests.api.test_batch_intake import _tenant
 from tests.api.test_batch_sources import audio, offline, tenant_batches, wait_batch  # noqa: F401
 from tests.conftest import Proc, make_key
@@ -35,7 +36,10 @@ BOUNDARY = "tone-test-boundary"
 FILLER = 2_500_000  # a non-audio entry after the early ones: the upload's first pieces hold them
 
 
-def _zip(members: list[tuple[str, bytes, int]]) -> bytes:
+def _zip(members: list[tuple[str, bytes, int]], piped: bool = False) -> bytes:
+    """``piped``: written as to a pipe (every entry deflated, its sizes after its data)."""
+    if piped:
+        return _piped([(n, d, zipfile.ZIP_DEFLATED) for n, d, _ in members if not n.endswith("/")])
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for name, data, method in members:
@@ -96,7 +100,11 @@ def _post(
     return httpx.post(f"{url}/v1/batches", headers=sent, content=pieces(), timeout=60)
 
 
-def _archive(audio: dict[str, Path], last: list[tuple[str, bytes, int]] | None = None) -> bytes:  # noqa: F811
+def _archive(
+    audio: dict[str, Path],  # noqa: F811
+    last: list[tuple[str, bytes, int]] | None = None,
+    piped: bool = False,
+) -> bytes:
     a, b, c = (audio[n].read_bytes() for n in ("a.wav", "b.wav", "c.wav"))
     metadata = "path,agent\ncalls/a.wav,Иван\ncalls/b.wav,Ольга\ncalls/c.wav,Пётр\n".encode()
     return _zip(
@@ -109,7 +117,8 @@ def _archive(audio: dict[str, Path], last: list[tuple[str, bytes, int]] | None =
             ("calls/c.wav", c, zipfile.ZIP_STORED),
             *(last or []),
             ("metadata.csv", metadata, zipfile.ZIP_DEFLATED),
-        ]
+        ],
+        piped,
     )
 
 
@@ -125,6 +134,7 @@ def _results(url: str, key: str, batch_id: str) -> dict[str, dict[str, Any]]:
     return {r["name"]: r for r in map(json.loads, lines.splitlines())}
 
 
+@pytest.mark.parametrize("piped", [False, True], ids=["seekable", "piped"])
 def test_jobs_are_transcribed_while_the_archive_uploads_and_the_batch_is_the_finished_uploads(
     api: Proc,
     worker: Proc,
@@ -132,9 +142,12 @@ def test_jobs_are_transcribed_while_the_archive_uploads_and_the_batch_is_the_fin
     caller: tuple[str, uuid.UUID],
     audio: dict[str, Path],  # noqa: F811
     offline: dict[str, Any],  # noqa: F811
+    piped: bool,
 ) -> None:
+    """Also for a ZIP written as to a pipe (sizes after each entry's data: followed through its
+    deflate streams)."""
     key, tenant = caller
-    body = _form(_archive(audio), {"name": "May calls", "priority": "3"})
+    body = _form(_archive(audio, piped=piped), {"name": "May calls", "priority": "3"})
     got = _post(api.url, key, body, 200_000, lambda: _jobs_of(servers, tenant, "completed") > 0)
     assert got.status_code == 202, got.text
     view = wait_batch(api.url, key, got.json()["id"])

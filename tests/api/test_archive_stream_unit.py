@@ -93,7 +93,7 @@ def test_a_name_without_the_utf8_flag_is_read_as_russian_windows_writes_it() -> 
 @pytest.mark.parametrize(
     ("flags", "method", "why"),
     [
-        (0x8, 8, "an entry whose sizes follow its data"),
+        (0x8, 0, "a stored entry whose size follows its data"),
         (0x1, 8, "an encrypted entry"),
         (0x0, 12, "an entry compressed with method 12"),
     ],
@@ -120,24 +120,67 @@ def test_a_tar_or_anything_else_is_not_read() -> None:
     assert headers.stopped == "not a ZIP"
 
 
-def test_a_streamed_zip_stops_at_its_first_entry() -> None:
-    class Unseekable(io.RawIOBase):
-        def __init__(self) -> None:
-            self.out = bytearray()
+class _Pipe(io.RawIOBase):
+    """Where zipfile writes as to a pipe: it cannot seek back, so every entry's sizes follow its data."""
 
-        def writable(self) -> bool:
-            return True
+    def __init__(self) -> None:
+        self.out = bytearray()
 
-        def write(self, b: bytes) -> int:  # type: ignore[override]
-            self.out += b
-            return len(b)
+    def writable(self) -> bool:
+        return True
 
-    sink = Unseekable()
-    with zipfile.ZipFile(sink, "w") as zf:  # type: ignore[arg-type]
-        zf.writestr("a.wav", b"abc" * 100)
-    headers = LocalHeaders()
-    assert headers.feed(bytes(sink.out)) == []
-    assert headers.stopped == "an entry whose sizes follow its data"
+    def write(self, b: bytes) -> int:  # type: ignore[override]
+        self.out += b
+        return len(b)
+
+
+def _piped(files: list[tuple[str, bytes, int]], zip64: bool = False) -> bytes:
+    pipe = _Pipe()
+    with zipfile.ZipFile(pipe, "w") as zf:  # type: ignore[arg-type]
+        for name, data, method in files:
+            info = zipfile.ZipInfo(name)
+            info.compress_type = method
+            with zf.open(info, "w", force_zip64=zip64) as f:
+                f.write(data)
+    return bytes(pipe.out)
+
+
+PIPED = [(n, d, zipfile.ZIP_DEFLATED) for n, d, _ in FILES if not n.endswith("/")]
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_a_zip_written_to_a_pipe_is_followed_through_its_deflate_streams(seed: int, zip64: bool) -> None:
+    raw = _piped(PIPED, zip64)
+    headers, found, seen_at = _feed(raw, random.Random(seed))
+    with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+        infos = zf.infolist()
+    assert all(i.flag_bits & 0x8 for i in infos)
+    assert [(e.offset, e.name, e.crc, e.compressed, e.size) for e in found] == [
+        (i.header_offset, i.filename, i.CRC, i.compress_size, i.file_size) for i in infos
+    ]
+    assert headers.stopped == "the central directory"
+    for e, at in zip(found, seen_at, strict=True):
+        assert e.data_offset + e.compressed <= at
+
+
+def test_a_piped_entry_stored_or_lying_in_its_descriptor_or_too_expanding_stops_the_reader() -> None:
+    stored = LocalHeaders()
+    assert stored.feed(_piped([("a.wav", b"abc" * 100, zipfile.ZIP_STORED)])) == []
+    assert stored.stopped == "a stored entry whose size follows its data"
+
+    raw = bytearray(_piped([("a.wav", os.urandom(5000), zipfile.ZIP_DEFLATED), ("b.wav", b"b", 8)]))
+    with zipfile.ZipFile(io.BytesIO(bytes(raw))) as zf:
+        a = zf.infolist()[0]
+    descriptor = raw.index(b"PK\x07\x08", a.header_offset + 30)
+    raw[descriptor + 4] ^= 0xFF  # its CRC
+    lying = LocalHeaders()
+    assert lying.feed(bytes(raw)) == []
+    assert lying.stopped == "a data descriptor that does not match its data"
+
+    bomb = LocalHeaders()
+    assert bomb.feed(_piped([("a.wav", bytes(50_000_000), zipfile.ZIP_DEFLATED)])) == []
+    assert bomb.stopped == "an entry that expands too much to follow"
 
 
 def test_an_entry_is_read_back_from_the_file_and_its_crc_checked(tmp_path: Path) -> None:
