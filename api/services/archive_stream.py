@@ -30,9 +30,9 @@ encrypted entry, a method other than stored and deflate, or a *stored* entry who
 its data (bit 3: the end of its data can't be known). A *deflated* entry whose sizes follow its
 data (a ZIP written to a pipe, as by Java's ``ZipOutputStream`` or macOS's Archive Utility) is
 inflated as it arrives to find its end, and its data descriptor must then match what was inflated
-(an entry expanding more than ``MAX_RATIO`` times is not followed); nor with ``item_webhooks`` (an early job's event would go out before its
-metadata). A client gone midway, or a body refused (too large, malformed), deletes the batch.
-An API process that dies mid-upload leaves a ``receiving`` batch whose beat goes stale: the sweep
+(an entry expanding more than ``MAX_RATIO`` times is not followed). Nor does it start with
+``item_webhooks`` (an early job's event would go out before its metadata). A client gone
+midway, or a body refused (too large, malformed), deletes the batch. An API process that dies mid-upload leaves a ``receiving`` batch whose beat goes stale: the sweep
 deletes it (its client never got an answer).
 """
 
