@@ -23,17 +23,17 @@ background reader's own code (in the request when there are few, else in the bac
 Anything unexpected makes the early batch go away (deleted with its jobs and files, as a DELETE
 would) and the request goes on exactly as without early reading, so its answer (a batch, or a
 refusal with nothing created) is the one it always was: a local header the directory does not
-confirm, an entry that fails its CRC, an entry or limit that would refuse the archive, a form
-field after the file part, an ``Idempotency-Key`` already in use. Early reading never starts for
-a body whose file part fits one piece (1 MiB: nothing to overlap) or a tar, and stops at an
-encrypted entry, a method other than stored and deflate, or a *stored* entry whose sizes follow
-its data (bit 3: the end of its data can't be known). A *deflated* entry whose sizes follow its
-data (a ZIP written to a pipe, as by Java's ``ZipOutputStream`` or macOS's Archive Utility) is
-inflated as it arrives to find its end, and its data descriptor must then match what was inflated
-(an entry expanding more than ``MAX_RATIO`` times is not followed). Nor does it start with
-``item_webhooks`` (an early job's event would go out before its metadata). A client gone
-midway, or a body refused (too large, malformed), deletes the batch. An API process that dies mid-upload leaves a ``receiving`` batch whose beat goes stale: the sweep
-deletes it (its client never got an answer).
+confirm, an entry that fails its CRC, an entry or limit that would refuse the archive, a form field
+after the file part, an ``Idempotency-Key`` already in use. Early reading never starts for a body
+whose file part fits one piece (1 MiB: nothing to overlap) or a tar, and stops at an encrypted
+entry, a method other than stored and deflate, or a *stored* entry whose sizes follow its data (bit
+3: the end of its data can't be known). A *deflated* entry whose sizes follow its data (a ZIP
+written to a pipe, as by Java's ``ZipOutputStream`` or macOS's Archive Utility) is inflated as it
+arrives to find its end, and its data descriptor must then match what was inflated (an entry
+expanding more than ``MAX_RATIO`` times is not followed). Nor does it start with ``item_webhooks``
+(an early job's event would go out before its metadata). A client gone midway, or a body refused
+(too large, malformed), deletes the batch. An API process that dies mid-upload leaves a
+``receiving`` batch whose beat goes stale: the sweep deletes it (its client never got an answer).
 """
 
 from __future__ import annotations
