@@ -43,7 +43,7 @@ from api.uploads import StoredAudio, remove_quietly
 from shared.db.models import Batch
 from shared.platform.batch_state import load_view
 from shared.platform.settings import Settings
-from shared.text.options import OPTION_NAMES
+from shared.text.options import OPTION_NAMES, TextOptionError
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 _FORM_FIELDS = ("name", "webhook_url", "channels", "decoder", "priority", "item_webhooks", *OPTION_NAMES)
@@ -85,6 +85,12 @@ _SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "too_many_entries, archive_too_large, body_too_large"},
     415: {"model": ErrorResponse, "description": "unsupported_archive, unsupported_media_type"},
 }
+
+
+def _form_options(fields: list[tuple[str, str]]) -> BatchOptions:
+    """A batch form's options (ValidationError for a bad one)."""
+    options: BatchOptions = validated_options(BatchOptions, {k: v for k, v in fields if k in _FORM_FIELDS})
+    return options
 
 
 def _validated(model: type[BaseModel], fields: dict[str, Any]) -> Any:
@@ -203,8 +209,8 @@ async def submit_batch(
 
         def start_early(fields: list[tuple[str, str]]) -> EarlyArchive | None:
             try:
-                options = validated_options(BatchOptions, {k: v for k, v in fields if k in _FORM_FIELDS})
-            except ValidationError:
+                options = _form_options(fields)
+            except (ValidationError, TextOptionError):
                 return None  # the whole form's 422 comes at its end
             if not settings.batch_early_start or options.item_webhooks:
                 return None
@@ -217,7 +223,10 @@ async def submit_batch(
             )
             if form.stored is None:
                 raise ApiError(422, "invalid_request", "file (the archive) is required")
-            options = _validated(BatchOptions, {k: v for k, v in form.fields if k in _FORM_FIELDS})
+            try:
+                options = _form_options(form.fields)
+            except ValidationError as exc:
+                raise invalid_request(exc) from None
             got = None
             if early:
                 got = await run_in_threadpool(early[0].finish, db, form.stored, options)

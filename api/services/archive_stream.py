@@ -169,7 +169,7 @@ class LocalHeaders:
                 return None
             offset = self.pos - len(self._head)
             self._head = bytearray()
-            self._sized = _Sized(offset, raw_name, flags, _has_zip64(extra), self.pos)
+            self._sized = _Sized(offset, raw_name, flags, _zip64_field(extra) is not None, self.pos)
             return None
         if 0xFFFFFFFF in (csize, usize):
             sizes = _zip64_sizes(extra, usize, csize)
@@ -245,36 +245,32 @@ class _Sized:
     tail: bytearray = field(default_factory=bytearray)  # its data descriptor, gathered
 
 
-def _has_zip64(extra: bytes) -> bool:
+def _zip64_field(extra: bytes) -> bytes | None:
+    """The body of a local header's ZIP64 extra field, if it has one."""
     i = 0
     while i + 4 <= len(extra):
         tag, length = struct.unpack_from("<2H", extra, i)
         if tag == _ZIP64:
-            return True
+            return extra[i + 4 : i + 4 + length]
         i += 4 + length
-    return False
+    return None
 
 
 def _zip64_sizes(extra: bytes, usize: int, csize: int) -> tuple[int, int] | None:
     """The sizes a ZIP64 extra field holds for the 0xFFFFFFFF ones (uncompressed first)."""
-    i = 0
-    while i + 4 <= len(extra):
-        tag, length = struct.unpack_from("<2H", extra, i)
-        body = extra[i + 4 : i + 4 + length]
-        i += 4 + length
-        if tag != _ZIP64:
-            continue
-        values = [struct.unpack_from("<Q", body, j)[0] for j in range(0, len(body) - 7, 8)]
-        if usize == 0xFFFFFFFF:
-            if not values:
-                return None
-            usize = values.pop(0)
-        if csize == 0xFFFFFFFF:
-            if not values:
-                return None
-            csize = values.pop(0)
-        return usize, csize
-    return None
+    body = _zip64_field(extra)
+    if body is None:
+        return None
+    values = [struct.unpack_from("<Q", body, j)[0] for j in range(0, len(body) - 7, 8)]
+    if usize == 0xFFFFFFFF:
+        if not values:
+            return None
+        usize = values.pop(0)
+    if csize == 0xFFFFFFFF:
+        if not values:
+            return None
+        csize = values.pop(0)
+    return usize, csize
 
 
 class _EntryReader(io.RawIOBase):
@@ -339,7 +335,7 @@ class _Read:
     names: set[str] = field(default_factory=set)
     by_hash: dict[str, uuid.UUID] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
-    audio: int = 0  # entries counted against the limits
+    files: int = 0  # counted against the limits, as the whole archive's are at its end
     expanded: int = 0
 
 
@@ -409,7 +405,11 @@ class EarlyArchive:
             handle, entries = sources.list_archive(stored.path, self.settings)  # the whole archive's limits
             try:
                 why = self._confirmed(handle)
-                meta = next((sources.read_metadata(e) for e in entries if _is_metadata(e)), None)
+                meta = (
+                    None
+                    if why
+                    else next((sources.read_metadata(e) for e in entries if _is_metadata(e)), None)
+                )
             finally:
                 handle.close()
         except BaseException:  # refused (or our own failure): nothing of the early batch stays
@@ -488,7 +488,7 @@ class EarlyArchive:
         for e in chunk:
             name, kind = e.name, _kind(e.name)
             if kind == "file":
-                read.audio += 1
+                read.files += 1
                 read.expanded += e.size
             entry = sources.Entry(name, e.size, e.compressed, kind, _opener(fd, e))
             try:  # an entry (or the entries so far) the whole archive would be refused for: not early
@@ -496,7 +496,7 @@ class EarlyArchive:
             except ApiError as exc:
                 self.failed = exc.message
                 return
-            if read.audio > settings.batch_max_entries or read.expanded > settings.batch_max_total_bytes:
+            if read.files > settings.batch_max_entries or read.expanded > settings.batch_max_total_bytes:
                 self.failed = "the archive is over a limit"
                 return
             clean = sources.clean_name(name)

@@ -15,6 +15,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,11 +123,21 @@ def _archive(
     )
 
 
+@dataclass
+class _Upload:
+    """Where a test uploads: the API (a worker beside it), and a fresh tenant whose batches and jobs
+    the test counts."""
+
+    url: str
+    servers: dict[str, str]
+    key: str
+    tenant: uuid.UUID
+
+
 @pytest.fixture
-def caller(servers: dict[str, str]) -> tuple[str, uuid.UUID]:
-    """A fresh tenant's key and id: each test counts its batches and jobs."""
+def up(api: Proc, worker: Proc, servers: dict[str, str]) -> _Upload:
     key = make_key(servers, f"early-{uuid.uuid4().hex[:6]}")
-    return key, _tenant(servers, key)
+    return _Upload(api.url, servers, key, _tenant(servers, key))
 
 
 def _results(url: str, key: str, batch_id: str) -> dict[str, dict[str, Any]]:
@@ -136,21 +147,18 @@ def _results(url: str, key: str, batch_id: str) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("piped", [False, True], ids=["seekable", "piped"])
 def test_jobs_are_transcribed_while_the_archive_uploads_and_the_batch_is_the_finished_uploads(
-    api: Proc,
-    worker: Proc,
-    servers: dict[str, str],
-    caller: tuple[str, uuid.UUID],
+    up: _Upload,
     audio: dict[str, Path],  # noqa: F811
     offline: dict[str, Any],  # noqa: F811
     piped: bool,
 ) -> None:
     """Also for a ZIP written as to a pipe (sizes after each entry's data: followed through its
     deflate streams)."""
-    key, tenant = caller
+    key, tenant, servers = up.key, up.tenant, up.servers
     body = _form(_archive(audio, piped=piped), {"name": "May calls", "priority": "3"})
-    got = _post(api.url, key, body, 200_000, lambda: _jobs_of(servers, tenant, "completed") > 0)
+    got = _post(up.url, key, body, 200_000, lambda: _jobs_of(servers, tenant, "completed") > 0)
     assert got.status_code == 202, got.text
-    view = wait_batch(api.url, key, got.json()["id"])
+    view = wait_batch(up.url, key, got.json()["id"])
     assert (view["status"], view["name"], view["jobs"], view["items"]) == ("completed", "May calls", 3, 4), (
         view
     )
@@ -158,7 +166,7 @@ def test_jobs_are_transcribed_while_the_archive_uploads_and_the_batch_is_the_fin
         {"name": "notes.bin", "reason": "not_audio: the extension is not an audio one"}
     ]
     assert tenant_batches(servers["DATABASE_URL"], key) == 1
-    rows = _results(api.url, key, view["id"])
+    rows = _results(up.url, key, view["id"])
     assert sorted(rows) == ["calls/a.wav", "calls/b.wav", "calls/c.wav", "calls/copy.wav"]
     assert {n: rows[n]["metadata"]["agent"] for n in ("calls/a.wav", "calls/b.wav", "calls/c.wav")} == {
         "calls/a.wav": "Иван",
@@ -177,17 +185,14 @@ def test_jobs_are_transcribed_while_the_archive_uploads_and_the_batch_is_the_fin
 
 
 def test_a_field_after_the_file_makes_the_batch_the_late_options_say(
-    api: Proc,
-    worker: Proc,
-    servers: dict[str, str],
-    caller: tuple[str, uuid.UUID],
+    up: _Upload,
     audio: dict[str, Path],  # noqa: F811
 ) -> None:
-    key, tenant = caller
+    key, tenant, servers = up.key, up.tenant, up.servers
     body = _form(_archive(audio), {"name": "early"}, after={"name": "late", "channels": "mix"})
-    got = _post(api.url, key, body, 200_000, lambda: _jobs_of(servers, tenant) > 0)
+    got = _post(up.url, key, body, 200_000, lambda: _jobs_of(servers, tenant) > 0)
     assert got.status_code == 202, got.text
-    view = wait_batch(api.url, key, got.json()["id"])
+    view = wait_batch(up.url, key, got.json()["id"])
     assert (view["status"], view["name"], view["jobs"]) == ("completed", "late", 3), view
     assert tenant_batches(servers["DATABASE_URL"], key) == 1  # the early one is gone
     with session_scope(servers["DATABASE_URL"]) as s:
@@ -217,32 +222,26 @@ def _unsafe_at_the_end(audio: dict[str, Path]) -> bytes:  # noqa: F811
     ],
 )
 def test_an_archive_refused_at_its_end_leaves_nothing(
-    api: Proc,
-    worker: Proc,
-    servers: dict[str, str],
-    caller: tuple[str, uuid.UUID],
+    up: _Upload,
     audio: dict[str, Path],  # noqa: F811
     build: Callable[[dict[str, Path]], bytes],
     code: str,
 ) -> None:
-    key, tenant = caller
-    got = _post(api.url, key, _form(build(audio), {}), 200_000, lambda: _jobs_of(servers, tenant) > 0)
+    key, tenant, servers = up.key, up.tenant, up.servers
+    got = _post(up.url, key, _form(build(audio), {}), 200_000, lambda: _jobs_of(servers, tenant) > 0)
     assert got.status_code == 400, got.text
     assert got.json()["error"]["code"] == code
     _nothing_left(servers, key, tenant)
 
 
 def test_a_client_gone_midway_leaves_nothing(
-    api: Proc,
-    worker: Proc,
-    servers: dict[str, str],
-    caller: tuple[str, uuid.UUID],
+    up: _Upload,
     audio: dict[str, Path],  # noqa: F811
 ) -> None:
-    key, tenant = caller
+    key, tenant, servers = up.key, up.tenant, up.servers
     with pytest.raises(ConnectionAbortedError):
         _post(
-            api.url,
+            up.url,
             key,
             _form(_archive(audio), {}),
             200_000,
@@ -256,13 +255,10 @@ def test_a_client_gone_midway_leaves_nothing(
 
 
 def test_an_idempotency_key_is_held_while_its_archive_uploads_and_replays_after(
-    api: Proc,
-    worker: Proc,
-    servers: dict[str, str],
-    caller: tuple[str, uuid.UUID],
+    up: _Upload,
     audio: dict[str, Path],  # noqa: F811
 ) -> None:
-    key, tenant = caller
+    key, tenant, servers = up.key, up.tenant, up.servers
     same_key = {"Idempotency-Key": f"upload-{uuid.uuid4().hex}"}
     body = _form(_archive(audio), {"name": "keyed"})
     during: list[httpx.Response] = []
@@ -273,16 +269,16 @@ def test_an_idempotency_key_is_held_while_its_archive_uploads_and_replays_after(
         small = _zip([("a.wav", audio["a.wav"].read_bytes(), zipfile.ZIP_STORED)])
         files = {"file": ("other.zip", small)}
         during.append(
-            httpx.post(f"{api.url}/v1/batches", headers={**auth(key), **same_key}, files=files, timeout=30)
+            httpx.post(f"{up.url}/v1/batches", headers={**auth(key), **same_key}, files=files, timeout=30)
         )
         return True
 
-    got = _post(api.url, key, body, 200_000, another_request_meanwhile, headers=same_key)
+    got = _post(up.url, key, body, 200_000, another_request_meanwhile, headers=same_key)
     assert got.status_code == 202, got.text
     assert during[0].status_code == 409, during[0].text
     assert during[0].json()["error"]["code"] == "idempotency_conflict"
     assert "still uploading" in during[0].json()["error"]["message"]
-    again = _post(api.url, key, body, 1, lambda: True, headers=same_key)
+    again = _post(up.url, key, body, 1, lambda: True, headers=same_key)
     assert again.status_code == 200, again.text
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.json()["id"] == got.json()["id"]
