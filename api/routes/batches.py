@@ -205,7 +205,7 @@ async def submit_batch(
     if content_type.startswith("multipart/form-data"):
         # the archive goes straight to the audio directory as it arrives (not spooled, then copied)
         archive = settings.audio_path / "batches" / f"{uuid.uuid4()}.upload"
-        early: list[EarlyArchive] = []  # a ZIP read while it uploads
+        early: list[EarlyArchive] = []  # a ZIP or tar(.gz) read while it uploads
 
         def start_early(fields: list[tuple[str, str]]) -> EarlyArchive | None:
             try:

@@ -1,4 +1,5 @@
-"""A ZIP batch read while it uploads: its first calls are transcribed before its last bytes arrive.
+"""A ZIP or tar(.gz) batch read while it uploads: its first calls are transcribed before its last
+bytes arrive.
 
 A ZIP's directory is at its end, so a batch made from the finished upload starts no job before the
 whole archive is in (a call center's archive of a few GB over a 1 Gbit/s link: half a minute). But
@@ -6,34 +7,41 @@ every entry is also preceded by its *local header* (name, method, CRC, sizes), s
 follows the bytes as they come knows where each entry ends. :class:`LocalHeaders` is that reader
 (written here because the streaming unzip libraries, e.g. ``stream-unzip``, pull from an iterator
 and give no entry offsets, which the check against the central directory below needs; the bytes
-themselves are inflated by :mod:`zlib`).
+themselves are inflated by :mod:`zlib`). A tar is a header before each member and nothing else:
+:class:`TarHeaders` follows it (each header block parsed by ``tarfile.TarInfo.frombuf``, its
+checksum checked; GNU long names and pax headers read as :mod:`tarfile` reads them), and a tar.gz
+is inflated as it arrives into a *sidecar* beside the upload (:class:`GzipTar`), from which its
+members are read, removed when the request ends. The archive's first bytes choose (:func:`follower`).
 
 :class:`EarlyArchive` is fed every piece of the file part after it is written to disk
 (``receive_form``'s tap). Once the first entry is complete it creates the batch (status
 ``preparing``, ``options.receiving``) and, on a thread of its own, extracts each complete entry
-from the partial file (its CRC and size checked against its header), probes it and commits its
-job at once, as the background reader (:mod:`api.services.batch_intake`) does for a large archive:
-the workers start on the first calls while the rest uploads. When the upload ends, the central
-directory (the archive's authority) is checked against what was read early: every entry read must
-be in it at the same offset with the same name, CRC, sizes and method, and be a regular file; the
-whole archive's limits are checked as before. Then the rest of the entries are read by the
-background reader's own code (in the request when there are few, else in the background), and
-``metadata.csv`` is attached to every job, early ones included.
+from the partial file (a ZIP entry's CRC and size checked against its header), probes it and
+commits its job at once, as the background reader (:mod:`api.services.batch_intake`) does for a
+large archive: the workers start on the first calls while the rest uploads. When the upload ends,
+the finished archive (the authority) is checked against what was read early: every ZIP entry read
+must be in the central directory at the same offset with the same name, CRC, sizes and method, and
+be a regular file; every tar member must be what :mod:`tarfile` reads at the same offsets (name,
+size, type); the whole archive's limits are checked as before. Then the rest of the entries are
+read by the background reader's own code (in the request when there are few, else in the
+background), and ``metadata.csv`` is attached to every job, early ones included.
 
 Anything unexpected makes the early batch go away (deleted with its jobs and files, as a DELETE
 would) and the request goes on exactly as without early reading, so its answer (a batch, or a
 refusal with nothing created) is the one it always was: a local header the directory does not
 confirm, an entry that fails its CRC, an entry or limit that would refuse the archive, a form field
 after the file part, an ``Idempotency-Key`` already in use. Early reading never starts for a body
-whose file part fits one piece (1 MiB: nothing to overlap) or a tar, and stops at an encrypted
-entry, a method other than stored and deflate, or a *stored* entry whose sizes follow its data (bit
-3: the end of its data can't be known). A *deflated* entry whose sizes follow its data (a ZIP
-written to a pipe, as by Java's ``ZipOutputStream`` or macOS's Archive Utility) is inflated as it
-arrives to find its end, and its data descriptor must then match what was inflated (an entry
-expanding more than ``MAX_RATIO`` times is not followed). Nor does it start with ``item_webhooks``
-(an early job's event would go out before its metadata). A client gone midway, or a body refused
-(too large, malformed), deletes the batch. An API process that dies mid-upload leaves a
-``receiving`` batch whose beat goes stale: the sweep deletes it (its client never got an answer).
+whose file part fits one piece (1 MiB: nothing to overlap) or another format (a tar.bz2, a tar.xz),
+and stops at an encrypted entry, a method other than stored and deflate, or a *stored* entry whose
+sizes follow its data (bit 3: the end of its data can't be known); in a tar, at a damaged header, a
+sparse member or a global header that renames; in a tar.gz, past ``MAX_RATIO`` times its
+compressed bytes. A *deflated* entry whose sizes follow its data (a ZIP written to a pipe, as by
+Java's ``ZipOutputStream`` or macOS's Archive Utility) is inflated as it arrives to find its end,
+and its data descriptor must then match what was inflated (an entry expanding more than
+``MAX_RATIO`` times is not followed). Nor does it start with ``item_webhooks`` (an early job's
+event would go out before its metadata). A client gone midway, or a body refused (too large,
+malformed), deletes the batch. An API process that dies mid-upload leaves a ``receiving`` batch
+whose beat goes stale: the sweep deletes it (its client never got an answer).
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import os
 import queue
 import stat
 import struct
+import tarfile
 import threading
 import uuid
 import zipfile
@@ -90,6 +99,13 @@ class LocalEntry:
     compressed: int
     size: int
     data_offset: int
+
+    @property
+    def kind(self) -> str:
+        return "dir" if self.name.endswith("/") else "file"
+
+    def opener(self, fd: int) -> Callable[[], IO[bytes]]:
+        return lambda: cast(IO[bytes], _EntryReader(fd, self))
 
     @property
     def name(self) -> str:
@@ -315,23 +331,285 @@ class _EntryReader(io.RawIOBase):
         return b""
 
 
-def _opener(fd: int, entry: LocalEntry) -> Callable[[], IO[bytes]]:
-    return lambda: cast(IO[bytes], _EntryReader(fd, entry))
+# -- tar and tar.gz -------------------------------------------------------------------------------
+
+_BLOCK = tarfile.BLOCKSIZE
+_EXTENDED = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE)
+_GZIP = b"\x1f\x8b"
+_EXTENDED_LIMIT = 1024 * 1024  # an extended header's data (a long name, pax records) followed at most
+# pax keywords of a global header that change no member's name, size or type
+_GLOBAL_HARMLESS = ("comment", "mtime", "atime", "ctime", "uid", "gid", "uname", "gname")
+
+
+@dataclass(frozen=True)
+class TarEntry:
+    """One tar member as its headers describe it, its data complete in the (decompressed) stream."""
+
+    offset: int  # of its first header (a pax or GNU long-name header's, when it has one): TarInfo.offset
+    name: str  # as :mod:`tarfile` names it
+    kind: str  # file | dir | link | device, as :mod:`api.services.batch_sources` names a tar member
+    size: int
+    data_offset: int
+
+    compressed = None  # a tar declares no compressed size
+
+    def opener(self, fd: int) -> Callable[[], IO[bytes]]:
+        return lambda: cast(IO[bytes], _SpanReader(fd, self.data_offset, self.size, self.name))
+
+
+def _kind_of(info: tarfile.TarInfo) -> str:
+    if info.isdir():
+        return "dir"
+    if info.issym() or info.islnk():
+        return "link"
+    return "file" if info.isfile() else "device"
+
+
+def _padded(size: int) -> int:
+    return -(-size // _BLOCK) * _BLOCK
+
+
+class TarHeaders:
+    """The headers of a tar read from its bytes as they arrive, as :mod:`tarfile` reads them (ustar,
+    GNU long names, pax extended headers; ``TarInfo.frombuf`` parses each header block, its
+    checksum included). ``feed`` returns the members whose data became complete. Reading stops for
+    good, ``stopped`` saying why, at the archive's end (a zero block), a damaged header, a sparse
+    member, a global header that renames or resizes, or an extended header over 1 MiB."""
+
+    def __init__(self) -> None:
+        self.pos = 0  # bytes of the tar fed so far
+        self.stopped: str | None = None
+        self._block = bytearray()  # a header block being gathered
+        self._ext: tarfile.TarInfo | None = None  # an extended header whose data is arriving
+        self._ext_data = bytearray()
+        self._first: int | None = None  # the offset of the member's first (extended) header
+        self._name: str | None = None  # from an extended header: the first one read wins, as in tarfile
+        self._size: int | None = None
+        self._entry: TarEntry | None = None  # the member whose data is arriving
+        self._left = 0  # bytes to skip: its data, then the padding to the next block
+
+    def feed(self, piece: bytes) -> list[TarEntry]:
+        done: list[TarEntry] = []
+        i, n = 0, len(piece)
+        while i < n and self.stopped is None:
+            if self._left:
+                take = min(self._left, n - i)
+                if self._ext is not None:
+                    self._ext_data += piece[i : i + take]
+                i += take
+                self.pos += take
+                self._left -= take
+                if self._entry is not None and self.pos >= self._entry.data_offset + self._entry.size:
+                    done.append(self._entry)
+                    self._entry = None
+                if not self._left and self._ext is not None:
+                    self._extended()
+                continue
+            take = min(_BLOCK - len(self._block), n - i)
+            self._block += piece[i : i + take]
+            i += take
+            self.pos += take
+            if len(self._block) == _BLOCK:
+                entry = self._header(bytes(self._block))
+                self._block = bytearray()
+                if entry is not None and entry.data_offset + entry.size <= self.pos:
+                    done.append(entry)
+                elif entry is not None:
+                    self._entry = entry
+        return done
+
+    def _stop(self, why: str) -> None:
+        self.stopped = why
+
+    def _header(self, block: bytes) -> TarEntry | None:
+        offset = self.pos - _BLOCK
+        if not any(block):
+            self._stop("the end of the archive" if offset else "not a tar")
+            return None
+        try:
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.HeaderError as exc:
+            self._stop(f"a header that cannot be read ({exc})" if offset else "not a tar")
+            return None
+        if offset == 0 and block[257:262] != b"ustar":
+            self._stop("not a ustar, GNU or pax tar")
+            return None
+        if info.type == tarfile.GNUTYPE_SPARSE:
+            self._stop("a sparse member")
+            return None
+        if self._first is None:
+            self._first = offset
+        if info.type in _EXTENDED or info.type == tarfile.XGLTYPE:
+            if info.size > _EXTENDED_LIMIT:
+                self._stop("an extended header too large to follow")
+                return None
+            self._ext, self._ext_data, self._left = info, bytearray(), _padded(info.size)
+            if info.type == tarfile.XGLTYPE:
+                self._first = None if self._first == offset else self._first  # not the member's
+            if not self._left:
+                self._extended()
+            return None
+        name = info.name if self._name is None else self._name
+        size = info.size if self._size is None else self._size
+        if info.isdir():
+            name = name.rstrip("/")
+        data = size if info.isreg() or info.type not in tarfile.SUPPORTED_TYPES else 0
+        entry = TarEntry(self._first, name, _kind_of(info), size, self.pos)
+        self._first = self._name = self._size = None
+        self._left = _padded(data)
+        return entry
+
+    def _extended(self) -> None:
+        """An extended header's data is in: the member after it is named (and sized) by it."""
+        info, data = self._ext, bytes(self._ext_data)
+        assert info is not None
+        self._ext, self._ext_data = None, bytearray()
+        data = data[: info.size]
+        if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
+            if info.type == tarfile.GNUTYPE_LONGNAME and self._name is None:
+                self._name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            return
+        records = _pax_records(data)
+        if records is None:
+            self._stop("a pax header that cannot be read")
+            return
+        if any(k.startswith("GNU.sparse") for k in records):
+            self._stop("a sparse member")
+        elif info.type == tarfile.XGLTYPE:
+            if any(k not in _GLOBAL_HARMLESS for k in records):
+                self._stop("a global pax header that changes its members")
+        else:
+            if "path" in records and self._name is None:
+                self._name = records["path"].rstrip("/")
+            if "size" in records and self._size is None:
+                try:
+                    self._size = int(records["size"])
+                except ValueError:
+                    self._stop("a pax header with a size that is not a number")
+
+
+def _pax_records(data: bytes) -> dict[str, str] | None:
+    """``"<length> <keyword>=<value>\\n"`` records, decoded as :mod:`tarfile` decodes them (UTF-8,
+    else the file system's encoding with surrogates); None when they do not parse."""
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(data) and data[pos:].strip(b"\0"):
+        space = data.find(b" ", pos)
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            return None
+        record = data[space + 1 : pos + length]
+        if length <= 0 or b"=" not in record or not record.endswith(b"\n"):
+            return None
+        keyword, _, value = record[:-1].partition(b"=")
+        out[keyword.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+class GzipTar:
+    """A tar.gz followed as it arrives: its gzip members inflated (in bounded pieces) into
+    ``sidecar``, a file beside the upload from which the members are read, and the tar within
+    followed by :class:`TarHeaders`. Stops following past ``MAX_RATIO`` times the compressed bytes
+    (a bomb is read after the upload, and refused there)."""
+
+    def __init__(self, sidecar: Path) -> None:
+        self.tar = TarHeaders()
+        self.sidecar = sidecar
+        self._fd: int | None = os.open(sidecar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self.packed = self.expanded = 0
+        self._stopped: str | None = None
+
+    @property
+    def stopped(self) -> str | None:
+        return self._stopped or self.tar.stopped
+
+    def feed(self, piece: bytes) -> list[TarEntry]:
+        done: list[TarEntry] = []
+        data = piece
+        while data and self.stopped is None:
+            try:
+                out = self._inflate.decompress(data, PIECE)
+            except zlib.error as exc:
+                self._stopped = f"a gzip stream that cannot be read ({exc})"
+                break
+            if self._inflate.eof:  # a gzip member ended: another may follow (as gzip reads them)
+                rest = self._inflate.unused_data
+                self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                if rest and not _GZIP.startswith(rest[:2]):
+                    self._stopped = "data after the gzip stream"
+            else:
+                rest = self._inflate.unconsumed_tail
+            used, data = len(data) - len(rest), rest
+            self.packed += used
+            self.expanded += len(out)
+            if self.expanded > 1024 * 1024 and self.expanded > sources.MAX_RATIO * self.packed:
+                self._stopped = "a stream that expands too much to follow"
+                break
+            self._write(out)
+            done += self.tar.feed(out)
+        return done
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and self._fd is not None:
+            view = view[os.write(self._fd, view) :]
+
+    def close(self) -> None:
+        """The sidecar closed and removed (the members read early are already stored)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.sidecar.unlink(missing_ok=True)
+
+
+class _SpanReader(io.RawIOBase):
+    """``size`` bytes at ``offset`` of ``fd`` (a tar member's data in the upload or its sidecar)."""
+
+    def __init__(self, fd: int, offset: int, size: int, name: str) -> None:
+        self.fd, self.pos, self.left, self.name = fd, offset, size, name
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        want = min(PIECE if n is None or n < 0 else n, self.left)
+        if not want:
+            return b""
+        out = os.pread(self.fd, want, self.pos)
+        if not out:
+            raise tarfile.ReadError(f"{self.name}: the upload ends inside it")
+        self.pos += len(out)
+        self.left -= len(out)
+        return out
+
+
+Early = LocalEntry | TarEntry  # an entry complete in the upload
+Follower = LocalHeaders | TarHeaders | GzipTar
+
+
+def follower(first: bytes, part: Path) -> Follower:
+    """What follows an archive whose first piece is ``first`` (uploading to ``part``): a ZIP's
+    local headers, a tar's headers, a tar.gz's (inflated into a sidecar beside ``part``); anything
+    else is a ZIP reader that stops at once ("not a ZIP")."""
+    if first[:2] == _GZIP:
+        return GzipTar(part.with_name(part.name + ".tar"))
+    if first[257:262] == b"ustar":
+        return TarHeaders()
+    return LocalHeaders()
 
 
 def _is_metadata(e: sources.Entry) -> bool:
     return e.kind == "file" and sources.clean_name(e.name) == sources.METADATA_CSV
 
 
-def _kind(name: str) -> str:
-    return "dir" if name.endswith("/") else "file"
-
-
 @dataclass
 class _Read:
     """What the early reader made of the archive so far."""
 
-    entries: list[LocalEntry] = field(default_factory=list)  # read into the batch, in order
+    entries: list[Early] = field(default_factory=list)  # read into the batch, in order
     names: set[str] = field(default_factory=set)
     by_hash: dict[str, uuid.UUID] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -340,18 +618,18 @@ class _Read:
 
 
 class EarlyArchive:
-    """The batch of a ZIP being uploaded, its complete entries read as they arrive (see the module).
-    ``written`` runs in the request's threadpool after each piece is on disk; ``finish`` or
+    """The batch of a ZIP or tar(.gz) being uploaded, its complete entries read as they arrive (see
+    the module). ``written`` runs in the request's threadpool after each piece is on disk; ``finish`` or
     ``abort`` ends it."""
 
     def __init__(self, caller: Caller, options: BatchOptions, key: str | None, settings: Settings) -> None:
         self.caller, self.options, self.key, self.settings = caller, options, key, settings
-        self.headers = LocalHeaders()
+        self.headers: Follower | None = None  # chosen by the archive's first bytes
         self.failed: str | None = None  # why early reading gave up (the batch goes away at the end)
         self.batch_id: uuid.UUID | None = None
         self.beat: datetime | None = None
         self.read = _Read()
-        self._queue: queue.SimpleQueue[LocalEntry | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Early | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._ending = threading.Event()  # the upload is over: no further chunk is read early
         self._sub = batch_svc.Submission("archive", options, "", key)
@@ -361,6 +639,8 @@ class EarlyArchive:
     # -- the request's side ---------------------------------------------------------------------
 
     def written(self, sink: FileSink, piece: bytes) -> None:
+        if self.headers is None:
+            self.headers = follower(piece, sink.part)
         if self.failed is not None or self.headers.stopped is not None:
             return
         entries = self.headers.feed(piece)
@@ -368,9 +648,8 @@ class EarlyArchive:
             return
         sink.flush()  # the reader reads the entry from the file
         if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, args=(sink.part,), name="batch-early", daemon=True
-            )
+            source = self.headers.sidecar if isinstance(self.headers, GzipTar) else sink.part
+            self._thread = threading.Thread(target=self._run, args=(source,), name="batch-early", daemon=True)
             self._thread.start()
         for entry in entries:
             self._queue.put(entry)
@@ -430,6 +709,8 @@ class EarlyArchive:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+        if isinstance(self.headers, GzipTar):
+            self.headers.close()
 
     def _run(self, path: Path) -> None:
         fd = os.open(path, os.O_RDONLY)
@@ -481,16 +762,16 @@ class EarlyArchive:
         else:
             self.beat = beat
 
-    def _read_chunk(self, db: Session, fd: int, chunk: list[LocalEntry]) -> None:
+    def _read_chunk(self, db: Session, fd: int, chunk: list[Early]) -> None:
         read, settings = self.read, self.settings
         listed: list[sources.Entry] = []
         skipped: list[dict[str, str]] = []
         for e in chunk:
-            name, kind = e.name, _kind(e.name)
+            name, kind = e.name, e.kind
             if kind == "file":
                 read.files += 1
                 read.expanded += e.size
-            entry = sources.Entry(name, e.size, e.compressed, kind, _opener(fd, e))
+            entry = sources.Entry(name, e.size, e.compressed, kind, e.opener(fd))
             try:  # an entry (or the entries so far) the whole archive would be refused for: not early
                 sources.check_entries([entry], None, settings)
             except ApiError as exc:
@@ -565,24 +846,41 @@ class EarlyArchive:
     # -- the end --------------------------------------------------------------------------------
 
     def _confirmed(self, handle: Any) -> str | None:
-        """None when the central directory confirms every entry read early, else why not."""
+        """None when the finished archive confirms every entry read early, else why not: a ZIP's
+        central directory, or the members :mod:`tarfile` reads from the whole tar."""
+        if isinstance(handle, tarfile.TarFile):
+            return self._confirmed_tar(handle)
         if not isinstance(handle, zipfile.ZipFile):
             return "not a ZIP"
         infos = {info.header_offset: info for info in handle.infolist()}
         for e in self.read.entries:
             info = infos.get(e.offset)
-            if info is None:
+            if info is None or not isinstance(e, LocalEntry):
                 return f"the entry {e.name!r} is not in the central directory"
             mode = info.external_attr >> 16
             same = (
                 sources.zip_name(info) == e.name
                 and (info.CRC, info.compress_size, info.file_size, info.compress_type)
                 == (e.crc, e.compressed, e.size, e.method)
-                and info.is_dir() == (_kind(e.name) == "dir")
+                and info.is_dir() == (e.kind == "dir")
                 and (info.is_dir() or not mode or not stat.S_IFMT(mode) or stat.S_ISREG(mode))
             )
             if not same:
                 return f"the central directory describes {e.name!r} otherwise than its local header"
+        return None
+
+    def _confirmed_tar(self, handle: tarfile.TarFile) -> str | None:
+        """Every member read early is the member at that place of the whole tar (headers from the
+        same offset, data from the same offset, same name, size and type)."""
+        members = {m.offset_data: m for m in handle.getmembers()}
+        for e in self.read.entries:
+            m = members.get(e.data_offset)
+            if m is None or not isinstance(e, TarEntry):
+                return f"the member {e.name!r} is not where the archive has it"
+            if (m.offset, m.name, _kind_of(m)) != (e.offset, e.name, e.kind) or (
+                e.kind == "file" and m.size != e.size
+            ):
+                return f"the archive describes {e.name!r} otherwise than its headers as they arrived"
         return None
 
     def _hand_on(

@@ -50,8 +50,9 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-run-channels", type=int, default=1, choices=(1, 2),
                    help="2: stereo calls, 2 streams each (counted in channel-seconds)")  # fmt: skip
     p.add_argument("--batch-run-source", default="archive,folder",
-                   help="archive (one ZIP uploaded with the request), folder (the same files in a server "
-                        "folder under TONE_BATCH_ROOT: nothing uploaded), or both")  # fmt: skip
+                   help="archive (one ZIP uploaded with the request), tar.gz (the same as one tar.gz), "
+                        "folder (the same files in a server folder under TONE_BATCH_ROOT: nothing "
+                        "uploaded), a comma list of them")  # fmt: skip
     p.add_argument("--batch-only", action="store_true",
                    help="only the batch run (after the engine at B=16 and 32, for its ratio)")  # fmt: skip
     p.add_argument("--host-batches", default="1,16,64,256,1024",

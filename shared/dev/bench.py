@@ -838,7 +838,7 @@ def _p95(values: list[float]) -> float:
 
 
 STREAM_STARTS = ("together", "spread")
-BATCH_SOURCES = ("archive", "folder")
+BATCH_SOURCES = ("archive", "folder", "tar.gz")
 
 
 def comma_choices(option: str, given: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -1137,11 +1137,20 @@ def _batch_recordings(
 
 
 def batch_archive(dest: Path, recordings: int, seconds: float, seed: int = 0, channels: int = 1) -> float:
-    """A ZIP of the bench's recordings (:func:`_batch_recordings`); returns the audio seconds in it,
-    per channel (a stereo call is two streams to the engine: the batch's default
-    ``channels=split``)."""
+    """A ZIP of the bench's recordings (:func:`_batch_recordings`), or a tar.gz when ``dest`` is
+    named ``*.tar.gz`` (as a Linux call recorder's export is); returns the audio seconds in it, per
+    channel (a stereo call is two streams to the engine: the batch's default ``channels=split``)."""
+    import io
+    import tarfile
     import zipfile
 
+    if dest.name.endswith(".tar.gz"):
+        with tarfile.open(dest, "w:gz", compresslevel=1) as tf:
+            for name, data in _batch_recordings(recordings, seconds, seed, channels):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+        return recordings * seconds * channels
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as zf:
         for name, data in _batch_recordings(recordings, seconds, seed, channels):
             zf.writestr(name, data)
@@ -1202,7 +1211,8 @@ def batch_run(
                 answer = client.post("/v1/batches", json={"directory": directory})
             else:
                 with archive.open("rb") as f:
-                    answer = client.post("/v1/batches", files={"file": (archive.name, f, "application/zip")})
+                    kind = "application/gzip" if archive.name.endswith(".gz") else "application/zip"
+                    answer = client.post("/v1/batches", files={"file": (archive.name, f, kind)})
         finally:
             uploading.clear()
             watcher.join()
@@ -1290,7 +1300,7 @@ def run_batch_bench(
                 audio = batch_folder(root, recordings, seconds, channels=channels)
                 run = batch_run(url, key, root / "calls", audio, directory="calls")
             else:
-                archive = root / "bench-batch.zip"
+                archive = root / ("bench-batch.tar.gz" if source == "tar.gz" else "bench-batch.zip")
                 audio = batch_archive(archive, recordings, seconds, channels=channels)
                 run = batch_run(url, key, archive, audio)
         if on_files is not None:
@@ -1298,7 +1308,7 @@ def run_batch_bench(
                 batch_folder(root, recordings, seconds, channels=channels)
             same = audio / on_files(sorted((root / "calls").glob("*.wav")), batch * channels)
     best_b, best_rate = engine_best
-    how = "one archive" if source == "archive" else "one server folder"
+    how = {"archive": "one archive", "tar.gz": "one tar.gz", "folder": "one server folder"}[source]
     print(
         f"\nbatch: {how} of {run.recordings} {'stereo ' if channels == 2 else ''}recordings "
         f"of {seconds:.0f} s "
@@ -1319,7 +1329,7 @@ def run_batch_bench(
             f"{batch * channels} streams at a time): {same:.1f} s/s right after; "
             f"the batch = {100 * run.rate / same:.0f} % of it"
         )
-    what = "upload" if source == "archive" else "POST /v1/batches"
+    what = "POST /v1/batches" if source == "folder" else "upload"
     print(f"  {what} answered after {run.upload_s:.1f} s; first result after {run.first_result_s:.1f} s")
     print(f"  GET /v1/batches/{{id}} p95 {_p95(run.poll_ms):.0f} ms ({len(run.poll_ms)} polls)")
     return run

@@ -1,4 +1,4 @@
-"""A ZIP batch read while it uploads (``api.services.archive_stream``), against the real stack: a
+"""A ZIP or tar(.gz) batch read while it uploads (``api.services.archive_stream``), against the real stack: a
 job of the batch is transcribed before the client has sent the archive's last bytes, and the batch
 that results is the one the finished upload would have made (names, the dedupe, skips,
 ``metadata.csv`` at the archive's end attached to the early jobs too, transcripts); a form field
@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tarfile
 import time
 import uuid
 import zipfile
@@ -101,26 +102,39 @@ def _post(
     return httpx.post(f"{url}/v1/batches", headers=sent, content=pieces(), timeout=60)
 
 
+def _tar(members: list[tuple[str, bytes, int]], gz: bool) -> bytes:
+    """The members as a pax tar (GNU tar's and Python's default), gzipped with ``gz``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data, _ in members:
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE if name.endswith("/") else tarfile.REGTYPE
+            info.size = 0 if info.isdir() else len(data)
+            tf.addfile(info, None if info.isdir() else io.BytesIO(data))
+    return buf.getvalue()
+
+
 def _archive(
     audio: dict[str, Path],  # noqa: F811
     last: list[tuple[str, bytes, int]] | None = None,
-    piped: bool = False,
+    kind: str = "zip",
 ) -> bytes:
+    """``kind``: zip, piped (a ZIP written as to a pipe), tar or tar.gz."""
     a, b, c = (audio[n].read_bytes() for n in ("a.wav", "b.wav", "c.wav"))
     metadata = "path,agent\ncalls/a.wav,Иван\ncalls/b.wav,Ольга\ncalls/c.wav,Пётр\n".encode()
-    return _zip(
-        [
-            ("calls/", b"", zipfile.ZIP_STORED),
-            ("calls/a.wav", a, zipfile.ZIP_STORED),
-            ("calls/b.wav", b, zipfile.ZIP_DEFLATED),
-            ("calls/copy.wav", a, zipfile.ZIP_DEFLATED),
-            ("notes.bin", os.urandom(FILLER), zipfile.ZIP_STORED),
-            ("calls/c.wav", c, zipfile.ZIP_STORED),
-            *(last or []),
-            ("metadata.csv", metadata, zipfile.ZIP_DEFLATED),
-        ],
-        piped,
-    )
+    members = [
+        ("calls/", b"", zipfile.ZIP_STORED),
+        ("calls/a.wav", a, zipfile.ZIP_STORED),
+        ("calls/b.wav", b, zipfile.ZIP_DEFLATED),
+        ("calls/copy.wav", a, zipfile.ZIP_DEFLATED),
+        ("notes.bin", os.urandom(FILLER), zipfile.ZIP_STORED),
+        ("calls/c.wav", c, zipfile.ZIP_STORED),
+        *(last or []),
+        ("metadata.csv", metadata, zipfile.ZIP_DEFLATED),
+    ]
+    if kind in ("tar", "tar.gz"):
+        return _tar(members, gz=kind == "tar.gz")
+    return _zip(members, kind == "piped")
 
 
 @dataclass
@@ -145,17 +159,17 @@ def _results(url: str, key: str, batch_id: str) -> dict[str, dict[str, Any]]:
     return {r["name"]: r for r in map(json.loads, lines.splitlines())}
 
 
-@pytest.mark.parametrize("piped", [False, True], ids=["seekable", "piped"])
+@pytest.mark.parametrize("kind", ["zip", "piped", "tar", "tar.gz"])
 def test_jobs_are_transcribed_while_the_archive_uploads_and_the_batch_is_the_finished_uploads(
     up: _Upload,
     audio: dict[str, Path],  # noqa: F811
     offline: dict[str, Any],  # noqa: F811
-    piped: bool,
+    kind: str,
 ) -> None:
-    """Also for a ZIP written as to a pipe (sizes after each entry's data: followed through its
-    deflate streams)."""
+    """A ZIP, one written as to a pipe (sizes after each entry's data: followed through its
+    deflate streams), a tar and a tar.gz (inflated into a sidecar as it arrives)."""
     key, tenant, servers = up.key, up.tenant, up.servers
-    body = _form(_archive(audio, piped=piped), {"name": "May calls", "priority": "3"})
+    body = _form(_archive(audio, kind=kind), {"name": "May calls", "priority": "3"})
     got = _post(up.url, key, body, 200_000, lambda: _jobs_of(servers, tenant, "completed") > 0)
     assert got.status_code == 202, got.text
     view = wait_batch(up.url, key, got.json()["id"])
@@ -182,6 +196,7 @@ def test_jobs_are_transcribed_while_the_archive_uploads_and_the_batch_is_the_fin
         assert batch is not None
         assert "receiving" not in batch.options and batch.options["priority"] == 3
         assert batch.request_hash  # an Idempotency-Key replay compares it
+    assert not _sidecars(servers)
 
 
 def test_a_field_after_the_file_makes_the_batch_the_late_options_say(
@@ -213,12 +228,17 @@ def _unsafe_at_the_end(audio: dict[str, Path]) -> bytes:  # noqa: F811
     return _archive(audio, last=[("../evil.wav", b"RIFF", zipfile.ZIP_STORED)])
 
 
+def _unsafe_tar_gz_at_the_end(audio: dict[str, Path]) -> bytes:  # noqa: F811
+    return _archive(audio, last=[("../evil.wav", b"RIFF", 0)], kind="tar.gz")
+
+
 @pytest.mark.parametrize(
     ("build", "code"),
     [
         # the reader's refusal of an entry that does not match its headers (it was a 500)
         (_contradicted, "archive_bomb"),
         (_unsafe_at_the_end, "unsafe_path"),
+        (_unsafe_tar_gz_at_the_end, "unsafe_path"),
     ],
 )
 def test_an_archive_refused_at_its_end_leaves_nothing(
@@ -232,18 +252,26 @@ def test_an_archive_refused_at_its_end_leaves_nothing(
     assert got.status_code == 400, got.text
     assert got.json()["error"]["code"] == code
     _nothing_left(servers, key, tenant)
+    assert not _sidecars(servers)
 
 
+def _sidecars(servers: dict[str, str]) -> list[Path]:
+    """A tar.gz's inflated copies left in the API's upload directory (none once a request ended)."""
+    return list((Path(servers["root"]) / "data" / "audio" / "batches").glob("*.part.tar"))
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
 def test_a_client_gone_midway_leaves_nothing(
     up: _Upload,
     audio: dict[str, Path],  # noqa: F811
+    kind: str,
 ) -> None:
     key, tenant, servers = up.key, up.tenant, up.servers
     with pytest.raises(ConnectionAbortedError):
         _post(
             up.url,
             key,
-            _form(_archive(audio), {}),
+            _form(_archive(audio, kind=kind), {}),
             200_000,
             lambda: _jobs_of(servers, tenant) > 0,
             gone=True,
@@ -252,6 +280,7 @@ def test_a_client_gone_midway_leaves_nothing(
     while tenant_batches(servers["DATABASE_URL"], key) and time.monotonic() < deadline:
         time.sleep(0.2)
     _nothing_left(servers, key, tenant)
+    assert not _sidecars(servers)
 
 
 def test_an_idempotency_key_is_held_while_its_archive_uploads_and_replays_after(

@@ -109,7 +109,7 @@ def test_it_stops_at_what_it_cannot_follow(flags: int, method: int, why: str) ->
     assert headers.stopped == why
 
 
-def test_a_tar_or_anything_else_is_not_read() -> None:
+def test_the_zip_reader_reads_no_tar_nor_anything_else() -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
         info = tarfile.TarInfo("a.wav")

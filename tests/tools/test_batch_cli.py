@@ -388,9 +388,13 @@ def test_ctrl_c_while_waiting_then_rerun_resumes_the_same_batch(
         worker.stop()
 
 
-def test_bench_batch_run_measures_one_whole_batch(api: Proc, worker: Proc, key: str, tmp_path: Path) -> None:
-    """The code path of the bench's batch run (``make bench``), tiny, on the tones model."""
-    archive = tmp_path / "bench.zip"
+@pytest.mark.parametrize("name", ["bench.zip", "bench.tar.gz"])
+def test_bench_batch_run_measures_one_whole_batch(
+    api: Proc, worker: Proc, key: str, tmp_path: Path, name: str
+) -> None:
+    """The code path of the bench's batch run (``make bench``), tiny, on the tones model: its ZIP and
+    its tar.gz (``--batch-run-source archive,tar.gz``)."""
+    archive = tmp_path / name
     audio = batch_archive(archive, recordings=3, seconds=1.0, seed=7)
     run = batch_run(api.url or "", key, archive, audio, poll=0.2)
     assert run.recordings == 3 and run.completed == 3
