@@ -386,6 +386,7 @@ class TarHeaders:
         self._name: str | None = None  # from an extended header: the first one read wins, as in tarfile
         self._size: int | None = None
         self._entry: TarEntry | None = None  # the member whose data is arriving
+        self._data_end = 0  # where its data ends
         self._left = 0  # bytes to skip: its data, then the padding to the next block
 
     def feed(self, piece: bytes) -> list[TarEntry]:
@@ -399,7 +400,7 @@ class TarHeaders:
                 i += take
                 self.pos += take
                 self._left -= take
-                if self._entry is not None and self.pos >= self._entry.data_offset + self._entry.size:
+                if self._entry is not None and self.pos >= self._data_end:
                     done.append(self._entry)
                     self._entry = None
                 if not self._left and self._ext is not None:
@@ -412,10 +413,10 @@ class TarHeaders:
             if len(self._block) == _BLOCK:
                 entry = self._header(bytes(self._block))
                 self._block = bytearray()
-                if entry is not None and entry.data_offset + entry.size <= self.pos:
+                if entry is not None and not self._left:  # no data (a directory, a link, empty)
                     done.append(entry)
                 elif entry is not None:
-                    self._entry = entry
+                    self._entry, self._data_end = entry, self.pos + min(self._left, entry.size)
         return done
 
     def _stop(self, why: str) -> None:
@@ -549,13 +550,18 @@ class GzipTar:
                 self._stopped = "a stream that expands too much to follow"
                 break
             self._write(out)
+            if self._stopped is not None:  # not written: nothing of it is reported
+                break
             done += self.tar.feed(out)
         return done
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
-        while view and self._fd is not None:
-            view = view[os.write(self._fd, view) :]
+        try:
+            while view and self._fd is not None:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:  # e.g. a full disk: the upload goes on, read at its end
+            self._stopped = f"its sidecar could not be written ({exc.strerror})"
 
     def close(self) -> None:
         """The sidecar closed and removed (the members read early are already stored)."""
@@ -595,7 +601,10 @@ def follower(first: bytes, part: Path) -> Follower:
     local headers, a tar's headers, a tar.gz's (inflated into a sidecar beside ``part``); anything
     else is a ZIP reader that stops at once ("not a ZIP")."""
     if first[:2] == _GZIP:
-        return GzipTar(part.with_name(part.name + ".tar"))
+        try:
+            return GzipTar(part.with_name(part.name + ".tar"))
+        except OSError:  # no sidecar (a full disk, a read-only directory): read at the end
+            return LocalHeaders()
     if first[257:262] == b"ustar":
         return TarHeaders()
     return LocalHeaders()

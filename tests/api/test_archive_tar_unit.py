@@ -139,7 +139,7 @@ def test_a_tar_gz_is_inflated_into_its_sidecar_and_its_members_read_back(
 def _patched(raw: bytes, at: int, **fields: bytes) -> bytes:
     """The header block at ``at`` with some of its fields replaced and its checksum made right."""
     block = bytearray(raw[at : at + 512])
-    where = {"type": 156, "name": 0}
+    where = {"type": 156, "name": 0, "size": 124}
     for name, value in fields.items():
         block[where[name] : where[name] + len(value)] = value
     block[148:156] = b" " * 8
@@ -220,3 +220,28 @@ def test_the_whole_tar_confirms_the_members_read_early_and_no_other() -> None:
         ):
             early.read = _Read(entries=[found[0], other])
             assert early._confirmed(tf) is not None, other
+
+
+def test_a_directory_with_a_size_in_its_header_has_no_data_as_tarfile_reads_it() -> None:
+    raw = _tar(tarfile.GNU_FORMAT, [("calls", tarfile.DIRTYPE, b""), ("calls/a.wav", None, b"a" * 10)])
+    sized = _patched(raw, 0, size=b"%011o\0" % 4096)  # a directory "of 4096 bytes", none following
+    reader = TarHeaders()
+    assert _got(reader.feed(sized)) == _expected(sized)
+    assert reader.stopped == "the end of the archive"
+
+
+def test_a_sidecar_that_cannot_be_written_stops_following_and_reports_nothing_unwritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = _tar(tarfile.GNU_FORMAT, [("a.wav", None, os.urandom(3000)), ("b.wav", None, os.urandom(3000))])
+    packed = gzip.compress(raw)
+    reader = GzipTar(tmp_path / "full.tar")
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    assert reader.feed(packed) == []
+    assert reader.stopped == "its sidecar could not be written (No space left on device)"
+    monkeypatch.undo()
+    reader.close()
