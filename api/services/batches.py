@@ -24,8 +24,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import psycopg.errors
 from sqlalchemy import delete, func, select, true, tuple_, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from api.deps import Caller
@@ -87,6 +88,7 @@ class Submission:
     idempotency_key: str | None
 
 
+DELETE_ATTEMPTS = 3  # a DELETE chosen as a deadlock's victim (see delete_batch) tries again
 SOURCE_KEYS = ("directory", "archive")  # where a preparing batch's recordings are, in its options
 
 
@@ -320,14 +322,25 @@ def delete_batch(db: Session, batch: Batch, settings: Settings) -> int:
     """Remove the batch and all of it: its jobs, transcripts, webhook deliveries and the audio the
     platform stored (a server folder's files are the customer's and stay). Running jobs lose their
     rows, so their workers stop at the next heartbeat and write nothing. Returns the jobs removed."""
-    # the row first: a folder still being read (preparing) adds its jobs under this lock, so none
-    # can be added between the DELETE of the jobs and the batch's
-    db.execute(select(Batch.id).where(Batch.id == batch.id).with_for_update())
+    batch_id = batch.id
     kept = (batch.options or {}).get("archive")  # a large archive still being read: its reader stops
-    jobs = db.execute(select(Job.id, Job.audio_path).where(Job.batch_id == batch.id)).all()
-    db.execute(delete(Job).where(Job.batch_id == batch.id))
-    db.execute(delete(Batch).where(Batch.id == batch.id))
-    db.commit()
+    for attempt in range(DELETE_ATTEMPTS):
+        try:
+            # the row first: a folder still being read (preparing) adds its jobs under this lock,
+            # so none can be added between the DELETE of the jobs and the batch's
+            db.execute(select(Batch.id).where(Batch.id == batch_id).with_for_update())
+            jobs = db.execute(select(Job.id, Job.audio_path).where(Job.batch_id == batch_id)).all()
+            db.execute(delete(Job).where(Job.batch_id == batch_id))
+            db.execute(delete(Batch).where(Batch.id == batch_id))
+            db.commit()
+            break
+        except OperationalError as exc:
+            # a worker storing a round locks its jobs, then their batch: the other order from this
+            # one, so PostgreSQL may pick this transaction as a deadlock's victim; it holds nothing
+            # now, and the next try finds the worker's round stored
+            db.rollback()
+            if not isinstance(exc.orig, psycopg.errors.TransactionRollback) or attempt == DELETE_ATTEMPTS - 1:
+                raise
     root = settings.audio_path.resolve()
     if kept and Path(kept).resolve().is_relative_to(root):
         remove_quietly(kept)

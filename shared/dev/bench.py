@@ -1168,10 +1168,15 @@ def batch_folder(root: Path, recordings: int, seconds: float, seed: int = 0, cha
 
 
 def _first_result(
-    url: str, headers: dict[str, str], started: float, uploading: threading.Event, seen: list[float]
+    url: str,
+    headers: dict[str, str],
+    started: float,
+    uploading: threading.Event,
+    seen: list[float],
+    older: str | None = None,
 ) -> None:
-    """While ``uploading`` is set, the moment (since ``started``) a batch of the tenant first has a
-    completed job, appended to ``seen``."""
+    """While ``uploading`` is set, the moment (since ``started``) a new batch of the tenant (not
+    ``older``, its newest before) first has a completed job, appended to ``seen``."""
     import httpx
 
     with httpx.Client(base_url=url, headers=headers, timeout=10.0) as client:
@@ -1180,7 +1185,7 @@ def _first_result(
                 data = client.get("/v1/batches", params={"limit": 1}).json().get("data") or []
             except (httpx.HTTPError, ValueError):
                 data = []
-            if data and data[0]["counts"].get("completed", 0) > 0:
+            if data and data[0]["id"] != older and data[0]["counts"].get("completed", 0) > 0:
                 seen.append(time.perf_counter() - started)
                 return
             time.sleep(0.1)
@@ -1198,12 +1203,16 @@ def batch_run(
     headers = {"Authorization": f"Bearer {key}"}
     poll_ms: list[float] = []
     with httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(60.0, read=1800.0)) as client:
+        # the tenant's newest batch so far: not the one the watcher below waits for
+        newest = client.get("/v1/batches", params={"limit": 1}).json().get("data") or [{}]
         started, started_clock = time.perf_counter(), time.time()
         # a ZIP's first jobs are transcribed while it uploads: a second client lists the tenant's
         # batches meanwhile, as a user watching the console would, for the first result's moment
         uploading = threading.Event()
         early: list[float] = []
-        watcher = threading.Thread(target=_first_result, args=(url, headers, started, uploading, early))
+        watcher = threading.Thread(
+            target=_first_result, args=(url, headers, started, uploading, early, newest[0].get("id"))
+        )
         uploading.set()
         watcher.start()
         try:
