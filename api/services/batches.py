@@ -24,7 +24,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import psycopg.errors
 from sqlalchemy import delete, func, select, true, tuple_, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -339,7 +338,8 @@ def delete_batch(db: Session, batch: Batch, settings: Settings) -> int:
             # one, so PostgreSQL may pick this transaction as a deadlock's victim; it holds nothing
             # now, and the next try finds the worker's round stored
             db.rollback()
-            if not isinstance(exc.orig, psycopg.errors.TransactionRollback) or attempt == DELETE_ATTEMPTS - 1:
+            rolled_back = str(getattr(exc.orig, "sqlstate", "")).startswith("40")  # 40P01 deadlock
+            if not rolled_back or attempt == DELETE_ATTEMPTS - 1:
                 raise
     root = settings.audio_path.resolve()
     if kept and Path(kept).resolve().is_relative_to(root):

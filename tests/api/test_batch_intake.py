@@ -107,6 +107,15 @@ def _add_job(servers: dict[str, str], key: str, batch_id: uuid.UUID, path: Path,
         )
 
 
+def _stale(servers: dict[str, str], batch_id: uuid.UUID) -> None:
+    """The batch's reader gone an hour ago (its beat stale): the sweep takes it from here. Set once
+    the test's rows are all written, so that no sweep sees the batch half made."""
+    with session_scope(servers["DATABASE_URL"]) as s:
+        batch = s.get(Batch, batch_id)
+        assert batch is not None
+        batch.prepared_beat_at = datetime.now(timezone.utc) - timedelta(hours=1)
+
+
 def _jobs(servers: dict[str, str], batch_id: uuid.UUID | str) -> dict[str, list[str]]:
     """The batch's jobs: their first name -> every name they hold."""
     with session_scope(servers["DATABASE_URL"]) as s:
@@ -150,8 +159,7 @@ def test_a_batch_whose_reader_died_is_taken_over_and_no_file_is_read_twice(
     """The reader stopped (its API process died) after a.wav: the sweep takes the batch over, adds
     copy.wav to a.wav's job, reads sub/b.wav, and the batch ends."""
     key = make_key(servers, f"takeover-{uuid.uuid4().hex[:6]}")
-    long_ago = datetime.now(timezone.utc) - timedelta(hours=1)
-    batch_id = _preparing(servers, key, long_ago, items=1)
+    batch_id = _preparing(servers, key, datetime.now(timezone.utc), items=1)
     a = batch_root / "calls" / "a.wav"
     _add_job(
         servers,
@@ -163,6 +171,7 @@ def test_a_batch_whose_reader_died_is_taken_over_and_no_file_is_read_twice(
         sha256=hashlib.sha256(a.read_bytes()).hexdigest(),
         finished_at=datetime.now(timezone.utc),
     )
+    _stale(servers, batch_id)  # only now: a sweep between the two rows would take over half a state
     view = wait_batch(reading_api.url, key, str(batch_id), timeout=60)
     assert (view["status"], view["items"], view["jobs"]) == ("completed", 3, 2), view
     assert _jobs(servers, batch_id) == {"a.wav": ["a.wav", "copy.wav"], "sub/b.wav": ["sub/b.wav"]}
@@ -177,8 +186,7 @@ def test_an_archive_whose_upload_stopped_midway_is_removed_with_its_jobs(
     beat stale): its client never got an answer, so the sweep removes the batch, its job and the
     job's extracted file."""
     key = make_key(servers, f"receiving-{uuid.uuid4().hex[:6]}")
-    long_ago = datetime.now(timezone.utc) - timedelta(hours=1)
-    batch_id = _preparing(servers, key, long_ago)
+    batch_id = _preparing(servers, key, datetime.now(timezone.utc))
     extracted = Path(servers["root"]) / "data" / "audio" / f"{uuid.uuid4()}.wav"
     extracted.parent.mkdir(parents=True, exist_ok=True)
     extracted.write_bytes(b"RIFF")
@@ -187,6 +195,7 @@ def test_an_archive_whose_upload_stopped_midway_is_removed_with_its_jobs(
         assert batch is not None
         batch.options = {**OPTIONS, "directory": None, "receiving": True}
     _add_job(servers, key, batch_id, extracted, status="processing", source="upload")
+    _stale(servers, batch_id)
     deadline = datetime.now(timezone.utc) + timedelta(seconds=30)
     while _jobs(servers, batch_id) and datetime.now(timezone.utc) < deadline:
         time.sleep(0.2)
