@@ -357,14 +357,6 @@ class TarEntry:
         return lambda: cast(IO[bytes], _SpanReader(fd, self.data_offset, self.size, self.name))
 
 
-def _kind_of(info: tarfile.TarInfo) -> str:
-    if info.isdir():
-        return "dir"
-    if info.issym() or info.islnk():
-        return "link"
-    return "file" if info.isfile() else "device"
-
-
 def _padded(size: int) -> int:
     return -(-size // _BLOCK) * _BLOCK
 
@@ -455,7 +447,7 @@ class TarHeaders:
         if info.isdir():
             name = name.rstrip("/")
         data = size if info.isreg() or info.type not in tarfile.SUPPORTED_TYPES else 0
-        entry = TarEntry(self._first, name, _kind_of(info), size, self.pos)
+        entry = TarEntry(self._first, name, sources.tar_kind(info), size, self.pos)
         self._first = self._name = self._size = None
         self._left = _padded(data)
         return entry
@@ -886,7 +878,7 @@ class EarlyArchive:
             m = members.get(e.data_offset)
             if m is None or not isinstance(e, TarEntry):
                 return f"the member {e.name!r} is not where the archive has it"
-            if (m.offset, m.name, _kind_of(m)) != (e.offset, e.name, e.kind) or (
+            if (m.offset, m.name, sources.tar_kind(m)) != (e.offset, e.name, e.kind) or (
                 e.kind == "file" and m.size != e.size
             ):
                 return f"the archive describes {e.name!r} otherwise than its headers as they arrived"

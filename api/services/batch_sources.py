@@ -114,6 +114,15 @@ def _tar_member(tf: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
     return f
 
 
+def tar_kind(member: tarfile.TarInfo) -> str:
+    """A tar member's :attr:`Entry.kind`: dir, link (symbolic or hard), file or device."""
+    if member.isdir():
+        return "dir"
+    if member.issym() or member.islnk():
+        return "link"
+    return "file" if member.isfile() else "device"
+
+
 def _tar_entries(tf: tarfile.TarFile, settings: Settings, archive_size: int) -> list[Entry]:
     """The members, read one header at a time, stopping at the first limit the entries so far
     cross (count, an entry's or the total size, the ratio): reaching the next header of a tar.gz
@@ -122,9 +131,7 @@ def _tar_entries(tf: tarfile.TarFile, settings: Settings, archive_size: int) -> 
     out: list[Entry] = []
     total = 0
     while (m := tf.next()) is not None:
-        kind = (
-            "dir" if m.isdir() else "link" if (m.issym() or m.islnk()) else "file" if m.isfile() else "device"
-        )
+        kind = tar_kind(m)
         out.append(Entry(m.name, m.size, None, kind, partial(_tar_member, tf, m)))
         if kind == "file":
             total += m.size

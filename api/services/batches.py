@@ -334,9 +334,9 @@ def delete_batch(db: Session, batch: Batch, settings: Settings) -> int:
             db.commit()
             break
         except OperationalError as exc:
-            # a worker storing a round locks its jobs, then their batch: the other order from this
-            # one, so PostgreSQL may pick this transaction as a deadlock's victim; it holds nothing
-            # now, and the next try finds the worker's round stored
+            # a worker storing a round updates several of these job rows in one statement, in
+            # another order than this DELETE's, so PostgreSQL may pick this transaction as a
+            # deadlock's victim; it holds nothing now, and the next try finds the round stored
             db.rollback()
             rolled_back = str(getattr(exc.orig, "sqlstate", "")).startswith("40")  # 40P01 deadlock
             if not rolled_back or attempt == DELETE_ATTEMPTS - 1:

@@ -25,7 +25,6 @@ from api.services.archive_stream import (
     LocalHeaders,
     TarEntry,
     TarHeaders,
-    _kind_of,
     _Read,
     follower,
 )
@@ -74,7 +73,7 @@ def _members(fmt: int) -> list[tuple[str, bytes | str | None, bytes]]:
 
 def _expected(raw: bytes) -> list[tuple[int, str, str, int, int]]:
     with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
-        return [(m.offset, m.name, _kind_of(m), m.size, m.offset_data) for m in tf.getmembers()]
+        return [(m.offset, m.name, sources.tar_kind(m), m.size, m.offset_data) for m in tf.getmembers()]
 
 
 def _got(found: list[TarEntry]) -> list[tuple[int, str, str, int, int]]:

@@ -40,14 +40,11 @@ def test_a_delete_chosen_as_a_deadlocks_victim_tries_again(servers: dict[str, st
         first, second = s.scalars(
             select(Job.id).where(Job.batch_id == batch_id).order_by(Job.created_at, Job.id)
         )
-    first_id, second_id = first, second
     worker = create_engine(url).connect()
     deleted: list[object] = []
     try:
         round_ = worker.begin()
-        worker.execute(
-            text("UPDATE jobs SET progress = 0.5 WHERE id = :j"), {"j": second_id}
-        )  # a round's row
+        worker.execute(text("UPDATE jobs SET progress = 0.5 WHERE id = :j"), {"j": second})  # a round's row
 
         def delete() -> None:
             with sessionmaker_for(url)() as db:
@@ -68,7 +65,7 @@ def test_a_delete_chosen_as_a_deadlocks_victim_tries_again(servers: dict[str, st
             time.sleep(0.05)
         # the worker's round now wants the row the DELETE holds: a deadlock, the DELETE its victim
         # (it waited first, so its deadlock check runs first)
-        worker.execute(text("UPDATE jobs SET progress = 0.5 WHERE id = :j"), {"j": first_id})
+        worker.execute(text("UPDATE jobs SET progress = 0.5 WHERE id = :j"), {"j": first})
         round_.commit()
         thread.join(30)
     finally:
