@@ -81,7 +81,14 @@ class FileSink:
 
     def finish(self) -> StoredAudio:
         self._out.close()
-        os.replace(self.part, self.dest)
+        try:
+            os.replace(self.part, self.dest)
+        except FileNotFoundError:  # removed as a stray while the body stalled (TONE_STRAY_FILE_HOURS)
+            raise ApiError(
+                408,
+                "upload_stalled",
+                "the upload stalled so long that its partial file was removed: send it again",
+            ) from None
         self.finished = True
         return StoredAudio(self.dest, self.size, self.digest.hexdigest())
 

@@ -6,11 +6,17 @@ longer ago is deleted and the job keeps its transcript (``GET /v1/jobs/{id}/audi
 404 ``audio_not_available``). Unset: kept. Only files under the platform's audio directory are ever
 removed (a server folder's recordings are the customer's). Work goes in chunks, so a first run
 over a large backlog does not hold long locks.
+
+Every run also removes what a process that died mid-request left in the audio directory
+(:func:`sweep_strays`): files no request, job or batch will ever finish or read, once untouched
+for ``TONE_STRAY_FILE_HOURS``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -18,6 +24,7 @@ from sqlalchemy import delete, exists, select, update
 
 from shared.db.models import FINAL_STATUSES, Batch, Job
 from shared.db.session import rowcount, session_scope
+from shared.platform.playback_cache import FOLDER as PLAYBACK_FOLDER
 from shared.platform.playback_cache import remove_copies
 from shared.platform.settings import Settings, get_settings
 from shared.queue import RETENTION_TASK
@@ -87,6 +94,73 @@ def expire(settings: Settings | None = None) -> dict[str, int]:
     return done
 
 
+# an upload being written (api.uploads.FileSink), a tar.gz's inflated sidecar beside it
+PARTIAL_SUFFIXES = (".part", ".part.tar")
+BATCHES = "batches"  # where archives are received and kept (api.routes.batches)
+
+
+def _old_files(folder: Path, before: float) -> list[os.DirEntry[str]]:
+    """The regular files directly in ``folder`` last written before ``before`` (none: no folder)."""
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except OSError:
+        return []
+    out = []
+    for e in entries:
+        try:
+            if e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_mtime < before:
+                out.append(e)
+        except OSError:  # gone meanwhile
+            continue
+    return out
+
+
+def _kept_archives(settings: Settings) -> set[str]:
+    """The names of the archives batches still read (``options.archive``)."""
+    with session_scope(settings.database_url) as db:
+        archive = Batch.options["archive"].as_string()
+        return {Path(a).name for a in db.scalars(select(archive).where(archive.is_not(None))) if a}
+
+
+def sweep_strays(settings: Settings | None = None, now: float | None = None) -> int:
+    """Remove what a process that died mid-request left in the audio directory, untouched for
+    ``TONE_STRAY_FILE_HOURS`` (a live upload writes its file as its bytes arrive): an upload's
+    ``.part`` and a tar.gz's sidecar (an API killed mid-upload); a received archive never handed on
+    (``batches/*.upload``) or kept with no batch left to read it (``batches/*.archive``); a playback
+    copy, or its temporary file, whose recording is gone. Only those names, and only in the audio
+    directory and its ``batches`` folder: a recording is never touched here (its job's retention
+    removes it). Returns how many files were removed."""
+    s = settings or get_settings()
+    before = (time.time() if now is None else now) - s.stray_file_hours * 3600
+    root = s.audio_path
+    stray = [e for e in _old_files(root, before) if e.name.endswith(PARTIAL_SUFFIXES)]
+    received = _old_files(root / BATCHES, before)
+    stray += [e for e in received if e.name.endswith((*PARTIAL_SUFFIXES, ".upload"))]
+    archives = [e for e in received if e.name.endswith(".archive")]
+    if archives:
+        kept = _kept_archives(s)
+        stray += [e for e in archives if e.name not in kept]
+    copies = root / PLAYBACK_FOLDER
+    # <recording name>.<ext>; a copy being made (.tmp-*.<ext>) has no recording of that name either
+    stray += [e for e in _old_files(copies, before) if not (root / e.name.rsplit(".", 1)[0]).exists()]
+    removed = 0
+    for e in stray:
+        try:
+            os.unlink(e.path)
+            removed += 1
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("a stray file could not be removed: %s: %s", e.path, exc.strerror)
+    if removed:
+        log.info("retention: removed %d stray files a stopped process left: %s", removed,
+                 ", ".join(e.name for e in stray[:5]) + (" …" if len(stray) > 5 else ""))  # fmt: skip
+    return removed
+
+
 @app.task(name=RETENTION_TASK, ignore_result=True, soft_time_limit=600, time_limit=660)
 def retention() -> dict[str, int]:
-    return expire()
+    done = expire()
+    done["stray_files"] = sweep_strays()
+    return done

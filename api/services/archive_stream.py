@@ -339,6 +339,7 @@ _GZIP = b"\x1f\x8b"
 _EXTENDED_LIMIT = 1024 * 1024  # an extended header's data (a long name, pax records) followed at most
 # pax keywords of a global header that change no member's name, size or type
 _GLOBAL_HARMLESS = ("comment", "mtime", "atime", "ctime", "uid", "gid", "uname", "gname")
+_TAR_END = "the end of the archive"
 
 
 @dataclass(frozen=True)
@@ -417,7 +418,7 @@ class TarHeaders:
     def _header(self, block: bytes) -> TarEntry | None:
         offset = self.pos - _BLOCK
         if not any(block):
-            self._stop("the end of the archive" if offset else "not a tar")
+            self._stop(_TAR_END if offset else "not a tar")
             return None
         try:
             info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
@@ -519,6 +520,12 @@ class GzipTar:
     def stopped(self) -> str | None:
         return self._stopped or self.tar.stopped
 
+    @property
+    def complete(self) -> bool:
+        """The sidecar holds the whole tar, to its end block: every byte before it inflated and
+        written, so :mod:`tarfile` reads the same members from it as from the tar.gz."""
+        return self._stopped is None and self.tar.stopped == _TAR_END
+
     def feed(self, piece: bytes) -> list[TarEntry]:
         done: list[TarEntry] = []
         data = piece
@@ -556,10 +563,14 @@ class GzipTar:
             self._stopped = f"its sidecar could not be written ({exc.strerror})"
 
     def close(self) -> None:
-        """The sidecar closed and removed (the members read early are already stored)."""
+        """No more is written to the sidecar (it stays until :meth:`remove`)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def remove(self) -> None:
+        """The sidecar closed and removed (the members read early are already stored)."""
+        self.close()
         self.sidecar.unlink(missing_ok=True)
 
 
@@ -662,6 +673,8 @@ class EarlyArchive:
             return
         self.closed = True
         self._end()
+        if isinstance(self.headers, GzipTar):
+            self.headers.remove()
         self._discard("the upload did not complete")
 
     def finish(self, db: Session, stored: StoredAudio, options: BatchOptions) -> tuple[Batch, bool] | None:
@@ -672,6 +685,13 @@ class EarlyArchive:
         refused, the batch gone too)."""
         self.closed = True
         self._end()
+        try:
+            return self._finish(db, stored, options)
+        finally:
+            if isinstance(self.headers, GzipTar):
+                self.headers.remove()  # (a sidecar kept as the batch's archive has another name now)
+
+    def _finish(self, db: Session, stored: StoredAudio, options: BatchOptions) -> tuple[Batch, bool] | None:
         if self.batch_id is None:
             return None
         if self.lost:
@@ -681,8 +701,9 @@ class EarlyArchive:
         if self.failed is not None:
             self._discard(self.failed)
             return None
+        source = self.whole_archive(stored.path)
         try:
-            handle, entries = sources.list_archive(stored.path, self.settings)  # the whole archive's limits
+            handle, entries = sources.list_archive(source, self.settings, packed=stored.size)
             try:
                 why = self._confirmed(handle)
                 meta = (
@@ -698,7 +719,14 @@ class EarlyArchive:
         if why is not None:
             self._discard(why)
             return None
-        return self._hand_on(db, stored, entries, meta)
+        return self._hand_on(db, stored, source, entries, meta)
+
+    def whole_archive(self, upload: Path) -> Path:
+        """Where the finished archive is read: a tar.gz whose whole tar is in its sidecar is listed
+        from the sidecar, and the rest of its members read from there too, not inflated twice more
+        (0.4 s each for 84 MB on this machine); else the upload. Its limits stay the upload's."""
+        gz = self.headers if isinstance(self.headers, GzipTar) else None
+        return gz.sidecar if gz is not None and gz.complete else upload
 
     # -- the reader thread ----------------------------------------------------------------------
 
@@ -711,7 +739,7 @@ class EarlyArchive:
             self._thread.join()
             self._thread = None
         if isinstance(self.headers, GzipTar):
-            self.headers.close()
+            self.headers.close()  # removed by abort or finish
 
     def _run(self, path: Path) -> None:
         fd = os.open(path, os.O_RDONLY)
@@ -885,16 +913,22 @@ class EarlyArchive:
         return None
 
     def _hand_on(
-        self, db: Session, stored: StoredAudio, entries: list[sources.Entry], meta: dict[str, Any] | None
+        self,
+        db: Session,
+        stored: StoredAudio,
+        source: Path,
+        entries: list[sources.Entry],
+        meta: dict[str, Any] | None,
     ) -> tuple[Batch, bool]:
-        """The checked batch: its request hash set, the archive kept for the background reader's
-        code, which reads the entries not read early (``metadata.csv`` attached to the early jobs
-        first); in the request when few are left, else in the background."""
+        """The checked batch: its request hash set, the archive (``source``: the upload, or a
+        tar.gz's sidecar) kept for the background reader's code, which reads the entries not read
+        early (``metadata.csv`` attached to the early jobs first); in the request when few are
+        left, else in the background."""
         assert self.batch_id is not None and self.beat is not None
         settings = self.settings
         digest = batch_svc.request_digest("archive", self.options, stored.sha256)
         kept = stored.path.with_name(f"{self.batch_id}.archive")
-        stored.path.rename(kept)
+        source.rename(kept)
         options = {**batch_svc.batch_options(self.options), "archive": str(kept)}
         try:
             beat = intake.renew(db, self.batch_id, self.beat, [], 0, options=options, request_hash=digest)
@@ -903,11 +937,11 @@ class EarlyArchive:
             db.commit()
         except BaseException:
             db.rollback()
-            kept.rename(stored.path)  # the route removes it
+            kept.rename(source)  # removed by the route (the upload) or by finish (a sidecar)
             self._discard("handing it on failed")
             raise
         if beat is None:
-            kept.rename(stored.path)
+            kept.rename(source)
             return self._lost(db)
         done = {sources.clean_name(e.name) for e in self.read.entries}
         rest = [e for e in entries if e.kind == "file" and sources.clean_name(e.name) not in done]

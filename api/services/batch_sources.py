@@ -150,8 +150,10 @@ def _bomb_ratio(expanded: int, packed: int) -> bool:
     return expanded > 1024 * 1024 and expanded > MAX_RATIO * max(packed, 1)
 
 
-def open_archive(path: Path, settings: Settings) -> tuple[Any, list[Entry]]:
-    """``(the open archive, its entries)``; 415 ``unsupported_archive`` for anything else."""
+def open_archive(path: Path, settings: Settings, packed: int | None = None) -> tuple[Any, list[Entry]]:
+    """``(the open archive, its entries)``; 415 ``unsupported_archive`` for anything else.
+    ``packed``: the size its expansion is measured against (a tar.gz's, when its inflated tar is
+    read), else its own."""
     if zipfile.is_zipfile(path):
         try:
             zf = zipfile.ZipFile(path)
@@ -160,7 +162,7 @@ def open_archive(path: Path, settings: Settings) -> tuple[Any, list[Entry]]:
             raise ApiError(415, "unsupported_archive", f"the ZIP archive cannot be read: {exc}") from None
     try:
         tf = tarfile.open(path, "r:*")  # noqa: SIM115 (closed by extract)
-        return tf, _tar_entries(tf, settings, path.stat().st_size)
+        return tf, _tar_entries(tf, settings, path.stat().st_size if packed is None else packed)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise ApiError(
             415, "unsupported_archive", f"the upload is not a ZIP or tar(.gz) archive ({exc})"
@@ -414,11 +416,12 @@ def extracted(settings: Settings) -> Callable[[Entry, str], tuple[StoredAudio, b
     return place
 
 
-def list_archive(archive: Path, settings: Settings) -> tuple[Any, list[Entry]]:
-    """``(the open archive, its entries)``, the whole archive checked (bombs, oversize, paths)."""
-    handle, entries = open_archive(archive, settings)
+def list_archive(archive: Path, settings: Settings, packed: int | None = None) -> tuple[Any, list[Entry]]:
+    """``(the open archive, its entries)``, the whole archive checked (bombs, oversize, paths);
+    ``packed`` as for :func:`open_archive`."""
+    handle, entries = open_archive(archive, settings, packed)
     try:
-        check_entries(entries, archive.stat().st_size, settings)
+        check_entries(entries, archive.stat().st_size if packed is None else packed, settings)
     except BaseException:
         handle.close()
         raise

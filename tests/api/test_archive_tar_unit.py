@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import pytest
 
+from api.errors import ApiError
 from api.schemas import BatchOptions
 from api.services import batch_sources as sources
 from api.services.archive_stream import (
@@ -132,7 +133,35 @@ def test_a_tar_gz_is_inflated_into_its_sidecar_and_its_members_read_back(
     finally:
         os.close(fd)
     reader.close()
+    assert reader.complete  # to its end block: tarfile reads the same members from the sidecar
+    with tarfile.open(sidecar) as side, tarfile.open(fileobj=io.BytesIO(packed)) as whole:
+        assert [(m.name, m.offset, m.offset_data, m.size) for m in side.getmembers()] == [
+            (m.name, m.offset, m.offset_data, m.size) for m in whole.getmembers()
+        ]
+    reader.remove()
     assert not sidecar.exists()
+
+
+def test_a_sidecar_is_whole_only_when_its_tar_ended(tmp_path: Path) -> None:
+    """A tar.gz cut before its tar's end block, or one whose following stopped (a damaged header),
+    leaves a sidecar that is not the whole tar: the finished upload is read instead."""
+    raw = _tar(tarfile.GNU_FORMAT, [("a.wav", None, b"a" * 1000), ("b.wav", None, b"b" * 10)])
+    at = _second_header(raw)
+    cut = raw[: at + 1024]  # every member's data, no end block
+    damaged = raw[:at] + b"\xff" + raw[at + 1 :]
+    for data, stopped in ((raw, "the end of the archive"), (cut, None), (damaged, "a header that cannot")):
+        packed = gzip.compress(data)
+        reader = follower(packed, tmp_path / "upload.part")
+        assert isinstance(reader, GzipTar)
+        reader.feed(packed)
+        assert reader.stopped is None if stopped is None else (reader.stopped or "").startswith(stopped)
+        assert reader.complete == (data is raw)
+        early = EarlyArchive(cast(Any, None), BatchOptions(), None, Settings())
+        early.headers = reader
+        upload = tmp_path / "upload"
+        assert early.whole_archive(upload) == (reader.sidecar if data is raw else upload)
+        reader.remove()
+        assert not reader.sidecar.exists()
 
 
 def _patched(raw: bytes, at: int, **fields: bytes) -> bytes:
@@ -244,3 +273,15 @@ def test_a_sidecar_that_cannot_be_written_stops_following_and_reports_nothing_un
     assert reader.stopped == "its sidecar could not be written (No space left on device)"
     monkeypatch.undo()
     reader.close()
+
+
+def test_a_sidecar_listed_is_held_to_the_tar_gz_limits(tmp_path: Path) -> None:
+    """The inflated tar is listed against the size of the tar.gz that was uploaded (the ratio)."""
+    plain = tmp_path / "upload.part.tar"
+    plain.write_bytes(_tar(tarfile.GNU_FORMAT, [("a.wav", None, b"\0" * (3 << 20))]))
+    handle, entries = sources.list_archive(plain, Settings())
+    handle.close()
+    assert [e.name for e in entries] == ["a.wav"]
+    with pytest.raises(ApiError) as refused:
+        sources.list_archive(plain, Settings(), packed=len(gzip.compress(plain.read_bytes())))
+    assert refused.value.code == "archive_bomb"

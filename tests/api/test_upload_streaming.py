@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from api.errors import ApiError
+from api.uploads import FileSink
 from shared.db.models import Batch
 from shared.db.session import session_scope
 from tests.api.test_api import assert_error, auth
@@ -293,3 +295,16 @@ def test_a_synchronous_call_with_a_wrong_key_is_refused_before_its_body_is_read(
     assert response.status_code == 401
     assert _written(api.popen.pid) - before < 1024 * 1024  # not spooled (it was 9.6 MB)
     assert _audio_files(platform_env) == files
+
+
+def test_an_upload_whose_partial_file_was_swept_meanwhile_fails_clearly(tmp_path: Path) -> None:
+    """A body that stalled past ``TONE_STRAY_FILE_HOURS`` had its ``.part`` removed by the stray
+    sweep: its end is a 408 ``upload_stalled``, not a 500, and nothing is left."""
+    sink = FileSink(tmp_path / "a.wav", 1 << 20)
+    sink.write(b"RIFF")
+    sink.flush()
+    sink.part.unlink()  # what worker.retention.sweep_strays does to a .part untouched that long
+    with pytest.raises(ApiError) as stalled:
+        sink.finish()
+    assert (stalled.value.status, stalled.value.code) == (408, "upload_stalled")
+    assert list(tmp_path.iterdir()) == []

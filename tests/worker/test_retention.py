@@ -3,6 +3,8 @@ with its stored audio; what is recent, still running, or a customer's own file s
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -14,7 +16,7 @@ from shared.db.session import session_scope
 from shared.platform.keys import get_or_create_tenant
 from shared.platform.search import after_transcript_stored
 from shared.platform.settings import Settings
-from worker.retention import expire
+from worker.retention import expire, sweep_strays
 
 
 def test_retention_deletes_old_jobs_and_batches_and_old_audio_only(
@@ -90,3 +92,58 @@ def test_retention_deletes_old_jobs_and_batches_and_old_audio_only(
     assert files["recent"].exists() and files["running"].exists()
     assert files["folder"].exists()  # the customer's own recording is never removed
     assert expire(settings)["audio"] == 0  # nothing left to do
+
+
+def test_the_stray_files_a_dead_process_left_are_removed_and_nothing_else(
+    servers: dict[str, str], tmp_path: Path
+) -> None:
+    """What an API killed mid-request leaves (a ``.part``, a tar.gz's sidecar, a received archive
+    never handed on, a kept archive no batch reads, a playback copy of a removed recording) goes
+    once untouched for ``TONE_STRAY_FILE_HOURS``; recordings, a batch's kept archive, recent
+    partial files and another folder's files stay."""
+    db = servers["DATABASE_URL"]
+    settings = Settings(database_url=db, data_dir=tmp_path / "data", stray_file_hours=2)  # type: ignore[call-arg]
+    audio = settings.audio_path
+    (audio / "batches").mkdir(parents=True)
+    (audio / ".playback").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    day_ago = time.time() - 86400
+
+    def made(relative: str, old: bool = True, root: Path = audio) -> Path:
+        path = root / relative
+        path.write_bytes(b"x")
+        if old:
+            os.utime(path, (day_ago, day_ago))
+        return path
+
+    with session_scope(db) as s:
+        tenant = get_or_create_tenant(s, f"strays-{uuid.uuid4().hex[:6]}")
+        batch = Batch(
+            tenant_id=tenant.id, source="archive", status="preparing", items=0, skipped=[], options={}
+        )
+        s.add(batch)
+        s.flush()
+        read = made(f"batches/{batch.id}.archive")
+        batch.options = {"archive": str(read)}
+    gone = [
+        made(f"{uuid.uuid4()}.wav.part"),  # a job's upload
+        made(f"batches/{uuid.uuid4()}.upload.part"),  # an archive's upload
+        made(f"batches/{uuid.uuid4()}.upload.part.tar"),  # its sidecar
+        made(f"batches/{uuid.uuid4()}.upload"),  # received, never handed on
+        made(f"batches/{uuid.uuid4()}.archive"),  # kept, its batch gone
+        made(".playback/removed.wav.mp3"),  # a copy whose recording is gone
+        made(".playback/.tmp-abc.mp3"),  # a copy being made when its process died
+    ]
+    stay = [
+        read,
+        made("recording.wav"),  # a recording (old, no job here: never touched by this sweep)
+        made(".playback/recording.wav.mp3"),  # its copy
+        made(f"{uuid.uuid4()}.wav.part", old=False),  # an upload going on now
+        made(f"batches/{uuid.uuid4()}.upload.part.tar", old=False),
+        made("x.part", root=tmp_path / "elsewhere"),  # not the audio directory
+    ]
+    removed = sweep_strays(settings)
+    assert [p.name for p in gone if p.exists()] == []
+    assert [p.name for p in stay if not p.exists()] == []
+    assert removed == len(gone)
+    assert sweep_strays(settings) == 0  # nothing more: a second run finds none
