@@ -58,7 +58,11 @@ _SUBMIT_BODY = {
                     "type": "object",
                     "required": ["file"],
                     "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "ZIP or tar(.gz)"},
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "ZIP or tar (.gz, .bz2, .xz)",
+                        },
                         "name": {"type": "string"},
                         "webhook_url": {"type": "string"},
                         "channels": {"type": "string", "enum": ["mix", "split"], "default": "split"},
@@ -205,7 +209,7 @@ async def submit_batch(
     if content_type.startswith("multipart/form-data"):
         # the archive goes straight to the audio directory as it arrives (not spooled, then copied)
         archive = settings.audio_path / "batches" / f"{uuid.uuid4()}.upload"
-        early: list[EarlyArchive] = []  # a ZIP or tar(.gz) read while it uploads
+        early: list[EarlyArchive] = []  # a ZIP or tar (.gz, .bz2, .xz) read while it uploads
 
         def start_early(fields: list[tuple[str, str]]) -> EarlyArchive | None:
             try:

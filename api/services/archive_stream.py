@@ -1,5 +1,5 @@
-"""A ZIP or tar(.gz) batch read while it uploads: its first calls are transcribed before its last
-bytes arrive.
+"""A ZIP or tar (plain, .gz, .bz2, .xz) batch read while it uploads: its first calls are
+transcribed before its last bytes arrive.
 
 A ZIP's directory is at its end, so a batch made from the finished upload starts no job before the
 whole archive is in (a call center's archive of a few GB over a 1 Gbit/s link: half a minute). But
@@ -9,9 +9,11 @@ follows the bytes as they come knows where each entry ends. :class:`LocalHeaders
 and give no entry offsets, which the check against the central directory below needs; the bytes
 themselves are inflated by :mod:`zlib`). A tar is a header before each member and nothing else:
 :class:`TarHeaders` follows it (each header block parsed by ``tarfile.TarInfo.frombuf``, its
-checksum checked; GNU long names and pax headers read as :mod:`tarfile` reads them), and a tar.gz
-is inflated as it arrives into a *sidecar* beside the upload (:class:`GzipTar`), from which its
-members are read, removed when the request ends. The archive's first bytes choose (:func:`follower`).
+checksum checked; GNU long names and pax headers read as :mod:`tarfile` reads them), and a tar.gz,
+tar.bz2 or tar.xz is decompressed as it arrives into a *sidecar* beside the upload
+(:class:`PackedTar`), from which its members are read; at the end a sidecar that holds the whole tar
+is the archive read and kept (not decompressed again), else it is removed when the request ends.
+The archive's first bytes choose (:func:`follower`).
 
 :class:`EarlyArchive` is fed every piece of the file part after it is written to disk
 (``receive_form``'s tap). Once the first entry is complete it creates the batch (status
@@ -31,23 +33,25 @@ would) and the request goes on exactly as without early reading, so its answer (
 refusal with nothing created) is the one it always was: a local header the directory does not
 confirm, an entry that fails its CRC, an entry or limit that would refuse the archive, a form field
 after the file part, an ``Idempotency-Key`` already in use. Early reading never starts for a body
-whose file part fits one piece (1 MiB: nothing to overlap) or another format (a tar.bz2, a tar.xz),
-and stops at an encrypted entry, a method other than stored and deflate, or a *stored* entry whose
-sizes follow its data (bit 3: the end of its data can't be known); in a tar, at a damaged header, a
-sparse member or a global header that renames; in a tar.gz, past ``MAX_RATIO`` times its
-compressed bytes. A *deflated* entry whose sizes follow its data (a ZIP written to a pipe, as by
-Java's ``ZipOutputStream`` or macOS's Archive Utility) is inflated as it arrives to find its end,
-and its data descriptor must then match what was inflated (an entry expanding more than
-``MAX_RATIO`` times is not followed). Nor does it start with ``item_webhooks`` (an early job's
-event would go out before its metadata). A client gone midway, or a body refused (too large,
-malformed), deletes the batch. An API process that dies mid-upload leaves a ``receiving`` batch
-whose beat goes stale: the sweep deletes it (its client never got an answer).
+whose file part fits one piece (1 MiB: nothing to overlap) or another format (a 7z, a RAR: refused
+at the end), and stops at an encrypted entry, a method other than stored and deflate, or a *stored*
+entry whose sizes follow its data (bit 3: the end of its data can't be known); in a tar, at a
+damaged header, a sparse member or a global header that renames; in a compressed tar, past
+``MAX_RATIO`` times its compressed bytes. A *deflated* entry whose sizes follow its data (a ZIP
+written to a pipe, as by Java's ``ZipOutputStream`` or macOS's Archive Utility) is inflated as it
+arrives to find its end, and its data descriptor must then match what was inflated (an entry
+expanding more than ``MAX_RATIO`` times is not followed). Nor does it start with ``item_webhooks``
+(an early job's event would go out before its metadata). A client gone midway, or a body refused
+(too large, malformed), deletes the batch. An API process that dies mid-upload leaves a
+``receiving`` batch whose beat goes stale: the sweep deletes it (its client never got an answer).
 """
 
 from __future__ import annotations
 
+import bz2
 import io
 import logging
+import lzma
 import os
 import queue
 import stat
@@ -61,7 +65,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, Protocol, cast
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -335,7 +339,6 @@ class _EntryReader(io.RawIOBase):
 
 _BLOCK = tarfile.BLOCKSIZE
 _EXTENDED = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE)
-_GZIP = b"\x1f\x8b"
 _EXTENDED_LIMIT = 1024 * 1024  # an extended header's data (a long name, pax records) followed at most
 # pax keywords of a global header that change no member's name, size or type
 _GLOBAL_HARMLESS = ("comment", "mtime", "atime", "ctime", "uid", "gid", "uname", "gname")
@@ -502,17 +505,65 @@ def _pax_records(data: bytes) -> dict[str, str] | None:
     return out
 
 
-class GzipTar:
-    """A tar.gz followed as it arrives: its gzip members inflated (in bounded pieces) into
-    ``sidecar``, a file beside the upload from which the members are read, and the tar within
-    followed by :class:`TarHeaders`. Stops following past ``MAX_RATIO`` times the compressed bytes
-    (a bomb is read after the upload, and refused there)."""
+class _Gunzip:
+    """:mod:`zlib`'s gzip decompressor with the interface of :mod:`bz2`'s and :mod:`lzma`'s
+    (``decompress(data, max_length)`` keeping what it did not consume, ``eof``, ``unused_data``)."""
 
-    def __init__(self, sidecar: Path) -> None:
+    def __init__(self) -> None:
+        self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._tail = b""
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        out = self._z.decompress(self._tail + data, max_length)
+        self._tail = self._z.unconsumed_tail
+        return out
+
+    @property
+    def eof(self) -> bool:
+        return self._z.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._z.unused_data
+
+
+class _Decompressor(Protocol):
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes, max_length: int) -> bytes: ...
+
+
+# a compressed tar's first bytes -> its decompressor (one per stream: gzip, bzip2 and xz files may
+# hold several streams one after another, e.g. pigz's, pbzip2's and xz -T's, read as their tools do)
+PACKED: dict[bytes, Callable[[], _Decompressor]] = {
+    b"\x1f\x8b": _Gunzip,
+    b"BZh": bz2.BZ2Decompressor,
+    b"\xfd7zXZ\x00": lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ),
+}
+_DECOMPRESS_ERRORS = (zlib.error, OSError, EOFError, lzma.LZMAError)
+
+
+def packed_kind(first: bytes) -> bytes | None:
+    """The magic of the compressed format ``first`` starts with (a key of :data:`PACKED`), or None."""
+    return next((magic for magic in PACKED if first.startswith(magic)), None)
+
+
+class PackedTar:
+    """A tar.gz, tar.bz2 or tar.xz followed as it arrives: its streams decompressed (in bounded
+    pieces) into ``sidecar``, a file beside the upload from which the members are read, and the
+    tar within followed by :class:`TarHeaders`. Stops following past ``MAX_RATIO`` times the
+    compressed bytes received (a bomb is read after the upload, and refused there)."""
+
+    def __init__(self, sidecar: Path, magic: bytes) -> None:
         self.tar = TarHeaders()
         self.sidecar = sidecar
+        self.magic = magic
         self._fd: int | None = os.open(sidecar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._stream = PACKED[magic]()
         self.packed = self.expanded = 0
         self._stopped: str | None = None
 
@@ -520,30 +571,22 @@ class GzipTar:
     def stopped(self) -> str | None:
         return self._stopped or self.tar.stopped
 
-    @property
-    def complete(self) -> bool:
-        """The sidecar holds the whole tar, to its end block: every byte before it inflated and
-        written, so :mod:`tarfile` reads the same members from it as from the tar.gz."""
-        return self._stopped is None and self.tar.stopped == _TAR_END
-
     def feed(self, piece: bytes) -> list[TarEntry]:
         done: list[TarEntry] = []
+        self.packed += len(piece)
         data = piece
-        while data and self.stopped is None:
+        while self.stopped is None:
             try:
-                out = self._inflate.decompress(data, PIECE)
-            except zlib.error as exc:
-                self._stopped = f"a gzip stream that cannot be read ({exc})"
+                out = self._stream.decompress(data, PIECE)
+            except _DECOMPRESS_ERRORS as exc:
+                self._stopped = f"a compressed stream that cannot be read ({exc})"
                 break
-            if self._inflate.eof:  # a gzip member ended: another may follow (as gzip reads them)
-                rest = self._inflate.unused_data
-                self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                if rest and not _GZIP.startswith(rest[:2]):
-                    self._stopped = "data after the gzip stream"
-            else:
-                rest = self._inflate.unconsumed_tail
-            used, data = len(data) - len(rest), rest
-            self.packed += used
+            data = b""
+            if self._stream.eof:  # a stream ended: another may follow (as gzip, bzip2 and xz read them)
+                data = self._stream.unused_data
+                self._stream = PACKED[self.magic]()
+                if data and not self.magic.startswith(data[: len(self.magic)]):
+                    self._stopped = "data after the compressed stream"
             self.expanded += len(out)
             if self.expanded > 1024 * 1024 and self.expanded > sources.MAX_RATIO * self.packed:
                 self._stopped = "a stream that expands too much to follow"
@@ -552,7 +595,15 @@ class GzipTar:
             if self._stopped is not None:  # not written: nothing of it is reported
                 break
             done += self.tar.feed(out)
+            if not out and not data:  # all it was given is used (or held until the next piece)
+                break
         return done
+
+    @property
+    def complete(self) -> bool:
+        """The sidecar holds the whole tar, to its end block: every byte before it inflated and
+        written, so :mod:`tarfile` reads the same members from it as from the tar.gz."""
+        return self._stopped is None and self.tar.stopped == _TAR_END
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -596,16 +647,17 @@ class _SpanReader(io.RawIOBase):
 
 
 Early = LocalEntry | TarEntry  # an entry complete in the upload
-Follower = LocalHeaders | TarHeaders | GzipTar
+Follower = LocalHeaders | TarHeaders | PackedTar
 
 
 def follower(first: bytes, part: Path) -> Follower:
     """What follows an archive whose first piece is ``first`` (uploading to ``part``): a ZIP's
-    local headers, a tar's headers, a tar.gz's (inflated into a sidecar beside ``part``); anything
-    else is a ZIP reader that stops at once ("not a ZIP")."""
-    if first[:2] == _GZIP:
+    local headers, a tar's headers, a tar.gz's, tar.bz2's or tar.xz's (decompressed into a sidecar
+    beside ``part``); anything else is a ZIP reader that stops at once ("not a ZIP")."""
+    magic = packed_kind(first)
+    if magic is not None:
         try:
-            return GzipTar(part.with_name(part.name + ".tar"))
+            return PackedTar(part.with_name(part.name + ".tar"), magic)
         except OSError:  # no sidecar (a full disk, a read-only directory): read at the end
             return LocalHeaders()
     if first[257:262] == b"ustar":
@@ -630,9 +682,9 @@ class _Read:
 
 
 class EarlyArchive:
-    """The batch of a ZIP or tar(.gz) being uploaded, its complete entries read as they arrive (see
-    the module). ``written`` runs in the request's threadpool after each piece is on disk; ``finish`` or
-    ``abort`` ends it."""
+    """The batch of a ZIP or tar (.gz, .bz2, .xz) being uploaded, its complete entries read as they
+    arrive (see the module). ``written`` runs in the request's threadpool after each piece is on
+    disk; ``finish`` or ``abort`` ends it."""
 
     def __init__(self, caller: Caller, options: BatchOptions, key: str | None, settings: Settings) -> None:
         self.caller, self.options, self.key, self.settings = caller, options, key, settings
@@ -660,7 +712,7 @@ class EarlyArchive:
             return
         sink.flush()  # the reader reads the entry from the file
         if self._thread is None:
-            source = self.headers.sidecar if isinstance(self.headers, GzipTar) else sink.part
+            source = self.headers.sidecar if isinstance(self.headers, PackedTar) else sink.part
             self._thread = threading.Thread(target=self._run, args=(source,), name="batch-early", daemon=True)
             self._thread.start()
         for entry in entries:
@@ -673,7 +725,7 @@ class EarlyArchive:
             return
         self.closed = True
         self._end()
-        if isinstance(self.headers, GzipTar):
+        if isinstance(self.headers, PackedTar):
             self.headers.remove()
         self._discard("the upload did not complete")
 
@@ -688,7 +740,7 @@ class EarlyArchive:
         try:
             return self._finish(db, stored, options)
         finally:
-            if isinstance(self.headers, GzipTar):
+            if isinstance(self.headers, PackedTar):
                 self.headers.remove()  # (a sidecar kept as the batch's archive has another name now)
 
     def _finish(self, db: Session, stored: StoredAudio, options: BatchOptions) -> tuple[Batch, bool] | None:
@@ -725,7 +777,7 @@ class EarlyArchive:
         """Where the finished archive is read: a tar.gz whose whole tar is in its sidecar is listed
         from the sidecar, and the rest of its members read from there too, not inflated twice more
         (0.4 s each for 84 MB on this machine); else the upload. Its limits stay the upload's."""
-        gz = self.headers if isinstance(self.headers, GzipTar) else None
+        gz = self.headers if isinstance(self.headers, PackedTar) else None
         return gz.sidecar if gz is not None and gz.complete else upload
 
     # -- the reader thread ----------------------------------------------------------------------
@@ -738,7 +790,7 @@ class EarlyArchive:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
-        if isinstance(self.headers, GzipTar):
+        if isinstance(self.headers, PackedTar):
             self.headers.close()  # removed by abort or finish
 
     def _run(self, path: Path) -> None:

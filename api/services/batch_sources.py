@@ -165,7 +165,7 @@ def open_archive(path: Path, settings: Settings, packed: int | None = None) -> t
         return tf, _tar_entries(tf, settings, path.stat().st_size if packed is None else packed)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise ApiError(
-            415, "unsupported_archive", f"the upload is not a ZIP or tar(.gz) archive ({exc})"
+            415, "unsupported_archive", f"the upload is not a ZIP or tar (.gz, .bz2, .xz) archive ({exc})"
         ) from None
 
 

@@ -38,7 +38,7 @@ from shared.platform.statuses import FINAL_STATUSES
 STATE_NAME = ".tone-batch.json"
 TMP_PREFIX = ".tone-batch-"
 METADATA_CSV = "metadata.csv"
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 # skipped entries that are not a recording's failure (the server lists them, nothing was lost)
 HARMLESS_SKIPS = ("not_audio", "duplicate_name", "link", "device")
 PIECE = 1024 * 1024
@@ -518,7 +518,9 @@ def _inputs(run: Run) -> list[tuple[str, Path]] | None:
     if is_archive(run.source):
         return None
     if run.source.is_file():
-        raise BatchError(f"{run.args.source} is neither a directory nor a .zip/.tar/.tar.gz/.tgz archive")
+        raise BatchError(
+            f"{run.args.source} is neither a directory nor a .zip/.tar/.tar.gz/.tar.bz2/.tar.xz archive"
+        )
     raise BatchError(f"{run.args.source} does not exist")
 
 
@@ -752,7 +754,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "batch",
         help="transcribe a directory or archive of recordings through a server, resumably",
-        description="Upload a directory (packed as a ZIP) or a .zip/.tar/.tar.gz archive as one batch, "
+        description="Upload a directory (packed as a ZIP) or a .zip/.tar/.tar.gz/.tar.bz2/.tar.xz archive "
+        "as one batch, "
         "follow it, and write one transcript file per recording and format into OUT. Interrupted, "
         "the same command resumes the same batch (OUT/.tone-batch.json). Exit: 0 all transcribed, "
         "1 some failed, 2 usage or server error, 130 interrupted.",

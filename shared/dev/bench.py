@@ -838,7 +838,7 @@ def _p95(values: list[float]) -> float:
 
 
 STREAM_STARTS = ("together", "spread")
-BATCH_SOURCES = ("archive", "folder", "tar.gz")
+BATCH_SOURCES = ("archive", "folder", "tar.gz", "tar.xz")
 
 
 def comma_choices(option: str, given: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -1137,15 +1137,18 @@ def _batch_recordings(
 
 
 def batch_archive(dest: Path, recordings: int, seconds: float, seed: int = 0, channels: int = 1) -> float:
-    """A ZIP of the bench's recordings (:func:`_batch_recordings`), or a tar.gz when ``dest`` is
-    named ``*.tar.gz`` (as a Linux call recorder's export is); returns the audio seconds in it, per
-    channel (a stereo call is two streams to the engine: the batch's default ``channels=split``)."""
+    """A ZIP of the bench's recordings (:func:`_batch_recordings`), or a tar.gz or tar.xz when
+    ``dest`` is named so (as a Linux call recorder's export is); returns the audio seconds in it,
+    per channel (a stereo call is two streams to the engine: the batch's default ``channels=split``)."""
     import io
     import tarfile
     import zipfile
 
-    if dest.name.endswith(".tar.gz"):
-        with tarfile.open(dest, "w:gz", compresslevel=1) as tf:
+    packed = {".tar.gz": ("w:gz", {"compresslevel": 1}), ".tar.xz": ("w:xz", {"preset": 1})}
+    suffix = next((s for s in packed if dest.name.endswith(s)), None)
+    if suffix is not None:
+        mode, level = packed[suffix]
+        with tarfile.open(dest, mode, **level) as tf:  # type: ignore[call-overload]
             for name, data in _batch_recordings(recordings, seconds, seed, channels):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
@@ -1309,7 +1312,7 @@ def run_batch_bench(
                 audio = batch_folder(root, recordings, seconds, channels=channels)
                 run = batch_run(url, key, root / "calls", audio, directory="calls")
             else:
-                archive = root / ("bench-batch.tar.gz" if source == "tar.gz" else "bench-batch.zip")
+                archive = root / ("bench-batch." + (source if source.startswith("tar") else "zip"))
                 audio = batch_archive(archive, recordings, seconds, channels=channels)
                 run = batch_run(url, key, archive, audio)
         if on_files is not None:
@@ -1317,7 +1320,7 @@ def run_batch_bench(
                 batch_folder(root, recordings, seconds, channels=channels)
             same = audio / on_files(sorted((root / "calls").glob("*.wav")), batch * channels)
     best_b, best_rate = engine_best
-    how = {"archive": "one archive", "tar.gz": "one tar.gz", "folder": "one server folder"}[source]
+    how = {"archive": "one archive", "folder": "one server folder"}.get(source, f"one {source}")
     print(
         f"\nbatch: {how} of {run.recordings} {'stereo ' if channels == 2 else ''}recordings "
         f"of {seconds:.0f} s "

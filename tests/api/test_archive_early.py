@@ -1,10 +1,11 @@
-"""A ZIP or tar(.gz) batch read while it uploads (``api.services.archive_stream``), against the real stack: a
-job of the batch is transcribed before the client has sent the archive's last bytes, and the batch
-that results is the one the finished upload would have made (names, the dedupe, skips,
-``metadata.csv`` at the archive's end attached to the early jobs too, transcripts); a form field
-after the file, a local header the central directory contradicts, an archive refused by an entry
-after the early ones, and a client gone midway each leave exactly what the request without early
-reading leaves (one batch with the late options; a refusal with nothing created)."""
+"""A ZIP or tar (.gz, .bz2, .xz) batch read while it uploads (``api.services.archive_stream``),
+against the real stack: a job of the batch is transcribed before the client has sent the archive's
+last bytes, and the batch that results is the one the finished upload would have made (names, the
+dedupe, skips, ``metadata.csv`` at the archive's end attached to the early jobs too, transcripts); a
+form field after the file, a local header the central directory contradicts, an archive refused by
+an entry after the early ones, and a client gone midway each leave exactly what the request without
+early reading leaves (one batch with the late options; a refusal with nothing created).
+"""
 
 from __future__ import annotations
 
@@ -102,10 +103,11 @@ def _post(
     return httpx.post(f"{url}/v1/batches", headers=sent, content=pieces(), timeout=60)
 
 
-def _tar(members: list[tuple[str, bytes, int]], gz: bool) -> bytes:
-    """The members as a pax tar (GNU tar's and Python's default), gzipped with ``gz``."""
+def _tar(members: list[tuple[str, bytes, int]], kind: str) -> bytes:
+    """The members as a pax tar (GNU tar's and Python's default), compressed as ``kind`` says."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w", format=tarfile.PAX_FORMAT) as tf:
+    mode = "w" + kind.removeprefix("tar").replace(".", ":")  # tar.gz -> w:gz
+    with tarfile.open(fileobj=buf, mode=mode, format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
         for name, data, _ in members:
             info = tarfile.TarInfo(name)
             info.type = tarfile.DIRTYPE if name.endswith("/") else tarfile.REGTYPE
@@ -119,7 +121,7 @@ def _archive(
     last: list[tuple[str, bytes, int]] | None = None,
     kind: str = "zip",
 ) -> bytes:
-    """``kind``: zip, piped (a ZIP written as to a pipe), tar or tar.gz."""
+    """``kind``: zip, piped (a ZIP written as to a pipe), tar, tar.gz, tar.bz2 or tar.xz."""
     a, b, c = (audio[n].read_bytes() for n in ("a.wav", "b.wav", "c.wav"))
     metadata = "path,agent\ncalls/a.wav,Иван\ncalls/b.wav,Ольга\ncalls/c.wav,Пётр\n".encode()
     members = [
@@ -132,8 +134,8 @@ def _archive(
         *(last or []),
         ("metadata.csv", metadata, zipfile.ZIP_DEFLATED),
     ]
-    if kind in ("tar", "tar.gz"):
-        return _tar(members, gz=kind == "tar.gz")
+    if kind.startswith("tar"):
+        return _tar(members, kind)
     return _zip(members, kind == "piped")
 
 
@@ -159,7 +161,7 @@ def _results(url: str, key: str, batch_id: str) -> dict[str, dict[str, Any]]:
     return {r["name"]: r for r in map(json.loads, lines.splitlines())}
 
 
-@pytest.mark.parametrize("kind", ["zip", "piped", "tar", "tar.gz"])
+@pytest.mark.parametrize("kind", ["zip", "piped", "tar", "tar.gz", "tar.bz2", "tar.xz"])
 def test_jobs_are_transcribed_while_the_archive_uploads_and_the_batch_is_the_finished_uploads(
     up: _Upload,
     audio: dict[str, Path],  # noqa: F811
@@ -167,7 +169,8 @@ def test_jobs_are_transcribed_while_the_archive_uploads_and_the_batch_is_the_fin
     kind: str,
 ) -> None:
     """A ZIP, one written as to a pipe (sizes after each entry's data: followed through its
-    deflate streams), a tar and a tar.gz (inflated into a sidecar as it arrives)."""
+    deflate streams), a tar, and a tar.gz, tar.bz2 and tar.xz (decompressed into a sidecar as it
+    arrives, which, holding the whole tar at the end, becomes the archive the rest is read from)."""
     key, tenant, servers = up.key, up.tenant, up.servers
     body = _form(_archive(audio, kind=kind), {"name": "May calls", "priority": "3"})
     got = _post(up.url, key, body, 200_000, lambda: _jobs_of(servers, tenant, "completed") > 0)
@@ -197,6 +200,7 @@ def test_jobs_are_transcribed_while_the_archive_uploads_and_the_batch_is_the_fin
         assert "receiving" not in batch.options and batch.options["priority"] == 3
         assert batch.request_hash  # an Idempotency-Key replay compares it
     assert not _sidecars(servers)
+    assert not (_received(servers) / f"{view['id']}.archive").exists()  # read, then removed
 
 
 def test_a_field_after_the_file_makes_the_batch_the_late_options_say(
@@ -256,8 +260,14 @@ def test_an_archive_refused_at_its_end_leaves_nothing(
 
 
 def _sidecars(servers: dict[str, str]) -> list[Path]:
-    """A tar.gz's inflated copies left in the API's upload directory (none once a request ended)."""
-    return list((Path(servers["root"]) / "data" / "audio" / "batches").glob("*.part.tar"))
+    """A compressed tar's decompressed copies left in the API's upload directory (none once a
+    request ended)."""
+    return list(_received(servers).glob("*.part.tar"))
+
+
+def _received(servers: dict[str, str]) -> Path:
+    """Where the API receives archives and keeps those its batches read (``<batch id>.archive``)."""
+    return Path(servers["root"]) / "data" / "audio" / "batches"
 
 
 @pytest.mark.parametrize("kind", ["zip", "tar.gz"])

@@ -6,8 +6,10 @@ member, a global header that renames, a bomb)."""
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
+import lzma
 import os
 import random
 import tarfile
@@ -22,8 +24,8 @@ from api.schemas import BatchOptions
 from api.services import batch_sources as sources
 from api.services.archive_stream import (
     EarlyArchive,
-    GzipTar,
     LocalHeaders,
+    PackedTar,
     TarEntry,
     TarHeaders,
     _Read,
@@ -32,6 +34,12 @@ from api.services.archive_stream import (
 from shared.platform.settings import Settings
 
 PIECES = [1, 7, 100, 511, 512, 513, 4096, 65536, 1 << 20]
+# the compressed tars followed as they arrive: how each is written, and its first bytes
+PACKERS = {
+    "tar.gz": (lambda raw: gzip.compress(raw, 1), b"\x1f\x8b"),
+    "tar.bz2": (bz2.compress, b"BZh"),
+    "tar.xz": (lambda raw: lzma.compress(raw, lzma.FORMAT_XZ), b"\xfd7zXZ\x00"),
+}
 
 
 def _tar(fmt: int, members: list[tuple[str, bytes | str | None, bytes]], **kw: object) -> bytes:
@@ -81,7 +89,7 @@ def _got(found: list[TarEntry]) -> list[tuple[int, str, str, int, int]]:
     return [(e.offset, e.name, e.kind, e.size, e.data_offset) for e in found]
 
 
-def _feed(reader: TarHeaders | GzipTar, raw: bytes, rng: random.Random) -> tuple[list[TarEntry], list[int]]:
+def _feed(reader: TarHeaders | PackedTar, raw: bytes, rng: random.Random) -> tuple[list[TarEntry], list[int]]:
     """Fed in random pieces; each member with how many bytes had arrived when it was reported."""
     found: list[TarEntry] = []
     seen_at: list[int] = []
@@ -108,17 +116,19 @@ def test_members_equal_what_tarfile_reads_in_pieces_of_any_size(fmt: int, seed: 
         assert e.data_offset + (e.size if e.kind == "file" else 0) <= at  # reported once its data is in
 
 
-@pytest.mark.parametrize("members", [1, 3], ids=["one gzip member", "three gzip members"])
+@pytest.mark.parametrize("packer", PACKERS)
+@pytest.mark.parametrize("members", [1, 3], ids=["one stream", "three streams"])
 @pytest.mark.parametrize("seed", range(2))
-def test_a_tar_gz_is_inflated_into_its_sidecar_and_its_members_read_back(
-    tmp_path: Path, members: int, seed: int
+def test_a_compressed_tar_is_decompressed_into_its_sidecar_and_its_members_read_back(
+    tmp_path: Path, packer: str, members: int, seed: int
 ) -> None:
     raw = _tar(tarfile.PAX_FORMAT, MEMBERS)
     cuts = sorted(random.Random(seed).sample(range(1, len(raw)), members - 1))
-    packed = b"".join(gzip.compress(raw[a:b]) for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True))
+    pack = PACKERS[packer][0]
+    packed = b"".join(pack(raw[a:b]) for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True))
     sidecar = tmp_path / "upload.part.tar"
     reader = follower(packed[: 1 << 20], tmp_path / "upload.part")
-    assert isinstance(reader, GzipTar) and reader.sidecar == sidecar
+    assert isinstance(reader, PackedTar) and reader.sidecar == sidecar
     found, _ = _feed(reader, packed, random.Random(seed))
     assert _got(found) == _expected(raw)
     assert sidecar.read_bytes()[: len(raw)] == raw
@@ -142,7 +152,8 @@ def test_a_tar_gz_is_inflated_into_its_sidecar_and_its_members_read_back(
     assert not sidecar.exists()
 
 
-def test_a_sidecar_is_whole_only_when_its_tar_ended(tmp_path: Path) -> None:
+@pytest.mark.parametrize("packer", PACKERS)
+def test_a_sidecar_is_whole_only_when_its_tar_ended(tmp_path: Path, packer: str) -> None:
     """A tar.gz cut before its tar's end block, or one whose following stopped (a damaged header),
     leaves a sidecar that is not the whole tar: the finished upload is read instead."""
     raw = _tar(tarfile.GNU_FORMAT, [("a.wav", None, b"a" * 1000), ("b.wav", None, b"b" * 10)])
@@ -150,9 +161,9 @@ def test_a_sidecar_is_whole_only_when_its_tar_ended(tmp_path: Path) -> None:
     cut = raw[: at + 1024]  # every member's data, no end block
     damaged = raw[:at] + b"\xff" + raw[at + 1 :]
     for data, stopped in ((raw, "the end of the archive"), (cut, None), (damaged, "a header that cannot")):
-        packed = gzip.compress(data)
+        packed = PACKERS[packer][0](data)
         reader = follower(packed, tmp_path / "upload.part")
-        assert isinstance(reader, GzipTar)
+        assert isinstance(reader, PackedTar)
         reader.feed(packed)
         assert reader.stopped is None if stopped is None else (reader.stopped or "").startswith(stopped)
         assert reader.complete == (data is raw)
@@ -204,10 +215,12 @@ def test_a_global_header_is_followed_only_when_it_changes_no_member() -> None:
     assert reader.stopped == "a global pax header that changes its members"
 
 
-def test_a_gzip_bomb_is_not_followed_past_the_ratio(tmp_path: Path) -> None:
+@pytest.mark.parametrize("packer", PACKERS)
+def test_a_bomb_is_not_followed_past_the_ratio(tmp_path: Path, packer: str) -> None:
     raw = _tar(tarfile.GNU_FORMAT, [("zeros.wav", None, b"\0" * 60_000_000)])
-    packed = gzip.compress(raw)
-    reader = GzipTar(tmp_path / "bomb.tar")
+    pack, magic = PACKERS[packer]
+    packed = pack(raw)
+    reader = PackedTar(tmp_path / "bomb.tar", magic)
     _feed(reader, packed, random.Random(0))
     assert reader.stopped == "a stream that expands too much to follow"
     # what reached the disk: at most the ratio's worth (the piece that crossed it is not written)
@@ -218,17 +231,19 @@ def test_a_gzip_bomb_is_not_followed_past_the_ratio(tmp_path: Path) -> None:
 def test_the_first_bytes_choose_the_follower(tmp_path: Path) -> None:
     plain = _tar(tarfile.GNU_FORMAT, [("a.wav", None, b"a")])
     assert isinstance(follower(plain, tmp_path / "x.part"), TarHeaders)
-    chosen = follower(gzip.compress(plain), tmp_path / "y.part")
-    assert isinstance(chosen, GzipTar)
-    chosen.close()
+    for i, (pack, magic) in enumerate(PACKERS.values()):
+        chosen = follower(pack(plain), tmp_path / f"{i}.part")
+        assert isinstance(chosen, PackedTar) and chosen.magic == magic
+        assert [e.name for e in chosen.feed(pack(plain))] == ["a.wav"]
+        chosen.remove()
+        garbage = PackedTar(tmp_path / f"{i}.tar", magic)
+        assert garbage.feed(magic + os.urandom(5000)) == []
+        assert (garbage.stopped or "").startswith("a compressed stream that cannot be read")
+        garbage.remove()
     assert isinstance(follower(b"PK\x03\x04" + b"\0" * 600, tmp_path / "z.part"), LocalHeaders)
-    other = follower(b"BZh91AY&SY" + b"\0" * 600, tmp_path / "w.part")  # a tar.bz2: read at the end
-    assert isinstance(other, LocalHeaders) and other.feed(b"BZh91AY&SY" + b"\0" * 600) == []
+    other = follower(b"7z\xbc\xaf\x27\x1c" + b"\0" * 600, tmp_path / "w.part")  # a 7z: refused at the end
+    assert isinstance(other, LocalHeaders) and other.feed(b"7z\xbc\xaf\x27\x1c" + b"\0" * 600) == []
     assert other.stopped == "not a ZIP"
-    garbage = GzipTar(tmp_path / "v.tar")
-    assert garbage.feed(b"\x1f\x8b" + os.urandom(5000)) == []
-    assert garbage.stopped is not None and garbage.stopped.startswith("a gzip stream that cannot be read")
-    garbage.close()
 
 
 def test_the_whole_tar_confirms_the_members_read_early_and_no_other() -> None:
@@ -263,7 +278,7 @@ def test_a_sidecar_that_cannot_be_written_stops_following_and_reports_nothing_un
 ) -> None:
     raw = _tar(tarfile.GNU_FORMAT, [("a.wav", None, os.urandom(3000)), ("b.wav", None, os.urandom(3000))])
     packed = gzip.compress(raw)
-    reader = GzipTar(tmp_path / "full.tar")
+    reader = PackedTar(tmp_path / "full.tar", PACKERS["tar.gz"][1])
 
     def full(fd: int, data: object) -> int:
         raise OSError(28, "No space left on device")
