@@ -94,7 +94,7 @@ def expire(settings: Settings | None = None) -> dict[str, int]:
     return done
 
 
-# an upload being written (api.uploads.FileSink), a tar.gz's inflated sidecar beside it
+# an upload being written (api.uploads.FileSink), a compressed tar's sidecar beside it
 PARTIAL_SUFFIXES = (".part", ".part.tar")
 BATCHES = "batches"  # where archives are received and kept (api.routes.batches)
 
@@ -126,7 +126,7 @@ def _kept_archives(settings: Settings) -> set[str]:
 def sweep_strays(settings: Settings | None = None, now: float | None = None) -> int:
     """Remove what a process that died mid-request left in the audio directory, untouched for
     ``TONE_STRAY_FILE_HOURS`` (a live upload writes its file as its bytes arrive): an upload's
-    ``.part`` and a tar.gz's sidecar (an API killed mid-upload); a received archive never handed on
+    ``.part`` and a compressed tar's sidecar (an API killed mid-upload); a received archive never handed on
     (``batches/*.upload``) or kept with no batch left to read it (``batches/*.archive``); a playback
     copy, or its temporary file, whose recording is gone. Only those names, and only in the audio
     directory and its ``batches`` folder: a recording is never touched here (its job's retention
