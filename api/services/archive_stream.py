@@ -358,7 +358,7 @@ class TarEntry:
     compressed = None  # a tar declares no compressed size
 
     def opener(self, fd: int) -> Callable[[], IO[bytes]]:
-        return lambda: cast(IO[bytes], _SpanReader(fd, self.data_offset, self.size, self.name))
+        return lambda: cast(IO[bytes], sources.SpanReader(fd, self.data_offset, self.size, self.name))
 
 
 def _padded(size: int) -> int:
@@ -623,27 +623,6 @@ class PackedTar:
         """The sidecar closed and removed (the members read early are already stored)."""
         self.close()
         self.sidecar.unlink(missing_ok=True)
-
-
-class _SpanReader(io.RawIOBase):
-    """``size`` bytes at ``offset`` of ``fd`` (a tar member's data in the upload or its sidecar)."""
-
-    def __init__(self, fd: int, offset: int, size: int, name: str) -> None:
-        self.fd, self.pos, self.left, self.name = fd, offset, size, name
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        want = min(PIECE if n is None or n < 0 else n, self.left)
-        if not want:
-            return b""
-        out = os.pread(self.fd, want, self.pos)
-        if not out:
-            raise tarfile.ReadError(f"{self.name}: the upload ends inside it")
-        self.pos += len(out)
-        self.left -= len(out)
-        return out
 
 
 Early = LocalEntry | TarEntry  # an entry complete in the upload

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, cast
 from urllib.parse import unquote, urlsplit
 
 from api.errors import ApiError
@@ -114,6 +114,44 @@ def _tar_member(tf: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
     return f
 
 
+class SpanReader(io.RawIOBase):
+    """``size`` bytes at ``offset`` of ``fd``: a tar member's data in an uncompressed tar (an
+    upload, a compressed tar's sidecar), read with ``pread``, so readers of several members share
+    no file position. ``owned``: the fd is closed with the reader."""
+
+    def __init__(self, fd: int, offset: int, size: int, name: str, owned: bool = False) -> None:
+        self.fd, self.pos, self.left, self.name, self.owned = fd, offset, size, name, owned
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        want = min(PIECE if n is None or n < 0 else n, self.left)
+        if not want:
+            return b""
+        out = os.pread(self.fd, want, self.pos)
+        if not out:
+            raise tarfile.ReadError(f"{self.name}: the archive ends inside it")
+        self.pos += len(out)
+        self.left -= len(out)
+        return out
+
+    def close(self) -> None:
+        if self.owned and not self.closed:
+            os.close(self.fd)
+        super().close()
+
+
+def _tar_span(path: str, member: tarfile.TarInfo) -> IO[bytes]:
+    fd = os.open(path, os.O_RDONLY)
+    return cast(IO[bytes], SpanReader(fd, member.offset_data, member.size, member.name, owned=True))
+
+
+def _uncompressed(tf: tarfile.TarFile) -> bool:
+    """A tar read straight from its file (``tarfile`` wraps a compressed one in its decompressor)."""
+    return isinstance(tf.fileobj, io.BufferedReader) and isinstance(tf.name, str)
+
+
 def tar_kind(member: tarfile.TarInfo) -> str:
     """A tar member's :attr:`Entry.kind`: dir, link (symbolic or hard), file or device."""
     if member.isdir():
@@ -130,9 +168,14 @@ def _tar_entries(tf: tarfile.TarFile, settings: Settings, archive_size: int) -> 
     gigabytes of zeros. :func:`check_entries` then refuses what was listed."""
     out: list[Entry] = []
     total = 0
+    # an uncompressed tar's regular members are read by offset, several at a time (archive_threads)
+    path = str(tf.name) if _uncompressed(tf) else None
     while (m := tf.next()) is not None:
         kind = tar_kind(m)
-        out.append(Entry(m.name, m.size, None, kind, partial(_tar_member, tf, m)))
+        opener: Callable[[], IO[bytes]] = partial(_tar_member, tf, m)
+        if path is not None and m.isreg() and not m.issparse():
+            opener = partial(_tar_span, path, m)
+        out.append(Entry(m.name, m.size, None, kind, opener))
         if kind == "file":
             total += m.size
         if (
@@ -430,9 +473,12 @@ def list_archive(archive: Path, settings: Settings, packed: int | None = None) -
 
 def archive_threads(handle: Any) -> int:
     """How many of an archive's entries are extracted at once: a ZIP's entries are read through one
-    locked file (each read seeks to its own entry), so several threads copy and hash them at once;
-    a tar (compressed or not) is one stream, read in order."""
-    return SCAN_THREADS if isinstance(handle, zipfile.ZipFile) else 1
+    locked file (each read seeks to its own entry), and an uncompressed tar's members by offset
+    (:class:`SpanReader`), so several threads copy and hash them at once; a compressed tar is one
+    stream, read in order."""
+    if isinstance(handle, zipfile.ZipFile) or (isinstance(handle, tarfile.TarFile) and _uncompressed(handle)):
+        return SCAN_THREADS
+    return 1
 
 
 def extract(

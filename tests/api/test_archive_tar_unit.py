@@ -300,3 +300,35 @@ def test_a_sidecar_listed_is_held_to_the_tar_gz_limits(tmp_path: Path) -> None:
     with pytest.raises(ApiError) as refused:
         sources.list_archive(plain, Settings(), packed=len(gzip.compress(plain.read_bytes())))
     assert refused.value.code == "archive_bomb"
+
+
+def test_an_uncompressed_tar_is_read_by_offset_several_members_at_a_time(tmp_path: Path) -> None:
+    """An uploaded tar, or a compressed tar's sidecar kept as the batch's archive: its regular
+    members are read by offset (each reader its own file, so several at once), the same bytes
+    ``tarfile`` reads; a compressed tar stays one stream read in order; a member the file ends
+    inside is refused as a bomb, as ``tarfile`` refuses it."""
+    raw = _tar(tarfile.PAX_FORMAT, MEMBERS)
+    plain, packed = tmp_path / "a.tar", tmp_path / "a.tar.gz"
+    plain.write_bytes(raw)
+    packed.write_bytes(gzip.compress(raw))
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+        expected = {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isreg()}  # type: ignore[union-attr]
+    for path, threads in ((plain, sources.SCAN_THREADS), (packed, 1)):
+        handle, entries = sources.list_archive(path, Settings())
+        try:
+            assert sources.archive_threads(handle) == threads
+            files = [e for e in entries if e.kind == "file"]
+            assert {e.name: b"".join(sources._limited(e.open, e.size, e.name)) for e in files} == expected
+            spans = [e for e in files if isinstance(e.open(), sources.SpanReader)]
+            assert len(spans) == (len(files) if path is plain else 0)
+        finally:
+            handle.close()
+    # a member the file ends inside (tarfile's listing refuses such a tar; a file that shrank since)
+    fd = os.open(plain, os.O_RDONLY)
+    try:
+        past_the_end = lambda: sources.SpanReader(fd, len(raw) - 100, 1000, "cut.wav")  # noqa: E731
+        with pytest.raises(ApiError) as refused:
+            b"".join(sources._limited(past_the_end, 1000, "cut.wav"))  # type: ignore[arg-type]
+        assert refused.value.code == "archive_bomb"
+    finally:
+        os.close(fd)
