@@ -197,14 +197,26 @@ def _zip_of(folder: Path, dest: Path) -> Path:
     return dest
 
 
-def test_a_zip_is_extracted_several_entries_at_a_time_with_what_one_at_a_time_gives(
-    tmp_path: Path, folder: Path
-) -> None:
-    """A ZIP's entries are copied and hashed by several threads (a tar's in order, one stream); the
-    recordings, their names, the skips and the files left on disk are those of one at a time."""
+def _tar_of(folder: Path, dest: Path, mode: str = "w") -> Path:
     import tarfile
 
-    archive = _zip_of(folder, tmp_path / "calls.zip")
+    with tarfile.open(dest, mode) as tf:  # type: ignore[call-overload]
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                tf.add(path, str(path.relative_to(folder)))
+    return dest
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+def test_an_archive_is_extracted_several_entries_at_a_time_with_what_one_at_a_time_gives(
+    tmp_path: Path, folder: Path, kind: str
+) -> None:
+    """A ZIP's entries, and an uncompressed tar's members (read by offset), are copied and hashed
+    by several threads (a compressed tar's in order, one stream); the recordings, their names, the
+    skips and the files left on disk are those of one at a time."""
+    archive = (
+        _zip_of(folder, tmp_path / "calls.zip") if kind == "zip" else _tar_of(folder, tmp_path / "calls.tar")
+    )
     results = []
     for threads in (1, sources.SCAN_THREADS, 4):
         settings = Settings(data_dir=tmp_path / f"data-{threads}")
@@ -221,8 +233,7 @@ def test_a_zip_is_extracted_several_entries_at_a_time_with_what_one_at_a_time_gi
         results.append(([(i.name, i.names, i.stored.sha256) for i in items], skipped, meta))
     assert results[0][0][0][1] == ["a.wav", "e_copy.wav", "sub/i_copy.wav"]
     assert results[1] == results[0] and results[2] == results[0]
-    with tarfile.open(tmp_path / "calls.tar", "w") as tf:
-        tf.add(folder / "a.wav", "a.wav")
-    handle, _ = sources.list_archive(tmp_path / "calls.tar", Settings(data_dir=tmp_path / "data-tar"))
+    packed = _tar_of(folder, tmp_path / "calls.tar.gz", "w:gz")
+    handle, _ = sources.list_archive(packed, Settings(data_dir=tmp_path / "data-tar-gz"))
     assert sources.archive_threads(handle) == 1
     handle.close()
