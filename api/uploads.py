@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError, error_body
 from api.jsonbody import JSON_LIMIT, MANIFEST_LIMIT
+from shared.platform import received_files
 from shared.platform.playback_cache import remove_copies
 
 PIECE = 1024 * 1024
@@ -62,7 +63,7 @@ class FileSink:
         dest.parent.mkdir(parents=True, exist_ok=True)
         self.dest = dest
         self.max_bytes = max_bytes
-        self.part = dest.with_name(dest.name + ".part")
+        self.part = received_files.partial(dest)
         self.digest = hashlib.sha256()
         self.size = 0
         self.finished = False

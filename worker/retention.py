@@ -24,6 +24,7 @@ from sqlalchemy import delete, exists, select, update
 
 from shared.db.models import FINAL_STATUSES, Batch, Job
 from shared.db.session import rowcount, session_scope
+from shared.platform import received_files
 from shared.platform.playback_cache import FOLDER as PLAYBACK_FOLDER
 from shared.platform.playback_cache import remove_copies
 from shared.platform.settings import Settings, get_settings
@@ -94,9 +95,8 @@ def expire(settings: Settings | None = None) -> dict[str, int]:
     return done
 
 
-# an upload being written (api.uploads.FileSink), a compressed tar's sidecar beside it
-PARTIAL_SUFFIXES = (".part", ".part.tar")
-BATCHES = "batches"  # where archives are received and kept (api.routes.batches)
+# an upload being written, a compressed tar's sidecar beside it (shared.platform.received_files)
+PARTIAL_SUFFIXES = (received_files.PARTIAL, received_files.PARTIAL + received_files.SIDECAR)
 
 
 def _old_files(folder: Path, before: float) -> list[os.DirEntry[str]]:
@@ -135,9 +135,9 @@ def sweep_strays(settings: Settings | None = None, now: float | None = None) -> 
     before = (time.time() if now is None else now) - s.stray_file_hours * 3600
     root = s.audio_path
     stray = [e for e in _old_files(root, before) if e.name.endswith(PARTIAL_SUFFIXES)]
-    received = _old_files(root / BATCHES, before)
-    stray += [e for e in received if e.name.endswith((*PARTIAL_SUFFIXES, ".upload"))]
-    archives = [e for e in received if e.name.endswith(".archive")]
+    received = _old_files(root / received_files.ARCHIVES, before)
+    stray += [e for e in received if e.name.endswith((*PARTIAL_SUFFIXES, received_files.UPLOAD))]
+    archives = [e for e in received if e.name.endswith(received_files.KEPT)]
     if archives:
         kept = _kept_archives(s)
         stray += [e for e in archives if e.name not in kept]

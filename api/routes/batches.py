@@ -41,6 +41,7 @@ from api.services import jobs as jobs_svc
 from api.services.archive_stream import EarlyArchive
 from api.uploads import StoredAudio, remove_quietly
 from shared.db.models import Batch
+from shared.platform import received_files
 from shared.platform.batch_state import load_view
 from shared.platform.settings import Settings
 from shared.text.options import OPTION_NAMES, TextOptionError
@@ -140,7 +141,7 @@ def _archive_batch(
             handle, entries = sources.list_archive(archive, settings)
             if sources.audio_files(entries) > settings.batch_inline_files:  # read in the background
                 handle.close()
-                kept = archive.with_name(f"{batch_id}.archive")
+                kept = received_files.kept_archive(archive, batch_id)
                 archive.rename(kept)
                 return svc.Built([], [], 0, [], preparing={"archive": str(kept)})
             items, skipped, meta = sources.extract(handle, entries, settings)
@@ -208,7 +209,7 @@ async def submit_batch(
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         # the archive goes straight to the audio directory as it arrives (not spooled, then copied)
-        archive = settings.audio_path / "batches" / f"{uuid.uuid4()}.upload"
+        archive = received_files.received_archive(settings.audio_path)
         early: list[EarlyArchive] = []  # a ZIP or tar (.gz, .bz2, .xz) read while it uploads
 
         def start_early(fields: list[tuple[str, str]]) -> EarlyArchive | None:

@@ -79,6 +79,7 @@ from api.services import batches as batch_svc
 from api.uploads import PIECE, FileSink, StoredAudio
 from shared.db.models import Batch
 from shared.db.session import sessionmaker_for
+from shared.platform import received_files
 from shared.platform.settings import Settings
 
 log = logging.getLogger("tone.api.archive_stream")
@@ -636,7 +637,7 @@ def follower(first: bytes, part: Path) -> Follower:
     magic = packed_kind(first)
     if magic is not None:
         try:
-            return PackedTar(part.with_name(part.name + ".tar"), magic)
+            return PackedTar(received_files.sidecar(part), magic)
         except OSError:  # no sidecar (a full disk, a read-only directory): read at the end
             return LocalHeaders()
     if first[257:262] == b"ustar":
@@ -959,7 +960,7 @@ class EarlyArchive:
         assert self.batch_id is not None and self.beat is not None
         settings = self.settings
         digest = batch_svc.request_digest("archive", self.options, stored.sha256)
-        kept = stored.path.with_name(f"{self.batch_id}.archive")
+        kept = received_files.kept_archive(stored.path, self.batch_id)
         source.rename(kept)
         options = {**batch_svc.batch_options(self.options), "archive": str(kept)}
         try:

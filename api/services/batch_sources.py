@@ -462,9 +462,10 @@ def extracted(settings: Settings) -> Callable[[Entry, str], tuple[StoredAudio, b
 def list_archive(archive: Path, settings: Settings, packed: int | None = None) -> tuple[Any, list[Entry]]:
     """``(the open archive, its entries)``, the whole archive checked (bombs, oversize, paths);
     ``packed`` as for :func:`open_archive`."""
-    handle, entries = open_archive(archive, settings, packed)
+    size = archive.stat().st_size if packed is None else packed
+    handle, entries = open_archive(archive, settings, size)
     try:
-        check_entries(entries, archive.stat().st_size if packed is None else packed, settings)
+        check_entries(entries, size, settings)
     except BaseException:
         handle.close()
         raise
