@@ -17,12 +17,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import Text, delete, exists, literal_column, select, update
 
-from shared.db.models import FINAL_STATUSES, Batch, Job
+from shared.db.models import AUDIO_NAME_SQL, FINAL_STATUSES, Batch, Job
 from shared.db.session import rowcount, session_scope
 from shared.platform import received_files
 from shared.platform.playback_cache import FOLDER as PLAYBACK_FOLDER
@@ -123,29 +124,32 @@ def _kept_archives(settings: Settings) -> set[str]:
         return {Path(a).name for a in db.scalars(select(archive).where(archive.is_not(None))) if a}
 
 
-def sweep_strays(settings: Settings | None = None, now: float | None = None) -> int:
-    """Remove what a process that died mid-request left in the audio directory, untouched for
-    ``TONE_STRAY_FILE_HOURS`` (a live upload writes its file as its bytes arrive): an upload's
-    ``.part`` and a compressed tar's sidecar (an API killed mid-upload); a received archive never handed on
-    (``batches/*.upload``) or kept with no batch left to read it (``batches/*.archive``); a playback
-    copy, or its temporary file, whose recording is gone. Only those names, and only in the audio
-    directory and its ``batches`` folder: a recording is never touched here (its job's retention
-    removes it). Returns how many files were removed."""
-    s = settings or get_settings()
-    before = (time.time() if now is None else now) - s.stray_file_hours * 3600
-    root = s.audio_path
-    stray = [e for e in _old_files(root, before) if e.name.endswith(PARTIAL_SUFFIXES)]
-    received = _old_files(root / received_files.ARCHIVES, before)
-    stray += [e for e in received if e.name.endswith((*PARTIAL_SUFFIXES, received_files.UPLOAD))]
-    archives = [e for e in received if e.name.endswith(received_files.KEPT)]
-    if archives:
-        kept = _kept_archives(s)
-        stray += [e for e in archives if e.name not in kept]
-    copies = root / PLAYBACK_FOLDER
-    # <recording name>.<ext>; a copy being made (.tmp-*.<ext>) has no recording of that name either
-    stray += [e for e in _old_files(copies, before) if not (root / e.name.rsplit(".", 1)[0]).exists()]
+def _is_recording(name: str) -> bool:
+    """A name the platform gives a stored recording: ``<uuid>`` and a suffix (``.wav``, ``.audio``,
+    ``.redacted.wav``, …; ``api.uploads.audio_file_path``, ``worker.jobs``)."""
+    try:
+        uuid.UUID(name[:36])
+    except ValueError:
+        return False
+    return len(name) == 36 or name[36] == "."
+
+
+def _unnamed(names: list[str], settings: Settings) -> set[str]:
+    """Those of ``names`` (recordings' file names) that no job names as its recording, in any folder
+    (by the index ``ix_jobs_audio_name``, so another process's spelling of the folder does not count)."""
+    audio_name = literal_column(AUDIO_NAME_SQL, Text)
+    named: set[str] = set()
+    for i in range(0, len(names), CHUNK):
+        with session_scope(settings.database_url) as db:
+            named.update(
+                db.scalars(select(audio_name).select_from(Job).where(audio_name.in_(names[i : i + CHUNK])))
+            )
+    return set(names) - named
+
+
+def _unlink(files: list[os.DirEntry[str]]) -> int:
     removed = 0
-    for e in stray:
+    for e in files:
         try:
             os.unlink(e.path)
             removed += 1
@@ -153,6 +157,45 @@ def sweep_strays(settings: Settings | None = None, now: float | None = None) -> 
             continue
         except OSError as exc:
             log.warning("a stray file could not be removed: %s: %s", e.path, exc.strerror)
+    return removed
+
+
+def sweep_strays(settings: Settings | None = None, now: float | None = None) -> int:
+    """Remove what a process that died mid-request left in the audio directory, untouched for
+    ``TONE_STRAY_FILE_HOURS`` (a live upload writes its file as its bytes arrive): an upload's
+    ``.part`` and a compressed tar's sidecar (an API killed mid-upload); a recording no job names (an
+    API killed after it stored an upload or extracted an archive's entry and before its job was
+    committed, a worker killed after it downloaded a URL or wrote a redacted copy and before it
+    stored the new path); a received archive never handed on (``batches/*.upload``) or kept with no
+    batch left to read it (``batches/*.archive``); a playback copy, or its temporary file, whose
+    recording is gone. Only those names, and only in the audio directory and its ``batches`` folder
+    (a recording's name is a UUID and a suffix: no other file there is touched). Returns how many
+    files were removed."""
+    s = settings or get_settings()
+    before = (time.time() if now is None else now) - s.stray_file_hours * 3600
+    root = s.audio_path
+    top = _old_files(root, before)
+    stray = [e for e in top if e.name.endswith(PARTIAL_SUFFIXES)]
+    recordings = [e for e in top if _is_recording(e.name) and not e.name.endswith(PARTIAL_SUFFIXES)]
+    if recordings:
+        unnamed = _unnamed([e.name for e in recordings], s)
+        stray += [e for e in recordings if e.name in unnamed]
+    received = _old_files(root / received_files.ARCHIVES, before)
+    stray += [e for e in received if e.name.endswith((*PARTIAL_SUFFIXES, received_files.UPLOAD))]
+    archives = [e for e in received if e.name.endswith(received_files.KEPT)]
+    if archives:
+        kept = _kept_archives(s)
+        stray += [e for e in archives if e.name not in kept]
+    removed = _unlink(stray)
+    # last, so a recording removed above loses its copies in the same run: <recording name>.<ext>;
+    # a copy being made (.tmp-*.<ext>) has no recording of that name either
+    copies = [
+        e
+        for e in _old_files(root / PLAYBACK_FOLDER, before)
+        if not (root / e.name.rsplit(".", 1)[0]).exists()
+    ]
+    removed += _unlink(copies)
+    stray += copies
     if removed:
         log.info("retention: removed %d stray files a stopped process left: %s", removed,
                  ", ".join(e.name for e in stray[:5]) + (" …" if len(stray) > 5 else ""))  # fmt: skip

@@ -38,6 +38,11 @@ from shared.platform.statuses import BATCH_STATUSES, FINAL_STATUSES, JOB_STATUSE
 METADATA_TENANT_KEY = "~tenant"
 
 
+# a stored recording's file name (its folder may be written otherwise by another process's settings):
+# beat's sweep of recordings no job names (worker.retention.sweep_strays), as PostgreSQL writes it back
+AUDIO_NAME_SQL = "regexp_replace(audio_path, '^.*/'::text, ''::text)"
+
+
 def tenant_metadata_sql(table: str = "") -> str:
     """The expression over the jobs table (``table``: its alias in a query, e.g. "j"), as
     PostgreSQL writes it back (so Alembic sees the index unchanged)."""
@@ -146,6 +151,7 @@ class Job(Base):
             postgresql_using="gin",
             postgresql_ops={"tenant_metadata": "jsonb_path_ops"},
         ),
+        Index("ix_jobs_audio_name", literal_column(AUDIO_NAME_SQL).label("audio_name")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)

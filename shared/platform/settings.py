@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     idempotency_hours: float = 24.0
     retention_days: float | None = None  # jobs, transcripts and batches ended longer ago are deleted
     audio_retention_days: float | None = None  # stored audio of ended jobs is deleted (transcripts stay)
-    stray_file_hours: float = 24.0  # a dead process's half-written upload or sidecar untouched this long goes
+    stray_file_hours: float = 24.0  # a dead process's leftovers untouched this long go (worker.retention)
 
     # flower
     flower_user: str = "admin"

@@ -97,10 +97,11 @@ def test_retention_deletes_old_jobs_and_batches_and_old_audio_only(
 def test_the_stray_files_a_dead_process_left_are_removed_and_nothing_else(
     servers: dict[str, str], tmp_path: Path
 ) -> None:
-    """What an API killed mid-request leaves (a ``.part``, a tar.gz's sidecar, a received archive
-    never handed on, a kept archive no batch reads, a playback copy of a removed recording) goes
-    once untouched for ``TONE_STRAY_FILE_HOURS``; recordings, a batch's kept archive, recent
-    partial files and another folder's files stay."""
+    """What an API killed mid-request leaves (a ``.part``, a tar.gz's sidecar, a recording whose job
+    was never committed, a received archive never handed on, a kept archive no batch reads, a
+    playback copy of a removed recording) goes once untouched for ``TONE_STRAY_FILE_HOURS``; a
+    recording a job names (whatever folder its path spells), a batch's kept archive, recent files,
+    files not named as the platform names them and another folder's files stay."""
     db = servers["DATABASE_URL"]
     settings = Settings(database_url=db, data_dir=tmp_path / "data", stray_file_hours=2)  # type: ignore[call-arg]
     audio = settings.audio_path
@@ -125,6 +126,11 @@ def test_the_stray_files_a_dead_process_left_are_removed_and_nothing_else(
         s.flush()
         read = made(f"batches/{batch.id}.archive")
         batch.options = {"archive": str(read)}
+        named = made(f"{uuid.uuid4()}.wav")  # a job's recording, its path spelt from another folder
+        s.add(Job(tenant_id=tenant.id, status="completed", audio_path=f"/mnt/other/audio/{named.name}"))
+        named_here = made(f"{uuid.uuid4()}.audio")  # a URL job's download
+        s.add(Job(tenant_id=tenant.id, status="queued", audio_path=str(named_here)))
+    orphan = made(f"{uuid.uuid4()}.mp3")
     gone = [
         made(f"{uuid.uuid4()}.wav.part"),  # a job's upload
         made(f"batches/{uuid.uuid4()}.upload.part"),  # an archive's upload
@@ -133,11 +139,21 @@ def test_the_stray_files_a_dead_process_left_are_removed_and_nothing_else(
         made(f"batches/{uuid.uuid4()}.archive"),  # kept, its batch gone
         made(".playback/removed.wav.mp3"),  # a copy whose recording is gone
         made(".playback/.tmp-abc.mp3"),  # a copy being made when its process died
+        orphan,  # stored or extracted, its job never committed
+        made(f".playback/{orphan.name}.mp3"),  # and its copy, in the same run
+        made(f"{uuid.uuid4()}.redacted.wav"),  # a redacted copy its worker never stored
+        made(str(uuid.uuid4())),  # an upload with no usable suffix
     ]
     stay = [
         read,
-        made("recording.wav"),  # a recording (old, no job here: never touched by this sweep)
+        named,
+        named_here,
+        made(f"{uuid.uuid4()}.wav", old=False),  # stored just now, its job not committed yet
+        made("recording.wav"),  # not a name the platform gives (old, no job): never touched
+        made(f"{uuid.uuid4()}-notes.txt"),
+        made(f"{uuid.uuid4()}.wav", root=tmp_path / "elsewhere"),
         made(".playback/recording.wav.mp3"),  # its copy
+        made(f".playback/{named.name}.mp3"),
         made(f"{uuid.uuid4()}.wav.part", old=False),  # an upload going on now
         made(f"batches/{uuid.uuid4()}.upload.part.tar", old=False),
         made("x.part", root=tmp_path / "elsewhere"),  # not the audio directory
