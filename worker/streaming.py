@@ -494,20 +494,20 @@ def run_round(
             taken[item.id] = item
     work: list[Work] = []
     done = 0
-    tokens = store.lock_many(list(taken), WORKER_ID)
-    locked = [(item, token) for item, token in zip(taken.values(), tokens) if token is not None]
+    wanted = [
+        (i.id, [*SMALL_FIELDS, f"answer:{i.seq}"], i.seq if i.kind == "chunk" else None)
+        for i in taken.values()
+    ]
+    got = store.take_many(wanted, WORKER_ID)  # locked, with their small fields and chunks
+    locked = [(item, g[0]) for item, g in zip(taken.values(), got) if g is not None]
     held = {w.item.id for w, _ in _decoding}  # locked by this worker, waiting for the pool
-    refused = [item for item, token in zip(taken.values(), tokens) if token is None]
+    refused = [item for item, g in zip(taken.values(), got) if g is None]
     later += [item for item in refused if item.id in held]
     elsewhere = [item for item in refused if item.id not in held]  # another worker's
-    wanted = [
-        (i.id, [*SMALL_FIELDS, f"answer:{i.seq}"], i.seq if i.kind == "chunk" else None) for i, _ in locked
-    ]
-    got = store.prefetch(wanted)
     fetched = Prefetched(
         store,
-        {i.id: f for (i, _), (f, _) in zip(locked, got)},
-        {i.id: c for (i, _), (_, c) in zip(locked, got)},
+        {i.id: g[1] for i, g in zip(taken.values(), got) if g is not None},
+        {i.id: g[2] for i, g in zip(taken.values(), got) if g is not None},
     )
     unlocks: list[tuple[str, str]] = []
     replies: list[tuple[Item, dict[str, Any]]] = []
@@ -808,6 +808,7 @@ def conclude(store: SessionStore, settings: Settings, ready: list[tuple[Work, li
         flat += phrases
     if failed:
         store.finish_many(unlocks, failed)
+        unlocks = []
     if not work:
         return
     at = 0
@@ -864,17 +865,29 @@ def conclude(store: SessionStore, settings: Settings, ready: list[tuple[Work, li
             fields[f"answer:{item.seq}"] = json.dumps(answer, ensure_ascii=False)
             fields["updated"] = str(now)
             saves.append(
-                Save(item.id, w.token, w.ttl, fields, stale_answer(item.seq), journal, keep, appended)
+                Save(
+                    item.id,
+                    w.token,
+                    w.ttl,
+                    fields,
+                    stale_answer(item.seq),
+                    journal,
+                    keep,
+                    appended,
+                    unlock=True,
+                )
             )
             pending.append((w, answer, rev))
         except Exception as exc:
             log.exception("stream %s: cannot save seq %d", item.id, item.seq)
             replies.append((item, {"status": 500, "error": {"code": "internal_error", "message": str(exc)}}))
+            unlocks.append((item.id, w.token))
     try:
-        saved = store.save_many(saves)
+        saved = store.save_many(saves)  # each save unlocks its session too
     except Exception as exc:
         log.exception("stream: cannot save a round of %d sessions", len(saves))
         saved = [False] * len(saves)
+        unlocks += [(w.item.id, w.token) for w, _, _ in pending]  # (a save that did run, unlocked: no-op)
         pending = [
             (w, {"status": 500, "error": {"code": "internal_error", "message": str(exc)}}, "")
             for w, _, _ in pending
@@ -886,7 +899,7 @@ def conclude(store: SessionStore, settings: Settings, ready: list[tuple[Work, li
         elif ok_ and w.item.kind != "finalize" and id(w) not in shed:
             _remember(w.item.id, rev.encode(), w.states, w.resampler)
         replies.append((w.item, answer))
-    store.finish_many([(w.item.id, w.token) for w in work], replies)
+    store.finish_many(unlocks, replies)
 
 
 def released_before(sids: list[str], store: SessionStore) -> dict[str, list[dict[str, Any]]] | None:

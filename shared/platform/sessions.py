@@ -489,17 +489,36 @@ return moved
 """
 )
 
-# KEYS: lock. ARGV: token ("<worker>|<random>"), px, the heartbeat keys' prefix. A lock whose
+# KEYS[1]: lock. ARGV: token ("<worker>|<random>"), px, the heartbeat keys' prefix. A lock whose
 # holder's heartbeat is gone (the worker died or is stopped) is taken over at once.
-_LOCK = """
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local owner = string.match(cur, '^([^|]+)|')
-  if (not owner) or redis.call('EXISTS', ARGV[3] .. owner) == 1 then return 0 end
+_LOCK_FUNCTION = """
+local function lock()
+  local cur = redis.call('GET', KEYS[1])
+  if cur then
+    local owner = string.match(cur, '^([^|]+)|')
+    if (not owner) or redis.call('EXISTS', ARGV[3] .. owner) == 1 then return 0 end
+  end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+  return 1
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
-return 1
 """
+
+_LOCK = _LOCK_FUNCTION + "return lock()"
+
+# A round's first step for one session: ``lock`` it and, once locked, read the named fields of its
+# hash and one chunk of its journal in the same step (before: a lock, an HMGET and an HGET, three
+# commands per session in two round trips). KEYS: lock, session, journal. ARGV: lock's, the chunk's
+# field ("" = none), the field names. Returns {0} (another live worker holds it), or {1, the chunk,
+# the fields' values} (false where missing).
+_TAKE = (
+    _LOCK_FUNCTION
+    + """
+if lock() == 0 then return {0} end
+local chunk = false
+if ARGV[4] ~= '' then chunk = redis.call('HGET', KEYS[3], ARGV[4]) end
+return {1, chunk, unpack(redis.call('HMGET', KEYS[2], unpack(ARGV, 5)))}
+"""
+)
 
 # KEYS: lock. ARGV: token
 _UNLOCK = """
@@ -509,28 +528,33 @@ return 0
 
 # KEYS: session, lock, journal, phrases. ARGV: token, ttl, field-to-delete ("" = none), the
 # journal's TTL, the journal entries to drop: from, to (excluded; from >= to: none, to < 0: the
-# whole journal, and the phrases list), the number n of phrases to append, those n phrases, then
-# field/value pairs. The hash's layout-3 ``phrases`` field goes when phrases are appended (the
-# caller puts the field's phrases first among them) or the session ends.
-# The phrases list lives as long as the journal: each save extends both by the journal's TTL, which
-# is at least the session's, so a session's phrases never expire before its hash.
+# whole journal, and the phrases list), the number n of phrases to append, "1" to unlock after
+# (else ""), those n phrases, then field/value pairs. The hash's layout-3 ``phrases`` field goes
+# when phrases are appended (the caller puts the field's phrases first among them) or the session
+# ends. The phrases list lives as long as the journal: each save extends both by the journal's TTL,
+# which is at least the session's, so a session's phrases never expire before its hash. Unlocking
+# here saves a round's second command per session (the lock is this caller's: checked first).
 _SAVE = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[8] == '1' then redis.call('DEL', KEYS[2]) end
+  return -1
+end
 if ARGV[3] ~= '' then redis.call('HDEL', KEYS[1], ARGV[3]) end
 local n = tonumber(ARGV[7])
 local from, to = tonumber(ARGV[5]), tonumber(ARGV[6])
 if n > 0 or to < 0 then redis.call('HDEL', KEYS[1], 'phrases') end
-redis.call('HSET', KEYS[1], unpack(ARGV, 8 + n))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9 + n))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 if to < 0 then
   redis.call('DEL', KEYS[3], KEYS[4])
 else
   for seq = from, to - 1 do redis.call('HDEL', KEYS[3], tostring(seq)) end
   redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4]))
-  if n > 0 then redis.call('RPUSH', KEYS[4], unpack(ARGV, 8, 7 + n)) end
+  if n > 0 then redis.call('RPUSH', KEYS[4], unpack(ARGV, 9, 8 + n)) end
   redis.call('EXPIRE', KEYS[4], tonumber(ARGV[4]))
 end
+if ARGV[8] == '1' then redis.call('DEL', KEYS[2]) end
 return 1
 """
 
@@ -622,7 +646,8 @@ class AsyncSessionStore:
 class Save:
     """One session's save (:data:`_SAVE`): its ``fields``, the answer field to ``drop``, the
     ``journal`` entries (from, to) to drop, the journal's and phrases' TTL (0: the session's
-    ``ttl``), and the ``phrases`` the piece released (appended to the session's list)."""
+    ``ttl``), the ``phrases`` the piece released (appended to the session's list), and whether
+    to ``unlock`` it after."""
 
     sid: str
     token: str
@@ -632,13 +657,14 @@ class Save:
     journal: tuple[int, int] = (0, 0)
     journal_ttl: int = 0
     phrases: Sequence[dict[str, Any]] = ()
+    unlock: bool = False  # the lock released in the same step (when it is still this caller's)
 
     def keys(self) -> list[str]:
         return [session_key(self.sid), lock_key(self.sid), journal_key(self.sid), phrases_key(self.sid)]
 
     def args(self) -> list[str | bytes | int]:
         args: list[str | bytes | int] = [self.token, self.ttl, self.drop or "", self.journal_ttl or self.ttl]
-        args += [*self.journal, len(self.phrases)]
+        args += [*self.journal, len(self.phrases), "1" if self.unlock else ""]
         args += [json.dumps(p, ensure_ascii=False) for p in self.phrases]
         for k, v in self.fields.items():
             args += [k, v]
@@ -652,6 +678,7 @@ class SessionStore:
         self.r = client
         self._unlock = client.register_script(_UNLOCK)
         self._lock = client.register_script(_LOCK)
+        self._take = client.register_script(_TAKE)
         self._save = client.register_script(_SAVE)
         self._release = client.register_script(_RELEASE)
         self._sweep = client.register_script(_SWEEP)
@@ -779,32 +806,36 @@ class SessionStore:
 
     # -- a round's calls, one round trip each (a round serves up to 64 sessions) -------------------
 
-    def lock_many(self, sids: list[str], worker: str) -> list[str | None]:
-        """``lock`` for each session, pipelined."""
+    def take_many(
+        self, wanted: list[tuple[str, list[str], int | None]], worker: str
+    ) -> list[tuple[str, dict[str, bytes], bytes | None] | None]:
+        """For each (session, field names, journaled seq or None): ``lock`` it for ``worker`` and
+        read those of its fields it has and that chunk's audio, in one step per session, pipelined;
+        (the lock's token, the fields, the chunk), or None where another live worker holds it."""
         pipe = self.r.pipeline(transaction=False)
-        tokens = [f"{worker}|{secrets.token_hex(12)}" for _ in sids]
-        for sid, token in zip(sids, tokens):
-            self._lock(keys=[lock_key(sid)], args=[token, LOCK_MS, heartbeat_key("")], client=pipe)
-        return [t if int(ok) == 1 else None for t, ok in zip(tokens, pipe.execute())]
-
-    def prefetch(
-        self, wanted: list[tuple[str, list[str], int | None]]
-    ) -> list[tuple[dict[str, bytes], bytes | None]]:
-        """For each (session, field names, journaled seq or None): its fields (those it has) and
-        that chunk's audio, pipelined."""
-        pipe = self.r.pipeline(transaction=False)
-        for sid, names, seq in wanted:
-            pipe.hmget(session_key(sid), names)
-            pipe.hget(journal_key(sid), str(seq if seq is not None else -1))
-        values = pipe.execute()
-        out = []
-        for i, (_, names, _) in enumerate(wanted):
-            fields = {n: v for n, v in zip(names, values[2 * i]) if v is not None}
-            out.append((fields, values[2 * i + 1]))
+        tokens = [f"{worker}|{secrets.token_hex(12)}" for _ in wanted]
+        for (sid, names, seq), token in zip(wanted, tokens):
+            keys = [lock_key(sid), session_key(sid), journal_key(sid)]
+            args: list[str | int] = [
+                token,
+                LOCK_MS,
+                heartbeat_key(""),
+                "" if seq is None else str(seq),
+                *names,
+            ]
+            self._take(keys=keys, args=args, client=pipe)
+        out: list[tuple[str, dict[str, bytes], bytes | None] | None] = []
+        for (_, names, _), token, got in zip(wanted, tokens, pipe.execute()):
+            if int(got[0]) != 1:
+                out.append(None)
+                continue
+            fields = {n: v for n, v in zip(names, got[2:]) if v is not None}
+            out.append((token, fields, got[1]))
         return out
 
     def save_many(self, saves: list[Save]) -> list[bool]:
-        """``save`` for each, pipelined."""
+        """``save`` for each, pipelined (True: saved; each one's ``unlock`` is done either way
+        where the lock was still its own)."""
         pipe = self.r.pipeline(transaction=False)
         for save in saves:
             self._save(keys=save.keys(), args=save.args(), client=pipe)
