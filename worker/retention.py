@@ -139,11 +139,10 @@ def _unnamed(names: list[str], settings: Settings) -> set[str]:
     (by the index ``ix_jobs_audio_name``, so another process's spelling of the folder does not count)."""
     audio_name = literal_column(AUDIO_NAME_SQL, Text)
     named: set[str] = set()
-    for i in range(0, len(names), CHUNK):
-        with session_scope(settings.database_url) as db:
-            named.update(
-                db.scalars(select(audio_name).select_from(Job).where(audio_name.in_(names[i : i + CHUNK])))
-            )
+    with session_scope(settings.database_url) as db:
+        for i in range(0, len(names), CHUNK):
+            chunk = names[i : i + CHUNK]
+            named.update(db.scalars(select(audio_name).select_from(Job).where(audio_name.in_(chunk))))
     return set(names) - named
 
 
@@ -174,9 +173,13 @@ def sweep_strays(settings: Settings | None = None, now: float | None = None) -> 
     s = settings or get_settings()
     before = (time.time() if now is None else now) - s.stray_file_hours * 3600
     root = s.audio_path
-    top = _old_files(root, before)
-    stray = [e for e in top if e.name.endswith(PARTIAL_SUFFIXES)]
-    recordings = [e for e in top if _is_recording(e.name) and not e.name.endswith(PARTIAL_SUFFIXES)]
+    stray: list[os.DirEntry[str]] = []
+    recordings: list[os.DirEntry[str]] = []
+    for e in _old_files(root, before):
+        if e.name.endswith(PARTIAL_SUFFIXES):
+            stray.append(e)
+        elif _is_recording(e.name):
+            recordings.append(e)
     if recordings:
         unnamed = _unnamed([e.name for e in recordings], s)
         stray += [e for e in recordings if e.name in unnamed]
