@@ -519,7 +519,7 @@ def _inputs(run: Run) -> list[tuple[str, Path]] | None:
         return None
     if run.source.is_file():
         raise BatchError(
-            f"{run.args.source} is neither a directory nor a .zip/.tar/.tar.gz/.tar.bz2/.tar.xz archive"
+            f"{run.args.source} is neither a directory nor a {'/'.join(ARCHIVE_SUFFIXES)} archive"
         )
     raise BatchError(f"{run.args.source} does not exist")
 
@@ -754,10 +754,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "batch",
         help="transcribe a directory or archive of recordings through a server, resumably",
-        description="Upload a directory (packed as a ZIP) or a .zip/.tar/.tar.gz/.tar.bz2/.tar.xz archive "
-        "as one batch, "
-        "follow it, and write one transcript file per recording and format into OUT. Interrupted, "
-        "the same command resumes the same batch (OUT/.tone-batch.json). Exit: 0 all transcribed, "
+        description="Upload a directory (packed as a ZIP) or a "
+        f"{'/'.join(ARCHIVE_SUFFIXES)} archive as one batch, follow it, and write one transcript "
+        "file per recording and format into OUT. Interrupted, the same command resumes the same "
+        "batch (OUT/.tone-batch.json). Exit: 0 all transcribed, "
         "1 some failed, 2 usage or server error, 130 interrupted.",
     )
     p.add_argument("source", metavar="DIR|ARCHIVE")
