@@ -64,19 +64,21 @@ def test_take_many_locks_and_reads_in_one_step_and_leaves_what_another_worker_ho
 
 
 def test_a_save_unlocks_only_when_asked_and_only_its_own_lock(store: SessionStore) -> None:
-    kept, released, lost, gone = (session(store) for _ in range(4))
-    taken = store.take_many([(sid, NAMES, None) for sid in (kept, released, lost, gone)], "w1")
+    kept, released, lost, gone, gone_kept = (session(store) for _ in range(5))
+    taken = store.take_many([(sid, NAMES, None) for sid in (kept, released, lost, gone, gone_kept)], "w1")
     tokens = [t[0] for t in taken if t is not None]
-    assert len(tokens) == 4
+    assert len(tokens) == 5
     store.r.set(lock_key(lost), "w2|other", px=10_000)  # its lock expired and was taken meanwhile
-    store.r.delete(session_key(gone))  # the session expired meanwhile
+    store.r.delete(session_key(gone), session_key(gone_kept))  # the sessions expired meanwhile
     saves = [
         Save(kept, tokens[0], 600, {"next_seq": "1"}),
         Save(released, tokens[1], 600, {"next_seq": "1"}, unlock=True),
         Save(lost, tokens[2], 600, {"next_seq": "1"}, unlock=True),
         Save(gone, tokens[3], 600, {"next_seq": "1"}, unlock=True),
+        Save(gone_kept, tokens[4], 600, {"next_seq": "1"}),
     ]
-    assert store.save_many(saves) == [True, True, False, False]
+    assert store.save_many(saves) == [True, True, False, False, False]
+    assert store.r.get(lock_key(gone_kept)) == tokens[4].encode()  # not asked: still held
     assert store.r.get(lock_key(kept)) == tokens[0].encode()  # still held: unlocked later
     assert store.r.get(lock_key(released)) is None
     assert store.r.get(lock_key(lost)) == b"w2|other"  # another's lock stays
