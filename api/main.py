@@ -34,7 +34,7 @@ from api.routes.health import NAME, version
 from api.routes.metrics import HttpMetricsMiddleware
 from api.services import batch_intake
 from api.uploads import BodyLimitMiddleware
-from shared.platform import logs
+from shared.platform import gctune, logs
 from shared.platform.settings import get_settings
 
 DESCRIPTION = """\
@@ -73,6 +73,8 @@ def warm_up() -> None:
 @contextlib.asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     await run_in_threadpool(warm_up)
+    gctune.tune()
+    gctune.freeze()  # what startup built is left out of every later collection
     sweeps = asyncio.create_task(batch_intake.sweeps(get_settings()))
     try:
         yield

@@ -19,7 +19,7 @@ from celery.signals import after_setup_logger, task_prerun, worker_process_init
 from sqlalchemy import text
 
 from shared.db.session import engine_for, session_scope, sessionmaker_for
-from shared.platform import logs, metrics
+from shared.platform import gctune, logs, metrics
 from shared.platform.batch_state import finish_done_batches
 from shared.platform.settings import Settings, get_settings
 from shared.queue import REQUEUE_TASK, TRANSCRIBE_TASK, enqueue_transcription, enqueue_webhook
@@ -84,7 +84,9 @@ def _process_init(**_: Any) -> None:
                 db.execute(text("SELECT 1"))
         except Exception as exc:  # the first job meets it again, and retries
             log.warning("the database could not be reached while warming up: %s", exc, job="-")
+        gctune.freeze()  # the model, its sessions and the imports: left out of later collections
 
+    gctune.tune()
     threading.Thread(target=warm, name="model-load", daemon=True).start()
 
 
