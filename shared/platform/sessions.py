@@ -143,6 +143,7 @@ import redis.asyncio as aioredis
 
 from shared.asr.types import SAMPLE_RATE
 from shared.errors import CodedError
+from shared.platform.scripts import Coalescer, run_scripts
 
 PREFIX = "tone:stream:"
 KEEP_ANSWERS = 16  # answers kept per session for client retries
@@ -592,6 +593,7 @@ class AsyncSessionStore:
         self.r = client
         self._piece = client.register_script(_PIECE)
         self._admit = client.register_script(_ADMIT)
+        self._scripts = Coalescer(client)  # a burst's calls go to Redis in one pipeline
 
     async def admit(
         self, queue: str, sid: str, max_sessions: int, max_lag: float, horizon: float = 60.0
@@ -602,7 +604,8 @@ class AsyncSessionStore:
         keys = [open_key(queue), lag_key(queue), waiting_key(queue)]
         args: list[str | float | int] = [time.time(), ACTIVE_SECONDS, max_sessions, max_lag, sid, horizon]
         verdict, value = (
-            v.decode() if isinstance(v, bytes) else str(v) for v in await self._admit(keys=keys, args=args)
+            v.decode() if isinstance(v, bytes) else str(v)
+            for v in await self._scripts.call(self._admit, keys, args)
         )
         if verdict == "lagging":
             raise over_capacity(f"live pieces wait {float(value):.1f} s, more than {max_lag:g} s", 2)
@@ -633,7 +636,7 @@ class AsyncSessionStore:
         args += [serving_key(queue, ""), own_key(queue, ""), OWN_MS, SPILL_SECONDS]
         keys = [session_key(sid), known_key(sid), journal_key(sid), waiting_key(queue), pending_key(queue),
                 awake_key(queue), wake_key(queue)]  # fmt: skip
-        out = await self._piece(keys=keys, args=args)
+        out = await self._scripts.call(self._piece, keys, args)
         accepted = _accepted(sid, out)
         return accepted, accepted.action in ("new", "queued") and bool(out[2])
 
@@ -812,8 +815,8 @@ class SessionStore:
         """For each (session, field names, journaled seq or None): ``lock`` it for ``worker`` and
         read those of its fields it has and that chunk's audio, in one step per session, pipelined;
         (the lock's token, the fields, the chunk), or None where another live worker holds it."""
-        pipe = self.r.pipeline(transaction=False)
         tokens = [f"{worker}|{secrets.token_hex(12)}" for _ in wanted]
+        calls = []
         for (sid, names, seq), token in zip(wanted, tokens):
             keys = [lock_key(sid), session_key(sid), journal_key(sid)]
             args: list[str | int] = [
@@ -823,9 +826,9 @@ class SessionStore:
                 "" if seq is None else str(seq),
                 *names,
             ]
-            self._take(keys=keys, args=args, client=pipe)
+            calls.append((self._take, keys, args))
         out: list[tuple[str, dict[str, bytes], bytes | None] | None] = []
-        for (_, names, _), token, got in zip(wanted, tokens, pipe.execute()):
+        for (_, names, _), token, got in zip(wanted, tokens, run_scripts(self.r, calls)):
             if int(got[0]) != 1:
                 out.append(None)
                 continue
@@ -836,10 +839,8 @@ class SessionStore:
     def save_many(self, saves: list[Save]) -> list[bool]:
         """``save`` for each, pipelined (True: saved; each one's ``unlock`` is done either way
         where the lock was still its own)."""
-        pipe = self.r.pipeline(transaction=False)
-        for save in saves:
-            self._save(keys=save.keys(), args=save.args(), client=pipe)
-        return [int(v) == 1 for v in pipe.execute()] if saves else []
+        calls = [(self._save, save.keys(), save.args()) for save in saves]
+        return [int(v) == 1 for v in run_scripts(self.r, calls)]
 
     def phrases_many(self, sids: list[str]) -> list[list[dict[str, Any]]]:
         """Every phrase each session released so far, in order (the ``phrases`` list, then a
