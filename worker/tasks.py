@@ -75,6 +75,7 @@ def _process_init(**_: Any) -> None:
             get_recognizer(settings)
         except Exception as exc:  # reported again, as the job's error, by the first task
             log.error("the model could not be loaded: %s", exc, job="-")
+            gctune.freeze()  # the imports at least
             return
         # the first job's other first-time cost, paid before it comes (the model's warm-up step
         # is get_recognizer's): a pooled database connection with the driver's imports (measured:

@@ -59,6 +59,13 @@ def test_a_worker_process_freezes_once_its_model_is_loaded(tone_model: Path) -> 
     assert frozen > 20_000
 
 
+def test_a_worker_process_whose_model_cannot_load_still_freezes_its_imports(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-model.onnx")
+    *thresholds, frozen = run(WORKER, TONE_MODEL_PATH=missing, DATABASE_URL="postgresql://127.0.0.1:1/none")
+    assert thresholds == TUNED
+    assert frozen > 20_000
+
+
 def test_tune_and_freeze_in_this_process() -> None:
     import gc
 
