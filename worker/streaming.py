@@ -101,6 +101,8 @@ POP = 512  # items popped per round (a session's later pieces go back for the ne
 RUN_SECONDS = 5.0  # a run keeps draining the pending list this long, then hands over
 CACHED_SESSIONS = 256  # states a worker process keeps after saving them (see the docstring)
 SMALL_FIELDS = ["ttl", "next_seq", "final", "finished", "options", "held", "rev", "ckpt", "ckpt_t", "phrases"]
+# a session's checkpoint, as ``load_states`` reads it (two streams at most: a stereo session's)
+CHECKPOINT_FIELDS = ("state:0", "state:1", "state", "ckpt_held", "ckpt_rs")
 CHECKPOINT_PIECES = 32  # at most this many pieces between two checkpoints (bounds a replay)
 IDLE_SECONDS = 1.0  # a run waits this long for the next item before it ends
 SWEEP_SECONDS = 1.0  # how often a serving worker releases the lists of killed ones
@@ -252,15 +254,24 @@ class Prefetched:
     sessions of the round); anything else goes to the store itself."""
 
     def __init__(
-        self, store: SessionStore, fields: dict[str, dict[str, bytes]], chunks: dict[str, bytes | None]
+        self,
+        store: SessionStore,
+        fields: dict[str, dict[str, bytes]],
+        chunks: dict[str, bytes | None],
+        asked: dict[str, set[str]],
     ) -> None:
         self.store = store
         self.fields = fields
         self.chunks = chunks
+        self.asked = asked  # the field names asked for, by session
 
     def load_fields(self, sid: str, names: list[str]) -> dict[str, bytes]:
-        if sid in self.fields and names == [*SMALL_FIELDS, *names[len(SMALL_FIELDS) :]]:
-            return self.fields[sid]
+        """The fields read with the round's take (those ``names`` the session has), when every one
+        of ``names`` was asked for then; else from the store."""
+        asked = self.asked.get(sid)
+        if asked is not None and asked.issuperset(names):
+            got = self.fields[sid]
+            return {n: got[n] for n in names if n in got}
         return self.store.load_fields(sid, names)
 
     def chunk(self, sid: str, seq: int) -> bytes | None:
@@ -494,8 +505,14 @@ def run_round(
             taken[item.id] = item
     work: list[Work] = []
     done = 0
+    # a session whose states this worker does not hold (new, or taken over) reads its checkpoint's
+    # fields in the same step: before, each one's own HMGET, one after another, in a new burst's round
     wanted = [
-        (i.id, [*SMALL_FIELDS, f"answer:{i.seq}"], i.seq if i.kind == "chunk" else None)
+        (
+            i.id,
+            [*SMALL_FIELDS, f"answer:{i.seq}", *(() if i.id in _states else CHECKPOINT_FIELDS)],
+            i.seq if i.kind == "chunk" else None,
+        )
         for i in taken.values()
     ]
     got = store.take_many(wanted, WORKER_ID)  # locked, with their small fields and chunks
@@ -508,6 +525,7 @@ def run_round(
         store,
         {i.id: g[1] for i, g in zip(taken.values(), got) if g is not None},
         {i.id: g[2] for i, g in zip(taken.values(), got) if g is not None},
+        {w[0]: set(w[1]) for w, g in zip(wanted, got) if g is not None},
     )
     unlocks: list[tuple[str, str]] = []
     replies: list[tuple[Item, dict[str, Any]]] = []
