@@ -250,32 +250,26 @@ class Work:
 
 
 class Prefetched:
-    """The store, with a round's small fields and chunks already read (one round trip for all
-    sessions of the round); anything else goes to the store itself."""
+    """The store, with what a round's take read of each session already in hand (one round trip
+    for all sessions of the round); anything else goes to the store itself."""
 
     def __init__(
-        self,
-        store: SessionStore,
-        fields: dict[str, dict[str, bytes]],
-        chunks: dict[str, bytes | None],
-        asked: dict[str, set[str]],
+        self, store: SessionStore, taken: dict[str, tuple[set[str], dict[str, bytes], bytes | None]]
     ) -> None:
         self.store = store
-        self.fields = fields
-        self.chunks = chunks
-        self.asked = asked  # the field names asked for, by session
+        self.taken = taken  # by session: (the field names asked for, those it has, the chunk)
 
     def load_fields(self, sid: str, names: list[str]) -> dict[str, bytes]:
         """The fields read with the round's take (those ``names`` the session has), when every one
         of ``names`` was asked for then; else from the store."""
-        asked = self.asked.get(sid)
-        if asked is not None and asked.issuperset(names):
-            got = self.fields[sid]
-            return {n: got[n] for n in names if n in got}
+        if sid in self.taken:
+            asked, got, _ = self.taken[sid]
+            if asked.issuperset(names):
+                return {n: got[n] for n in names if n in got}
         return self.store.load_fields(sid, names)
 
     def chunk(self, sid: str, seq: int) -> bytes | None:
-        return self.chunks[sid] if sid in self.chunks else self.store.chunk(sid, seq)
+        return self.taken[sid][2] if sid in self.taken else self.store.chunk(sid, seq)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
@@ -516,17 +510,19 @@ def run_round(
         for i in taken.values()
     ]
     got = store.take_many(wanted, WORKER_ID)  # locked, with their small fields and chunks
-    locked = [(item, g[0]) for item, g in zip(taken.values(), got) if g is not None]
+    locked: list[tuple[Item, str]] = []
+    refused: list[Item] = []
+    read: dict[str, tuple[set[str], dict[str, bytes], bytes | None]] = {}
+    for item, (_, names, _), g in zip(taken.values(), wanted, got):
+        if g is None:
+            refused.append(item)
+        else:
+            locked.append((item, g[0]))
+            read[item.id] = (set(names), g[1], g[2])
     held = {w.item.id for w, _ in _decoding}  # locked by this worker, waiting for the pool
-    refused = [item for item, g in zip(taken.values(), got) if g is None]
     later += [item for item in refused if item.id in held]
     elsewhere = [item for item in refused if item.id not in held]  # another worker's
-    fetched = Prefetched(
-        store,
-        {i.id: g[1] for i, g in zip(taken.values(), got) if g is not None},
-        {i.id: g[2] for i, g in zip(taken.values(), got) if g is not None},
-        {w[0]: set(w[1]) for w, g in zip(wanted, got) if g is not None},
-    )
+    fetched = Prefetched(store, read)
     unlocks: list[tuple[str, str]] = []
     replies: list[tuple[Item, dict[str, Any]]] = []
     for item, token in locked:

@@ -800,7 +800,7 @@ class SessionStore:
     def lock(self, sid: str, worker: str = "") -> str | None:
         """The session's lock for ``worker`` (its token), or None while another live worker holds
         it; one held by a worker without a heartbeat is taken over."""
-        token = f"{worker}|{secrets.token_hex(12)}" if worker else secrets.token_hex(16)
+        token = _lock_token(worker)
         taken = self._lock(keys=[lock_key(sid)], args=[token, LOCK_MS, heartbeat_key("")])
         return token if int(taken) == 1 else None
 
@@ -815,7 +815,7 @@ class SessionStore:
         """For each (session, field names, journaled seq or None): ``lock`` it for ``worker`` and
         read those of its fields it has and that chunk's audio, in one step per session, pipelined;
         (the lock's token, the fields, the chunk), or None where another live worker holds it."""
-        tokens = [f"{worker}|{secrets.token_hex(12)}" for _ in wanted]
+        tokens = [_lock_token(worker) for _ in wanted]
         calls = []
         for (sid, names, seq), token in zip(wanted, tokens):
             keys = [lock_key(sid), session_key(sid), journal_key(sid)]
@@ -937,6 +937,12 @@ class SessionStore:
         pipe = self.r.pipeline(transaction=False)
         _push_replies(pipe, [(item, payload)])
         pipe.execute()
+
+
+def _lock_token(worker: str) -> str:
+    """A new lock token: ``<worker>|<random>`` (the lock rule reads the worker's heartbeat by it),
+    else random."""
+    return f"{worker}|{secrets.token_hex(12)}" if worker else secrets.token_hex(16)
 
 
 def _lists(queue: str, worker: str, shared: bool) -> list[str]:
