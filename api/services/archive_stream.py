@@ -34,13 +34,17 @@ refusal with nothing created) is the one it always was: a local header the direc
 confirm, an entry that fails its CRC, an entry or limit that would refuse the archive, a form field
 after the file part, an ``Idempotency-Key`` already in use. Early reading never starts for a body
 whose file part fits one piece (1 MiB: nothing to overlap) or another format (a 7z, a RAR: refused
-at the end), and stops at an encrypted entry, a method other than stored and deflate, or a *stored*
-entry whose sizes follow its data (bit 3: the end of its data can't be known); in a tar, at a
-damaged header, a sparse member or a global header that renames; in a compressed tar, past
-``MAX_RATIO`` times its compressed bytes. A *deflated* entry whose sizes follow its data (a ZIP
-written to a pipe, as by Java's ``ZipOutputStream`` or macOS's Archive Utility) is inflated as it
-arrives to find its end, and its data descriptor must then match what was inflated (an entry
-expanding more than ``MAX_RATIO`` times is not followed). Nor does it start with ``item_webhooks``
+at the end), and stops at an encrypted entry, a method other than stored and deflate, or a
+*stored* entry whose sizes follow its data in a descriptor without its signature (nothing then
+marks its end); in a tar, at a damaged header, a sparse member or a global header that renames; in
+a compressed tar, past ``MAX_RATIO`` times its compressed bytes. A *deflated* entry whose sizes
+follow its data (a ZIP written to a pipe, as by Java's ``ZipOutputStream`` or macOS's Archive
+Utility) is inflated as it arrives to find its end, and its data descriptor must then match what
+was inflated (an entry expanding more than ``MAX_RATIO`` times is not followed). A *stored* entry
+whose sizes follow its data (Go's ``archive/zip`` writes every entry so, ``zipfile`` writing to a
+pipe too) ends where a signed data descriptor whose CRC and both sizes match the bytes before it
+is followed by the next header's signature: bytes that only look like one are data (more than
+1 000 of them in one entry stop the reader). Nor does it start with ``item_webhooks``
 (an early job's event would go out before its metadata). A client gone midway, or a body refused
 (too large, malformed), deletes the batch. An API process that dies mid-upload leaves a
 ``receiving`` batch whose beat goes stale: the sweep deletes it (its client never got an answer).
@@ -135,6 +139,7 @@ class LocalHeaders:
         self._entry: LocalEntry | None = None  # the entry whose data is arriving
         self._left = 0  # of its data
         self._sized: _Sized | None = None  # a deflated entry whose sizes follow its data
+        self._stored: _Stored | None = None  # a stored one
 
     def feed(self, piece: bytes) -> list[LocalEntry]:
         done: list[LocalEntry] = []
@@ -142,6 +147,9 @@ class LocalHeaders:
         while i < len(piece) and self.stopped is None:
             if self._sized is not None:
                 i = self._follow(piece, i, done)
+                continue
+            if self._stored is not None:
+                i = self._follow_stored(piece, i, done)
                 continue
             if self._entry is not None:
                 take = min(self._left, len(piece) - i)
@@ -184,13 +192,15 @@ class LocalHeaders:
             return None
         raw_name = bytes(self._head[_HEADER.size : _HEADER.size + n])
         extra = bytes(self._head[_HEADER.size + n :])
-        if flags & 0x8:  # its sizes follow its data: a deflate stream ends by itself, stored data does not
-            if method != zipfile.ZIP_DEFLATED:
-                self._stop("a stored entry whose size follows its data")
-                return None
+        if flags & 0x8:  # its sizes follow its data: a deflate stream ends by itself, stored data at
+            # the descriptor that matches it (``_follow_stored``)
             offset = self.pos - len(self._head)
             self._head = bytearray()
-            self._sized = _Sized(offset, raw_name, flags, _zip64_field(extra) is not None, self.pos)
+            zip64 = _zip64_field(extra) is not None
+            if method == zipfile.ZIP_STORED:
+                self._stored = _Stored(offset, raw_name, flags, zip64, self.pos)
+            else:
+                self._sized = _Sized(offset, raw_name, flags, zip64, self.pos)
             return None
         if 0xFFFFFFFF in (csize, usize):
             sizes = _zip64_sizes(extra, usize, csize)
@@ -249,6 +259,53 @@ class LocalHeaders:
         )
         return i
 
+    def _follow_stored(self, piece: bytes, i: int, done: list[LocalEntry]) -> int:
+        """A stored entry whose sizes follow its data: its bytes are data up to a data descriptor
+        (signed: ``PK\\7\\8``) whose CRC and both sizes match every byte before it, followed by the
+        next header's signature; returns how far into ``piece`` it got. A few bytes that may begin
+        the descriptor are held until the next piece decides."""
+        e = self._stored
+        assert e is not None
+        held = len(e.held)
+        buf = bytes(e.held) + piece[i:]
+        at = 0
+        while True:
+            k = buf.find(_DESCRIPTOR, at)
+            if k < 0:  # all data, but for the last bytes: a signature may start there
+                k = max(at, len(buf) - len(_DESCRIPTOR) + 1)
+                self._stored_data(e, buf[:k])
+                e.held = bytearray(buf[k:])
+                return len(piece)
+            end = _stored_end(buf, k, e)
+            if end is None:  # not enough bytes after it yet to tell
+                self._stored_data(e, buf[:k])
+                e.held = bytearray(buf[k:])
+                return len(piece)
+            if end:
+                break
+            at = k + 1  # data that looks like a descriptor's signature
+            e.lookalikes += 1
+            if e.lookalikes > _LOOKALIKES:  # each costs a look: data made of them is not followed
+                self._stop("a stored entry whose data holds many descriptor signatures")
+                return len(piece)
+        self._stored_data(e, buf[:k])
+        self.pos += end - k
+        self._stored = None
+        done.append(
+            LocalEntry(
+                e.offset, e.raw_name, e.flags, zipfile.ZIP_STORED, e.crc, e.size, e.size, e.data_offset
+            )
+        )
+        if end < held:  # the next header began in the bytes held from the last piece
+            self._head += buf[end:held]
+            self.pos += held - end
+            return i
+        return i + end - held
+
+    def _stored_data(self, e: _Stored, data: bytes) -> None:
+        e.crc, e.size = zlib.crc32(data, e.crc), e.size + len(data)
+        self.pos += len(data)
+
 
 @dataclass
 class _Sized:
@@ -264,6 +321,55 @@ class _Sized:
     size: int = 0
     compressed: int = 0
     tail: bytearray = field(default_factory=bytearray)  # its data descriptor, gathered
+
+
+@dataclass
+class _Stored:
+    """A stored entry whose sizes follow its data, its end being looked for as it arrives."""
+
+    offset: int
+    raw_name: bytes
+    flags: int
+    zip64: bool
+    data_offset: int
+    crc: int = 0  # of the bytes known to be its data
+    size: int = 0
+    held: bytearray = field(default_factory=bytearray)  # bytes after those, not yet known to be data
+    lookalikes: int = 0  # signatures in its data that began no descriptor of it
+
+
+_NEXT = (
+    _LOCAL,
+    b"PK\x01\x02",
+    b"PK\x06\x06",
+    b"PK\x05\x06",
+)  # what follows an entry: an entry, the directory
+_STORED_DESCRIPTORS = (struct.Struct("<LLL"), struct.Struct("<LQQ"))  # CRC and sizes, 4 or 8 bytes each
+_STORED_NEED = 4 + _STORED_DESCRIPTORS[1].size + 4  # bytes from a candidate's start that decide it
+_LOOKALIKES = 1000  # in one entry's data (random audio: one in 4 GiB)
+
+
+def _stored_end(buf: bytes, k: int, e: _Stored) -> int | None:
+    """Whether the signature at ``buf[k]`` begins the data descriptor of the stored entry ``e``
+    (whose data so far is ``e``'s bytes and ``buf[:k]``): where its descriptor ends in ``buf``, 0
+    if it does not, None if ``buf`` ends too soon to tell. Its sizes are 8 bytes each when its local
+    header has a ZIP64 field, and also when it has none, as Go writes an entry of 4 GiB or more."""
+    if len(buf) < k + _STORED_NEED:
+        return None
+    size = e.size + k
+    layouts = _STORED_DESCRIPTORS[::-1] if e.zip64 else _STORED_DESCRIPTORS
+    crc: int | None = None
+    for layout in layouts:
+        stored_crc, csize, usize = layout.unpack_from(buf, k + 4)
+        end = k + 4 + layout.size
+        if csize != usize or usize != size & (0xFFFFFFFF if layout.size == 12 else (1 << 64) - 1):
+            continue
+        if buf[end : end + 4] not in _NEXT:
+            continue
+        crc = zlib.crc32(buf[:k], e.crc) if crc is None else crc
+        if crc == stored_crc:
+            return end
+    return 0
 
 
 def _zip64_field(extra: bytes) -> bytes | None:

@@ -40,9 +40,10 @@ FILLER = 2_500_000  # a non-audio entry after the early ones: the upload's first
 
 
 def _zip(members: list[tuple[str, bytes, int]], piped: bool = False) -> bytes:
-    """``piped``: written as to a pipe (every entry deflated, its sizes after its data)."""
+    """``piped``: written as to a pipe (every entry's sizes after its data, stored and deflated
+    alike: as Go's ``archive/zip`` writes them, and ``zipfile`` to a pipe)."""
     if piped:
-        return _piped([(n, d, zipfile.ZIP_DEFLATED) for n, d, _ in members if not n.endswith("/")])
+        return _piped([m for m in members if not m[0].endswith("/")])
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for name, data, method in members:
@@ -169,8 +170,9 @@ def test_jobs_are_transcribed_while_the_archive_uploads_and_the_batch_is_the_fin
     kind: str,
 ) -> None:
     """A ZIP, one written as to a pipe (sizes after each entry's data: followed through its
-    deflate streams), a tar, and a tar.gz, tar.bz2 and tar.xz (decompressed into a sidecar as it
-    arrives, which, holding the whole tar at the end, becomes the archive the rest is read from)."""
+    deflate streams and to the descriptors that match its stored data), a tar, and a tar.gz,
+    tar.bz2 and tar.xz (decompressed into a sidecar as it arrives, which, holding the whole tar at
+    the end, becomes the archive the rest is read from)."""
     key, tenant, servers = up.key, up.tenant, up.servers
     body = _form(_archive(audio, kind=kind), {"name": "May calls", "priority": "3"})
     got = _post(up.url, key, body, 200_000, lambda: _jobs_of(servers, tenant, "completed") > 0)

@@ -93,7 +93,6 @@ def test_a_name_without_the_utf8_flag_is_read_as_russian_windows_writes_it() -> 
 @pytest.mark.parametrize(
     ("flags", "method", "why"),
     [
-        (0x8, 0, "a stored entry whose size follows its data"),
         (0x1, 8, "an encrypted entry"),
         (0x0, 12, "an entry compressed with method 12"),
     ],
@@ -145,30 +144,87 @@ def _piped(files: list[tuple[str, bytes, int]], zip64: bool = False) -> bytes:
     return bytes(pipe.out)
 
 
-PIPED = [(n, d, zipfile.ZIP_DEFLATED) for n, d, _ in FILES if not n.endswith("/")]
+PIPED = [(n, d, m) for n, d, m in FILES if not n.endswith("/")]  # stored and deflated alike
 
 
 @pytest.mark.parametrize("zip64", [False, True])
 @pytest.mark.parametrize("seed", range(3))
-def test_a_zip_written_to_a_pipe_is_followed_through_its_deflate_streams(seed: int, zip64: bool) -> None:
+def test_a_zip_written_to_a_pipe_is_followed_through_its_deflate_streams_and_stored_data(
+    seed: int, zip64: bool
+) -> None:
     raw = _piped(PIPED, zip64)
     headers, found, seen_at = _feed(raw, random.Random(seed))
     with zipfile.ZipFile(io.BytesIO(raw)) as zf:
         infos = zf.infolist()
     assert all(i.flag_bits & 0x8 for i in infos)
-    assert [(e.offset, e.name, e.crc, e.compressed, e.size) for e in found] == [
-        (i.header_offset, i.filename, i.CRC, i.compress_size, i.file_size) for i in infos
+    assert {i.compress_type for i in infos} == {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
+    assert [(e.offset, e.name, e.crc, e.compressed, e.size, e.method) for e in found] == [
+        (i.header_offset, i.filename, i.CRC, i.compress_size, i.file_size, i.compress_type) for i in infos
     ]
     assert headers.stopped == "the central directory"
     for e, at in zip(found, seen_at, strict=True):
         assert e.data_offset + e.compressed <= at
 
 
-def test_a_piped_entry_stored_or_lying_in_its_descriptor_or_too_expanding_stops_the_reader() -> None:
-    stored = LocalHeaders()
-    assert stored.feed(_piped([("a.wav", b"abc" * 100, zipfile.ZIP_STORED)])) == []
-    assert stored.stopped == "a stored entry whose size follows its data"
+def _descriptor(data: bytes, wide: bool = False, signed: bool = True) -> bytes:
+    crc = zipfile.crc32(data)  # type: ignore[attr-defined]
+    body = struct.pack("<LQQ" if wide else "<LLL", crc, len(data), len(data))
+    return (b"PK\x07\x08" if signed else b"") + body
 
+
+def _stored_later(name: str, data: bytes, descriptor: bytes) -> bytes:
+    """A stored entry whose sizes follow its data, built by hand (no ZIP64 field in its header)."""
+    header = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0x8, 0, 0, 0, 0, 0, 0, len(name), 0)
+    return header + name.encode() + data + descriptor
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_stored_entry_ends_only_at_the_descriptor_that_matches_it(seed: int) -> None:
+    """Signatures inside the data, even whole descriptors with the wrong CRC or sizes, are data;
+    8-byte sizes with no ZIP64 field (Go's entries of 4 GiB or more) end it too."""
+    rng = random.Random(seed)
+    head = rng.randbytes(3000)
+    lookalikes = head + b"PK\x07\x08" + rng.randbytes(40)  # a bare signature
+    lookalikes += (
+        _descriptor(lookalikes) + b"RIFF"
+    )  # a whole descriptor of the bytes before it, no header after
+    wrong_crc = (zipfile.crc32(lookalikes) + 1) & 0xFFFFFFFF  # type: ignore[attr-defined]
+    lookalikes += b"PK\x07\x08" + struct.pack("<LLL", wrong_crc, len(lookalikes), len(lookalikes))
+    lookalikes += b"PK\x03\x04" + rng.randbytes(100) + b"PK\x07\x08"  # a header after it; one at the end
+    wide = rng.randbytes(5000)
+    raw = (
+        _stored_later("a.wav", lookalikes, _descriptor(lookalikes))
+        + _stored_later("b.wav", wide, _descriptor(wide, wide=True))
+        + _stored_later("c.wav", b"", _descriptor(b""))
+        + b"PK\x01\x02"
+        + bytes(60)
+    )
+    headers, found, seen_at = _feed(raw, rng)
+    assert [(e.name, e.size, e.compressed, e.crc, e.method) for e in found] == [
+        (n, len(d), len(d), zipfile.crc32(d), zipfile.ZIP_STORED)  # type: ignore[attr-defined]
+        for n, d in (("a.wav", lookalikes), ("b.wav", wide), ("c.wav", b""))
+    ]
+    b_at = 30 + 5 + len(lookalikes) + 16
+    c_at = b_at + 30 + 5 + len(wide) + 24  # its descriptor's sizes 8 bytes each
+    assert [(e.offset, e.data_offset) for e in found] == [(0, 35), (b_at, b_at + 35), (c_at, c_at + 35)]
+    assert headers.stopped == "the central directory"
+    for e, at in zip(found, seen_at, strict=True):
+        assert e.data_offset + e.compressed <= at
+
+
+def test_a_stored_entry_it_cannot_end_is_not_reported_nor_anything_after_it() -> None:
+    data = os.urandom(2000)
+    unsigned = LocalHeaders()  # a descriptor without its signature: nothing marks the end
+    assert unsigned.feed(_stored_later("a.wav", data, _descriptor(data, signed=False)) + _zip(FILES)) == []
+    assert unsigned.stopped is None
+
+    many = b"PK\x07\x08" * 1500
+    made_of_them = LocalHeaders()
+    assert made_of_them.feed(_stored_later("a.wav", many, _descriptor(many)) + b"PK\x01\x02") == []
+    assert made_of_them.stopped == "a stored entry whose data holds many descriptor signatures"
+
+
+def test_a_piped_entry_lying_in_its_descriptor_or_too_expanding_stops_the_reader() -> None:
     raw = bytearray(_piped([("a.wav", os.urandom(5000), zipfile.ZIP_DEFLATED), ("b.wav", b"b", 8)]))
     with zipfile.ZipFile(io.BytesIO(bytes(raw))) as zf:
         a = zf.infolist()[0]
