@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import io
 import json
 import os
 import stat
@@ -111,20 +112,74 @@ def dir_hash(files: list[tuple[str, Path]]) -> str:
     return total.hexdigest()
 
 
-def pack(files: list[tuple[str, Path]], dest: Path) -> str:
-    """Write the files to a ZIP at ``dest`` (stored: audio is compressed already or barely shrinks),
-    streamed, with fixed times and modes so that the same files give the same bytes; returns
-    :func:`dir_hash` of them, computed on the way."""
-    total = hashlib.sha256()
-    with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for rel, path in files:
-            info = zipfile.ZipInfo(rel, ZIP_EPOCH)
-            info.external_attr = (stat.S_IFREG | 0o644) << 16
-            info.file_size = path.stat().st_size
-            with zf.open(info, "w", force_zip64=info.file_size > 2**31) as member:
-                digest = _file_digest(path, member)
-            total.update(_manifest_line(rel, info.file_size, digest))
-    return total.hexdigest()
+class _Sink:
+    """Where ``zipfile`` writes a streamed ZIP: no ``tell``, so it writes as to a pipe."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.pieces.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        data = b"".join(self.pieces)
+        self.pieces.clear()
+        return data
+
+
+class ZipStream(io.RawIOBase):
+    """A directory's files as one ZIP, made as it is read and never stored: stored entries (audio
+    is compressed already or barely shrinks), relative paths, fixed times and modes (the same files
+    give the same bytes, so a retried upload carries the same request), every entry's sizes after
+    its data, as ``zipfile`` writes to a pipe (the server follows such entries while they upload).
+    ``sent``: the files' bytes read so far; ``digest``, at the end: :func:`dir_hash` of what was
+    sent."""
+
+    def __init__(self, files: list[tuple[str, Path]]) -> None:
+        super().__init__()
+        self.sent = 0
+        self.digest: str | None = None
+        self._pieces = self._make(files)
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return 0
+            self._buf = memoryview(piece)
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+    def _make(self, files: list[tuple[str, Path]]) -> Iterator[bytes]:
+        total = hashlib.sha256()
+        sink = _Sink()
+        with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[call-overload]
+            for rel, path in files:
+                info = zipfile.ZipInfo(rel, ZIP_EPOCH)
+                info.external_attr = (stat.S_IFREG | 0o644) << 16
+                info.file_size = path.stat().st_size
+                digest, size = hashlib.sha256(), 0
+                with path.open("rb") as f, zf.open(info, "w", force_zip64=info.file_size > 2**31) as member:
+                    while piece := f.read(PIECE):
+                        digest.update(piece)
+                        member.write(piece)
+                        size += len(piece)
+                        self.sent += len(piece)
+                        yield sink.take()
+                total.update(_manifest_line(rel, size, digest.hexdigest()))
+                yield sink.take()  # the entry's data descriptor
+        yield sink.take()  # the central directory
+        self.digest = total.hexdigest()
 
 
 def idempotency_key(input_hash: str, options: dict[str, Any], salt: str = "") -> str:
@@ -249,7 +304,9 @@ class Client:
 
 
 class _Counted:
-    """A file read by httpx's multipart encoder, counting bytes for the upload's progress line."""
+    """A file read by httpx's multipart encoder, counting bytes for the upload's progress line (a
+    stream that cannot seek, :class:`ZipStream`, goes chunked: its ``seek``, ``tell`` and ``fileno``
+    raise ``UnsupportedOperation``)."""
 
     def __init__(self, f: IO[bytes], total: int, progress: Progress) -> None:
         self.f, self.total, self.progress, self.sent = f, total, progress, 0
@@ -257,7 +314,8 @@ class _Counted:
     def read(self, size: int = -1) -> bytes:
         data = self.f.read(size)
         self.sent += len(data)
-        self.progress.line(f"uploading {_bar(self.sent / max(self.total, 1))} {_size(self.sent)}/"
+        shown = min(self.sent, self.total)  # a streamed ZIP's headers are not counted in its total
+        self.progress.line(f"uploading {_bar(shown / max(self.total, 1))} {_size(shown)}/"
                            f"{_size(self.total)}", final=self.sent >= self.total)  # fmt: skip
         return data
 
@@ -470,6 +528,7 @@ class Run:
     progress: Progress
     phase: str = "starting"
     batch_id: str | None = None
+    input_hash: str | None = None  # of what is uploaded (a streamed ZIP's files must still match it)
 
     def resume_hint(self) -> str:
         again = f"tone-platform batch {self.args.source} --server {self.args.server} --out {self.args.out}"
@@ -524,40 +583,38 @@ def _inputs(run: Run) -> list[tuple[str, Path]] | None:
     raise BatchError(f"{run.args.source} does not exist")
 
 
-@contextlib.contextmanager
-def _archive(run: Run, files: list[tuple[str, Path]] | None) -> Iterator[tuple[Path, str, str]]:
-    """``(archive, its upload name, the inputs' hash)``: a directory packed into a temporary ZIP
-    (removed afterwards), an archive as it is."""
-    if files is None:
-        yield run.source, run.source.name, _file_digest(run.source)
-        return
-    fd, tmp_name = tempfile.mkstemp(dir=run.out, prefix=TMP_PREFIX, suffix=".zip")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        _say(f"packing {len(files)} files of {run.args.source}")
-        digest = pack(files, tmp)
-        yield tmp, f"{run.options['name'] or 'batch'}.zip", digest
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _upload(run: Run, archive: Path, filename: str, key: str) -> dict[str, Any]:
-    """POST /v1/batches under ``key`` (the Idempotency-Key); the answer's body."""
+def _upload(run: Run, source: Path | list[tuple[str, Path]], filename: str, key: str) -> dict[str, Any]:
+    """POST /v1/batches under ``key`` (the Idempotency-Key): an archive as it is, or a directory's
+    files as a ZIP made while it uploads (:class:`ZipStream`, sent chunked: no temporary copy of
+    the directory, and the server transcribes its first recordings before the last is sent); the
+    answer's body."""
     run.phase = "uploading"
-    size = archive.stat().st_size
-    _say(f"uploading {_size(size)} to {run.client.server}")
-    with archive.open("rb") as f:
+    stream = None
+    with contextlib.ExitStack() as stack:
+        if isinstance(source, Path):
+            size = source.stat().st_size
+            body: IO[bytes] = stack.enter_context(source.open("rb"))
+            _say(f"uploading {_size(size)} to {run.client.server}")
+        else:
+            size = sum(path.stat().st_size for _, path in source)
+            body = stream = ZipStream(source)  # type: ignore[assignment]
+            _say(f"uploading {len(source)} files ({_size(size)}) as one ZIP to {run.client.server}")
         response = run.client.send(
             "POST",
             "/v1/batches",
             retry=False,
             headers={"Idempotency-Key": key},
-            files={"file": (filename, _Counted(f, size, run.progress), "application/octet-stream")},
+            files={"file": (filename, _Counted(body, size, run.progress), "application/zip")},
             data={k: str(v) for k, v in run.options.items() if v is not None},
         )
     run.progress.end()
-    return dict(response.json())
+    answer = dict(response.json())
+    if stream is not None and stream.digest != run.input_hash:
+        raise BatchError(
+            f"{run.args.source} changed while it was being uploaded (batch {answer.get('id')} holds what "
+            "was sent); run the command again with --new"
+        )
+    return answer
 
 
 def _wait(run: Run) -> dict[str, Any]:
@@ -656,14 +713,20 @@ def _resume(run: Run, state: dict[str, Any], files: list[tuple[str, Path]] | Non
 
 
 def _submit(run: Run, state: dict[str, Any] | None, files: list[tuple[str, Path]] | None) -> dict[str, Any]:
-    """Pack (a directory), write the state with the Idempotency-Key, upload; the state with the batch."""
-    with _archive(run, files) as (archive, filename, digest):
-        if state is None:
-            state = _new_state(run, digest)
-            save_state(run.out, state)  # before the upload: a rerun after Ctrl-C reuses its key
-        elif digest != state["input_hash"]:
-            raise BatchError(f"{run.args.source} changed while it was being read; run the command again")
-        answer = _upload(run, archive, filename, state["idempotency_key"])
+    """Hash the inputs, write the state with the Idempotency-Key, upload; the state with the batch."""
+    if files is None:
+        source: Path | list[tuple[str, Path]] = run.source
+        filename, digest = run.source.name, _file_digest(run.source)
+    else:
+        _say(f"reading {len(files)} files of {run.args.source}")
+        source, filename, digest = files, f"{run.options['name'] or 'batch'}.zip", dir_hash(files)
+    if state is None:
+        state = _new_state(run, digest)
+        save_state(run.out, state)  # before the upload: a rerun after Ctrl-C reuses its key
+    elif digest != state["input_hash"]:
+        raise BatchError(f"{run.args.source} changed while it was being read; run the command again")
+    run.input_hash = digest
+    answer = _upload(run, source, filename, state["idempotency_key"])
     if not answer.get("jobs") and answer.get("status") != "preparing":  # preparing: jobs to come
         (run.out / STATE_NAME).unlink(missing_ok=True)
         reasons = "; ".join(f"{s.get('name')}: {s.get('reason')}" for s in answer.get("skipped", [])[:10])

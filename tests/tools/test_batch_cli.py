@@ -19,13 +19,16 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import soundfile as sf
 
+from api.services.archive_stream import LocalHeaders
 from shared.cli.batch import (
     STATE_NAME,
     BatchError,
     Progress,
+    ZipStream,
     describe,
-    pack,
+    dir_hash,
     safe_extract,
     scan_dir,
 )
@@ -143,16 +146,25 @@ def test_help_lists_batch_and_the_bench_batch_run() -> None:
 
 
 def test_packing_keeps_relative_paths_skips_hidden_and_non_audio_and_is_repeatable(tmp_path: Path) -> None:
+    """The ZIP a directory is sent as: made while it is read (in the small pieces httpx reads), the
+    same bytes twice, every entry stored with its sizes after its data (what the server follows
+    while it uploads), the files' hash computed on the way equal to the one made before it."""
     folder = make_folder(tmp_path / "in")
     (folder / ".git").mkdir()
     (folder / ".git" / "x.wav").write_bytes(b"in a hidden folder")
     files = scan_dir(folder)
     assert [rel for rel, _ in files] == ["calls/a.wav", "calls/b.wav", "metadata.csv", "other/c.wav"]
-    first, second = tmp_path / "1.zip", tmp_path / "2.zip"
-    assert pack(files, first) == pack(files, second)
-    assert first.read_bytes() == second.read_bytes()  # the same upload, byte for byte
-    with zipfile.ZipFile(first) as zf:
+    streams = [ZipStream(files), ZipStream(files)]
+    first, second = (b"".join(iter(lambda s=s: s.read(65536), b"")) for s in streams)  # type: ignore[misc]
+    assert first == second  # the same upload, byte for byte
+    assert streams[0].digest == streams[1].digest == dir_hash(files)
+    assert streams[0].sent == sum(path.stat().st_size for _, path in files)
+    with zipfile.ZipFile(io.BytesIO(first)) as zf:
+        assert zf.namelist() == [rel for rel, _ in files]
+        assert all(i.flag_bits & 0x8 and i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
         assert zf.read("calls/b.wav") == (folder / "calls/b.wav").read_bytes()
+    headers = LocalHeaders()
+    assert [e.name for e in headers.feed(first)] == [rel for rel, _ in files]  # the server follows it
 
 
 @pytest.mark.parametrize("bad", ["../escaped.txt", "/abs/escaped.txt", "a/../../escaped.txt", STATE_NAME])
@@ -227,6 +239,26 @@ def test_folder_becomes_transcript_files_and_a_rerun_submits_nothing(
     assert state_of(out)["batch_id"] == batch_id
     assert count_jobs(api.url or "", key) == jobs
     assert tree(out) == before
+
+
+def test_a_folder_is_sent_as_a_zip_made_while_it_uploads_which_the_server_reads_as_it_arrives(
+    api: Proc, worker: Proc, servers: dict[str, str], tmp_path: Path
+) -> None:
+    """No temporary ZIP: the directory is zipped into the request, each entry's sizes after it; the
+    server follows it while it uploads (a body over one 1 MiB piece). A tenant of its own."""
+    key = make_key(servers, "batch-cli-stream")
+    folder = make_folder(tmp_path / "in", {"calls/a.wav": (["привет мир"], ["да"])})
+    long = np.zeros((140 * 8000, 2), dtype=np.int16)  # 4.5 MB of silence after it
+    sf.write(folder / "calls/z.wav", long, 8000, subtype="PCM_16")
+    out = tmp_path / "out"
+    done = run_batch(folder, out, api.url or "", key, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    batch_id = state_of(out)["batch_id"]
+    assert f"batch {batch_id}: 2 of 2 recordings transcribed, 0 failed" in done.stdout
+    assert "as one ZIP" in done.stderr
+    assert f"batch {batch_id}: reading its archive while it uploads" in api.log.read_text()
+    assert "привет мир" in (out / "calls/a.json").read_text()
+    assert not any(n.startswith(".tone-batch-") for n in os.listdir(out))
 
 
 @pytest.fixture(scope="module")
