@@ -590,23 +590,30 @@ def _upload(run: Run, source: Path | list[tuple[str, Path]], filename: str, key:
     answer's body."""
     run.phase = "uploading"
     stream = None
-    with contextlib.ExitStack() as stack:
-        if isinstance(source, Path):
-            size = source.stat().st_size
-            body: IO[bytes] = stack.enter_context(source.open("rb"))
-            _say(f"uploading {_size(size)} to {run.client.server}")
-        else:
-            size = sum(path.stat().st_size for _, path in source)
-            body = stream = ZipStream(source)  # type: ignore[assignment]
-            _say(f"uploading {len(source)} files ({_size(size)}) as one ZIP to {run.client.server}")
-        response = run.client.send(
-            "POST",
-            "/v1/batches",
-            retry=False,
-            headers={"Idempotency-Key": key},
-            files={"file": (filename, _Counted(body, size, run.progress), "application/zip")},
-            data={k: str(v) for k, v in run.options.items() if v is not None},
-        )
+    try:
+        with contextlib.ExitStack() as stack:
+            if isinstance(source, Path):
+                size = source.stat().st_size
+                body: IO[bytes] = stack.enter_context(source.open("rb"))
+                _say(f"uploading {_size(size)} to {run.client.server}")
+            else:
+                size = sum(path.stat().st_size for _, path in source)
+                body = stream = ZipStream(source)  # type: ignore[assignment]
+                _say(f"uploading {len(source)} files ({_size(size)}) as one ZIP to {run.client.server}")
+            response = run.client.send(
+                "POST",
+                "/v1/batches",
+                retry=False,
+                headers={"Idempotency-Key": key},
+                files={"file": (filename, _Counted(body, size, run.progress), "application/zip")},
+                data={k: str(v) for k, v in run.options.items() if v is not None},
+            )
+    except OSError as exc:  # a file gone or unreadable since it was hashed: the server drops the upload
+        run.progress.end()
+        raise BatchError(
+            f"{exc.filename or run.args.source} could not be read during the upload "
+            f"({exc.strerror or exc}); nothing was made of it. Run the command again"
+        ) from None
     run.progress.end()
     answer = dict(response.json())
     if stream is not None and stream.digest != run.input_hash:

@@ -3,6 +3,7 @@ transcript files out; reruns, Ctrl-C and resume, bad keys and bad inputs."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -25,8 +26,11 @@ from api.services.archive_stream import LocalHeaders
 from shared.cli.batch import (
     STATE_NAME,
     BatchError,
+    Client,
     Progress,
+    Run,
     ZipStream,
+    _upload,
     describe,
     dir_hash,
     safe_extract,
@@ -34,6 +38,7 @@ from shared.cli.batch import (
 )
 from shared.dev.bench import batch_archive, batch_folder, batch_run, jobs_run
 from tests.api.test_api import auth
+from tests.api.test_batch_sources import tenant_batches
 from tests.api.test_batches import stereo_wav
 from tests.conftest import KIT_AUDIO, Proc, make_key, start_api, start_worker, wait_for
 
@@ -259,6 +264,34 @@ def test_a_folder_is_sent_as_a_zip_made_while_it_uploads_which_the_server_reads_
     assert f"batch {batch_id}: reading its archive while it uploads" in api.log.read_text()
     assert "привет мир" in (out / "calls/a.json").read_text()
     assert not any(n.startswith(".tone-batch-") for n in os.listdir(out))
+
+
+def test_a_file_unreadable_during_the_streamed_upload_ends_it_with_a_clear_error_and_no_batch(
+    api: Proc, servers: dict[str, str], tmp_path: Path
+) -> None:
+    """The third entry cannot be opened once the first two are sent (here a directory where the
+    file was): exit 2's message names it, and the server, its body cut short, keeps no batch."""
+    key = make_key(servers, "batch-cli-gone")
+    first = tmp_path / "a.wav"
+    sf.write(first, np.zeros((100 * 8000, 2), dtype=np.int16), 8000, subtype="PCM_16")  # 3.2 MB
+    second = stereo_wav(tmp_path / "b.wav", ["привет мир"], ["да"])
+    gone = tmp_path / "c.wav"
+    gone.mkdir()
+    args = argparse.Namespace(source=str(tmp_path))
+    client = Client(api.url or "", key)
+    run = Run(args, tmp_path, tmp_path / "out", ["json"], {"name": "gone"}, client, Progress())
+    try:
+        with pytest.raises(BatchError, match=r"c\.wav could not be read during the upload"):
+            _upload(
+                run, [("a.wav", first), ("b.wav", second), ("c.wav", gone)], "gone.zip", f"gone-{os.getpid()}"
+            )
+    finally:
+        client.close()
+    # the API notices the cut body and removes the batch it began reading early
+    wait_for(
+        lambda: tenant_batches(servers["DATABASE_URL"], key) == 0, "the cut upload's batch removed", api, 30
+    )
+    assert "reading its archive while it uploads" in api.log.read_text()  # there was one to remove
 
 
 @pytest.fixture(scope="module")
