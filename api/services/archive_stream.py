@@ -338,12 +338,9 @@ class _Stored:
     lookalikes: int = 0  # signatures in its data that began no descriptor of it
 
 
-_NEXT = (
-    _LOCAL,
-    b"PK\x01\x02",
-    b"PK\x06\x06",
-    b"PK\x05\x06",
-)  # what follows an entry: an entry, the directory
+# what follows an entry: the next one's local header, or the central directory (its first entry,
+# the ZIP64 end record, or the end record of an archive with no directory entry)
+_NEXT = (_LOCAL, b"PK\x01\x02", b"PK\x06\x06", b"PK\x05\x06")
 _STORED_DESCRIPTORS = (struct.Struct("<LLL"), struct.Struct("<LQQ"))  # CRC and sizes, 4 or 8 bytes each
 _STORED_NEED = 4 + _STORED_DESCRIPTORS[1].size + 4  # bytes from a candidate's start that decide it
 _LOOKALIKES = 1000  # in one entry's data (random audio: one in 4 GiB)
