@@ -50,8 +50,9 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-run-channels", type=int, default=1, choices=(1, 2),
                    help="2: stereo calls, 2 streams each (counted in channel-seconds)")  # fmt: skip
     p.add_argument("--batch-run-source", default="archive,folder",
-                   help="archive (one ZIP uploaded with the request), tar.gz, tar.xz (the same "
-                        "recordings as one tar.gz, tar.xz), "
+                   help="archive (one ZIP uploaded with the request), piped (the same ZIP written "
+                        "as to a pipe: every entry's sizes after its data, as Go writes them), tar.gz, "
+                        "tar.xz (the same recordings as one tar.gz, tar.xz), "
                         "folder (the same files in a server folder under TONE_BATCH_ROOT: nothing "
                         "uploaded), a comma list of them")  # fmt: skip
     p.add_argument("--batch-only", action="store_true",

@@ -838,7 +838,7 @@ def _p95(values: list[float]) -> float:
 
 
 STREAM_STARTS = ("together", "spread")
-BATCH_SOURCES = ("archive", "folder", "tar.gz", "tar.xz")
+BATCH_SOURCES = ("archive", "folder", "tar.gz", "tar.xz", "piped")
 
 
 def comma_choices(option: str, given: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -1154,10 +1154,27 @@ def batch_archive(dest: Path, recordings: int, seconds: float, seed: int = 0, ch
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
         return recordings * seconds * channels
-    with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as zf:
-        for name, data in _batch_recordings(recordings, seconds, seed, channels):
-            zf.writestr(name, data)
+    with dest.open("wb") as out:
+        # ``*.piped.zip``: written as to a pipe (no ``tell``), every entry's sizes after its data, as
+        # Go's archive/zip and ``tone-platform batch`` write theirs
+        sink = _Unseekable(out) if dest.name.endswith(".piped.zip") else out
+        with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as zf:  # type: ignore[call-overload]
+            for name, data in _batch_recordings(recordings, seconds, seed, channels):
+                zf.writestr(name, data)
     return recordings * seconds * channels
+
+
+class _Unseekable:
+    """A file ``zipfile`` can only write to, as to a pipe."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+
+    def write(self, data: bytes) -> int:
+        return int(self.f.write(data))
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def batch_folder(root: Path, recordings: int, seconds: float, seed: int = 0, channels: int = 1) -> float:
@@ -1312,7 +1329,8 @@ def run_batch_bench(
                 audio = batch_folder(root, recordings, seconds, channels=channels)
                 run = batch_run(url, key, root / "calls", audio, directory="calls")
             else:
-                archive = root / ("bench-batch." + (source if source.startswith("tar") else "zip"))
+                suffix = {"archive": "zip", "piped": "piped.zip"}.get(source, source)
+                archive = root / f"bench-batch.{suffix}"
                 audio = batch_archive(archive, recordings, seconds, channels=channels)
                 run = batch_run(url, key, archive, audio)
         if on_files is not None:
@@ -1320,7 +1338,11 @@ def run_batch_bench(
                 batch_folder(root, recordings, seconds, channels=channels)
             same = audio / on_files(sorted((root / "calls").glob("*.wav")), batch * channels)
     best_b, best_rate = engine_best
-    how = {"archive": "one archive", "folder": "one server folder"}.get(source, f"one {source}")
+    how = {
+        "archive": "one archive",
+        "folder": "one server folder",
+        "piped": "one ZIP written as to a pipe",
+    }.get(source, f"one {source}")
     print(
         f"\nbatch: {how} of {run.recordings} {'stereo ' if channels == 2 else ''}recordings "
         f"of {seconds:.0f} s "

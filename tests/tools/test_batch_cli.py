@@ -453,14 +453,17 @@ def test_ctrl_c_while_waiting_then_rerun_resumes_the_same_batch(
         worker.stop()
 
 
-@pytest.mark.parametrize("name", ["bench.zip", "bench.tar.gz"])
+@pytest.mark.parametrize("name", ["bench.zip", "bench.piped.zip", "bench.tar.gz"])
 def test_bench_batch_run_measures_one_whole_batch(
     api: Proc, worker: Proc, key: str, tmp_path: Path, name: str
 ) -> None:
-    """The code path of the bench's batch run (``make bench``), tiny, on the tones model: its ZIP and
-    its tar.gz (``--batch-run-source archive,tar.gz``)."""
+    """The code path of the bench's batch run (``make bench``), tiny, on the tones model: its ZIP, the
+    same written as to a pipe, and its tar.gz (``--batch-run-source archive,piped,tar.gz``)."""
     archive = tmp_path / name
     audio = batch_archive(archive, recordings=3, seconds=1.0, seed=7)
+    if name.endswith("zip"):
+        with zipfile.ZipFile(archive) as zf:  # sizes after each entry's data exactly when piped
+            assert {bool(i.flag_bits & 0x8) for i in zf.infolist()} == {"piped" in name}
     run = batch_run(api.url or "", key, archive, audio, poll=0.2)
     assert run.recordings == 3 and run.completed == 3
     assert 0 < run.upload_s <= run.first_result_s <= run.wall_s and run.rate > 0
