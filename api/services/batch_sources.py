@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import lzma
 import os
 import re
 import stat
@@ -52,6 +53,7 @@ class Entry:
     kind: str  # file | dir | link | device
     open: Callable[[], IO[bytes]]
     path: Path | None = None  # a file in a folder (used in place), not in an archive
+    unreadable: str | None = None  # why its bytes cannot be read (a skip's reason): a password, a method
 
 
 @dataclass
@@ -87,8 +89,30 @@ def _zip_entries(zf: zipfile.ZipFile) -> list[Entry]:
             kind = "device"
         else:
             kind = "file"
-        out.append(Entry(zip_name(info), info.file_size, info.compress_size, kind, partial(zf.open, info)))
+        entry = Entry(zip_name(info), info.file_size, info.compress_size, kind, partial(zf.open, info))
+        entry.unreadable = _zip_unreadable(info)
+        out.append(entry)
     return out
+
+
+# what ``zipfile`` reads: stored, deflate, bzip2, LZMA; the others by name, for the skip's reason
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+_OTHER_METHODS = {9: "Deflate64", 93: "Zstandard", 95: "XZ", 96: "JPEG", 97: "WavPack", 98: "PPMd"}
+
+
+def _zip_unreadable(info: zipfile.ZipInfo) -> str | None:
+    """Why an entry's bytes cannot be read, or None. Windows' compressed folders write Deflate64
+    for large files and many archivers offer a password: those entries are skipped with the reason
+    (they made the request answer 500: ``zipfile`` refuses them only when opened)."""
+    if info.flag_bits & 0x1 or info.compress_type == 99:  # 99: WinZip's AES, always with a password
+        return "encrypted: the entry is password-protected; send the archive without a password"
+    if info.compress_type not in _ZIP_METHODS:
+        method = _OTHER_METHODS.get(info.compress_type, "unknown")
+        return (
+            f"unsupported_compression: method {info.compress_type} ({method}); "
+            "store or deflate it (any ZIP tool's default) and send it again"
+        )
+    return None
 
 
 def zip_name(info: zipfile.ZipInfo) -> str:
@@ -249,7 +273,13 @@ def check_entries(entries: list[Entry], archive_size: int | None, settings: Sett
         raise ApiError(400, "archive_bomb", f"the archive expands more than {MAX_RATIO} times: refused")
 
 
-_MISREAD = (zipfile.BadZipFile, zlib.error, EOFError, tarfile.TarError)
+_MISREAD = (zipfile.BadZipFile, zlib.error, EOFError, tarfile.TarError, lzma.LZMAError)
+
+
+def _misread(exc: BaseException) -> bool:
+    """An entry's bytes that do not decompress as its method says (``bz2`` raises a bare
+    ``OSError``, "Invalid data stream"), not a failing disk (an ``OSError`` with an errno)."""
+    return isinstance(exc, _MISREAD) or (isinstance(exc, OSError) and exc.errno is None)
 
 
 def _limited(opener: Callable[[], IO[bytes]], declared: int, name: str) -> Iterator[bytes]:
@@ -259,7 +289,9 @@ def _limited(opener: Callable[[], IO[bytes]], declared: int, name: str) -> Itera
     seen = 0
     try:
         source = opener()
-    except _MISREAD as exc:
+    except (*_MISREAD, OSError) as exc:
+        if not _misread(exc):
+            raise
         raise ApiError(
             400, "archive_bomb", f"the entry {name!r} does not match its headers ({exc}): refused"
         ) from None
@@ -267,7 +299,9 @@ def _limited(opener: Callable[[], IO[bytes]], declared: int, name: str) -> Itera
         while True:
             try:
                 piece = source.read(PIECE)
-            except _MISREAD as exc:
+            except (*_MISREAD, OSError) as exc:
+                if not _misread(exc):
+                    raise
                 raise ApiError(
                     400, "archive_bomb", f"the entry {name!r} does not match its headers ({exc}): refused"
                 ) from None
@@ -401,6 +435,9 @@ def collect(
             continue
         if e.kind in ("link", "device"):
             skips.append((i, {"name": name, "reason": f"{e.kind}: only regular files are read"}))
+            continue
+        if e.unreadable is not None:  # (metadata.csv too: then no metadata, and the reason says why)
+            skips.append((i, {"name": name, "reason": e.unreadable}))
             continue
         if name == METADATA_CSV:
             meta = read_metadata(e)

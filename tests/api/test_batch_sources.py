@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import struct
 import threading
 import time
 import uuid
@@ -165,6 +166,35 @@ def test_limits_are_enforced_over_http_and_nothing_is_created(
     items = [{"audio_url": f"{PUBLIC}/{i}.wav"} for i in range(4)]
     assert_error(post_json(limited_api.url, key, {"items": items}), 413, "too_many_entries")
     assert tenant_batches(servers["DATABASE_URL"], key) == 0
+
+
+def test_unreadable_zip_entries_are_skipped_with_their_reason_and_damaged_data_refuses_it(
+    root_api: Proc, servers: dict[str, str], audio: dict[str, Path]
+) -> None:
+    """A password-protected entry and a Deflate64 one (Windows' compressed folders write it for
+    large files) beside a readable recording: the batch, with both skipped and why; an entry whose
+    bzip2 data is damaged: 400, nothing created. Each answered 500 before."""
+    from tests.api.test_batch_zip_methods_unit import _patch
+
+    key = make_key(servers, f"methods-{uuid.uuid4().hex[:6]}")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in ("a.wav", "b.wav", "c.wav"):
+            zf.writestr(name, audio[name].read_bytes(), compress_type=zipfile.ZIP_BZIP2)
+    raw = _patch(_patch(buf.getvalue(), "b.wav", flags=0x1), "c.wav", method=9)
+    got = post_archive(root_api.url or "", key, raw)
+    assert got.status_code == 202, got.text
+    assert (got.json()["jobs"], [s["name"] for s in got.json()["skipped"]]) == (1, ["b.wav", "c.wav"])
+    assert got.json()["skipped"][0]["reason"].startswith("encrypted: ")
+    assert got.json()["skipped"][1]["reason"].startswith("unsupported_compression: method 9 (Deflate64)")
+
+    damaged = bytearray(buf.getvalue())
+    with zipfile.ZipFile(buf) as zf:
+        a = zf.getinfo("a.wav")
+    n, m = struct.unpack_from("<HH", damaged, a.header_offset + 26)
+    damaged[a.header_offset + 30 + n + m + a.compress_size // 2] ^= 0xFF  # inside a.wav's bzip2 stream
+    assert_error(post_archive(root_api.url or "", key, bytes(damaged)), 400, "archive_bomb")
+    assert tenant_batches(servers["DATABASE_URL"], key) == 1
 
 
 def test_a_manifest_url_on_a_private_address_is_refused_up_front(
