@@ -844,7 +844,7 @@ class EarlyArchive:
                 meta = (
                     None
                     if why
-                    else next((sources.read_metadata(e) for e in entries if _is_metadata(e)), None)
+                    else next((sources.metadata_of(e)[0] for e in entries if _is_metadata(e)), None)
                 )
             finally:
                 handle.close()

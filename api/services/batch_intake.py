@@ -209,13 +209,21 @@ def _read_all(
     """Every entry not read before, a chunk per transaction; the last beat, or None if it stopped."""
     batch_id = batch.id
     meta: dict[str, Any] = {}
+    unread: dict[str, str] | None = None  # metadata.csv's skip: why no metadata is attached
     files = []
     for e in source.entries:
         if e.kind == "file" and sources.clean_name(e.name) == sources.METADATA_CSV:
-            meta = sources.read_metadata(e)
+            meta, unread = sources.metadata_of(e)
         else:
             files.append(e)
     done, by_hash = _read_so_far(db, batch)
+    if unread is not None and unread["name"] not in done:  # (said once, whoever reads the rest)
+        renewed = renew(db, batch_id, beat, [unread], 0)
+        db.commit()
+        if renewed is None:
+            stopped(db, batch_id, beat, settings)
+            return None
+        beat = renewed
     caller = Caller(batch.tenant_id, "", "")
     sub = batch_svc.Submission(batch.source, batch_svc.options_of(batch), batch.request_hash or "", None)
     todo = [e for e in files if sources.clean_name(e.name) not in done]

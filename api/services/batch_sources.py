@@ -314,8 +314,28 @@ def _limited(opener: Callable[[], IO[bytes]], declared: int, name: str) -> Itera
 
 
 def read_metadata(entry: Entry) -> dict[str, dict[str, str]]:
+    """``metadata.csv``'s rows; 400 ``invalid_metadata`` when Python's CSV reader refuses it (a
+    binary file so named, a field over its 128 KiB limit: before, a 500), ``archive_bomb`` when its
+    bytes do not match its headers."""
     raw = b"".join(_limited(entry.open, min(entry.size, METADATA_LIMIT), entry.name))
-    return parse_metadata_csv(raw)
+    try:
+        return parse_metadata_csv(raw)
+    except csv.Error as exc:
+        raise ApiError(
+            400, "invalid_metadata", f"metadata.csv cannot be read as a CSV table ({exc})"
+        ) from None
+
+
+def metadata_of(entry: Entry) -> tuple[dict[str, dict[str, str]], dict[str, str] | None]:
+    """``(metadata.csv's rows, None)``, or ``({}, the skip that says why none are attached)``: a
+    metadata file that cannot be read (password-protected, damaged, not a CSV table) costs the
+    batch its metadata, never its recordings."""
+    if entry.unreadable is not None:
+        return {}, {"name": clean_name(entry.name), "reason": entry.unreadable}
+    try:
+        return read_metadata(entry), None
+    except ApiError as exc:
+        return {}, {"name": clean_name(entry.name), "reason": f"{exc.code}: {exc.message}"}
 
 
 def parse_metadata_csv(raw: bytes) -> dict[str, dict[str, str]]:
@@ -436,11 +456,12 @@ def collect(
         if e.kind in ("link", "device"):
             skips.append((i, {"name": name, "reason": f"{e.kind}: only regular files are read"}))
             continue
-        if e.unreadable is not None:  # (metadata.csv too: then no metadata, and the reason says why)
-            skips.append((i, {"name": name, "reason": e.unreadable}))
-            continue
         if name == METADATA_CSV:
-            meta = read_metadata(e)
+            meta, skip = metadata_of(e)
+            skips.extend([(i, skip)] if skip is not None else [])
+            continue
+        if e.unreadable is not None:
+            skips.append((i, {"name": name, "reason": e.unreadable}))
             continue
         if name in seen:
             skips.append((i, {"name": name, "reason": "duplicate_name"}))

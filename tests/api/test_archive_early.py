@@ -205,6 +205,32 @@ def test_jobs_are_transcribed_while_the_archive_uploads_and_the_batch_is_the_fin
     assert not (_received(servers) / f"{view['id']}.archive").exists()  # read, then removed
 
 
+def test_a_metadata_csv_that_is_no_csv_table_is_one_skip_of_a_batch_read_while_it_uploads(
+    up: _Upload,
+    audio: dict[str, Path],  # noqa: F811
+) -> None:
+    """The early batch keeps its jobs; metadata.csv (at the archive's end, read when the upload
+    ends) is one skip with its reason, and no job gets metadata (a 500 before)."""
+    a, b = (audio[n].read_bytes() for n in ("a.wav", "b.wav"))
+    junk = b"path,agent\n" + b"a\rb" * 10 + bytes(range(256)) * 4  # Python's CSV reader refuses it
+    members = [
+        ("calls/a.wav", a, zipfile.ZIP_STORED),
+        ("notes.bin", os.urandom(FILLER), zipfile.ZIP_STORED),
+        ("calls/b.wav", b, zipfile.ZIP_DEFLATED),
+        ("metadata.csv", junk, zipfile.ZIP_STORED),
+    ]
+    done = lambda: _jobs_of(up.servers, up.tenant, "completed") > 0  # noqa: E731
+    got = _post(up.url, up.key, _form(_zip(members), {"name": "bad metadata"}), 200_000, done)
+    assert got.status_code == 202, got.text
+    view = wait_batch(up.url, up.key, got.json()["id"])
+    assert (view["status"], view["jobs"]) == ("completed", 2), view
+    assert [(s["name"], s["reason"].split(":")[0]) for s in view["skipped"]] == [
+        ("notes.bin", "not_audio"),
+        ("metadata.csv", "invalid_metadata"),
+    ]
+    assert all(not r["metadata"] for r in _results(up.url, up.key, view["id"]).values())
+
+
 def test_a_field_after_the_file_makes_the_batch_the_late_options_say(
     up: _Upload,
     audio: dict[str, Path],  # noqa: F811

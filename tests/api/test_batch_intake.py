@@ -299,6 +299,28 @@ def test_a_large_archive_answers_at_once_and_reads_as_the_request_would(
     assert {str(f) for f in set(audio_dir.glob("*.wav")) - before} == paths
 
 
+def test_a_metadata_csv_that_is_no_csv_table_costs_the_metadata_not_the_batch(
+    reading_api: Proc,
+    worker: Proc,
+    servers: dict[str, str],
+    audio: dict[str, Path],  # noqa: F811
+) -> None:
+    """Read in the background: binary bytes named metadata.csv (Python's CSV reader refuses them;
+    the reading stopped at a 500-style failure and was taken over again and again before): the
+    recordings are read, metadata.csv is one skip with its reason, said once."""
+    key = make_key(servers, f"meta-{uuid.uuid4().hex[:6]}")
+    a, b = audio["a.wav"].read_bytes(), audio["b.wav"].read_bytes()
+    junk = b"path,agent\n" + b"a\rb" * 10 + bytes(range(256)) * 4
+    got = post_archive(reading_api.url, key, zip_bytes({"a.wav": a, "b.wav": b, "metadata.csv": junk}))
+    assert got.status_code == 202, got.text
+    view = wait_batch(reading_api.url, key, got.json()["id"])
+    assert (view["status"], view["jobs"]) == ("completed", 2), view
+    assert [(s["name"], s["reason"].split(":")[0]) for s in view["skipped"]] == [
+        ("metadata.csv", "invalid_metadata")
+    ]
+    assert "cannot be read as a CSV table" in view["skipped"][0]["reason"]
+
+
 @pytest.mark.parametrize("how", ["cancel", "delete"])
 def test_a_kept_archive_is_removed_when_its_batch_is_cancelled_or_deleted(
     reading_api: Proc,

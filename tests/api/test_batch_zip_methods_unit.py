@@ -1,7 +1,8 @@
 """Unit tests of one module, ``api.services.batch_sources``: ZIP entries whose bytes cannot be read,
 password-protected or compressed with a method ``zipfile`` lacks (Windows' compressed folders write
 Deflate64 for large files), are skipped with their reason; one whose data does not decompress as its
-method says refuses the archive as a damaged one. All of them answered 500 before."""
+method says refuses the archive as a damaged one; a metadata.csv Python's CSV reader refuses is one
+skip, with no metadata. All of them answered 500 before."""
 
 from __future__ import annotations
 
@@ -119,3 +120,26 @@ def test_bzip2_and_lzma_entries_are_read_and_their_damaged_data_refuses_the_arch
         assert (refused.value.status, refused.value.code) == (400, "archive_bomb")
         assert f"the entry {name!r} does not match its headers" in refused.value.message
         assert set((tmp_path / "data").rglob("*.wav")) == before  # nothing it extracted is left
+
+
+@pytest.mark.parametrize(
+    ("csv_bytes", "why"),
+    [
+        (b"path,agent\n" + b"a\rb" * 10 + bytes(range(256)) * 4, "new-line character seen in unquoted field"),
+        (b"path,agent\na.wav," + b"x" * 200_000 + b"\n", "field larger than field limit"),
+    ],
+)
+def test_a_metadata_csv_python_cannot_read_is_one_skip_and_no_metadata(
+    tmp_path: Path, csv_bytes: bytes, why: str
+) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("a.wav", _wav(1.0, 1))
+        zf.writestr("metadata.csv", csv_bytes)
+    archive = tmp_path / "calls.zip"
+    archive.write_bytes(buf.getvalue())
+    names, skipped, meta = _collect(archive, tmp_path)
+    assert (names, meta) == (["a.wav"], {})
+    assert [s["name"] for s in skipped] == ["metadata.csv"]
+    assert skipped[0]["reason"].startswith("invalid_metadata: metadata.csv cannot be read as a CSV table (")
+    assert why in skipped[0]["reason"]
