@@ -11,7 +11,9 @@ every extracted file is removed. ZIP names without the UTF-8 flag are read as UT
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import hashlib
 import io
 import lzma
@@ -209,7 +211,20 @@ def _tar_entries(tf: tarfile.TarFile, settings: Settings, archive_size: int) -> 
             or _bomb_ratio(total, archive_size)
         ):
             break  # enough to refuse: read no further
+    else:
+        _read_to_the_end(tf)
     return out
+
+
+def _read_to_the_end(tf: tarfile.TarFile) -> None:
+    """A compressed tar read on past its end blocks to the end of its stream, where gzip keeps the
+    CRC of all of it (``BadGzipFile``, an ``OSError``, when a byte was damaged): ``tarfile`` stops at
+    the end blocks, so a member's damaged data was extracted wrong without a word. Only the record's
+    padding after the end blocks is left to read."""
+    stream = tf.fileobj
+    if isinstance(stream, (gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile)):
+        while stream.read(PIECE):
+            pass
 
 
 def _bomb_ratio(expanded: int, packed: int) -> bool:
@@ -230,9 +245,11 @@ def open_archive(path: Path, settings: Settings, packed: int | None = None) -> t
     try:
         tf = tarfile.open(path, "r:*")  # noqa: SIM115 (closed by extract)
         return tf, _tar_entries(tf, settings, path.stat().st_size if packed is None else packed)
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise ApiError(
-            415, "unsupported_archive", f"the upload is not a ZIP or tar (.gz, .bz2, .xz) archive ({exc})"
+            415,
+            "unsupported_archive",
+            f"the upload is not a whole, readable ZIP or tar (.gz, .bz2, .xz) archive ({exc})",
         ) from None
 
 
