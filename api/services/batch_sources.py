@@ -222,9 +222,16 @@ def _read_to_the_end(tf: tarfile.TarFile) -> None:
     the end blocks, so a member's damaged data was extracted wrong without a word. Only the record's
     padding after the end blocks is left to read."""
     stream = tf.fileobj
-    if isinstance(stream, (gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile)):
+    if not isinstance(stream, (gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile)):
+        return
+    try:
         while stream.read(PIECE):
             pass
+    except gzip.BadGzipFile as exc:
+        # bytes after the last member that are no gzip member: every member's CRC was checked by
+        # then, and gzip(1) and tar take such a file with a warning ("trailing garbage ignored")
+        if not str(exc).startswith("Not a gzipped file"):
+            raise
 
 
 def _bomb_ratio(expanded: int, packed: int) -> bool:

@@ -58,3 +58,14 @@ def test_an_intact_compressed_tar_lists_and_a_damaged_one_is_refused(tmp_path: P
         sources.list_archive(bad, settings)
     assert (refused.value.status, refused.value.code) == (415, "unsupported_archive")
     assert WHY[kind] in refused.value.message
+
+
+def test_bytes_after_a_tar_gz_are_taken_as_gzip_and_tar_take_them(tmp_path: Path) -> None:
+    """Trailing garbage (gzip(1): "trailing garbage ignored"), zeros, a second gzip member: listed."""
+    settings = Settings(data_dir=tmp_path / "data")
+    for i, tail in enumerate((b"\xf9\x03" + bytes(range(256)), bytes(1000), gzip.compress(b"hello"))):
+        archive = tmp_path / f"{i}.tar.gz"
+        archive.write_bytes(PACK["tar.gz"](_tar()) + tail)
+        handle, entries = sources.list_archive(archive, settings)
+        handle.close()
+        assert len(entries) == 2
