@@ -343,6 +343,12 @@ def _open_decoder(inp: _Input) -> _Decoder:
         sndfile = sf.SoundFile(inp.file)
     except sf.SoundFileError as exc:
         sndfile_error = _sf_message(exc)
+    except TypeError:  # named .raw: libsndfile's headerless format, whose rate and encoding it must be
+        # told; FFmpeg guesses no better (it opens it as an image): a job's internal_error before
+        raise UnsupportedFormatError(
+            f"{inp.name}: a headerless raw file: its sample rate and encoding are not in it; send it as "
+            "a WAV (or stream it live, where the encoding is given)"
+        ) from None
     else:
         if sndfile.frames != _SF_COUNT_MAX:
             return _SndfileDecoder(sndfile, inp.name)

@@ -131,6 +131,19 @@ def test_messages_say_what_is_wrong() -> None:
         probe(AUDIO / "bad" / "text.mp3")
 
 
+def test_a_headerless_raw_file_is_an_unsupported_format_not_a_crash(tmp_path: Path) -> None:
+    """libsndfile takes a ``.raw`` name for its headerless format and asks for a rate
+    (soundfile's ``TypeError``: a job's ``internal_error`` before); FFmpeg cannot guess one either."""
+    path = tmp_path / "call.raw"
+    path.write_bytes(_noise(8000).tobytes())
+    with pytest.raises(
+        UnsupportedFormatError, match=r"\.raw.*headerless raw file: its sample rate and encoding"
+    ):
+        probe(path)
+    with pytest.raises(UnsupportedFormatError):
+        read_audio(path)
+
+
 def test_missing_file_is_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         read_audio(tmp_path / "nowhere.wav")
