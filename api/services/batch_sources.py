@@ -91,9 +91,12 @@ def _zip_entries(zf: zipfile.ZipFile) -> list[Entry]:
             kind = "device"
         else:
             kind = "file"
-        entry = Entry(zip_name(info), info.file_size, info.compress_size, kind, partial(zf.open, info))
-        entry.unreadable = _zip_unreadable(info)
-        out.append(entry)
+        opener = partial(zf.open, info)
+        out.append(
+            Entry(
+                zip_name(info), info.file_size, info.compress_size, kind, opener, None, _zip_unreadable(info)
+            )
+        )
     return out
 
 
@@ -232,6 +235,8 @@ def _read_to_the_end(tf: tarfile.TarFile) -> None:
         # then, and gzip(1) and tar take such a file with a warning ("trailing garbage ignored")
         if not str(exc).startswith("Not a gzipped file"):
             raise
+    except EOFError:  # a stream cut after the tar's end blocks (xz's null padding reads so too):
+        pass  # every member is whole
 
 
 def _bomb_ratio(expanded: int, packed: int) -> bool:

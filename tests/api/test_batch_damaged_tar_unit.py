@@ -69,3 +69,15 @@ def test_bytes_after_a_tar_gz_are_taken_as_gzip_and_tar_take_them(tmp_path: Path
         handle, entries = sources.list_archive(archive, settings)
         handle.close()
         assert len(entries) == 2
+
+
+def test_an_xz_stream_padded_with_zeros_lists() -> None:
+    """The .xz format allows null padding after a stream; Python's reader takes it for a cut one."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "padded.tar.xz"
+        archive.write_bytes(PACK["tar.xz"](_tar()) + bytes(1000))
+        handle, entries = sources.list_archive(archive, Settings(data_dir=Path(tmp) / "data"))
+        handle.close()
+        assert len(entries) == 2
