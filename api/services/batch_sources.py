@@ -92,10 +92,9 @@ def _zip_entries(zf: zipfile.ZipFile) -> list[Entry]:
         else:
             kind = "file"
         opener = partial(zf.open, info)
+        unreadable = _zip_unreadable(info)
         out.append(
-            Entry(
-                zip_name(info), info.file_size, info.compress_size, kind, opener, None, _zip_unreadable(info)
-            )
+            Entry(zip_name(info), info.file_size, info.compress_size, kind, opener, unreadable=unreadable)
         )
     return out
 
