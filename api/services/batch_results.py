@@ -27,6 +27,7 @@ from shared.db.models import Job
 from shared.db.session import sessionmaker_for
 from shared.platform.settings import Settings
 from shared.platform.statuses import OPEN_STATUSES
+from shared.platform.zip_sink import PipeSink
 from shared.text.display import phrase_text
 
 
@@ -145,24 +146,6 @@ def stream_csv(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
     yield buf.getvalue().encode()
 
 
-class _Sink:
-    """A write-only, non-seekable file for ``zipfile``: it writes data descriptors then."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def write(self, data: bytes) -> int:
-        self.parts.append(bytes(data))
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def take(self) -> bytes:
-        out, self.parts = b"".join(self.parts), []
-        return out
-
-
 def output_name(name: str, fmt: str, used: set[str]) -> str:
     """``calls/a.wav`` -> ``calls/a.srt``; ``calls/a.wav.srt`` when ``calls/a.mp3`` took that."""
     path = PurePosixPath(name)
@@ -192,7 +175,7 @@ def stream_zip(settings: Settings, req: ResultsRequest) -> Iterator[bytes]:
     named after its path; then ``results.jsonl`` (the jsonl results), ``errors.csv`` (every
     item without a transcript, with its reason, and the skipped entries) and ``analytics.csv`` (a
     row per completed recording: its metadata and every measure). Written as it is read."""
-    sink = _Sink()
+    sink = PipeSink()
     used = {ERRORS_CSV, RESULTS_JSONL, ANALYTICS_CSV}
     table = AnalyticsCsv(req.metadata_columns)
     errors = io.StringIO()

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 from shared.asr.formats import AUDIO_SUFFIXES, FORMATS
 from shared.platform.statuses import FINAL_STATUSES
+from shared.platform.zip_sink import PipeSink
 
 STATE_NAME = ".tone-batch.json"
 TMP_PREFIX = ".tone-batch-"
@@ -112,25 +113,6 @@ def dir_hash(files: list[tuple[str, Path]]) -> str:
     return total.hexdigest()
 
 
-class _Sink:
-    """Where ``zipfile`` writes a streamed ZIP: no ``tell``, so it writes as to a pipe."""
-
-    def __init__(self) -> None:
-        self.pieces: list[bytes] = []
-
-    def write(self, data: bytes) -> int:
-        self.pieces.append(bytes(data))
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def take(self) -> bytes:
-        data = b"".join(self.pieces)
-        self.pieces.clear()
-        return data
-
-
 class ZipStream(io.RawIOBase):
     """A directory's files as one ZIP, made as it is read and never stored: stored entries (audio
     is compressed already or barely shrinks), relative paths, fixed times and modes (the same files
@@ -162,7 +144,7 @@ class ZipStream(io.RawIOBase):
 
     def _make(self, files: list[tuple[str, Path]]) -> Iterator[bytes]:
         total = hashlib.sha256()
-        sink = _Sink()
+        sink = PipeSink()
         with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[call-overload]
             for rel, path in files:
                 info = zipfile.ZipInfo(rel, ZIP_EPOCH)
