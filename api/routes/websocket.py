@@ -255,6 +255,8 @@ def _json_object(message: dict[str, Any], what: str) -> dict[str, Any]:
     text = message.get("text")
     try:
         value = json.loads(text) if text is not None else None
+    except RecursionError:  # (an internal_error close, 1011, before)
+        raise CloseError("invalid_message", f"{what} is JSON nested too deeply", CLOSE_BAD_DATA) from None
     except ValueError:
         value = None
     if not isinstance(value, dict):

@@ -174,6 +174,15 @@ def test_v1_stream_errors_bad_key_and_bad_config(ws_api: str, api_key: str) -> N
         ws.send(json.dumps({"type": "pause"}))
         got = list(messages(ws))
         assert got[-1]["code"] == "invalid_message" and close_code(ws) == 1003
+    deep = "[" * 100_000 + "]" * 100_000  # past the JSON decoder's recursion: a 1011 before
+    for first in (deep, json.dumps({})):
+        with connect(f"{ws_api}/v1/stream", additional_headers=auth(api_key)) as ws:
+            ws.send(first)
+            if first != deep:
+                ws.send(deep)
+            got = list(messages(ws))
+            assert got[-1]["code"] == "invalid_message" and "nested too deeply" in got[-1]["message"], got
+            assert close_code(ws) == 1003
 
 
 def test_v1_stream_a_stalled_client_is_closed_with_the_idle_reason(
