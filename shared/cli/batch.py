@@ -292,18 +292,23 @@ class _Counted:
 
     def __init__(self, f: IO[bytes], total: int, progress: Progress) -> None:
         self.f, self.total, self.progress, self.sent = f, total, progress, 0
+        self.ended = False
 
     def read(self, size: int = -1) -> bytes:
         data = self.f.read(size)
         self.sent += len(data)
-        shown = min(self.sent, self.total)  # a streamed ZIP's headers are not counted in its total
-        self.progress.line(f"uploading {_bar(shown / max(self.total, 1))} {_size(shown)}/"
-                           f"{_size(self.total)}", final=self.sent >= self.total)  # fmt: skip
+        if (
+            data or not self.ended
+        ):  # the last line once, when the body ends (it was one a read past the total)
+            self.ended = not data
+            shown = min(self.sent, self.total)  # a streamed ZIP's headers are not counted in its total
+            self.progress.line(f"uploading {_bar(shown / max(self.total, 1))} {_size(shown)}/"
+                               f"{_size(self.total)}", final=not data)  # fmt: skip
         return data
 
     def seek(self, offset: int, whence: int = 0) -> int:
         if offset == 0 and whence == 0:
-            self.sent = 0
+            self.sent, self.ended = 0, False
         return self.f.seek(offset, whence)
 
     def tell(self) -> int:
