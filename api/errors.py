@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -167,10 +168,23 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 DB_RETRY_AFTER_SECONDS = 5
 
 
+def _nul_text(exc: DBAPIError) -> bool:
+    """A string with a NUL character (U+0000) on its way to PostgreSQL, which holds none in text or
+    JSONB: refused by psycopg (a text parameter) or by the server (a JSON string, SQLSTATE 22P05)."""
+    orig = exc.orig
+    return isinstance(orig, psycopg.errors.UntranslatableCharacter) or (
+        isinstance(orig, psycopg.DataError) and "NUL (0x00)" in str(orig)
+    )
+
+
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     """PostgreSQL unreachable (refused, restarting, a dropped connection): 503 with Retry-After, not
-    a 500. Other database errors (a bug, a constraint) stay unexpected errors."""
+    a 500; a NUL character in a text the request gave: 400 ``invalid_text`` (a 500 before, from a
+    job's vocabulary, a search). Other database errors (a bug, a constraint) stay unexpected errors."""
     assert isinstance(exc, DBAPIError)
+    if _nul_text(exc):
+        message = "a text field holds the NUL character (\\u0000), which no text may hold: remove it"
+        return error_response(400, "invalid_text", message, request=request)
     if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
         return await _unexpected_error(request, exc)
     log.warning("%s %s: the database is unavailable: %s", request.method, request.url.path, exc.orig)

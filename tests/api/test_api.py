@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import redis
 import soundfile as sf
@@ -467,6 +468,16 @@ def test_requests_are_validated_with_clear_4xx_codes(parked_api: Proc, api_key: 
     assert_error(submit(parked_api.url, api_key, empty), 400, "empty_audio")
     assert_error(httpx.get(f"{url}?limit=101", headers=h), 422, "invalid_request")
     assert_error(httpx.get(f"{url}?cursor=zzz", headers=h), 400, "invalid_cursor")
+    # a NUL character PostgreSQL holds in no text (a 500 before): in a job's vocabulary, in a search
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, np.zeros(8000, dtype=np.int16), 8000, subtype="PCM_16")
+    with wav.open("rb") as f:
+        got = httpx.post(url, headers=h, files={"file": ("tone.wav", f)}, data={"vocabulary": "a\u0000b"})
+    assert_error(got, 400, "invalid_text")
+    assert "NUL" in got.json()["error"]["message"]
+    assert_error(
+        httpx.get(f"{parked_api.url}/v1/search", params={"q": "a\u0000"}, headers=h), 400, "invalid_text"
+    )
 
 
 def test_cancel_of_a_queued_job_then_delete_removes_its_audio(
