@@ -91,13 +91,11 @@ def scan_dir(root: Path) -> list[tuple[str, Path]]:
     return sorted(found)
 
 
-def _file_digest(path: Path, sink: Any = None) -> str:
+def _file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while piece := f.read(PIECE):
             digest.update(piece)
-            if sink is not None:
-                sink.write(piece)
     return digest.hexdigest()
 
 
@@ -515,7 +513,6 @@ class Run:
     progress: Progress
     phase: str = "starting"
     batch_id: str | None = None
-    input_hash: str | None = None  # of what is uploaded (a streamed ZIP's files must still match it)
 
     def resume_hint(self) -> str:
         again = f"tone-platform batch {self.args.source} --server {self.args.server} --out {self.args.out}"
@@ -570,11 +567,14 @@ def _inputs(run: Run) -> list[tuple[str, Path]] | None:
     raise BatchError(f"{run.args.source} does not exist")
 
 
-def _upload(run: Run, source: Path | list[tuple[str, Path]], filename: str, key: str) -> dict[str, Any]:
+def _upload(
+    run: Run, source: Path | list[tuple[str, Path]], filename: str, key: str, *, digest: str
+) -> dict[str, Any]:
     """POST /v1/batches under ``key`` (the Idempotency-Key): an archive as it is, or a directory's
     files as a ZIP made while it uploads (:class:`ZipStream`, sent chunked: no temporary copy of
     the directory, and the server transcribes its first recordings before the last is sent); the
-    answer's body."""
+    answer's body. ``digest``: the inputs' hash when they were read, which a streamed ZIP's files
+    must still have."""
     run.phase = "uploading"
     stream = None
     try:
@@ -603,7 +603,7 @@ def _upload(run: Run, source: Path | list[tuple[str, Path]], filename: str, key:
         ) from None
     run.progress.end()
     answer = dict(response.json())
-    if stream is not None and stream.digest != run.input_hash:
+    if stream is not None and stream.digest != digest:
         raise BatchError(
             f"{run.args.source} changed while it was being uploaded (batch {answer.get('id')} holds what "
             "was sent); run the command again with --new"
@@ -719,8 +719,7 @@ def _submit(run: Run, state: dict[str, Any] | None, files: list[tuple[str, Path]
         save_state(run.out, state)  # before the upload: a rerun after Ctrl-C reuses its key
     elif digest != state["input_hash"]:
         raise BatchError(f"{run.args.source} changed while it was being read; run the command again")
-    run.input_hash = digest
-    answer = _upload(run, source, filename, state["idempotency_key"])
+    answer = _upload(run, source, filename, state["idempotency_key"], digest=digest)
     if not answer.get("jobs") and answer.get("status") != "preparing":  # preparing: jobs to come
         (run.out / STATE_NAME).unlink(missing_ok=True)
         reasons = "; ".join(f"{s.get('name')}: {s.get('reason')}" for s in answer.get("skipped", [])[:10])
