@@ -273,12 +273,12 @@ class LocalHeaders:
             k = buf.find(_DESCRIPTOR, at)
             if k < 0:  # all data, but for the last bytes: a signature may start there
                 k = max(at, len(buf) - len(_DESCRIPTOR) + 1)
-                self._stored_data(e, buf[:k])
+                self._stored_data(e, memoryview(buf)[:k])
                 e.held = bytearray(buf[k:])
                 return len(piece)
             end = _stored_end(buf, k, e)
             if end is None:  # not enough bytes after it yet to tell
-                self._stored_data(e, buf[:k])
+                self._stored_data(e, memoryview(buf)[:k])
                 e.held = bytearray(buf[k:])
                 return len(piece)
             if end:
@@ -288,7 +288,7 @@ class LocalHeaders:
             if e.lookalikes > _LOOKALIKES:  # each costs a look: data made of them is not followed
                 self._stop("a stored entry whose data holds many descriptor signatures")
                 return len(piece)
-        self._stored_data(e, buf[:k])
+        self._stored_data(e, memoryview(buf)[:k])
         self.pos += end - k
         self._stored = None
         done.append(
@@ -302,7 +302,7 @@ class LocalHeaders:
             return i
         return i + end - held
 
-    def _stored_data(self, e: _Stored, data: bytes) -> None:
+    def _stored_data(self, e: _Stored, data: bytes | memoryview) -> None:
         e.crc, e.size = zlib.crc32(data, e.crc), e.size + len(data)
         self.pos += len(data)
 
@@ -363,7 +363,7 @@ def _stored_end(buf: bytes, k: int, e: _Stored) -> int | None:
             continue
         if buf[end : end + 4] not in _NEXT:
             continue
-        crc = zlib.crc32(buf[:k], e.crc) if crc is None else crc
+        crc = zlib.crc32(memoryview(buf)[:k], e.crc) if crc is None else crc
         if crc == stored_crc:
             return end
     return 0
